@@ -1,0 +1,115 @@
+"""Records: stable ids and one normal form for dialogue history.
+
+A record is a plain dict. The query lives in ``input`` and earlier turns in ``history``; the seed data
+stores history in three shapes, and every step wants one, so :func:`normalize_history` converts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Iterable
+
+Message = dict[str, str]
+
+_ROLE_PREFIX = re.compile(r"^\s*(用户|助手|user|assistant|User|Assistant|USER|ASSISTANT|human|Human|gpt|系统|system)\s*[:：]\s*")
+_ROLE_NAMES = {
+    "用户": "user", "user": "user", "human": "user",
+    "助手": "assistant", "assistant": "assistant", "gpt": "assistant",
+    "系统": "system", "system": "system",
+}
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal content gives equal bytes, hence equal hashes."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def content_hash(value: Any, length: int = 16) -> str:
+    return hashlib.blake2b(canonical_json(value).encode("utf-8"), digest_size=length).hexdigest()
+
+
+def record_id(record: dict[str, Any], id_field: str = "id") -> str:
+    """The record's own id when it has a usable one, else a hash of its content.
+
+    Seed files contain placeholder ids (``"xxxxxx"`` on every line), so the caller de-duplicates ids
+    across a file; see :class:`IdAssigner`.
+    """
+    own = record.get(id_field)
+    if isinstance(own, (str, int)) and not isinstance(own, bool) and str(own).strip():
+        return str(own)
+    body = {k: v for k, v in record.items() if not k.startswith("_")}
+    return content_hash(body)
+
+
+class IdAssigner:
+    """Gives each record of one input a unique, stable id.
+
+    The same id seen twice (a placeholder, a copy-pasted line) gets ``#2``, ``#3``... in input order,
+    which is stable across runs because input order is.
+    """
+
+    def __init__(self, id_field: str = "id"):
+        self.id_field = id_field
+        self._seen: dict[str, int] = {}
+
+    def __call__(self, record: dict[str, Any]) -> str:
+        base = record_id(record, self.id_field)
+        count = self._seen.get(base, 0) + 1
+        self._seen[base] = count
+        return base if count == 1 else f"{base}#{count}"
+
+
+def _split_role(line: str) -> tuple[str | None, str]:
+    match = _ROLE_PREFIX.match(line)
+    if not match:
+        return None, line.strip()
+    return _ROLE_NAMES.get(match.group(1).lower(), _ROLE_NAMES.get(match.group(1), "user")), line[match.end():].strip()
+
+
+def normalize_history(history: Any) -> list[Message]:
+    """Return history as ``[{role, content}, ...]`` whatever shape it came in.
+
+    Accepted: a list of ``[user, assistant]`` pairs, a list of ``{role, content}`` messages, or the seed's
+    newline-joined ``用户: ...`` / ``助手: ...`` string (consecutive lines of one speaker stay separate
+    messages, as they were in the dialogue). ``None`` and ``""`` mean no history.
+    """
+    if history is None or history == "" or history == []:
+        return []
+    if isinstance(history, str):
+        messages: list[Message] = []
+        last_role = "user"
+        for raw in history.splitlines():
+            if not raw.strip():
+                continue
+            role, content = _split_role(raw)
+            if role is None:
+                role = last_role  # a continuation line without a prefix belongs to the last speaker
+            messages.append({"role": role, "content": content})
+            last_role = role
+        return messages
+    if not isinstance(history, list):
+        raise TypeError(f"history must be a list or a string, not {type(history).__name__}")
+    messages = []
+    for index, item in enumerate(history):
+        if isinstance(item, dict):
+            role = item.get("role")
+            content = item.get("content")
+            if not isinstance(role, str) or not isinstance(content, str):
+                raise TypeError(f"history[{index}] must have string 'role' and 'content'")
+            messages.append({"role": _ROLE_NAMES.get(role.lower(), role), "content": content})
+        elif isinstance(item, (list, tuple)):
+            if len(item) not in (1, 2) or not all(isinstance(x, str) for x in item):
+                raise TypeError(f"history[{index}] must be a [user, assistant] pair of strings")
+            messages.append({"role": "user", "content": item[0]})
+            if len(item) == 2 and item[1] != "":
+                messages.append({"role": "assistant", "content": item[1]})
+        else:
+            raise TypeError(f"history[{index}] must be a pair or a message, not {type(item).__name__}")
+    return messages
+
+
+def history_as_text(messages: Iterable[Message], user: str = "user", assistant: str = "assistant") -> str:
+    """Render messages one per line, for prompts that show a dialogue as text."""
+    names = {"user": user, "assistant": assistant, "system": "system"}
+    return "\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)

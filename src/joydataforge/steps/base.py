@@ -1,0 +1,85 @@
+"""What a step is: one record in, zero or more records out, models reached only through ``ctx``.
+
+Steps never open files or sockets. Everything they need from the outside (a model, a prompt, a seeded
+random generator, counters) comes from the :class:`StepContext` the executor hands them, which is what
+lets the local and the Ray executor run the very same step objects.
+"""
+from __future__ import annotations
+
+import abc
+import random
+from collections import Counter
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..records import content_hash
+
+if TYPE_CHECKING:
+    from ..models.gateway import Gateway, ModelClient
+    from ..prompts.renderer import PromptLibrary
+
+Record = dict[str, Any]
+
+
+class StepContext:
+    """The door between a step and the world, for one run."""
+
+    def __init__(self, gateway: "Gateway", prompts: "PromptLibrary", seed: int = 0):
+        self.gateway = gateway
+        self.prompts = prompts
+        self.seed = seed
+
+    def model(self, name: str) -> "ModelClient":
+        return self.gateway.model(name)
+
+    def rng(self, record_id: str, step_name: str) -> random.Random:
+        """A generator that depends only on the run seed, the step and the record.
+
+        Concurrency changes the order in which records are processed; seeding per record keeps the
+        results identical from run to run anyway.
+        """
+        return random.Random(content_hash([self.seed, step_name, record_id], 8))
+
+
+class Step(abc.ABC):
+    """Base of synthesis methods, filters and scorers.
+
+    Subclasses implement :meth:`run`. ``sequential`` steps see records one at a time in input order
+    (needed by stateful filters such as streaming dedup, whose "keep the first" must mean the first in
+    the input, not the first to finish); the local executor runs them in order ahead of the concurrent
+    steps.
+    """
+
+    kind: ClassVar[str] = "step"
+    sequential: ClassVar[bool] = False
+
+    def __init__(self, name: str | None = None):
+        self.name = name or self.kind
+        self.counters: Counter[str] = Counter()
+
+    def model_names(self) -> list[str]:
+        """Named models this step calls, so the run can check them before it starts."""
+        return []
+
+    def required_fields(self) -> set[str]:
+        """Record fields that must be present; checked per record with a clear error."""
+        return set()
+
+    def check(self, ctx: StepContext) -> None:
+        """Fail fast before the run (missing prompt, unknown model). Override to add checks."""
+        for name in self.model_names():
+            ctx.gateway.registry.get(name)
+
+    @abc.abstractmethod
+    async def run(self, record: Record, ctx: StepContext) -> list[Record] | Record | None:
+        """Return the output record(s); ``None`` or ``[]`` drops the record (a filter)."""
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters)
+
+
+def as_list(result: list[Record] | Record | None) -> list[Record]:
+    if result is None:
+        return []
+    if isinstance(result, dict):
+        return [result]
+    return list(result)
