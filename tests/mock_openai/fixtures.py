@@ -1,0 +1,68 @@
+"""Pytest fixtures for the mock OpenAI server.
+
+Import them into ``tests/conftest.py`` (``from tests.mock_openai.fixtures import *`` or
+``pytest_plugins = ["tests.mock_openai.fixtures"]``):
+
+- ``mock_server``: a fresh in-process server per test (no latency), so counters and directive
+  ``times`` never leak between tests;
+- ``mock_server_session``: one server for the whole session, cheaper; it is reset before the test
+  that requests it, but other tests may use it afterwards, so use distinct directive strings;
+- ``mock_server_factory``: call it with options (``latency=0.1, error_rate=0.2, seed=1``) to get
+  as many servers as a test needs; all are closed at teardown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .server import MockServer, start_mock_server
+
+__all__ = ["mock_server", "mock_server_shared", "mock_server_session", "mock_server_factory"]
+
+
+@pytest.fixture
+def mock_server() -> Iterator[MockServer]:
+    """A fresh in-process mock server for one test."""
+    server = start_mock_server()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def mock_server_shared() -> Iterator[MockServer]:
+    """The one server behind ``mock_server_session`` (session-scoped, never reset by itself)."""
+    server = start_mock_server()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def mock_server_session(mock_server_shared: MockServer) -> MockServer:
+    """The session's shared server, reset (counters and options) for the requesting test."""
+    mock_server_shared.reset()
+    mock_server_shared.configure(latency=0.0, error_rate=0.0, error_status=500, seed=0, dimension=8)
+    return mock_server_shared
+
+
+@pytest.fixture
+def mock_server_factory() -> Iterator[Callable[..., MockServer]]:
+    """Start servers with custom options inside a test; closed automatically at teardown."""
+    started: list[MockServer] = []
+
+    def start(latency: float = 0.0, **options: Any) -> MockServer:
+        server = start_mock_server(latency=latency, **options)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.close()

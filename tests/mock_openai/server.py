@@ -1,0 +1,898 @@
+"""A fast, deterministic mock of an OpenAI-compatible HTTP server, for tests and benchmarks.
+
+Why it exists: the model gateway must be tested against real HTTP (keep-alive, status codes,
+``Retry-After``, dropped connections, timeouts, malformed replies) without a real model, and the
+orchestration benchmark needs a server whose latency is exact and whose own CPU cost is tiny, so
+that what is measured is the client.
+
+Endpoints (all JSON, shaped like OpenAI's):
+
+- ``POST /v1/chat/completions``  content ``"echo: <last user message>"`` (directives removed), or,
+  when ``response_format`` is ``json_schema`` (or vLLM's ``guided_json`` is given), the minimal
+  instance of that schema as JSON; for ``json_object``, ``{"echo": "<last user message>"}``.
+- ``POST /v1/completions``       text ``"echo: <prompt>"``; a list of prompts gives one choice per
+  prompt and sample.
+- ``POST /v1/embeddings``        deterministic unit vectors from a SHA-256 of each text
+  (``dimensions`` in the request overrides the server's dimension, default 8).
+- ``GET  /v1/models``            the served model ids.
+- ``GET  /_stats``               counts per endpoint and per status, directive hit counts, and the
+  bodies of the last N requests (``{"endpoint", "body"}``, oldest first).
+- ``POST /_reset``               zero the stats and the directive counters.
+- ``POST /_config``              change options at run time (JSON body: any of ``latency``,
+  ``error_rate``, ``error_status``, ``seed``, ``dimension``).
+
+Token counts are whitespace-split word counts: ``prompt_tokens`` counts the words of every message
+content (or prompt, or embedding input), ``completion_tokens`` the words of every returned choice.
+``max_tokens`` (or ``max_completion_tokens``) truncates a reply to that many words and sets
+``finish_reason`` to ``"length"``, as a real server would, so truncation paths can be tested.
+
+Directives: a request steers its own fate with ``[[mock:...]]`` inside the last user message (chat),
+the prompt (completions) or an input text (embeddings)::
+
+    [[mock:status=429,retry_after=1,times=2]]   first 2 requests with this exact directive get 429
+                                                with "Retry-After: 1"; later ones succeed
+    [[mock:status=500]]                         always 500 (also 502, 503, 400, ...)
+    [[mock:delay=0.5]]                          answer after an extra 0.5 s (asyncio.sleep)
+    [[mock:malformed_json,times=1]]             content is not valid JSON for the first request
+    [[mock:invalid_schema]]                     content is valid JSON that violates the schema
+    [[mock:reply=any text, even, with commas]]  fixed content; ``reply=`` must come last
+    [[mock:drop]]                               close the connection without any response
+    [[mock:hang]]                               never answer (for client timeout tests)
+    [[mock:finish_reason=length]]               override the finish reason
+
+``times=N`` counts per directive string (the text between ``[[mock:`` and ``]]``): the N first
+requests carrying that exact string are affected, later ones are served normally. Without ``times``
+every request carrying it is affected. Use distinct strings (e.g. add ``id=abc``, an ignored key) to
+keep counters of different tests apart; ``reset()`` zeroes all counters.
+
+Server options (constructor, CLI, ``/_config``): ``latency`` seconds added to every model request
+(non-blocking ``asyncio.sleep``), ``error_rate`` in [0, 1] of model requests answered with
+``error_status`` (default 500), drawn from ``random.Random(seed)``, ``dimension`` of embeddings,
+``keep_last`` request bodies kept for ``/_stats``, ``models`` served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+JSON_CT = "application/json"
+DIRECTIVE_RE = re.compile(r"\[\[mock:(.*?)\]\]", re.DOTALL)
+DIRECTIVE_MARK = "[[mock:"
+DEFAULT_MODEL = "mock-model"
+_RETRIABLE_DEFAULT_REASON = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_exceeded",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Options and state
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MockOptions:
+    """Server-wide behaviour; every field can also be changed at run time via ``/_config``."""
+
+    latency: float = 0.0
+    error_rate: float = 0.0
+    error_status: int = 500
+    seed: int = 0
+    dimension: int = 8
+    keep_last: int = 50
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+
+
+@dataclass
+class MockState:
+    """Counters the tests assert on; kept minimal because it is touched on every request."""
+
+    options: MockOptions
+    rng: random.Random = field(init=False)
+    by_endpoint: collections.Counter = field(default_factory=collections.Counter)
+    by_status: collections.Counter = field(default_factory=collections.Counter)
+    directive_hits: collections.Counter = field(default_factory=collections.Counter)
+    last: collections.deque = field(init=False)
+    total: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.options.seed)
+        self.last = collections.deque(maxlen=self.options.keep_last)
+
+    def reset(self) -> None:
+        """Forget everything counted so far, including directive ``times`` counters and the RNG."""
+        self.by_endpoint.clear()
+        self.by_status.clear()
+        self.directive_hits.clear()
+        self.last = collections.deque(maxlen=self.options.keep_last)
+        self.rng = random.Random(self.options.seed)
+        self.total = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready copy, safe to hand to another thread."""
+        return {
+            "total": self.total,
+            "by_endpoint": dict(self.by_endpoint),
+            "by_status": {str(k): v for k, v in self.by_status.items()},
+            "directives": dict(self.directive_hits),
+            "last_requests": list(self.last),
+            "options": {
+                "latency": self.options.latency,
+                "error_rate": self.options.error_rate,
+                "error_status": self.options.error_status,
+                "seed": self.options.seed,
+                "dimension": self.options.dimension,
+                "keep_last": self.options.keep_last,
+                "models": list(self.options.models),
+            },
+        }
+
+    def configure(self, **changes: Any) -> None:
+        """Apply option changes; a new seed restarts the error RNG so runs stay reproducible."""
+        for key, value in changes.items():
+            if not hasattr(self.options, key):
+                raise ValueError(f"unknown mock option {key!r}")
+            if key == "models":
+                value = tuple(value)
+            setattr(self.options, key, value)
+        if "seed" in changes:
+            self.rng = random.Random(self.options.seed)
+        if "keep_last" in changes:
+            self.last = collections.deque(self.last, maxlen=self.options.keep_last)
+
+
+# --------------------------------------------------------------------------------------------
+# Directives
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Effect:
+    """What the active directives of one request ask for; the empty Effect means 'serve normally'."""
+
+    status: int | None = None
+    retry_after: str | None = None
+    delay: float = 0.0
+    malformed_json: bool = False
+    invalid_schema: bool = False
+    reply: str | None = None
+    drop: bool = False
+    hang: bool = False
+    finish_reason: str | None = None
+
+
+_FLAGS = ("malformed_json", "invalid_schema", "drop", "hang")
+
+
+def parse_directive(spec: str) -> dict[str, str]:
+    """Split ``k=v,flag,reply=rest`` into a dict; ``reply=`` swallows the rest, commas included."""
+    out: dict[str, str] = {}
+    rest = spec.strip()
+    while rest:
+        if rest.startswith("reply="):
+            out["reply"] = rest[len("reply=") :]
+            break
+        item, _, rest = rest.partition(",")
+        key, eq, value = item.strip().partition("=")
+        if key:
+            out[key] = value.strip() if eq else ""
+        rest = rest.lstrip()
+    return out
+
+
+def _apply(effect: Effect, parsed: dict[str, str]) -> None:
+    """Fold one directive into the request's effect."""
+    for key, value in parsed.items():
+        if key == "status":
+            effect.status = int(value)
+        elif key == "retry_after":
+            effect.retry_after = value
+        elif key == "delay":
+            effect.delay += float(value)
+        elif key == "reply":
+            effect.reply = value
+        elif key == "finish_reason":
+            effect.finish_reason = value
+        elif key in _FLAGS:
+            setattr(effect, key, True)
+        # times, id and unknown keys are ignored here on purpose: id only separates counters.
+
+
+def effect_for(text: str, state: MockState) -> tuple[Effect | None, str]:
+    """Find directives in ``text``, count them, and return (effect or None, text without them)."""
+    if DIRECTIVE_MARK not in text:
+        return None, text
+    effect = Effect()
+    for spec in DIRECTIVE_RE.findall(text):
+        state.directive_hits[spec] += 1
+        parsed = parse_directive(spec)
+        times = parsed.get("times")
+        if times is not None and state.directive_hits[spec] > int(times):
+            continue
+        _apply(effect, parsed)
+    return effect, DIRECTIVE_RE.sub("", text).strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Content generation
+# --------------------------------------------------------------------------------------------
+
+
+def word_count(text: str) -> int:
+    """The mock's token count: whitespace-split words (cheap, deterministic, documented)."""
+    return len(text.split())
+
+
+def content_text(content: Any) -> str:
+    """Text of a message content: a string, or the text parts of a multimodal parts list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return "" if content is None else str(content)
+
+
+def _resolve_ref(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """Follow local ``#/...`` references; remote ones are out of scope for a mock."""
+    seen = 0
+    while "$ref" in schema and seen < 32:
+        node: Any = root
+        for part in schema["$ref"].lstrip("#").strip("/").split("/"):
+            if part:
+                node = node[part.replace("~1", "/").replace("~0", "~")]
+        schema = node
+        seen += 1
+    return schema
+
+
+def _merge_all_of(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """Flatten ``allOf`` so properties and requirements from every branch are honoured."""
+    merged = {k: v for k, v in schema.items() if k != "allOf"}
+    for part in schema["allOf"]:
+        part = _resolve_ref(part, root)
+        for key, value in part.items():
+            if key == "properties":
+                merged.setdefault("properties", {}).update(value)
+            elif key == "required":
+                merged["required"] = list(merged.get("required", [])) + list(value)
+            else:
+                merged.setdefault(key, value)
+    return merged
+
+
+def _schema_type(schema: dict[str, Any]) -> str | None:
+    """The type to build: explicit (first non-null of a list), else guessed from keywords."""
+    typ = schema.get("type")
+    if isinstance(typ, list):
+        non_null = [t for t in typ if t != "null"]
+        return non_null[0] if non_null else "null"
+    if typ:
+        return typ
+    if "properties" in schema or "required" in schema:
+        return "object"
+    if "items" in schema or "prefixItems" in schema:
+        return "array"
+    return None
+
+
+def _minimal_number(schema: dict[str, Any], integer: bool) -> int | float:
+    """Smallest sensible number honouring (exclusive) minimum, maximum and multipleOf."""
+    value: float = 0
+    if "minimum" in schema:
+        value = schema["minimum"]
+    exclusive = schema.get("exclusiveMinimum")
+    if isinstance(exclusive, (int, float)) and not isinstance(exclusive, bool):
+        value = max(value, exclusive + (1 if integer else 1e-6)) if "minimum" in schema else (
+            exclusive + (1 if integer else 1e-6)
+        )
+    elif exclusive is True:
+        value = value + (1 if integer else 1e-6)
+    if "maximum" in schema and value > schema["maximum"]:
+        value = schema["maximum"]
+    step = schema.get("multipleOf")
+    if step:
+        value = math.ceil(value / step) * step
+    return int(math.ceil(value)) if integer else value
+
+
+def _minimal_string(schema: dict[str, Any]) -> str:
+    """``"x"`` padded to ``minLength``; formats that clients commonly check get a valid value."""
+    fmt = schema.get("format")
+    if fmt == "date-time":
+        return "1970-01-01T00:00:00Z"
+    if fmt == "date":
+        return "1970-01-01"
+    if fmt == "email":
+        return "x@example.com"
+    if fmt in ("uri", "url"):
+        return "http://x"
+    if fmt == "uuid":
+        return "00000000-0000-0000-0000-000000000000"
+    return "x" * max(1, int(schema.get("minLength", 1)))
+
+
+def minimal_instance(schema: Any, root: Any = None, depth: int = 0) -> Any:
+    """A small value valid against ``schema``: first enum/const, "x", 0/minimum, [], required props.
+
+    Why minimal: tests want a predictable answer, and the smallest instance is the one least likely
+    to trip a constraint the generator does not model (patterns are not honoured).
+    """
+    if not isinstance(schema, dict) or depth > 32:
+        return None if schema is False else {}
+    root = schema if root is None else root
+    schema = _resolve_ref(schema, root)
+    if "allOf" in schema:
+        schema = _merge_all_of(schema, root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            branches = [_resolve_ref(b, root) for b in schema[key]]
+            non_null = [b for b in branches if b.get("type") != "null"] or branches
+            return minimal_instance(non_null[0], root, depth + 1)
+    typ = _schema_type(schema)
+    if typ == "object":
+        return _minimal_object(schema, root, depth)
+    if typ == "array":
+        return _minimal_array(schema, root, depth)
+    if typ == "string":
+        return _minimal_string(schema)
+    if typ == "integer":
+        return _minimal_number(schema, integer=True)
+    if typ == "number":
+        return _minimal_number(schema, integer=False)
+    if typ == "boolean":
+        return False
+    if typ == "null":
+        return None
+    return {}
+
+
+def _minimal_object(schema: dict[str, Any], root: dict[str, Any], depth: int) -> dict[str, Any]:
+    """Fill required properties (and enough others to meet ``minProperties``)."""
+    props: dict[str, Any] = schema.get("properties", {})
+    names = list(dict.fromkeys(schema.get("required", [])))
+    for name in props:
+        if len(names) >= int(schema.get("minProperties", 0)):
+            break
+        if name not in names:
+            names.append(name)
+    return {name: minimal_instance(props.get(name, {}), root, depth + 1) for name in names}
+
+
+def _minimal_array(schema: dict[str, Any], root: dict[str, Any], depth: int) -> list[Any]:
+    """``[]`` unless ``minItems`` (or ``prefixItems``) demand elements."""
+    prefix = schema.get("prefixItems") or []
+    count = max(int(schema.get("minItems", 0)), 0)
+    items = [minimal_instance(s, root, depth + 1) for s in prefix[:count]]
+    item_schema = schema.get("items", {})
+    while len(items) < count:
+        items.append(minimal_instance(item_schema if isinstance(item_schema, dict) else {},
+                                      root, depth + 1))
+    return items
+
+
+def violating_instance(schema: Any) -> Any:
+    """Valid JSON that a validator must reject: the wrong top-level type."""
+    if isinstance(schema, dict) and _schema_type(schema) == "array":
+        return {"mock": "not an array"}
+    if isinstance(schema, dict) and _schema_type(schema) in ("string", "integer", "number"):
+        return [None]
+    return ["mock: not an object"]
+
+
+def requested_schema(body: dict[str, Any]) -> tuple[bool, Any]:
+    """(wants JSON?, schema or None) from ``response_format`` or vLLM's ``guided_json``."""
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict):
+        kind = fmt.get("type")
+        if kind == "json_schema":
+            spec = fmt.get("json_schema") or {}
+            return True, spec.get("schema", spec if "type" in spec else {})
+        if kind == "json_object":
+            return True, None
+    guided = body.get("guided_json")
+    if guided is not None:
+        return True, json.loads(guided) if isinstance(guided, str) else guided
+    return False, None
+
+
+def embedding_vector(text: str, dimension: int) -> list[float]:
+    """A unit vector from SHA-256(text): equal texts give equal vectors, others look random."""
+    raw = bytearray()
+    counter = 0
+    encoded = text.encode("utf-8")
+    while len(raw) < 4 * dimension:
+        raw += hashlib.sha256(counter.to_bytes(4, "little") + encoded).digest()
+        counter += 1
+    ints = struct.unpack(f"<{dimension}I", bytes(raw[: 4 * dimension]))
+    vec = [i / 2147483647.5 - 1.0 for i in ints]
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]
+
+
+def truncate(text: str, max_tokens: Any) -> tuple[str, bool]:
+    """Cut ``text`` to ``max_tokens`` words, like a real server stopping at its token budget."""
+    if not isinstance(max_tokens, int) or max_tokens <= 0:
+        return text, False
+    words = text.split()
+    if len(words) <= max_tokens:
+        return text, False
+    return " ".join(words[:max_tokens]), True
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP layer
+# --------------------------------------------------------------------------------------------
+
+
+def error_body(status: int, message: str) -> bytes:
+    """An OpenAI-style error object, so clients exercise their real error parsing."""
+    kind = _RETRIABLE_DEFAULT_REASON.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return json.dumps(
+        {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+    ).encode()
+
+
+class MockApp:
+    """Holds state and handlers; one instance per server (in-process or subprocess)."""
+
+    def __init__(self, options: MockOptions | None = None) -> None:
+        self.state = MockState(options or MockOptions())
+        self._ids = 0
+        self._hang_forever: asyncio.Future[None] | None = None
+
+    # ---- plumbing -------------------------------------------------------------------------
+
+    def build(self) -> web.Application:
+        """The aiohttp application with every route; no middlewares, to keep requests cheap."""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/_stats", self.stats)
+        app.router.add_post("/_reset", self.reset)
+        app.router.add_post("/_config", self.config)
+        return app
+
+    def _respond(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> web.Response:
+        self.state.by_status[status] += 1
+        return web.Response(status=status, body=payload, content_type=JSON_CT, headers=headers)
+
+    def _next_id(self, prefix: str) -> str:
+        self._ids += 1
+        return f"{prefix}-mock{self._ids}"
+
+    async def _read(self, request: web.Request, endpoint: str) -> dict[str, Any] | web.Response:
+        """Parse the body and record it; a bad body is a 400 like a real server would send."""
+        state = self.state
+        state.total += 1
+        state.by_endpoint[endpoint] += 1
+        try:
+            body = json.loads(await request.read())
+        except ValueError as exc:
+            return self._respond(400, error_body(400, f"body is not valid JSON: {exc}"))
+        if not isinstance(body, dict):
+            return self._respond(400, error_body(400, "body must be a JSON object"))
+        state.last.append({"endpoint": endpoint, "body": body})
+        return body
+
+    async def _gate(self, request: web.Request, effect: Effect | None) -> web.Response | None:
+        """Apply latency, directives and random errors; a Response here replaces the normal one."""
+        delay = self.state.options.latency + (effect.delay if effect else 0.0)
+        if effect is not None and effect.hang:
+            self.state.by_status["hang"] += 1
+            await asyncio.Event().wait()  # cancelled when the server shuts down
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if effect is not None and effect.drop:
+            self.state.by_status["drop"] += 1
+            _drop(request)
+            return web.Response(status=500)  # never reaches the client: the socket is gone
+        if effect is not None and effect.status is not None and effect.status >= 300:
+            headers = {"Retry-After": effect.retry_after} if effect.retry_after else None
+            return self._respond(effect.status, error_body(effect.status, "mock directive"), headers)
+        opts = self.state.options
+        if opts.error_rate > 0 and self.state.rng.random() < opts.error_rate:
+            return self._respond(opts.error_status, error_body(opts.error_status, "mock random error"))
+        return None
+
+    # ---- model endpoints ------------------------------------------------------------------
+
+    async def chat(self, request: web.Request) -> web.Response:
+        """``/v1/chat/completions``: echo the last user message, or a schema-valid JSON object."""
+        body = await self._read(request, "/v1/chat/completions")
+        if isinstance(body, web.Response):
+            return body
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self._respond(400, error_body(400, "'messages' must be a non-empty list"))
+        last_user = ""
+        prompt_tokens = 0
+        for msg in messages:
+            if not isinstance(msg, dict):
+                return self._respond(400, error_body(400, "each message must be an object"))
+            text = content_text(msg.get("content"))
+            prompt_tokens += word_count(text)
+            if msg.get("role") == "user":
+                last_user = text
+        effect, clean = effect_for(last_user, self.state)
+        blocked = await self._gate(request, effect)
+        if blocked is not None:
+            return blocked
+        content = self._content(body, clean, effect)
+        choices, completion_tokens = self._choices(body, content, effect, chat=True)
+        return self._respond(200, json.dumps({
+            "id": self._next_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.state.options.models[0],
+            "choices": choices,
+            "usage": _usage(prompt_tokens, completion_tokens),
+        }).encode())
+
+    async def completions(self, request: web.Request) -> web.Response:
+        """``/v1/completions``: raw text completion (Magpie needs it); ``"echo: <prompt>"``."""
+        body = await self._read(request, "/v1/completions")
+        if isinstance(body, web.Response):
+            return body
+        prompt = body.get("prompt", "")
+        prompts = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], str) else [prompt]
+        prompts = [p if isinstance(p, str) else json.dumps(p) for p in prompts]
+        effect: Effect | None = None
+        cleaned: list[str] = []
+        for text in prompts:
+            found, clean = effect_for(text, self.state)
+            effect = effect or found
+            cleaned.append(clean)
+        blocked = await self._gate(request, effect)
+        if blocked is not None:
+            return blocked
+        choices: list[dict[str, Any]] = []
+        completion_tokens = 0
+        for clean in cleaned:
+            content = self._content(body, clean, effect)
+            some, tokens = self._choices(body, content, effect, chat=False, start=len(choices))
+            choices.extend(some)
+            completion_tokens += tokens
+        return self._respond(200, json.dumps({
+            "id": self._next_id("cmpl"),
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.state.options.models[0],
+            "choices": choices,
+            "usage": _usage(sum(word_count(p) for p in prompts), completion_tokens),
+        }).encode())
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """``/v1/embeddings``: hash-derived unit vectors, so similarity tests are reproducible."""
+        body = await self._read(request, "/v1/embeddings")
+        if isinstance(body, web.Response):
+            return body
+        raw = body.get("input")
+        if raw is None or raw == [] or raw == "":
+            return self._respond(400, error_body(400, "'input' must be a non-empty string or list"))
+        texts = raw if isinstance(raw, list) and not isinstance(raw[0], int) else [raw]
+        texts = [t if isinstance(t, str) else json.dumps(t) for t in texts]
+        effect: Effect | None = None
+        for text in texts:
+            found, _ = effect_for(text, self.state)
+            effect = effect or found
+        blocked = await self._gate(request, effect)
+        if blocked is not None:
+            return blocked
+        dim = body.get("dimensions") or self.state.options.dimension
+        tokens = sum(word_count(t) for t in texts)
+        return self._respond(200, json.dumps({
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": embedding_vector(t, int(dim))}
+                for i, t in enumerate(texts)
+            ],
+            "model": body.get("model") or self.state.options.models[0],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }).encode())
+
+    async def models(self, request: web.Request) -> web.Response:
+        """``/v1/models``: what ``joyforge models check`` and clients probe first."""
+        self.state.total += 1
+        self.state.by_endpoint["/v1/models"] += 1
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "mock"} for m in self.state.options.models]
+        return self._respond(200, json.dumps({"object": "list", "data": data}).encode())
+
+    # ---- control endpoints (not counted in the stats) --------------------------------------
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.Response(body=json.dumps(self.state.snapshot()).encode(), content_type=JSON_CT)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.state.reset()
+        return web.Response(body=b'{"ok": true}', content_type=JSON_CT)
+
+    async def config(self, request: web.Request) -> web.Response:
+        try:
+            self.state.configure(**json.loads(await request.read() or b"{}"))
+        except (ValueError, TypeError) as exc:
+            return web.Response(status=400, body=error_body(400, str(exc)), content_type=JSON_CT)
+        return web.Response(body=json.dumps(self.state.snapshot()["options"]).encode(), content_type=JSON_CT)
+
+    # ---- reply construction ---------------------------------------------------------------
+
+    def _content(self, body: dict[str, Any], clean: str, effect: Effect | None) -> str:
+        """The reply text before ``n`` and truncation: directive reply, broken JSON, or the default."""
+        if effect is not None and effect.reply is not None:
+            return effect.reply
+        wants_json, schema = requested_schema(body)
+        if effect is not None and effect.malformed_json:
+            return '{"mock": "this is not valid JSON'
+        if effect is not None and effect.invalid_schema:
+            return json.dumps(violating_instance(schema))
+        if not wants_json:
+            return "echo: " + clean
+        if schema is None:
+            return json.dumps({"echo": clean}, ensure_ascii=False)
+        return json.dumps(minimal_instance(schema), ensure_ascii=False)
+
+    def _choices(self, body: dict[str, Any], content: str, effect: Effect | None,
+                 chat: bool, start: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """``n`` identical choices (the mock is deterministic), truncated to ``max_tokens`` words."""
+        n = body.get("n") or 1
+        text, cut = truncate(content, body.get("max_tokens", body.get("max_completion_tokens")))
+        finish = (effect.finish_reason if effect and effect.finish_reason else None) or (
+            "length" if cut else "stop")
+        tokens = word_count(text)
+        if chat:
+            choices = [{"index": start + i, "message": {"role": "assistant", "content": text},
+                        "logprobs": None, "finish_reason": finish} for i in range(int(n))]
+        else:
+            choices = [{"index": start + i, "text": text, "logprobs": None,
+                        "finish_reason": finish} for i in range(int(n))]
+        return choices, tokens * int(n)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _drop(request: web.Request) -> None:
+    """Close the socket under the request so the client sees a disconnect, not a status."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+# --------------------------------------------------------------------------------------------
+# Running it: in this process (background thread) or in a child process
+# --------------------------------------------------------------------------------------------
+
+
+async def start_site(mock: MockApp, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    """Bind and start serving; returns the runner (for cleanup) and the port actually bound.
+
+    No access log (per-request logging would cost more than the request), a large backlog so a
+    burst of 256 new connections is not refused, and a short shutdown grace so that ``hang``
+    requests do not hold ``close()`` for aiohttp's default 60 s.
+    """
+    runner = web.AppRunner(mock.build(), access_log=None, handle_signals=False, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
+    await site.start()
+    return runner, int(runner.addresses[0][1])
+
+
+def _options(**kwargs: Any) -> MockOptions:
+    """Build options from keyword arguments, with a clear error on a misspelt one."""
+    try:
+        return MockOptions(**kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{exc}; valid options: {', '.join(MockOptions.__dataclass_fields__)}") from None
+
+
+class MockServer:
+    """A mock server on its own event loop in a daemon thread, for tests in this process.
+
+    Why a thread: a test (sync or async) and the client under test can use the server without
+    sharing its event loop, so a client that blocks its loop cannot stall the server.
+    """
+
+    def __init__(self, options: MockOptions, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.mock = MockApp(options)
+        self.host = host
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = port
+        self._thread = threading.Thread(target=self._run, name="mock-openai", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise RuntimeError(f"mock server failed to start: {self._error}") from self._error
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._runner, self.port = self._loop.run_until_complete(
+                start_site(self.mock, self.host, self.port))
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` without the ``/v1`` suffix (for ``/_stats`` and friends)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The OpenAI ``base_url``: ``http://127.0.0.1:PORT/v1``."""
+        return self.base_url + "/v1"
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` on the server's loop, so state is never touched from two threads at once."""
+        async def run() -> Any:
+            return fn(*args, **kwargs)
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def stats(self) -> dict[str, Any]:
+        """Same JSON as ``GET /_stats``: total, by_endpoint, by_status, directives, last_requests."""
+        return self._call(self.mock.state.snapshot)
+
+    def reset(self) -> None:
+        """Zero counters and directive ``times`` counters (``POST /_reset``)."""
+        self._call(self.mock.state.reset)
+
+    def configure(self, **changes: Any) -> None:
+        """Change latency, error_rate, error_status, seed, dimension, keep_last or models live."""
+        self._call(self.mock.state.configure, **changes)
+
+    def close(self) -> None:
+        """Stop serving and join the thread; pending (e.g. ``hang``) requests are cancelled."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> "MockServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_mock_server(latency: float = 0.0, *, host: str = "127.0.0.1", port: int = 0,
+                      **options: Any) -> MockServer:
+    """Start an in-process mock server; options are those of :class:`MockOptions`."""
+    return MockServer(_options(latency=latency, **options), host=host, port=port)
+
+
+# ---- child process --------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _http_json(method: str, url: str, payload: dict[str, Any] | None = None) -> Any:
+    """Tiny blocking HTTP helper for the control endpoints (stdlib only, no client library)."""
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": JSON_CT})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+class MockProcess:
+    """A mock server in a child process, so it has its own core (the benchmark needs that)."""
+
+    def __init__(self, proc: subprocess.Popen[str], port: int, host: str) -> None:
+        self.proc = proc
+        self.port = port
+        self.host = host
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.base_url + "/v1"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stats(self) -> dict[str, Any]:
+        return _http_json("GET", self.base_url + "/_stats")
+
+    def reset(self) -> None:
+        _http_json("POST", self.base_url + "/_reset", {})
+
+    def configure(self, **changes: Any) -> None:
+        _http_json("POST", self.base_url + "/_config", changes)
+
+    def close(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit within 5 s."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> "MockProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def cli_args(options: MockOptions) -> list[str]:
+    """The ``python -m tests.mock_openai`` flags that reproduce ``options``."""
+    args = ["--latency", repr(options.latency), "--error-rate", repr(options.error_rate),
+            "--error-status", str(options.error_status), "--seed", str(options.seed),
+            "--dimension", str(options.dimension), "--keep-last", str(options.keep_last)]
+    for model in options.models:
+        args += ["--model", model]
+    return args
+
+
+def spawn_mock_server(latency: float = 0.0, *, host: str = "127.0.0.1", port: int = 0,
+                      cpu: int | None = None, python: str | None = None,
+                      startup_timeout: float = 30.0, **options: Any) -> MockProcess:
+    """Start ``python -m tests.mock_openai`` and wait for its ``PORT <n>`` line.
+
+    ``cpu`` pins the child to one core (Linux), so a benchmark client on the other core measures
+    itself, not a fight over cores.
+    """
+    cmd = [python or sys.executable, "-m", "tests.mock_openai", "--host", host, "--port", str(port),
+           *cli_args(_options(latency=latency, **options))]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    line = _readline_with_timeout(proc, startup_timeout)
+    if not line.startswith("PORT "):
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"mock server did not start (exit {proc.returncode}); first line: {line!r}")
+    return MockProcess(proc, int(line.split()[1]), host)
+
+
+def _readline_with_timeout(proc: subprocess.Popen[str], timeout: float) -> str:
+    """Read the child's first stdout line without blocking forever if it never prints one."""
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    return box[0].strip() if box else ""
