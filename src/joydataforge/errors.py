@@ -23,13 +23,17 @@ class InputError(JoyForgeError):
     """A bad input record: names the file, the line and (when known) the field."""
 
     def __init__(self, message: str, location: Location | None = None, field: str | None = None):
+        super().__init__(message)
         self.location = location
         self.field = field
         self.reason = message
-        where = str(location) if location else "<input>"
-        if field:
-            where += f" field '{field}'"
-        super().__init__(f"{where}: {message}")
+
+    def __str__(self) -> str:
+        # Built on demand: the executor fills in the location when a step raised without knowing it.
+        where = str(self.location) if self.location else "<input>"
+        if self.field:
+            where += f" field '{self.field}'"
+        return f"{where}: {self.reason}"
 
 
 class ConfigError(JoyForgeError):

@@ -1,0 +1,74 @@
+"""The contract every backend meets: four verbs, plain data in and out.
+
+Backends know how to reach one kind of model and nothing else: caching, rate limits, retries and
+accounting live in the gateway, so a new backend is one small class.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...errors import ModelError
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Completion:
+    """One reply of a model. ``cached`` is set by the gateway when it came from the call cache."""
+
+    text: str
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None
+    model: str = ""
+    cached: bool = False
+    latency: float = 0.0
+
+    def to_cache(self) -> dict[str, Any]:
+        return {"text": self.text, "pt": self.usage.prompt_tokens, "ct": self.usage.completion_tokens,
+                "fr": self.finish_reason, "m": self.model}
+
+    @classmethod
+    def from_cache(cls, data: dict[str, Any]) -> "Completion":
+        return cls(text=data["text"], usage=Usage(data.get("pt", 0), data.get("ct", 0)),
+                   finish_reason=data.get("fr"), model=data.get("m", ""), cached=True)
+
+
+class TransientError(ModelError):
+    """Worth retrying: timeouts, dropped connections, 429 and 5xx. ``retry_after`` comes from the server."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None,
+                 model: str | None = None, raw: str | None = None):
+        super().__init__(message, model=model, raw=raw, retryable=True)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class Backend(abc.ABC):
+    """One model endpoint. Implementations must be safe to call concurrently from one event loop."""
+
+    supports_grammar: bool = False  # the backend enforces a JSON schema while decoding
+
+    @abc.abstractmethod
+    async def chat(self, messages: Messages, params: dict[str, Any], *,
+                   json_schema: dict[str, Any] | None = None, seed: int | None = None) -> Completion: ...
+
+    async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
+        raise ModelError(f"{type(self).__name__} does not offer raw text completion")
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        raise ModelError(f"{type(self).__name__} does not offer embeddings")
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,144 @@
+"""Any OpenAI-compatible server: vLLM, SGLang, llama.cpp server, Ollama, TEI, hosted APIs.
+
+Speaks the three HTTP endpoints with aiohttp (chosen over httpx for its lower per-request CPU cost,
+which is what bounds throughput at hundreds of concurrent calls on a small machine). Classifies every
+failure as transient (the gateway retries) or final.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from ...errors import ModelError
+from ..config import ModelConfig
+from .base import Backend, Completion, Messages, TransientError, Usage
+
+_TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` is either seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class OpenAICompatBackend(Backend):
+    def __init__(self, config: ModelConfig):
+        if not config.base_url:
+            raise ModelError(f"model '{config.name}': the openai backend needs base_url")
+        self.config = config
+        self.base_url = config.base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._schema_mode = config.structured_output  # downgraded once if the server refuses json_schema
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = self.config.api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    async def _session_get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=max(1, self.config.max_concurrency), ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                json_serialize=lambda obj: json.dumps(obj, ensure_ascii=False),
+            )
+        return self._session
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        session = await self._session_get()
+        name = self.config.name
+        try:
+            async with session.post(self.base_url + path, json=body) as response:
+                text = await response.text()
+                if response.status >= 400:
+                    message = f"model '{name}': HTTP {response.status} from {path}: {text[:300]}"
+                    if response.status in _TRANSIENT_STATUS:
+                        raise TransientError(message, status=response.status, model=name, raw=text,
+                                             retry_after=parse_retry_after(response.headers.get("Retry-After")))
+                    raise ModelError(message, model=name, raw=text)
+        except asyncio.TimeoutError:
+            raise TransientError(f"model '{name}': no reply within {self.config.timeout}s", model=name) from None
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"model '{name}': connection failed: {exc}", model=name) from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise TransientError(f"model '{name}': server sent invalid JSON: {text[:200]}", model=name, raw=text) from None
+
+    @staticmethod
+    def _usage(data: dict[str, Any]) -> Usage:
+        usage = data.get("usage") or {}
+        return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+    async def chat(self, messages: Messages, params: dict[str, Any], *,
+                   json_schema: dict[str, Any] | None = None, seed: int | None = None) -> Completion:
+        body: dict[str, Any] = {"model": self.config.model, "messages": messages, **params}
+        if seed is not None and "seed" not in body:
+            body["seed"] = seed
+        if json_schema is not None and self._schema_mode != "none":
+            body["response_format"] = self._response_format(json_schema)
+        try:
+            data = await self._post("/chat/completions", body)
+        except ModelError as exc:
+            if json_schema is None or "response_format" not in body or isinstance(exc, TransientError):
+                raise
+            # A server that rejects structured output: fall back to prompting plus validation, once.
+            self._schema_mode = "json_object" if self._schema_mode == "json_schema" else "none"
+            return await self.chat(messages, params, json_schema=json_schema, seed=seed)
+        try:
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise TransientError(f"model '{self.config.name}': reply without choices: {str(data)[:200]}",
+                                 model=self.config.name, raw=json.dumps(data)) from None
+        return Completion(text=text, usage=self._usage(data), finish_reason=choice.get("finish_reason"),
+                          model=data.get("model", self.config.model))
+
+    def _response_format(self, schema: dict[str, Any]) -> dict[str, Any]:
+        if self._schema_mode == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+        return {"type": "json_object"}
+
+    async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
+        body: dict[str, Any] = {"model": self.config.model, "prompt": prompt, **params}
+        if seed is not None and "seed" not in body:
+            body["seed"] = seed
+        data = await self._post("/completions", body)
+        try:
+            choice = data["choices"][0]
+            text = choice.get("text") or ""
+        except (KeyError, IndexError, TypeError):
+            raise TransientError(f"model '{self.config.name}': completion without choices", model=self.config.name,
+                                 raw=json.dumps(data)) from None
+        return Completion(text=text, usage=self._usage(data), finish_reason=choice.get("finish_reason"),
+                          model=data.get("model", self.config.model))
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        data = await self._post("/embeddings", {"model": self.config.model, "input": texts})
+        try:
+            rows = sorted(data["data"], key=lambda item: item.get("index", 0))
+            return [list(map(float, row["embedding"])) for row in rows]
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(f"model '{self.config.name}': malformed embeddings reply", model=self.config.name) from None
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()

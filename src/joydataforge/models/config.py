@@ -1,0 +1,125 @@
+"""Named models from ``models.yaml``.
+
+Configs validate without importing any backend (DataDesigner's rule), so ``joyforge models list`` and a
+pipeline check work on a machine where llama-cpp-python is not installed. Keys never live in files:
+a model names the *environment variable* that holds its key.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError
+
+BackendName = Literal["openai", "llamacpp"]
+
+
+class Pricing(BaseModel):
+    """Price in the user's currency per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    backend: BackendName
+    model: str = Field(default="", description="model id sent to the server; for llamacpp a label")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(default=None, description="name of the environment variable holding the key")
+    model_path: str | None = Field(default=None, description="llamacpp: a GGUF path, or 'smollm2' for the bundled model")
+    chat_template: str | None = Field(default=None, description="llamacpp: override the GGUF's chat format")
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    max_concurrency: int = 16
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    timeout: float = 120.0
+    max_retries: int = 5
+    json_retries: int = 2
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    params: dict[str, Any] = Field(default_factory=dict, description="default generation parameters")
+    pricing: Pricing | None = None
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name_not_key(cls, value: str | None) -> str | None:
+        if value and (value.startswith("sk-") or len(value) > 64 or not value.replace("_", "").isalnum()):
+            raise ValueError("api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key")
+        return value
+
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if key is None:
+            raise ConfigError(f"model '{self.name}': environment variable {self.api_key_env} is not set")
+        return key
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two configs give the same replies; part of every cache key (never the key itself)."""
+        return {"backend": self.backend, "model": self.model, "base_url": self.base_url,
+                "model_path": self.model_path, "chat_template": self.chat_template}
+
+
+class ModelRegistry:
+    """The models one run may use, by name."""
+
+    def __init__(self, models: dict[str, ModelConfig], source: str = "<memory>"):
+        self.models = models
+        self.source = source
+
+    def get(self, name: str) -> ModelConfig:
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ConfigError(f"unknown model '{name}' (models in {self.source}: {known})") from None
+
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "ModelRegistry":
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            raise ConfigError(f"{source}: expected a mapping with a 'models:' section of named models")
+        models: dict[str, ModelConfig] = {}
+        for name, body in data["models"].items():
+            if not isinstance(body, dict):
+                raise ConfigError(f"{source}: models.{name} must be a mapping")
+            try:
+                models[name] = ModelConfig(name=name, **body)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"models.{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+                )
+                raise ConfigError(f"{source}: {problems}") from None
+        return cls(models, source)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "ModelRegistry":
+        """Load a models.yaml; without a path, the one that ships in the package."""
+        if path is None:
+            text = resources.files("joydataforge.models").joinpath("models.yaml").read_text("utf-8")
+            source = "built-in models.yaml"
+        else:
+            p = Path(path)
+            if not p.exists():
+                raise ConfigError(f"models file not found: {p}")
+            text, source = p.read_text("utf-8"), str(p)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        return cls.from_dict(data, source)
+
+    def merged(self, other: "ModelRegistry") -> "ModelRegistry":
+        return ModelRegistry({**self.models, **other.models}, f"{self.source} + {other.source}")

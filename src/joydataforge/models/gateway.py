@@ -1,0 +1,195 @@
+"""The one door to every model: cache -> rate limit -> retry -> backend, with accounting.
+
+Steps ask ``ctx.model("name")`` for a :class:`ModelClient` and call its verbs; they never see HTTP,
+threads or retries. Determinism: every call carries a ``sample`` index, and the backend seed is derived
+from the call's cache key, so the same pipeline over the same data asks the same questions and (where
+the backend honours seeds) gets the same answers.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+from ..errors import ModelError, ValidationFailed
+from ..records import content_hash
+from .backends.base import Backend, Completion, Messages, TransientError
+from .cache import CallCache
+from .config import ModelConfig, ModelRegistry
+from .limits import ModelLimits
+from .retry import RetryPolicy
+from .structured import parse_and_validate
+from .usage import ModelUsage
+
+T = TypeVar("T")
+
+
+def create_backend(config: ModelConfig) -> Backend:
+    """Backends are imported only when a model is used, so configs validate without their libraries."""
+    if config.backend == "openai":
+        from .backends.openai_compat import OpenAICompatBackend
+        return OpenAICompatBackend(config)
+    if config.backend == "llamacpp":
+        from .backends.llamacpp import LlamaCppBackend
+        return LlamaCppBackend(config)
+    raise ModelError(f"model '{config.name}': unknown backend '{config.backend}'")
+
+
+class ModelClient:
+    """One named model as steps see it."""
+
+    def __init__(self, config: ModelConfig, backend: Backend, cache: CallCache | None, retry: RetryPolicy,
+                 usage: ModelUsage):
+        self.config = config
+        self.name = config.name
+        self.backend = backend
+        self.cache = cache
+        self.retry = RetryPolicy(max_retries=config.max_retries, base_delay=retry.base_delay,
+                                 max_delay=retry.max_delay)
+        self.usage = usage
+        self.limits = ModelLimits(config.max_concurrency, config.requests_per_minute, config.tokens_per_minute)
+        self._identity = config.identity()
+        self._jitter = random.Random(config.name)
+
+    def _params(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        params = dict(self.config.params)
+        params.update({k: v for k, v in overrides.items() if v is not None})
+        return params
+
+    def _key(self, verb: str, payload: Any, params: dict[str, Any], schema: Any, sample: int, attempt: int) -> str:
+        return content_hash([self._identity, verb, payload, params, schema, sample, attempt], 20)
+
+    async def _call(self, verb: str, payload: Any, params: dict[str, Any], *, schema: dict[str, Any] | None = None,
+                    sample: int = 0, attempt: int = 0) -> Completion:
+        key = self._key(verb, payload, params, schema, sample, attempt)
+        if self.cache is not None:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                self.usage.cache_hits += 1
+                return Completion.from_cache(hit)
+        seed = int(key[:8], 16)
+        estimate = _estimate_tokens(payload, params)
+
+        async def call_backend() -> Completion:
+            await self.limits.before_call(estimate)
+            if verb == "chat":
+                return await self.backend.chat(payload, params, json_schema=schema, seed=seed)
+            return await self.backend.complete(payload, params, seed=seed)
+
+        result, seconds = await self._with_retries(call_backend)
+        result.latency = seconds
+        self.limits.after_call(estimate, result.usage.total_tokens)
+        self.usage.record(result.usage.prompt_tokens, result.usage.completion_tokens, result.latency,
+                          self.config.pricing)
+        if self.cache is not None:
+            self.cache.put(key, result.to_cache())
+        return result
+
+    async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> tuple[T, float]:
+        """Run ``call`` under the concurrency limit, retrying transient failures; returns (result, seconds).
+
+        The backoff sleep happens outside the semaphore, so a model waiting out a 429 frees its slot.
+        """
+        tries = 0
+        while True:
+            try:
+                async with self.limits.semaphore:
+                    started = time.perf_counter()
+                    result = await call()
+                    return result, time.perf_counter() - started
+            except TransientError as exc:
+                if tries >= self.retry.max_retries:
+                    self.usage.errors += 1
+                    raise ModelError(f"{exc} (gave up after {tries + 1} tries)", model=self.name, raw=exc.raw) from None
+                self.usage.retries += 1
+                await asyncio.sleep(self.retry.delay(tries, exc.retry_after, self._jitter))
+                tries += 1
+            except ModelError:
+                self.usage.errors += 1
+                raise
+
+    async def chat(self, messages: Messages, *, sample: int = 0, **params: Any) -> Completion:
+        return await self._call("chat", messages, self._params(params), sample=sample)
+
+    async def chat_json(self, messages: Messages, schema: dict[str, Any], *, sample: int = 0,
+                        **params: Any) -> tuple[Any, Completion]:
+        """A reply parsed and validated against ``schema``; invalid replies are retried with new samples.
+
+        After ``json_retries`` retries the last raw reply travels inside :class:`ValidationFailed`, so the
+        failures file shows exactly what the model said.
+        """
+        merged = self._params(params)
+        last: ValidationFailed | None = None
+        for attempt in range(self.config.json_retries + 1):
+            completion = await self._call("chat", messages, merged, schema=schema, sample=sample, attempt=attempt)
+            try:
+                return parse_and_validate(completion.text, schema, self.name), completion
+            except ValidationFailed as exc:
+                self.usage.invalid_replies += 1
+                last = exc
+        assert last is not None
+        raise ValidationFailed(f"{last} (after {self.config.json_retries + 1} attempts)", model=self.name, raw=last.raw)
+
+    async def complete(self, prompt: str, *, sample: int = 0, **params: Any) -> Completion:
+        return await self._call("complete", prompt, self._params(params), sample=sample)
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """Embeddings, cached one text at a time so overlapping batches are not paid twice."""
+        keys = [content_hash([self._identity, "embed", text], 20) for text in texts]
+        vectors: list[list[float] | None] = [None] * len(texts)
+        if self.cache is not None:
+            for i, key in enumerate(keys):
+                hit = await self.cache.get(key)
+                if hit is not None:
+                    vectors[i] = hit["v"]
+                    self.usage.cache_hits += 1
+        missing = [i for i, v in enumerate(vectors) if v is None]
+        if missing:
+            batch = [texts[i] for i in missing]
+            fresh, seconds = await self._with_retries(lambda: self.backend.embed(batch))
+            self.usage.record(sum(len(texts[i]) // 4 for i in missing), 0, seconds, self.config.pricing)
+            for i, vector in zip(missing, fresh):
+                vectors[i] = vector
+                if self.cache is not None:
+                    self.cache.put(keys[i], {"v": vector})
+        return [v for v in vectors if v is not None]
+
+
+def _estimate_tokens(payload: Any, params: dict[str, Any]) -> int:
+    if isinstance(payload, str):
+        chars = len(payload)
+    else:
+        chars = sum(len(m.get("content") or "") for m in payload)
+    return chars // 4 + int(params.get("max_tokens") or 256)
+
+
+class Gateway:
+    """All models of one run, created on first use, closed together."""
+
+    def __init__(self, registry: ModelRegistry, cache: CallCache | None = None, retry: RetryPolicy | None = None,
+                 backends: dict[str, Backend] | None = None):
+        """``backends`` supplies ready backend objects by model name (custom backends, test doubles);
+        the rest are created from their config on first use."""
+        self.registry = registry
+        self.cache = cache
+        self.retry = retry or RetryPolicy()
+        self.usage: dict[str, ModelUsage] = {}
+        self._clients: dict[str, ModelClient] = {}
+        self._backends = dict(backends or {})
+
+    def model(self, name: str) -> ModelClient:
+        client = self._clients.get(name)
+        if client is None:
+            config = self.registry.get(name)
+            usage = self.usage.setdefault(name, ModelUsage())
+            backend = self._backends.get(name) or create_backend(config)
+            client = ModelClient(config, backend, self.cache, self.retry, usage)
+            self._clients[name] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.backend.close()
+        if self.cache is not None:
+            await self.cache.flush()

@@ -1,0 +1,59 @@
+"""Step kinds by name, as written in pipeline YAML; users add their own with ``class: package.module.Class``."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from ..errors import ConfigError
+from .base import Step
+from .single import Generate, Label
+
+BUILTIN_STEPS: dict[str, type[Step]] = {cls.kind: cls for cls in (Generate, Label)}
+
+
+def register_step(cls: type[Step]) -> type[Step]:
+    """Decorator for plugins: ``@register_step`` makes ``kind`` usable in YAML."""
+    BUILTIN_STEPS[cls.kind] = cls
+    return cls
+
+
+def _optional_steps() -> None:
+    """Steps that live in modules written separately; imported lazily so a missing extra never breaks a run."""
+    for module, name in (("joydataforge.steps.dedup", "MinHashDedupStep"),):
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        BUILTIN_STEPS.setdefault(cls.kind, cls)
+
+
+def step_class(kind: str, where: str) -> type[Step]:
+    _optional_steps()
+    if "." in kind:
+        module_name, _, class_name = kind.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"{where}: cannot import step class '{kind}': {exc}") from None
+        if not (inspect.isclass(cls) and issubclass(cls, Step)):
+            raise ConfigError(f"{where}: '{kind}' is not a joydataforge Step")
+        return cls
+    try:
+        return BUILTIN_STEPS[kind]
+    except KeyError:
+        raise ConfigError(f"{where}: unknown step kind '{kind}' (known: {', '.join(sorted(BUILTIN_STEPS))})") from None
+
+
+def build_step(kind: str, settings: dict[str, Any], where: str) -> Step:
+    cls = step_class(kind, where)
+    signature = inspect.signature(cls.__init__)
+    accepted = {p for p in signature.parameters if p != "self"}
+    unknown = set(settings) - accepted
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)} for step '{kind}' "
+                          f"(accepted: {', '.join(sorted(accepted))})")
+    try:
+        return cls(**settings)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
