@@ -53,10 +53,14 @@ class BadInputStop(JoyForgeError):
 
 
 def pipeline_fingerprint(pipeline: Pipeline) -> str:
-    """Changes when what a record would become changes (steps and their settings, input window)."""
+    """Changes when what a record would become changes: the steps, their settings, the seed.
+
+    The input window is left out on purpose: widening ``--limit`` or moving ``--start`` over the same
+    folder is how a big file is processed in slices, and records are matched by id anyway.
+    """
     steps = [{"kind": s.kind, "name": s.name, **{k: v for k, v in vars(s).items()
                                                  if not k.startswith("_") and k != "counters"}} for s in pipeline.steps]
-    body = {"steps": steps, "input": pipeline.input.model_dump(exclude={"on_bad_record"}), "seed": pipeline.run.seed}
+    body = {"steps": steps, "seed": pipeline.run.seed}
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,4 @@
+"""``python -m joydataforge`` is the ``joyforge`` command."""
+from .cli import main
+
+main()
