@@ -307,6 +307,26 @@ def test_jsonl_streams_lazily_and_closes_when_the_consumer_stops(tmp_path):
     assert count_records(path) == 50_000
 
 
+def test_reading_a_jsonl_file_keeps_memory_flat(tmp_path):
+    """Peak memory must not grow with the file: 8x the lines, (nearly) the same peak."""
+    import tracemalloc
+
+    line = json.dumps({"id": 0, "input": "长文本" * 100}, ensure_ascii=False) + "\n"
+
+    def peak_for(lines: int) -> int:
+        path = tmp_path / f"{lines}.jsonl"
+        path.write_text(line * lines, encoding="utf-8")  # both files exceed the 1 MiB encoding sample
+        tracemalloc.start()
+        try:
+            assert sum(1 for item in iter_records(path) if item.ok) == lines
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak_for(5_000), peak_for(40_000)  # ~4.6 MB and ~37 MB
+    assert large < small * 1.2 + 100_000, (small, large)
+
+
 # --- folders and file-level errors -----------------------------------------------------------------
 
 def test_a_folder_is_one_stream_sorted_by_name_recursively():

@@ -34,9 +34,10 @@ def dumps_line(record: dict[str, Any]) -> bytes:
 class JsonlAppender:
     """Append-only JSONL writer whose batches reach the file whole or (after a crash) torn only at the end.
 
-    ``fsync_every`` is the most seconds between fsyncs (0: after every write; ``None``: only on
-    :meth:`sync` and :meth:`close`). Without fsync a ``kill -9`` loses nothing -- the kernel has the
-    bytes -- only a power cut or OS crash can; the timer bounds that loss without an fsync per batch.
+    ``fsync_every``: a write fsyncs when at least that many seconds passed since the last fsync (0:
+    every write; ``None``: only :meth:`sync` and :meth:`close` do). Without fsync a ``kill -9`` loses
+    nothing -- the kernel has the bytes -- only a power cut or OS crash can; the timer bounds that loss
+    without paying an fsync per batch. Call :meth:`sync` when a run goes idle.
     """
 
     def __init__(self, path: str | Path, *, fsync_every: float | None = 1.0):
