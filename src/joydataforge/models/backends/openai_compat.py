@@ -100,9 +100,18 @@ class OpenAICompatBackend(Backend):
         except ModelError as exc:
             if json_schema is None or "response_format" not in body or isinstance(exc, TransientError):
                 raise
-            # A server that rejects structured output: fall back to prompting plus validation, once.
-            self._schema_mode = "json_object" if self._schema_mode == "json_schema" else "none"
-            return await self.chat(messages, params, json_schema=json_schema, seed=seed)
+            # Maybe a server that rejects structured output: try the next weaker mode. Keep the downgrade
+            # only if that works; a 400 for another reason (a bad request, too long a prompt) must not
+            # switch structured output off for every later call.
+            previous = self._schema_mode
+            fallback = "json_object" if previous == "json_schema" else "none"
+            self._schema_mode = fallback
+            try:
+                return await self.chat(messages, params, json_schema=json_schema, seed=seed)
+            except ModelError:
+                if self._schema_mode == fallback:
+                    self._schema_mode = previous
+                raise exc from None
         try:
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
