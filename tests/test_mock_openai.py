@@ -10,6 +10,7 @@ import asyncio
 import http.client
 import json
 import math
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,13 @@ except ModuleNotFoundError:  # run as plain `pytest` without the repo root on sy
     from tests.mock_openai.server import parse_directive
 
 pytestmark = pytest.mark.timeout(30)
+ENGINES = ["aiohttp", "raw"]
+
+
+@pytest.fixture(params=ENGINES)
+def mock_engine(request: pytest.FixtureRequest) -> str:
+    """Every test that uses ``mock_server`` or the factory runs on both HTTP engines."""
+    return request.param
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -292,8 +300,9 @@ def test_drop_closes_the_connection_without_a_response(mock_server: MockServer) 
     assert mock_server.stats()["by_status"] == {"drop": 1, "200": 1}
 
 
-def test_hang_never_answers_and_close_is_still_quick() -> None:
-    server = start_mock_server()
+@pytest.mark.parametrize("engine", ENGINES)
+def test_hang_never_answers_and_close_is_still_quick(engine: str) -> None:
+    server = start_mock_server(engine=engine)
     with pytest.raises((TimeoutError, urllib.error.URLError)):
         post(server, "/v1/chat/completions",
              {"messages": [{"role": "user", "content": "[[mock:hang]]"}]}, timeout=0.5)
@@ -451,8 +460,9 @@ async def test_keep_alive_reuses_one_connection(mock_server: MockServer) -> None
 # ---- out of process -------------------------------------------------------------------------
 
 
-def test_spawned_server_serves_and_stops() -> None:
-    with spawn_mock_server(latency=0.0, dimension=3) as server:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_spawned_server_serves_and_stops(engine: str) -> None:
+    with spawn_mock_server(latency=0.0, dimension=3, engine=engine, error_retry_after="2") as server:
         assert server.url.startswith("http://127.0.0.1:") and server.url.endswith("/v1")
         assert len(embed(server, "x")[0]) == 3
         assert server.stats()["total"] == 1
@@ -471,3 +481,83 @@ def test_module_prints_port_first() -> None:
         proc.terminate()
         assert proc.wait(5) == 0
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+# ---- wire-level behaviour (both engines) -------------------------------------------------------
+
+
+def raw_exchange(server: MockServer, payload: bytes, expect_close: bool = False, reads: int = 1) -> bytes:
+    """Send bytes on one socket and collect what comes back (until close, or ``reads`` replies)."""
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(payload)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            data += chunk
+            if not chunk or (not expect_close and data.count(b"HTTP/1.1 ") >= reads and _complete(data, reads)):
+                return data
+
+
+def _complete(data: bytes, replies: int) -> bool:
+    """True once ``replies`` whole responses (by Content-Length) are in ``data``."""
+    for _ in range(replies):
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        head = data[:end].lower()
+        start = head.find(b"content-length:") + len(b"content-length:")
+        length = int(head[start:].split(b"\r\n")[0])
+        if len(data) < end + 4 + length:
+            return False
+        data = data[end + 4 + length:]
+    return True
+
+
+def request_bytes(text: str, extra_headers: str = "", version: str = "HTTP/1.1") -> bytes:
+    body = json.dumps({"messages": [{"role": "user", "content": text}]}).encode()
+    return (f"POST /v1/chat/completions {version}\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{extra_headers}\r\n").encode() + body
+
+
+def test_pipelined_requests_are_answered_in_order(mock_server: MockServer) -> None:
+    data = raw_exchange(mock_server, request_bytes("[[mock:delay=0.2]] first") + request_bytes("second"), reads=2)
+    assert data.index(b"echo: first") < data.index(b"echo: second")
+
+
+def test_chunked_request_body(mock_server: MockServer) -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": "chunky"}]}).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:7], body[7:])) + b"0\r\n\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert b"echo: chunky" in raw_exchange(mock_server, head + chunks)
+
+
+def test_http10_without_keep_alive_is_closed(mock_server: MockServer) -> None:
+    data = raw_exchange(mock_server, request_bytes("old", version="HTTP/1.0"), expect_close=True)
+    assert b" 200 " in data.split(b"\r\n")[0] and b"echo: old" in data
+
+
+def test_unknown_path_and_wrong_method(mock_server: MockServer) -> None:
+    assert post(mock_server, "/v1/nope", {})[0] == 404
+    req = urllib.request.Request(mock_server.url + "/chat/completions", method="GET")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=5)
+    assert err.value.code == 405
+    err.value.close()
+
+
+def test_raw_engine_rejects_garbage_with_400() -> None:
+    with start_mock_server(engine="raw") as server:
+        data = raw_exchange(server, b"NONSENSE\r\n\r\n", expect_close=True)
+        assert data.startswith(b"HTTP/1.1 400 ")
+        assert chat(server, "still fine")[0] == 200
+
+
+def test_random_errors_can_carry_retry_after(mock_server_factory: Any) -> None:
+    server = mock_server_factory(error_rate=1.0, error_status=429, error_retry_after="3")
+    status, headers, _ = chat(server, "x")
+    assert status == 429 and headers["Retry-After"] == "3"
+
+
+def test_unknown_engine_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="unknown engine"):
+        start_mock_server(engine="tornado")

@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dimension", type=int, default=8, help="embedding dimension")
     parser.add_argument("--keep-last", type=int, default=50, help="request bodies kept for /_stats")
     parser.add_argument("--model", action="append", default=None, help="served model id (repeatable)")
+    parser.add_argument("--error-retry-after", default=None, help="Retry-After header of the random failures")
+    parser.add_argument("--engine", choices=("aiohttp", "raw"), default="aiohttp",
+                        help="HTTP engine: aiohttp.web (default) or the lean asyncio protocol")
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU core")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's loop even if uvloop is installed")
     return parser.parse_args(argv)
@@ -36,17 +39,18 @@ async def serve(args: argparse.Namespace) -> None:
     """Serve until SIGTERM/SIGINT, then shut down cleanly (pending requests are cancelled)."""
     options = MockOptions(latency=args.latency, error_rate=args.error_rate, error_status=args.error_status,
                           seed=args.seed, dimension=args.dimension, keep_last=args.keep_last,
-                          models=tuple(args.model or MockOptions().models))
-    runner, port = await start_site(MockApp(options), args.host, args.port)
-    print(f"PORT {port}", flush=True)
+                          models=tuple(args.model or MockOptions().models),
+                          error_retry_after=args.error_retry_after)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before PORT, so a parent may stop us at once
         loop.add_signal_handler(sig, stop.set)
+    stop_site, port = await start_site(MockApp(options), args.host, args.port, args.engine)
+    print(f"PORT {port}", flush=True)
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await stop_site()
 
 
 def main(argv: list[str] | None = None) -> int:
