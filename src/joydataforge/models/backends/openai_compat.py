@@ -98,20 +98,13 @@ class OpenAICompatBackend(Backend):
         try:
             data = await self._post("/chat/completions", body)
         except ModelError as exc:
-            if json_schema is None or "response_format" not in body or isinstance(exc, TransientError):
+            if "response_format" not in body or "response_format" not in (exc.raw or str(exc)):
                 raise
-            # Maybe a server that rejects structured output: try the next weaker mode. Keep the downgrade
-            # only if that works; a 400 for another reason (a bad request, too long a prompt) must not
-            # switch structured output off for every later call.
-            previous = self._schema_mode
-            fallback = "json_object" if previous == "json_schema" else "none"
-            self._schema_mode = fallback
-            try:
-                return await self.chat(messages, params, json_schema=json_schema, seed=seed)
-            except ModelError:
-                if self._schema_mode == fallback:
-                    self._schema_mode = previous
-                raise exc from None
+            # The server refused our way of asking for structured output (some answer 400, some 500):
+            # step down json_schema -> json_object (+schema, which llama.cpp's server enforces) -> prompt
+            # only, and remember it. Replies are still validated against the schema by the gateway.
+            self._schema_mode = "json_object" if self._schema_mode == "json_schema" else "none"
+            return await self.chat(messages, params, json_schema=json_schema, seed=seed)
         try:
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
@@ -124,7 +117,7 @@ class OpenAICompatBackend(Backend):
     def _response_format(self, schema: dict[str, Any]) -> dict[str, Any]:
         if self._schema_mode == "json_schema":
             return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
-        return {"type": "json_object"}
+        return {"type": "json_object", "schema": schema}
 
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
         body: dict[str, Any] = {"model": self.config.model, "prompt": prompt, **params}
