@@ -27,6 +27,16 @@ class Pricing(BaseModel):
     output_per_mtok: float = 0.0
 
 
+_KEY_PREFIXES = ("sk-", "sk_", "hf_", "gsk_", "xai-", "AIza", "ghp_", "github_pat_", "r8_", "nvapi-", "pk-")
+
+
+def _looks_like_key(value: str) -> bool:
+    """A variable name is a short identifier (``OPENAI_API_KEY``); a key has a vendor prefix or a long random run."""
+    if value.startswith(_KEY_PREFIXES) or len(value) > 64 or not value.isidentifier() or not value.isascii():
+        return True
+    return any(len(part) >= 20 and any(c.isdigit() for c in part) for part in value.split("_"))
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -52,7 +62,7 @@ class ModelConfig(BaseModel):
     @field_validator("api_key_env")
     @classmethod
     def _env_name_not_key(cls, value: str | None) -> str | None:
-        if value and (value.startswith("sk-") or len(value) > 64 or not value.replace("_", "").isalnum()):
+        if value and _looks_like_key(value):
             raise ValueError("api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key")
         return value
 
