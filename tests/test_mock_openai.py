@@ -429,6 +429,30 @@ def test_stats_count_endpoints_statuses_and_keep_the_last_bodies(mock_server_fac
     assert server.stats()["total"] == 0 and server.stats()["last_requests"] == []
 
 
+def test_stats_record_headers_times_and_status(mock_server: MockServer) -> None:
+    req = urllib.request.Request(mock_server.url + "/chat/completions", headers={
+        "Content-Type": "application/json", "Authorization": "Bearer sk-test"},
+        data=json.dumps({"messages": [{"role": "user", "content": "[[mock:delay=0.2]]"}]}).encode())
+    before = time.monotonic()
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        resp.read()
+    entry = mock_server.stats()["last_requests"][-1]
+    assert entry["headers"]["authorization"] == "Bearer sk-test" and entry["status"] == 200
+    assert before <= entry["received"] and entry["answered"] - entry["received"] >= 0.2
+
+
+async def test_max_in_flight_counts_concurrent_requests(mock_server_factory: Any) -> None:
+    server = mock_server_factory(latency=0.2)
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=7)) as session:
+        async def one() -> None:
+            async with session.post(server.url + "/chat/completions", json=body) as resp:
+                await resp.read()
+        await asyncio.gather(*(one() for _ in range(20)))
+    stats = server.stats()
+    assert stats["max_in_flight"] == 7 and stats["in_flight"] == 0
+
+
 def test_session_fixture_is_reset_for_each_user(mock_server_session: MockServer) -> None:
     assert mock_server_session.stats()["total"] == 0
     chat(mock_server_session, "x")

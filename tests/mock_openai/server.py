@@ -15,8 +15,12 @@ Endpoints (all JSON, shaped like OpenAI's):
 - ``POST /v1/embeddings``        deterministic unit vectors from a SHA-256 of each text
   (``dimensions`` in the request overrides the server's dimension, default 8).
 - ``GET  /v1/models``            the served model ids.
-- ``GET  /_stats``               counts per endpoint and per status, directive hit counts, and the
-  bodies of the last N requests (``{"endpoint", "body"}``, oldest first).
+- ``GET  /_stats``               ``total``, ``by_endpoint``, ``by_status`` (keys are strings:
+  ``"200"``, ``"429"``, ..., ``"drop"``, ``"hang"``), ``directives`` (hits per directive string),
+  ``in_flight`` and ``max_in_flight`` (model requests being served now / at most since the last
+  reset), ``options``, and ``last_requests``: the last N model requests, oldest first, each
+  ``{"endpoint", "body", "headers" (names lower-cased), "received", "answered", "status"}`` with
+  times from ``time.monotonic()`` (``answered``/``status`` absent while still in flight).
 - ``POST /_reset``               zero the stats and the directive counters.
 - ``POST /_config``              change options at run time (JSON body: any of ``latency``,
   ``error_rate``, ``error_status``, ``seed``, ``dimension``).
@@ -81,6 +85,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -89,6 +94,7 @@ JSON_CT = "application/json"
 DIRECTIVE_RE = re.compile(r"\[\[mock:(.*?)\]\]", re.DOTALL)
 DIRECTIVE_MARK = "[[mock:"
 DEFAULT_MODEL = "mock-model"
+MODEL_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -127,6 +133,8 @@ class MockState:
     directive_hits: collections.Counter = field(default_factory=collections.Counter)
     last: collections.deque = field(init=False)
     total: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.options.seed)
@@ -140,6 +148,7 @@ class MockState:
         self.last = collections.deque(maxlen=self.options.keep_last)
         self.rng = random.Random(self.options.seed)
         self.total = 0
+        self.max_in_flight = self.in_flight
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy, safe to hand to another thread."""
@@ -148,7 +157,9 @@ class MockState:
             "by_endpoint": dict(self.by_endpoint),
             "by_status": {str(k): v for k, v in self.by_status.items()},
             "directives": dict(self.directive_hits),
-            "last_requests": list(self.last),
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "last_requests": [_entry_copy(e) for e in self.last],
             "options": {
                 "latency": self.options.latency,
                 "error_rate": self.options.error_rate,
@@ -173,6 +184,13 @@ class MockState:
             self.rng = random.Random(self.options.seed)
         if "keep_last" in changes:
             self.last = collections.deque(self.last, maxlen=self.options.keep_last)
+
+
+def _entry_copy(entry: dict[str, Any]) -> dict[str, Any]:
+    """A recorded request for ``/_stats``: header names lower-cased, whatever the engine."""
+    out = dict(entry)
+    out["headers"] = {k.lower(): v for k, v in (entry.get("headers") or {}).items()}
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,14 +522,42 @@ class MockApp:
             ("POST", "/_config"): self.config,
         }
 
-    async def handle(self, method: str, path: str, body: bytes) -> Reply:
-        """Route one request; unknown paths get OpenAI-style 404s, wrong methods 405s."""
-        handler = self.routes.get((method, path.partition("?")[0]))
-        if handler is not None:
-            return await handler(body)
-        if any(p == path.partition("?")[0] for _, p in self.routes):
-            return Reply(405, error_body(405, f"method {method} not allowed on {path}"))
-        return Reply(404, error_body(404, f"unknown path {path}"))
+    async def handle(self, method: str, path: str, body: bytes,
+                     headers: Mapping[str, str] | None = None) -> Reply:
+        """Route one request; unknown paths get OpenAI-style 404s, wrong methods 405s.
+
+        Model requests are counted and recorded here, with their headers and arrival/answer times
+        (``time.monotonic()``, comparable across processes on one Linux host), so client tests can
+        check keys, ``Retry-After`` waits and concurrency limits without a proxy.
+        """
+        route = path.partition("?")[0]
+        handler = self.routes.get((method, route))
+        if handler is None:
+            if any(p == route for _, p in self.routes):
+                return Reply(405, error_body(405, f"method {method} not allowed on {path}"))
+            return Reply(404, error_body(404, f"unknown path {path}"))
+        if route not in MODEL_PATHS:
+            return await handler(body, None)
+        return await self._model_call(handler, route, body, headers)
+
+    async def _model_call(self, handler: Any, route: str, body: bytes,
+                          headers: Mapping[str, str] | None) -> Reply:
+        state = self.state
+        state.total += 1
+        state.by_endpoint[route] += 1
+        entry: dict[str, Any] = {"endpoint": route, "body": None, "headers": headers,
+                                 "received": time.monotonic()}
+        state.last.append(entry)
+        state.in_flight += 1
+        if state.in_flight > state.max_in_flight:
+            state.max_in_flight = state.in_flight
+        try:
+            reply = await handler(body, entry)
+        finally:
+            state.in_flight -= 1
+        entry["answered"] = time.monotonic()
+        entry["status"] = "drop" if reply is DROP else reply.status
+        return reply
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -523,18 +569,15 @@ class MockApp:
         self._ids += 1
         return f"{prefix}-mock{self._ids}"
 
-    def _parse(self, raw: bytes, endpoint: str) -> dict[str, Any] | Reply:
-        """Count and record the request; a body that is not a JSON object is a 400."""
-        state = self.state
-        state.total += 1
-        state.by_endpoint[endpoint] += 1
+    def _parse(self, raw: bytes, entry: dict[str, Any]) -> dict[str, Any] | Reply:
+        """Parse and record the body; a body that is not a JSON object is a 400."""
         try:
             body = json.loads(raw)
         except ValueError as exc:
             return self._reply(400, error_body(400, f"body is not valid JSON: {exc}"))
         if not isinstance(body, dict):
             return self._reply(400, error_body(400, "body must be a JSON object"))
-        state.last.append({"endpoint": endpoint, "body": body})
+        entry["body"] = body
         return body
 
     async def _gate(self, effect: Effect | None) -> Reply | None:
@@ -560,9 +603,9 @@ class MockApp:
 
     # ---- model endpoints ------------------------------------------------------------------
 
-    async def chat(self, raw: bytes) -> Reply:
+    async def chat(self, raw: bytes, entry: dict[str, Any]) -> Reply:
         """``/v1/chat/completions``: echo the last user message, or a schema-valid JSON object."""
-        body = self._parse(raw, "/v1/chat/completions")
+        body = self._parse(raw, entry)
         if isinstance(body, Reply):
             return body
         messages = body.get("messages")
@@ -591,9 +634,9 @@ class MockApp:
             "usage": _usage(prompt_tokens, completion_tokens),
         }).encode())
 
-    async def completions(self, raw: bytes) -> Reply:
+    async def completions(self, raw: bytes, entry: dict[str, Any]) -> Reply:
         """``/v1/completions``: raw text completion (Magpie needs it); ``"echo: <prompt>"``."""
-        body = self._parse(raw, "/v1/completions")
+        body = self._parse(raw, entry)
         if isinstance(body, Reply):
             return body
         prompt = body.get("prompt", "")
@@ -619,9 +662,9 @@ class MockApp:
             "usage": _usage(sum(word_count(p) for p in prompts), completion_tokens),
         }).encode())
 
-    async def embeddings(self, raw: bytes) -> Reply:
+    async def embeddings(self, raw: bytes, entry: dict[str, Any]) -> Reply:
         """``/v1/embeddings``: hash-derived unit vectors, so similarity tests are reproducible."""
-        body = self._parse(raw, "/v1/embeddings")
+        body = self._parse(raw, entry)
         if isinstance(body, Reply):
             return body
         value = body.get("input")
@@ -643,24 +686,22 @@ class MockApp:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }).encode())
 
-    async def models(self, raw: bytes) -> Reply:
+    async def models(self, raw: bytes, entry: dict[str, Any]) -> Reply:
         """``/v1/models``: what ``joyforge models check`` and clients probe first."""
-        self.state.total += 1
-        self.state.by_endpoint["/v1/models"] += 1
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "mock"}
                 for m in self.state.options.models]
         return self._reply(200, json.dumps({"object": "list", "data": data}).encode())
 
     # ---- control endpoints (not counted in the stats) --------------------------------------
 
-    async def stats(self, raw: bytes) -> Reply:
+    async def stats(self, raw: bytes, entry: None) -> Reply:
         return Reply(200, json.dumps(self.state.snapshot()).encode())
 
-    async def reset(self, raw: bytes) -> Reply:
+    async def reset(self, raw: bytes, entry: None) -> Reply:
         self.state.reset()
         return Reply(200, b'{"ok": true}')
 
-    async def config(self, raw: bytes) -> Reply:
+    async def config(self, raw: bytes, entry: None) -> Reply:
         try:
             self.state.configure(**json.loads(raw or b"{}"))
         except (ValueError, TypeError) as exc:
@@ -724,7 +765,7 @@ def aiohttp_app(mock: MockApp) -> web.Application:
     """One catch-all route that hands bytes to :meth:`MockApp.handle`; no middlewares (speed)."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        reply = await mock.handle(request.method, request.path, await request.read())
+        reply = await mock.handle(request.method, request.path, await request.read(), request.headers)
         if reply is DROP:
             if request.transport is not None:
                 request.transport.abort()  # the client sees a disconnect, not a status
@@ -804,8 +845,9 @@ class RawHTTP(asyncio.Protocol):
         if request is not None:
             self.task = asyncio.get_running_loop().create_task(self._serve(*request))
 
-    async def _serve(self, method: str, path: str, body: bytes, keep_alive: bool) -> None:
-        reply = await self.mock.handle(method, path, body)
+    async def _serve(self, method: str, path: str, body: bytes, headers: dict[str, str],
+                     keep_alive: bool) -> None:
+        reply = await self.mock.handle(method, path, body, headers)
         self.task = None
         if self.transport is None:
             return
@@ -823,7 +865,7 @@ class RawHTTP(asyncio.Protocol):
         if not keep_alive:
             self.transport.close()
 
-    def _take(self) -> tuple[str, str, bytes, bool] | None:
+    def _take(self) -> tuple[str, str, bytes, dict[str, str], bool] | None:
         """Cut one whole request off the buffer, or return None until more bytes arrive."""
         buf = self.buf
         while buf[:2] == b"\r\n":  # stray CRLFs between pipelined requests are allowed
@@ -854,7 +896,7 @@ class RawHTTP(asyncio.Protocol):
         self.continued = False
         connection = headers.get("connection", "").lower()
         keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        return method, path, body, keep_alive
+        return method, path, body, headers, keep_alive
 
     def _maybe_continue(self, headers: dict[str, str]) -> None:
         """Answer ``Expect: 100-continue`` once, so clients that wait for it send their body."""
