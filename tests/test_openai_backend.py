@@ -1,0 +1,223 @@
+"""The ``openai`` backend on its own (request shapes, error classification) and a whole pipeline through it.
+
+Error classification is what the gateway's retry loop trusts, so every status class is pinned here; odd
+servers (a non-JSON body, a reply without choices, embeddings out of order) are played by a tiny aiohttp
+app in the test's own loop.
+"""
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from joydataforge.errors import ModelError
+from joydataforge.executors.local import LocalExecutor
+from joydataforge.models.backends.base import TransientError
+from joydataforge.models.backends.openai_compat import OpenAICompatBackend, parse_retry_after
+from joydataforge.models.config import ModelConfig, ModelRegistry
+from joydataforge.pipeline import Pipeline
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def config(url: str | None, **fields: Any) -> ModelConfig:
+    return ModelConfig(name="m", backend="openai", model="mock-model", base_url=url, timeout=5.0, **fields)
+
+
+@asynccontextmanager
+async def backend_for(url: str | None, **fields: Any) -> AsyncIterator[OpenAICompatBackend]:
+    backend = OpenAICompatBackend(config(url, **fields))
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+@asynccontextmanager
+async def odd_server(handler: Any) -> AsyncIterator[str]:
+    """A one-route server that answers every POST with ``handler(request_json)`` -> web.Response."""
+    async def route(request: web.Request) -> web.Response:
+        return handler(await request.json())
+
+    app = web.Application()
+    app.router.add_post("/v1/{tail:.*}", route)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+# ---- Retry-After ------------------------------------------------------------------------------------------
+
+
+def test_parse_retry_after_seconds_and_dates():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after(None) is None and parse_retry_after("") is None
+    assert parse_retry_after("soon") is None
+    future = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= parse_retry_after(future) <= 31
+    past = email.utils.formatdate(time.time() - 300, usegmt=True)
+    assert parse_retry_after(past) == 0.0
+
+
+# ---- error classification -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+async def test_transient_statuses(mock_server, status):
+    async with backend_for(mock_server.url) as backend:
+        with pytest.raises(TransientError) as info:
+            await backend.chat(user(f"x [[mock:status={status},retry_after=2,id=cls{status}]]"), {})
+    assert info.value.status == status and info.value.retryable
+    assert info.value.retry_after == 2.0
+    assert json.loads(info.value.raw)["error"]["code"] == str(status)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_final_statuses(mock_server, status):
+    async with backend_for(mock_server.url) as backend:
+        with pytest.raises(ModelError) as info:
+            await backend.chat(user(f"x [[mock:status={status},id=fin{status}]]"), {})
+    assert not isinstance(info.value, TransientError) and not info.value.retryable
+    assert f"HTTP {status}" in str(info.value) and info.value.model == "m"
+
+
+async def test_invalid_json_body_and_missing_choices_are_transient():
+    def not_json(body: dict[str, Any]) -> web.Response:
+        return web.Response(text="<html>gateway hiccup</html>", content_type="text/html")
+
+    def no_choices(body: dict[str, Any]) -> web.Response:
+        return web.json_response({"object": "chat.completion", "choices": []})
+
+    async with odd_server(not_json) as url, backend_for(url) as backend:
+        with pytest.raises(TransientError, match="invalid JSON") as info:
+            await backend.chat(user("x"), {})
+        assert info.value.raw == "<html>gateway hiccup</html>"
+    async with odd_server(no_choices) as url, backend_for(url) as backend:
+        with pytest.raises(TransientError, match="without choices"):
+            await backend.chat(user("x"), {})
+        with pytest.raises(TransientError, match="without choices"):
+            await backend.complete("x", {})
+
+
+async def test_connection_refused_is_transient():
+    async with backend_for("http://127.0.0.1:9/v1") as backend:  # the discard port: nothing listens
+        with pytest.raises(TransientError, match="connection failed"):
+            await backend.chat(user("x"), {})
+
+
+def test_base_url_is_required():
+    with pytest.raises(ModelError, match="needs base_url"):
+        OpenAICompatBackend(config(None))
+
+
+# ---- request shapes --------------------------------------------------------------------------------------
+
+
+async def test_structured_output_modes(mock_server):
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    async with backend_for(mock_server.url, structured_output="json_object") as backend:
+        reply = await backend.chat(user("j"), {}, json_schema=schema)
+    assert json.loads(reply.text) == {"echo": "j"}
+    assert mock_server.stats()["last_requests"][-1]["body"]["response_format"]["type"] == "json_object"
+    async with backend_for(mock_server.url, structured_output="none") as backend:
+        await backend.chat(user("n"), {}, json_schema=schema)
+    assert "response_format" not in mock_server.stats()["last_requests"][-1]["body"]
+
+
+async def test_seed_is_sent_unless_the_caller_set_one(mock_server):
+    async with backend_for(mock_server.url) as backend:
+        await backend.chat(user("a"), {}, seed=11)
+        await backend.chat(user("b"), {"seed": 5}, seed=11)
+        await backend.complete("c", {}, seed=12)
+    seeds = [r["body"]["seed"] for r in mock_server.stats()["last_requests"]]
+    assert seeds == [11, 5, 12]
+
+
+async def test_non_ascii_round_trip(mock_server):
+    async with backend_for(mock_server.url) as backend:
+        reply = await backend.chat(user("孕期 第12周 能吃 什么"), {})
+    assert reply.text == "echo: 孕期 第12周 能吃 什么"
+
+
+async def test_embeddings_are_returned_in_input_order():
+    def shuffled(body: dict[str, Any]) -> web.Response:
+        rows = [{"index": i, "embedding": [float(i), 1.0]} for i in range(len(body["input"]))]
+        return web.json_response({"data": list(reversed(rows))})
+
+    async with odd_server(shuffled) as url, backend_for(url) as backend:
+        assert await backend.embed(["a", "b", "c"]) == [[0.0, 1.0], [1.0, 1.0], [2.0, 1.0]]
+
+
+async def test_close_is_idempotent(mock_server):
+    backend = OpenAICompatBackend(config(mock_server.url))
+    await backend.chat(user("x"), {})
+    await backend.close()
+    await backend.close()
+
+
+# ---- a pipeline through the openai backend -------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()] if path.exists() else []
+
+
+async def test_pipeline_generate_and_label_through_the_mock(mock_server, tmp_path, monkeypatch):
+    secret = "sk-pipeline-secret-value-42"
+    monkeypatch.setenv("JOYFORGE_PIPE_KEY", secret)
+    n, bad = 50, 7
+    records = [{"id": f"r{i}", "input": f"question {i}" + (" [[mock:status=400,id=pipe]]" if i == bad else "")}
+               for i in range(n)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), "utf-8")
+    registry = ModelRegistry.from_dict({"models": {"mock": {
+        "backend": "openai", "model": "mock-model", "base_url": mock_server.url, "max_concurrency": 8,
+        "max_retries": 1, "timeout": 5.0, "api_key_env": "JOYFORGE_PIPE_KEY"}}}, "test models")
+    pipeline = Pipeline.from_dict({
+        "input": {"path": str(tmp_path / "in.jsonl")},
+        "steps": [{"generate": {"model": "mock", "prompt": "en/answer"}},
+                  {"label": {"model": "mock", "prompt": "en/label", "options": {"labels": ["BMI", "other"]}}}],
+        "output": {"dir": str(tmp_path / "out")},
+        "run": {"cache": None, "progress": False, "concurrency": 8},
+    })
+    summary = await LocalExecutor(pipeline, registry=registry).run()
+
+    out = read_jsonl(tmp_path / "out" / "data.jsonl")
+    assert [r["id"] for r in out] == [f"r{i}" for i in range(n) if i != bad]  # input order, despite concurrency
+    first = out[0]
+    assert first["target"] == "echo: question 0"
+    assert first["label"] == "BMI" and first["reason"] == "x"
+    assert [c["step"] for c in first["_meta"]["calls"]] == ["generate", "label"]
+
+    failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert len(failures) == 1
+    failure = failures[0]
+    assert failure["id"] == f"r{bad}" and failure["step"] == "generate"
+    assert "HTTP 400" in failure["error"] and "mock directive" in failure["raw"]
+    assert failure["record"] == records[bad]
+
+    assert summary.records_in == n and summary.inputs_done == n - 1 and summary.failed == 1
+    assert summary.records_out == n - 1
+    usage = summary.models["mock"]
+    assert usage["calls"] == 2 * (n - 1) and usage["errors"] == 1
+    stats = mock_server.stats()
+    assert stats["by_status"]["400"] == 1 and stats["by_status"]["200"] == 2 * (n - 1)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text("utf-8"))["failed"] == 1
+    for file in (tmp_path / "out").iterdir():
+        assert secret.encode() not in file.read_bytes(), f"the key leaked into {file.name}"
