@@ -23,25 +23,11 @@ import aiohttp
 import jsonschema
 import pytest
 
-try:
-    from tests.mock_openai import MockServer, minimal_instance, spawn_mock_server, start_mock_server
-    from tests.mock_openai.fixtures import (  # noqa: F401  (fixtures are used by name)
-        mock_server,
-        mock_server_factory,
-        mock_server_session,
-        mock_server_shared,
-    )
-    from tests.mock_openai.server import parse_directive
-except ModuleNotFoundError:  # run as plain `pytest` without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.mock_openai import MockServer, minimal_instance, spawn_mock_server, start_mock_server
-    from tests.mock_openai.fixtures import (  # noqa: F401
-        mock_server,
-        mock_server_factory,
-        mock_server_session,
-        mock_server_shared,
-    )
-    from tests.mock_openai.server import parse_directive
+from tests.mock_openai import MockServer, minimal_instance, spawn_mock_server, start_mock_server
+from tests.mock_openai.server import parse_directive
+
+# The fixtures (mock_server, mock_server_factory, mock_server_session) come from tests/conftest.py,
+# which imports tests.mock_openai.fixtures; mock_engine below makes the first two run on both engines.
 
 pytestmark = pytest.mark.timeout(30)
 ENGINES = ["aiohttp", "raw"]

@@ -19,8 +19,8 @@ from .server import (
     MockOptions,
     MockProcess,
     MockServer,
-    minimal_instance,
     embedding_vector,
+    minimal_instance,
     spawn_mock_server,
     start_mock_server,
 )

@@ -23,7 +23,7 @@ import pytest
 
 from .server import MockOptions, MockServer, start_mock_server
 
-__all__ = ["mock_engine", "mock_server", "mock_server_shared", "mock_server_session", "mock_server_factory"]
+__all__ = ["mock_engine", "mock_server", "mock_server_factory", "mock_server_session", "mock_server_shared"]
 
 
 @pytest.fixture

@@ -82,10 +82,10 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -483,7 +483,7 @@ def truncate(text: str, max_tokens: Any) -> tuple[str, bool]:
 class Reply:
     """What to send back: status, JSON payload and extra headers (``DROP`` means: close the socket)."""
 
-    __slots__ = ("status", "payload", "headers")
+    __slots__ = ("headers", "payload", "status")
 
     def __init__(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
         self.status = status
@@ -549,8 +549,7 @@ class MockApp:
                                  "received": time.monotonic()}
         state.last.append(entry)
         state.in_flight += 1
-        if state.in_flight > state.max_in_flight:
-            state.max_in_flight = state.in_flight
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
             reply = await handler(body, entry)
         finally:
@@ -808,7 +807,7 @@ class RawHTTP(asyncio.Protocol):
     client's; aiohttp.web's generality costs ~100 us per request, this about a third of that.
     """
 
-    def __init__(self, mock: MockApp, connections: set["RawHTTP"]) -> None:
+    def __init__(self, mock: MockApp, connections: set[RawHTTP]) -> None:
         self.mock = mock
         self.connections = connections
         self.buf = bytearray()
@@ -1069,7 +1068,7 @@ class MockServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
-    def __enter__(self) -> "MockServer":
+    def __enter__(self) -> MockServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1140,7 +1139,7 @@ class MockProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
-    def __enter__(self) -> "MockProcess":
+    def __enter__(self) -> MockProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
