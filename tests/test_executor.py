@@ -200,3 +200,15 @@ def test_pipeline_config_errors_name_the_setting(tmp_path):
         make_pipeline(tmp_path, [{"nope": {}}])
     with pytest.raises(ConfigError, match="run.concurrency"):
         make_pipeline(tmp_path, [{"generate": {"model": "m"}}], run={"concurrency": 0})
+
+
+def test_dedup_step_remembers_done_records_after_resume(tmp_path):
+    records = [{"id": "a", "input": "the quick brown fox jumps over the lazy dog today"},
+               {"id": "b", "input": "completely different words about cooking rice"},
+               {"id": "c", "input": "the quick brown fox jumps over the lazy dog today"}]
+    write_jsonl(tmp_path / "in.jsonl", records)
+    steps = [{"minhash_dedup": {"threshold": 0.7}}, {"generate": {"model": "m"}}]
+    run(make_pipeline(tmp_path, steps, input={"limit": 2}), ScriptedBackend())
+    summary = run(make_pipeline(tmp_path, steps), ScriptedBackend())
+    assert summary.skipped == 2 and summary.filtered == 1
+    assert [r["id"] for r in read_jsonl(tmp_path / "out" / "data.jsonl")] == ["a", "b"]

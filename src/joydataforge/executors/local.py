@@ -58,8 +58,7 @@ def pipeline_fingerprint(pipeline: Pipeline) -> str:
     The input window is left out on purpose: widening ``--limit`` or moving ``--start`` over the same
     folder is how a big file is processed in slices, and records are matched by id anyway.
     """
-    steps = [{"kind": s.kind, "name": s.name, **{k: v for k, v in vars(s).items()
-                                                 if not k.startswith("_") and k != "counters"}} for s in pipeline.steps]
+    steps = [{"kind": s.kind, "name": s.name, "settings": s.settings()} for s in pipeline.steps]
     body = {"steps": steps, "seed": pipeline.run.seed}
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
@@ -195,6 +194,10 @@ class LocalExecutor:
                     if source_id in state.done:
                         self.summary.skipped += 1
                         progress.advance_skipped()
+                        if sequential:
+                            # Stateful filters must see done records too, or a resumed dedup would
+                            # forget everything before the crash. Their verdict was committed already.
+                            await self._sequential(sequential, -1, source_id, item.record, item.location, ctx)
                         continue
                     await window.acquire()
                     outcome_or_records = await self._sequential(sequential, seq, source_id, item.record,

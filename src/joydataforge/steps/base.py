@@ -7,6 +7,7 @@ lets the local and the Ray executor run the very same step objects.
 from __future__ import annotations
 
 import abc
+import inspect
 import random
 from collections import Counter
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -51,6 +52,20 @@ class Step(abc.ABC):
 
     kind: ClassVar[str] = "step"
     sequential: ClassVar[bool] = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Step":
+        # Remember how the step was configured, whether from YAML or Python: the run's fingerprint
+        # must come from settings, not from state that changes while records flow (indexes, counters).
+        obj = super().__new__(cls)
+        obj._init_args = (args, kwargs)
+        return obj
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments this step was built with, by name (defaults filled in)."""
+        args, kwargs = self._init_args
+        bound = inspect.signature(type(self).__init__).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        return {k: v for k, v in bound.arguments.items() if k != "self"}
 
     def __init__(self, name: str | None = None):
         self.name = name or self.kind

@@ -7,9 +7,10 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import Step
+from .dedup import MinHashDedupStep
 from .single import Generate, Label
 
-BUILTIN_STEPS: dict[str, type[Step]] = {cls.kind: cls for cls in (Generate, Label)}
+BUILTIN_STEPS: dict[str, type[Step]] = {cls.kind: cls for cls in (Generate, Label, MinHashDedupStep)}
 
 
 def register_step(cls: type[Step]) -> type[Step]:
@@ -18,18 +19,7 @@ def register_step(cls: type[Step]) -> type[Step]:
     return cls
 
 
-def _optional_steps() -> None:
-    """Steps that live in modules written separately; imported lazily so a missing extra never breaks a run."""
-    for module, name in (("joydataforge.steps.dedup", "MinHashDedupStep"),):
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        BUILTIN_STEPS.setdefault(cls.kind, cls)
-
-
 def step_class(kind: str, where: str) -> type[Step]:
-    _optional_steps()
     if "." in kind:
         module_name, _, class_name = kind.rpartition(".")
         try:
