@@ -7,6 +7,7 @@ client code they exist to test; aiohttp is used where concurrency or keep-alive 
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
 import json
 import math
@@ -287,7 +288,7 @@ def test_drop_closes_the_connection_without_a_response(mock_server: MockServer) 
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_hang_never_answers_and_close_is_still_quick(engine: str) -> None:
+def test_hang_never_answers_and_close_is_still_quick(engine: str, caplog: pytest.LogCaptureFixture) -> None:
     server = start_mock_server(engine=engine)
     with pytest.raises((TimeoutError, urllib.error.URLError)):
         post(server, "/v1/chat/completions",
@@ -296,6 +297,9 @@ def test_hang_never_answers_and_close_is_still_quick(engine: str) -> None:
     start = time.perf_counter()
     server.close()
     assert time.perf_counter() - start < 3
+    del server
+    gc.collect()
+    assert "Task was destroyed" not in caplog.text  # the hanging handler was cancelled, not leaked
 
 
 # ---- server options -----------------------------------------------------------------------------

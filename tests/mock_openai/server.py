@@ -1032,7 +1032,17 @@ class MockServer:
         self._ready.set()
         self._loop.run_forever()
         self._loop.run_until_complete(self._stop())
+        self._cancel_leftovers()
         self._loop.close()
+
+    def _cancel_leftovers(self) -> None:
+        """Cancel handlers the engine left behind (aiohttp abandons ``hang`` ones after its grace
+        period), so closing the loop does not print "Task was destroyed but it is pending"."""
+        pending = [task for task in asyncio.all_tasks(self._loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
     @property
     def base_url(self) -> str:
