@@ -57,29 +57,62 @@ _CJK_RANGES = (
 
 # Classes in the code-point table: separator, word character, CJK word character.
 SEP, WORD, CJK = 0, 1, 2
-_CLASS_TABLE: np.ndarray | None = None
+_TABLES: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+_HANGUL_JAMO = ((0x1100, 0x11FF), (0x3130, 0x318F), (0xA960, 0xA97F), (0xD7B0, 0xD7FF), (0xFFA0, 0xFFDC))
+_TABLE_LIMIT = 0x30000  # above this only CJK extensions and rarely used scripts: NFKC/lower are identity
+
+
+def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-code-point lookup tables, built once per process (well under a second).
+
+    * ``classes`` (uint8): 0 separator, 1 letter/digit, 2 CJK letter.
+    * ``fold`` (uint32): ``NFKC(c).lower()`` for characters where that is one character.
+    * ``hard`` (bool): characters whose normal form depends on their neighbours or is longer than one
+      character (combining marks, Hangul jamo, ligatures such as ``ﬁ``, final sigma...). A text with one
+      of them is normalised by Python's ``unicodedata`` instead; every other text is normalised by one
+      numpy lookup, which gives the same result far faster (NFKC of a long Chinese text with full-width
+      punctuation otherwise costs more than everything else together).
+    """
+    global _TABLES
+    if _TABLES is None:
+        size = 0x110000
+        fold = np.arange(size, dtype=np.uint32)
+        hard = np.zeros(size, dtype=bool)
+        alnum = np.zeros(size, dtype=bool)
+        nfkc, category = unicodedata.normalize, unicodedata.category
+        for code in range(_TABLE_LIMIT):
+            char = chr(code)
+            alnum[code] = char.isalnum()
+            cat = category(char)
+            if cat == "Cn" or cat == "Cs":
+                continue
+            folded = nfkc("NFKC", char).lower()
+            if len(folded) != 1 or cat[0] == "M" or category(folded)[0] == "M":
+                hard[code] = True
+            elif folded != char:
+                fold[code] = ord(folded)
+        upper = np.fromiter((chr(c).isalnum() for c in range(_TABLE_LIMIT, size)), dtype=bool, count=size - _TABLE_LIMIT)
+        alnum[_TABLE_LIMIT:] = upper
+        hard[0xE0000:0xE1000] = True  # tags and variation selectors
+        hard[0x03A3] = True  # capital sigma: lower() depends on whether it ends a word
+        for low, high in _HANGUL_JAMO:
+            hard[low: high + 1] = True
+        classes = alnum.astype(np.uint8)
+        for low, high in _CJK_RANGES:
+            block = slice(low, high + 1)
+            classes[block] = np.where(alnum[block], CJK, SEP)
+        _TABLES = (classes, fold, hard)
+    return _TABLES
 
 
 def char_classes() -> np.ndarray:
-    """A uint8 table over all code points: 0 separator, 1 letter/digit, 2 CJK letter.
-
-    Built once per process (about 0.2 s) so that batches classify characters with one numpy lookup
-    instead of a Python call per character.
-    """
-    global _CLASS_TABLE
-    if _CLASS_TABLE is None:
-        alnum = np.fromiter((c.isalnum() for c in map(chr, range(0x110000))), dtype=bool, count=0x110000)
-        table = alnum.astype(np.uint8)
-        for low, high in _CJK_RANGES:
-            block = slice(low, high + 1)
-            table[block] = np.where(alnum[block], CJK, SEP)
-        _CLASS_TABLE = table
-    return _CLASS_TABLE
+    """The uint8 class table over all code points (see :func:`_tables`)."""
+    return _tables()[0]
 
 
-def _is_cjk(char: str) -> bool:
-    code = ord(char)
-    return any(low <= code <= high for low, high in _CJK_RANGES) and char.isalnum()
+_CJK_CLASS = "".join(f"{chr(low)}-{chr(high)}" for low, high in _CJK_RANGES)
+_CJK_CHAR = re.compile(f"[{_CJK_CLASS}]")
+_WORD_TOKEN = re.compile(f"[{_CJK_CLASS}]|[^\\W_{_CJK_CLASS}]+")  # a CJK letter, or a run of other letters
 
 
 def prenormalize(text: str) -> str:
@@ -96,41 +129,39 @@ def normalize(text: str) -> str:
     return _SEPARATORS.sub(" ", prenormalize(text)).strip()
 
 
+def _ratio_of_normalized(norm: str) -> float:
+    letters = len(norm) - norm.count(" ")
+    return len(_CJK_CHAR.findall(norm)) / letters if letters else 0.0
+
+
 def cjk_ratio(text: str) -> float:
     """Share of CJK characters among the letters and digits of ``text`` (0.0 for no letters)."""
-    letters = [c for c in text if c.isalnum()]
-    if not letters:
-        return 0.0
-    return sum(_is_cjk(c) for c in letters) / len(letters)
+    return _ratio_of_normalized(normalize(text))
 
 
-def choose_mode(text: str, mode: Mode = "auto", ratio: float = DEFAULT_CJK_RATIO) -> Literal["word", "char"]:
+def _mode_of_normalized(norm: str, mode: Mode, ratio: float) -> Literal["word", "char"]:
     if mode == "auto":
-        return "char" if cjk_ratio(prenormalize(text)) >= ratio else "word"
+        letters = len(norm) - norm.count(" ")
+        return "char" if letters and _ratio_of_normalized(norm) >= ratio else "word"
     if mode not in ("word", "char"):
         raise ValueError(f"shingle mode must be 'auto', 'word' or 'char', not {mode!r}")
     return mode
 
 
+def choose_mode(text: str, mode: Mode = "auto", ratio: float = DEFAULT_CJK_RATIO) -> Literal["word", "char"]:
+    """``word`` or ``char`` for one text: ``auto`` looks at its share of CJK letters."""
+    return _mode_of_normalized(normalize(text), mode, ratio)
+
+
+def _tokens_of_normalized(norm: str, mode: Literal["word", "char"]) -> list[str]:
+    if mode == "char":
+        return list(norm.replace(" ", ""))
+    return _WORD_TOKEN.findall(norm)
+
+
 def tokens(text: str, mode: Literal["word", "char"]) -> list[str]:
     """The tokens of one text after normalisation (see the module docstring for the definition)."""
-    words = normalize(text).split()
-    if mode == "char":
-        return [c for word in words for c in word]
-    out: list[str] = []
-    for word in words:
-        run = ""
-        for char in word:
-            if _is_cjk(char):
-                if run:
-                    out.append(run)
-                    run = ""
-                out.append(char)
-            else:
-                run += char
-        if run:
-            out.append(run)
-    return out
+    return _tokens_of_normalized(normalize(text), mode)
 
 
 @dataclass(frozen=True)
@@ -153,8 +184,9 @@ class ShingleSpec:
 
 def shingle_set(text: str, spec: ShingleSpec = ShingleSpec()) -> set[str]:
     """The shingles of one text as strings (tokens joined by a space). Readable; not the fast path."""
-    kind = choose_mode(text, spec.mode, spec.cjk_ratio)
-    toks = tokens(text, kind)
+    norm = normalize(text)
+    kind = _mode_of_normalized(norm, spec.mode, spec.cjk_ratio)
+    toks = _tokens_of_normalized(norm, kind)
     if not toks:
         return set()
     n = spec.size(kind)
@@ -230,13 +262,25 @@ def shingle_hashes(texts: Sequence[str], spec: ShingleSpec = ShingleSpec()) -> S
     n_texts = len(texts)
     if n_texts == 0:
         return ShingleBatch(np.zeros(0, np.uint32), np.zeros(1, np.int64), np.zeros(0, bool))
-    raw = "\x00".join(texts)
-    if raw.count("\x00") != n_texts - 1:  # a text contains NUL itself: it is only a separator there
-        raw = "\x00".join(t.replace("\x00", " ") for t in texts)
-    # NFKC and lower case leave NUL alone and never merge across it, so one call serves the batch.
-    joined = prenormalize(raw) + "\x00"  # the separator also ends the last text
+    texts = [t.replace("\x00", " ") if "\x00" in t else t for t in texts] if any("\x00" in t for t in texts) else texts
+    classes_table, fold, hard = _tables()
+    joined = "\x00".join(texts) + "\x00"  # NUL separates texts and ends the last one
     codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    classes = char_classes()[codes]
+    hard_chars = np.flatnonzero(hard[codes])
+    if len(hard_chars):
+        # Texts with context-dependent characters go through unicodedata; the rest through the table.
+        ends = np.flatnonzero(codes == 0)
+        slow = set(np.searchsorted(ends, hard_chars).tolist())
+        parts = [prenormalize(t) if i in slow else t for i, t in enumerate(texts)]
+        joined = "\x00".join(parts) + "\x00"
+        codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        lengths = np.fromiter((len(p) + 1 for p in parts), dtype=np.int64, count=n_texts)
+        is_slow = np.zeros(n_texts, dtype=bool)
+        is_slow[list(slow)] = True
+        codes = np.where(np.repeat(is_slow, lengths), codes, fold[codes])
+    else:
+        codes = fold[codes]
+    classes = classes_table[codes]
     text_end = np.flatnonzero(codes == 0)  # index of each text's terminating NUL
     text_begin = np.empty(n_texts, dtype=np.int64)
     text_begin[0] = 0

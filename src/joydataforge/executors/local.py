@@ -29,7 +29,7 @@ from ..models.gateway import Gateway
 from ..pipeline import Pipeline
 from ..prompts.renderer import PromptLibrary
 from ..records import IdAssigner, canonical_json
-from ..steps.base import Record, Step, StepContext, as_list
+from ..steps.base import Record, Step, StepContext, as_list, with_source_id
 from .progress import RunProgress
 from .run_state import SUMMARY, RunState, atomic_write_json
 from .summary import RunSummary
@@ -197,10 +197,12 @@ class LocalExecutor:
                         if sequential:
                             # Stateful filters must see done records too, or a resumed dedup would
                             # forget everything before the crash. Their verdict was committed already.
-                            await self._sequential(sequential, -1, source_id, item.record, item.location, ctx)
+                            await self._sequential(sequential, -1, source_id, with_source_id(item.record, source_id),
+                                                   item.location, ctx)
                         continue
                     await window.acquire()
-                    outcome_or_records = await self._sequential(sequential, seq, source_id, item.record,
+                    record = with_source_id(item.record, source_id)
+                    outcome_or_records = await self._sequential(sequential, seq, source_id, record,
                                                                 item.location, ctx)
                     if isinstance(outcome_or_records, Outcome):
                         committer.put(outcome_or_records)
@@ -271,11 +273,24 @@ def _failure(seq: int, source_id: str, record: Record, location: Location, step:
     if isinstance(exc, InputError) and exc.location is None:
         exc.location = location
     raw = getattr(exc, "raw", None)
+    record = _as_given(record)
     failure = {"id": source_id, "source_id": source_id, "step": step, "error_type": type(exc).__name__,
                "error": str(exc), "raw": raw, "location": str(location), "record": record}
     if not isinstance(exc, (InputError, ModelError, StepError, JoyForgeError)):
         failure["traceback"] = "".join(traceback.format_exception(exc, limit=-3))
     return Outcome(seq, source_id, "failed", failure=failure)
+
+
+def _as_given(record: Record) -> Record:
+    """The record as the user gave it: without the ``source_id`` the executor added on intake."""
+    meta = record.get("_meta")
+    if not isinstance(meta, dict) or "source_id" not in meta:
+        return record
+    rest = {k: v for k, v in meta.items() if k != "source_id"}
+    given = {k: v for k, v in record.items() if k != "_meta"}
+    if rest:
+        given["_meta"] = rest
+    return given
 
 
 def _bad_input(seq: int, item: SourceItem) -> Outcome:

@@ -92,6 +92,23 @@ class Step(abc.ABC):
         return dict(self.counters)
 
 
+def with_source_id(record: Record, source_id: str) -> Record:
+    """A copy of ``record`` that knows its run id in ``_meta.source_id`` (steps seed their RNG with it)."""
+    meta = record.get("_meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    meta["source_id"] = source_id
+    return {**record, "_meta": meta}
+
+
+def source_id_of(record: Record) -> str:
+    """The id of the input record this one descends from; a content hash for records built by hand."""
+    meta = record.get("_meta")
+    if isinstance(meta, dict) and meta.get("source_id"):
+        return str(meta["source_id"])
+    from ..records import record_id
+    return record_id(record)
+
+
 def as_list(result: list[Record] | Record | None) -> list[Record]:
     if result is None:
         return []
