@@ -59,6 +59,7 @@ def test_mode_setting_overrides_auto():
 
 TEXTS = [
     "Hello, World! This is a TEST of the shingler.",
+    "hello world this is a test",
     "请解释Python中的装饰器是什么，以及如何使用。",
     "",
     "a",
@@ -66,6 +67,8 @@ TEXTS = [
     "日本語のテキストです",
     "tab\tseparated\nlines and  spaces",
     "\x00 embedded nul \x00 inside",
+    "ﬁnance ＡＢＣ e\u0301te ΟΔΟΣ ΣΑΣ ①② ㄱㅏ ﾊﾝｶｸ",  # ligature, combining mark, final sigma, jamo, half-width
+    "Café CAFÉ cafe\u0301 naïve",
 ]
 
 
@@ -77,6 +80,29 @@ def test_vectorised_shingles_agree_with_reference(spec):
         reference = shingle_set(text, spec)
         mine = set(batch.hashes[batch.offsets[i]:batch.offsets[i + 1]].tolist())
         assert len(mine) == len(reference), text
+    # same sets, not just same sizes: every pairwise Jaccard agrees
+    hashed = [set(batch.hashes[batch.offsets[i]:batch.offsets[i + 1]].tolist()) for i in range(len(TEXTS))]
+    strings = [shingle_set(t, spec) for t in TEXTS + ["hello world this is", "这是 测试 文本"]]
+    extra = shingle_hashes(["hello world this is", "这是 测试 文本"], spec)
+    hashed += [set(extra.hashes[extra.offsets[i]:extra.offsets[i + 1]].tolist()) for i in range(2)]
+    for i in range(len(strings)):
+        for j in range(len(strings)):
+            assert exact_jaccard(hashed[i], hashed[j]) == exact_jaccard(strings[i], strings[j])
+
+
+def test_table_normalisation_equals_unicodedata():
+    # texts without context-dependent characters are normalised by a lookup table; it must agree
+    plain = ["ＦＵＬＬ－ＷＩＤＴＨ １２３ ＡＢＣ", "Ｃａｆé ℌello ㍿", "今天，天气。很好！"]
+    tricky = ["e\u0301te", "ΟΔΟΣ ΣΑΣ", "ㄱㅏ ﾊﾝｶｸ", "ﬁne"]
+    spec = ShingleSpec(ngram=1)
+    for text in plain + tricky:
+        batch = shingle_hashes([text], spec)
+        alone = shingle_hashes([text, "x y z"], spec)
+        assert len(set(batch.hashes.tolist())) == len(shingle_set(text, spec)), text
+        assert set(batch.hashes.tolist()) == set(alone.hashes[: alone.offsets[1]].tolist())
+    # the same word written in two ways hashes alike
+    batch = shingle_hashes(["café", "cafe\u0301", "ＣＡＦÉ"], spec)
+    assert batch.hashes[0] == batch.hashes[1] == batch.hashes[2]
 
 
 def test_equal_shingles_hash_equally_across_texts_and_batches():
@@ -104,6 +130,15 @@ def test_optimal_bands_move_with_threshold_and_weights():
     assert low[1] < high[1]  # more rows per band for a higher threshold
     recall_heavy = optimal_bands(0.8, 128, 0.1, 0.9)
     assert candidate_probability(0.8, *recall_heavy) > candidate_probability(0.8, *optimal_bands(0.8, 128))
+
+
+def test_dedup_index_weighs_recall_over_precision():
+    index = LSHIndex(0.8, 128)
+    assert (index.bands, index.rows) == (16, 8)
+    assert candidate_probability(0.8, index.bands, index.rows) > 0.9
+    assert (LSHIndex(0.8, 128, false_positive_weight=0.5, false_negative_weight=0.5).bands) == 9
+    with pytest.raises(ValueError):
+        LSHIndex(0.8, 64, bands=10, rows=10)
 
 
 def test_optimal_bands_matches_datasketch():

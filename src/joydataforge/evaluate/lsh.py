@@ -34,10 +34,17 @@ import numpy as np
 from .minhash import EMPTY, estimate_jaccard
 from .shingles import mix64
 
+DEDUP_WEIGHTS = (0.05, 0.95)
+"""Default (false positive, false negative) weights for dedup. Every candidate is verified against its
+signature estimate, so a false positive costs one 128-value comparison while a false negative loses a
+duplicate for good: recall is worth far more. At threshold 0.8 and 128 permutations this picks 16 bands
+of 8 rows (a pair at J = 0.8 becomes a candidate with probability 0.95) instead of the 9 x 13 that equal
+weights give (0.40). :func:`optimal_bands` itself keeps datasketch's equal weights as its default."""
+
 _ROW_MULT = mix64(np.arange(1, 257, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
 
 
-def _error_areas(threshold: float, bands: np.ndarray, rows: np.ndarray, points: int = 1001) -> tuple[np.ndarray, np.ndarray]:
+def error_areas(threshold: float, bands: np.ndarray, rows: np.ndarray, points: int = 1001) -> tuple[np.ndarray, np.ndarray]:
     """FP and FN areas for arrays of (bands, rows), by the trapezoid rule on ``points`` nodes each."""
     def area(lo: float, hi: float, false_negative: bool) -> np.ndarray:
         if hi <= lo:
@@ -70,7 +77,7 @@ def optimal_bands(
     pairs = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
     bands = np.array([p[0] for p in pairs], dtype=float)
     rows = np.array([p[1] for p in pairs], dtype=float)
-    fp, fn = _error_areas(threshold, bands, rows)
+    fp, fn = error_areas(threshold, bands, rows)
     error = false_positive_weight * fp + false_negative_weight * fn
     return pairs[int(np.argmin(error))]
 
@@ -106,8 +113,8 @@ class LSHIndex:
         *,
         bands: int | None = None,
         rows: int | None = None,
-        false_positive_weight: float = 0.5,
-        false_negative_weight: float = 0.5,
+        false_positive_weight: float = DEDUP_WEIGHTS[0],
+        false_negative_weight: float = DEDUP_WEIGHTS[1],
         window: int = 16,
     ):
         if (bands is None) != (rows is None):

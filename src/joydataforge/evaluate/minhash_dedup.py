@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 import numpy as np
 
 from ..records import IdAssigner, canonical_json, normalize_history
-from .lsh import LSHIndex
+from .lsh import DEDUP_WEIGHTS, LSHIndex
 from .minhash import MinHasher
 from .minhash_clusters import UnionFind, clusters_from_roots
 from .shingles import Mode
@@ -90,8 +90,8 @@ def near_duplicate_clusters(
     reference: Iterable[str] | None = None,
     workers: int = 1,
     chunk_size: int = 4096,
-    false_positive_weight: float = 0.5,
-    false_negative_weight: float = 0.5,
+    false_positive_weight: float = DEDUP_WEIGHTS[0],
+    false_negative_weight: float = DEDUP_WEIGHTS[1],
 ) -> ClusterResult:
     """Cluster texts by estimated Jaccard similarity >= ``threshold``; texts are read in chunks."""
     started = time.perf_counter()

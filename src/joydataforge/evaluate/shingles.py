@@ -321,7 +321,7 @@ def shingle_hashes(texts: Sequence[str], spec: ShingleSpec = ShingleSpec()) -> S
     prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
     np.cumsum(weighted, out=prefix[1:])
     token_hash = mix64((prefix[ends] - prefix[starts]) * down[starts] + (ends - starts).astype(np.uint64))
-    token_text = np.searchsorted(text_end, starts)
+    token_text = np.cumsum(codes == 0, dtype=np.int32)[starts]  # NULs before a token = its text
 
     # n-grams of consecutive tokens of the same text.
     tokens_per_text = np.bincount(token_text, minlength=n_texts)
@@ -341,13 +341,16 @@ def shingle_hashes(texts: Sequence[str], spec: ShingleSpec = ShingleSpec()) -> S
     short = (tokens_per_text < n_of_text)[token_text] & (position == token_offsets[:-1][token_text])
     width = np.where(full, token_n, token_end - position)  # tokens in the shingle starting here
     keep = full | short
-    acc = np.zeros(n_tok, dtype=np.uint64)
-    shingle = np.zeros(n_tok, dtype=np.uint64)
-    for d in range(n_max):
-        part = np.zeros(n_tok, dtype=np.uint64)
-        part[: n_tok - d] = token_hash[d:]
-        acc += part * _NGRAM_MULT[d]
-        done = width == d + 1
+    acc = token_hash * _NGRAM_MULT[0]
+    if n_max == 1:
+        shingle = acc
+    else:
+        shingle = np.zeros(n_tok, dtype=np.uint64)
+        for d in range(1, n_max):
+            done = width == d  # shingles of d tokens are complete now
+            shingle[done] = acc[done]
+            acc[: n_tok - d] += token_hash[d:] * _NGRAM_MULT[d]
+        done = width == n_max
         shingle[done] = acc[done]
     hashes = (mix64(shingle[keep]) >> np.uint64(32)).astype(np.uint32)
     per_text = np.bincount(token_text[keep], minlength=n_texts)
