@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import ConfigError, InputError
@@ -41,6 +41,32 @@ def _make_env() -> ImmutableSandboxedEnvironment:
 
 
 _ENV = _make_env()
+_PLAIN_NODES = (nodes.Template, nodes.Output, nodes.TemplateData)
+
+
+class _Compiled:
+    """A template rendered the way ``Template.render`` does it, minus two per-call costs that dominate
+    short prompts: a template that is plain text (the usual system prompt) is rendered once, and the
+    context takes the variables dict as is (``shared``) with the globals merged in beforehand, instead of
+    copying globals and variables into a new dict on every call. Same output, same errors."""
+
+    def __init__(self, source: str):
+        self.template: Template = _ENV.from_string(source)
+        self.globals = dict(self.template.globals)
+        plain = all(isinstance(node, _PLAIN_NODES) for node in _ENV.parse(source).find_all(nodes.Node))
+        self.constant: str | None = self.template.render() if plain else None
+
+    def render(self, variables: dict[str, Any]) -> str:
+        if self.constant is not None:
+            return self.constant
+        context = self.template.new_context({**self.globals, **variables}, shared=True)
+        try:
+            return _ENV.concat(self.template.root_render_func(context))  # type: ignore[attr-defined]
+        except UndefinedError:
+            raise
+        except Exception:
+            _ENV.handle_exception()  # re-raises with the template's line numbers, as Template.render does
+            raise
 
 
 @dataclass
@@ -56,8 +82,8 @@ class PromptTemplate:
 
     def __post_init__(self) -> None:
         try:
-            self._user = _ENV.from_string(self.user)
-            self._system = _ENV.from_string(self.system) if self.system else None
+            self._user = _Compiled(self.user)
+            self._system = _Compiled(self.system) if self.system else None
             names: set[str] = set()
             for text in (self.user, self.system or ""):
                 names |= meta.find_undeclared_variables(_ENV.parse(text))
