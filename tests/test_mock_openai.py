@@ -275,6 +275,24 @@ def test_parse_directive() -> None:
         "status": "429", "retry_after": "2", "times": "3", "drop": "", "reply": "a=b, c"}
 
 
+@pytest.mark.parametrize("directive,fragment", [
+    ("stauts=429", "unknown key 'stauts'"),
+    ("status=abc", "bad value 'abc' for 'status'"),
+    ("delay=soon,times=1", "bad value 'soon' for 'delay'"),
+])
+def test_malformed_directives_get_a_400_that_names_them(mock_server: MockServer, directive: str,
+                                                         fragment: str) -> None:
+    for _ in range(2):  # every time, whatever times= says
+        status, _, reply = chat(mock_server, f"[[mock:{directive}]]")
+        assert status == 400 and fragment in reply["error"]["message"]
+    assert mock_server.stats()["directives"] == {}
+
+
+def test_requests_that_break_the_mock_still_get_an_answer(mock_server: MockServer) -> None:
+    status, _, reply = chat(mock_server, "x", n="many")
+    assert status == 500 and "mock server error" in reply["error"]["message"]
+
+
 def test_finish_reason_directive(mock_server: MockServer) -> None:
     _, _, reply = chat(mock_server, "[[mock:finish_reason=content_filter]]")
     assert reply["choices"][0]["finish_reason"] == "content_filter"
