@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 ## make demo: set up, then answer and label seed records with the embedded model (no server, no key)
 demo: $(STAMP)
 	$(VENV)/bin/joyforge run examples/demo.yaml -o out/demo
-	@echo "--- first output record (out/demo/data.jsonl) ---"
-	@head -n 1 out/demo/data.jsonl | $(PY) -m json.tool --no-ensure-ascii | head -n 40
+	@echo "--- output records (out/demo/data.jsonl), main fields ---"
+	@$(PY) -c 'import json; [print(json.dumps({k: r.get(k) for k in ("id", "input", "target", "label", "reason")}, ensure_ascii=False)) for r in map(json.loads, open("out/demo/data.jsonl", encoding="utf-8"))]' 
 
 ## make test: set up, then the fast suite, then the slow integration tests (real model, real server)
 test: $(STAMP) browser

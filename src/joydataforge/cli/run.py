@@ -1,6 +1,7 @@
 """``joyforge run``: run a pipeline file, resumably."""
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -12,7 +13,8 @@ from ..pipeline import Pipeline
 
 
 def print_summary(summary: RunSummary, console: Console | None = None) -> None:
-    console = console or Console(stderr=True)
+    # Logs and CI are not terminals: give the tables room instead of truncating model names.
+    console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 120)
     table = Table(title="run summary", show_header=False, title_justify="left")
     rows = [
         ("records in", summary.records_in), ("records out", summary.records_out),

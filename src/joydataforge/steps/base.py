@@ -61,10 +61,13 @@ class Step(abc.ABC):
         return obj
 
     def settings(self) -> dict[str, Any]:
-        """The constructor arguments this step was built with, by name (defaults filled in)."""
+        """The constructor arguments this step was given, by name.
+
+        Defaults are left out on purpose: a new release that adds a setting with a default must not make
+        an unfinished run's folder look like the output of a different pipeline.
+        """
         args, kwargs = self._init_args
         bound = inspect.signature(type(self).__init__).bind(self, *args, **kwargs)
-        bound.apply_defaults()
         return {k: v for k, v in bound.arguments.items() if k != "self"}
 
     def __init__(self, name: str | None = None):
