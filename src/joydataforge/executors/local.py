@@ -166,9 +166,13 @@ class LocalExecutor:
         commit_task = asyncio.create_task(committer.loop())
 
         async def process(seq_no: int, source_id: str, record: Record, location: Location) -> None:
+            # The feeder took this record's slot before creating the task: hundreds of tasks queued on
+            # one semaphore cost O(n) per release when a burst of replies lands in one loop iteration.
             try:
-                async with slots:
+                try:
                     outcome = await self._through(concurrent, seq_no, source_id, record, location, ctx)
+                finally:
+                    slots.release()
                 committer.put(outcome)
             except BaseException as exc:  # a bug in the executor itself: keep the record, stop cleanly
                 committer.put(_failure(seq_no, source_id, record, location, "executor", exc))
@@ -207,6 +211,7 @@ class LocalExecutor:
                     if isinstance(outcome_or_records, Outcome):
                         committer.put(outcome_or_records)
                     else:
+                        await slots.acquire()
                         task = asyncio.create_task(process(seq, source_id, outcome_or_records, item.location))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
