@@ -9,8 +9,12 @@ from ..errors import ConfigError
 from .base import Step
 from .dedup import MinHashDedupStep
 from .single import Generate, Label
+from .vote import Cascade, Vote
+from .joint import Joint
+from .critique import CritiqueRevise
 
-BUILTIN_STEPS: dict[str, type[Step]] = {cls.kind: cls for cls in (Generate, Label, MinHashDedupStep)}
+BUILTIN_STEPS: dict[str, type[Step]] = {cls.kind: cls for cls in (Generate, Label, MinHashDedupStep, Vote, Cascade,
+                                                                   Joint, CritiqueRevise)}
 
 
 def register_step(cls: type[Step]) -> type[Step]:
