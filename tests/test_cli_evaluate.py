@@ -222,3 +222,14 @@ def test_commands_have_help() -> None:
     for command in (eval_command, dedup_command, select_command):
         result = CliRunner().invoke(command, ["--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_eval_counts_exactly_the_duplicates_dedup_removes(tmp_path: Path) -> None:
+    """The report's "dedup would remove them" must be true: same shingles, hashes, bands and clusters."""
+    for threshold in ("0.5", "0.8", "0.92"):
+        out = tmp_path / "m.json"
+        assert run(eval_command, INSTRUCTIONS, "--text-field", "input,history", "--embedder", "none",
+                   "--threshold", threshold, "-o", out).exit_code == 0
+        clean = tmp_path / "clean.jsonl"
+        assert run(dedup_command, INSTRUCTIONS, "--fields", "input,history", "--threshold", threshold, "-o", clean).exit_code == 0
+        assert json.loads(out.read_text())["near_duplicates"]["duplicates"] == 16 - len(read_jsonl(clean))

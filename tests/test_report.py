@@ -234,3 +234,10 @@ def test_an_empty_dataset_still_renders() -> None:
     html, evaluation = _page([])
     assert evaluation.metrics["records"] == 0 and "<html" in html and "No near-duplicates" in html
     assert not math.isnan(len(html))
+
+
+def test_backticks_become_code_but_markup_stays_text() -> None:
+    from joydataforge.evaluate.report import inline_code
+
+    assert inline_code("run `joyforge dedup` now") == "run <code>joyforge dedup</code> now"
+    assert inline_code("`<b>x</b>`") == "<code>&lt;b&gt;x&lt;/b&gt;</code>"

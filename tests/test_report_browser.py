@@ -262,7 +262,7 @@ def test_report_loads_without_errors_and_draws_its_figures(tmp_path: Path) -> No
     kinds = [c["kind"] for c in figures["charts"]]
     assert kinds.count("chart scatter") == 1 and kinds.count("chart histogram") >= 2 and kinds.count("chart bars") >= 3
     for chart in figures["charts"]:  # laid out with a real size, and with something drawn in it
-        assert chart["width"] > 200 and chart["height"] > 40 and chart["marks"] > 0, chart
+        assert chart["width"] > 200 and chart["height"] > 20 and chart["marks"] > 0, chart
     scatter = next(c for c in figures["charts"] if c["kind"] == "chart scatter")
     assert scatter["marks"] == 10
     assert "Noto Sans CJK SC" in figures["font"]

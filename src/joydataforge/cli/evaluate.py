@@ -298,7 +298,7 @@ def eval_command(data: str, output: str | None, report_path: str | None, text_fi
         raise BadInput(str(exc)) from None
     evaluation.metrics = {"data": str(data), "bad_records": len(bad), **evaluation.metrics}
     console = _console()
-    console.print(_summary_table(f"eval: {data}", [("value", evaluation.metrics)]))
+    console.print(_summary_table(f"eval: {Path(data).name}", [("value", evaluation.metrics)]))
     text = json.dumps(evaluation.metrics, ensure_ascii=False, indent=2)
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -352,7 +352,7 @@ def dedup_command(data: str, output: str, threshold: float, fields: tuple[str, .
     if removed_path:
         write_jsonl(removed_path, result.removed)
     stats = result.stats
-    table = Table(title=f"dedup: {data}", show_header=False, title_justify="left")
+    table = Table(title=f"dedup: {Path(data).name}", show_header=False, title_justify="left")
     rows = [("records in", stats["records_in"]), ("reference records", stats["reference_records"]),
             ("kept", stats["kept"]), ("removed", stats["removed"]),
             ("  of which duplicates of reference", stats["removed_as_reference_duplicates"]),

@@ -142,7 +142,7 @@ def label_fields_of(records: Sequence[Record], requested: Sequence[str] | None) 
     """The label fields to count: the requested ones, or the default names found in the records."""
     if requested is not None:
         return tuple(requested)
-    present = {k for r in records for k in r}
+    present = {k for r in records for k, v in r.items() if _label_values(v)}  # a field empty everywhere says nothing
     return tuple(name for name in DEFAULT_LABEL_FIELDS if name in present)
 
 

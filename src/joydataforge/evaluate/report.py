@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from jinja2 import Environment
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from . import report_charts as charts
 from .metrics import DatasetEvaluation
@@ -59,6 +60,12 @@ def fmt(value: Any, digits: int = 4) -> str:
             return f"{int(value):,}"
         return f"{value:,.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}g}"
     return str(value)
+
+
+def inline_code(text: str) -> Markup:
+    """Escape ``text`` and show its `backticked` parts as ``<code>``: the metric explanations name commands."""
+    escaped = str(escape(text))
+    return Markup(re.sub(r"`([^`<>]+)`", r"<code>\1</code>", escaped))
 
 
 def pct(value: float | None) -> str:
@@ -216,10 +223,12 @@ def metric_rows(metrics: dict[str, Any]) -> list[MetricRow]:
                               "means a few labels dominate."))
     for name, stats in metrics.get("lengths", {}).items():
         if stats.get("count"):
+            advice = ("Records without earlier turns are single-turn; a dataset meant to teach dialogue needs many with."
+                      if "turns" in name else
+                      "Very short texts are often truncated or empty generations; a long tail may exceed the training context.")
             rows.append(MetricRow("Lengths", name, f"median {fmt(stats['median'])}, p90 {fmt(stats['p90'])}",
                                   f"Over {fmt(stats['count'])} records: min {fmt(stats['min'])}, mean {fmt(stats['mean'])}, "
-                                  f"max {fmt(stats['max'])}. Very short texts are often truncated or empty generations; "
-                                  "a long tail may exceed the training context."))
+                                  f"max {fmt(stats['max'])}. {advice}"))
     return rows
 
 
@@ -298,7 +307,7 @@ def _entity_charts(metrics: dict[str, Any]) -> dict[str, Any] | None:
     for etype, stats in sorted(ents["per_type"].items(), key=lambda kv: (-kv[1]["total"], kv[0])):
         per_type.append({"type": etype, "stats": stats,
                          "svg": Markup(charts.bar_chart([(t, c) for t, c in stats["top"][:10]],
-                                                        label=f"{etype} entities", width=420, colour="#59a14f"))})
+                                                        label=f"{etype} entities", colour="#59a14f"))})
     return {
         "types_svg": Markup(charts.bar_chart([(t, c) for t, c in ents["types"]["top"]], label="entity types",
                                              colour="#f28e2b")),
@@ -317,6 +326,7 @@ def render_report(evaluation: DatasetEvaluation, *, title: str, source: str | No
                       keep_trailing_newline=True)
     env.filters["fmt"] = fmt
     env.filters["pct"] = pct
+    env.filters["code"] = inline_code
     template = env.from_string(resources.files(__package__).joinpath(TEMPLATE).read_text("utf-8"))
     field = map_colour_field(evaluation, colour_field)
     metrics_json = json.dumps(metrics, ensure_ascii=False, indent=1)
@@ -357,7 +367,9 @@ def summary_pairs(metrics: dict[str, Any]) -> list[tuple[str, str]]:
             pairs.append((f"Vendi {key.replace('inf', '∞')}", fmt(value)))
         pairs.append(("Vendi per record", fmt(sem.get("vendi_per_record"))))
     ents = metrics.get("entities")
-    if ents:
+    if ents and not ents["entities"]["total"]:
+        pairs.append(("entities", "none found"))
+    elif ents:
         pairs.append(("unique entities", fmt(ents["entities"]["unique"])))
         pairs.append(("entity entropy (nats)", fmt(ents["entities"]["shannon_entropy_nats"])))
         pairs.append(("records with entities", pct(ents["coverage"])))
