@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from joydataforge.evaluate.lsh import LSHIndex, candidate_probability, optimal_bands
+from joydataforge.evaluate.lsh import LSHIndex, RowStore, candidate_probability, optimal_bands
 from joydataforge.evaluate.minhash import MinHasher, estimate_jaccard, exact_jaccard
 from joydataforge.evaluate.minhash_clusters import UnionFind, clusters_from_roots
 from joydataforge.evaluate.minhash_dedup import deduplicate, near_duplicate_clusters, record_text
@@ -111,6 +111,9 @@ def test_equal_shingles_hash_equally_across_texts_and_batches():
     first = set(a.hashes[a.offsets[0]:a.offsets[1]].tolist())
     second = set(b.hashes.tolist())
     assert len(first & second) == 2  # "one two", "two three"
+    long_word = "x" * 5000 + "y"
+    c = shingle_hashes([long_word, "a b " + long_word], ShingleSpec("word", 1))
+    assert c.hashes[0] == c.hashes[-1] and len(set(c.hashes.tolist())) == 3
 
 
 # ----------------------------------------------------------------------------- bands and rows
@@ -239,6 +242,23 @@ def test_union_find_root_is_smallest_and_clusters():
     assert clusters_from_roots(sets.roots(), min_size=1)[-1] == [3]
 
 
+def test_union_find_grows():
+    sets = UnionFind()
+    ids = [sets.add() for _ in range(100)]
+    sets.union(ids[99], ids[40])
+    assert len(sets) == 100 and sets.find(99) == 40 and sets.roots()[99] == 40
+
+
+def test_row_store_spans_blocks():
+    store = RowStore((3,), np.uint32, first_block=4, max_block=8)
+    rows = np.arange(60, dtype=np.uint32).reshape(20, 3)
+    store.append(rows[:5])
+    store.append(rows[5:])
+    assert len(store) == 20 and len(store.blocks) > 2
+    assert np.array_equal(store.take(np.array([19, 0, 7, 7])), rows[[19, 0, 7, 7]])
+    assert np.array_equal(store.column(1), rows[:, 1])
+
+
 def test_union_find_transitive_chain():
     sets = UnionFind(5)
     for a, b in [(3, 4), (2, 3), (1, 2)]:
@@ -259,6 +279,30 @@ def test_lsh_candidates_and_verification():
     assert all(e >= 0.8 for e in estimates)
     assert 4 not in set(pairs.left.tolist()) | set(pairs.right.tolist())  # empty text never pairs
     assert index.query(hasher.signatures([base])[0])[0] == 0
+
+
+def test_small_groups_give_every_pair_and_verification_rejects_weak_candidates():
+    index = LSHIndex(0.8, 8, bands=8, rows=1)  # one value in common makes a candidate
+    same = np.array([[1, 2, 3, 4, 5, 6, 7, 8]] * 3, dtype=np.uint32)
+    weak = np.array([[1, 9, 9, 9, 9, 9, 9, 9]], dtype=np.uint32)  # shares one of eight values
+    index.add(np.vstack([same, weak]))
+    pairs = index.candidate_pairs()
+    assert set(zip(pairs.left.tolist(), pairs.right.tolist())) == {(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)}
+    verified, estimates = index.verify(pairs)
+    assert set(zip(verified.left.tolist(), verified.right.tolist())) == {(0, 1), (0, 2), (1, 2)}
+    assert estimates.tolist() == [1.0, 1.0, 1.0]
+    assert [c for c, _ in index.query_verified(weak[0])] == [3]
+
+
+def test_signature_is_the_minimum_of_each_hash_function():
+    hasher = MinHasher(num_perm=8, seed=9)
+    batch = hasher.shingle(["alpha beta gamma delta epsilon", "zeta eta theta"])
+    sig = hasher.signatures_of_batch(batch)
+    a, b = hasher._a[:, 0].tolist(), hasher._b[:, 0].tolist()
+    for row in range(2):
+        xs = batch.hashes[batch.offsets[row]:batch.offsets[row + 1]].tolist()
+        expected = [min((a[j] * x + b[j]) % 2**32 for x in xs) for j in range(8)]
+        assert sig[row].tolist() == expected
 
 
 def test_big_groups_stay_connected_without_quadratic_pairs():

@@ -98,6 +98,59 @@ class Pairs:
         return len(self.left)
 
 
+class RowStore:
+    """Append-only rows in blocks that double up to ``max_block`` rows.
+
+    Why not one array grown by doubling: every growth copies the whole index and briefly holds it
+    twice, so peak memory would jump with the corpus size. Blocks are never copied; the last one is at
+    most half empty.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: type, first_block: int = 1024, max_block: int = 65536):
+        self.shape, self.dtype = shape, dtype
+        self.first_block, self.max_block = first_block, max_block
+        self.blocks: list[np.ndarray] = []
+        self.starts: list[int] = []
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.blocks)
+
+    def append(self, rows: np.ndarray) -> None:
+        done = 0
+        while done < len(rows):
+            capacity = self.starts[-1] + len(self.blocks[-1]) if self.blocks else 0
+            if self.size == capacity:
+                length = min(self.max_block, max(self.first_block, capacity))
+                self.blocks.append(np.zeros((length,) + self.shape, dtype=self.dtype))
+                self.starts.append(capacity)
+                continue
+            block, start = self.blocks[-1], self.starts[-1]
+            take = min(len(rows) - done, start + len(block) - self.size)
+            block[self.size - start: self.size - start + take] = rows[done: done + take]
+            self.size += take
+            done += take
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Rows at ``ids`` (any order, repeats allowed)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids),) + self.shape, dtype=self.dtype)
+        which = np.searchsorted(np.asarray(self.starts), ids, side="right") - 1
+        for b in np.unique(which).tolist():
+            mask = which == b
+            out[mask] = self.blocks[b][ids[mask] - self.starts[b]]
+        return out
+
+    def column(self, j: int | slice = slice(None)) -> np.ndarray:
+        """Column ``j`` of all rows as one array (for 1-D rows, all values)."""
+        parts = [b[:, j] if self.shape else b for b in self.blocks]
+        return np.concatenate(parts)[: self.size] if parts else np.zeros(0, dtype=self.dtype)
+
+
 class LSHIndex:
     """Band keys and signatures of every text added, for batch pairs and streaming queries.
 
@@ -130,19 +183,19 @@ class LSHIndex:
         self.bands = bands
         self.rows = rows
         self.window = max(2, window)
-        self._size = 0
-        self._signatures = np.zeros((0, num_perm), dtype=np.uint32)
-        self._keys = np.zeros((0, bands), dtype=np.uint64)
-        self._empty = np.zeros(0, dtype=bool)
+        self._signatures = RowStore((num_perm,), np.uint32)
+        self._keys = RowStore((bands,), np.uint64)
+        self._empty = RowStore((), bool)
         self._tables: list[dict[int, list[int]]] = [{} for _ in range(bands)]
         self._tabled = 0  # ids below this are in the per-band dicts used by query()
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._signatures)
 
     @property
     def nbytes(self) -> int:
-        return self._signatures[: self._size].nbytes + self._keys[: self._size].nbytes
+        """Memory held by the index (allocated blocks, including the unused end of the last one)."""
+        return self._signatures.nbytes + self._keys.nbytes + self._empty.nbytes
 
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:
         """One 64-bit key per band: a hash of that band's ``rows`` signature values."""
@@ -151,49 +204,40 @@ class LSHIndex:
         keys = (used * _ROW_MULT[: self.rows]).sum(axis=2, dtype=np.uint64)
         return mix64(keys)
 
-    def _grow(self, extra: int) -> None:
-        need = self._size + extra
-        if need <= len(self._signatures):
-            return
-        capacity = max(need, 2 * len(self._signatures), 1024)
-        for name in ("_signatures", "_keys", "_empty"):
-            old = getattr(self, name)
-            new = np.zeros((capacity,) + old.shape[1:], dtype=old.dtype)
-            new[: self._size] = old[: self._size]
-            setattr(self, name, new)
-
     def add(self, signatures: np.ndarray) -> np.ndarray:
         """Index a ``[n, num_perm]`` block; returns the ids given to its rows."""
         signatures = np.asarray(signatures, dtype=np.uint32)
         if signatures.ndim != 2 or signatures.shape[1] != self.num_perm:
             raise ValueError(f"signatures must have shape [n, {self.num_perm}], not {signatures.shape}")
-        n = len(signatures)
-        self._grow(n)
-        ids = np.arange(self._size, self._size + n)
-        self._signatures[ids] = signatures
-        self._keys[ids] = self.band_keys(signatures)
-        self._empty[ids] = (signatures == EMPTY).all(axis=1)
-        self._size += n
-        return ids
+        first = len(self)
+        self._signatures.append(signatures)
+        self._keys.append(self.band_keys(signatures))
+        self._empty.append((signatures == EMPTY).all(axis=1))
+        return np.arange(first, first + len(signatures))
 
     def empty_mask(self) -> np.ndarray:
         """True for indexed texts without shingles (never candidates)."""
-        return self._empty[: self._size].copy()
+        return self._empty.column()
 
     def signature(self, ids: np.ndarray | int) -> np.ndarray:
-        return self._signatures[: self._size][ids]
+        if isinstance(ids, (int, np.integer)):
+            return self._signatures.take(np.array([ids]))[0]
+        return self._signatures.take(ids)
 
     # ------------------------------------------------------------------ streaming
 
     def _update_tables(self) -> None:
-        keys = self._keys[self._tabled: self._size].tolist()
-        for offset, row in enumerate(keys):
-            doc = self._tabled + offset
-            if self._empty[doc]:
+        if self._tabled == len(self):
+            return
+        new = np.arange(self._tabled, len(self))
+        keys = self._keys.take(new).tolist()
+        empty = self._empty.take(new).tolist()
+        for doc, row, skip in zip(new.tolist(), keys, empty):
+            if skip:
                 continue
             for table, key in zip(self._tables, row):
                 table.setdefault(key, []).append(doc)
-        self._tabled = self._size
+        self._tabled = len(self)
 
     def query(self, signature: np.ndarray) -> list[int]:
         """Ids sharing at least one band with ``signature`` (unverified), in increasing order."""
@@ -211,19 +255,19 @@ class LSHIndex:
         candidates = self.query(signature)
         if not candidates:
             return []
-        estimates = estimate_jaccard(self._signatures[candidates], np.asarray(signature).reshape(1, -1))
+        estimates = estimate_jaccard(self._signatures.take(candidates), np.asarray(signature).reshape(1, -1))
         return [(c, float(e)) for c, e in zip(candidates, np.atleast_1d(estimates)) if e >= self.threshold]
 
     # ------------------------------------------------------------------ batch
 
     def candidate_pairs(self) -> Pairs:
         """Every pair of indexed texts that shares a band (see the module docstring for big groups)."""
-        n = self._size
-        live = np.flatnonzero(~self._empty[:n])
+        n = len(self)
+        live = np.flatnonzero(~self._empty.column())
         lefts: list[np.ndarray] = []
         rights: list[np.ndarray] = []
         for band in range(self.bands):
-            keys = self._keys[live, band]
+            keys = self._keys.column(band)[live]
             order = np.argsort(keys, kind="stable")
             ids = live[order]
             sorted_keys = keys[order]
@@ -254,7 +298,7 @@ class LSHIndex:
         for start in range(0, len(pairs), block):
             left = pairs.left[start: start + block]
             right = pairs.right[start: start + block]
-            estimate = (sigs[left] == sigs[right]).mean(axis=1)
+            estimate = (sigs.take(left) == sigs.take(right)).mean(axis=1)
             ok = estimate >= self.threshold
             keep.append(np.flatnonzero(ok) + start)
             values.append(estimate[ok])

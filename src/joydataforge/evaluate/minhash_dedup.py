@@ -16,6 +16,7 @@ reference record, whatever the policy.
 from __future__ import annotations
 
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
@@ -98,7 +99,7 @@ def near_duplicate_clusters(
     hasher = hasher or MinHasher()
     index = LSHIndex(threshold, hasher.num_perm, false_positive_weight=false_positive_weight,
                      false_negative_weight=false_negative_weight)
-    lengths: list[int] = []
+    lengths = array("q")  # 8 bytes per text, not a Python int object each
 
     def measured(items: Iterable[str]) -> Iterator[str]:
         for text in items:
@@ -119,7 +120,7 @@ def near_duplicate_clusters(
     return ClusterResult(
         roots=sets.roots(),
         empty=index.empty_mask(),
-        lengths=np.asarray(lengths, dtype=np.int64),
+        lengths=np.frombuffer(lengths, dtype=np.int64) if lengths else np.zeros(0, np.int64),
         n_reference=n_reference,
         candidate_pairs=len(candidates),
         verified_pairs=len(verified),

@@ -198,26 +198,23 @@ def shingle_set(text: str, spec: ShingleSpec = ShingleSpec()) -> set[str]:
 # ---------------------------------------------------------------- the vectorised batch path
 
 _M = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial token hash
-_M_INV = np.uint64(pow(0x9E3779B97F4A7C15, -1, 1 << 64))
 _NGRAM_MULT = np.array(
     [0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD,
      0xC4CEB9FE1A85EC53, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9, 0x2127599BF4325C37],
     dtype=np.uint64,
 )
-_powers: tuple[np.ndarray, np.ndarray] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
+_powers = np.ones(1, np.uint64)
 
 
-def _power_tables(length: int) -> tuple[np.ndarray, np.ndarray]:
-    """``M**i`` and ``M**-i`` modulo 2**64 for i < length, cached and grown geometrically."""
+def _powers_of_m(length: int) -> np.ndarray:
+    """``M**j`` modulo 2**64 for j < length (the longest token so far), cached."""
     global _powers
-    if len(_powers[0]) < length:
-        size = max(length, 2 * len(_powers[0]), 1 << 20)
-        up = np.full(size, _M, dtype=np.uint64)
-        up[0] = 1
-        down = np.full(size, _M_INV, dtype=np.uint64)
-        down[0] = 1
-        _powers = (np.cumprod(up, dtype=np.uint64), np.cumprod(down, dtype=np.uint64))
-    return _powers[0][:length], _powers[1][:length]
+    if len(_powers) < length:
+        size = max(length, 2 * len(_powers), 64)
+        steps = np.full(size, _M, dtype=np.uint64)
+        steps[0] = 1
+        _powers = np.cumprod(steps, dtype=np.uint64)
+    return _powers[:length]
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -254,8 +251,8 @@ def shingle_hashes(texts: Sequence[str], spec: ShingleSpec = ShingleSpec()) -> S
 
     How: the pre-normalised texts are joined with a separator and read as one array of code points; a
     table lookup classifies every code point (separator / letter / CJK letter); token boundaries are
-    where the class changes; a token's hash is a polynomial hash read off prefix sums (``sum c_j M^j``
-    between its ends, times ``M^-start`` so the value does not depend on where the token sits); an
+    where the class changes; a token's hash is a polynomial hash ``sum c_j M^j`` (j from the token's
+    start, so the value does not depend on where the token sits) summed per token by ``reduceat``; an
     n-gram's hash combines its tokens' hashes with fixed odd multipliers, then a 64-bit finaliser mixes
     it and the top 32 bits are kept. No Python work is done per token or per shingle.
     """
@@ -315,12 +312,17 @@ def shingle_hashes(texts: Sequence[str], spec: ShingleSpec = ShingleSpec()) -> S
     starts = np.flatnonzero(starts_mask)
     ends = np.flatnonzero(ends_mask) + 1
 
-    # Position-independent polynomial hash of each token via prefix sums.
-    up, down = _power_tables(len(codes) + 1)
-    weighted = codes.astype(np.uint64) * up[: len(codes)]
-    prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
-    np.cumsum(weighted, out=prefix[1:])
-    token_hash = mix64((prefix[ends] - prefix[starts]) * down[starts] + (ends - starts).astype(np.uint64))
+    # Polynomial hash of each token, sum c_j * M**j over its characters (j counted from the token's
+    # start), summed per token with one reduceat; separators between tokens weigh zero.
+    if len(starts) == 0:  # nothing but separators in the whole batch
+        return ShingleBatch(np.zeros(0, np.uint32), np.zeros(n_texts + 1, np.int64), char_mode)
+    token_of_char = np.cumsum(starts_mask, dtype=np.int32) - 1
+    inside = is_letter & (token_of_char >= 0)
+    offset_in_token = np.arange(len(codes), dtype=np.int32) - starts[np.maximum(token_of_char, 0)]
+    weighted = codes.astype(np.uint64) * _powers_of_m(int(offset_in_token.max(initial=0)) + 1)[np.where(inside, offset_in_token, 0)]
+    weighted[~inside] = 0
+    token_hash = np.add.reduceat(weighted, starts)
+    token_hash = mix64(token_hash + (ends - starts).astype(np.uint64))
     token_text = np.cumsum(codes == 0, dtype=np.int32)[starts]  # NULs before a token = its text
 
     # n-grams of consecutive tokens of the same text.
