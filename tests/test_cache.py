@@ -111,3 +111,23 @@ def test_key_ignores_what_does_not_change_a_reply(monkeypatch):
     assert key(client(max_concurrency=3, timeout=9.0, max_retries=0)) == base
     assert key(base_client := client(), params={"top_p": 1, "temperature": 0.5}) == key(
         base_client, params={"temperature": 0.5, "top_p": 1})  # parameter order is not content
+
+
+def test_key_is_the_hash_of_the_whole_call():
+    """Persistent caches stay valid: the key is exactly content_hash of the call's parts, however built."""
+    from joydataforge.records import content_hash
+
+    c = client()
+    schema = {"type": "object", "properties": {"label": {"enum": ["BMI", "其他"]}}, "required": ["label"]}
+    cases = [("chat", MESSAGES, {"temperature": 0.5}, None, 0, 0),
+             ("chat", MESSAGES, {}, schema, 2, 1),
+             ("complete", "raw prompt", {"max_tokens": 5}, None, 1, 0),
+             ("chat", MESSAGES, {}, schema, True, 0)]
+    for verb, payload, params, sch, sample, attempt in cases:
+        expected = content_hash([c.config.identity(), verb, payload, params, sch, sample, attempt], 20)
+        assert c._key(verb, payload, params, sch, sample, attempt) == expected
+    before = c._key("chat", MESSAGES, {}, schema, 0, 0)
+    schema["required"].append("reason")  # the same dict, changed in place: a new key
+    after = c._key("chat", MESSAGES, {}, schema, 0, 0)
+    assert after != before
+    assert after == content_hash([c.config.identity(), "chat", MESSAGES, {}, schema, 0, 0], 20)
