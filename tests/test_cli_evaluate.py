@@ -233,3 +233,40 @@ def test_eval_counts_exactly_the_duplicates_dedup_removes(tmp_path: Path) -> Non
         clean = tmp_path / "clean.jsonl"
         assert run(dedup_command, INSTRUCTIONS, "--fields", "input,history", "--threshold", threshold, "-o", clean).exit_code == 0
         assert json.loads(out.read_text())["near_duplicates"]["duplicates"] == 16 - len(read_jsonl(clean))
+
+
+def test_eval_entities_extracted_by_an_llm(tmp_path: Path, mock_server) -> None:
+    """--entities model:NAME asks the gateway for structured entities (the mock answers what the text tells it)."""
+    reply = '[[mock:reply={"entities": [{"type": "Drug", "text": "ibuprofen"}, {"type": "Drug", "text": "aspirin"}]}]]'
+    data = tmp_path / "d.jsonl"
+    rows = [{"input": f"Is ibuprofen safe? {reply}"}, {"input": f"Take ibuprofen or aspirin? {reply}"},
+            {"input": "No drugs here [[mock:reply={\"entities\": []}]]"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    models = tmp_path / "models.yaml"
+    models.write_text(f"models:\n  ner:\n    backend: openai\n    model: mock\n    base_url: {mock_server.url}\n",
+                      encoding="utf-8")
+    out = tmp_path / "m.json"
+    result = run(eval_command, data, "--embedder", "none", "--entities", "model:ner", "--models", models, "-o", out)
+    assert result.exit_code == 0, result.output
+    ents = json.loads(out.read_text())["entities"]
+    assert ents["source"] == "LLM extraction with ner"
+    assert ents["entities"]["top"] == [["aspirin", 2], ["ibuprofen", 2]] and ents["records_with_entities"] == 2
+    assert list(ents["per_type"]) == ["Drug"] and ents["coverage"] == pytest.approx(2 / 3)
+
+
+def test_commands_are_named_for_the_cli_group() -> None:
+    assert (eval_command.name, dedup_command.name, select_command.name) == ("eval", "dedup", "select")
+
+
+def test_select_continues_from_earlier_picks(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    common = ("--text-field", "query", "--embedder", "precomputed:embedding", "--seed", "1", "--order", "pick")
+    assert run(select_command, AGENT, "-n", "3", "-o", first, *common).exit_code == 0
+    result = run(select_command, AGENT, "-n", "3", "-o", second, "--keep", first, *common)
+    assert result.exit_code == 0, result.output
+    earlier, later = [r["id"] for r in read_jsonl(first)], [r["id"] for r in read_jsonl(second)]
+    assert len(later) == 3 and not set(earlier) & set(later)
+    # continuing gives the same picks as one longer run: farthest-point traversal is incremental
+    whole = tmp_path / "whole.jsonl"
+    assert run(select_command, AGENT, "-n", "6", "-o", whole, *common).exit_code == 0
+    assert [r["id"] for r in read_jsonl(whole)] == earlier + later

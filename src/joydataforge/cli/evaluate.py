@@ -382,6 +382,9 @@ def dedup_command(data: str, output: str, threshold: float, fields: tuple[str, .
 @click.option("--embedder", default="auto", show_default=True, help=EMBEDDER_HELP)
 @click.option("--entity-fields", "entity_fields", multiple=True, help="List fields holding entities (default: auto).")
 @click.option("--label-field", "label_fields", multiple=True, help="Label/tag fields to compare (default: auto).")
+@click.option("--keep", "keep_path", type=click.Path(),
+              help="Records selected earlier (any readable file): the new picks are the farthest from them; "
+                   "they are not written again.")
 @click.option("--order", type=click.Choice(["input", "pick"]), default="input", show_default=True,
               help="Write the selection in input order, or in the order k-center picked it (most diverse first).")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False), help="Write both metric sets as JSON here.")
@@ -389,7 +392,8 @@ def dedup_command(data: str, output: str, threshold: float, fields: tuple[str, .
 @click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
 @click.option("--skip-bad", is_flag=True, help="Leave out records that cannot be read instead of stopping.")
 def select_command(data: str, count: int, output: str, method: str, seed: int, text_fields: tuple[str, ...],
-                   embedder: str, entity_fields: tuple[str, ...], label_fields: tuple[str, ...], order: str,
+                   embedder: str, entity_fields: tuple[str, ...], label_fields: tuple[str, ...], keep_path: str | None,
+                   order: str,
                    metrics_path: str | None, models_file: str | None, no_cache: bool, skip_bad: bool) -> None:
     """Select -n records of DATA that keep the most diversity, and compare their metrics with the full set's.
 
@@ -401,20 +405,26 @@ def select_command(data: str, count: int, output: str, method: str, seed: int, t
     from ..evaluate.selection import coverage_radius, select
 
     records, _ = read_dataset(data, skip_bad=skip_bad)
+    kept_before = read_dataset(keep_path, skip_bad=skip_bad, what="--keep")[0] if keep_path else []
     fields = split_fields(text_fields)
     check_fields(records, fields, "--text-field")
-    texts = _texts(records, fields)
-    vectors, vector_source = resolve_vectors(records, texts, embedder, models_file=models_file, cache=not no_cache,
-                                             data_path=data)
-    if method == "kcenter" and vectors is None:
+    n = len(records)
+    # earlier picks go after the data, embedded the same way, and count as already selected
+    everything = records + kept_before
+    texts = _texts(everything, fields)
+    all_vectors, vector_source = resolve_vectors(everything, texts, embedder, models_file=models_file,
+                                                 cache=not no_cache, data_path=data)
+    vectors = None if all_vectors is None else all_vectors[:n]
+    if method == "kcenter" and all_vectors is None:
         raise BadInput("--method kcenter needs embeddings: choose an --embedder (or install the local model), "
                        "or use --method random")
-    if count > len(records):
-        _console().print(f"[yellow]-n {count} is more than the {len(records)} records: selecting all of them[/]")
-    if method == "kcenter":
-        picked = select(vectors, count, method="k_center", seed=seed)
-    else:
-        picked = select(np.zeros((len(records), 1)) if vectors is None else vectors, count, method="random", seed=seed)
+    if count > n:
+        _console().print(f"[yellow]-n {count} is more than the {n} records: selecting all of them[/]")
+    already = list(range(n, len(everything))) or None
+    space = np.zeros((len(everything), 1)) if all_vectors is None else all_vectors
+    picked = select(space, count, method="k_center" if method == "kcenter" else "random", seed=seed,
+                    already_selected=already)
+    picked = picked[picked < n]  # never the earlier picks themselves
     ordered = [int(i) for i in (picked if order == "pick" else np.sort(picked))]
     write_jsonl(output, [records[i] for i in ordered])
 
