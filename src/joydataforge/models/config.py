@@ -46,7 +46,9 @@ class ModelConfig(BaseModel):
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(default=None, description="name of the environment variable holding the key")
     model_path: str | None = Field(default=None, description="llamacpp: a GGUF path, or 'smollm2' for the bundled model")
-    chat_template: str | None = Field(default=None, description="llamacpp: override the GGUF's chat format")
+    chat_template: str | None = Field(
+        default=None, description="llamacpp: a llama-cpp-python chat format overriding the GGUF's; openai: the "
+        "path of the served model's tokenizer_config.json or .jinja chat template (raw-completion methods need it)")
     n_ctx: int = 2048
     n_threads: int | None = None
     max_concurrency: int = 16

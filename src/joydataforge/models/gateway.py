@@ -18,6 +18,7 @@ from ..errors import ModelError, ValidationFailed
 from ..records import canonical_json, content_hash
 from .backends.base import Backend, Completion, Messages, TransientError
 from .cache import CallCache
+from .chat_template import ChatTemplateSource
 from .config import ModelConfig, ModelRegistry
 from .limits import ModelLimits
 from .retry import RetryPolicy
@@ -55,6 +56,8 @@ class ModelClient:
         self._identity_json = canonical_json(self._identity)
         self._schema_cache: dict[int, tuple[Any, str]] = {}
         self._jitter = random.Random(config.name)
+        self._chat_template: ChatTemplateSource | None = None
+        self._chat_template_known = False
 
     def _params(self, overrides: dict[str, Any]) -> dict[str, Any]:
         params = dict(self.config.params)
@@ -161,6 +164,16 @@ class ModelClient:
 
     async def complete(self, prompt: str, *, sample: int = 0, **params: Any) -> Completion:
         return await self._call("complete", prompt, self._params(params), sample=sample)
+
+    async def chat_template(self) -> ChatTemplateSource | None:
+        """The model's own chat template (GGUF metadata, or the file ``chat_template`` names), or ``None``.
+
+        Asked once per client: loading it may load the model, and it cannot change during a run.
+        """
+        if not self._chat_template_known:
+            self._chat_template = await self.backend.chat_template()
+            self._chat_template_known = True
+        return self._chat_template
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """Embeddings, cached one text at a time so overlapping batches are not paid twice."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import ModelError
+from ..chat_template import ChatTemplateSource
 
 Messages = list[dict[str, str]]
 
@@ -69,6 +70,10 @@ class Backend(abc.ABC):
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         raise ModelError(f"{type(self).__name__} does not offer embeddings")
+
+    async def chat_template(self) -> ChatTemplateSource | None:
+        """The model's own chat template, where the backend can know it (raw-completion methods need it)."""
+        return None
 
     async def close(self) -> None:
         return None

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...errors import ConfigError, ModelError
+from ..chat_template import ChatTemplateSource
 from ..config import ModelConfig
 from .base import Backend, Completion, Messages, Usage
 from .smollm2 import resolve_model_path
@@ -128,6 +129,25 @@ class LlamaCppBackend(Backend):
 
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
         return await self._in_worker(self._complete_sync, prompt, params, seed)
+
+    def _chat_template_sync(self) -> ChatTemplateSource | None:
+        llama = self._llama()
+        template = (llama.metadata or {}).get("tokenizer.chat_template")
+        if not template:
+            return None
+
+        def token_text(token_id: int) -> str:
+            return llama._model.token_get_text(token_id) if token_id >= 0 else ""
+
+        return ChatTemplateSource(template, token_text(llama.token_bos()), token_text(llama.token_eos()),
+                                  origin=f"gguf metadata tokenizer.chat_template: {self.path}")
+
+    async def chat_template(self) -> ChatTemplateSource | None:
+        """The GGUF's ``tokenizer.chat_template``; ``None`` when ``chat_template`` in models.yaml overrides
+        it with a llama-cpp-python chat format, since chats then no longer use the GGUF's template."""
+        if self.config.chat_template:
+            return None
+        return await self._in_worker(self._chat_template_sync)
 
     def _embed_sync(self, texts: list[str]) -> list[list[float]]:
         data = self._llama(embedding=True).create_embedding(texts)

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from ...errors import ModelError
+from ..chat_template import ChatTemplateSource, load_chat_template_file
 from ..config import ModelConfig
 from .base import Backend, Completion, Messages, TransientError, Usage
 
@@ -140,6 +141,13 @@ class OpenAICompatBackend(Backend):
             return [list(map(float, row["embedding"])) for row in rows]
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"model '{self.config.name}': malformed embeddings reply", model=self.config.name) from None
+
+    async def chat_template(self) -> ChatTemplateSource | None:
+        """A server does not say which template it applies; ``chat_template`` in models.yaml may name the
+        served model's tokenizer_config.json (or a .jinja file)."""
+        if not self.config.chat_template:
+            return None
+        return load_chat_template_file(self.config.chat_template)
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
