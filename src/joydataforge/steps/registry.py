@@ -12,9 +12,10 @@ from .single import Generate, Label
 from .vote import Cascade, Vote
 from .joint import Joint
 from .critique import CritiqueRevise
+from .evol_instruct import EvolInstruct
 
 BUILTIN_STEPS: dict[str, type[Step]] = {cls.kind: cls for cls in (Generate, Label, MinHashDedupStep, Vote, Cascade,
-                                                                   Joint, CritiqueRevise)}
+                                                                   Joint, CritiqueRevise, EvolInstruct)}
 
 
 def register_step(cls: type[Step]) -> type[Step]:
