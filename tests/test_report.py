@@ -241,3 +241,12 @@ def test_backticks_become_code_but_markup_stays_text() -> None:
 
     assert inline_code("run `joyforge dedup` now") == "run <code>joyforge dedup</code> now"
     assert inline_code("`<b>x</b>`") == "<code>&lt;b&gt;x&lt;/b&gt;</code>"
+
+
+def test_map_legend_keeps_ten_groups_and_merges_the_rest() -> None:
+    records = [{"input": f"text {i}", "tag": f"tag{i % 25}"} for i in range(100)]
+    html, _ = _page(records)
+    legend = re.findall(r'<button type="button" data-group="([^"]+)">', html)
+    assert len(legend) == 10 and "(other: 16 values)" in legend  # 9 most frequent tags + the rest
+    assert html.count('<circle class="pt"') == 100
+    assert "tag24" in html  # the tooltip keeps the real tag

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from jinja2 import Environment
@@ -125,6 +125,21 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def _top_groups(labels: list[str], keep: int) -> list[str]:
+    """The labels with all but the ``keep - 1`` most frequent merged into one "other" group.
+
+    Ten colours are as many as an eye tells apart; a legend of 200 tags helps nobody.
+    """
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    if len(counts) <= keep:
+        return labels
+    top = set(sorted(counts, key=lambda g: (-counts[g], g))[:keep - 1])
+    other = f"(other: {len(counts) - len(top)} values)"
+    return [label if label in top else other for label in labels]
+
+
 def embedding_map(evaluation: DatasetEvaluation, colour_field: str | None, *, max_points: int = MAX_MAP_POINTS,
                   seed: int = 0) -> dict[str, Any] | None:
     """The map's SVG, legend and caption facts; a seeded sample of ``max_points`` records when larger."""
@@ -136,9 +151,10 @@ def embedding_map(evaluation: DatasetEvaluation, colour_field: str | None, *, ma
     if n > max_points:
         index = np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
     points, (var1, var2) = pca_2d(vectors[index])
-    groups = [_group_of(evaluation.records[i], colour_field) for i in index]
+    labels = [_group_of(evaluation.records[i], colour_field) for i in index]
+    tips = [f"#{i + 1} · {g} · {_clip(' '.join(evaluation.texts[i].split()), 140)}" for i, g in zip(index, labels)]
+    groups = _top_groups(labels, len(charts.PALETTE))
     colours = charts.group_colours(groups)
-    tips = [f"#{i + 1} · {g} · {_clip(' '.join(evaluation.texts[i].split()), 140)}" for i, g in zip(index, groups)]
     counts: dict[str, int] = {}
     for g in groups:
         counts[g] = counts.get(g, 0) + 1
@@ -167,7 +183,7 @@ def metric_rows(metrics: dict[str, Any]) -> list[MetricRow]:
                       f"(Chinese) n-grams overlap by an estimated Jaccard similarity of at least {dup['threshold']}. "
                       "`joyforge dedup` would remove them. Lower is cleaner; a few percent is common in synthetic data."),
             MetricRow("Near-duplicates", "duplicate clusters", fmt(dup["clusters"]),
-                      f"Groups of two or more mutually near-duplicate records (largest: {fmt(dup['largest_cluster'])} records). "
+                      f"Groups of records linked by near-duplicate pairs (largest: {fmt(dup['largest_cluster'])} records). "
                       "A large cluster usually means one prompt or template produced the same answer many times."),
             MetricRow("Near-duplicates", "exact duplicates", fmt(dup["exact_duplicates"]),
                       "Records whose text is identical to an earlier one after collapsing whitespace."),

@@ -148,7 +148,7 @@ def group_colours(groups: Sequence[str], max_groups: int = len(PALETTE)) -> dict
     ordered = sorted(counts, key=lambda g: (-counts[g], g))
     colours = {}
     for i, g in enumerate(ordered):
-        colours[g] = PALETTE[i] if i < max_groups else OTHER_COLOUR
+        colours[g] = PALETTE[i] if i < max_groups and not g.startswith("(other") else OTHER_COLOUR
     return colours
 
 
