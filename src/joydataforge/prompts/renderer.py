@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta, nodes
+from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import ConfigError, InputError
@@ -48,7 +49,8 @@ class _Compiled:
     """A template rendered the way ``Template.render`` does it, minus two per-call costs that dominate
     short prompts: a template that is plain text (the usual system prompt) is rendered once, and the
     context takes the variables dict as is (``shared``) with the globals merged in beforehand, instead of
-    copying globals and variables into a new dict on every call. Same output, same errors."""
+    copying globals and variables into a new dict on every call (and globals are a plain dict, not the
+    template's ChainMap, which the context would iterate). Same output, same errors."""
 
     def __init__(self, source: str):
         self.template: Template = _ENV.from_string(source)
@@ -59,9 +61,10 @@ class _Compiled:
     def render(self, variables: dict[str, Any]) -> str:
         if self.constant is not None:
             return self.constant
-        context = self.template.new_context({**self.globals, **variables}, shared=True)
+        template = self.template
+        context = new_context(_ENV, template.name, template.blocks, {**self.globals, **variables}, True, self.globals)
         try:
-            return _ENV.concat(self.template.root_render_func(context))  # type: ignore[attr-defined]
+            return _ENV.concat(template.root_render_func(context))  # type: ignore[attr-defined]
         except UndefinedError:
             raise
         except Exception:
@@ -108,7 +111,7 @@ class PromptTemplate:
             raise InputError(str(exc), location, "history") from None
         context = {f: None for f in OPTIONAL_FIELDS}
         context.update(record)
-        context.update(record=record, history_messages=history, history_text=history_as_text(history),
+        context.update(record=record, history_messages=history, history_text=history_as_text(history) if history else "",
                        options=options or {})
         try:
             messages: list[dict[str, str]] = []
