@@ -82,7 +82,7 @@ class MinHasher:
     def shingle(self, texts: Sequence[str]) -> ShingleBatch:
         return shingle_hashes(texts, self.spec)
 
-    def signatures(self, texts: Sequence[str] | Iterable[str], *, chunk_size: int = 4096, workers: int = 1) -> np.ndarray:
+    def signatures(self, texts: Sequence[str] | Iterable[str], *, chunk_size: int = 2048, workers: int = 1) -> np.ndarray:
         """Signatures of ``texts`` as a ``uint32`` array ``[len(texts), num_perm]``.
 
         Texts are processed ``chunk_size`` at a time, so temporary memory does not grow with the
@@ -93,7 +93,7 @@ class MinHasher:
             return np.zeros((0, self.num_perm), dtype=np.uint32)
         return np.concatenate(parts)
 
-    def iter_signatures(self, texts: Iterable[str], *, chunk_size: int = 4096, workers: int = 1) -> Iterator[np.ndarray]:
+    def iter_signatures(self, texts: Iterable[str], *, chunk_size: int = 2048, workers: int = 1) -> Iterator[np.ndarray]:
         """Signatures chunk by chunk, in input order; memory stays flat however long ``texts`` is."""
         chunks = _batched(texts, chunk_size)
         if workers <= 1:

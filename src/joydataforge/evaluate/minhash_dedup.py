@@ -90,7 +90,7 @@ def near_duplicate_clusters(
     hasher: MinHasher | None = None,
     reference: Iterable[str] | None = None,
     workers: int = 1,
-    chunk_size: int = 4096,
+    chunk_size: int = 2048,
     false_positive_weight: float = DEDUP_WEIGHTS[0],
     false_negative_weight: float = DEDUP_WEIGHTS[1],
 ) -> ClusterResult:
@@ -166,7 +166,7 @@ def deduplicate(
     mode: Mode = "auto",
     seed: int = 1,
     id_field: str = "id",
-    chunk_size: int = 4096,
+    chunk_size: int = 2048,
 ) -> DedupResult:
     """Remove (or tag) near-duplicate records, within ``records`` and against ``reference``.
 

@@ -286,7 +286,7 @@ def shingle_hashes(texts: Sequence[str], spec: ShingleSpec = ShingleSpec()) -> S
     # Mode per text, from running counts of letters and of CJK letters.
     is_letter = classes > SEP
     if spec.mode == "auto":
-        running = np.zeros((2, len(codes) + 1), dtype=np.int64)
+        running = np.zeros((2, len(codes) + 1), dtype=np.int32)
         np.cumsum(is_letter, out=running[0, 1:])
         np.cumsum(classes == CJK, out=running[1, 1:])
         letters = running[0, text_end] - running[0, text_begin]
