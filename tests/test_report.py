@@ -92,7 +92,7 @@ def test_full_metric_set_on_the_seed_records(agent_intent: list[dict]) -> None:
     assert "query" not in ents["per_type"] and "target" not in ents["per_type"]  # text is never split into entities
     assert m["labels"]["intent"]["unique"] == 6 and m["labels"]["intent"]["top"][0] == ["get_medical_consultation_response", 4]
     assert m["near_duplicates"]["duplicates"] == 0
-    assert m["lengths"]["text (chars)"]["max"] == max(len(r["query"]) for r in agent_intent)
+    assert m["lengths"]["text"]["max"] == max(len(r["query"]) for r in agent_intent)
 
 
 def test_entity_fields_can_be_named_or_switched_off(agent_intent: list[dict]) -> None:
@@ -104,9 +104,9 @@ def test_entity_fields_can_be_named_or_switched_off(agent_intent: list[dict]) ->
 def test_lengths_skip_fields_that_are_empty_everywhere_and_count_dialogue_turns(instructions: list[dict]) -> None:
     texts = [record_text(r, ["input"]) for r in instructions]
     lengths = collect_lengths(instructions, texts, ["input"])
-    assert "target (chars)" not in lengths  # the fixture's targets are all ""
-    assert "input (chars)" not in lengths  # the joined text is the input already
-    assert lengths["history (turns)"][0] == len(instructions[0]["history"])
+    assert "target" not in lengths  # the fixture's targets are all ""
+    assert "input" not in lengths  # the joined text is the input already
+    assert lengths["history"][0] == len(instructions[0]["history"])
 
 
 def test_vectors_must_match_records(agent_intent: list[dict]) -> None:
@@ -250,3 +250,9 @@ def test_map_legend_keeps_ten_groups_and_merges_the_rest() -> None:
     assert len(legend) == 10 and "(other: 16 values)" in legend  # 9 most frequent tags + the rest
     assert html.count('<circle class="pt"') == 100
     assert "tag24" in html  # the tooltip keeps the real tag
+
+
+def test_lengths_in_the_json_say_their_unit(instructions: list[dict]) -> None:
+    m = evaluate_records(instructions, EvalOptions(text_fields=("input", "history"))).metrics
+    assert m["lengths"]["text"]["unit"] == "chars" and m["lengths"]["history"]["unit"] == "turns"
+    assert m["lengths"]["input"]["max"] == max(len(r["input"]) for r in instructions)

@@ -106,24 +106,30 @@ def _history_turns(value: Any) -> int:
     return len(value) if isinstance(value, (list, tuple)) else 0
 
 
+def length_unit(name: str) -> str:
+    """What a length counts: dialogue turns for ``history``, characters for every text."""
+    return "turns" if name == "history" else "chars"
+
+
 def collect_lengths(records: Sequence[Record], texts: Sequence[str], text_fields: Sequence[str]) -> dict[str, list[int]]:
     """Lengths per measured quantity, each over the records that have it.
 
-    ``text`` is the joined text the other metrics use; then each text field (``history`` counts its
-    turns instead, the number that matters when training on dialogues) and each answer field present.
+    Keyed by field name: ``text`` is the joined text the other metrics use; then each text field
+    (``history`` counts its turns instead, the number that matters when training on dialogues) and each
+    answer field present. :func:`length_unit` says which unit a key is in.
     """
-    lengths: dict[str, list[int]] = {"text (chars)": [len(t) for t in texts]}
+    lengths: dict[str, list[int]] = {"text": [len(t) for t in texts]}
     names = list(dict.fromkeys([*text_fields, "history", *ANSWER_FIELDS]))
     for name in names:
         if name == "history":
             if any(r.get("history") for r in records):
-                lengths["history (turns)"] = [_history_turns(r.get("history")) for r in records]
+                lengths["history"] = [_history_turns(r.get("history")) for r in records]
             continue
-        if list(text_fields) == [name]:
-            continue  # the joined text is this field already
+        if list(text_fields) == [name] or name == "text":
+            continue  # the joined text is this field already (or a field named "text" would overwrite it)
         present = [n for n in (_field_length(r.get(name)) for r in records) if n is not None]
         if any(present):  # a field that is empty everywhere (an unfilled target) has no length to show
-            lengths[f"{name} (chars)"] = present
+            lengths[name] = present
     return lengths
 
 
@@ -250,7 +256,7 @@ def evaluate_records(records: Sequence[Record], options: EvalOptions = EvalOptio
         "records": len(records),
         "text_fields": list(options.text_fields),
         "fields": _field_presence(records),
-        "lengths": {name: length_stats(values) for name, values in lengths.items()},
+        "lengths": {name: {"unit": length_unit(name), **length_stats(values)} for name, values in lengths.items()},
         "labels": {name: label_distribution(records, name, options.top_values) for name in labels},
     }
     clusters: list[list[int]] = []

@@ -240,9 +240,9 @@ def metric_rows(metrics: dict[str, Any]) -> list[MetricRow]:
     for name, stats in metrics.get("lengths", {}).items():
         if stats.get("count"):
             advice = ("Records without earlier turns are single-turn; a dataset meant to teach dialogue needs many with."
-                      if "turns" in name else
+                      if stats.get("unit") == "turns" else
                       "Very short texts are often truncated or empty generations; a long tail may exceed the training context.")
-            rows.append(MetricRow("Lengths", name, f"median {fmt(stats['median'])}, p90 {fmt(stats['p90'])}",
+            rows.append(MetricRow("Lengths", f"{name} ({stats.get('unit', 'chars')})", f"median {fmt(stats['median'])}, p90 {fmt(stats['p90'])}",
                                   f"Over {fmt(stats['count'])} records: min {fmt(stats['min'])}, mean {fmt(stats['mean'])}, "
                                   f"max {fmt(stats['max'])}. {advice}"))
     return rows
@@ -310,8 +310,9 @@ def _length_charts(evaluation: DatasetEvaluation) -> list[dict[str, Any]]:
     for name, values in evaluation.lengths.items():
         if not values or max(values) == 0:
             continue
-        out.append({"name": name, "stats": evaluation.metrics["lengths"][name],
-                    "svg": Markup(charts.histogram(values, label=name))})
+        stats = evaluation.metrics["lengths"][name]
+        label = f"{name} ({stats['unit']})"
+        out.append({"name": label, "stats": stats, "svg": Markup(charts.histogram(values, label=label))})
     return out
 
 
@@ -393,5 +394,5 @@ def summary_pairs(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         pairs.append((f"{name}: distinct", fmt(dist["unique"])))
     for name, stats in metrics.get("lengths", {}).items():
         if stats.get("count"):
-            pairs.append((f"{name} median", fmt(stats["median"])))
+            pairs.append((f"{name} median ({stats.get('unit', 'chars')})", fmt(stats["median"])))
     return pairs
