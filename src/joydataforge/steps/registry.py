@@ -9,13 +9,17 @@ from ..errors import ConfigError
 from .base import Step
 from .dedup import MinHashDedupStep
 from .single import Generate, Label
+from .rewrite import Rewrite
+from .seedless import Seedless
+from .dialogue import DialogueIntent, IntentBinaryCheck
 from .vote import Cascade, Vote
 from .joint import Joint
 from .critique import CritiqueRevise
 from .evol_instruct import EvolInstruct
 
 BUILTIN_STEPS: dict[str, type[Step]] = {cls.kind: cls for cls in (Generate, Label, MinHashDedupStep, Vote, Cascade,
-                                                                   Joint, CritiqueRevise, EvolInstruct)}
+                                                                   Joint, CritiqueRevise, EvolInstruct,
+                                                                   Rewrite, Seedless, DialogueIntent, IntentBinaryCheck)}
 
 
 def register_step(cls: type[Step]) -> type[Step]:
