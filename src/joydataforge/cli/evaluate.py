@@ -106,6 +106,13 @@ def _texts(records: Sequence[Record], fields: Sequence[str]) -> list[str]:
     return [record_text(r, list(fields)) for r in records]
 
 
+def _registry(models_file: str | None) -> Any:
+    from ..models.config import ModelRegistry
+
+    registry = ModelRegistry.load()
+    return registry.merged(ModelRegistry.load(models_file)) if models_file else registry
+
+
 def _local_embedder(name: str, cache: bool) -> Any:
     from ..evaluate.embeddings import CachedEmbedder, default_cache_path, make_embedder
 
@@ -113,27 +120,23 @@ def _local_embedder(name: str, cache: bool) -> Any:
     return CachedEmbedder(embedder, default_cache_path()) if cache else embedder
 
 
-def _embed(records: Sequence[Record], texts: Sequence[str], embedder: Any) -> np.ndarray:
+async def _embed_texts(texts: Sequence[str], embedder: Any) -> np.ndarray:
+    """Vectors of ``texts`` in order, in batches, with a live count on the terminal."""
     from ..evaluate.embeddings import embed_records
 
-    console = _console()
-    with console.status(f"embedding {len(texts):,} texts with {embedder.identity}") as status:
+    with _console().status(f"embedding {len(texts):,} texts with {embedder.identity}") as status:
         def progress(done: int) -> None:
             status.update(f"embedding: {done:,}/{len(texts):,} texts with {embedder.identity}")
 
-        lookup = {id(r): t for r, t in zip(records, texts)}
-        return asyncio.run(embed_records(list(records), embedder, text=lambda r: lookup[id(r)], progress=progress))
+        # the texts are already built (one text per record), so each goes in as a one-field record
+        return await embed_records([{"text": t} for t in texts], embedder, text=("text",), progress=progress)
 
 
-def _gateway_vectors(records: Sequence[Record], texts: Sequence[str], name: str, models_file: str | None,
-                     cache: bool) -> tuple[np.ndarray, str]:
-    from ..evaluate.embeddings import CachedEmbedder, GatewayEmbedder, default_cache_path, embed_records
-    from ..models.config import ModelRegistry
+def _gateway_vectors(texts: Sequence[str], name: str, models_file: str | None, cache: bool) -> tuple[np.ndarray, str]:
+    from ..evaluate.embeddings import CachedEmbedder, GatewayEmbedder, default_cache_path
     from ..models.gateway import Gateway
 
-    registry = ModelRegistry.load()
-    if models_file:
-        registry = registry.merged(ModelRegistry.load(models_file))
+    registry = _registry(models_file)
     registry.get(name)  # an unknown name fails here, with the list of known ones
 
     async def run() -> np.ndarray:
@@ -142,8 +145,7 @@ def _gateway_vectors(records: Sequence[Record], texts: Sequence[str], name: str,
             embedder: Any = GatewayEmbedder(gateway.model(name))
             if cache:
                 embedder = CachedEmbedder(embedder, default_cache_path())
-            lookup = {id(r): t for r, t in zip(records, texts)}
-            return await embed_records(list(records), embedder, text=lambda r: lookup[id(r)])
+            return await _embed_texts(texts, embedder)
         finally:
             await gateway.close()
 
@@ -164,7 +166,7 @@ def resolve_vectors(records: Sequence[Record], texts: Sequence[str], spec: str, 
                 return vectors_from_records(records, "embedding"), "precomputed:embedding"
             try:
                 embedder = _local_embedder("local", cache)
-                return _embed(records, texts, embedder), embedder.identity
+                return asyncio.run(_embed_texts(texts, embedder)), embedder.identity
             except ImportError as exc:
                 _console().print(f"[yellow]no embeddings, so no Vendi score or map: {exc}[/]")
                 return None, None
@@ -177,9 +179,9 @@ def resolve_vectors(records: Sequence[Record], texts: Sequence[str], spec: str, 
                 raise BadInput(f"--embedder {spec}: {len(vectors)} vectors for {len(records)} records of {data_path}")
             return vectors, spec
         if spec.startswith("model:"):
-            return _gateway_vectors(records, texts, spec.split(":", 1)[1], models_file, cache)
+            return _gateway_vectors(texts, spec.split(":", 1)[1], models_file, cache)
         embedder = _local_embedder(spec, cache)
-        return _embed(records, texts, embedder), embedder.identity
+        return asyncio.run(_embed_texts(texts, embedder)), embedder.identity
     except (ValueError, ImportError, OSError) as exc:
         raise BadInput(f"--embedder {spec}: {exc}") from None
 
@@ -202,13 +204,10 @@ def resolve_entities(records: Sequence[Record], texts: Sequence[str], spec: str,
         except ImportError as exc:
             raise BadInput(f"--entities {spec}: {exc}") from None
     if spec.startswith("model:"):
-        from ..models.config import ModelRegistry
         from ..models.gateway import Gateway
 
         name = spec.split(":", 1)[1]
-        registry = ModelRegistry.load()
-        if models_file:
-            registry = registry.merged(ModelRegistry.load(models_file))
+        registry = _registry(models_file)
         registry.get(name)
 
         async def run_llm() -> list[dict[str, list[str]]]:

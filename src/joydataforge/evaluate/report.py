@@ -175,6 +175,10 @@ def metric_rows(metrics: dict[str, Any]) -> list[MetricRow]:
     rows: list[MetricRow] = []
     n = metrics.get("records", 0)
     rows.append(MetricRow("Size", "records", fmt(n), "Records read from the input (bad lines are not counted)."))
+    if metrics.get("bad_records"):
+        rows.append(MetricRow("Size", "bad records skipped", fmt(metrics["bad_records"]),
+                              "Lines or rows that could not be read (broken JSON, wrong type) and were left out with "
+                              "--skip-bad. Run without it to see the first one's file and line."))
     dup = metrics.get("near_duplicates")
     if dup:
         rows += [
