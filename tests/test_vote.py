@@ -236,6 +236,7 @@ def test_cascade_gates_by_label_list_and_keeps_the_vote():
     # the stronger model saw the votes as context
     assert "- drug: r:drug" in strong.calls[0]["messages"][-1]["content"]
     assert step.counters["gated"] == 1 and step.counters["cascade_calls"] == 1
+    assert step.counters["changed_by_cascade"] == 1
 
 
 def test_cascade_passes_other_labels_without_a_call():
@@ -259,7 +260,8 @@ def test_cascade_gates_no_quorum_and_tie_only_when_asked():
     assert out["label"] is None and out["label_source"] == "undecided"  # no majority, so no label gate
 
     step = Cascade("strong", "en/cascade_label", gate_no_quorum=True, gate_tie=True, options={"labels": LABELS})
-    assert run_step(step, no_quorum, {"strong": says("bmi")})["cascade"]["because"] == "no_quorum"
+    assert run_step(step, no_quorum, {"strong": says("bmi")})["cascade"] == {
+        "gated": True, "because": "no_quorum", "model": "strong", "label": "bmi"}  # no "changed": no label to change
     assert run_step(step, tie, {"strong": says("bmi")})["label"] == "bmi"
     assert step.counters["gated:no_quorum"] == 1 and step.counters["gated:tie"] == 1
 
@@ -336,3 +338,15 @@ def test_vote_cascade_pipeline_counts_gated_and_passed(tmp_path):
     assert summary.steps["cascade"]["gated"] == 2 and summary.steps["cascade"]["passed"] == 1
     assert summary.steps["cascade"]["cascade_calls"] == 2 and len(strong.calls) == 2
     assert summary.steps["vote"]["all_voters_failed"] == 1 and summary.steps["vote"]["outcome:tie"] == 1
+
+
+def test_vote_and_cascade_as_python_objects(tmp_path):
+    (tmp_path / "in.jsonl").write_text(json.dumps(RECORD) + "\n")
+    pipeline = Pipeline(input={"path": str(tmp_path / "in.jsonl")},
+                        steps=[Vote(["a", "b", "c"], "en/vote_label", quorum=0.5, options={"labels": LABELS}),
+                               Cascade("strong", "en/cascade_label", gate_labels=["drug"], options={"labels": LABELS})],
+                        output={"dir": str(tmp_path / "out")}, run={"cache": None, "progress": False})
+    backends = {"a": says("drug"), "b": says("drug"), "c": says("other"), "strong": says("bmi")}
+    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends=backends)).run_sync()
+    out = json.loads((tmp_path / "out" / "data.jsonl").read_text())
+    assert summary.records_out == 1 and out["vote"]["label"] == "drug" and out["label"] == "bmi"

@@ -158,7 +158,8 @@ class Cascade(Label):
     ``gate_no_quorum``. Gated records get the model's JSON keys at the top level (``label``, ``reason``;
     or under ``output_field``, or with ``prefix``) and ``label_source: cascade``. Records that pass the
     gate get the vote's label (``label_source: vote``), or ``label: null`` with ``label_source: undecided``
-    after an ungated tie or missed quorum. ``cascade`` on the record says whether and why it was gated.
+    after an ungated tie or missed quorum. ``cascade`` on the record says whether and why it was gated
+    (``{gated, because, model, label}``, plus ``changed`` when the vote had a majority to change).
 
     The prompt sees the vote as ``options.vote`` and the answers as ``options.votes``. A failed cascade
     call fails the record (with the raw reply) unless ``on_cascade_failure: keep_vote``, which keeps a
@@ -249,8 +250,11 @@ class Cascade(Label):
                             raw=exc.raw) from None
 
         value = {**value, "label": label.strip()}
-        out[self.cascade_field] = {"gated": True, "because": because, "model": self.model, "label": value["label"],
-                                   "changed": value["label"] != vote.get("label")}
+        out[self.cascade_field] = {"gated": True, "because": because, "model": self.model, "label": value["label"]}
+        if vote.get("outcome") == MAJORITY:  # "changed" only means something when the vote had a label
+            out[self.cascade_field]["changed"] = value["label"] != vote.get("label")
+            if value["label"] != vote.get("label"):
+                self.counters["changed_by_cascade"] += 1
         if self.output_field:
             out[self.output_field] = value
         else:
@@ -259,6 +263,4 @@ class Cascade(Label):
         out[f"{self.prefix}label_source"] = "cascade"
         add_call_meta(out, call_meta(self.name, self.model, completion))
         self.counters[f"label:{value['label']}"] += 1
-        if value["label"] != vote.get("label"):
-            self.counters["changed_by_cascade"] += 1
         return out
