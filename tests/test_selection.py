@@ -140,3 +140,16 @@ def test_subset_metrics_side_by_side():
     assert "vendi" not in only["full"] and only["selected"]["entities"]["entities"]["top"] == [["a", 1]]
     with pytest.raises(ValueError, match="indices"):
         subset_metrics(x, [4])
+
+
+@pytest.mark.parametrize("pool", [1, 16, 100])
+def test_small_candidate_pools_change_nothing(monkeypatch, pool):
+    """Datasets below 4,096 records fit in one pool; force small pools to exercise the rebuilds."""
+    from joydataforge.evaluate import selection
+
+    monkeypatch.setattr(selection._LazyTraversal, "POOL", pool)
+    x = clustered(700, 10, 12, seed=8)
+    ours = k_center_greedy(x, 80, seed=2, block_rows=64)
+    assert list(ours) == reference_k_center(x, 80, int(ours[0]))
+    more = k_center_greedy(x, 30, already_selected=[1, 2, 3], metric="euclidean")
+    assert list(more) == reference_k_center(x, 30, None, already=[1, 2, 3], metric="euclidean")

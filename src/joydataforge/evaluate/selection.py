@@ -8,17 +8,19 @@ so one step is one pass over the embeddings: O(n k d) in all, no n x n matrix.
 
 The textbook traversal makes one pass over all n x d embeddings per pick, a memory-bound
 matrix-vector product (100,000 x 384 float32 is 150 MB per pick, 1,000 picks ~ 20 s here). We
-evaluate it lazily instead (:class:`_LazyTraversal`): distances only shrink as picks are added, so a
-block of rows whose stale farthest distance is already below the best candidate cannot hold the next
-pick and need not be updated yet; a block that must be updated catches up on all the picks it
-missed in one matrix-matrix product. Same picks, a fraction of the time.
+evaluate it lazily instead (:class:`_LazyTraversal`): distances only shrink as picks are added, so
+each record's last computed distance is an upper bound, and the next pick is found by updating only
+the records whose bounds are at the top until the best updated distance beats every other bound.
+Same picks as the textbook loop (up to float rounding between near-equal distances), a fraction of
+the work.
 
 Cosine distance is handled as the Euclidean distance between unit vectors, ``sqrt(2 - 2 cos)``,
 which orders records exactly as ``1 - cos`` does.
 """
 from __future__ import annotations
 
-from typing import Any, Hashable, Literal, Mapping, Sequence
+import contextlib
+from typing import Any, ContextManager, Hashable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -86,58 +88,55 @@ def k_center_greedy(x: np.ndarray, k: int, *, metric: Metric = "cosine", seed: i
         picked = [first]
     else:
         picked = []
-    # Rows are visited in an order that groups similar records into the same blocks, so that the
-    # lazy traversal can leave whole regions alone (see _LazyTraversal); picks are mapped back.
-    order = _locality_order(data, block_rows, seed)
-    position = np.empty(n, dtype=np.int64)
-    position[order] = np.arange(n)
-    traversal = _LazyTraversal(data[order], sq[order], block_rows, capacity=chosen.size + k)
-    for index in chosen:
-        traversal.pick(int(position[index]))
-    while len(picked) < k:
-        nxt = traversal.farthest()
-        traversal.pick(nxt)
-        picked.append(int(order[nxt]))
+    traversal = _LazyTraversal(data, sq, block_rows, capacity=chosen.size + k)
+    with _one_blas_thread():
+        for index in chosen:
+            traversal.pick(int(index))
+        traversal.refresh_all()
+        while len(picked) < k:
+            nxt = traversal.farthest()
+            traversal.pick(nxt)
+            picked.append(nxt)
     return np.asarray(picked, dtype=np.int64)
 
 
-def _locality_order(data: np.ndarray, block_rows: int, seed: int) -> np.ndarray:
-    """A row order that puts records near the same pivot (a seeded sample of rows) next to each other.
+def _one_blas_thread() -> ContextManager[Any]:
+    """Single-threaded BLAS for the traversal's many small products, when threadpoolctl is there.
 
-    Only speed depends on it: blocks of similar records have distinct distance bounds, and a pick
-    in one region leaves the other regions' blocks untouched. Costs one n x 64 product.
+    Each product is tiny (tens of rows); with several BLAS threads the hand-off costs more than the
+    arithmetic, and on a busy machine a thread waiting for a core stalls every product (we measured
+    a 5x slow-down on 2 shared cores).
     """
-    n = data.shape[0]
-    if n <= block_rows:
-        return np.arange(n)
-    pivots = data[np.random.default_rng(seed + 1).choice(n, size=min(64, n), replace=False)]
-    nearest = np.empty(n, dtype=np.int64)
-    for lo in range(0, n, 65536):
-        nearest[lo:lo + 65536] = np.argmax(data[lo:lo + 65536] @ pivots.T, axis=1)
-    return np.argsort(nearest, kind="stable")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 class _LazyTraversal:
-    """Distances to the nearest pick, brought up to date one block of rows at a time, only when needed.
+    """Each record's squared distance to its nearest pick, brought up to date only when it matters.
 
-    Each block keeps the number of picks it has seen and an upper bound on its farthest record
-    (distances only shrink as picks are added, so a stale maximum is still an upper bound). To find
-    the farthest record we bring blocks up to date in order of their bounds and stop as soon as the
-    best exact distance found beats every remaining bound. Bringing a block up to date against the
-    ``m`` picks it missed is one (rows x d) @ (d x m) product: BLAS-3, compute-bound, where the
-    textbook traversal does one memory-bound matrix-vector pass over all the data per pick.
+    ``bound[p]`` is exact for the picks record ``p`` has seen (``seen[p]`` of them) and, because
+    distances only shrink as picks are added, an upper bound on its true distance. To find the
+    farthest record we bring the records with the highest bounds up to date, a batch at a time
+    (one (batch x d) @ (d x missed picks) product), and stop as soon as the best exact distance
+    found is at least every other record's bound: no other record can be farther. Most picks only
+    touch the few dozen records at the top, so a pick costs a small matrix product instead of a
+    pass over all n x d embeddings.
     """
 
+    POOL = 4096
+
     def __init__(self, data: np.ndarray, sq: np.ndarray, block_rows: int, capacity: int):
+        self.pool: np.ndarray | None = None
+        self.floor = -np.inf
         self.data = data
         self.sq = sq
         self.n = data.shape[0]
         self.block_rows = block_rows
-        self.starts = np.arange(0, self.n, block_rows)
-        blocks = len(self.starts)
-        self.min_d2 = np.full(self.n, np.inf, dtype=np.float32)  # squared distance to the nearest pick
-        self.seen = np.zeros(blocks, dtype=np.int64)  # picks each block is up to date with
-        self.bound = np.full(blocks, np.inf, dtype=np.float64)  # >= the block's largest min_d2
+        self.bound = np.full(self.n, np.inf, dtype=np.float32)
+        self.seen = np.zeros(self.n, dtype=np.int64)
         self.centers = np.empty((capacity, data.shape[1]), dtype=np.float32)
         self.center_sq = np.empty(capacity, dtype=np.float32)
         self.count = 0
@@ -146,34 +145,70 @@ class _LazyTraversal:
         self.centers[self.count] = self.data[index]
         self.center_sq[self.count] = self.sq[index]
         self.count += 1
-        self.min_d2[index] = -np.inf  # never again, even when other records tie at distance 0
+        self.bound[index] = -np.inf  # never again, even when other records tie at distance 0
 
-    def _refresh(self, block: int) -> tuple[float, int]:
-        lo = int(self.starts[block])
-        hi = min(lo + self.block_rows, self.n)
-        new = slice(int(self.seen[block]), self.count)
-        if new.start < new.stop:
-            d2 = self.data[lo:hi] @ self.centers[new].T
-            d2 *= -2.0
-            d2 += self.center_sq[new][None, :]
-            nearest = d2.min(axis=1) + self.sq[lo:hi]
-            np.maximum(nearest, 0.0, out=nearest)
-            np.minimum(self.min_d2[lo:hi], nearest, out=self.min_d2[lo:hi])
-            self.seen[block] = self.count
-        local = int(np.argmax(self.min_d2[lo:hi]))
-        value = float(self.min_d2[lo + local])
-        self.bound[block] = value
-        return value, lo + local
+    def _update(self, rows: np.ndarray | slice, first_missed: int) -> None:
+        """Bring ``rows`` up to date with picks ``first_missed..count`` (earlier ones change nothing)."""
+        new = slice(first_missed, self.count)
+        d2 = self.data[rows] @ self.centers[new].T
+        d2 *= -2.0
+        d2 += self.center_sq[new][None, :]
+        nearest = d2.min(axis=1)
+        nearest += self.sq[rows]
+        np.maximum(nearest, 0.0, out=nearest)
+        np.minimum(self.bound[rows], nearest, out=nearest)
+        self.bound[rows] = nearest
+        self.seen[rows] = self.count
+
+    def refresh_all(self) -> None:
+        """One full pass, in blocks: after the first picks every bound is stale (infinite)."""
+        for lo in range(0, self.n, self.block_rows):
+            rows = slice(lo, min(lo + self.block_rows, self.n))
+            self._update(rows, 0)
+
+    def _build_pool(self) -> None:
+        """The ``POOL`` records with the highest bounds, and the highest bound of all the others.
+
+        Bounds only go down, so every record outside the pool stays at or below ``floor`` until the
+        pool is rebuilt; most picks then only look at the pool (an argpartition of 4,096 values
+        instead of n).
+        """
+        size = min(self.POOL, self.n)
+        if size == self.n:
+            self.pool, self.floor = np.arange(self.n), -np.inf
+            return
+        split = self.n - size - 1
+        part = np.argpartition(self.bound, split)
+        self.pool = part[split + 1:]
+        self.floor = float(self.bound[part[split]])
 
     def farthest(self) -> int:
-        best_value, best_index = -np.inf, -1
-        for block in np.argsort(-self.bound, kind="stable"):
-            if self.bound[block] < best_value:
-                break  # no record of this block (or of any later one) can beat the best found
-            value, index = self._refresh(int(block))
-            if value > best_value or (value == best_value and index < best_index):
-                best_value, best_index = value, index
-        return best_index
+        while True:
+            if self.pool is None:
+                self._build_pool()
+            pool = self.pool
+            assert pool is not None
+            batch = 32
+            while True:
+                batch = min(batch, pool.size)
+                if batch == pool.size:
+                    top, rest = pool, self.floor
+                else:
+                    split = pool.size - batch - 1
+                    part = np.argpartition(self.bound[pool], split)
+                    top = pool[part[split + 1:]]
+                    rest = max(float(self.bound[pool[part[split]]]), self.floor)
+                stale = top[self.seen[top] < self.count]
+                if stale.size:
+                    self._update(stale, int(self.seen[stale].min()))
+                values = self.bound[top]
+                best = int(np.argmax(values))
+                if values[best] >= rest:
+                    return int(top[best])  # nothing else can be farther: its bound is <= rest
+                if batch == pool.size:
+                    break  # the whole pool fell below the records outside it: rebuild
+                batch *= 4
+            self.pool = None
 
 
 def random_selection(n: int, k: int, *, seed: int = 0,

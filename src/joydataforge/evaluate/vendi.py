@@ -112,15 +112,17 @@ def vendi_spectrum(x: np.ndarray, *, normalize: bool = True, weights: np.ndarray
     ``normalize=False`` uses the rows as they are (a linear kernel; rows should then have unit
     norm already, or the eigenvalues will not sum to 1).
     """
-    x = unit_rows(x) if normalize else np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError("need at least one embedding row")
+        raise ValueError(f"need a 2-D array with at least one embedding row, got shape {x.shape}")
     n, d = x.shape
     p = _weights(weights, n)
     if n > d:
+        # rows are normalised chunk by chunk inside the accumulator: no float64 copy of all of x
         acc = VendiAccumulator(d)
-        acc.add(x, weights=None if weights is None else p, normalize=False)
+        acc.add(x, weights=None if weights is None else p, normalize=normalize)
         return acc.spectrum()
+    x = unit_rows(x) if normalize else x.astype(np.float64)
     xs = x * np.sqrt(p)[:, None]
     matrix = xs @ xs.T
     w = np.linalg.eigvalsh(matrix)
