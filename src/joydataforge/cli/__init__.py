@@ -7,6 +7,8 @@ import click
 
 from .. import __version__
 from ..errors import JoyForgeError
+from .dialogue import dialogue_split_command
+from .evaluate import dedup_command, eval_command, select_command
 from .models import models_group
 from .prompts import prompts_group
 from .run import run_command
@@ -19,6 +21,8 @@ def cli() -> None:
 
     \b
     Start with:   joyforge run examples/demo.yaml -o out/demo
+    Evaluate:     joyforge eval out/demo/data.jsonl --report report.html
+    Clean:        joyforge dedup DATA -o OUT  |  joyforge select DATA -n 100 -o OUT
     Models:       joyforge models list | joyforge models check smollm2
     Prompts:      joyforge prompts list | joyforge prompts show zh/intent_cdss
 
@@ -26,9 +30,9 @@ def cli() -> None:
     """
 
 
-cli.add_command(run_command)
-cli.add_command(models_group)
-cli.add_command(prompts_group)
+for command in (run_command, eval_command, dedup_command, select_command, dialogue_split_command, models_group,
+                prompts_group):
+    cli.add_command(command)
 
 
 def main() -> None:
