@@ -50,6 +50,9 @@ def test_include_exclude_and_string_values():
     assert entities_from_fields(record, include=["Diseases", "Drugs"], exclude=["Drugs"]) == {"Diseases": ["腱鞘炎"]}
     assert entities_from_fields(record, include=["Drugs"], casefold=False) == {"Drugs": ["布洛芬", "Vitamin D"]}
     assert entities_from_fields(record, include=["missing"]) == {}
+    # naming a field uses it, even one that automatic detection skips; it is still one entity
+    assert entities_from_fields(record, include=["query"]) == {"query": ["腱鞘炎怎么治"]}
+    assert entities_from_fields(record, exclude=[]) == {"Drugs": ["布洛芬", "vitamin d"], "labels": ["a"]}
     with pytest.raises(ValueError, match="field 'bad'"):
         entities_from_fields({"bad": {"x": 1}}, include=["bad"])
 

@@ -86,15 +86,19 @@ def _is_entity_list(value: Any) -> bool:
 
 
 def entities_from_fields(record: Mapping[str, Any], *, include: Iterable[str] | None = None,
-                         exclude: Iterable[str] = DEFAULT_EXCLUDE, casefold: bool = True) -> EntityMap:
+                         exclude: Iterable[str] | None = None, casefold: bool = True) -> EntityMap:
     """A record's entities from its fields; the field name is the entity type.
 
     ``include`` names the entity fields; a string value there is one entity. Without it, every
-    field holding a non-empty list of strings is taken, except those in ``exclude`` and private
-    ``_``-prefixed ones. Empty mentions are dropped; repeats within a record are kept (they are
-    counted, as a text that names a drug twice mentions it twice).
+    field holding a non-empty list of strings is taken, except private ``_``-prefixed ones and
+    those in ``exclude`` (default :data:`DEFAULT_EXCLUDE`, which only applies to this automatic
+    detection: a field you name in ``include`` is used). Empty mentions are dropped; repeats within
+    a record are kept (they are counted, as a text that names a drug twice mentions it twice).
     """
-    excluded = set(exclude)
+    if exclude is not None:
+        excluded = set(exclude)
+    else:
+        excluded = set(DEFAULT_EXCLUDE) if include is None else set()
     if include is not None:
         fields = [f for f in include if f not in excluded]
     else:
@@ -109,9 +113,10 @@ def entities_from_fields(record: Mapping[str, Any], *, include: Iterable[str] | 
 
 
 def entities_from_records(records: Iterable[Mapping[str, Any]], *, include: Iterable[str] | None = None,
-                          exclude: Iterable[str] = DEFAULT_EXCLUDE, casefold: bool = True) -> list[EntityMap]:
+                          exclude: Iterable[str] | None = None, casefold: bool = True) -> list[EntityMap]:
     """:func:`entities_from_fields` for every record, in order."""
     include = list(include) if include is not None else None
+    exclude = list(exclude) if exclude is not None else None
     return [entities_from_fields(r, include=include, exclude=exclude, casefold=casefold) for r in records]
 
 
