@@ -16,10 +16,12 @@ from .vote import Cascade, Vote
 from .joint import Joint
 from .critique import CritiqueRevise
 from .evol_instruct import EvolInstruct
+from .magpie import MagpieInstruction, MagpieResponse, MagpieTag
 
 BUILTIN_STEPS: dict[str, type[Step]] = {cls.kind: cls for cls in (Generate, Label, MinHashDedupStep, Vote, Cascade,
                                                                    Joint, CritiqueRevise, EvolInstruct,
-                                                                   Rewrite, Seedless, DialogueIntent, IntentBinaryCheck)}
+                                                                   Rewrite, Seedless, DialogueIntent, IntentBinaryCheck,
+                                                                   MagpieInstruction, MagpieResponse, MagpieTag)}
 
 
 def register_step(cls: type[Step]) -> type[Step]:

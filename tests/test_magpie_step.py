@@ -1,0 +1,284 @@
+"""Magpie steps through the real executor and gateway, with a scripted backend (exact, fast)."""
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from joydataforge.errors import ConfigError
+from joydataforge.executors.local import LocalExecutor
+from joydataforge.magpie.slots import write_slots
+from joydataforge.models.backends.base import Completion, Usage
+from joydataforge.models.chat_template import ChatTemplateSource
+from joydataforge.models.config import ModelRegistry
+from joydataforge.models.gateway import Gateway
+from joydataforge.pipeline import Pipeline
+from tests.scripted_backend import ScriptedBackend
+
+FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
+SMOL_PRE_QUERY = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+                  "<|im_start|>user\n")
+
+REGISTRY = ModelRegistry.from_dict({"models": {
+    "m": {"backend": "llamacpp", "model": "scripted", "max_concurrency": 1},
+    "judge": {"backend": "llamacpp", "model": "scripted-judge"},
+    "server": {"backend": "openai", "model": "gpt-4o-mini", "base_url": "http://127.0.0.1:9/v1"},
+}}, "test")
+
+
+class MagpieBackend(ScriptedBackend):
+    """Completions from a list (one per call, in order), chats from a function; SmolLM2's template."""
+
+    def __init__(self, completions: list[str | tuple[str, str]] | None = None, reply=None, template: bool = True):
+        super().__init__(reply or (lambda messages, schema: f"answer to: {messages[-1]['content']}"))
+        self.completions = list(completions or [])
+        self.template = template
+
+    async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
+        self.calls.append({"prompt": prompt, "params": params, "seed": seed})
+        item = self.completions.pop(0) if self.completions else "What is the tallest mountain on Earth?"
+        text, finish = item if isinstance(item, tuple) else (item, "stop")
+        return Completion(text=text, usage=Usage(10, 5), finish_reason=finish)
+
+    async def chat_template(self):
+        if not self.template:
+            return None
+        return ChatTemplateSource((FIXTURES / "smollm2.jinja").read_text("utf-8"), "<|im_start|>", "<|im_end|>",
+                                  origin="scripted gguf")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()] if path.exists() else []
+
+
+def run(tmp_path: Path, steps: list, backends: dict, n: int = 3, out: str = "out", seed: int = 0,
+        cache: str | None = None):
+    write_slots(tmp_path / "slots.jsonl", n)
+    pipeline = Pipeline.from_dict({
+        "input": {"path": str(tmp_path / "slots.jsonl")}, "steps": steps, "output": {"dir": str(tmp_path / out)},
+        "run": {"cache": cache, "progress": False, "concurrency": 1, "seed": seed}})
+    gateway = Gateway(REGISTRY, backends=backends)
+    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=gateway).run_sync()
+    return summary, read_jsonl(tmp_path / out / "data.jsonl"), read_jsonl(tmp_path / out / "failures.jsonl")
+
+
+def test_instructions_from_the_derived_pre_query(tmp_path):
+    backend = MagpieBackend(["What is the capital of France?", "**Question:** How do I bake bread?",
+                             "Write a haiku about rain.<|im_end|>\n<|im_start|>assistant\nRain falls"])
+    summary, data, failures = run(tmp_path, [{"magpie": {"model": "m", "params": {"max_tokens": 64}}}], {"m": backend})
+    assert failures == [] and summary.records_out == 3
+    assert [r["input"] for r in data] == ["What is the capital of France?", "How do I bake bread?",
+                                          "Write a haiku about rain."]
+    assert [r["id"] for r in data] == ["magpie-000001", "magpie-000002", "magpie-000003"]
+    first = data[0]
+    assert first["language"] == "en" and "system" not in first
+    assert first["magpie"]["pre_query"] == SMOL_PRE_QUERY
+    assert first["magpie"]["template_origin"] == "scripted gguf"
+    assert "<|im_end|>" in first["magpie"]["stops"]
+    assert data[1]["magpie"]["edits"] == ["strip_prefix"] and data[1]["magpie"]["raw"].startswith("**Question")
+    call = backend.calls[0]
+    assert call["prompt"] == SMOL_PRE_QUERY
+    assert call["params"]["stop"] == first["magpie"]["stops"]
+    assert call["params"]["max_tokens"] == 64 and call["params"]["temperature"] == 1.0
+    assert len({c["seed"] for c in backend.calls}) == 3  # each slot its own sample
+    assert summary.steps["magpie"]["instructions"] == 3
+    assert summary.steps["magpie"]["edited:cut_special_tokens"] == 1
+
+
+def test_drops_are_counted_by_reason(tmp_path):
+    backend = MagpieBackend([("What is the best way to", "length"), "Hello! How can I assist you today?",
+                             "I like cats.", "", "Why is the sky blue?"])
+    summary, data, _ = run(tmp_path, [{"magpie": {"model": "m"}}], {"m": backend}, n=5)
+    assert [r["input"] for r in data] == ["Why is the sky blue?"]
+    stats = summary.steps["magpie"]
+    assert stats["dropped:truncated"] == stats["dropped:assistant_voice"] == stats["dropped:not_a_request"] == 1
+    assert stats["dropped:empty"] == 1 and stats["calls"] == 5
+    assert summary.filtered == 4
+
+
+def test_attempts_draw_again_with_a_new_sample(tmp_path):
+    backend = MagpieBackend(["Hi", "What is a black hole?"])
+    summary, data, _ = run(tmp_path, [{"magpie": {"model": "m", "attempts": 3}}], {"m": backend}, n=1)
+    assert data[0]["input"] == "What is a black hole?" and data[0]["magpie"]["attempt"] == 1
+    assert backend.calls[0]["seed"] != backend.calls[1]["seed"]
+    assert summary.steps["magpie"]["dropped:too_short"] == 1
+
+
+def test_on_drop_keep_passes_dropped_ones_on_marked(tmp_path):
+    backend = MagpieBackend(["I like cats.", "What is DNA?"])
+    _, data, _ = run(tmp_path, [{"magpie": {"model": "m", "on_drop": "keep"}}], {"m": backend}, n=2)
+    assert data[0]["magpie"]["drop"] == "not_a_request" and "drop" not in data[1]["magpie"]
+
+
+def test_samples_fan_out_with_stable_ids(tmp_path):
+    backend = MagpieBackend(["What is DNA?", "What is RNA?"])
+    _, data, _ = run(tmp_path, [{"magpie": {"model": "m", "samples": 2}}], {"m": backend}, n=1)
+    assert [(r["id"], r["input"]) for r in data] == [("magpie-000001:0", "What is DNA?"),
+                                                      ("magpie-000001:1", "What is RNA?")]
+
+
+def test_same_seed_same_questions_other_seed_other_questions(tmp_path):
+    seeds = []
+    for out, seed in (("a", 0), ("b", 0), ("c", 1)):
+        backend = MagpieBackend()
+        run(tmp_path, [{"magpie": {"model": "m"}}], {"m": backend}, n=3, out=out, seed=seed)
+        seeds.append([c["seed"] for c in backend.calls])
+    assert seeds[0] == seeds[1] and seeds[0] != seeds[2]
+
+
+def test_rerun_resumes_and_cache_answers(tmp_path):
+    steps = [{"magpie": {"model": "m"}}]
+    cache = str(tmp_path / "calls.sqlite")
+    backend = MagpieBackend()
+    run(tmp_path, steps, {"m": backend}, n=2, cache=cache)
+    assert len(backend.calls) == 2
+    again = MagpieBackend()
+    summary, data, _ = run(tmp_path, steps, {"m": again}, n=3, cache=cache)  # one new slot
+    assert len(again.calls) == 1 and summary.skipped == 2 and len(data) == 3
+
+
+def test_control_task_and_language(tmp_path):
+    backend = MagpieBackend(["How do I solve x^2 = 4?", "如何解方程 x^2 = 4？"])
+    summary, data, _ = run(tmp_path, [{"magpie": {"model": "m", "control_task": "math", "language": "zh"}}],
+                           {"m": backend}, n=2)
+    assert [r["input"] for r in data] == ["如何解方程 x^2 = 4？"]
+    assert summary.steps["magpie"]["dropped:language"] == 1
+    assert data[0]["system"].startswith("你是一个帮助用户逐步解决数学问题") and data[0]["language"] == "zh"
+    assert backend.calls[0]["prompt"].startswith("<|im_start|>system\n你是一个帮助用户逐步解决数学问题")
+    assert backend.calls[0]["prompt"].endswith("<|im_end|>\n<|im_start|>user\n")
+
+
+def test_explicit_table_template_and_fallback_by_model_name(tmp_path):
+    backend = MagpieBackend(template=False)
+    _, data, _ = run(tmp_path, [{"magpie": {"model": "m", "template": "llama3"}}], {"m": backend}, n=1)
+    assert backend.calls[0]["prompt"] == "<|start_header_id|>user<|end_header_id|>\n\n"
+    assert data[0]["magpie"]["template"] == "llama3"
+
+
+def test_auto_without_any_clue_fails_before_the_run(tmp_path):
+    with pytest.raises(ConfigError, match="cannot tell the chat template of model 'server'.*template:"):
+        run(tmp_path, [{"magpie": {"model": "server"}}], {"server": MagpieBackend(template=False)})
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"template": "vicuna"}, "unknown chat template 'vicuna'"),
+    ({"system": "x", "control_task": "math"}, "not both"),
+    ({"control_task": "poetry"}, "unknown control task 'poetry'"),
+    ({"on_drop": "tag"}, "on_drop must be"),
+    ({"samples": 0}, "samples must be"),
+    ({"params": {"stop": ["x"]}}, "params.stop"),
+    ({"cleaning": {"min_len": 2}}, r"unknown setting\(s\) \['min_len'\]"),
+])
+def test_bad_settings_are_config_errors(tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        run(tmp_path, [{"magpie": {"model": "m", **settings}}], {"m": MagpieBackend()})
+
+
+def test_responses_single_turn(tmp_path):
+    inst = MagpieBackend(["What is DNA?"])
+    resp = ScriptedBackend(lambda messages, schema: "A molecule.")
+    _, data, _ = run(tmp_path, [{"magpie": {"model": "m", "system": "Be brief."}},
+                                {"magpie_response": {"model": "judge"}}], {"m": inst, "judge": resp}, n=1)
+    record = data[0]
+    assert record["input"] == "What is DNA?" and record["target"] == "A molecule." and record["turns"] == 1
+    assert record["messages"] == [{"role": "system", "content": "Be brief."},
+                                  {"role": "user", "content": "What is DNA?"},
+                                  {"role": "assistant", "content": "A molecule."}]
+    assert resp.calls[0]["messages"] == record["messages"][:2]
+    assert [c["model"] for c in record["_meta"]["calls"]] == ["m", "judge"]
+
+
+def test_multi_turn_continues_with_the_user_turn_prefix(tmp_path):
+    inst = MagpieBackend(["What is DNA?", "And what is RNA?"])
+    _, data, _ = run(tmp_path, [{"magpie": {"model": "m"}}, {"magpie_response": {"model": "m", "turns": 2}}],
+                     {"m": inst}, n=1)
+    record = data[0]
+    assert record["turns"] == 2
+    assert record["history"] == [{"role": "user", "content": "What is DNA?"},
+                                 {"role": "assistant", "content": "answer to: What is DNA?"}]
+    assert record["input"] == "And what is RNA?" and record["target"] == "answer to: And what is RNA?"
+    follow_up_prompt = inst.calls[2]["prompt"]  # calls: instruction, answer 1, follow-up, answer 2
+    assert follow_up_prompt == (SMOL_PRE_QUERY + "What is DNA?<|im_end|>\n<|im_start|>assistant\n"
+                                "answer to: What is DNA?<|im_end|>\n<|im_start|>user\n")
+    assert "<|im_end|>" in inst.calls[2]["params"]["stop"]
+
+
+def test_multi_turn_drops_conversations_whose_follow_up_fails_cleaning(tmp_path):
+    inst = MagpieBackend(["What is DNA?", "Sure! Here is more."])
+    summary, data, _ = run(tmp_path, [{"magpie": {"model": "m"}}, {"magpie_response": {"model": "m", "turns": 2}}],
+                           {"m": inst}, n=1)
+    assert data == [] and summary.steps["magpie_response"]["followup_dropped:assistant_voice"] == 1
+
+
+def test_empty_response_is_a_failure_with_raw_text(tmp_path):
+    inst = MagpieBackend(["What is DNA?"])
+    summary, data, failures = run(tmp_path, [{"magpie": {"model": "m"}}, {"magpie_response": {"model": "judge"}}],
+                                  {"m": inst, "judge": ScriptedBackend(lambda m, s: "  ")}, n=1)
+    assert data == [] and failures[0]["step"] == "magpie_response" and "empty reply" in failures[0]["error"]
+
+
+def judge_reply(messages, schema):
+    props = schema["properties"]
+    if "primary_tag" in props:
+        return json.dumps({"primary_tag": "Math", "other_tags": ["Reasoning"]})
+    if "input_quality" in props:
+        question = messages[-1]["content"]
+        return json.dumps({"explanation": "ok", "input_quality": "poor" if "Something" in question else "good"})
+    return json.dumps({"intent": "The user wants x", "knowledge": "y", "difficulty": "easy"})
+
+
+def test_tags_become_fields_and_keep_filters(tmp_path):
+    inst = MagpieBackend(["What is 2+2?", "Something vague maybe?"])
+    judge = ScriptedBackend(judge_reply)
+    summary, data, _ = run(tmp_path, [{"magpie": {"model": "m"}},
+                                      {"magpie_tag": {"model": "judge", "keep": {"input_quality": ["good"]}}}],
+                           {"m": inst, "judge": judge}, n=2)
+    assert len(data) == 1
+    record = data[0]
+    assert (record["task_category"], record["other_task_categories"]) == ("Math", ["Reasoning"])
+    assert (record["input_quality"], record["input_quality_explanation"]) == ("good", "ok")
+    assert (record["difficulty"], record["intent"]) == ("easy", "The user wants x")
+    assert summary.steps["magpie_tag"]["dropped:input_quality=poor"] == 1
+    assert all(call["schema"] is not None for call in judge.calls)
+    assert "What is 2+2?" in judge.calls[0]["messages"][-1]["content"]
+
+
+def test_tagging_judges_the_first_user_turn_of_a_conversation(tmp_path):
+    inst = MagpieBackend(["What is DNA?", "And what about RNA?"])
+    judge = ScriptedBackend(judge_reply)
+    run(tmp_path, [{"magpie": {"model": "m"}}, {"magpie_response": {"model": "m", "turns": 2}},
+                   {"magpie_tag": {"model": "judge", "tags": ["difficulty"]}}], {"m": inst, "judge": judge}, n=1)
+    assert "What is DNA?" in judge.calls[0]["messages"][-1]["content"]
+    assert "RNA" not in judge.calls[0]["messages"][-1]["content"]
+
+
+def test_invalid_judge_json_is_a_failure_not_an_empty_tag(tmp_path):
+    inst = MagpieBackend(["What is DNA?"])
+    _, data, failures = run(tmp_path, [{"magpie": {"model": "m"}}, {"magpie_tag": {"model": "judge"}}],
+                            {"m": inst, "judge": ScriptedBackend(lambda m, s: "not json")}, n=1)
+    assert data == [] and failures[0]["error_type"] == "ValidationFailed" and failures[0]["raw"] == "not json"
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"tags": ["sentiment"]}, "unknown tags"),
+    ({"keep": {"mood": ["good"]}}, "keep names fields"),
+])
+def test_bad_tag_settings(tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        run(tmp_path, [{"magpie": {"model": "m"}}, {"magpie_tag": {"model": "judge", **settings}}],
+            {"m": MagpieBackend(), "judge": ScriptedBackend()})
+
+
+def test_dedup_between_instructions_and_responses(tmp_path):
+    """What `joyforge magpie` does: instructions first, then dedup + responses over their output."""
+    inst = MagpieBackend(["What is DNA?", "what is dna", "Explain how vaccines train the immune system."])
+    run(tmp_path, [{"magpie": {"model": "m"}}], {"m": inst}, n=3, out="instructions")
+    pipeline = Pipeline.from_dict({
+        "input": {"path": str(tmp_path / "instructions" / "data.jsonl")},
+        "steps": [{"minhash_dedup": {"fields": "input"}}, {"magpie_response": {"model": "judge"}}],
+        "output": {"dir": str(tmp_path / "final")}, "run": {"cache": None, "progress": False}})
+    responder = ScriptedBackend(lambda m, s: "ok")
+    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends={"judge": responder})).run_sync()
+    assert [r["input"] for r in read_jsonl(tmp_path / "final" / "data.jsonl")] == [
+        "What is DNA?", "Explain how vaccines train the immune system."]
+    assert len(responder.calls) == 2 and summary.filtered == 1
