@@ -105,7 +105,7 @@ def test_blank_unchanged_duplicate_and_over_quota_cases_are_dropped_and_counted(
             {"type": "paraphrase", "input": "  How to  boil an EGG "},   # unchanged (spacing, case)
             {"type": "paraphrase", "input": "egg boiling, how?"},
             {"type": "paraphrase", "input": "egg  boiling, how?"},       # duplicate
-            {"type": "tone", "input": "   "},                            # blank
+            {"type": "tone", "input": "  ,. "},                          # blank (punctuation only)
             {"type": "tone", "input": "yo, eggs?"},
             {"type": "tone", "input": "kindly explain egg boiling"},     # over the per-type quota of 1
         ]})
@@ -141,6 +141,13 @@ def test_missing_or_non_text_field_is_an_input_error_naming_it(tmp_path):
     assert "must be text" in failures[1]["error"]
 
 
+def test_show_fields_limits_what_the_model_sees(tmp_path):
+    records = [{"id": "a", "input": "how to boil an egg", "history": [["long", "dialogue"]] * 50, "tag": 1}]
+    _, backend, out, _ = run(tmp_path, records, {"prompt": "en/rewrite", "show_fields": ["input", "tag"]}, rewriter)
+    assert record_in_prompt(backend.calls[0]["messages"]) == {"input": "how to boil an egg", "tag": 1}
+    assert out[0]["history"] == records[0]["history"]  # still copied to the cases
+
+
 def test_children_of_fan_out_records_get_unique_ids(tmp_path):
     # A record that is itself a child (own id differs from the input's) is the parent of its rewrites.
     records = [{"id": "t:g0", "input": "first"}, {"id": "t:g1", "input": "second"}]
@@ -158,5 +165,7 @@ def test_settings_are_validated():
         Rewrite("m", types=["paraphrase"], min_cases=2)
     with pytest.raises(ConfigError, match="types"):
         Rewrite("m", types=[1, 2])
+    with pytest.raises(ConfigError, match="show_fields"):
+        Rewrite("m", fields=["input", "target"], show_fields=["input"])
     step = Rewrite("m", types={"formal": "make it formal"}, max_chars=80)
     assert step.schema["properties"]["cases"]["items"]["properties"]["input"]["maxLength"] == 80

@@ -195,3 +195,30 @@ def test_bad_topics_and_settings(tmp_path):
         Seedless("m", fields=["input", "persona"])
     with pytest.raises(ConfigError, match="n_per_topic"):
         Seedless("m", n_per_topic=0)
+
+
+def test_taxonomy_yaml_flattens_to_topic_records(tmp_path):
+    from joydataforge.errors import InputError
+    from joydataforge.taxonomy import load_taxonomy, read_taxonomy
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    jsonl = [json.loads(line) for line in (examples / "topics.jsonl").read_text("utf-8").splitlines()]
+    expected = [{**r, "subtopics": [s.strip() for s in r["subtopics"].split("|")]}
+                if isinstance(r["subtopics"], str) else r for r in jsonl]
+    assert load_taxonomy(examples / "topics.yaml") == expected
+
+    (tmp_path / "t.yaml").write_text(
+        "personas: [a cook]\nn: 2\ntopics:\n"
+        "  - Home Cooking!\n"
+        "  - topic: sauces\n    subtopics:\n      - emulsions: [mayonnaise, hollandaise]\n      - reductions\n"
+        "    personas: [a chef]\n"
+        "  - topic: broken\n    n: -1\n", "utf-8")
+    items = list(read_taxonomy(tmp_path / "t.yaml"))
+    assert items[0].record == {"id": "home-cooking", "topic": "Home Cooking!", "personas": ["a cook"], "n": 2}
+    assert items[1].record["subtopics"] == ["emulsions / mayonnaise", "emulsions / hollandaise", "reductions"]
+    assert items[1].record["personas"] == ["a chef"] and items[1].location.line == 5
+    assert items[2].error is not None and "'n'" in str(items[2].error) and "t.yaml:10" in str(items[2].error)
+    assert next(read_taxonomy(tmp_path / "t.yaml", skip=1)).record["id"] == "sauces"
+    (tmp_path / "bad.yaml").write_text("topics: {a: 1}\n", "utf-8")
+    with pytest.raises(InputError, match="list of topics"):
+        load_taxonomy(tmp_path / "bad.yaml")

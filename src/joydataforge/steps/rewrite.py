@@ -62,7 +62,8 @@ class Rewrite(PromptedStep):
     ``len(types) * per_type``); ``min_cases`` (fewer usable cases fail the record); ``drop_fields``
     (parent fields not copied to the cases, e.g. ``[target]`` when an answer no longer fits the
     rewritten question); ``max_chars`` (length cap per rewritten field, keeps small models' JSON
-    inside ``max_tokens``); ``options``, ``params`` as for ``generate``.
+    inside ``max_tokens``); ``show_fields`` (send only these fields to the model, default the whole
+    record: long histories can overflow a small context); ``options``, ``params`` as for ``generate``.
     """
 
     kind = "rewrite"
@@ -70,7 +71,8 @@ class Rewrite(PromptedStep):
     def __init__(self, model: str, prompt: str = "rewrite", *, fields: str | Sequence[str] = ("input",),
                  types: Sequence[str] | dict[str, str] | None = None, per_type: int = 1,
                  max_cases: int | None = None, min_cases: int = 1, drop_fields: Sequence[str] = (),
-                 max_chars: int | None = None, options: dict[str, Any] | None = None,
+                 max_chars: int | None = None, show_fields: Sequence[str] | None = None,
+                 options: dict[str, Any] | None = None,
                  params: dict[str, Any] | None = None, name: str | None = None):
         super().__init__(model, prompt, options=options, params=params, name=name)
         where = f"step '{self.name}'"
@@ -94,6 +96,9 @@ class Rewrite(PromptedStep):
         if max_chars is not None and (not isinstance(max_chars, int) or max_chars < 1):
             raise ConfigError(f"{where}: max_chars must be a positive integer")
         self.max_chars = max_chars
+        self.show_fields = list(show_fields) if show_fields is not None else None
+        if self.show_fields is not None and not set(self.fields) <= set(self.show_fields):
+            raise ConfigError(f"{where}: show_fields must include the fields to rewrite {self.fields}")
         self.schema = self._build_schema()
 
     def _build_schema(self) -> dict[str, Any]:
@@ -121,7 +126,8 @@ class Rewrite(PromptedStep):
             if not isinstance(record.get(field), str):
                 problem = "is missing" if field not in record else f"must be text, not {type(record[field]).__name__}"
                 raise InputError(f"step '{self.name}': field to rewrite {problem}", None, field)
-        view = {k: v for k, v in record.items() if not k.startswith("_") and k != "id"}
+        view = {k: v for k, v in record.items() if not k.startswith("_") and k != "id"
+                and (self.show_fields is None or k in self.show_fields)}
         messages = self.template(ctx).render(view, self._render_options())
         value, completion = await ctx.model(self.model).chat_json(messages, self.schema, **self.params)
         self.counters["calls"] += 1
@@ -155,8 +161,8 @@ class Rewrite(PromptedStep):
             case = {**case, **{f: case[f].strip() for f in self.fields}}
             key = tuple(_norm(case[f]) for f in self.fields)
             reason = None
-            if any(not v for v in key):
-                reason = "blank"
+            if any(not any(ch.isalnum() for ch in v) for v in key):
+                reason = "blank"  # empty, or punctuation only
             elif key == original:
                 reason = "unchanged"
             elif key in seen:

@@ -253,8 +253,8 @@ class Seedless(PromptedStep):
     def _rejected(self, item: dict[str, Any], local: NearDuplicateIndex) -> str | None:
         """Why a generated item is not kept (a counter name), or None to keep it."""
         text = record_text({f: item[f] for f in self.fields}, self.fields)
-        if not text.strip():
-            return "blank"
+        if not any(ch.isalnum() for ch in text):
+            return "blank"  # empty, or punctuation only (a small model's '}{')
         if not local.add_if_new(text):
             return "near_duplicates"
         if self._run_index is not None and not self._run_index.add_if_new(text):
