@@ -192,8 +192,9 @@ def test_critique_runs_all_rounds_without_approval():
 
 def test_approve_score_threshold_and_not_approved_policies():
     step = CritiqueRevise("author", "critic", rounds=3, approve_score=8)
-    out = run_step(step, RECORD, {"author": author(), "critic": sequence(critique("revise", 6), critique("revise", 8))})
-    assert out["critique"]["approved"] is True and out["target"] == "v1"
+    out = run_step(step, RECORD, {"author": author(), "critic": sequence(critique("approve", 3), critique("revise", 8))})
+    # with approve_score the score decides: "approve" at 3 is not enough, "revise" at 8 is
+    assert out["critique"]["approved"] is True and out["target"] == "v1" and len(out["critique_rounds"]) == 2
 
     drop = CritiqueRevise("author", "critic", rounds=1, on_not_approved="drop")
     assert run_step(drop, RECORD, {"author": author(), "critic": text(critique("revise"))}) is None

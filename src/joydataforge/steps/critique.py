@@ -1,8 +1,8 @@
 """Critique and revise: one model drafts, another critiques, the first revises, for a few rounds.
 
 Each round the critic sees the current answer and replies ``{issues: [...], verdict: approve|revise,
-score: 1-10}``. The loop stops early when the critic approves (``verdict == approve``, or ``score >=
-approve_score`` when that is set); otherwise the author revises with the issues in hand. Every round is
+score: 1-10}``. The loop stops early when the critic approves (``verdict == approve``; or, when
+``approve_score`` is set, ``score >= approve_score`` whatever the verdict); otherwise the author revises with the issues in hand. Every round is
 kept on the record, so the path from the first draft to the final answer can be audited or turned into
 preference pairs (draft vs revision). After ``rounds`` critiques without approval the last revision is the
 answer, marked ``approved: false`` (it was never critiqued); ``on_not_approved`` can drop or fail it.
@@ -86,10 +86,12 @@ class CritiqueRevise(Step):
         return set().union(*(t.required_fields for t in self._templates.values())) if self._templates else set()
 
     def approves(self, critique: dict[str, Any]) -> bool:
-        if str(critique.get("verdict", "")).strip().lower() == "approve":
-            return True
+        """The verdict decides; with ``approve_score`` the score decides instead (critics, small ones
+        especially, say "approve" to answers they score 1 out of 10)."""
+        if self.approve_score is None:
+            return str(critique.get("verdict", "")).strip().lower() == "approve"
         score = critique.get("score")
-        return self.approve_score is not None and isinstance(score, (int, float)) and score >= self.approve_score
+        return isinstance(score, (int, float)) and not isinstance(score, bool) and score >= self.approve_score
 
     async def _write(self, ctx: StepContext, messages: list[dict[str, str]], out: Record, role: str) -> str:
         try:
