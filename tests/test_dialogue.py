@@ -62,6 +62,14 @@ REPEATS = {"dialog_id": "rep", "dialogs": "助手: 您好\n用户: 我吃了布�
                                           "用户: 孕12周能吃吗\n助手: 不建议\n用户: 好的\n用户: 谢谢"}
 
 
+def test_duplicate_of_a_failed_dialogue_is_not_asked_again(tmp_path):
+    step = DialogueIntent("m", "zh/dialogue_intent", retries=0)
+    summary, backend, out, failures = run_pipeline(tmp_path, [REPEATS, REPEATS], [step], lambda m, s: "{}",
+                                                   concurrency=1)
+    assert len(backend.calls) == 1 and summary.failed == 1 and summary.filtered == 1
+    assert step.counters["duplicate_dialogues"] == 1
+
+
 def test_one_call_per_dialogue_one_record_per_user_turn(tmp_path):
     step = DialogueIntent("m", "zh/dialogue_intent")
     summary, backend, out, failures = run_pipeline(tmp_path, SEED, [step], good_reply)
@@ -80,9 +88,12 @@ def test_one_call_per_dialogue_one_record_per_user_turn(tmp_path):
     assert {r["input"] for r in out} == user_lines  # only user turns, all of them
     assert set(first[0]) >= {"id", "dialog_id", "turn_index", "input", "history", "label", "reason", "_meta"}
     schema = backend.calls[0]["schema"]["properties"]["turns"]
-    assert schema["minItems"] == schema["maxItems"] == n_turns[225462798279340]
-    assert schema["items"]["properties"]["label"]["enum"] == ["BMI", "孕期孕周", "药品", "其他"]
-    assert schema["items"]["properties"]["index"]["maximum"] == n_turns[225462798279340]
+    assert schema["minItems"] == schema["maxItems"] == len(schema["prefixItems"]) == n_turns[225462798279340]
+    assert schema["items"] is False
+    pinned = schema["prefixItems"][0]["properties"]
+    assert pinned["label"]["enum"] == ["BMI", "孕期孕周", "药品", "其他"]
+    assert pinned["index"] == {"const": 1} and pinned["content"] == {"const": first[0]["input"]}
+    assert schema["prefixItems"][4]["properties"]["index"] == {"const": 5}
 
 
 def test_rebuilt_history_matches_the_seed_records(tmp_path):
@@ -122,8 +133,9 @@ def test_messages_history_format(tmp_path):
     assert out[2]["source"] == "web" and "dialogs" not in out[2]
 
 
+@pytest.mark.parametrize("pin_turns", [True, False])
 @pytest.mark.parametrize("bad", ["missing", "repeated", "content"])
-def test_mismatching_reply_is_retried_with_a_new_sample(tmp_path, bad):
+def test_mismatching_reply_is_retried_with_a_new_sample(tmp_path, bad, pin_turns):
     replies = []
 
     def reply(messages, schema):
@@ -138,11 +150,15 @@ def test_mismatching_reply_is_retried_with_a_new_sample(tmp_path, bad):
         replies.append(good)
         return json.dumps(good, ensure_ascii=False)
 
-    step = DialogueIntent("m", "zh/dialogue_intent", retries=1)
+    step = DialogueIntent("m", "zh/dialogue_intent", retries=1, pin_turns=pin_turns)
     summary, backend, out, failures = run_pipeline(tmp_path, [REPEATS], [step], reply)
     assert failures == [] and len(out) == 5 and len(backend.calls) == 2
     kind = "content_mismatch" if bad == "content" else "index_mismatch"
-    assert step.counters[f"rejected:{kind}"] == 1 and step.counters["retries"] == 1
+    if pin_turns:  # the pinned schema itself rejects the reply
+        assert step.counters["invalid_replies"] == 1 and step.counters[f"rejected:{kind}"] == 0
+    else:
+        assert step.counters[f"rejected:{kind}"] == 1 and step.counters["invalid_replies"] == 0
+    assert step.counters["retries"] == 1
     assert backend.calls[0]["seed"] != backend.calls[1]["seed"]  # a new sample, not the cached reply
 
 
@@ -153,12 +169,15 @@ def test_reply_that_never_lines_up_fails_the_dialogue_with_raw_text(tmp_path):
             item["content"] = nxt["content"]  # labels for the wrong turns
         return json.dumps(good, ensure_ascii=False)
 
-    step = DialogueIntent("m", "zh/dialogue_intent", retries=2)
+    step = DialogueIntent("m", "zh/dialogue_intent", retries=2, pin_turns=False)
     summary, backend, out, failures = run_pipeline(tmp_path, [REPEATS], [step], shifted)
     assert out == [] and summary.failed == 1 and len(backend.calls) == 3
     assert "content_mismatch" in failures[0]["error"] and failures[0]["raw"] == shifted(backend.calls[0]["messages"], None)
-    # Without content checking, indexes alone decide.
-    step = DialogueIntent("m", "zh/dialogue_intent", check_content=False)
+    step = DialogueIntent("m", "zh/dialogue_intent", retries=1)  # pinned: the schema says which turn
+    summary, backend, out, failures = run_pipeline(tmp_path, [REPEATS], [step], shifted, out="pinned")
+    assert out == [] and "turns/0/content" in failures[0]["error"] and len(backend.calls) == 2
+    # Without content checking (nor pins), indexes alone decide.
+    step = DialogueIntent("m", "zh/dialogue_intent", check_content=False, pin_turns=False)
     _, _, out, failures = run_pipeline(tmp_path, [REPEATS], [step], shifted, out="loose")
     assert len(out) == 5 and failures == []
 
@@ -185,8 +204,10 @@ def test_invalid_json_counts_and_bad_input(tmp_path):
 
 
 def test_configurable_labels():
-    step = DialogueIntent("m", labels={"ask": "a question", "say": "a statement"})
-    assert step.schema(3)["properties"]["turns"]["items"]["properties"]["label"]["enum"] == ["ask", "say"]
+    step = DialogueIntent("m", labels={"ask": "a question", "say": "a statement"}, pin_turns=False)
+    free = step.schema(["a", "b", "c"])["properties"]["turns"]
+    assert free["items"]["properties"]["label"]["enum"] == ["ask", "say"] and free["maxItems"] == 3
+    assert free["items"]["properties"]["index"]["maximum"] == 3
     with pytest.raises(ConfigError, match="at least two"):
         DialogueIntent("m", labels=["only"])
     with pytest.raises(ConfigError, match="history_format"):

@@ -8,10 +8,11 @@ labelled set, so it is not a step: see :mod:`joydataforge.dialogue_split` (``joy
 Why one call per dialogue: the seed labelled each turn with its own prompt, paying for the same
 dialogue once per turn. Here the model sees the whole dialogue with user turns numbered ``[1]..[n]`` and
 answers ``{"turns": [{index, label, reason, content}]}``. The schema (built per dialogue) fixes the
-number of items, the index range and the label set; what a schema cannot express is checked after it:
-every index exactly once, and each item's ``content`` equal to that user turn (whitespace and a role
-prefix aside). A reply that fails is asked again with a new sample; after ``retries`` the dialogue fails
-with the raw reply, never with guessed labels.
+number of items, the label set and, by default, pins item ``t`` to index ``t`` and that turn's text
+(so grammar-constrained backends cannot misalign); what a free schema cannot express is checked after
+it: every index exactly once, and each item's ``content`` equal to that user turn (whitespace and a
+role prefix aside). A reply that fails is asked again with a new sample; after ``retries`` the
+dialogue fails with the raw reply, never with guessed labels.
 
 History: each output turn gets the dialogue lines before it, back to the user line of the k-th last
 *round* (a round = a user line the assistant answers directly), which is how the seed's records were
@@ -103,13 +104,14 @@ class DialogueIntent(PromptedStep):
     or the seed's ``diaglog_id``, whichever the record has, else a hash of the dialogue);
     ``history_rounds`` (k, default 4 as in the seed; ``null`` keeps all earlier lines);
     ``history_format`` (``text``: the seed's ``用户:/助手:`` string; ``messages``: ``[{role, content}]``);
-    ``check_content`` (reject replies whose ``content`` is not the turn's text); ``retries`` (new
+    ``check_content`` (reject replies whose ``content`` is not the turn's text); ``pin_turns`` (pin
+    each item's index and content in the schema, see :meth:`schema`); ``retries`` (new
     samples after a mismatching reply); ``reason_max_chars``; ``keep_fields`` (fields copied from the
     dialogue record onto every turn); ``options``, ``params``.
 
     The same dialogue arriving in several input records (the seed has one record per labelled turn) is
-    labelled once: later records with a dialogue id already labelled in this run are dropped and
-    counted (``duplicate_dialogues``). Output ids are ``<dialog_id>:<turn_index>``, so duplicates left
+    labelled once: later records with a dialogue id already taken in this run are dropped and counted
+    (``duplicate_dialogues``), also when the first attempt failed (it is in ``failures.jsonl`` once). Output ids are ``<dialog_id>:<turn_index>``, so duplicates left
     over across resumed runs are recognisable, and ``dialogue-split`` drops them.
     """
 
@@ -118,7 +120,8 @@ class DialogueIntent(PromptedStep):
     def __init__(self, model: str, prompt: str = "dialogue_intent", *,
                  labels: Sequence[str] | dict[str, str] | None = None, dialog_field: str = "dialogs",
                  dialog_id_field: str | None = None, history_rounds: int | None = 4,
-                 history_format: str = "text", check_content: bool = True, retries: int = 2,
+                 history_format: str = "text", check_content: bool = True, pin_turns: bool = True,
+                 retries: int = 2,
                  reason_max_chars: int | None = None, keep_fields: Sequence[str] = (),
                  options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
                  name: str | None = None):
@@ -136,6 +139,7 @@ class DialogueIntent(PromptedStep):
         self.history_rounds = history_rounds
         self.history_format = history_format
         self.check_content = check_content
+        self.pin_turns = pin_turns
         self.retries = retries
         self.reason_max_chars = reason_max_chars
         self.keep_fields = list(keep_fields)
@@ -144,18 +148,32 @@ class DialogueIntent(PromptedStep):
     def required_fields(self) -> set[str]:
         return {self.dialog_field}
 
-    def schema(self, n_turns: int) -> dict[str, Any]:
+    def schema(self, turns: list[str]) -> dict[str, Any]:
+        """The reply schema for a dialogue whose user turns are ``turns``.
+
+        With ``pin_turns`` (default) item ``t`` is pinned to ``index: t`` and ``content: <turn t>``
+        (``prefixItems`` + ``const``): a grammar-constrained backend (llama.cpp) then cannot misalign
+        at all and only chooses labels and reasons, and any other backend's reply is validated against
+        the same pins. Without it, items are free and alignment is checked after parsing.
+        """
+        n_turns = len(turns)
         reason: dict[str, Any] = {"type": "string"}
         if self.reason_max_chars:
             reason["maxLength"] = self.reason_max_chars
-        item = {"type": "object",
-                "properties": {"index": {"type": "integer", "minimum": 1, "maximum": n_turns},
-                               "label": {"type": "string", "enum": list(self.labels)},
-                               "reason": reason, "content": {"type": "string"}},
-                "required": ["index", "label", "reason", "content"]}
-        return {"type": "object",
-                "properties": {"turns": {"type": "array", "items": item, "minItems": n_turns, "maxItems": n_turns}},
-                "required": ["turns"]}
+        label = {"type": "string", "enum": list(self.labels)}
+        required = ["index", "label", "reason", "content"]
+        array: dict[str, Any] = {"type": "array", "minItems": n_turns, "maxItems": n_turns}
+        if self.pin_turns:
+            array["prefixItems"] = [{"type": "object", "required": required,
+                                     "properties": {"index": {"const": t}, "label": label, "reason": reason,
+                                                    "content": {"const": text}}}
+                                    for t, text in enumerate(turns, start=1)]
+            array["items"] = False
+        else:
+            array["items"] = {"type": "object", "required": required,
+                              "properties": {"index": {"type": "integer", "minimum": 1, "maximum": n_turns},
+                                             "label": label, "reason": reason, "content": {"type": "string"}}}
+        return {"type": "object", "properties": {"turns": array}, "required": ["turns"]}
 
     def dialog_id(self, record: Record, messages: list[Message]) -> str:
         fields = [self.dialog_id_field] if self.dialog_id_field else ["dialog_id", "diaglog_id"]
@@ -181,13 +199,11 @@ class DialogueIntent(PromptedStep):
         if dialog_id in self._labelled:  # no await since the check: atomic under asyncio
             self.counters["duplicate_dialogues"] += 1
             return []
+        # Taken even if the labelling fails: a copy would ask the same question and fail the same way
+        # (the failure is recorded once, and `--retry-failed` redoes it).
         self._labelled.add(dialog_id)
-        try:
-            view = {k: v for k, v in record.items() if not k.startswith("_")}
-            turns, completion = await self._label(ctx, view, messages, positions)
-        except BaseException:
-            self._labelled.discard(dialog_id)  # a later copy of the dialogue may still succeed
-            raise
+        view = {k: v for k, v in record.items() if not k.startswith("_")}
+        turns, completion = await self._label(ctx, view, messages, positions)
         meta = call_meta(self.name, self.model, completion)
         outputs = []
         for t, position in enumerate(positions, start=1):
@@ -215,7 +231,7 @@ class DialogueIntent(PromptedStep):
                    "labels": [{"name": k, "description": v} for k, v in self.labels.items()],
                    "reason_max_chars": self.reason_max_chars}
         rendered = self.template(ctx).render(view, options)
-        schema = self.schema(len(positions))
+        schema = self.schema([messages[p]["content"] for p in positions])
         model = ctx.model(self.model)
         problem, raw = "", None
         for attempt in range(self.retries + 1):
