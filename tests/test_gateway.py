@@ -229,11 +229,13 @@ async def test_backoff_frees_the_concurrency_slot(mock_server):
     """A call waiting out a 429 must not block other calls of the same model."""
     async with open_gateway(mock_server.url, max_concurrency=1) as gw:
         client = gw.model("m")
+        spy = spy_on(client)
         slow = asyncio.create_task(client.chat(user("a [[mock:status=429,retry_after=1,times=1,id=slot]]")))
-        await asyncio.sleep(0.3)  # the 429 is back by now; the task sleeps in its backoff
-        quick = await asyncio.wait_for(client.chat(user("b")), 0.9)
+        while not spy.log:  # until the 429 is back and the task has started its backoff
+            await asyncio.sleep(0.01)
+        quick = await client.chat(user("b"))
         assert quick.text == "echo: b"
-        assert not slow.done()
+        assert not slow.done()  # with the slot held during the backoff, b could only finish after a
         assert (await slow).text == "echo: a"
 
 
