@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+import json
 import random
 import time
 from typing import Any, Awaitable, Callable, TypeVar
@@ -26,6 +27,9 @@ from .structured import parse_and_validate
 from .usage import ModelUsage
 
 T = TypeVar("T")
+
+# canonical_json's settings in one reusable encoder: json.dumps builds a new encoder per call otherwise.
+_canonical = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str).encode
 
 
 def create_backend(config: ModelConfig) -> Backend:
@@ -71,11 +75,11 @@ class ModelClient:
         serialised once and spliced in: canonical JSON of a list is its items' canonical JSON joined by
         commas, so the key is byte-for-byte the same as hashing the whole list, at half the cost.
         """
-        head = canonical_json([verb, payload, params])[1:-1]
+        head = _canonical([verb, payload, params])[1:-1]
         if type(sample) is int and type(attempt) is int:
             tail = f"{sample},{attempt}"
         else:
-            tail = canonical_json([sample, attempt])[1:-1]
+            tail = _canonical([sample, attempt])[1:-1]
         text = f"[{self._identity_json},{head},{self._schema_json(schema)},{tail}]"
         return hashlib.blake2b(text.encode("utf-8"), digest_size=20).hexdigest()
 
