@@ -50,8 +50,7 @@ def test_fuse_reads_all_drafts_and_keeps_them_with_their_model():
     out = run_step(Joint(["a", "b", "c"], "fuser", draft_prompt="en/answer", fuse_prompt="en/joint_fuse"),
                    RECORD, {"a": text("draft A"), "b": text("draft B"), "c": text("draft C"), "fuser": fuser})
     assert out["target"] == "FUSED answer"
-    assert out["drafts"] == [{"model": "a", "sample": 0, "text": "draft A"}, {"model": "b", "sample": 0, "text": "draft B"},
-                             {"model": "c", "sample": 0, "text": "draft C"}]
+    assert out["drafts"] == [{"model": m, "sample": 0, "text": f"draft {m.upper()}"} for m in "abc"]
     prompt = fuser.calls[0]["messages"][-1]["content"]
     assert "Candidate 1:\ndraft A" in prompt and "Candidate 3:\ndraft C" in prompt
     assert out["joint"] == {"mode": "fuse", "fuser": "fuser", "used_drafts": [0, 1, 2]}
@@ -88,7 +87,8 @@ def test_empty_fusion_fails_the_record():
 
 def test_structured_drafts_are_fused_into_a_validated_record():
     schema_prompt = "en/vote_label"  # any prompt with a schema makes drafts records, not texts
-    drafts = {"a": text(json.dumps({"label": "x", "reason": "ra"})), "b": text(json.dumps({"label": "y", "reason": "rb"}))}
+    drafts = {"a": text(json.dumps({"label": "x", "reason": "ra"})),
+              "b": text(json.dumps({"label": "y", "reason": "rb"}))}
     fuser = sequence("not json", json.dumps({"label": "x", "reason": "merged"}))
     out = run_step(Joint(["a", "b"], "fuser", draft_prompt=schema_prompt, options={"labels": ["x", "y"]}),
                    RECORD, {**drafts, "fuser": fuser})
@@ -192,7 +192,8 @@ def test_critique_runs_all_rounds_without_approval():
 
 def test_approve_score_threshold_and_not_approved_policies():
     step = CritiqueRevise("author", "critic", rounds=3, approve_score=8)
-    out = run_step(step, RECORD, {"author": author(), "critic": sequence(critique("approve", 3), critique("revise", 8))})
+    critic = sequence(critique("approve", 3), critique("revise", 8))
+    out = run_step(step, RECORD, {"author": author(), "critic": critic})
     # with approve_score the score decides: "approve" at 3 is not enough, "revise" at 8 is
     assert out["critique"]["approved"] is True and out["target"] == "v1" and len(out["critique_rounds"]) == 2
 
