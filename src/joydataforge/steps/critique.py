@@ -5,7 +5,8 @@ score: 1-10}``. The loop stops early when the critic approves (``verdict == appr
 ``approve_score`` is set, ``score >= approve_score`` whatever the verdict); otherwise the author
 revises with the issues in hand. Every round is kept on the record, so the path from the first draft
 to the final answer can be audited or turned into preference pairs (draft vs revision). After
-``rounds`` critiques without approval the last revision is the answer, marked ``approved: false`` (it was never critiqued); ``on_not_approved`` can drop or fail it.
+``rounds`` critiques without approval the last revision is the answer, marked ``approved: false`` (it
+was never critiqued); ``on_not_approved`` can drop or fail it.
 """
 from __future__ import annotations
 
