@@ -521,3 +521,53 @@ def test_flat_output_fans_out_with_lineage_ready_for_export(tmp_path: Path):
     exported = to_sharegpt(rows[0])
     assert exported["conversations"][0] == {"from": "human", "value": rows[0]["input"]}
     assert exported["conversations"][1] == {"from": "gpt", "value": rows[0]["target"]}
+
+
+# ---------------------------------------------------------------- the per-round report
+
+
+def test_round_report_from_nested_and_flat_output(tmp_path: Path):
+    import numpy as np
+    from click.testing import CliRunner
+    from joydataforge.cli.evol import evol_group
+    from joydataforge.evaluate.evol_report import add_vendi, all_texts, collect_rounds, format_report
+
+    def judge(instruction):
+        return {"valid": 1, "score": 20 + 10 * instruction.count("[")}
+
+    settings = dict(rounds=2, sample_size=1, operations=["deepen", "breadth"], children=2, top_fraction=0.5)
+    nested, _ = evolve_one(ROOT, Script(evolve=fresh, judge=judge,
+                                        answer=lambda i: "Sorry." if "[breadth 1]" in i[-300:] and i.count("[") == 1
+                                        else "A full answer with enough words."), **settings)
+    stats = collect_rounds([nested])
+    assert [s.round for s in stats] == [0, 1, 2]
+    assert (stats[0].generated, stats[0].valid, stats[0].mean_score) == (1, 1, 20)
+    assert (stats[1].generated, stats[1].judged, stats[1].valid, stats[1].carried) == (4, 3, 3, 1)
+    assert stats[1].eliminated == {"unanswerable": 1} and stats[1].mean_score == 30
+    assert (stats[2].generated, stats[2].valid, stats[2].mean_score) == (4, 4, 40)
+    texts = all_texts(stats)
+    assert len(texts) == 1 + 3 + 4 and texts[0] == ROOT["input"]
+    # identical vectors within a round -> Vendi 1; orthogonal -> n
+    vectors = np.zeros((8, 8))
+    vectors[0, 0] = 1
+    vectors[1:4, 1] = 1
+    vectors[4:8] = np.eye(8)[4:8]
+    add_vendi(stats, vectors)
+    assert [round(s.vendi, 6) for s in stats] == [1.0, 1.0, 4.0] and stats[2].vendi_per_item == 1.0
+    with pytest.raises(ValueError):
+        add_vendi(stats, vectors[:5])
+    assert "mean score" in format_report(stats) and "unanswerable 1" in format_report(stats)
+
+    flat, _ = evolve_one(ROOT, Script(evolve=fresh, judge=judge), output="flat", **settings)
+    flat_stats = collect_rounds(flat)
+    assert [(s.round, s.valid) for s in flat_stats] == [(0, 1), (1, 4), (2, 4)]
+    assert flat_stats[2].mean_score == 40
+    with pytest.raises(ValueError, match="not evol_instruct output"):
+        collect_rounds([{"id": "x", "input": "y"}])
+
+    data = tmp_path / "nested.jsonl"
+    data.write_text(json.dumps(nested) + "\n", "utf-8")
+    result = CliRunner().invoke(evol_group, ["report", str(data), "--embedder", "none", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rounds"]
+    assert [r["mean_score"] for r in rows] == [20, 30, 40] and rows[2]["vendi"] is None
