@@ -18,7 +18,7 @@ and the peak memory (tracemalloc, numpy allocations included) of ours vs score_d
 largest absolute difference between our value and the reference values of that row.
 
 Selection table: k-center greedy of ``--select-k`` records out of ``--select-n`` x ``--dim``: ours
-(lazy, blocked), the textbook farthest-point loop (one matrix-vector pass per pick, numpy), and random;
+(lazy bounds), the textbook farthest-point loop (one matrix-vector pass per pick, numpy), and random;
 with the coverage radius (largest cosine distance from a record to its nearest pick; lower is better).
 """
 from __future__ import annotations
@@ -156,11 +156,11 @@ def selection_table(args: argparse.Namespace) -> None:
     print(head)
     print("-" * len(head))
     ours, t_ours, _ = timed(lambda: k_center_greedy(x, k, seed=args.seed))
-    rows: list[tuple[str, float, np.ndarray, str]] = [("ours (lazy, blocked)", t_ours, ours, "")]
+    rows: list[tuple[str, float, np.ndarray, str]] = [("ours (lazy bounds)", t_ours, ours, "")]
     if not args.skip_textbook:
         book, t_book, _ = timed(lambda: textbook_k_center(x, k, int(ours[0])))
         same = f"{np.mean(book == ours):.1%}"
-        rows[0] = ("ours (lazy, blocked)", t_ours, ours, same)
+        rows[0] = ("ours (lazy bounds)", t_ours, ours, same)
         rows.append(("textbook loop", t_book, book, "100.0%"))
     rnd, t_rnd, _ = timed(lambda: random_selection(n, k, seed=args.seed))
     rows.append(("random", t_rnd, rnd, ""))

@@ -76,7 +76,7 @@ def test_hill_number_orders():
         hill_number(p, "many")
 
 
-@pytest.mark.parametrize("n,d", [(40, 64), (300, 16), (1000, 8)])
+@pytest.mark.parametrize("n,d", [(40, 64), (300, 16), (400, 8)])
 @pytest.mark.parametrize("q", [1, 2, "inf", 0.5, 3.5])
 def test_agrees_with_vendi_score_package(n, d, q):
     vendi = pytest.importorskip("vendi_score.vendi")

@@ -3,12 +3,12 @@
 k-center greedy picks, again and again, the record farthest from everything picked so far. It is
 the classic 2-approximation of the k-center problem (Gonzalez 1985): the k picks cover the data
 with a radius at most twice the best possible, which is why it keeps rare regions of a dataset
-that random sampling drops. The state is one array, each record's distance to its nearest pick,
-so one step is one pass over the embeddings: O(n k d) in all, no n x n matrix.
+that random sampling drops. The state is one array, each record's distance to its nearest pick:
+O(n k d) at worst, never an n x n matrix.
 
 The textbook traversal makes one pass over all n x d embeddings per pick, a memory-bound
-matrix-vector product (100,000 x 384 float32 is 150 MB per pick, 1,000 picks ~ 20 s here). We
-evaluate it lazily instead (:class:`_LazyTraversal`): distances only shrink as picks are added, so
+matrix-vector product (100,000 x 384 float32 is 150 MB per pick; 1,000 picks took ~60 s on our
+busy 2-core box, against ~4 s for this module: ``bench/vendi.py``). We evaluate it lazily instead (:class:`_LazyTraversal`): distances only shrink as picks are added, so
 each record's last computed distance is an upper bound, and the next pick is found by updating only
 the records whose bounds are at the top until the best updated distance beats every other bound.
 Same picks as the textbook loop (up to float rounding between near-equal distances), a fraction of
