@@ -282,3 +282,38 @@ def test_dedup_between_instructions_and_responses(tmp_path):
     assert [r["input"] for r in read_jsonl(tmp_path / "final" / "data.jsonl")] == [
         "What is DNA?", "Explain how vaccines train the immune system."]
     assert len(responder.calls) == 2 and summary.filtered == 1
+
+
+def test_cli_builds_two_valid_pipelines(tmp_path):
+    from joydataforge.cli.magpie import build_pipelines
+
+    instructions, conversations = build_pipelines(
+        tmp_path, model="smollm2", n=5, language="zh", control_task="math", turns=2, response_model="smollm2-greedy",
+        min_quality="good", instruction_params={"temperature": 0.9}, seed=7)
+    assert instructions["steps"] == [{"magpie": {"model": "smollm2", "template": "auto", "samples": 1, "attempts": 1,
+                                                 "params": {"temperature": 0.9}, "control_task": "math",
+                                                 "language": "zh"}}]
+    assert instructions["input"] == {"path": str(tmp_path.resolve() / "slots.jsonl"), "limit": 5}
+    kinds = [next(iter(step)) for step in conversations["steps"]]
+    assert kinds == ["minhash_dedup", "magpie_response", "magpie_tag"]
+    assert conversations["steps"][1]["magpie_response"] == {"model": "smollm2-greedy", "turns": 2,
+                                                            "instruction_model": "smollm2", "params": {}}
+    assert conversations["steps"][2]["magpie_tag"]["keep"] == {"input_quality": ["good", "excellent"]}
+    assert conversations["run"]["language"] == "zh" and conversations["run"]["seed"] == 7
+    for data in (instructions, conversations):
+        Pipeline.from_dict(data)  # validates like a YAML file would
+    _, none = build_pipelines(tmp_path, model="smollm2", n=1, responses=False)
+    assert none is None
+    _, plain = build_pipelines(tmp_path, model="smollm2", n=1, dedup_threshold=None)
+    assert [next(iter(step)) for step in plain["steps"]] == ["magpie_response"]
+
+
+def test_cli_refuses_options_that_need_responses(tmp_path):
+    from click.testing import CliRunner
+
+    from joydataforge.cli.magpie import magpie_command
+
+    result = CliRunner().invoke(magpie_command, ["-n", "1", "-o", str(tmp_path), "--no-responses", "--tag"])
+    assert result.exit_code == 2 and "need responses" in result.output
+    result = CliRunner().invoke(magpie_command, ["-n", "0", "-o", str(tmp_path)])
+    assert result.exit_code == 2
