@@ -185,3 +185,19 @@ async def test_offline_extractor_routes_by_script():
     assert await OfflineEntityExtractor().extract("Vitamin AD drops") == {}
     pytest.importorskip("jieba")
     assert "ORGANIZATION" in await routed.extract("北京协和医院在哪里")
+
+
+async def test_spacy_extractor_maps_labels(monkeypatch):
+    """spaCy itself is optional; a stand-in pipeline checks the mapping from its entities to ours."""
+    from types import SimpleNamespace
+
+    from joydataforge.evaluate.entities import SpacyEntityExtractor
+
+    def nlp(text):
+        return SimpleNamespace(ents=[SimpleNamespace(text="Dr. Chen", label_="PERSON"),
+                                     SimpleNamespace(text="Peking  Union Hospital", label_="ORG"),
+                                     SimpleNamespace(text="today", label_="DATE")])
+
+    extractor = SpacyEntityExtractor("en_core_web_sm", labels=["PERSON", "ORG"])
+    monkeypatch.setattr(extractor, "_load", lambda: nlp)
+    assert await extractor.extract("...") == {"PERSON": ["dr. chen"], "ORG": ["peking union hospital"]}

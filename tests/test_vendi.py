@@ -174,3 +174,15 @@ def test_errors_say_what_to_change():
     with pytest.raises(ValueError, match="cannot merge"):
         VendiAccumulator().add(np.eye(3)).merge(VendiAccumulator().add(np.eye(4)))
     assert unit_rows(np.array([[3.0, 4.0]])) == pytest.approx(np.array([[0.6, 0.8]]))
+
+
+def test_accumulator_travels_between_processes():
+    """A Ray task returns its partition's accumulator by pickling it; nothing may be lost on the way."""
+    import pickle
+
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(400, 16))
+    part = pickle.loads(pickle.dumps(VendiAccumulator().add(x[:250])))
+    total = part.merge(VendiAccumulator().add(x[250:]))
+    assert total.count == 400
+    assert total.score() == pytest.approx(vendi_score(x), abs=1e-9)
