@@ -128,6 +128,14 @@ async def test_gateway_embedder_batches_in_order_with_bounded_concurrency():
     assert embedder.identity == "gateway/openai|http://127.0.0.1:1/v1|bge"
     assert GatewayEmbedder(client, identity="mine").identity == "mine"
 
+    class DictConfig:  # the gateway's ModelConfig.identity() returns a dict
+        def identity(self):
+            return {"model": "bge", "backend": "openai", "base_url": "http://127.0.0.1:1/v1"}
+
+    client.config = DictConfig()
+    assert GatewayEmbedder(client).identity == (
+        'gateway/{"backend":"openai","base_url":"http://127.0.0.1:1/v1","model":"bge"}')
+
 
 async def test_gateway_embedder_rejects_bad_clients_and_replies():
     with pytest.raises(TypeError, match="embed"):

@@ -50,6 +50,8 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 
 import numpy as np
 
+from ..records import canonical_json
+
 DEFAULT_EMBEDDER = "use-multilingual-v3"
 
 
@@ -235,7 +237,8 @@ class GatewayEmbedder:
         config = getattr(client, "config", None)
         if config is not None and callable(getattr(config, "identity", None)):
             # the gateway's identity covers backend, base URL and model, not just the local name
-            return f"gateway/{config.identity()}"
+            identity = config.identity()
+            return "gateway/" + (identity if isinstance(identity, str) else canonical_json(identity))
         return f"gateway/{getattr(client, 'name', type(client).__name__)}"
 
     @property
