@@ -571,3 +571,18 @@ def test_round_report_from_nested_and_flat_output(tmp_path: Path):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)["rounds"]
     assert [r["mean_score"] for r in rows] == [20, 30, 40] and rows[2]["vendi"] is None
+
+
+def test_children_copied_from_the_evolving_prompt_or_without_content_are_eliminated():
+    def evolve(op, parent, count):
+        return ["Which underlying health problems can cause constantly cold hands and feet?",  # the prompt's example
+                "...", "How do I bake bread in a wood-fired oven?"]
+
+    out, _ = evolve_one(ROOT, Script(evolve=lambda op, p, n: [{"instruction": x, "task_label": "t"} for x in evolve(op, p, n)]),
+                        rounds=1, operations=["redirect"], children=3, eliminate=["leak", "duplicate"])
+    assert eliminated(out) == {"Which underlying health problems can cause constantly cold hands and feet?": "leak",
+                               "...": "empty"}
+    # repeating the parent is not a leak (the parent's text is cut out of the prompt): the equal rule's job
+    out, _ = evolve_one(ROOT, Script(evolve=lambda op, p, n: [p]), rounds=1, operations=["deepen"], children=1,
+                        eliminate=["leak"])
+    assert eliminated(out) == {} and len(candidates(out)) == 1

@@ -31,10 +31,11 @@ from typing import Any, Literal, Sequence
 
 from ..errors import ConfigError, InputError, ModelError, StepError
 from ..prompts.renderer import PromptTemplate
+from ..records import normalize_history
 from .base import Record, Step, StepContext, source_id_of
 from .evol_operations import (
-    DEFAULT_LEAK_PHRASES, OPERATIONS, JudgingError, Operation, TreeIndex, is_unanswerable, leaked_phrase,
-    parse_judgement, parse_verdict, select_top,
+    DEFAULT_LEAK_PHRASES, OPERATIONS, JudgingError, Operation, TreeIndex, content_words, copied_from_prompt,
+    is_unanswerable, leaked_phrase, parse_judgement, parse_verdict, select_top,
 )
 from .single import call_meta
 
@@ -82,6 +83,7 @@ class Node:
     raw: str | None = None
     selected: bool = False
     calls: list[dict[str, Any]] = field(default_factory=list)
+    prompt_text: str = ""  # the evolving prompt minus the parent's own text, for the copy check (not output)
 
     def eliminate(self, reason: str, detail: str | None = None, raw: str | None = None) -> None:
         self.eliminated, self.detail, self.raw = reason, detail, raw
@@ -287,7 +289,7 @@ class EvolInstruct(Step):
             replies = await asyncio.gather(*(self._evolve(parent, op, record, ctx) for parent, op in jobs))
             children: list[Node] = []
             errors: list[dict[str, Any]] = []
-            for (parent, op), (items, meta, error) in zip(jobs, replies):
+            for (parent, op), (items, meta, error, prompt_text) in zip(jobs, replies):
                 if meta is not None:
                     calls.append(meta)
                 if error is not None:
@@ -296,7 +298,7 @@ class EvolInstruct(Step):
                 for instruction, label in items:
                     node_id = f"{root_id}:r{round_no}.{len(children) + 1}"
                     children.append(Node(node_id, instruction, label if label is not None else parent.task_label,
-                                         round_no, op.name, op.kind, parent))
+                                         round_no, op.name, op.kind, parent, prompt_text=prompt_text))
             errors_total += len(errors)
             for child in children:  # cheap rules first, in generation order, so results never depend on timing
                 self._local_checks(child, tree)
@@ -343,21 +345,28 @@ class EvolInstruct(Step):
     # ------------------------------------------------------------ one parent, one operation
 
     async def _evolve(self, parent: Node, op: Operation, record: Record, ctx: StepContext
-                      ) -> tuple[list[tuple[str, Any]], dict[str, Any] | None, dict[str, Any] | None]:
-        """``(children as (instruction, new label or None), call meta, error)`` for one evolution call."""
+                      ) -> tuple[list[tuple[str, Any]], dict[str, Any] | None, dict[str, Any] | None, str]:
+        """``(children as (instruction, new label or None), call meta, error, prompt text)`` for one call.
+
+        The prompt text (system and user, with the parent's instruction and history cut out) lets the
+        leak rule catch children copied from the prompt itself, e.g. its worked example."""
         values = {"instruction": parent.instruction, "labels": labels_of(parent.task_label),
                   "operation": op.name, "count": self.children[op.name], "domain": self.domain,
                   "language": self.language}
         if parent.parent is None and self.use_history and record.get("history") is not None:
             values["history"] = record["history"]
         messages = self.template(ctx, self._role_of(op)).render(values, self.options)
+        prompt_text = "\n".join(m["content"] for m in messages).replace(parent.instruction, " ")
+        if "history" in values:
+            for message in normalize_history(values["history"]):
+                prompt_text = prompt_text.replace(message["content"], " ")
         self.counters["evolve_calls"] += 1
         try:
             value, completion = await ctx.model(self.model).chat_json(messages, self.evolve_schema(ctx, op),
                                                                        **self.params)
         except ModelError as exc:
             self.counters["evolve_failures"] += 1
-            return [], None, {"error": str(exc), "raw": exc.raw}
+            return [], None, {"error": str(exc), "raw": exc.raw}, prompt_text
         items: list[tuple[str, Any]] = []
         for item in value.get("instructions", [])[: self.children[op.name]]:
             if isinstance(item, str):
@@ -366,19 +375,27 @@ class EvolInstruct(Step):
                 label = item.get("task_label") if op.new_label else None
                 items.append((item["instruction"].strip(), label.strip() if isinstance(label, str) and label.strip()
                               else None))
-        return items, call_meta(self.name, self.model, completion), None
+        return items, call_meta(self.name, self.model, completion), None, prompt_text
 
     # ------------------------------------------------------------ elimination and judging
 
     def _local_checks(self, child: Node, tree: TreeIndex) -> None:
-        """The rules that need no model: empty, leaked prompt words, near-duplicate of the tree."""
-        if not child.instruction:
-            child.eliminate("empty")
+        """The rules that need no model: empty, leaked prompt words, near-duplicate of the tree.
+
+        A child that passes joins the tree at once, so a later sibling that repeats it is the duplicate,
+        whatever the model checks later decide about the first one: the outcome depends on generation
+        order only, never on which call finished first.
+        """
+        if not content_words(child.instruction):
+            child.eliminate("empty", "no words besides punctuation and stop words")
             return
         if "leak" in self.rules:
             phrase = leaked_phrase(child.instruction, self.leak_phrases)
             if phrase:
                 child.eliminate("leak", f"contains the evolving prompt's words {phrase!r}")
+                return
+            if copied_from_prompt(child.instruction, child.prompt_text):
+                child.eliminate("leak", "copied from the evolving prompt's own text (e.g. its example)")
                 return
         if "duplicate" in self.rules:
             found = tree.find(child.instruction)

@@ -80,6 +80,18 @@ def leaked_phrase(instruction: str, phrases: Iterable[str] = DEFAULT_LEAK_PHRASE
     return None
 
 
+def copied_from_prompt(instruction: str, prompt_text: str, min_chars: int = 8) -> bool:
+    """True when the instruction appears verbatim (normalised) in the evolving prompt's own text.
+
+    Small models often hand back the prompt's worked example ("My hands and feet are always cold,
+    why?") or a line of its rules; that is a leak of the prompt as much as "#Rewritten Prompt#" is.
+    The caller removes the parent's own text (and any history) from ``prompt_text`` first, since
+    repeating the parent is the equal rule's business. Very short instructions are not tested.
+    """
+    norm = normalize(instruction)
+    return len(norm) >= min_chars and norm in normalize(prompt_text)
+
+
 # ---------------------------------------------------------------- unanswerable instructions
 
 REFUSAL_MARKERS: tuple[str, ...] = (
