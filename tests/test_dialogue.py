@@ -94,6 +94,8 @@ def test_one_call_per_dialogue_one_record_per_user_turn(tmp_path):
     assert pinned["label"]["enum"] == ["BMI", "孕期孕周", "药品", "其他"]
     assert pinned["index"] == {"const": 1} and pinned["content"] == {"const": first[0]["input"]}
     assert schema["prefixItems"][4]["properties"]["index"] == {"const": 5}
+    # An emoji cannot be pinned for llama.cpp's grammar (surrogate escapes): that turn stays free.
+    assert first[4]["input"] == "不是，就这次😭" and schema["prefixItems"][4]["properties"]["content"] == {"type": "string"}
 
 
 def test_rebuilt_history_matches_the_seed_records(tmp_path):

@@ -89,6 +89,18 @@ def history_text(messages: list[Message]) -> str:
     return "\n".join(f"{_ROLE_TEXT.get(m['role'], m['role'])}: {m['content']}" for m in messages)
 
 
+def _pinned_text(text: str) -> dict[str, Any]:
+    """``const`` for a turn's text, except text outside the Basic Multilingual Plane (emoji).
+
+    llama.cpp's schema-to-grammar converter writes a const string with JSON ``\\u`` escapes, so an emoji
+    becomes a surrogate pair, i.e. two code points no output can match: pinning it would make every
+    reply fail. Such turns stay free strings, and the content check after parsing covers them.
+    """
+    if any(ord(ch) > 0xFFFF for ch in text):
+        return {"type": "string"}
+    return {"const": text}
+
+
 def _same_text(reply: str, turn: str) -> bool:
     def norm(text: str) -> str:
         return "".join(_PREFIX.sub("", text).split()).casefold()
@@ -166,7 +178,7 @@ class DialogueIntent(PromptedStep):
         if self.pin_turns:
             array["prefixItems"] = [{"type": "object", "required": required,
                                      "properties": {"index": {"const": t}, "label": label, "reason": reason,
-                                                    "content": {"const": text}}}
+                                                    "content": _pinned_text(text)}}
                                     for t, text in enumerate(turns, start=1)]
             array["items"] = False
         else:
