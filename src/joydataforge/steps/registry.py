@@ -17,11 +17,13 @@ from .joint import Joint
 from .critique import CritiqueRevise
 from .evol_instruct import EvolInstruct
 from .magpie import MagpieInstruction, MagpieResponse, MagpieTag
+from .dpo import PreferencePairs
 
 BUILTIN_STEPS: dict[str, type[Step]] = {cls.kind: cls for cls in (Generate, Label, MinHashDedupStep, Vote, Cascade,
                                                                    Joint, CritiqueRevise, EvolInstruct,
                                                                    Rewrite, Seedless, DialogueIntent, IntentBinaryCheck,
-                                                                   MagpieInstruction, MagpieResponse, MagpieTag)}
+                                                                   MagpieInstruction, MagpieResponse, MagpieTag,
+                                                                   PreferencePairs)}
 
 
 def register_step(cls: type[Step]) -> type[Step]:
