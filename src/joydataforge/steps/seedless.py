@@ -206,10 +206,7 @@ class Seedless(PromptedStep):
                     continue
                 items, completion = result
                 meta = call_meta(self.name, self.model, completion)
-                for item in items:
-                    if len(kept) >= n:
-                        self.counters["surplus"] += 1
-                        break
+                for item in items:  # the schema's maxItems keeps a wave within the n still missing
                     rejected = self._rejected(item, local)
                     if rejected:
                         self.counters[rejected] += 1
