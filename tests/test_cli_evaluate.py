@@ -286,3 +286,11 @@ def test_eval_with_the_local_offline_embedder_and_its_cache(tmp_path: Path) -> N
     assert 1 < semantic["vendi"]["q=1"] < 16
     with EmbeddingCache(tmp_path / "cache" / "embeddings.sqlite") as cache:
         assert cache.count() == 14  # 16 inputs, two of them repeated
+
+
+def test_select_reports_unusable_vectors(tmp_path: Path) -> None:
+    data = tmp_path / "zero.jsonl"
+    rows = [{"input": "a", "embedding": [1.0, 0.0]}, {"input": "b", "embedding": [0.0, 0.0]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = run(select_command, data, "-n", "1", "-o", tmp_path / "o.jsonl", "--embedder", "precomputed:embedding")
+    assert result.exit_code == 2 and "zero" in result.output

@@ -421,8 +421,11 @@ def select_command(data: str, count: int, output: str, method: str, seed: int, t
         _console().print(f"[yellow]-n {count} is more than the {n} records: selecting all of them[/]")
     already = list(range(n, len(everything))) or None
     space = np.zeros((len(everything), 1)) if all_vectors is None else all_vectors
-    picked = select(space, count, method="k_center" if method == "kcenter" else "random", seed=seed,
-                    already_selected=already)
+    try:
+        picked = select(space, count, method="k_center" if method == "kcenter" else "random", seed=seed,
+                        already_selected=already)
+    except ValueError as exc:  # e.g. a zero vector, which has no cosine distance
+        raise BadInput(f"--embedder {embedder}: {exc}") from None
     picked = picked[picked < n]  # never the earlier picks themselves
     ordered = [int(i) for i in (picked if order == "pick" else np.sort(picked))]
     write_jsonl(output, [records[i] for i in ordered])
