@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError
 
-BackendName = Literal["openai", "llamacpp"]
+BackendName = Literal["openai", "llamacpp", "transformers"]
 
 
 class Pricing(BaseModel):

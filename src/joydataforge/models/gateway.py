@@ -40,6 +40,9 @@ def create_backend(config: ModelConfig) -> Backend:
     if config.backend == "llamacpp":
         from .backends.llamacpp import LlamaCppBackend
         return LlamaCppBackend(config)
+    if config.backend == "transformers":
+        from .reward import TransformersRewardBackend
+        return TransformersRewardBackend(config)
     raise ModelError(f"model '{config.name}': unknown backend '{config.backend}'")
 
 
@@ -199,6 +202,52 @@ class ModelClient:
                 if self.cache is not None:
                     self.cache.put(keys[i], {"v": vector})
         return [v for v in vectors if v is not None]
+
+    async def reward(self, items: list[Messages] | list[tuple[str, str]], **params: Any) -> list[float]:
+        """One reward score per conversation (messages ending with the assistant turn to score), or per
+        ``(prompt, response)`` pair.
+
+        Cached one conversation at a time, like embeddings. The missing ones go to the backend in chunks of
+        its ``reward_batch_size`` (1 for a server: one request each; more for a local model's forward
+        pass), concurrently, each chunk under the model's limits and retries.
+        """
+        from .reward import as_conversation
+
+        conversations = [as_conversation(item, i) for i, item in enumerate(items)]
+        merged = self._params(params)
+        keys = [content_hash([self._identity, "reward", conversation, merged], 20) for conversation in conversations]
+        scores: list[float | None] = [None] * len(conversations)
+        if self.cache is not None:
+            for i, key in enumerate(keys):
+                hit = await self.cache.get(key)
+                if hit is not None:
+                    scores[i] = hit["r"]
+                    self.usage.cache_hits += 1
+        missing = [i for i, s in enumerate(scores) if s is None]
+        size = max(1, self.backend.reward_batch_size)
+        chunks = [missing[k:k + size] for k in range(0, len(missing), size)]
+
+        async def score(chunk: list[int]) -> None:
+            batch = [conversations[i] for i in chunk]
+            tokens = sum(len(m["content"]) for c in batch for m in c) // 4
+
+            async def call_backend() -> list[float]:
+                await self.limits.before_call(tokens)
+                return await self.backend.reward(batch, merged)
+
+            fresh, seconds = await self._with_retries(call_backend)
+            if len(fresh) != len(batch):
+                raise ModelError(f"model '{self.name}': {len(fresh)} reward scores for {len(batch)} conversations",
+                                 model=self.name)
+            self.limits.after_call(tokens, tokens)
+            self.usage.record(tokens, 0, seconds, self.config.pricing)
+            for i, value in zip(chunk, fresh):
+                scores[i] = float(value)
+                if self.cache is not None:
+                    self.cache.put(keys[i], {"r": float(value)})
+
+        await asyncio.gather(*(score(chunk) for chunk in chunks))
+        return [float(s) for s in scores if s is not None]
 
 
 def _estimate_tokens(payload: Any, params: dict[str, Any]) -> int:

@@ -1,4 +1,4 @@
-"""The contract every backend meets: four verbs, plain data in and out.
+"""The contract every backend meets: four verbs (chat, complete, embed, reward), plain data in and out.
 
 Backends know how to reach one kind of model and nothing else: caching, rate limits, retries and
 accounting live in the gateway, so a new backend is one small class.
@@ -60,6 +60,7 @@ class Backend(abc.ABC):
     """One model endpoint. Implementations must be safe to call concurrently from one event loop."""
 
     supports_grammar: bool = False  # the backend enforces a JSON schema while decoding
+    reward_batch_size: int = 1  # conversations per reward() call: 1 for one HTTP request each, more for local batching
 
     @abc.abstractmethod
     async def chat(self, messages: Messages, params: dict[str, Any], *,
@@ -70,6 +71,10 @@ class Backend(abc.ABC):
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         raise ModelError(f"{type(self).__name__} does not offer embeddings")
+
+    async def reward(self, conversations: list[Messages], params: dict[str, Any]) -> list[float]:
+        """One reward score per conversation (each ends with the assistant turn being scored)."""
+        raise ModelError(f"{type(self).__name__} does not offer reward scores")
 
     async def chat_template(self) -> ChatTemplateSource | None:
         """The model's own chat template, where the backend can know it (raw-completion methods need it)."""

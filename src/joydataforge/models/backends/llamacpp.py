@@ -149,6 +149,11 @@ class LlamaCppBackend(Backend):
             return None
         return await self._in_worker(self._chat_template_sync)
 
+    async def reward(self, conversations: list[Messages], params: dict[str, Any]) -> list[float]:
+        raise ModelError(f"model '{self.config.name}': the llamacpp backend cannot score rewards (a GGUF chat model "
+                         "has no reward head); use a reward model with backend: transformers, or one served by "
+                         "vLLM (backend: openai, POST /pooling)", model=self.config.name)
+
     def _embed_sync(self, texts: list[str]) -> list[list[float]]:
         data = self._llama(embedding=True).create_embedding(texts)
         return [list(map(float, row["embedding"])) for row in data["data"]]

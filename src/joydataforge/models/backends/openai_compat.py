@@ -1,6 +1,6 @@
 """Any OpenAI-compatible server: vLLM, SGLang, llama.cpp server, Ollama, TEI, hosted APIs.
 
-Speaks the three HTTP endpoints with aiohttp (chosen over httpx for its lower per-request CPU cost,
+Speaks the four HTTP endpoints (chat, completions, embeddings, and vLLM's ``/pooling`` for rewards) with aiohttp (chosen over httpx for its lower per-request CPU cost,
 which is what bounds throughput at hundreds of concurrent calls on a small machine). Classifies every
 failure as transient (the gateway retries) or final.
 """
@@ -63,11 +63,11 @@ class OpenAICompatBackend(Backend):
             )
         return self._session
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, path: str, body: dict[str, Any], *, base: str | None = None) -> dict[str, Any]:
         session = await self._session_get()
         name = self.config.name
         try:
-            async with session.post(self.base_url + path, json=body) as response:
+            async with session.post((base or self.base_url) + path, json=body) as response:
                 text = await response.text()
                 if response.status >= 400:
                     message = f"model '{name}': HTTP {response.status} from {path}: {text[:300]}"
@@ -141,6 +141,15 @@ class OpenAICompatBackend(Backend):
             return [list(map(float, row["embedding"])) for row in rows]
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"model '{self.config.name}': malformed embeddings reply", model=self.config.name) from None
+
+    async def reward(self, conversations: list[Messages], params: dict[str, Any]) -> list[float]:
+        """vLLM's pooling endpoint, one request per conversation (see :mod:`..reward` for the shapes)."""
+        from ..reward import POOLING_PATH, parse_pooling_reply, pooling_request, server_root
+
+        root = server_root(self.base_url)
+        replies = await asyncio.gather(*(self._post(POOLING_PATH, pooling_request(self.config.model, c, params),
+                                                    base=root) for c in conversations))
+        return [parse_pooling_reply(data, self.config.name) for data in replies]
 
     async def chat_template(self) -> ChatTemplateSource | None:
         """A server does not say which template it applies; ``chat_template`` in models.yaml may name the
