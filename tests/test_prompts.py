@@ -10,6 +10,8 @@ def test_builtin_prompts_exist_and_parse():
         assert required in names
     library = PromptLibrary()
     for name in names:
+        library.get(name)  # every shipped prompt parses, and its schema is a valid JSON schema
+    for name in ("en/answer", "zh/answer", "en/label", "zh/label", "zh/intent_cdss"):
         assert "input" in library.get(name).required_fields
 
 
