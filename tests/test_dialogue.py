@@ -94,8 +94,22 @@ def test_one_call_per_dialogue_one_record_per_user_turn(tmp_path):
     assert pinned["label"]["enum"] == ["BMI", "孕期孕周", "药品", "其他"]
     assert pinned["index"] == {"const": 1} and pinned["content"] == {"const": first[0]["input"]}
     assert schema["prefixItems"][4]["properties"]["index"] == {"const": 5}
-    # An emoji cannot be pinned for llama.cpp's grammar (surrogate escapes): that turn stays free.
-    assert first[4]["input"] == "不是，就这次😭" and schema["prefixItems"][4]["properties"]["content"] == {"type": "string"}
+    # An emoji cannot be a const for llama.cpp's grammar (surrogate escapes): an anchored pattern instead.
+    assert first[4]["input"] == "不是，就这次😭"
+    assert schema["prefixItems"][4]["properties"]["content"] == {"type": "string", "pattern": "^不是，就这次😭$"}
+
+
+def test_pinned_text_forms_and_validation():
+    import jsonschema
+    from joydataforge.steps.dialogue import _pinned_text
+
+    assert _pinned_text("好的") == {"const": "好的"}
+    assert _pinned_text("好 的😭") == {"type": "string"}  # a metacharacter (escaped space): left free
+    pinned = _pinned_text("就这次😭")
+    jsonschema.validate("就这次😭", pinned)
+    for wrong in ("就这次", "就这次😭!", "x就这次😭"):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(wrong, pinned)
 
 
 def test_rebuilt_history_matches_the_seed_records(tmp_path):

@@ -90,15 +90,19 @@ def history_text(messages: list[Message]) -> str:
 
 
 def _pinned_text(text: str) -> dict[str, Any]:
-    """``const`` for a turn's text, except text outside the Basic Multilingual Plane (emoji).
+    """A schema that admits exactly the turn's text, in a form llama.cpp's grammar converter gets right.
 
-    llama.cpp's schema-to-grammar converter writes a const string with JSON ``\\u`` escapes, so an emoji
-    becomes a surrogate pair, i.e. two code points no output can match: pinning it would make every
-    reply fail. Such turns stay free strings, and the content check after parsing covers them.
+    The converter writes a ``const`` string with JSON ``\\u`` escapes, so an emoji becomes a surrogate
+    pair, two code points no output can match: pinning it that way would make every reply fail. A
+    ``pattern`` keeps the characters as they are, so text outside the Basic Multilingual Plane is
+    pinned by an anchored pattern when it holds no regex metacharacter; otherwise it stays a free
+    string, and the content check after parsing covers it.
     """
-    if any(ord(ch) > 0xFFFF for ch in text):
-        return {"type": "string"}
-    return {"const": text}
+    if all(ord(ch) <= 0xFFFF for ch in text):
+        return {"const": text}
+    if re.escape(text) == text:
+        return {"type": "string", "pattern": f"^{text}$"}
+    return {"type": "string"}
 
 
 def _same_text(reply: str, turn: str) -> bool:
