@@ -212,3 +212,15 @@ def test_dedup_step_remembers_done_records_after_resume(tmp_path):
     summary = run(make_pipeline(tmp_path, steps), ScriptedBackend())
     assert summary.skipped == 2 and summary.filtered == 1
     assert [r["id"] for r in read_jsonl(tmp_path / "out" / "data.jsonl")] == ["a", "b"]
+
+
+def test_missing_api_key_stops_before_any_record(tmp_path, monkeypatch):
+    monkeypatch.delenv("JOYFORGE_TEST_KEY", raising=False)
+    registry = ModelRegistry.from_dict({"models": {"k": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1",
+                                                         "api_key_env": "JOYFORGE_TEST_KEY"}}}, "test")
+    write_jsonl(tmp_path / "in.jsonl", [{"input": "q"}])
+    pipeline = make_pipeline(tmp_path, [{"generate": {"model": "k"}}])
+    gateway = Gateway(registry, backends={"k": ScriptedBackend()})
+    with pytest.raises(ConfigError, match="JOYFORGE_TEST_KEY is not set"):
+        LocalExecutor(pipeline, registry=registry, gateway=gateway).run_sync()
+    assert not (tmp_path / "out" / "ledger.jsonl").exists()

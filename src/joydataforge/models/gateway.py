@@ -196,6 +196,9 @@ class ModelClient:
         if missing:
             batch = [texts[i] for i in missing]
             fresh, seconds = await self._with_retries(lambda: self.backend.embed(batch))
+            if len(fresh) != len(batch):  # zip would silently misalign vectors and texts
+                raise ModelError(f"model '{self.name}': {len(fresh)} embeddings for {len(batch)} texts",
+                                 model=self.name)
             self.usage.record(sum(len(texts[i]) // 4 for i in missing), 0, seconds, self.config.pricing)
             for i, vector in zip(missing, fresh):
                 vectors[i] = vector

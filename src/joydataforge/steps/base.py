@@ -85,7 +85,9 @@ class Step(abc.ABC):
     def check(self, ctx: StepContext) -> None:
         """Fail fast before the run (missing prompt, unknown model). Override to add checks."""
         for name in self.model_names():
-            ctx.gateway.registry.get(name)
+            # api_key() raises when the key's environment variable is unset: better now than as a
+            # failure on every record.
+            ctx.gateway.registry.get(name).api_key()
 
     @abc.abstractmethod
     async def run(self, record: Record, ctx: StepContext) -> list[Record] | Record | None:
