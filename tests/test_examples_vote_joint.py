@@ -5,6 +5,7 @@ either as a record of the documented shape or as a failure with its reason; the 
 summary.json must add up (gated + passed = records that reached the cascade, one call per gated record).
 """
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,16 @@ VOTERS = ["smollm2-cool", "smollm2-warm", "smollm2-hot"]
 
 
 def run_example(name: str, out: Path, limit: int) -> tuple[list[dict], list[dict], dict]:
+    """Run a copy of the example beside its data, so its call cache starts empty: real model calls."""
     from click.testing import CliRunner
     from joydataforge.cli import cli
 
-    result = CliRunner().invoke(cli, ["run", f"examples/{name}.yaml", "-o", str(out), "--limit", str(limit),
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    work = out.parent / f"{name}-example"
+    work.mkdir()
+    for file in (f"{name}.yaml", "models.yaml", "wizard_seed.jsonl"):
+        shutil.copy(examples / file, work / file)
+    result = CliRunner().invoke(cli, ["run", str(work / f"{name}.yaml"), "-o", str(out), "--limit", str(limit),
                                       "--no-progress"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
 
@@ -30,7 +37,10 @@ def run_example(name: str, out: Path, limit: int) -> tuple[list[dict], list[dict
     assert len(records) + len(failures) == limit
     for failure in failures:
         assert failure["error"] and failure["record"] is not None
-    return records, failures, json.loads((out / "summary.json").read_text("utf-8"))
+    summary = json.loads((out / "summary.json").read_text("utf-8"))
+    assert sum(m["calls"] for m in summary["models"].values()) > 0
+    assert sum(m.get("cache_hits", 0) for m in summary["models"].values()) == 0
+    return records, failures, summary
 
 
 def check_vote(record: dict) -> None:
