@@ -178,6 +178,13 @@ def magpie_command(model: str, n: int, output_dir: str, template: str, system: s
         print_summary(summary, console)
         if data is instructions:
             print_drops(summary, console)
+        elif "minhash_dedup" in summary.steps:
+            dedup = summary.steps["minhash_dedup"]
+            seen = int(dedup.get("records_in", 0))
+            removed = int(dedup.get("removed", 0))
+            if seen:
+                console.print(f"duplicates removed: {removed} of {seen} instructions ({removed / seen:.1%}, exact and "
+                              "near, this run)")
     if conversations is not None:
         for fmt in exports:
             report = export_file(out / "conversations" / "data.jsonl", out / f"export.{fmt}.jsonl", fmt)
