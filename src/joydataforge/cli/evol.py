@@ -47,16 +47,20 @@ def evol_report_command(data: str, embedder: str, field_name: str, models_file: 
         click.echo(json.dumps({"embedder": source, "rounds": [s.as_dict() for s in stats]}, ensure_ascii=False,
                               indent=2))
         return
-    Console().print(_table(stats, source))
+    console = Console()
+    console.print(_table(stats, source))
+    for s in stats:
+        if s.eliminated:
+            console.print(f"round {s.round} eliminated: " + ", ".join(f"{k} {v}" for k, v in s.eliminated.most_common()))
 
 
 def _table(stats: list[RoundStats], source: str | None) -> Table:
-    table = Table(title=f"Evol-Instruct per round (Vendi: {source or 'no embedder'})")
-    for name in ("round", "generated", "eliminated", "judged", "valid", "carried", "mean score", "Vendi", "Vendi/n"):
+    table = Table(title=f"Evol-Instruct per round (score: mean difficulty of the valid; Vendi: {source or 'no embedder'})")
+    for name in ("round", "gen", "elim", "judged", "valid", "carried", "score", "Vendi", "Vendi/n"):
         table.add_column(name, justify="right")
     for s in stats:
         table.add_row(str(s.round), str(s.generated),
-                      ", ".join(f"{k} {v}" for k, v in s.eliminated.most_common()) or "0",
+                      str(sum(s.eliminated.values())),
                       str(s.judged), str(s.valid), str(s.carried),
                       "-" if s.mean_score is None else f"{s.mean_score:.1f}",
                       "-" if s.vendi is None else f"{s.vendi:.2f}",
