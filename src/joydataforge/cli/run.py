@@ -38,6 +38,13 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
                        f"{usage['mean_latency']:.3f}s")
     if summary.models:
         console.print(models)
+    counters = {name: stats for name, stats in summary.steps.items() if stats}
+    if counters:
+        steps = Table(title="steps", title_justify="left", show_header=False)
+        for name, stats in counters.items():
+            shown = ", ".join(f"{key} {value}" for key, value in list(stats.items())[:12])
+            steps.add_row(name, shown + (" ..." if len(stats) > 12 else ""))
+        console.print(steps)
     console.print(f"output: {summary.output_dir}")
 
 
