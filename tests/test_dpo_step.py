@@ -246,6 +246,7 @@ def test_bad_candidates_field_names_the_field(tmp_path):
     ({"judges": ["j"], "margin": -1}, "margin must be"),
     ({"judges": ["j"], "scale": [5, 1]}, "scale must be"),
     ({"judges": ["j"], "temperatures": []}, "temperatures must not be empty"),
+    ({"judges": ["j"], "rationale_chars": 0}, "rationale_chars must be"),
 ])
 def test_config_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -255,8 +256,10 @@ def test_config_errors(settings, message):
 def test_custom_aspects_shape_the_schema(tmp_path):
     judge = ScriptedBackend(pointwise({"a": 5, "b": 4}))
     _, out, _ = run(tmp_path, [{"id": "r", "input": "q", "response_candidates": ["a", "b"]}],
-                    {"judges": ["judge1"], "aspects": {"tone": "Is it polite?"}, "scale": [1, 5]}, {"judge1": judge})
+                    {"judges": ["judge1"], "aspects": {"tone": "Is it polite?"}, "scale": [1, 5], "rationale_chars": 50},
+                    {"judge1": judge})
     schema = judge.calls[0]["schema"]
     assert schema["required"] == ["tone"] and schema["properties"]["tone"]["properties"]["score"]["maximum"] == 5
+    assert schema["properties"]["tone"]["properties"]["rationale"]["maxLength"] == 50
     assert "tone: Is it polite?" in judge.calls[0]["messages"][-1]["content"]
     assert out[0]["rationale_chosen"][0]["aspects"] == {"tone": {"rationale": "tone of a", "score": 5}}

@@ -58,6 +58,7 @@ class PreferencePairs(Step):
                  prompt: str = "answer", params: dict[str, Any] | None = None,
                  judge_prompt: str | None = None, judge_params: dict[str, Any] | None = None,
                  aspects: list[str] | dict[str, str] | None = None, scale: list[int] | None = None,
+                 rationale_chars: int = 200,
                  rule: str = "best_vs_worst", margin: float = 0.0, length_penalty: float = 0.0,
                  output: str = "pairs", trl_format: str = "conversational", scores_field: str = "candidate_scores",
                  keep_fields: list[str] | None = None, min_candidates: int = 2,
@@ -97,6 +98,8 @@ class PreferencePairs(Step):
         if (len(scale) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in scale)
                 or scale[0] >= scale[1]):
             raise ConfigError(f"{where}: scale must be [low, high] integers with low < high, got {scale!r}")
+        if isinstance(rationale_chars, bool) or not isinstance(rationale_chars, int) or rationale_chars < 1:
+            raise ConfigError(f"{where}: rationale_chars must be a positive integer, got {rationale_chars!r}")
         if keep_fields is not None and not (isinstance(keep_fields, list) and all(isinstance(f, str) for f in keep_fields)):
             raise ConfigError(f"{where}: keep_fields must be a list of field names, got {keep_fields!r}")
         self.judges = list(judges)
@@ -112,6 +115,7 @@ class PreferencePairs(Step):
         self.aspects = check_aspects(aspects if aspects is not None else ["helpfulness", "correctness", "harmlessness",
                                                                           "instruction_following"], where)
         self.scale = (scale[0], scale[1])
+        self.rationale_chars = rationale_chars
         self.rule = rule
         self.margin = _number(margin, where, "margin")
         self.length_penalty = _number(length_penalty, where, "length_penalty")
@@ -243,10 +247,11 @@ class PreferencePairs(Step):
         if self.scorer == "pointwise":
             return await judge_pointwise(ctx, self._template(ctx, self.judge_prompt_ref), record, texts,  # type: ignore[arg-type]
                                          self._judges, self.aspects, self.scale, self.options, self.judge_params,
-                                         self.name)
+                                         self.name, self.rationale_chars)
         if self.scorer == "pairwise":
             return await judge_pairwise(ctx, self._template(ctx, self.judge_prompt_ref), record, texts,  # type: ignore[arg-type]
-                                        self._judges, self.options, self.judge_params, self.name)
+                                        self._judges, self.options, self.judge_params, self.name,
+                                        self.rationale_chars)
         run = JudgeRun(scores=[None] * len(texts), judgements=[[] for _ in texts])
         usable = [i for i, t in enumerate(texts) if t is not None]
         prompt = self._prompt_messages(record)

@@ -33,11 +33,11 @@ DEFAULT_ASPECTS: dict[str, str] = {
     "harmlessness": "Is the answer safe, with due caution where health, law or money are at stake?",
     "instruction_following": "Does the answer do what was asked, in the requested form and language?",
 }
-PAIRWISE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"rationale": {"type": "string", "maxLength": 300}, "winner": {"type": "string", "enum": ["A", "B", "tie"]}},
-    "required": ["rationale", "winner"],
-}
+def pairwise_schema(rationale_chars: int = 300) -> dict[str, Any]:
+    return {"type": "object",
+            "properties": {"rationale": {"type": "string", "maxLength": rationale_chars},
+                           "winner": {"type": "string", "enum": ["A", "B", "tie"]}},
+            "required": ["rationale", "winner"]}
 
 
 def check_aspects(aspects: Any, where: str) -> dict[str, str]:
@@ -61,10 +61,11 @@ def check_aspects(aspects: Any, where: str) -> dict[str, str]:
     return result
 
 
-def pointwise_schema(aspects: dict[str, str], low: int, high: int) -> dict[str, Any]:
-    """One object per aspect, rationale first (the judge reasons, then scores), score bounded to the scale."""
+def pointwise_schema(aspects: dict[str, str], low: int, high: int, rationale_chars: int = 200) -> dict[str, Any]:
+    """One object per aspect, rationale first (the judge reasons, then scores), score bounded to the scale.
+    The rationale's length is bounded too, so a small judge cannot ramble past its token budget."""
     item = {"type": "object",
-            "properties": {"rationale": {"type": "string", "maxLength": 200},
+            "properties": {"rationale": {"type": "string", "maxLength": rationale_chars},
                            "score": {"type": "integer", "minimum": low, "maximum": high}},
             "required": ["rationale", "score"]}
     return {"type": "object", "properties": {name: item for name in aspects}, "required": list(aspects)}
@@ -124,9 +125,9 @@ async def _ask(ctx: StepContext, judge: Judge, messages: list[dict[str, str]], s
 
 async def judge_pointwise(ctx: StepContext, template: PromptTemplate, record: Record, texts: list[str | None],
                           judges: list[Judge], aspects: dict[str, str], scale: tuple[int, int],
-                          options: dict[str, Any], params: dict[str, Any], step: str) -> JudgeRun:
-
-    schema = pointwise_schema(aspects, *scale)
+                          options: dict[str, Any], params: dict[str, Any], step: str,
+                          rationale_chars: int = 200) -> JudgeRun:
+    schema = pointwise_schema(aspects, *scale, rationale_chars)
     shown_aspects = [{"name": name, "description": text} for name, text in aspects.items()]
     jobs: list[tuple[int, Judge]] = [(i, j) for i, text in enumerate(texts) if text is not None for j in judges]
 
@@ -163,8 +164,9 @@ async def judge_pointwise(ctx: StepContext, template: PromptTemplate, record: Re
 
 
 async def judge_pairwise(ctx: StepContext, template: PromptTemplate, record: Record, texts: list[str | None],
-                         judges: list[Judge], options: dict[str, Any], params: dict[str, Any], step: str) -> JudgeRun:
-
+                         judges: list[Judge], options: dict[str, Any], params: dict[str, Any], step: str,
+                         rationale_chars: int = 300) -> JudgeRun:
+    schema = pairwise_schema(rationale_chars)
     usable = [i for i, t in enumerate(texts) if t is not None]
     pairs = list(itertools.combinations(usable, 2))
     jobs: list[tuple[int, int, Judge, bool]] = [(i, j, judge, swapped) for i, j in pairs for judge in judges
@@ -173,7 +175,7 @@ async def judge_pairwise(ctx: StepContext, template: PromptTemplate, record: Rec
     async def one(i: int, j: int, judge: Judge, swapped: bool):
         a, b = (j, i) if swapped else (i, j)
         messages = template.render(record, {**options, "response_a": texts[a], "response_b": texts[b]})
-        return await _ask(ctx, judge, messages, PAIRWISE_SCHEMA, params, step)
+        return await _ask(ctx, judge, messages, schema, params, step)
 
     results = await asyncio.gather(*(one(*job) for job in jobs))
     run = JudgeRun(scores=[None] * len(texts), judgements=[[] for _ in texts])
