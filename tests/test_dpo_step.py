@@ -263,3 +263,18 @@ def test_custom_aspects_shape_the_schema(tmp_path):
     assert schema["properties"]["tone"]["properties"]["rationale"]["maxLength"] == 50
     assert "tone: Is it polite?" in judge.calls[0]["messages"][-1]["content"]
     assert out[0]["rationale_chosen"][0]["aspects"] == {"tone": {"rationale": "tone of a", "score": 5}}
+
+
+def test_check_refuses_a_chat_model_as_reward_model_before_the_run(tmp_path):
+    from joydataforge.prompts.renderer import PromptLibrary
+    from joydataforge.steps.base import StepContext
+
+    registry = ModelRegistry.from_dict({"models": {
+        "chat": {"backend": "llamacpp", "model_path": "smollm2"},
+        "rm": {"backend": "transformers", "model_path": str(tmp_path)}}}, "test")
+    ctx = StepContext(Gateway(registry), PromptLibrary())
+    with pytest.raises(ConfigError, match="needs a reward model"):
+        PreferencePairs(judges=["chat"], scorer="reward").check(ctx)
+    with pytest.raises(ConfigError, match="is a reward model"):
+        PreferencePairs(judges=["rm"]).check(ctx)
+    PreferencePairs(judges=["rm"], scorer="reward").check(ctx)

@@ -140,6 +140,14 @@ class PreferencePairs(Step):
 
     def check(self, ctx: StepContext) -> None:
         super().check(ctx)
+        # Fail before the run, not on every record: a chat model cannot give rewards, nor a reward model judge.
+        for judge in self.judges:
+            backend = ctx.gateway.registry.get(judge).backend
+            if self.scorer == "reward" and backend == "llamacpp":
+                raise ConfigError(f"step '{self.name}': judge '{judge}' is a llamacpp chat model; scorer 'reward' "
+                                  "needs a reward model (backend: transformers, or a vLLM server's /pooling)")
+            if self.scorer != "reward" and backend == "transformers":
+                raise ConfigError(f"step '{self.name}': judge '{judge}' is a reward model; use scorer: reward")
         if self.models:
             self._template(ctx, self.prompt_ref)
         if self.judge_prompt_ref and self.scorer != "reward":
