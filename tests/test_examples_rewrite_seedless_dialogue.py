@@ -7,6 +7,7 @@ dialogue run continues through ``dialogue-split`` and the binary fine pass when 
 label the dialogue.
 """
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,23 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text("utf-8").splitlines()] if path.exists() else []
 
 
+DATA = {"rewrite": "wizard_seed.jsonl", "seedless": "topics.jsonl", "dialogue": "cdss_dialogues.jsonl"}
+
+
 def run_example(name: str, out: Path, limit: int) -> tuple[list[dict], list[dict], dict]:
+    """Run a copy of the example beside its data, so its call cache starts empty: real model calls."""
     from joydataforge.cli import cli
 
-    result = CliRunner().invoke(cli, ["run", str(ROOT / "examples" / f"{name}.yaml"), "-o", str(out),
+    work = out.parent / f"{name}-example"
+    work.mkdir()
+    for file in (f"{name}.yaml", "models.yaml", DATA[name]):
+        shutil.copy(ROOT / "examples" / file, work / file)
+    result = CliRunner().invoke(cli, ["run", str(work / f"{name}.yaml"), "-o", str(out),
                                       "--limit", str(limit), "--no-progress"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text("utf-8"))
+    assert sum(m["calls"] for m in summary["models"].values()) > 0
+    assert sum(m.get("cache_hits", 0) for m in summary["models"].values()) == 0
     assert summary["records_in"] == limit
     assert summary["inputs_done"] + summary["failed"] + summary["filtered"] == limit
     failures = lines(out / "failures.jsonl")
@@ -101,7 +112,7 @@ def test_dialogue_example_split_and_binary_pass(tmp_path):
     from joydataforge.executors.local import LocalExecutor
     from joydataforge.pipeline import Pipeline
     pipeline = Pipeline.from_yaml(ROOT / "examples" / "dialogue_binary.yaml",
-                                  overrides={"input.path": str(split / "test.jsonl"),
+                                  overrides={"input.path": str(split / "test.jsonl"), "run.cache": None,
                                              "output.dir": str(tmp_path / "binary"), "run.progress": False})
     binary = LocalExecutor(pipeline).run_sync()
     assert binary.records_in == len(test)
