@@ -110,7 +110,8 @@ def read_taxonomy(path: Path, encoding: str | None = None, sheet: str | None = N
         topics_node = next(v for k, v in root.value if k.value == "topics")  # type: ignore[union-attr]
     else:
         if not skip:
-            yield SourceItem(where, None, InputError("a taxonomy is a list of topics or a mapping with 'topics:'", where))
+            yield SourceItem(where, None,
+                             InputError("a taxonomy is a list of topics or a mapping with 'topics:'", where))
         return 0
     unknown = set(data) - {"topics", *_DEFAULT_KEYS}
     if unknown and not skip:

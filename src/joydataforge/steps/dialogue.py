@@ -127,8 +127,9 @@ class DialogueIntent(PromptedStep):
 
     The same dialogue arriving in several input records (the seed has one record per labelled turn) is
     labelled once: later records with a dialogue id already taken in this run are dropped and counted
-    (``duplicate_dialogues``), also when the first attempt failed (it is in ``failures.jsonl`` once). Output ids are ``<dialog_id>:<turn_index>``, so duplicates left
-    over across resumed runs are recognisable, and ``dialogue-split`` drops them.
+    (``duplicate_dialogues``), also when the first attempt failed (it is in ``failures.jsonl`` once).
+    Output ids are ``<dialog_id>:<turn_index>``, so duplicates left over across resumed runs are
+    recognisable, and ``dialogue-split`` drops them.
     """
 
     kind = "dialogue_intent"
@@ -198,7 +199,8 @@ class DialogueIntent(PromptedStep):
             if value not in (None, ""):
                 return str(value)
         if self.dialog_id_field:
-            raise InputError(f"step '{self.name}': the dialogue id field is missing or empty", None, self.dialog_id_field)
+            raise InputError(f"step '{self.name}': the dialogue id field is missing or empty", None,
+                             self.dialog_id_field)
         return content_hash([[m["role"], m["content"]] for m in messages], 8)
 
     async def run(self, record: Record, ctx: StepContext) -> list[Record]:
@@ -265,7 +267,8 @@ class DialogueIntent(PromptedStep):
                 return {item["index"]: item for item in value["turns"]}, completion
             self.counters[f"rejected:{problem.split(':')[0]}"] += 1
             raw = completion.text
-        raise StepError(f"step '{self.name}': no usable labelling after {self.retries + 1} attempt(s): {problem}", raw=raw)
+        raise StepError(f"step '{self.name}': no usable labelling after {self.retries + 1} attempt(s): {problem}",
+                        raw=raw)
 
     def _mismatch(self, items: list[dict[str, Any]], messages: list[Message], positions: list[int]) -> str:
         """Why a schema-valid reply does not line up with the user turns ('' when it does)."""
@@ -279,7 +282,8 @@ class DialogueIntent(PromptedStep):
             for item in items:
                 turn = messages[positions[item["index"] - 1]]["content"]
                 if not _same_text(item["content"], turn):
-                    return f"content_mismatch: turn {item['index']} is {turn[:40]!r}, reply says {item['content'][:40]!r}"
+                    return (f"content_mismatch: turn {item['index']} is {turn[:40]!r}, "
+                            f"reply says {item['content'][:40]!r}")
         return ""
 
 

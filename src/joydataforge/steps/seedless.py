@@ -166,7 +166,8 @@ class Seedless(PromptedStep):
         where = f"step '{self.name}'"
         topic = record.get("topic")
         if not isinstance(topic, str) or not topic.strip():
-            raise InputError(f"{where}: every input record is a topic and needs a non-empty text 'topic'", None, "topic")
+            raise InputError(f"{where}: every input record is a topic and needs a non-empty text 'topic'", None,
+                             "topic")
         n = record.get("n", self.n_per_topic)
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise InputError(f"{where}: 'n' must be a non-negative integer", None, "n")
