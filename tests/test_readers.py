@@ -362,3 +362,15 @@ def test_the_error_names_file_line_and_is_an_input_error():
     assert isinstance(item.error, InputError)
     assert item.error.location == item.location
     assert str(item.error).startswith(str(FIXTURES / "bad_lines.jsonl") + ":3:")
+
+
+def test_yaml_taxonomy_is_read_as_topic_records(tmp_path):
+    from joydataforge.io.readers import iter_records
+
+    path = tmp_path / "topics.yaml"
+    path.write_text("topics:\n  - id: cooking\n    topic: home cooking\n    subtopics: [baking, sauces]\n"
+                    "  - id: tax\n    topic: personal taxes\n", "utf-8")
+    items = list(iter_records(path))
+    assert [item.record["id"] for item in items] == ["cooking", "tax"]
+    assert items[0].record["subtopics"] == ["baking", "sauces"] and items[0].error is None
+    assert items[0].location.line is not None

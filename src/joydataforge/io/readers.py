@@ -510,6 +510,13 @@ def _count_file(path: Path, encoding: str | None) -> int | None:
     return None
 
 
+def _read_yaml(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
+    """A YAML input is a topic taxonomy (seedless generation): one record per topic, located at its line."""
+    from ..taxonomy import read_taxonomy  # imported here: taxonomy builds on this module
+
+    return (yield from read_taxonomy(path, encoding, sheet, skip))
+
+
 def _supported() -> str:
     return ", ".join(sorted(_READERS))
 
@@ -521,6 +528,8 @@ _READERS: dict[str, _Reader] = {
     ".csv": _read_csv,
     ".xlsx": _read_xlsx,
     ".parquet": _read_parquet,
+    ".yaml": _read_yaml,
+    ".yml": _read_yaml,
 }
 
 #: The file extensions :func:`iter_records` reads.
