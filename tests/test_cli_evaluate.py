@@ -294,3 +294,14 @@ def test_select_reports_unusable_vectors(tmp_path: Path) -> None:
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     result = run(select_command, data, "-n", "1", "-o", tmp_path / "o.jsonl", "--embedder", "precomputed:embedding")
     assert result.exit_code == 2 and "zero" in result.output
+
+
+def test_eval_entities_from_the_offline_extractor(tmp_path: Path) -> None:
+    pytest.importorskip("jieba", reason="the offline Chinese extractor needs jieba (pip install 'joydataforge[eval]')")
+    out = tmp_path / "m.json"
+    result = run(eval_command, AGENT, "--text-field", "query", "--embedder", "none", "--entities", "offline", "-o", out)
+    assert result.exit_code == 0, result.output
+    ents = json.loads(out.read_text())["entities"]
+    assert ents["source"].startswith("offline/jieba") and ents["records"] == 10
+    assert ents["entities"]["total"] >= 1  # proper nouns found by part-of-speech tags, e.g. 陈宏
+    assert "Medications" not in ents["per_type"]  # extracted from the text, not read from the fields
