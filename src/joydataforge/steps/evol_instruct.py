@@ -282,48 +282,16 @@ class EvolInstruct(Step):
             await self._judge(root, ctx)
             calls.extend(root.calls)
         pool, rounds_out, kept = [root], [], []
-        errors_total = 0
         for round_no in range(1, self.rounds + 1):
             parents = rng.sample(pool, min(self.sample_size, len(pool)))
-            jobs = [(parent, op) for parent in parents for op in self.operations]
-            replies = await asyncio.gather(*(self._evolve(parent, op, record, ctx) for parent, op in jobs))
-            children: list[Node] = []
-            errors: list[dict[str, Any]] = []
-            for (parent, op), (items, meta, error, prompt_text) in zip(jobs, replies):
-                if meta is not None:
-                    calls.append(meta)
-                if error is not None:
-                    errors.append({"parent_id": parent.id, "operation": op.name, **error})
-                    continue
-                for instruction, label in items:
-                    node_id = f"{root_id}:r{round_no}.{len(children) + 1}"
-                    children.append(Node(node_id, instruction, label if label is not None else parent.task_label,
-                                         round_no, op.name, op.kind, parent, prompt_text=prompt_text))
-            errors_total += len(errors)
-            for child in children:  # cheap rules first, in generation order, so results never depend on timing
-                self._local_checks(child, tree)
-            await asyncio.gather(*(self._assess(child, ctx) for child in children if child.eliminated is None))
-            judged = [c for c in children if c.eliminated is None]
-            carried = select_top([{"valid": c.valid, "score": c.score, "node": c} for c in judged], self.top_fraction)
-            for item in carried:
-                item["node"].selected = True
-            for child in children:
-                calls.extend(child.calls)
-                self._count(child)
-            kept.extend(c for c in judged if c.valid == 1)
-            rounds_out.append({
-                "l_depth_instructions": [c.as_candidate() for c in judged if c.kind == "depth"],
-                "l_breadth_instructions": [c.as_candidate() for c in judged if c.kind == "breadth"],
-                "l_eliminated_instructions": [c.as_eliminated() for c in children if c.eliminated is not None],
-                "wizard_round_cnt": round_no,
-                "sampled": [p.id for p in parents],
-                "selected": [item["node"].id for item in carried],
-                "errors": errors,
-            })
-            pool = [item["node"] for item in carried]
+            entry, children, carried = await self._round(round_no, root_id, parents, record, tree, ctx, calls)
+            rounds_out.append(entry)
+            kept.extend(c for c in children if c.eliminated is None and c.valid == 1)
+            pool = carried
             if not pool:
                 self.counters["stopped_no_valid_child"] += 1
                 break
+        errors_total = sum(len(r["errors"]) for r in rounds_out)
         if errors_total and not any(r["l_depth_instructions"] or r["l_breadth_instructions"]
                                     or r["l_eliminated_instructions"] for r in rounds_out):
             first = rounds_out[0]["errors"][0]
@@ -341,6 +309,48 @@ class EvolInstruct(Step):
         meta["calls"] = list(meta.get("calls") or []) + calls
         out["_meta"] = meta
         return out
+
+    async def _round(self, round_no: int, root_id: str, parents: list[Node], record: Record, tree: TreeIndex,
+                     ctx: StepContext, calls: list[dict[str, Any]]) -> tuple[dict[str, Any], list[Node], list[Node]]:
+        """One round: evolve every sampled parent with every operation, weed, judge, select.
+
+        Returns the round's entry of the nested output, all its children, and the ones carried on.
+        """
+        jobs = [(parent, op) for parent in parents for op in self.operations]
+        replies = await asyncio.gather(*(self._evolve(parent, op, record, ctx) for parent, op in jobs))
+        children: list[Node] = []
+        errors: list[dict[str, Any]] = []
+        for (parent, op), (items, meta, error, prompt_text) in zip(jobs, replies):
+            if meta is not None:
+                calls.append(meta)
+            if error is not None:
+                errors.append({"parent_id": parent.id, "operation": op.name, **error})
+                continue
+            for instruction, label in items:
+                node_id = f"{root_id}:r{round_no}.{len(children) + 1}"
+                children.append(Node(node_id, instruction, label if label is not None else parent.task_label,
+                                     round_no, op.name, op.kind, parent, prompt_text=prompt_text))
+        for child in children:  # cheap rules first, in generation order, so results never depend on timing
+            self._local_checks(child, tree)
+        await asyncio.gather(*(self._assess(child, ctx) for child in children if child.eliminated is None))
+        judged = [c for c in children if c.eliminated is None]
+        carried = [item["node"] for item in
+                   select_top([{"valid": c.valid, "score": c.score, "node": c} for c in judged], self.top_fraction)]
+        for node in carried:
+            node.selected = True
+        for child in children:
+            calls.extend(child.calls)
+            self._count(child)
+        entry = {
+            "l_depth_instructions": [c.as_candidate() for c in judged if c.kind == "depth"],
+            "l_breadth_instructions": [c.as_candidate() for c in judged if c.kind == "breadth"],
+            "l_eliminated_instructions": [c.as_eliminated() for c in children if c.eliminated is not None],
+            "wizard_round_cnt": round_no,
+            "sampled": [p.id for p in parents],
+            "selected": [node.id for node in carried],
+            "errors": errors,
+        }
+        return entry, children, carried
 
     # ------------------------------------------------------------ one parent, one operation
 
