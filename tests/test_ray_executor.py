@@ -1,0 +1,155 @@
+"""The Ray executor on a real local Ray cluster (127.0.0.1, 2 CPUs): same outputs as the local executor,
+cluster-wide model limits, a worker killed mid-run, and distributed dedup.
+
+One Ray instance serves the whole module (starting one costs seconds on a small machine); every
+pipeline talks to the mock OpenAI server, which Ray's worker processes reach over 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Any:
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _node_ip_address="127.0.0.1")
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text("utf-8").splitlines()] if path.exists() else []
+
+
+def as_set(records: list[dict]) -> set[str]:
+    return {json.dumps(r, sort_keys=True, ensure_ascii=False) for r in records}
+
+
+def uncached(records: list[dict]) -> list[dict]:
+    """Records without the provenance's ``cached`` flags: a cache hit gives the same record otherwise."""
+    for record in records:
+        for call in record.get("_meta", {}).get("calls", []):
+            call.pop("cached", None)
+    return records
+
+
+def demo_copy(where: Path, server_url: str) -> Path:
+    """examples/demo.yaml with its data, its `smollm2` pointed at the mock server; its own empty cache."""
+    where.mkdir()
+    shutil.copy(EXAMPLES / "demo.yaml", where / "demo.yaml")
+    shutil.copy(EXAMPLES / "wizard_seed.jsonl", where / "wizard_seed.jsonl")
+    (where / "models.yaml").write_text(
+        f"models:\n  smollm2:\n    backend: openai\n    model: mock\n    base_url: {server_url}\n"
+        "    max_concurrency: 4\n", "utf-8")
+    return where / "demo.yaml"
+
+
+def cli_run(*args: str) -> dict:
+    from click.testing import CliRunner
+    from joydataforge.cli import cli
+
+    result = CliRunner().invoke(cli, ["run", *args, "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = Path(args[args.index("-o") + 1])
+    return json.loads((out / "summary.json").read_text("utf-8"))
+
+
+def test_demo_example_same_output_on_both_executors_with_cache_and_resume(ray_cluster, mock_server, tmp_path):
+    local_file = demo_copy(tmp_path / "local", mock_server.url)
+    ray_file = demo_copy(tmp_path / "ray", mock_server.url)
+    local = cli_run(str(local_file), "-o", str(tmp_path / "out-local"), "--models", str(local_file.parent / "models.yaml"))
+    # the Ray run is done in two goes: 2 records, then all: the first 2 are not redone (resume)
+    first = cli_run(str(ray_file), "-o", str(tmp_path / "out-ray"), "--models", str(ray_file.parent / "models.yaml"),
+                    "--executor", "ray", "--limit", "2")
+    assert first["inputs_done"] + first["failed"] == 2
+    resumed = cli_run(str(ray_file), "-o", str(tmp_path / "out-ray"), "--models", str(ray_file.parent / "models.yaml"),
+                      "--executor", "ray")
+    assert resumed["skipped"] == 2 and resumed["inputs_done"] + resumed["failed"] == 3
+    for name in ("data.jsonl", "failures.jsonl"):
+        assert as_set(lines(tmp_path / "out-local" / name)) == as_set(lines(tmp_path / "out-ray" / name)), name
+    assert lines(tmp_path / "out-local" / "data.jsonl") == lines(tmp_path / "out-ray" / "data.jsonl")  # order too
+    assert local["records_out"] == 5 and local["failed"] == 0
+    calls = lambda s: sum(m["calls"] for m in s["models"].values())  # noqa: E731
+    assert calls(first) + calls(resumed) == calls(local) > 0  # the workers' usage reaches the summary
+    assert resumed["steps"]["label"] and resumed["steps"] == {k: v for k, v in resumed["steps"].items() if v}
+    # the workers wrote the call cache (the pipeline's own file): a fresh Ray run is all cache hits
+    again = cli_run(str(ray_file), "-o", str(tmp_path / "out-ray-2"), "--models", str(ray_file.parent / "models.yaml"),
+                    "--executor", "ray")
+    assert calls(again) == 0 and again["cache_hits"] == calls(local)
+    assert as_set(uncached(lines(tmp_path / "out-ray-2" / "data.jsonl"))) == \
+        as_set(uncached(lines(tmp_path / "out-local" / "data.jsonl")))
+
+
+def write_pipeline(tmp_path: Path, url: str, n: int, max_concurrency: int, concurrency: int,
+                   cache: str | None = None) -> Path:
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{i}", "input": f"question {i}"}) + "\n" for i in range(n)), "utf-8")
+    (tmp_path / "models.yaml").write_text(
+        f"models:\n  mock:\n    backend: openai\n    model: mock\n    base_url: {url}\n"
+        f"    max_concurrency: {max_concurrency}\n", "utf-8")
+    (tmp_path / "pipeline.yaml").write_text(
+        "input: {path: in.jsonl}\nmodels: models.yaml\n"
+        "steps:\n  - generate: {model: mock, prompt: en/answer}\n"
+        f"output: {{dir: out}}\nrun: {{concurrency: {concurrency}, cache: {cache or 'null'}, executor: ray}}\n",
+        "utf-8")
+    return tmp_path / "pipeline.yaml"
+
+
+def test_model_concurrency_limit_holds_across_the_cluster(ray_cluster, mock_server_factory, tmp_path):
+    from joydataforge.executors.ray_executor import RayExecutor
+    from joydataforge.pipeline import Pipeline
+
+    server = mock_server_factory(latency=0.05)
+    pipeline = Pipeline.from_yaml(write_pipeline(tmp_path, server.url, n=60, max_concurrency=3, concurrency=16))
+    executor = RayExecutor(pipeline, progress=False, workers=2)
+    summary = executor.run_sync()
+    assert summary.records_out == 60 and summary.failed == 0
+    # 2 workers x 8 records in flight each, but the model allows 3 at once: the server never saw more
+    assert server.stats()["max_in_flight"] == 3
+
+
+def test_worker_killed_mid_run_every_record_exactly_once(ray_cluster, mock_server_factory, tmp_path):
+    from joydataforge.executors.ray_executor import RayExecutor
+    from joydataforge.pipeline import Pipeline
+
+    n = 240
+    server = mock_server_factory(latency=0.03)
+    pipeline = Pipeline.from_yaml(write_pipeline(tmp_path, server.url, n=n, max_concurrency=8, concurrency=8))
+    executor = RayExecutor(pipeline, progress=False, workers=2)
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(summary=executor.run_sync()), daemon=True)
+    thread.start()
+    data = tmp_path / "out" / "data.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (data.exists() and len(data.read_bytes().splitlines()) >= 30):
+        time.sleep(0.02)
+    victim = ray.get(executor.workers[0].pid.remote())
+    os.kill(victim, signal.SIGKILL)
+    at_kill = len(data.read_bytes().splitlines())
+    thread.join(180)
+    assert not thread.is_alive()
+    assert 0 < at_kill < n, "the kill must land mid-run for this test to mean anything"
+    summary = result["summary"]
+    ids = [r["id"] for r in lines(data)]
+    assert ids == [f"r{i}" for i in range(n)]  # every record, once, in input order
+    assert summary.failed == 0 and not lines(tmp_path / "out" / "failures.jsonl")
+    ledger = [e["id"] for e in lines(tmp_path / "out" / "ledger.jsonl")]
+    assert sorted(ledger) == sorted(ids) and len(ledger) == n
