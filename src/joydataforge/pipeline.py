@@ -43,6 +43,8 @@ class RunConfig(BaseModel):
     prompts_dir: str | None = None
     retry_failed: bool = False
     progress: bool = True
+    executor: Literal["local", "ray"] = Field(default="local",
+                                              description="ray: run on a Ray cluster (pip install joydataforge[ray])")
 
 
 class Pipeline(BaseModel):

@@ -59,15 +59,18 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
 @click.option("--retry-failed", is_flag=True, help="Redo records that failed in an earlier run of this folder.")
 @click.option("--overwrite", is_flag=True, help="Start afresh: delete this folder's earlier output first.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs and CI).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="Where records run (overrides run.executor).")
+@click.option("--address", help="Ray cluster to join ('auto', 'ray://HOST:10001'); default: RAY_ADDRESS, "
+                                "else a local one.")
 def run_command(pipeline_file: str, output_dir: str | None, start: int | None, limit: int | None,
                 concurrency: int | None, models_file: str | None, order: str | None, retry_failed: bool,
-                overwrite: bool, no_progress: bool) -> None:
+                overwrite: bool, no_progress: bool, executor: str | None, address: str | None) -> None:
     """Run PIPELINE_FILE (YAML). Re-running the same command resumes where it stopped."""
     from ..executors.local import LocalExecutor
 
     overrides: dict[str, Any] = {}
     for key, value in (("input.start", start), ("input.limit", limit), ("run.concurrency", concurrency),
-                       ("output.order", order)):
+                       ("output.order", order), ("run.executor", executor)):
         if value is not None:
             overrides[key] = value
     if retry_failed:
@@ -80,5 +83,10 @@ def run_command(pipeline_file: str, output_dir: str | None, start: int | None, l
     if models_file is not None:
         import os
         pipeline.models = os.path.abspath(models_file)
-    summary = LocalExecutor(pipeline, overwrite=overwrite, progress=False if no_progress else None).run_sync()
+    progress = False if no_progress else None
+    if pipeline.run.executor == "ray":
+        from ..executors.ray_executor import RayExecutor
+        summary = RayExecutor(pipeline, overwrite=overwrite, progress=progress, address=address).run_sync()
+    else:
+        summary = LocalExecutor(pipeline, overwrite=overwrite, progress=progress).run_sync()
     print_summary(summary)
