@@ -9,6 +9,7 @@ from .. import __version__
 from ..errors import JoyForgeError
 from .dialogue import dialogue_split_command
 from .evaluate import dedup_command, eval_command, select_command
+from .evol import evol_group
 from .models import models_group
 from .prompts import prompts_group
 from .run import run_command
@@ -30,8 +31,8 @@ def cli() -> None:
     """
 
 
-for command in (run_command, eval_command, dedup_command, select_command, dialogue_split_command, models_group,
-                prompts_group):
+for command in (run_command, eval_command, dedup_command, select_command, dialogue_split_command, evol_group,
+                models_group, prompts_group):
     cli.add_command(command)
 
 
