@@ -167,12 +167,14 @@ def deduplicate(
     seed: int = 1,
     id_field: str = "id",
     chunk_size: int = 2048,
+    clusterer: Callable[..., ClusterResult] | None = None,
 ) -> DedupResult:
     """Remove (or tag) near-duplicate records, within ``records`` and against ``reference``.
 
     Records are never modified: kept records are returned as they came (``tag`` returns copies with
     the two fields added), removed records as copies with ``duplicate_of`` and ``cluster_id``. Order is
-    the input order. See the module docstring for the policies.
+    the input order. See the module docstring for the policies. ``clusterer`` replaces
+    :func:`near_duplicate_clusters` (same arguments and result), e.g. by its Ray version.
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
@@ -184,7 +186,7 @@ def deduplicate(
     input_ids = IdAssigner(id_field)
     ids = [reference_ids(r) for r in reference_records] + [input_ids(r) for r in records]
     hasher = MinHasher(num_perm=num_perm, ngram=ngram, mode=mode, seed=seed)
-    found = near_duplicate_clusters(
+    found = (clusterer or near_duplicate_clusters)(
         (record_text(r, text_fields) for r in records),
         threshold=threshold,
         hasher=hasher,
