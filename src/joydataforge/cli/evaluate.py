@@ -328,8 +328,12 @@ def eval_command(data: str, output: str | None, report_path: str | None, text_fi
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Processes for the signatures.")
 @click.option("--seed", default=1, show_default=True, type=int, help="Picks the hash functions.")
 @click.option("--skip-bad", is_flag=True, help="Leave out records that cannot be read instead of stopping.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: signatures, LSH bands and verification as Ray tasks (the cluster of RAY_ADDRESS, else a "
+                   "local one); the same result.")
 def dedup_command(data: str, output: str, threshold: float, fields: tuple[str, ...], policy: str, reference: str | None,
-                  removed_path: str | None, num_perm: int, workers: int, seed: int, skip_bad: bool) -> None:
+                  removed_path: str | None, num_perm: int, workers: int, seed: int, skip_bad: bool,
+                  executor: str) -> None:
     """Remove near-duplicate records of DATA (MinHash + LSH) and write the rest to -o.
 
     \b
@@ -344,7 +348,8 @@ def dedup_command(data: str, output: str, threshold: float, fields: tuple[str, .
     reference_records = read_dataset(reference, skip_bad=skip_bad, what="--reference")[0] if reference else None
     try:
         result = deduplicate(records, text_fields=list(names), threshold=threshold, policy=policy,  # type: ignore[arg-type]
-                             reference=reference_records, workers=workers, num_perm=num_perm, seed=seed)
+                             reference=reference_records, workers=workers, num_perm=num_perm, seed=seed,
+                             clusterer=_ray_clusterer() if executor == "ray" else None)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     write_jsonl(output, result.kept)
@@ -366,6 +371,12 @@ def dedup_command(data: str, output: str, threshold: float, fields: tuple[str, .
     console = _console()
     console.print(table)
     console.print(f"output: {output}" + (f"; removed: {removed_path}" if removed_path else ""))
+
+
+def _ray_clusterer() -> Any:
+    from ..executors.ray_dedup import ray_near_duplicate_clusters
+
+    return ray_near_duplicate_clusters
 
 
 # --- select ----------------------------------------------------------------------------------------
