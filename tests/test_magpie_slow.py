@@ -122,3 +122,19 @@ def test_cli_runs_both_stages_and_exports(tmp_path):
         assert row["conversations"][-1] == {"from": "gpt", "value": record["target"]}
     # The written pipeline files are real pipelines: `joyforge run` accepts them.
     Pipeline.from_yaml(out / "magpie-conversations.yaml")
+
+
+def test_example_pipeline_runs_on_the_embedded_model(tmp_path):
+    example = Path(__file__).parent.parent / "examples" / "magpie.yaml"
+    pipeline = Pipeline.from_yaml(example, overrides={"input.limit": 2, "run.cache": None})
+    pipeline.output.dir = str(tmp_path / "out")
+    summary = LocalExecutor(pipeline, progress=False).run_sync()
+    assert summary.records_in == 2 and summary.inputs_done + summary.filtered + summary.failed == 2
+    failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert len(failures) == summary.failed and all(f["raw"] is not None or f["error"] for f in failures)
+    for record in read_jsonl(tmp_path / "out" / "data.jsonl"):
+        assert record["input"] and record["target"] and record["messages"][-1]["content"] == record["target"]
+        assert record["task_category"] in {"Information seeking", "Reasoning", "Planning", "Editing",
+                                           "Coding & Debugging", "Math", "Role playing", "Data analysis",
+                                           "Creative writing", "Advice seeking", "Brainstorming", "Others"}
+        assert record["input_quality"] in {"very poor", "poor", "average", "good", "excellent"}
