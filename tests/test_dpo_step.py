@@ -113,7 +113,7 @@ def test_pointwise_two_judges_averaged_best_vs_worst(tmp_path):
     stats = summary.steps["dpo"]
     # Judges order (good, bad), (good, ok), (bad, ok): they agree on 2 of 3.
     assert stats["agreement:judge_pairs_compared"] == 3 and stats["judge_agreement"] == round(2 / 3, 4)
-    assert stats["pairs_made"] == 1 and stats["judge_calls"] == 6 and stats["judge_failures"] == 0
+    assert stats["pairs_made"] == 1 and stats["judge_calls"] == 6 and "judge_failures" not in stats
     assert len(pair["_meta"]["calls"]) == 6
 
 

@@ -104,8 +104,7 @@ def test_dpo_example_on_the_embedded_model(tmp_path):
             assert source["origin"] == "generated" and source["model"] == "smollm2-answer"
             assert source["params"]["temperature"] in (0.3, 0.9) and source["sample"] in (0, 1)
         for judgement in pair["rationale_chosen"]:
-            assert "error" in judgement or set(judgement["aspects"]) == {
-                "helpfulness", "correctness", "harmlessness", "instruction_following"}
+            assert "error" in judgement or set(judgement["aspects"]) == {"helpfulness", "correctness"}
     if pairs:
         dataset = load_like_trl(out / "data.jsonl")
         assert len(dataset) == len(pairs) and check_trl_rows(dataset) == "conversational"

@@ -210,8 +210,10 @@ class PreferencePairs(Step):
             return {**entry, "text": completion.text.strip()}, completion
 
         results = await asyncio.gather(*(one(*job) for job in jobs))
-        calls = [{**call_meta(self.name, e["model"], c), "role": f"candidate#{e['sample']}"}
-                 for e, c in results if c is not None]
+        # Role names the candidate by its place among the generated ones (model, temperature and sample
+        # are in its provenance), so two temperatures' sample 0 stay apart.
+        calls = [{**call_meta(self.name, e["model"], c), "role": f"candidate#{k}"}
+                 for k, (e, c) in enumerate(results) if c is not None]
         self.counters["generate_calls"] += len(jobs)
         return [e for e, _ in results], calls
 
@@ -343,14 +345,16 @@ class PreferencePairs(Step):
                             raw=json.dumps(candidates, ensure_ascii=False)[:20000])
         run = await self._score(record, texts, ctx)
         calls += run.calls
-        self.counters["judge_calls"] += run.calls_made
-        self.counters["judge_failures"] += run.failures
-        self.counters["agreement:judge_pairs_compared"] += run.judge_pairs_compared
-        self.counters["agreement:judge_pairs_agree"] += run.judge_pairs_agree
-        self.counters["agreement:orders_compared"] += run.orders_compared
-        self.counters["agreement:orders_consistent"] += run.orders_consistent
+        for key, value in (("judge_calls", run.calls_made), ("judge_failures", run.failures),
+                           ("agreement:judge_pairs_compared", run.judge_pairs_compared),
+                           ("agreement:judge_pairs_agree", run.judge_pairs_agree),
+                           ("agreement:orders_compared", run.orders_compared),
+                           ("agreement:orders_consistent", run.orders_consistent)):
+            if value:  # a pointwise run has no order agreement: leave it out rather than report 0 of 0
+                self.counters[key] += value
         scored = sum(s is not None for s in run.scores)
-        self.counters["candidates_unscored"] += usable - scored
+        if usable > scored:
+            self.counters["candidates_unscored"] += usable - scored
         if scored < need:
             self.counters["too_few_scored"] += 1
             failures = [j for per in run.judgements for j in per if "error" in j]
