@@ -34,7 +34,7 @@ test-slow: $(STAMP)
 
 ## Headless Chromium for the report's browser test (Debian package); the test skips if it is missing.
 browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) \
 		|| echo "chromium not installed: the report's browser test will be skipped"
 
 bench: $(STAMP)
