@@ -108,3 +108,33 @@ def test_dpo_example_on_the_embedded_model(tmp_path):
     if pairs:
         dataset = load_like_trl(out / "data.jsonl")
         assert len(dataset) == len(pairs) and check_trl_rows(dataset) == "conversational"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_dpo_pairwise_example_reports_order_agreement(tmp_path):
+    from click.testing import CliRunner
+    from joydataforge.cli import cli
+
+    work = tmp_path / "example"
+    work.mkdir()
+    for name in ("dpo_pairwise.yaml", "dpo_models.yaml", "wizard_seed.jsonl"):
+        shutil.copy(EXAMPLES / name, work / name)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["run", str(work / "dpo_pairwise.yaml"), "-o", str(out), "--limit", "1",
+                                      "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    stats = json.loads((out / "summary.json").read_text("utf-8"))["steps"]["dpo"]
+    # 4 candidates -> 6 pairs, each asked in both orders by one judge.
+    assert stats["judge_calls"] == 12
+    compared = stats.get("agreement:orders_compared", 0)  # pairs whose two orders both answered
+    assert 6 - stats.get("judge_failures", 0) <= compared <= 6
+    if compared:
+        assert stats["order_agreement"] == round(stats.get("agreement:orders_consistent", 0) / compared, 4)
+    pairs = [json.loads(x) for x in (out / "data.jsonl").read_text("utf-8").splitlines()]
+    assert stats.get("pairs_made", 0) == len(pairs)
+    for pair in pairs:
+        (verdict,) = pair["rationale_chosen"]
+        assert verdict["verdict"] != 0 and verdict["ij"]["prefers"] == verdict["ji"]["prefers"]
+    if pairs:
+        check_trl_rows(load_like_trl(out / "data.jsonl"))

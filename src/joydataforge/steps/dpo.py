@@ -202,7 +202,9 @@ class PreferencePairs(Step):
                     jobs.append((model, params, sample))
 
         async def one(model: str, params: dict[str, Any], sample: int):
-            entry: dict[str, Any] = {"origin": "generated", "model": model, "params": params, "sample": sample}
+            # Provenance shows the effective settings: the model's defaults (models.yaml) under the step's.
+            effective = {**ctx.model(model).config.params, **params}
+            entry: dict[str, Any] = {"origin": "generated", "model": model, "params": effective, "sample": sample}
             try:
                 completion = await ctx.model(model).chat(messages, sample=sample, **params)
             except ModelError as exc:
