@@ -131,9 +131,10 @@ def test_worker_killed_mid_run_every_record_exactly_once(ray_cluster, mock_serve
     from joydataforge.executors.ray_executor import RayExecutor
     from joydataforge.pipeline import Pipeline
 
-    n = 240
-    server = mock_server_factory(latency=0.03)
-    pipeline = Pipeline.from_yaml(write_pipeline(tmp_path, server.url, n=n, max_concurrency=8, concurrency=8))
+    n = 200
+    server = mock_server_factory(latency=0.01)
+    # One slot for the whole cluster: had the killed worker's slot not come back, the run would hang.
+    pipeline = Pipeline.from_yaml(write_pipeline(tmp_path, server.url, n=n, max_concurrency=1, concurrency=8))
     executor = RayExecutor(pipeline, progress=False, workers=2)
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(summary=executor.run_sync()), daemon=True)

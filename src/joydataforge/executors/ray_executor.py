@@ -93,12 +93,11 @@ class StepWorker:
     record through the steps and to turn errors into failure records.
     """
 
-    def __init__(self, pipeline_blob: bytes, limits_name: str, holder: str, in_flight: int):
+    def __init__(self, pipeline_blob: bytes, limits_name: str, name: str, in_flight: int):
         import ray
 
         pipeline, registry = ray.cloudpickle.loads(pipeline_blob)
-
-        self.holder = holder
+        self.holder = holder = f"{name}#{uuid.uuid4().hex[:12]}"  # a new incarnation after each restart
         self.limits = ray.get_actor(limits_name)
         self.local = LocalExecutor(pipeline, registry=registry, progress=False)
         cache_path = pipeline.resolve(pipeline.run.cache) if pipeline.run.cache else None
@@ -119,7 +118,7 @@ class StepWorker:
         """Outcomes of a batch, plus the model usage and step counters accrued since the last report."""
         if not self._released:
             # Slots an earlier incarnation of this worker held when it was killed go back first.
-            await self.limits.release_holder.remote(self.holder)
+            await self.limits.retire_others.remote(self.holder)
             self._released = True
 
         async def one(seq: int, source_id: str, record: Record, location: Location) -> Outcome:
