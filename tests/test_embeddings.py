@@ -170,13 +170,13 @@ async def test_local_inference_runs_off_the_event_loop():
 
 async def test_embed_records_fields_and_progress():
     records = [{"input": "q1", "history": [["u", "a"]]}, {"input": "q2"}, {"other": "x"}]
-    assert record_text(records[0], ("input", "history")) == 'q1\n[["u", "a"]]'
+    assert record_text(records[0], ("input", "history")) == 'q1\nu\na'  # history: message contents only
     assert record_text(records[2], ("input",)) == ""
     inner = CountingEmbedder()
     done: list[int] = []
     out = await embed_records(records, inner, text=("input", "history"), batch_size=2, progress=done.append)
     assert out.shape == (3, 8) and done == [2, 3]
-    assert inner.calls[0] == ['q1\n[["u", "a"]]', "q2"]
+    assert inner.calls[0] == ['q1\nu\na', "q2"]
     out2 = await embed_records(records, inner, text=lambda r: r.get("other", "none"))
     np.testing.assert_allclose(out2[2], fake_vector("x"))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 Message = dict[str, str]
 
@@ -113,3 +113,39 @@ def history_as_text(messages: Iterable[Message], user: str = "user", assistant: 
     """Render messages one per line, for prompts that show a dialogue as text."""
     names = {"user": user, "assistant": assistant, "system": "system"}
     return "\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+
+
+TextFields = str | Sequence[str] | Callable[[dict[str, Any]], str]
+
+
+def _flatten(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        if name == "history":  # the seed's "用户: ... / 助手: ..." dialogue: drop the role prefixes
+            return "\n".join(m["content"] for m in normalize_history(value))
+        return value
+    if isinstance(value, list):
+        try:
+            return "\n".join(m["content"] for m in normalize_history(value))
+        except TypeError:
+            return "\n".join(_flatten(name, item) for item in value)
+    if isinstance(value, (int, float, bool)):
+        return str(value)
+    return canonical_json(value)
+
+
+def record_text(record: dict[str, Any], fields: "TextFields" = "input") -> str:
+    """The text of a record that dedup, embeddings and reports measure: one definition, so they agree.
+
+    ``fields`` is a field name, a list of names (their texts joined by newlines, e.g. ``["input",
+    "history"]``) or a function of the record. ``history`` in any of its shapes (``[user, assistant]``
+    pairs, ``{role, content}`` messages, a newline-joined ``用户:/助手:`` string) contributes the
+    message contents only, so the same dialogue in two shapes gives the same text. Missing fields count
+    as empty.
+    """
+    if callable(fields):
+        return fields(record)
+    names = [fields] if isinstance(fields, str) else list(fields)
+    parts = [_flatten(name, record.get(name)) for name in names]
+    return "\n".join(p for p in parts if p)

@@ -50,6 +50,8 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 
 import numpy as np
 
+from ..records import record_text
+
 from ..records import canonical_json
 
 DEFAULT_EMBEDDER = "use-multilingual-v3"
@@ -401,21 +403,6 @@ def make_embedder(name: str = DEFAULT_EMBEDDER, **options: Any) -> Embedder:
 
 
 TextOf = Callable[[dict[str, Any]], str]
-
-
-def record_text(record: dict[str, Any], fields: Sequence[str] = ("input",)) -> str:
-    """The text to embed for a record: the named fields that are present, joined by a newline.
-
-    Lists and dicts (a history, a target object) are rendered as compact JSON so that they still
-    contribute their words; a missing field contributes nothing.
-    """
-    parts = []
-    for field in fields:
-        value = record.get(field)
-        if value is None or value == "" or value == []:
-            continue
-        parts.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
-    return "\n".join(parts)
 
 
 async def embed_records(records: Sequence[dict[str, Any]], embedder: Embedder, *,

@@ -18,11 +18,11 @@ from __future__ import annotations
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 
-from ..records import IdAssigner, canonical_json, normalize_history
+from ..records import IdAssigner, TextFields, record_text
 from .lsh import DEDUP_WEIGHTS, LSHIndex
 from .minhash import MinHasher
 from .minhash_clusters import UnionFind, clusters_from_roots
@@ -30,41 +30,7 @@ from .shingles import Mode
 
 Record = dict[str, Any]
 Policy = Literal["first", "longest", "tag"]
-TextFields = str | Sequence[str] | Callable[[Record], str]
 POLICIES = ("first", "longest", "tag")
-
-
-def _flatten(name: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        if name == "history":  # the seed's "用户: ... / 助手: ..." dialogue: drop the role prefixes
-            return "\n".join(m["content"] for m in normalize_history(value))
-        return value
-    if isinstance(value, list):
-        try:
-            return "\n".join(m["content"] for m in normalize_history(value))
-        except TypeError:
-            return "\n".join(_flatten(name, item) for item in value)
-    if isinstance(value, (int, float, bool)):
-        return str(value)
-    return canonical_json(value)
-
-
-def record_text(record: Record, fields: TextFields = "input") -> str:
-    """The text a record is deduplicated on.
-
-    ``fields`` is a field name, a list of names (their texts joined by newlines, e.g. ``["input",
-    "history"]``) or a function of the record. ``history`` in any of its shapes (``[user, assistant]``
-    pairs, ``{role, content}`` messages, a newline-joined ``用户:/助手:`` string) contributes the
-    message contents only, so the same dialogue in two shapes gives the same text. Missing fields count
-    as empty.
-    """
-    if callable(fields):
-        return fields(record)
-    names = [fields] if isinstance(fields, str) else list(fields)
-    parts = [_flatten(name, record.get(name)) for name in names]
-    return "\n".join(p for p in parts if p)
 
 
 @dataclass
