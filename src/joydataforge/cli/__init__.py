@@ -10,6 +10,7 @@ from ..errors import JoyForgeError
 from .dialogue import dialogue_split_command
 from .evaluate import dedup_command, eval_command, select_command
 from .evol import evol_group
+from .magpie import magpie_command
 from .models import models_group
 from .prompts import prompts_group
 from .run import run_command
@@ -32,7 +33,7 @@ def cli() -> None:
 
 
 for command in (run_command, eval_command, dedup_command, select_command, dialogue_split_command, evol_group,
-                models_group, prompts_group):
+                magpie_command, models_group, prompts_group):
     cli.add_command(command)
 
 
