@@ -1,4 +1,4 @@
-"""The Ray executor on a real local Ray cluster (127.0.0.1, 2 CPUs): same outputs as the local executor,
+"""The Ray executor on a real local two-node Ray cluster (1 CPU each): same outputs as the local executor,
 cluster-wide model limits, a worker killed mid-run, and distributed dedup.
 
 One Ray instance serves the whole module (starting one costs seconds on a small machine); every
@@ -27,13 +27,25 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Any:
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _node_ip_address="127.0.0.1")
-    yield ray
-    if started:
+    """A real two-node Ray cluster on this machine (a head and a worker node, 1 CPU each: two raylets, two
+    object stores), by Ray's own ``Cluster`` utility, which stops exactly the processes it started."""
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():  # an outer cluster (e.g. RAY_ADDRESS in CI): use it as it is
+        yield ray
+        return
+    # Both nodes on this machine (Ray names them by the machine's own interface address; nothing is
+    # reachable from outside it in the test environment).
+    node = {"num_cpus": 1}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    try:
+        cluster.add_node(**node)
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        cluster.wait_for_nodes()
+        yield ray
+    finally:
         ray.shutdown()
+        cluster.shutdown()
 
 
 def lines(path: Path) -> list[dict]:
@@ -121,7 +133,19 @@ def test_model_concurrency_limit_holds_across_the_cluster(ray_cluster, mock_serv
     server = mock_server_factory(latency=0.05)
     pipeline = Pipeline.from_yaml(write_pipeline(tmp_path, server.url, n=60, max_concurrency=3, concurrency=16))
     executor = RayExecutor(pipeline, progress=False, workers=2)
-    summary = executor.run_sync()
+    nodes: set[str] = set()
+    thread = threading.Thread(target=lambda: executor.run_sync(), daemon=True)
+    thread.start()
+    while thread.is_alive() and len(nodes) < 2:  # the two workers are spread over the two nodes
+        if executor.workers:
+            try:
+                nodes = set(ray.get([w.node.remote() for w in executor.workers], timeout=10))
+            except ray.exceptions.RayError:
+                break  # the run ended and stopped its workers meanwhile
+        time.sleep(0.05)
+    thread.join(120)
+    summary = executor.summary
+    assert len(nodes) == 2
     assert summary.records_out == 60 and summary.failed == 0
     # 2 workers x 8 records in flight each, but the model allows 3 at once: the server never saw more
     assert server.stats()["max_in_flight"] == 3

@@ -151,6 +151,11 @@ class StepWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     async def close(self) -> None:
         await self.gateway.close()
         if self.cache is not None:
@@ -250,8 +255,10 @@ class RayExecutor(LocalExecutor):
             cpus = int(ray.cluster_resources().get("CPU", 1) // max(self.worker_cpus, 1e-3))
             count = max(1, min(cpus, concurrency))
         per_worker = math.ceil(concurrency / count)
+        # SPREAD: one worker per node first, so that a cluster's model traffic leaves from all its machines.
         remote = ray.remote(StepWorker).options(num_cpus=self.worker_cpus, max_restarts=-1, max_task_retries=-1,
-                                                max_concurrency=max(8, 4 * BATCHES_PER_WORKER))
+                                                max_concurrency=max(8, 4 * BATCHES_PER_WORKER),
+                                                scheduling_strategy="SPREAD")
         self.workers = [remote.remote(self._pipeline_blob, self.limits_name, f"worker-{i}",
                                       per_worker) for i in range(count)]
         return self.workers
