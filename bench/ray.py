@@ -81,7 +81,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            print(f"{'round':>5} {'local rec/s':>12} {'ray rec/s':>10} {'local/ideal':>12} {'ray/ideal':>10} {'ray/local':>10}")
+            print(f"{'round':>5} {'local rec/s':>12} {'ray rec/s':>10} {'local/ideal':>12} {'ray/ideal':>10} "
+                  f"{'ray/local':>10}")
             ratios = []
             for r in range(args.rounds):
                 local_pipe = Pipeline.from_yaml(write_pipeline(folder, server.url, args.n, args.concurrency, "local"))

@@ -88,7 +88,8 @@ def cli_run(*args: str) -> dict:
 def test_demo_example_same_output_on_both_executors_with_cache_and_resume(ray_cluster, mock_server, tmp_path):
     local_file = demo_copy(tmp_path / "local", mock_server.url)
     ray_file = demo_copy(tmp_path / "ray", mock_server.url)
-    local = cli_run(str(local_file), "-o", str(tmp_path / "out-local"), "--models", str(local_file.parent / "models.yaml"))
+    local = cli_run(str(local_file), "-o", str(tmp_path / "out-local"),
+                    "--models", str(local_file.parent / "models.yaml"))
     # the Ray run is done in two goes: 2 records, then all: the first 2 are not redone (resume)
     first = cli_run(str(ray_file), "-o", str(tmp_path / "out-ray"), "--models", str(ray_file.parent / "models.yaml"),
                     "--executor", "ray", "--limit", "2")
