@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip wheel
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e ".[embedded,server,eval,reward,test,bench]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e ".[embedded,server,eval,reward,ray,test,bench]"
 	touch $(STAMP)
 
 ## make demo: set up, then answer and label seed records with the embedded model (no server, no key)
