@@ -23,14 +23,14 @@ demo: $(STAMP)
 
 ## make test: set up, then the fast suite, then the slow integration tests (real model, real server)
 test: $(STAMP) browser
-	$(PY) -m pytest -q
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs -m slow
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -rs -m slow
 
 ## Headless Chromium for the report's browser test (Debian package); the test skips if it is missing.
 browser:

@@ -23,7 +23,7 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text("utf-8").splitlines()] if path.exists() else []
 
 
-DATA = {"rewrite": "wizard_seed.jsonl", "seedless": "topics.jsonl", "dialogue": "cdss_dialogues.jsonl"}
+DATA = {"rewrite": "wizard_seed.jsonl", "seedless": "topics.yaml", "dialogue": "cdss_dialogues.jsonl"}
 
 
 def run_example(name: str, out: Path, limit: int) -> tuple[list[dict], list[dict], dict]:
