@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import gc
 import hashlib
-import json
 import time
 import traceback
 from dataclasses import dataclass, field

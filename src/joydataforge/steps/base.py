@@ -16,7 +16,7 @@ from ..records import content_hash
 
 if TYPE_CHECKING:
     from ..models.gateway import Gateway, ModelClient
-    from ..prompts.renderer import PromptLibrary
+    from ..prompts.renderer import PromptLibrary, PromptTemplate
 
 Record = dict[str, Any]
 
@@ -78,9 +78,17 @@ class Step(abc.ABC):
         """Named models this step calls, so the run can check them before it starts."""
         return []
 
+    def prompt(self, ctx: StepContext, ref: str) -> "PromptTemplate":
+        """A prompt this step renders, remembered so :meth:`required_fields` can report what they need."""
+        used: dict[str, PromptTemplate] = self.__dict__.setdefault("_prompts_used", {})
+        if ref not in used:
+            used[ref] = ctx.prompts.get(ref)
+        return used[ref]
+
     def required_fields(self) -> set[str]:
-        """Record fields that must be present; checked per record with a clear error."""
-        return set()
+        """Record fields that must be present: those of the prompts this step has loaded."""
+        used = self.__dict__.get("_prompts_used", {})
+        return set().union(*(t.required_fields for t in used.values())) if used else set()
 
     def check(self, ctx: StepContext) -> None:
         """Fail fast before the run (missing prompt, unknown model). Override to add checks."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError, ModelError, StepError
-from ..prompts.renderer import PromptTemplate
 from .base import Record, Step, StepContext
 from .single import add_call_meta, call_meta
 
@@ -62,29 +61,20 @@ class CritiqueRevise(Step):
         self.options = dict(options or {})
         self.params = dict(params or {})
         self.critic_params = dict(critic_params or {})
-        self._templates: dict[str, PromptTemplate] = {}
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys([self.model, self.critic]))
 
-    def _template(self, ctx: StepContext, ref: str) -> PromptTemplate:
-        if ref not in self._templates:
-            self._templates[ref] = ctx.prompts.get(ref)
-        return self._templates[ref]
-
     def check(self, ctx: StepContext) -> None:
         super().check(ctx)
         if self.answer_field is None:
-            self._template(ctx, self.draft_prompt)
-        self._template(ctx, self.revise_prompt)
-        schema = self._template(ctx, self.critique_prompt).schema
+            self.prompt(ctx, self.draft_prompt)
+        self.prompt(ctx, self.revise_prompt)
+        schema = self.prompt(ctx, self.critique_prompt).schema
         props = (schema or {}).get("properties", {})
         if not {"issues", "verdict"} <= set(props):
             raise ConfigError(f"step '{self.name}': the critique prompt '{self.critique_prompt}' needs a schema "
                               "with 'issues' and 'verdict' properties")
-
-    def required_fields(self) -> set[str]:
-        return set().union(*(t.required_fields for t in self._templates.values())) if self._templates else set()
 
     def approves(self, critique: dict[str, Any]) -> bool:
         """The verdict decides; with ``approve_score`` the score decides instead (critics, small ones
@@ -113,11 +103,11 @@ class CritiqueRevise(Step):
             answer = answer.strip()
         else:
             self.counters["drafts"] += 1
-            answer = await self._write(ctx, self._template(ctx, self.draft_prompt).render(record, self.options),
+            answer = await self._write(ctx, self.prompt(ctx, self.draft_prompt).render(record, self.options),
                                        out, "draft")
         history: list[dict[str, Any]] = []
         approved = False
-        critic_template = self._template(ctx, self.critique_prompt)
+        critic_template = self.prompt(ctx, self.critique_prompt)
         for number in range(1, self.rounds + 1):
             self.counters["critiques"] += 1
             messages = critic_template.render(record, {**self.options, "answer": answer, "round": number})
@@ -138,7 +128,7 @@ class CritiqueRevise(Step):
                 break
             self.counters["revisions"] += 1
             revise_options = {**self.options, "answer": answer, "critique": critique, "round": number}
-            answer = await self._write(ctx, self._template(ctx, self.revise_prompt).render(record, revise_options),
+            answer = await self._write(ctx, self.prompt(ctx, self.revise_prompt).render(record, revise_options),
                                        out, f"revision#{number}")
             entry["revision"] = answer
 

@@ -17,7 +17,7 @@ where a later record bridges two clusters that were separate when their records 
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 from ..errors import ConfigError
 from ..evaluate.lsh import LSHIndex

@@ -28,7 +28,6 @@ import json
 from typing import Any
 
 from ..errors import ConfigError, InputError, ModelError, StepError
-from ..prompts.renderer import PromptTemplate
 from ..records import normalize_history
 from .base import Record, Step, StepContext, source_id_of
 from .dpo_pairs import RULES, select_pairs
@@ -126,17 +125,11 @@ class PreferencePairs(Step):
         self.min_candidates = min_candidates
         self.options = dict(options or {})
         self._judges = judges_from(self.judges)
-        self._templates: dict[str, PromptTemplate] = {}
 
     # --- setup -------------------------------------------------------------------------------------
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys([*self.models, *self.judges]))
-
-    def _template(self, ctx: StepContext, ref: str) -> PromptTemplate:
-        if ref not in self._templates:
-            self._templates[ref] = ctx.prompts.get(ref)
-        return self._templates[ref]
 
     def check(self, ctx: StepContext) -> None:
         super().check(ctx)
@@ -149,12 +142,9 @@ class PreferencePairs(Step):
             if self.scorer != "reward" and backend == "transformers":
                 raise ConfigError(f"step '{self.name}': judge '{judge}' is a reward model; use scorer: reward")
         if self.models:
-            self._template(ctx, self.prompt_ref)
+            self.prompt(ctx, self.prompt_ref)
         if self.judge_prompt_ref and self.scorer != "reward":
-            self._template(ctx, self.judge_prompt_ref)
-
-    def required_fields(self) -> set[str]:
-        return set().union(*(t.required_fields for t in self._templates.values())) if self._templates else set()
+            self.prompt(ctx, self.judge_prompt_ref)
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = dict(self.counters)
@@ -191,7 +181,7 @@ class PreferencePairs(Step):
         """Every model x temperature x sample, concurrently; failures are candidates with an error."""
         if not self.models:
             return [], []
-        messages = self._template(ctx, self.prompt_ref).render(record, self.options)
+        messages = self.prompt(ctx, self.prompt_ref).render(record, self.options)
         jobs = []
         for model in self.models:
             for temperature in self.temperatures:
@@ -257,11 +247,11 @@ class PreferencePairs(Step):
 
     async def _score(self, record: Record, texts: list[str | None], ctx: StepContext) -> JudgeRun:
         if self.scorer == "pointwise":
-            return await judge_pointwise(ctx, self._template(ctx, self.judge_prompt_ref), record, texts,  # type: ignore[arg-type]
+            return await judge_pointwise(ctx, self.prompt(ctx, self.judge_prompt_ref), record, texts,  # type: ignore[arg-type]
                                          self._judges, self.aspects, self.scale, self.options, self.judge_params,
                                          self.name, self.rationale_chars)
         if self.scorer == "pairwise":
-            return await judge_pairwise(ctx, self._template(ctx, self.judge_prompt_ref), record, texts,  # type: ignore[arg-type]
+            return await judge_pairwise(ctx, self.prompt(ctx, self.judge_prompt_ref), record, texts,  # type: ignore[arg-type]
                                         self._judges, self.options, self.judge_params, self.name,
                                         self.rationale_chars)
         run = JudgeRun(scores=[None] * len(texts), judgements=[[] for _ in texts])

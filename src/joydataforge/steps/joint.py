@@ -20,7 +20,6 @@ from typing import Any
 
 from ..errors import ConfigError, ModelError, StepError
 from ..models.backends.base import Completion
-from ..prompts.renderer import PromptTemplate
 from .base import Record, Step, StepContext
 from .single import add_call_meta, call_meta
 
@@ -69,26 +68,17 @@ class Joint(Step):
         self.options = dict(options or {})
         self.draft_params = dict(draft_params or {})
         self.fuse_params = dict(fuse_params or {})
-        self._templates: dict[str, PromptTemplate] = {}
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys([*self.drafters, self.fuser]))
 
-    def _template(self, ctx: StepContext, ref: str) -> PromptTemplate:
-        if ref not in self._templates:
-            self._templates[ref] = ctx.prompts.get(ref)
-        return self._templates[ref]
-
     def check(self, ctx: StepContext) -> None:
         super().check(ctx)
-        self._template(ctx, self.draft_prompt)
-        final = self._template(ctx, self.final_prompt)
+        self.prompt(ctx, self.draft_prompt)
+        final = self.prompt(ctx, self.final_prompt)
         if self.mode == "pick" and final.schema is not None and "best" not in final.schema.get("properties", {}):
             raise ConfigError(f"step '{self.name}': the pick prompt '{self.final_prompt}' needs a 'best' property "
                               "in its schema")
-
-    def required_fields(self) -> set[str]:
-        return set().union(*(t.required_fields for t in self._templates.values())) if self._templates else set()
 
     async def _draft(self, model: str, sample: int, messages: list[dict[str, str]],
                      schema: dict[str, Any] | None, ctx: StepContext) -> tuple[dict[str, Any], Completion | None]:
@@ -108,7 +98,7 @@ class Joint(Step):
         return {**entry, "text": completion.text.strip()}, completion
 
     async def run(self, record: Record, ctx: StepContext) -> Record:
-        draft_template = self._template(ctx, self.draft_prompt)
+        draft_template = self.prompt(ctx, self.draft_prompt)
         schema = draft_template.schema
         messages = draft_template.render(record, self.options)
         seen: dict[str, int] = {}
@@ -132,7 +122,7 @@ class Joint(Step):
             if completion is not None:
                 add_call_meta(out, {**call_meta(self.name, model, completion), "role": f"draft#{sample}"})
         shown = [drafts[i]["value"] if schema is not None else drafts[i]["text"] for i in good]
-        final_template = self._template(ctx, self.final_prompt)
+        final_template = self.prompt(ctx, self.final_prompt)
         final_messages = final_template.render(record, {**self.options, "drafts": shown})
         fuser = ctx.model(self.fuser)
         self.counters["fuse_calls"] += 1
