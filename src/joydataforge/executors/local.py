@@ -19,7 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from ..errors import InputError, JoyForgeError, Location, ModelError, StepError
 from ..io.readers import SourceItem, count_records, iter_records
@@ -161,10 +161,7 @@ class LocalExecutor:
         total = await asyncio.to_thread(count_records, path, start=cfg.start, limit=cfg.limit)
         progress = RunProgress(total, enabled=self.show_progress, gateway=ctx.gateway)
         committer = _Committer(state, ordered, self.summary, window, progress)
-        assign_id = IdAssigner(cfg.id_field)
         tasks: set[asyncio.Task[None]] = set()
-        seq = 0
-        stop_error: BaseException | None = None
         commit_task = asyncio.create_task(committer.loop())
 
         async def process(seq_no: int, source_id: str, record: Record, location: Location) -> None:
@@ -180,52 +177,69 @@ class LocalExecutor:
                 committer.put(_failure(seq_no, source_id, record, location, "executor", exc))
                 raise
 
+        async def feed(seq_no: int, source_id: str, record: Record, location: Location) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(process(seq_no, source_id, record, location))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
         with progress:
-            items = iter_records(path, start=cfg.start, limit=cfg.limit, encoding=cfg.encoding, sheet=cfg.sheet)
-            async for batch in _read_batches(items):
-                for item in batch:
-                    self.summary.records_in += 1
-                    if item.error is not None or item.record is None:
-                        if cfg.on_bad_record == "stop":
-                            stop_error = BadInputStop(f"{item.error} (on_bad_record: stop)")
-                            break
-                        if str(item.location) in state.done:  # reported by an earlier run already
-                            self.summary.skipped += 1
-                            continue
-                        await window.acquire()
-                        committer.put(_bad_input(seq, item))
-                        seq += 1
-                        continue
-                    source_id = assign_id(item.record)
-                    if source_id in state.done:
-                        self.summary.skipped += 1
-                        progress.advance_skipped()
-                        if sequential:
-                            # Stateful filters must see done records too, or a resumed dedup would
-                            # forget everything before the crash. Their verdict was committed already.
-                            await self._sequential(sequential, -1, source_id, with_source_id(item.record, source_id),
-                                                   item.location, ctx)
-                        continue
-                    await window.acquire()
-                    record = with_source_id(item.record, source_id)
-                    outcome_or_records = await self._sequential(sequential, seq, source_id, record,
-                                                                item.location, ctx)
-                    if isinstance(outcome_or_records, Outcome):
-                        committer.put(outcome_or_records)
-                    else:
-                        await slots.acquire()
-                        task = asyncio.create_task(process(seq, source_id, outcome_or_records, item.location))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-                    seq += 1
-                if stop_error is not None:
-                    break
+            seq, stop_error = await self._intake(ctx, state, committer, window, progress, sequential, feed)
             if tasks:
                 await asyncio.gather(*tasks)
             committer.finish(seq)
             await commit_task
         if stop_error is not None:
             raise stop_error
+
+    async def _intake(self, ctx: StepContext, state: RunState, committer: "_Committer", window: asyncio.Semaphore,
+                      progress: RunProgress, sequential: list[Step],
+                      feed: Callable[[int, str, Record, Location], Awaitable[None]]) -> tuple[int, BaseException | None]:
+        """Read the window, skip what is done, report bad input, run the sequential steps in input order,
+        and hand every record that needs the concurrent steps to ``feed``.
+
+        Shared by the local and the Ray executor, which differ only in where ``feed`` sends records.
+        Returns how many sequence numbers were used (the committer's end) and the error that stopped
+        reading under ``on_bad_record: stop``, if any.
+        """
+        cfg = self.pipeline.input
+        path = self.pipeline.resolve(cfg.path)
+        assert path is not None
+        assign_id = IdAssigner(cfg.id_field)
+        seq = 0
+        items = iter_records(path, start=cfg.start, limit=cfg.limit, encoding=cfg.encoding, sheet=cfg.sheet)
+        async for batch in _read_batches(items):
+            for item in batch:
+                self.summary.records_in += 1
+                if item.error is not None or item.record is None:
+                    if cfg.on_bad_record == "stop":
+                        return seq, BadInputStop(f"{item.error} (on_bad_record: stop)")
+                    if str(item.location) in state.done:  # reported by an earlier run already
+                        self.summary.skipped += 1
+                        continue
+                    await window.acquire()
+                    committer.put(_bad_input(seq, item))
+                    seq += 1
+                    continue
+                source_id = assign_id(item.record)
+                if source_id in state.done:
+                    self.summary.skipped += 1
+                    progress.advance_skipped()
+                    if sequential:
+                        # Stateful filters must see done records too, or a resumed dedup would
+                        # forget everything before the crash. Their verdict was committed already.
+                        await self._sequential(sequential, -1, source_id, with_source_id(item.record, source_id),
+                                               item.location, ctx)
+                    continue
+                await window.acquire()
+                record = with_source_id(item.record, source_id)
+                outcome_or_record = await self._sequential(sequential, seq, source_id, record, item.location, ctx)
+                if isinstance(outcome_or_record, Outcome):
+                    committer.put(outcome_or_record)
+                else:
+                    await feed(seq, source_id, outcome_or_record, item.location)
+                seq += 1
+        return seq, None
 
     async def _sequential(self, steps: list[Step], seq: int, source_id: str, record: Record, location: Location,
                           ctx: StepContext) -> Outcome | Record:

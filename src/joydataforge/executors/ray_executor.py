@@ -49,14 +49,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, JoyForgeError, Location
-from ..io.readers import count_records, iter_records
+from ..io.readers import count_records
 from ..models.cache import CallCache
 from ..models.config import ModelRegistry
 from ..models.usage import ModelUsage
 from ..pipeline import Pipeline
-from ..records import IdAssigner
-from ..steps.base import Record, Step, StepContext, with_source_id
-from .local import BadInputStop, LocalExecutor, Outcome, _bad_input, _Committer, _failure, _read_batches
+from ..steps.base import Record, Step, StepContext
+from .local import LocalExecutor, Outcome, _Committer, _failure
 from .progress import RunProgress
 from .ray_limits import ClusterGateway, start_limits_actor
 from .run_state import RunState
@@ -298,48 +297,18 @@ class RayExecutor(LocalExecutor):
                 by_name[name].counters.update(delta)
 
         pool = _Pool(ray, workers, committer, on_stats)
-        assign_id = IdAssigner(cfg.id_field)
         pending: list[tuple[int, str, Record, Location]] = []
-        seq = 0
-        stop_error: BaseException | None = None
+
+        async def feed(seq_no: int, source_id: str, record: Record, location: Location) -> None:
+            nonlocal pending
+            pending.append((seq_no, source_id, record, location))
+            if len(pending) >= batch_size:
+                batch, pending = pending, []
+                await pool.submit(batch)
+
         commit_task = asyncio.create_task(committer.loop())
         with progress:
-            items = iter_records(path, start=cfg.start, limit=cfg.limit, encoding=cfg.encoding, sheet=cfg.sheet)
-            async for read in _read_batches(items):
-                for item in read:
-                    self.summary.records_in += 1
-                    if item.error is not None or item.record is None:
-                        if cfg.on_bad_record == "stop":
-                            stop_error = BadInputStop(f"{item.error} (on_bad_record: stop)")
-                            break
-                        if str(item.location) in state.done:
-                            self.summary.skipped += 1
-                            continue
-                        await window.acquire()
-                        committer.put(_bad_input(seq, item))
-                        seq += 1
-                        continue
-                    source_id = assign_id(item.record)
-                    if source_id in state.done:
-                        self.summary.skipped += 1
-                        progress.advance_skipped()
-                        if sequential:  # stateful filters must see done records too (as locally)
-                            await self._sequential(sequential, -1, source_id, with_source_id(item.record, source_id),
-                                                   item.location, ctx)
-                        continue
-                    await window.acquire()
-                    record = with_source_id(item.record, source_id)
-                    result = await self._sequential(sequential, seq, source_id, record, item.location, ctx)
-                    if isinstance(result, Outcome):
-                        committer.put(result)
-                    else:
-                        pending.append((seq, source_id, result, item.location))
-                        if len(pending) >= batch_size:
-                            await pool.submit(pending)
-                            pending = []
-                    seq += 1
-                if stop_error is not None:
-                    break
+            seq, stop_error = await self._intake(ctx, state, committer, window, progress, sequential, feed)
             if pending:
                 await pool.submit(pending)
             await pool.drain()
