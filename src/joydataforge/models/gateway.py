@@ -182,16 +182,21 @@ class ModelClient:
             self._chat_template_known = True
         return self._chat_template
 
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        """Embeddings, cached one text at a time so overlapping batches are not paid twice."""
-        keys = [content_hash([self._identity, "embed", text], 20) for text in texts]
-        vectors: list[list[float] | None] = [None] * len(texts)
+    async def _cached(self, keys: list[str], field: str) -> list[Any]:
+        """Per-item cache lookups (embeddings, rewards): ``field`` of each hit, ``None`` where missing."""
+        values: list[Any] = [None] * len(keys)
         if self.cache is not None:
             for i, key in enumerate(keys):
                 hit = await self.cache.get(key)
                 if hit is not None:
-                    vectors[i] = hit["v"]
+                    values[i] = hit[field]
                     self.usage.cache_hits += 1
+        return values
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """Embeddings, cached one text at a time so overlapping batches are not paid twice."""
+        keys = [content_hash([self._identity, "embed", text], 20) for text in texts]
+        vectors: list[list[float] | None] = await self._cached(keys, "v")
         missing = [i for i, v in enumerate(vectors) if v is None]
         if missing:
             batch = [texts[i] for i in missing]
@@ -219,13 +224,7 @@ class ModelClient:
         conversations = [as_conversation(item, i) for i, item in enumerate(items)]
         merged = self._params(params)
         keys = [content_hash([self._identity, "reward", conversation, merged], 20) for conversation in conversations]
-        scores: list[float | None] = [None] * len(conversations)
-        if self.cache is not None:
-            for i, key in enumerate(keys):
-                hit = await self.cache.get(key)
-                if hit is not None:
-                    scores[i] = hit["r"]
-                    self.usage.cache_hits += 1
+        scores: list[float | None] = await self._cached(keys, "r")
         missing = [i for i, s in enumerate(scores) if s is None]
         size = max(1, self.backend.reward_batch_size)
         chunks = [missing[k:k + size] for k in range(0, len(missing), size)]
