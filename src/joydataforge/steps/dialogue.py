@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, InputError, StepError, ValidationFailed
 from ..records import Message, content_hash, normalize_history
-from .base import Record, StepContext
+from .base import Record, StepContext, named_table
 from .single import PromptedStep, add_call_meta, call_meta
 
 #: The seed's CDSS intent labels with the guidance of the built-in ``zh/intent_cdss`` prompt.
@@ -44,14 +44,7 @@ _PREFIX = re.compile(r"^\s*(\[\d+\]\s*)?(用户|助手|user|assistant)\s*[:：]\
 
 def label_table(labels: Sequence[str] | dict[str, str] | None, where: str) -> dict[str, str]:
     """Labels as ``name -> description``, from a list of names or a mapping; CDSS labels by default."""
-    if labels is None:
-        return dict(CDSS_LABELS)
-    if isinstance(labels, dict):
-        table = {str(k): str(v or "") for k, v in labels.items()}
-    elif isinstance(labels, (list, tuple)) and all(isinstance(x, str) for x in labels):
-        table = {x: CDSS_LABELS.get(x, "") for x in labels}
-    else:
-        raise ConfigError(f"{where}: labels must be a list of names or a mapping name -> description")
+    table = named_table(labels, CDSS_LABELS, where, "labels", "description")
     if len(table) < 2 or any(not k.strip() for k in table):
         raise ConfigError(f"{where}: give at least two non-empty labels")
     return table

@@ -21,7 +21,7 @@ import copy
 from typing import Any, Sequence
 
 from ..errors import ConfigError, InputError, StepError
-from .base import Record, StepContext, source_id_of
+from .base import Record, StepContext, named_table, source_id_of
 from .single import PromptedStep, add_call_meta, call_meta
 
 #: Rewrite types used when the pipeline names none; a mapping from type name to the instruction shown
@@ -35,14 +35,7 @@ DEFAULT_TYPES: dict[str, str] = {
 
 
 def _type_table(types: Sequence[str] | dict[str, str] | None, where: str) -> dict[str, str]:
-    if types is None:
-        return dict(DEFAULT_TYPES)
-    if isinstance(types, dict):
-        table = {str(k): str(v or "") for k, v in types.items()}
-    elif isinstance(types, (list, tuple)) and all(isinstance(t, str) for t in types):
-        table = {t: DEFAULT_TYPES.get(t, "") for t in types}
-    else:
-        raise ConfigError(f"{where}: types must be a list of names or a mapping name -> instruction")
+    table = named_table(types, DEFAULT_TYPES, where, "types", "instruction")
     if not table or any(not name.strip() for name in table):
         raise ConfigError(f"{where}: types must name at least one non-empty rewrite type")
     return table
