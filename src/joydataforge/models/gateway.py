@@ -43,6 +43,9 @@ def create_backend(config: ModelConfig) -> Backend:
     if config.backend == "transformers":
         from .reward import TransformersRewardBackend
         return TransformersRewardBackend(config)
+    if config.backend == "vllm":
+        from .backends.vllm_offline import VLLMBackend
+        return VLLMBackend(config)
     raise ModelError(f"model '{config.name}': unknown backend '{config.backend}'")
 
 
@@ -100,29 +103,44 @@ class ModelClient:
 
     async def _call(self, verb: str, payload: Any, params: dict[str, Any], *, schema: dict[str, Any] | None = None,
                     sample: int = 0, attempt: int = 0) -> Completion:
-        key = self._key(verb, payload, params, schema, sample, attempt)
+        return (await self._call_n(verb, payload, params, 1, schema=schema, sample=sample, attempt=attempt))[0]
+
+    async def _call_n(self, verb: str, payload: Any, params: dict[str, Any], n: int, *,
+                      schema: dict[str, Any] | None = None, sample: int = 0, attempt: int = 0) -> list[Completion]:
+        """One backend request for ``n`` samples (``n > 1``: raw completions only), cached as one entry.
+
+        ``n`` joins the key only when above 1, so a single sample shares its cache entry with
+        :meth:`complete` and older caches stay valid.
+        """
+        key = self._key(verb, payload, params if n == 1 else {**params, "n": n}, schema, sample, attempt)
         if self.cache is not None:
             hit = await self.cache.get(key)
             if hit is not None:
                 self.usage.cache_hits += 1
-                return Completion.from_cache(hit)
+                return [Completion.from_cache(item) for item in hit["choices"]] if n > 1 else [Completion.from_cache(hit)]
         seed = int(key[:8], 16)
-        estimate = _estimate_tokens(payload, params)
+        estimate = _estimate_tokens(payload, params, n)
 
-        async def call_backend() -> Completion:
+        async def call_backend() -> list[Completion]:
             await self.limits.before_call(estimate)
             if verb == "chat":
-                return await self.backend.chat(payload, params, json_schema=schema, seed=seed)
-            return await self.backend.complete(payload, params, seed=seed)
+                return [await self.backend.chat(payload, params, json_schema=schema, seed=seed)]
+            if n == 1:
+                return [await self.backend.complete(payload, params, seed=seed)]
+            return await self.backend.complete_n(payload, params, n, seed=seed)
 
-        result, seconds = await self._with_retries(call_backend)
-        result.latency = seconds
-        self.limits.after_call(estimate, result.usage.total_tokens)
-        self.usage.record(result.usage.prompt_tokens, result.usage.completion_tokens, result.latency,
-                          self.config.pricing)
+        results, seconds = await self._with_retries(call_backend)
+        if len(results) != n:  # a misaligned group would pair samples with the wrong slots
+            raise ModelError(f"model '{self.name}': {len(results)} samples for n={n}", model=self.name)
+        prompt_tokens = sum(r.usage.prompt_tokens for r in results)
+        completion_tokens = sum(r.usage.completion_tokens for r in results)
+        for result in results:
+            result.latency = seconds
+        self.limits.after_call(estimate, prompt_tokens + completion_tokens)
+        self.usage.record(prompt_tokens, completion_tokens, seconds, self.config.pricing)
         if self.cache is not None:
-            self.cache.put(key, result.to_cache())
-        return result
+            self.cache.put(key, {"choices": [r.to_cache() for r in results]} if n > 1 else results[0].to_cache())
+        return results
 
     async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> tuple[T, float]:
         """Run ``call`` under the concurrency limit, retrying transient failures; returns (result, seconds).
@@ -171,6 +189,13 @@ class ModelClient:
 
     async def complete(self, prompt: str, *, sample: int = 0, **params: Any) -> Completion:
         return await self._call("complete", prompt, self._params(params), sample=sample)
+
+    async def complete_n(self, prompt: str, n: int, *, sample: int = 0, **params: Any) -> list[Completion]:
+        """``n`` samples of one raw prompt in one request (the server's ``n``, vLLM's ``SamplingParams.n``):
+        the prompt is processed once for all of them. ``n == 1`` is exactly :meth:`complete`."""
+        if type(n) is not int or n < 1:
+            raise ModelError(f"model '{self.name}': n must be a whole number >= 1, not {n!r}", model=self.name)
+        return await self._call_n("complete", prompt, self._params(params), n, sample=sample)
 
     async def chat_template(self) -> ChatTemplateSource | None:
         """The model's own chat template (GGUF metadata, or the file ``chat_template`` names), or ``None``.
@@ -252,12 +277,12 @@ class ModelClient:
         return [float(s) for s in scores if s is not None]
 
 
-def _estimate_tokens(payload: Any, params: dict[str, Any]) -> int:
+def _estimate_tokens(payload: Any, params: dict[str, Any], n: int = 1) -> int:
     if isinstance(payload, str):
         chars = len(payload)
     else:
         chars = sum(len(m.get("content") or "") for m in payload)
-    return chars // 4 + int(params.get("max_tokens") or 256)
+    return chars // 4 + n * int(params.get("max_tokens") or 256)
 
 
 class Gateway:

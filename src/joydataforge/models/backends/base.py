@@ -6,6 +6,7 @@ accounting live in the gateway, so a new backend is one small class.
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,16 @@ class Backend(abc.ABC):
 
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
         raise ModelError(f"{type(self).__name__} does not offer raw text completion")
+
+    async def complete_n(self, prompt: str, params: dict[str, Any], n: int, *,
+                         seed: int | None = None) -> list[Completion]:
+        """``n`` independent samples of one prompt (seeds ``seed``, ``seed + 1``, ...).
+
+        This fallback makes ``n`` calls at once; backends that can share the prompt's work between samples
+        (a server's ``n``, vLLM's ``SamplingParams.n``, llama.cpp's reused prompt cache) override it.
+        """
+        seeds = [None if seed is None else seed + i for i in range(n)]
+        return list(await asyncio.gather(*(self.complete(prompt, params, seed=s) for s in seeds)))
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         raise ModelError(f"{type(self).__name__} does not offer embeddings")

@@ -130,6 +130,15 @@ class LlamaCppBackend(Backend):
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
         return await self._in_worker(self._complete_sync, prompt, params, seed)
 
+    def _complete_n_sync(self, prompt: str, params: dict[str, Any], n: int, seed: int | None) -> list[Completion]:
+        return [self._complete_sync(prompt, params, None if seed is None else seed + i) for i in range(n)]
+
+    async def complete_n(self, prompt: str, params: dict[str, Any], n: int, *,
+                         seed: int | None = None) -> list[Completion]:
+        """The samples run back to back on the model's thread: llama.cpp keeps the prompt's KV cache between
+        calls that share a prefix, so only the first sample pays for evaluating the prompt."""
+        return await self._in_worker(self._complete_n_sync, prompt, params, n, seed)
+
     def _chat_template_sync(self) -> ChatTemplateSource | None:
         llama = self._llama()
         template = (llama.metadata or {}).get("tokenizer.chat_template")

@@ -121,18 +121,41 @@ class OpenAICompatBackend(Backend):
         return {"type": "json_object", "schema": schema}
 
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
+        return (await self._completions(prompt, params, 1, seed))[0]
+
+    async def complete_n(self, prompt: str, params: dict[str, Any], n: int, *,
+                         seed: int | None = None) -> list[Completion]:
+        """One request with ``n`` (vLLM and SGLang process the prompt once for all samples). A server that
+        ignores ``n`` (some llama.cpp builds, Ollama) returns fewer choices: the rest are asked for one by one."""
+        got = await self._completions(prompt, params, n, seed)
+        missing = n - len(got)
+        if missing > 0:
+            seeds = [None if seed is None else seed + len(got) + i for i in range(missing)]
+            got += await asyncio.gather(*(self.complete(prompt, params, seed=s) for s in seeds))
+        return got[:n]
+
+    async def _completions(self, prompt: str, params: dict[str, Any], n: int, seed: int | None) -> list[Completion]:
         body: dict[str, Any] = {"model": self.config.model, "prompt": prompt, **params}
+        if n > 1:
+            body["n"] = n
         if seed is not None and "seed" not in body:
             body["seed"] = seed
         data = await self._post("/completions", body)
         try:
-            choice = data["choices"][0]
-            text = choice.get("text") or ""
-        except (KeyError, IndexError, TypeError):
+            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            texts = [c.get("text") or "" for c in choices]
+        except (KeyError, TypeError, AttributeError):
+            choices, texts = [], []
+        if not choices:
             raise TransientError(f"model '{self.config.name}': completion without choices", model=self.config.name,
-                                 raw=json.dumps(data)) from None
-        return Completion(text=text, usage=self._usage(data), finish_reason=choice.get("finish_reason"),
-                          model=data.get("model", self.config.model))
+                                 raw=json.dumps(data))
+        # The server counts tokens per request: the prompt once, completion tokens for all samples together.
+        usage = self._usage(data)
+        share, extra = divmod(usage.completion_tokens, len(choices))
+        model = data.get("model", self.config.model)
+        return [Completion(text=text, finish_reason=choice.get("finish_reason"), model=model,
+                           usage=Usage(usage.prompt_tokens if i == 0 else 0, share + (extra if i == 0 else 0)))
+                for i, (choice, text) in enumerate(zip(choices, texts))]
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         data = await self._post("/embeddings", {"model": self.config.model, "input": texts})
