@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..errors import ConfigError
 
-BackendName = Literal["openai", "llamacpp", "transformers"]
+BackendName = Literal["openai", "llamacpp", "transformers", "vllm"]
 
 
 class Pricing(BaseModel):
@@ -42,13 +42,16 @@ class ModelConfig(BaseModel):
 
     name: str
     backend: BackendName
-    model: str = Field(default="", description="model id sent to the server; for llamacpp a label")
+    model: str = Field(default="", description="model id sent to the server; for llamacpp a label; for vllm the "
+                       "Hugging Face id or local folder it loads")
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(default=None, description="name of the environment variable holding the key")
-    model_path: str | None = Field(default=None, description="llamacpp: a GGUF path, or 'smollm2' for the bundled model")
+    model_path: str | None = Field(default=None, description="llamacpp: a GGUF path, or 'smollm2' for the bundled "
+                                   "model; vllm: a local model folder (else model is loaded)")
     chat_template: str | None = Field(
         default=None, description="llamacpp: a llama-cpp-python chat format overriding the GGUF's; openai: the "
-        "path of the served model's tokenizer_config.json or .jinja chat template (raw-completion methods need it)")
+        "path of the served model's tokenizer_config.json or .jinja chat template (raw-completion methods need it); "
+        "vllm: such a file, used instead of the tokenizer's own template")
     n_ctx: int = 2048
     n_threads: int | None = None
     max_concurrency: int = 16
@@ -59,6 +62,9 @@ class ModelConfig(BaseModel):
     json_retries: int = 2
     structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
     params: dict[str, Any] = Field(default_factory=dict, description="default generation parameters")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: keyword arguments of vllm.LLM (tensor_parallel_size, "
+        "gpu_memory_utilization, max_model_len, dtype, quantization, ...)")
     pricing: Pricing | None = None
 
     @field_validator("api_key_env")
@@ -67,6 +73,23 @@ class ModelConfig(BaseModel):
         if value and _looks_like_key(value):
             raise ValueError("api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key")
         return value
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args_for_vllm(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        backend = info.data.get("backend")
+        if value and backend != "vllm":
+            raise ValueError(f"engine_args configures the vllm backend, not {backend}")
+        if "model" in value:
+            raise ValueError("the model to load goes in model:, not engine_args.model")
+        return value
+
+    @model_validator(mode="after")
+    def _vllm_concurrency(self) -> "ModelConfig":
+        if self.backend == "vllm" and "max_concurrency" not in self.model_fields_set:
+            # vLLM batches whatever is in flight: 16 requests would leave most of a GPU idle.
+            self.max_concurrency = 256
+        return self
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -78,8 +101,11 @@ class ModelConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """What makes two configs give the same replies; part of every cache key (never the key itself)."""
-        return {"backend": self.backend, "model": self.model, "base_url": self.base_url,
-                "model_path": self.model_path, "chat_template": self.chat_template}
+        identity = {"backend": self.backend, "model": self.model, "base_url": self.base_url,
+                    "model_path": self.model_path, "chat_template": self.chat_template}
+        if self.engine_args:  # quantization, dtype, max_model_len... change the replies
+            identity["engine_args"] = self.engine_args
+        return identity
 
 
 class ModelRegistry:

@@ -1,0 +1,254 @@
+"""vLLM in-process ("offline" ``vllm.LLM``): for GPU users who want throughput without running a server.
+
+``vllm.LLM.generate`` is a blocking call that is fastest when handed many prompts at once, while steps
+send one request each from the event loop. So each loaded engine has one thread that drains a queue:
+it takes every request waiting (after a short window for the first), hands them to vLLM as one batch, and
+resolves each caller's future. Requests that arrive during a batch form the next one, so the batch size
+follows the gateway's ``max_concurrency`` (256 by default for this backend). A failing batch is retried
+one request at a time, so a single over-long prompt fails alone and never takes its neighbours with it.
+
+vLLM is an optional extra (``pip install 'joydataforge[vllm]'``, Linux + NVIDIA GPU); nothing else in the
+package imports it.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...errors import ConfigError, ModelError
+from ..chat_template import ChatTemplateSource, load_chat_template_file
+from ..config import ModelConfig
+from .base import Backend, Completion, Messages, Usage
+
+# Our parameter names -> vLLM SamplingParams fields. ``repeat_penalty`` is llama.cpp's spelling.
+_PARAM_NAMES = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                "max_tokens": "max_tokens", "min_tokens": "min_tokens", "stop": "stop",
+                "stop_token_ids": "stop_token_ids", "presence_penalty": "presence_penalty",
+                "frequency_penalty": "frequency_penalty", "repetition_penalty": "repetition_penalty",
+                "repeat_penalty": "repetition_penalty", "seed": "seed", "ignore_eos": "ignore_eos",
+                "skip_special_tokens": "skip_special_tokens", "logit_bias": "logit_bias"}
+BATCH_WINDOW_S = 0.005  # how long the first request of a batch waits for company
+
+
+def import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError:
+        raise ConfigError("the vllm backend needs vLLM (Linux with an NVIDIA GPU): pip install 'joydataforge[vllm]'; "
+                          "or serve the model with `vllm serve` and use backend: openai") from None
+    return vllm
+
+
+def sampling_params(vllm: Any, params: dict[str, Any], *, n: int = 1, seed: int | None = None,
+                    json_schema: dict[str, Any] | None = None, model: str = "") -> Any:
+    """Our generation parameters as a ``vllm.SamplingParams``; unknown names are an error, not ignored."""
+    unknown = sorted(set(params) - set(_PARAM_NAMES) - {"n"})
+    if unknown:
+        raise ModelError(f"model '{model}': the vllm backend does not know generation parameters {unknown} "
+                         f"(known: {', '.join(sorted(_PARAM_NAMES))})", model=model)
+    kwargs = {_PARAM_NAMES[k]: v for k, v in params.items() if k in _PARAM_NAMES and v is not None}
+    kwargs["n"] = n
+    if seed is not None and "seed" not in kwargs:
+        kwargs["seed"] = seed
+    if json_schema is not None:
+        kwargs.update(_structured(vllm, json_schema))
+    return vllm.SamplingParams(**kwargs)
+
+
+def _structured(vllm: Any, schema: dict[str, Any]) -> dict[str, Any]:
+    """Grammar-constrained JSON: ``structured_outputs`` since vLLM 0.10.2, ``guided_decoding`` before."""
+    module = vllm.sampling_params
+    if hasattr(module, "StructuredOutputsParams"):
+        return {"structured_outputs": module.StructuredOutputsParams(json=schema)}
+    return {"guided_decoding": module.GuidedDecodingParams(json=schema)}
+
+
+@dataclass
+class _Request:
+    kind: str  # "generate", "chat" or "call" (run a function with the loaded LLM on the engine thread)
+    payload: Any
+    params: Any = None
+    chat_template: str | None = None
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class _Engine:
+    """One ``vllm.LLM`` per (model, engine args) per process, and the one thread that calls it."""
+
+    _lock = threading.Lock()
+    _engines: dict[tuple, "_Engine"] = {}
+
+    def __init__(self, model: str, engine_args: dict[str, Any]):
+        self.model = model
+        self.engine_args = engine_args
+        self.llm: Any = None
+        self.load_error: BaseException | None = None
+        self.batches: list[int] = []  # sizes of the batches handed to vLLM, for tests and tuning
+        self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=f"vllm:{model}", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def get(cls, model: str, engine_args: dict[str, Any]) -> "_Engine":
+        key = (model, repr(sorted(engine_args.items())))
+        with cls._lock:
+            if key not in cls._engines:
+                cls._engines[key] = cls(model, engine_args)
+            return cls._engines[key]
+
+    def submit(self, request: _Request) -> concurrent.futures.Future:
+        self._queue.put(request)
+        return request.future
+
+    def _load(self) -> None:
+        """Loading takes the GPU for minutes; it happens on this thread, never on the event loop."""
+        self.llm = import_vllm().LLM(model=self.model, **self.engine_args)
+
+    def _serve(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            time.sleep(BATCH_WINDOW_S)
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if self.llm is None and self.load_error is None:
+                try:
+                    self._load()
+                except BaseException as exc:  # noqa: BLE001 - every waiting caller must hear why
+                    self.load_error = exc
+            if self.load_error is not None:
+                for request in batch:
+                    request.future.set_exception(self.load_error)
+                continue
+            for group in _groups(batch):
+                self._run(group)
+
+    def _run(self, group: list[_Request]) -> None:
+        try:
+            outputs = self._call(group)
+        except Exception as exc:  # noqa: BLE001
+            if len(group) == 1:
+                group[0].future.set_exception(exc)
+                return
+            for request in group:  # find the one that failed; the rest still get their replies
+                self._run([request])
+            return
+        for request, output in zip(group, outputs):
+            request.future.set_result(output)
+
+    def _call(self, group: list[_Request]) -> list[Any]:
+        first = group[0]
+        if first.kind == "call":
+            return [first.payload(self.llm)]
+        self.batches.append(len(group))
+        params = [request.params for request in group]
+        if first.kind == "generate":
+            outputs = self.llm.generate([r.payload for r in group], params, use_tqdm=False)
+        else:
+            outputs = self.llm.chat([r.payload for r in group], params, use_tqdm=False,
+                                    chat_template=first.chat_template)
+        if len(outputs) != len(group):
+            raise ModelError(f"vLLM returned {len(outputs)} outputs for {len(group)} prompts")
+        return list(outputs)
+
+
+def _groups(batch: list[_Request]) -> list[list[_Request]]:
+    """Generate and chat requests go to different vLLM calls; function calls run alone."""
+    groups: dict[tuple[str, str | None], list[_Request]] = {}
+    alone: list[list[_Request]] = []
+    for request in batch:
+        if request.kind == "call":
+            alone.append([request])
+        else:
+            groups.setdefault((request.kind, request.chat_template), []).append(request)
+    return alone + list(groups.values())
+
+
+class VLLMBackend(Backend):
+    supports_grammar = True
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self.model = config.model_path or config.model
+        if not self.model:
+            raise ConfigError(f"model '{config.name}': the vllm backend needs model (a Hugging Face id or a local folder)")
+        self._template_file: ChatTemplateSource | None = (
+            load_chat_template_file(config.chat_template) if config.chat_template else None)
+
+    @property
+    def engine(self) -> _Engine:
+        return _Engine.get(self.model, dict(self.config.engine_args))
+
+    async def _submit(self, request: _Request) -> Any:
+        engine = self.engine
+        try:
+            return await asyncio.wrap_future(engine.submit(request))
+        except (ModelError, ConfigError):
+            raise
+        except Exception as exc:
+            name = self.config.name
+            if exc is engine.load_error:
+                raise ConfigError(f"model '{name}': vLLM could not load '{self.model}': {type(exc).__name__}: "
+                                  f"{exc}") from None
+            raise ModelError(f"model '{name}': vLLM: {type(exc).__name__}: {exc}", model=name) from None
+
+    def _sampling(self, params: dict[str, Any], n: int, seed: int | None,
+                  json_schema: dict[str, Any] | None = None) -> Any:
+        return sampling_params(import_vllm(), params, n=n, seed=seed, json_schema=json_schema, model=self.config.name)
+
+    def _completions(self, output: Any) -> list[Completion]:
+        prompt_tokens = len(getattr(output, "prompt_token_ids", None) or [])
+        return [Completion(text=sample.text, finish_reason=sample.finish_reason, model=self.config.model or self.model,
+                           usage=Usage(prompt_tokens if i == 0 else 0, len(sample.token_ids or [])))
+                for i, sample in enumerate(output.outputs)]
+
+    async def chat(self, messages: Messages, params: dict[str, Any], *,
+                   json_schema: dict[str, Any] | None = None, seed: int | None = None) -> Completion:
+        request = _Request("chat", list(messages), self._sampling(params, 1, seed, json_schema),
+                           chat_template=self._template_file.template if self._template_file else None)
+        return self._completions(await self._submit(request))[0]
+
+    async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
+        return (await self.complete_n(prompt, params, 1, seed=seed))[0]
+
+    async def complete_n(self, prompt: str, params: dict[str, Any], n: int, *,
+                         seed: int | None = None) -> list[Completion]:
+        """``SamplingParams.n``: vLLM prefills the prompt once and forks its KV cache for the samples."""
+        return self._completions(await self._submit(_Request("generate", prompt, self._sampling(params, n, seed))))
+
+    async def chat_template(self) -> ChatTemplateSource | None:
+        """``chat_template`` from models.yaml when set, else the served tokenizer's own template."""
+        if self._template_file is not None:
+            return self._template_file
+        return await self._submit(_Request("call", _tokenizer_template))
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        raise ModelError(f"model '{self.config.name}': the vllm backend here serves generation; for embeddings "
+                         "serve an embedding model with `vllm serve` and use backend: openai", model=self.config.name)
+
+    async def reward(self, conversations: list[Messages], params: dict[str, Any]) -> list[float]:
+        raise ModelError(f"model '{self.config.name}': for reward models serve them with `vllm serve` (POST /pooling, "
+                         "backend: openai) or use backend: transformers", model=self.config.name)
+
+
+def _tokenizer_template(llm: Any) -> ChatTemplateSource | None:
+    tokenizer = llm.get_tokenizer()
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not template:
+        return None
+    return ChatTemplateSource(template, getattr(tokenizer, "bos_token", None) or "",
+                              getattr(tokenizer, "eos_token", None) or "",
+                              origin=f"vLLM tokenizer chat_template: {getattr(tokenizer, 'name_or_path', '')}")
+
+
+def engine_batches(backend: VLLMBackend) -> list[int]:
+    """Batch sizes handed to vLLM so far by this backend's engine (tests, tuning ``max_concurrency``)."""
+    return backend.engine.batches
+

@@ -1,0 +1,129 @@
+"""A stand-in for ``vllm`` in tests: same call shapes as vLLM's offline ``LLM``, no GPU, no model.
+
+Text is drawn from a small vocabulary by a generator seeded with (prompt, seed, sample index), so a
+seeded request always gets the same reply and the ``n`` samples of one request differ. Raw prompts that
+end a user-turn header (Magpie's pre-query) get a question; JSON-constrained requests get an object that
+fits the schema. A prompt containing ``FAIL_IN_VLLM`` raises, as vLLM does for a prompt that is too long.
+Every call is recorded in ``CALLS`` (kind, batch size, thread id, sampling params) for assertions.
+"""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import sampling_params
+from .sampling_params import SamplingParams, StructuredOutputsParams
+
+__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "sampling_params", "CALLS", "LOADS", "DELAY_S"]
+
+CALLS: list[dict[str, Any]] = []
+LOADS: list[dict[str, Any]] = []
+DELAY_S = 0.05  # each generate() takes this long, so requests pile up into batches as on a GPU
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+WORDS = ("data", "model", "river", "garden", "python", "music", "history", "energy", "market", "protein",
+         "planet", "poem", "recipe", "budget", "network", "engine", "theorem", "language", "city", "window")
+VERBS = ("explain", "write", "compare", "summarise", "design", "translate", "improve", "plan")
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+
+
+@dataclass
+class RequestOutput:
+    prompt: str
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput] = field(default_factory=list)
+
+
+class _Tokenizer:
+    chat_template = CHATML
+    bos_token = None
+    eos_token = "<|im_end|>"
+
+    def __init__(self, name: str):
+        self.name_or_path = name
+
+
+def _reply(prompt: str, params: SamplingParams, index: int) -> CompletionOutput:
+    rng = random.Random(f"{prompt}|{params.seed}|{index}|{params.temperature}")
+    if params.structured_outputs is not None:
+        text = json.dumps(_fit(params.structured_outputs.json, rng))
+    elif prompt.endswith("user\n"):
+        text = f"How can I {rng.choice(VERBS)} a {rng.choice(WORDS)} about {rng.choice(WORDS)}?<|im_end|>\nanswer"
+    else:
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
+    for stop in ([params.stop] if isinstance(params.stop, str) else params.stop or []):
+        if stop in text:
+            text = text[:text.index(stop)]
+            return CompletionOutput(index, text, list(range(len(text.split()))), "stop")
+    words = text.split()
+    limit = params.max_tokens or 16
+    if len(words) > limit:
+        text = " ".join(words[:limit])
+        return CompletionOutput(index, text, list(range(limit)), "length")
+    return CompletionOutput(index, text, list(range(len(words))), "stop")
+
+
+def _fit(schema: dict[str, Any], rng: random.Random) -> Any:
+    kind = schema.get("type")
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    if kind == "object":
+        return {key: _fit(sub, rng) for key, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [_fit(schema.get("items", {"type": "string"}), rng)]
+    if kind == "integer":
+        return int(schema.get("minimum", 0)) + rng.randint(0, 3)
+    if kind == "number":
+        return float(schema.get("minimum", 0)) + rng.random()
+    if kind == "boolean":
+        return rng.random() < 0.5
+    return rng.choice(WORDS)
+
+
+def _render(messages: list[dict[str, str]]) -> str:
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
+
+
+class LLM:
+    def __init__(self, model: str, **kwargs: Any):
+        LOADS.append({"model": model, "kwargs": kwargs, "thread": threading.get_ident()})
+        if model.startswith("missing/"):
+            raise OSError(f"{model} is not a local folder and is not a valid model identifier")
+        self.model = model
+
+    def get_tokenizer(self) -> _Tokenizer:
+        return _Tokenizer(self.model)
+
+    def generate(self, prompts: Any, sampling_params: Any = None, *, use_tqdm: bool = True) -> list[RequestOutput]:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError("the lengths of prompts and sampling_params must be the same")
+        CALLS.append({"kind": "generate", "size": len(prompts), "thread": threading.get_ident(), "params": params,
+                      "prompts": prompts, "use_tqdm": use_tqdm})
+        time.sleep(DELAY_S)
+        for prompt in prompts:
+            if "FAIL_IN_VLLM" in prompt:
+                raise ValueError("The decoder prompt is longer than the maximum model length")
+        return [RequestOutput(prompt, list(range(len(prompt.split()))), [_reply(prompt, p, i) for i in range(p.n)])
+                for prompt, p in zip(prompts, params)]
+
+    def chat(self, messages: Any, sampling_params: Any = None, use_tqdm: bool = True,
+             chat_template: str | None = None, **kwargs: Any) -> list[RequestOutput]:
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        outputs = self.generate([_render(c) for c in conversations], sampling_params, use_tqdm=use_tqdm)
+        CALLS[-1]["kind"] = "chat"
+        CALLS[-1]["chat_template"] = chat_template
+        return outputs

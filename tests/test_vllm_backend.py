@@ -1,0 +1,172 @@
+"""The vLLM offline backend against a test double of the ``vllm`` package (tests/fake_vllm).
+
+What is checked here is ours: batching of concurrent requests into one ``LLM.generate``/``LLM.chat`` call
+on the engine's own thread, parameter mapping, ``n`` samples, structured output, chat templates, error
+isolation and messages, and the Magpie steps end to end. The real vLLM runs in tests/test_vllm_gpu.py,
+only where a GPU is lent.
+"""
+import asyncio
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from joydataforge.errors import ConfigError, ModelError
+from joydataforge.executors.local import LocalExecutor
+from joydataforge.magpie.slots import write_slots
+from joydataforge.models.backends import vllm_offline
+from joydataforge.models.config import ModelRegistry
+from joydataforge.models.gateway import Gateway
+from joydataforge.pipeline import Pipeline
+
+FAKE = Path(__file__).parent / "fake_vllm"
+FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    monkeypatch.syspath_prepend(str(FAKE))
+    sys.modules.pop("vllm", None)
+    sys.modules.pop("vllm.sampling_params", None)
+    import vllm
+
+    assert vllm.__file__.startswith(str(FAKE))
+    vllm.CALLS.clear()
+    vllm.LOADS.clear()
+    monkeypatch.setattr(vllm_offline._Engine, "_engines", {})
+    yield vllm
+    sys.modules.pop("vllm", None)
+    sys.modules.pop("vllm.sampling_params", None)
+
+
+def registry(**extra) -> ModelRegistry:
+    body = {"backend": "vllm", "model": "Qwen/Qwen2.5-0.5B-Instruct", "engine_args": {"max_model_len": 4096}}
+    return ModelRegistry.from_dict({"models": {"v": {**body, **extra}}}, "test models.yaml")
+
+
+def test_config_defaults_and_errors():
+    config = registry().get("v")
+    assert config.max_concurrency == 256  # vLLM batches what is in flight
+    assert registry(max_concurrency=8).get("v").max_concurrency == 8
+    assert config.identity()["engine_args"] == {"max_model_len": 4096}
+    with pytest.raises(ConfigError, match=r"test: models.o.engine_args: .*vllm backend, not openai"):
+        ModelRegistry.from_dict({"models": {"o": {"backend": "openai", "base_url": "http://x/v1",
+                                                  "engine_args": {"dtype": "half"}}}}, "test")
+    with pytest.raises(ConfigError, match="model:, not engine_args.model"):
+        registry(engine_args={"model": "x"})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+async def test_without_vllm_the_error_says_how_to_install():
+    gateway = Gateway(registry())
+    with pytest.raises(ConfigError, match=r"pip install 'joydataforge\[vllm\]'"):
+        await gateway.model("v").complete("hello")
+
+
+async def test_concurrent_requests_are_batched_off_the_event_loop(fake_vllm):
+    gateway = Gateway(registry())
+    client = gateway.model("v")
+    replies = await asyncio.gather(*(client.complete(f"prompt {i}", max_tokens=8) for i in range(24)))
+    assert all(r.text for r in replies)
+    generate = [c for c in fake_vllm.CALLS if c["kind"] == "generate"]
+    assert sum(c["size"] for c in generate) == 24
+    assert max(c["size"] for c in generate) > 1  # handed to vLLM together, not one by one
+    assert len(generate) < 24
+    assert all(c["thread"] != threading.get_ident() and not c["use_tqdm"] for c in generate)
+    assert fake_vllm.LOADS[0]["thread"] != threading.get_ident()  # loading never blocks the loop
+    assert fake_vllm.LOADS[0]["kwargs"] == {"max_model_len": 4096}
+    # each reply belongs to its own prompt, whatever the batch order
+    for i, reply in enumerate(replies):
+        assert reply.usage.prompt_tokens == 2 and reply.finish_reason in ("stop", "length")
+        again = await client.complete(f"prompt {i}", max_tokens=8)
+        assert again.text == reply.text
+    await gateway.close()
+
+
+async def test_parameters_are_mapped_and_unknown_ones_refused(fake_vllm):
+    gateway = Gateway(registry(params={"temperature": 0.7}))
+    client = gateway.model("v")
+    await client.complete("x", top_p=0.9, max_tokens=5, repeat_penalty=1.1, stop=["\n"])
+    params = fake_vllm.CALLS[-1]["params"][0]
+    assert (params.temperature, params.top_p, params.max_tokens, params.repetition_penalty, params.stop) == \
+        (0.7, 0.9, 5, 1.1, ["\n"])
+    assert isinstance(params.seed, int) and params.n == 1  # the gateway's per-call seed
+    with pytest.raises(ModelError, match=r"does not know generation parameters \['mirostat'\]"):
+        await client.complete("x", mirostat=2)
+
+
+async def test_n_samples_in_one_request(fake_vllm):
+    gateway = Gateway(registry())
+    samples = await gateway.model("v").complete_n("Tell me something", 4, max_tokens=12)
+    assert len(samples) == 4 and len({s.text for s in samples}) == 4
+    call = fake_vllm.CALLS[-1]
+    assert call["size"] == 1 and call["params"][0].n == 4
+    assert samples[0].usage.prompt_tokens == 3 and all(s.usage.prompt_tokens == 0 for s in samples[1:])
+    assert gateway.usage["v"].calls == 1
+
+
+async def test_chat_and_structured_output(fake_vllm):
+    gateway = Gateway(registry())
+    client = gateway.model("v")
+    reply = await client.chat([{"role": "user", "content": "hi"}], max_tokens=20)
+    assert reply.text and fake_vllm.CALLS[-1]["kind"] == "chat" and fake_vllm.CALLS[-1]["chat_template"] is None
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["yes", "no"]},
+                                               "score": {"type": "integer", "minimum": 1}},
+              "required": ["label", "score"]}
+    value, _ = await client.chat_json([{"role": "user", "content": "judge"}], schema)
+    assert value["label"] in ("yes", "no") and value["score"] >= 1
+    assert fake_vllm.CALLS[-1]["params"][0].structured_outputs.json == schema
+
+
+async def test_a_failing_prompt_fails_alone(fake_vllm):
+    gateway = Gateway(registry())
+    client = gateway.model("v")
+    results = await asyncio.gather(*(client.complete(p) for p in ["a", "b FAIL_IN_VLLM", "c", "d"]),
+                                   return_exceptions=True)
+    assert [isinstance(r, ModelError) for r in results] == [False, True, False, False]
+    assert "model 'v': vLLM: ValueError: The decoder prompt is longer" in str(results[1])
+
+
+async def test_a_model_that_cannot_load_names_the_model(fake_vllm):
+    gateway = Gateway(registry(model="missing/model"))
+    for _ in range(2):  # loaded once; the error stays for later calls instead of retrying a GPU load
+        with pytest.raises(ConfigError, match="model 'v': vLLM could not load 'missing/model': OSError"):
+            await gateway.model("v").complete("x")
+    assert len(fake_vllm.LOADS) == 1
+
+
+async def test_chat_template_from_tokenizer_or_file(fake_vllm):
+    gateway = Gateway(registry())
+    source = await gateway.model("v").chat_template()
+    assert source.template == fake_vllm.CHATML and source.eos_token == "<|im_end|>"
+    assert source.origin.startswith("vLLM tokenizer chat_template")
+
+    template_file = FIXTURES / "smollm2.jinja"
+    gateway = Gateway(registry(chat_template=str(template_file)))
+    client = gateway.model("v")
+    assert (await client.chat_template()).template == template_file.read_text("utf-8")
+    await client.chat([{"role": "user", "content": "hi"}])
+    assert fake_vllm.CALLS[-1]["chat_template"] == template_file.read_text("utf-8")
+
+
+def test_magpie_pipeline_on_vllm(fake_vllm, tmp_path):
+    write_slots(tmp_path / "slots.jsonl", 6)
+    models = registry()
+    pipeline = Pipeline.from_dict({
+        "input": {"path": str(tmp_path / "slots.jsonl")},
+        "steps": [{"magpie": {"model": "v", "params": {"max_tokens": 32}}},
+                  {"magpie_response": {"model": "v", "params": {"max_tokens": 32}}}],
+        "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False, "concurrency": 6}})
+    summary = LocalExecutor(pipeline, registry=models, gateway=Gateway(models)).run_sync()
+    assert summary.records_out == 6 and summary.failed == 0
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text("utf-8").splitlines()]
+    assert all(r["input"].startswith("How can I") and r["input"].endswith("?") for r in rows)
+    assert all(r["magpie"]["template_origin"].startswith("vLLM tokenizer") for r in rows)
+    assert rows[0]["magpie"]["pre_query"] == "<|im_start|>user\n"
+    assert all(r["messages"][-1]["role"] == "assistant" and r["target"] for r in rows)
+    kinds = [c["kind"] for c in fake_vllm.CALLS]
+    assert kinds.count("generate") < 6 or kinds.count("chat") < 6  # records in flight shared vLLM calls
