@@ -171,6 +171,17 @@ async def test_429_waits_at_least_retry_after(mock_server, recording_proxy):
     assert second.started - first.ended >= 1.0
 
 
+async def test_retry_after_beyond_the_cap_fails_at_once(mock_server):
+    """An exhausted quota answers "come back in an hour": waiting that long in silence is worse than failing."""
+    async with open_gateway(mock_server.url, max_retry_after=0.5) as gw:
+        client = gw.model("m")
+        spy = spy_on(client)
+        with pytest.raises(ModelError, match=r"asks to wait 1s, more than this model's max_retry_after") as info:
+            await client.chat(user("hi [[mock:status=429,retry_after=1,times=1,id=cap]]"))
+    assert spy.log == [] and "HTTP 429" in str(info.value) and info.value.raw
+    assert mock_server.stats()["by_status"]["429"] == 1
+
+
 async def test_give_up_after_max_retries_keeps_raw_error(mock_server):
     async with open_gateway(mock_server.url, max_retries=2) as gw:
         with pytest.raises(ModelError) as info:

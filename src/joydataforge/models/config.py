@@ -59,6 +59,9 @@ class ModelConfig(BaseModel):
     tokens_per_minute: float | None = None
     timeout: float = 120.0
     max_retries: int = 5
+    max_retry_after: float = Field(
+        default=300.0, ge=0, description="longest Retry-After (seconds) worth waiting for; a server asking for "
+        "more (an exhausted daily quota) fails the call at once, so the record is kept for --retry-failed")
     json_retries: int = 2
     structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
     params: dict[str, Any] = Field(default_factory=dict, description="default generation parameters")

@@ -158,6 +158,11 @@ class ModelClient:
                 if tries >= self.retry.max_retries:
                     self.usage.errors += 1
                     raise ModelError(f"{exc} (gave up after {tries + 1} tries)", model=self.name, raw=exc.raw) from None
+                if exc.retry_after is not None and exc.retry_after > self.config.max_retry_after:
+                    self.usage.errors += 1
+                    raise ModelError(f"{exc} (the server asks to wait {exc.retry_after:.0f}s, more than this model's "
+                                     f"max_retry_after of {self.config.max_retry_after:.0f}s: giving up now; run "
+                                     "again later with --retry-failed)", model=self.name, raw=exc.raw) from None
                 self.usage.retries += 1
                 await asyncio.sleep(self.retry.delay(tries, exc.retry_after, self._jitter))
                 tries += 1
