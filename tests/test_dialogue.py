@@ -293,6 +293,21 @@ def test_sampling_is_seeded_and_independent_of_input_order():
     assert ids(a) != ids(c)
 
 
+def test_by_dialogue_keeps_each_dialogue_on_one_side():
+    records = labelled(10, {"药品": 2, "BMI": 1})
+    by_turn = split_records(records, test_size=3, seed=0)
+    assert by_turn.shared_dialogues > 0  # turn sampling splits dialogues (the seed's behaviour), and says so
+    result = split_records(records, test_size=3, seed=0, by_dialogue=True)
+    train_dialogues = {r["dialog_id"] for r in result.train}
+    assert not train_dialogues & {r["dialog_id"] for r in result.test} and result.shared_dialogues == 0
+    # quotas filled without overshoot: 药品 comes two per dialogue, so 3 is out of reach (2), BMI gets 1 per dialogue
+    assert result.counts["药品"] == {"available": 20, "after_record_cap": 20, "train": 18, "test": 2}
+    assert result.counts["BMI"]["test"] <= 3 and result.counts["BMI"]["test"] >= 1
+    assert len(result.train) + len(result.test) == 30
+    again = split_records(list(reversed(records)), test_size=3, seed=0, by_dialogue=True)
+    assert sorted(r["id"] for r in again.test) == sorted(r["id"] for r in result.test)
+
+
 def test_duplicates_unlabelled_and_unwanted_labels_are_left_out():
     records = labelled(2) + labelled(1) + [{"id": "x", "input": "no label"}]
     result = split_records(records, test_size=0, labels=["药品", "BMI"])
@@ -331,3 +346,10 @@ def test_cli_dialogue_split(tmp_path):
     bad = CliRunner().invoke(dialogue_split_command, [str(tmp_path / "data.jsonl"), "-o", str(tmp_path / "x"),
                                                       "--test-size", "2.5"])
     assert bad.exit_code != 0 and "fraction" in bad.output
+    assert "dialogues have turns in both train and test" in result.output
+    grouped = CliRunner().invoke(dialogue_split_command, [
+        str(tmp_path / "data.jsonl"), "-o", str(tmp_path / "grouped"), "--test-size", "0.3", "--by-dialogue"])
+    assert grouped.exit_code == 0, grouped.output
+    assert "both train and test" not in grouped.output
+    split = json.loads((tmp_path / "grouped" / "split.json").read_text("utf-8"))
+    assert split["settings"]["by_dialogue"] is True and split["shared_dialogues"] == 0

@@ -13,7 +13,8 @@ The sampling, in order (every random choice comes from one ``random.Random(seed)
    label, so a long dialogue of small talk does not flood "其他".
 3. Per label: at most ``per_label_cap`` turns.
 4. Per label: ``test_size`` turns go to the test set (an integer count, or a fraction in (0, 1)); the
-   rest is the train set.
+   rest is the train set. With ``by_dialogue``, whole dialogues go to one side, filling those quotas
+   without overshooting them (see :func:`_assign_dialogues`).
 
 Written by :func:`write_split`: ``train.jsonl``, ``test.jsonl``, ``train/<label>.jsonl``,
 ``test/<label>.jsonl``, ``test.xlsx`` (one sheet per label, for human review) and ``split.json``
@@ -46,6 +47,7 @@ class SplitResult:
     test: list[Record]
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> {available, capped, train, test}
     dropped: Counter = field(default_factory=Counter)  # reason -> records left out
+    shared_dialogues: int = 0  # dialogues with turns on both sides (0 with by_dialogue)
 
     def by_label(self, split: str) -> dict[str, list[Record]]:
         groups: dict[str, list[Record]] = defaultdict(list)
@@ -66,8 +68,13 @@ def _test_count(test_size: float, available: int) -> int:
 
 def split_records(records: Iterable[Record], *, test_size: float = 0.2, per_label_cap: int | None = None,
                   per_record_cap: int | None = None, seed: int = 0, label_field: str = "label",
-                  group_field: str = "dialog_id", labels: Sequence[str] | None = None) -> SplitResult:
+                  group_field: str = "dialog_id", labels: Sequence[str] | None = None,
+                  by_dialogue: bool = False) -> SplitResult:
     """Split labelled records into train and test sets (see the module docstring for the rules).
+
+    ``by_dialogue`` keeps each dialogue's turns on one side (no leakage through shared context) at the cost
+    of exact per-label test counts; without it turns are sampled one by one, as the seed project did, and
+    ``shared_dialogues`` says how many dialogues ended up on both sides.
 
     Returned records are the input dicts with a private ``_label`` key removed before writing.
     """
@@ -108,8 +115,8 @@ def split_records(records: Iterable[Record], *, test_size: float = 0.2, per_labe
             members = rng.sample(members, per_record_cap)
         per_label[label].extend(members)
 
-    train: list[Record] = []
-    test: list[Record] = []
+    selected: dict[str, list[Record]] = {}
+    quotas: dict[str, int] = {}
     counts: dict[str, dict[str, int]] = {}
     for label in sorted(per_label):
         members = sorted(per_label[label], key=lambda r: str(r.get("id")))
@@ -118,14 +125,56 @@ def split_records(records: Iterable[Record], *, test_size: float = 0.2, per_labe
         if per_label_cap is not None and capped > per_label_cap:
             dropped["per_label_cap"] += capped - per_label_cap
             members = members[:per_label_cap]
-        n_test = _test_count(test_size, len(members))
-        test.extend(members[:n_test])
-        train.extend(members[n_test:])
-        counts[label] = {"available": available[label], "after_record_cap": capped,
-                         "train": len(members) - n_test, "test": n_test}
+        selected[label] = members
+        quotas[label] = _test_count(test_size, len(members))
+        counts[label] = {"available": available[label], "after_record_cap": capped}
+    if by_dialogue:
+        train, test = _assign_dialogues(selected, quotas, group_field, rng)
+    else:
+        train = [r for label in selected for r in selected[label][quotas[label]:]]
+        test = [r for label in selected for r in selected[label][:quotas[label]]]
+    in_test = Counter(r["_label"] for r in test)
+    for label, members in selected.items():
+        counts[label].update(train=len(members) - in_test[label], test=in_test[label])
     train.sort(key=lambda r: r["_position"])
     test.sort(key=lambda r: r["_position"])
-    return SplitResult(train, test, counts, dropped)
+    train_dialogues = {_dialogue(r, group_field) for r in train}
+    shared = len(train_dialogues & {_dialogue(r, group_field) for r in test})
+    return SplitResult(train, test, counts, dropped, shared_dialogues=shared)
+
+
+def _dialogue(record: Record, group_field: str) -> str:
+    return str(record.get(group_field, record.get("id")))
+
+
+def _assign_dialogues(selected: dict[str, list[Record]], quotas: dict[str, int], group_field: str,
+                      rng: random.Random) -> tuple[list[Record], list[Record]]:
+    """Whole dialogues to one side, so no test turn has its own dialogue's other turns in training.
+
+    Dialogues are visited in a seeded order; one goes to test while it helps a label that is still short
+    of its quota and pushes no label past its quota. A label may end below its quota when its turns only
+    come in dialogues that would overshoot another label; ``counts`` reports what was reached.
+    """
+    dialogues: dict[str, list[Record]] = defaultdict(list)
+    for label in sorted(selected):
+        for record in selected[label]:
+            dialogues[_dialogue(record, group_field)].append(record)
+    order = sorted(dialogues)
+    rng.shuffle(order)
+    taken: Counter = Counter()
+    train: list[Record] = []
+    test: list[Record] = []
+    for key in order:
+        members = dialogues[key]
+        need = Counter(r["_label"] for r in members)
+        helps = any(taken[label] < quotas[label] for label in need)
+        fits = all(taken[label] + k <= quotas[label] for label, k in need.items())
+        if helps and fits:
+            taken.update(need)
+            test.extend(members)
+        else:
+            train.extend(members)
+    return train, test
 
 
 def _clean(record: Record) -> Record:
@@ -204,7 +253,7 @@ def write_split(result: SplitResult, out_dir: str | Path, *, xlsx: bool = True,
         write_xlsx(out / "test.xlsx", {label: [_clean(r) for r in records]
                                        for label, records in sorted(result.by_label("test").items())})
     summary = {"settings": settings or {}, "labels": result.counts, "dropped": dict(result.dropped),
-               "train": len(result.train), "test": len(result.test)}
+               "train": len(result.train), "test": len(result.test), "shared_dialogues": result.shared_dialogues}
     (out / "split.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", "utf-8")
     return summary
 
