@@ -170,3 +170,17 @@ def test_magpie_pipeline_on_vllm(fake_vllm, tmp_path):
     assert all(r["messages"][-1]["role"] == "assistant" and r["target"] for r in rows)
     kinds = [c["kind"] for c in fake_vllm.CALLS]
     assert kinds.count("generate") < 6 or kinds.count("chat") < 6  # records in flight shared vLLM calls
+
+
+async def test_a_cancelled_caller_does_not_stop_the_engine(fake_vllm, monkeypatch):
+    monkeypatch.setattr(vllm_offline, "BATCH_WINDOW_S", 0.3)  # time to cancel while the request waits
+    gateway = Gateway(registry())
+    client = gateway.model("v")
+    task = asyncio.create_task(client.complete("to be cancelled"))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await client.complete("still served")).text
+    prompts = [p for call in fake_vllm.CALLS for p in call["prompts"]]
+    assert prompts == ["still served"]  # the cancelled one never reached vLLM

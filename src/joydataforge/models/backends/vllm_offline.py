@@ -118,6 +118,10 @@ class _Engine:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            # A caller that gave up (its task was cancelled) is dropped; the others can no longer be cancelled.
+            batch = [request for request in batch if request.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             if self.llm is None and self.load_error is None:
                 try:
                     self._load()
