@@ -57,3 +57,23 @@ def test_demo_pipeline_end_to_end(tmp_path):
     for record in records:
         assert record["target"] and record["label"] in {"BMI", "孕期孕周", "药品", "其他"}
     assert (tmp_path / "demo" / "data.parquet").exists()
+
+
+def test_complete_n_runs_the_samples_back_to_back():
+    """Sample i of a group is the very completion one call with seed + i gives (the prompt's KV cache, reused
+    between the samples, changes nothing); the samples differ; the gateway hands back n of them."""
+    prompt, params = "<|im_start|>user\n", {"max_tokens": 16, "temperature": 1.0, "stop": ["<|im_end|>"]}
+
+    async def go():
+        gateway = Gateway(ModelRegistry.load())
+        model = gateway.model("smollm2")
+        group = await model.backend.complete_n(prompt, params, 3, seed=100)
+        singles = [await model.backend.complete(prompt, params, seed=100 + i) for i in range(3)]
+        through_gateway = await model.complete_n(prompt, 3, **params)
+        await gateway.close()
+        return group, singles, through_gateway
+
+    group, singles, through_gateway = asyncio.run(go())
+    assert [c.text for c in group] == [c.text for c in singles]
+    assert len({c.text for c in group}) == 3 and len({c.text for c in through_gateway}) == 3
+    assert all(c.usage.completion_tokens > 0 for c in group + through_gateway)

@@ -17,11 +17,13 @@ from typing import Any, AsyncIterator
 import pytest
 
 from joydataforge.errors import ConfigError, ModelError, ValidationFailed
+from joydataforge.models.backends.base import Backend, Completion, Usage
 from joydataforge.models.cache import CallCache
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway, ModelClient
 from joydataforge.models.retry import RetryPolicy
 from tests.mock_openai import embedding_vector
+from tests.scripted_backend import ScriptedBackend
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -479,3 +481,108 @@ async def test_gateway_reuses_one_client_per_model(mock_server):
         assert gw.model("m") is gw.model("m")
         with pytest.raises(ConfigError, match="unknown model 'nope'"):
             gw.model("nope")
+
+
+# ---- n samples per request (complete_n) -----------------------------------------------------------------
+
+SCRIPTED = ModelRegistry.from_dict({"models": {"s": {"backend": "llamacpp", "model": "scripted"}}}, "test models")
+
+
+class SeededSamples(ScriptedBackend):
+    """Raw completions that name their seed, so the samples of one group are told apart."""
+
+    def sample(self, prompt: str, seed: int | None) -> Completion:
+        return Completion(text=f"sample {seed}", usage=Usage(3, 2), finish_reason="stop")
+
+
+class ShortGroups(SeededSamples):
+    async def complete_n(self, prompt, params, n, *, seed=None):
+        return (await super().complete_n(prompt, params, n, seed=seed))[:-1]
+
+
+@asynccontextmanager
+async def scripted_gateway(backend: Backend, cache: CallCache | None = None) -> AsyncIterator[ModelClient]:
+    gateway = Gateway(SCRIPTED, cache, retry=FAST, backends={"s": backend})
+    try:
+        yield gateway.model("s")
+    finally:
+        await gateway.close()
+
+
+async def test_complete_n_falls_back_to_n_calls_with_consecutive_seeds():
+    backend = SeededSamples()
+    async with scripted_gateway(backend) as client:
+        replies = await client.complete_n("p", 3, max_tokens=8)
+    seeds = [c["seed"] for c in backend.calls]
+    assert seeds == [seeds[0], seeds[0] + 1, seeds[0] + 2]
+    assert [r.text for r in replies] == [f"sample {s}" for s in seeds]
+    assert all(c["params"]["max_tokens"] == 8 and "n" not in c["params"] for c in backend.calls)
+    usage = client.usage
+    assert (usage.calls, usage.prompt_tokens, usage.completion_tokens) == (1, 9, 6)  # one request, tokens summed
+
+
+async def test_complete_n_is_one_request_and_one_cache_entry(tmp_path):
+    cache = CallCache(tmp_path / "calls.sqlite")
+    try:
+        backend = SeededSamples(native_n=True)
+        async with scripted_gateway(backend, cache) as client:
+            first = await client.complete_n("p", 4)
+            second = await client.complete_n("p", 4)
+            other = await client.complete_n("p", 4, sample=1)
+            usage = client.usage
+        assert [c["n"] for c in backend.calls] == [4, 4]  # the repeat was a hit; another sample index is not
+        assert [r.text for r in second] == [r.text for r in first] and len({r.text for r in first}) == 4
+        assert all(r.cached for r in second) and not any(r.cached for r in first + other)
+        assert [r.usage for r in second] == [r.usage for r in first]
+        assert {r.text for r in other}.isdisjoint(r.text for r in first)
+        assert (usage.calls, usage.cache_hits) == (2, 1)
+        assert (usage.prompt_tokens, usage.completion_tokens) == (6, 16)  # the prompt counted once per request
+    finally:
+        cache.close()
+
+
+async def test_complete_n_of_one_is_complete_and_its_cache_entry(tmp_path):
+    cache = CallCache(tmp_path / "calls.sqlite")
+    try:
+        backend = SeededSamples(native_n=True)
+        async with scripted_gateway(backend, cache) as client:
+            single = await client.complete("p", sample=5)
+            [again] = await client.complete_n("p", 1, sample=5)
+            group = await client.complete_n("p", 2, sample=5)  # n joins the key: not the single sample's entry
+        assert again.cached and again.text == single.text
+        assert [c.get("n") for c in backend.calls] == [None, 2]
+        assert not any(r.cached for r in group)
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.0, True, "2"])
+async def test_complete_n_refuses_a_bad_n(n):
+    backend = SeededSamples()
+    async with scripted_gateway(backend) as client:
+        with pytest.raises(ModelError, match="n must be a whole number >= 1"):
+            await client.complete_n("p", n)
+    assert backend.calls == []
+
+
+async def test_complete_n_with_missing_samples_is_an_error_not_a_misaligned_group(tmp_path):
+    cache = CallCache(tmp_path / "calls.sqlite")
+    try:
+        async with scripted_gateway(ShortGroups(native_n=True), cache) as client:
+            with pytest.raises(ModelError, match="2 samples for n=3"):
+                await client.complete_n("p", 3)
+            assert client.usage.calls == 0
+        with sqlite3.connect(tmp_path / "calls.sqlite") as conn:
+            assert conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 0  # nothing half-cached
+    finally:
+        cache.close()
+
+
+async def test_complete_n_through_the_mock_server(mock_server):
+    async with open_gateway(mock_server.url) as gw:
+        replies = await gw.model("m").complete_n("four words of prompt", 3, max_tokens=20)
+    requests = mock_server.stats()["last_requests"]
+    assert len(requests) == 1 and requests[0]["body"]["n"] == 3
+    assert [r.text for r in replies] == ["echo: four words of prompt"] * 3
+    usage = gw.usage["m"]
+    assert (usage.calls, usage.prompt_tokens, usage.completion_tokens) == (1, 4, 15)

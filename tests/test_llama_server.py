@@ -79,3 +79,33 @@ def test_pipeline_through_openai_backend(llama_server, tmp_path: Path):
     summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
     assert summary["cache_hits"] >= 2 * len(out)
     assert summary["models"]["peer"]["calls"] <= 3 * len(failures)  # only earlier failures may be asked again
+
+
+def test_complete_n_gives_n_samples_whether_or_not_the_server_honours_n(llama_server):
+    """llama_cpp.server accepts ``n`` on /v1/completions but drops it (app.py excludes it from the call): one
+    choice comes back. The openai backend asks for the rest one by one, so complete_n still gives n samples."""
+    import asyncio
+
+    from joydataforge.models.config import ModelRegistry
+    from joydataforge.models.gateway import Gateway
+
+    prompt = "<|im_start|>user\n"
+    params = {"max_tokens": 16, "temperature": 1.0, "stop": ["<|im_end|>"]}
+    request = urllib.request.Request(llama_server + "/completions", method="POST",
+                                     headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"prompt": prompt, "n": 3, "seed": 1, **params}).encode())
+    with urllib.request.urlopen(request, timeout=120) as response:
+        honoured = len(json.loads(response.read())["choices"])
+    assert honoured in (1, 3)
+    registry = ModelRegistry.from_dict({"models": {"peer": {"backend": "openai", "model": "smollm2",
+                                                            "base_url": llama_server, "timeout": 120}}}, "test")
+
+    async def go():
+        gateway = Gateway(registry)
+        samples = await gateway.model("peer").complete_n(prompt, 3, **params)
+        await gateway.close()
+        return samples
+
+    samples = asyncio.run(go())
+    assert len(samples) == 3 and len({s.text for s in samples}) == 3  # distinct seeds, distinct samples
+    assert all(s.usage.completion_tokens > 0 for s in samples)

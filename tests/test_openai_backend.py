@@ -150,6 +150,44 @@ async def test_seed_is_sent_unless_the_caller_set_one(mock_server):
     assert seeds == [11, 5, 12]
 
 
+async def test_complete_n_is_one_request_with_n_and_splits_usage(mock_server):
+    async with backend_for(mock_server.url) as backend:
+        replies = await backend.complete_n("a b c", {"max_tokens": 20}, 3, seed=7)
+    [request] = mock_server.stats()["last_requests"]
+    assert request["endpoint"] == "/v1/completions"
+    assert (request["body"]["n"], request["body"]["seed"], request["body"]["prompt"]) == (3, 7, "a b c")
+    assert [r.text for r in replies] == ["echo: a b c"] * 3
+    # the server counts the prompt once and all samples' tokens together: the prompt goes to the first sample
+    assert [(r.usage.prompt_tokens, r.usage.completion_tokens) for r in replies] == [(3, 4), (0, 4), (0, 4)]
+
+
+async def test_complete_n_sorts_choices_and_keeps_every_token():
+    def uneven(body: dict[str, Any]) -> web.Response:
+        choices = [{"index": i, "text": f"t{i}", "finish_reason": "length" if i == 1 else "stop"}
+                   for i in reversed(range(body["n"]))]
+        return web.json_response({"choices": choices, "usage": {"prompt_tokens": 5, "completion_tokens": 10}})
+
+    async with odd_server(uneven) as url, backend_for(url) as backend:
+        replies = await backend.complete_n("x", {}, 3)
+    assert [(r.text, r.finish_reason) for r in replies] == [("t0", "stop"), ("t1", "length"), ("t2", "stop")]
+    assert [(r.usage.prompt_tokens, r.usage.completion_tokens) for r in replies] == [(5, 4), (0, 3), (0, 3)]
+
+
+async def test_complete_n_tops_up_when_the_server_ignores_n():
+    bodies: list[dict[str, Any]] = []
+
+    def one_choice(body: dict[str, Any]) -> web.Response:  # what llama_cpp.server and Ollama do with n
+        bodies.append(body)
+        choice = {"index": 0, "text": f"seed {body.get('seed')}", "finish_reason": "stop"}
+        return web.json_response({"choices": [choice], "usage": {"prompt_tokens": 2, "completion_tokens": 1}})
+
+    async with odd_server(one_choice) as url, backend_for(url) as backend:
+        replies = await backend.complete_n("x", {"temperature": 1.0}, 3, seed=10)
+    assert [r.text for r in replies] == ["seed 10", "seed 11", "seed 12"]
+    assert [(b.get("n"), b["seed"]) for b in bodies] == [(3, 10), (None, 11), (None, 12)]
+    assert all(b["temperature"] == 1.0 for b in bodies)
+
+
 async def test_non_ascii_round_trip(mock_server):
     async with backend_for(mock_server.url) as backend:
         reply = await backend.chat(user("孕期 第12周 能吃 什么"), {})
