@@ -1,7 +1,6 @@
 """Magpie steps through the real executor and gateway, with a scripted backend (exact, fast)."""
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -9,6 +8,7 @@ from joydataforge.errors import ConfigError
 from joydataforge.executors.local import LocalExecutor
 from joydataforge.magpie.slots import write_slots
 from joydataforge.models.backends.base import Completion, Usage
+from joydataforge.models.cache import CallCache
 from joydataforge.models.chat_template import ChatTemplateSource
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
@@ -29,13 +29,14 @@ REGISTRY = ModelRegistry.from_dict({"models": {
 class MagpieBackend(ScriptedBackend):
     """Completions from a list (one per call, in order), chats from a function; SmolLM2's template."""
 
-    def __init__(self, completions: list[str | tuple[str, str]] | None = None, reply=None, template: bool = True):
-        super().__init__(reply or (lambda messages, schema: f"answer to: {messages[-1]['content']}"))
+    def __init__(self, completions: list[str | tuple[str, str]] | None = None, reply=None, template: bool = True,
+                 native_n: bool = False):
+        super().__init__(reply or (lambda messages, schema: f"answer to: {messages[-1]['content']}"),
+                         native_n=native_n)
         self.completions = list(completions or [])
         self.template = template
 
-    async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
-        self.calls.append({"prompt": prompt, "params": params, "seed": seed})
+    def sample(self, prompt: str, seed: int | None) -> Completion:
         item = self.completions.pop(0) if self.completions else "What is the tallest mountain on Earth?"
         text, finish = item if isinstance(item, tuple) else (item, "stop")
         return Completion(text=text, usage=Usage(10, 5), finish_reason=finish)
@@ -57,8 +58,13 @@ def run(tmp_path: Path, steps: list, backends: dict, n: int = 3, out: str = "out
     pipeline = Pipeline.from_dict({
         "input": {"path": str(tmp_path / "slots.jsonl")}, "steps": steps, "output": {"dir": str(tmp_path / out)},
         "run": {"cache": cache, "progress": False, "concurrency": 1, "seed": seed}})
-    gateway = Gateway(REGISTRY, backends=backends)
-    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=gateway).run_sync()
+    call_cache = CallCache(cache) if cache else None  # a given gateway brings its own cache
+    try:
+        gateway = Gateway(REGISTRY, call_cache, backends=backends)
+        summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=gateway).run_sync()
+    finally:
+        if call_cache is not None:
+            call_cache.close()
     return summary, read_jsonl(tmp_path / out / "data.jsonl"), read_jsonl(tmp_path / out / "failures.jsonl")
 
 
@@ -137,6 +143,107 @@ def test_rerun_resumes_and_cache_answers(tmp_path):
     assert len(again.calls) == 1 and summary.skipped == 2 and len(data) == 3
 
 
+def sent_n(backend: ScriptedBackend) -> list[int]:
+    return [call.get("n", 1) for call in backend.calls]
+
+
+def test_samples_per_call_draws_a_slot_in_groups(tmp_path):
+    backend = MagpieBackend([f"What is element {i}?" for i in range(5)], native_n=True)
+    summary, data, _ = run(tmp_path, [{"magpie": {"model": "m", "samples": 5, "samples_per_call": 2}}],
+                           {"m": backend}, n=1)
+    assert sent_n(backend) == [2, 2, 1]  # one request per group; the last group of one is a plain complete()
+    assert [(r["id"], r["input"]) for r in data] == [(f"magpie-000001:{k}", f"What is element {k}?") for k in range(5)]
+    meta = [r["magpie"] for r in data]
+    assert [(m["n"], m["choice"], m["attempt"], m["samples_per_call"]) for m in meta] == [
+        (2, 0, 0, 2), (2, 1, 0, 2), (2, 0, 0, 2), (2, 1, 0, 2), (1, 0, 0, 2)]
+    assert meta[0]["sample"] == meta[1]["sample"] != meta[2]["sample"] == meta[3]["sample"] != meta[4]["sample"]
+    assert [m["raw"] for m in meta] == [r["input"] for r in data]
+    stats = summary.steps["magpie"]
+    assert (stats["calls"], stats["requests"], stats["instructions"]) == (5, 3, 5)
+    # usage as the server reports it: the prompt once per request, each sample its own completion
+    assert [[c["prompt_tokens"] for c in r["_meta"]["calls"]] for r in data] == [[10], [0], [10], [0], [10]]
+    assert summary.models["m"]["calls"] == 3
+
+
+def test_samples_per_call_without_a_native_n_falls_back_to_one_call_per_sample(tmp_path):
+    backend = MagpieBackend([f"What is element {i}?" for i in range(3)])
+    _, data, _ = run(tmp_path, [{"magpie": {"model": "m", "samples": 3, "samples_per_call": 3}}], {"m": backend}, n=1)
+    seeds = [c["seed"] for c in backend.calls]
+    assert len(data) == 3 and seeds == [seeds[0], seeds[0] + 1, seeds[0] + 2]
+
+
+def test_grouped_draws_redraw_dropped_samples_in_the_next_round(tmp_path):
+    backend = MagpieBackend(["What is DNA?", "Hi", "What is RNA?", "I like cats.",       # round 0: samples 0-3
+                             "Hello! How can I assist you today?", "What is a gene?",     # round 1: samples 1, 3
+                             "What is a cell?"], native_n=True)                           # round 2: sample 1
+    summary, data, _ = run(tmp_path, [{"magpie": {"model": "m", "samples": 4, "samples_per_call": 4,
+                                                  "attempts": 3}}], {"m": backend}, n=1)
+    assert sent_n(backend) == [4, 2, 1]
+    assert len({c["seed"] for c in backend.calls}) == 3  # each round a new sample
+    assert [(r["id"], r["input"], r["magpie"]["attempt"], r["magpie"]["n"], r["magpie"]["choice"]) for r in data] == [
+        ("magpie-000001:0", "What is DNA?", 0, 4, 0), ("magpie-000001:1", "What is a cell?", 2, 1, 0),
+        ("magpie-000001:2", "What is RNA?", 0, 4, 2), ("magpie-000001:3", "What is a gene?", 1, 2, 1)]
+    stats = summary.steps["magpie"]
+    assert (stats["calls"], stats["requests"], stats["instructions"]) == (7, 3, 4)
+    assert stats["dropped:too_short"] == stats["dropped:not_a_request"] == stats["dropped:assistant_voice"] == 1
+
+
+def test_grouped_draws_give_up_after_attempts(tmp_path):
+    backend = MagpieBackend(["What is DNA?", "Hi", "Hey"], native_n=True)
+    steps = [{"magpie": {"model": "m", "samples": 2, "samples_per_call": 2, "attempts": 2, "on_drop": "keep"}}]
+    _, data, _ = run(tmp_path, steps, {"m": backend}, n=1)
+    assert sent_n(backend) == [2, 1]
+    assert [(r["input"], r["magpie"]["attempt"], r["magpie"].get("drop")) for r in data] == [
+        ("What is DNA?", 0, None), ("Hey", 1, "too_short")]
+
+
+def test_grouped_draws_are_deterministic_and_resume_from_the_cache(tmp_path):
+    steps = [{"magpie": {"model": "m", "samples": 3, "samples_per_call": 2}}]
+    cache = str(tmp_path / "calls.sqlite")
+    seeds = []
+    for out, seed in (("a", 0), ("b", 0), ("c", 1)):
+        backend = MagpieBackend(native_n=True)
+        run(tmp_path, steps, {"m": backend}, n=2, out=out, seed=seed)
+        seeds.append([(c["seed"], c.get("n", 1)) for c in backend.calls])
+    assert seeds[0] == seeds[1] and seeds[0] != seeds[2] and [n for _, n in seeds[0]] == [2, 1, 2, 1]
+    first = MagpieBackend([f"What is thing {i}?" for i in range(6)], native_n=True)
+    _, data, _ = run(tmp_path, steps, {"m": first}, n=2, out="d", cache=cache)
+    again = MagpieBackend(native_n=True)
+    summary, replayed, _ = run(tmp_path, steps, {"m": again}, n=2, out="e", cache=cache)
+    assert again.calls == [] and summary.cache_hits == 4
+    assert [(r["id"], r["input"]) for r in replayed] == [(r["id"], r["input"]) for r in data]
+    assert len({r["input"] for r in data}) == 6
+
+
+def test_a_group_of_one_is_the_plain_call(tmp_path):
+    """samples: 1 leaves nothing to group: samples_per_call changes neither the calls nor the cache keys."""
+    cache = str(tmp_path / "calls.sqlite")
+    plain = MagpieBackend(native_n=True)
+    run(tmp_path, [{"magpie": {"model": "m"}}], {"m": plain}, n=2, out="a", cache=cache)
+    grouped = MagpieBackend(native_n=True)
+    summary, data, _ = run(tmp_path, [{"magpie": {"model": "m", "samples_per_call": 4}}], {"m": grouped}, n=2,
+                           out="b", cache=cache)
+    assert sent_n(plain) == [1, 1] and grouped.calls == [] and summary.cache_hits == 2
+    assert data[0]["magpie"]["samples_per_call"] == 4 and data[0]["magpie"]["n"] == 1
+
+
+def test_samples_per_call_sends_n_to_an_openai_server(tmp_path, mock_server):
+    registry = ModelRegistry.from_dict({"models": {"srv": {"backend": "openai", "model": "mock-model",
+                                                           "base_url": mock_server.url}}}, "test")
+    write_slots(tmp_path / "slots.jsonl", 1)
+    pipeline = Pipeline.from_dict({
+        "input": {"path": str(tmp_path / "slots.jsonl")},
+        "steps": [{"magpie": {"model": "srv", "template": "chatml", "system": "[[mock:reply=What is DNA?]]",
+                              "samples": 3, "samples_per_call": 3}}],
+        "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False}})
+    summary = LocalExecutor(pipeline, registry=registry).run_sync()
+    data = read_jsonl(tmp_path / "out" / "data.jsonl")
+    requests = mock_server.stats()["last_requests"]
+    assert len(requests) == 1 and requests[0]["body"]["n"] == 3
+    assert [r["input"] for r in data] == ["What is DNA?"] * 3 and [r["magpie"]["choice"] for r in data] == [0, 1, 2]
+    assert summary.models["srv"]["calls"] == 1
+
+
 def test_control_task_and_language(tmp_path):
     backend = MagpieBackend(["How do I solve x^2 = 4?", "如何解方程 x^2 = 4？"])
     summary, data, _ = run(tmp_path, [{"magpie": {"model": "m", "control_task": "math", "language": "zh"}}],
@@ -166,6 +273,8 @@ def test_auto_without_any_clue_fails_before_the_run(tmp_path):
     ({"control_task": "poetry"}, "unknown control task 'poetry'"),
     ({"on_drop": "tag"}, "on_drop must be"),
     ({"samples": 0}, "samples must be"),
+    ({"samples_per_call": 0}, "step 'magpie': samples_per_call must be a whole number >= 1, not 0"),
+    ({"samples_per_call": 2.5}, "samples_per_call must be"),
     ({"params": {"stop": ["x"]}}, "params.stop"),
     ({"cleaning": {"min_len": 2}}, r"unknown setting\(s\) \['min_len'\]"),
 ])
@@ -304,6 +413,9 @@ def test_cli_builds_two_valid_pipelines(tmp_path):
         Pipeline.from_dict(data)  # validates like a YAML file would
     _, none = build_pipelines(tmp_path, model="smollm2", n=1, responses=False)
     assert none is None
+    grouped, _ = build_pipelines(tmp_path, model="smollm2", n=1, samples=8, samples_per_call=4)
+    assert grouped["steps"][0]["magpie"]["samples_per_call"] == 4
+    Pipeline.from_dict(grouped)
     _, plain = build_pipelines(tmp_path, model="smollm2", n=1, dedup_threshold=None)
     assert [next(iter(step)) for step in plain["steps"]] == ["magpie_response"]
 
@@ -317,3 +429,5 @@ def test_cli_refuses_options_that_need_responses(tmp_path):
     assert result.exit_code == 2 and "need responses" in result.output
     result = CliRunner().invoke(magpie_command, ["-n", "0", "-o", str(tmp_path)])
     assert result.exit_code == 2
+    result = CliRunner().invoke(magpie_command, ["-n", "1", "-o", str(tmp_path), "--samples-per-call", "0"])
+    assert result.exit_code == 2 and "--samples-per-call" in result.output

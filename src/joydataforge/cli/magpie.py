@@ -36,7 +36,7 @@ def _registry(models_file: str | None) -> ModelRegistry:
 def build_pipelines(out: Path, *, model: str, n: int, template: str = "auto", system: str | None = None,
                     control_task: str | None = None, language: str | None = None, turns: int = 1,
                     response_model: str | None = None, tag: bool = False, tag_model: str | None = None,
-                    min_quality: str | None = None, samples: int = 1, attempts: int = 1,
+                    min_quality: str | None = None, samples: int = 1, attempts: int = 1, samples_per_call: int = 1,
                     instruction_params: dict[str, Any] | None = None, response_params: dict[str, Any] | None = None,
                     dedup_threshold: float | None = 0.8, responses: bool = True, seed: int = 0, concurrency: int = 8,
                     models_file: str | None = None, cache: str | None = "default",
@@ -52,6 +52,8 @@ def build_pipelines(out: Path, *, model: str, n: int, template: str = "auto", sy
         common["models"] = os.path.abspath(models_file)
     magpie: dict[str, Any] = {"model": model, "template": template, "samples": samples, "attempts": attempts,
                               "params": dict(instruction_params or {})}
+    if samples_per_call != 1:
+        magpie["samples_per_call"] = samples_per_call
     for key, value in (("system", system), ("control_task", control_task), ("language", language)):
         if value:
             magpie[key] = value
@@ -112,6 +114,9 @@ def print_drops(summary: Any, console: Console) -> None:
 @click.option("--tag-model", help="Judge model for --tag (default: the response model).")
 @click.option("--min-quality", type=click.Choice(QUALITY), help="Keep instructions rated at least this (implies --tag).")
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Instructions per slot.")
+@click.option("--samples-per-call", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Instructions drawn per request (the server's n: the pre-query is processed once per group); "
+                   "groups a slot's --samples.")
 @click.option("--attempts", type=click.IntRange(min=1), default=1, show_default=True,
               help="Draws per instruction until one passes the filters.")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Instruction sampling temperature.")
@@ -134,8 +139,9 @@ def print_drops(summary: Any, console: Console) -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs and CI).")
 def magpie_command(model: str, n: int, output_dir: str, template: str, system: str | None, control_task: str | None,
                    language: str | None, turns: int, response_model: str | None, no_responses: bool, tag: bool,
-                   tag_model: str | None, min_quality: str | None, samples: int, attempts: int, temperature: float,
-                   top_p: float, max_tokens: int, repetition_penalty: float | None, response_max_tokens: int | None,
+                   tag_model: str | None, min_quality: str | None, samples: int, samples_per_call: int, attempts: int,
+                   temperature: float, top_p: float, max_tokens: int, repetition_penalty: float | None,
+                   response_max_tokens: int | None,
                    seed: int, dedup_threshold: float, no_dedup: bool, exports: tuple[str, ...], concurrency: int,
                    models_file: str | None, no_cache: bool, overwrite: bool, no_progress: bool) -> None:
     """Magpie: instructions written by a chat model given only its pre-query template, then answers.
@@ -162,7 +168,8 @@ def magpie_command(model: str, n: int, output_dir: str, template: str, system: s
     instructions, conversations = build_pipelines(
         out, model=model, n=n, template=template, system=system, control_task=control_task, language=language,
         turns=turns, response_model=response_model, tag=tag, tag_model=tag_model, min_quality=min_quality,
-        samples=samples, attempts=attempts, instruction_params=instruction_params, response_params=response_params,
+        samples=samples, attempts=attempts, samples_per_call=samples_per_call, instruction_params=instruction_params,
+        response_params=response_params,
         dedup_threshold=None if no_dedup else dedup_threshold, responses=not no_responses, seed=seed,
         concurrency=concurrency, models_file=models_file, cache=None if no_cache else "default",
         progress=not no_progress)

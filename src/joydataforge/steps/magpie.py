@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ..errors import ConfigError, StepError
-from ..magpie.cleaning import CleaningRules, clean_instruction
+from ..magpie.cleaning import Cleaned, CleaningRules, clean_instruction
 from ..magpie.control_tasks import LANGUAGE_SYSTEM, control_system_prompt
 from ..magpie.templates import TABLE, ChatFormat, guess_family, resolve_format, table_format
+from ..models.backends.base import Completion
 from ..prompts.renderer import PromptTemplate
 from ..records import content_hash
 from .base import Record, Step, StepContext, source_id_of
 from .single import add_call_meta, call_meta
+
+if TYPE_CHECKING:
+    from ..models.gateway import ModelClient
 
 # The paper samples instructions at temperature 1, top-p 1; a user's instruction is short.
 DEFAULT_INSTRUCTION_PARAMS = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 128}
@@ -69,6 +73,17 @@ def _sample_index(ctx: StepContext, record: Record, step: str, *parts: Any) -> i
     return int(content_hash([base, *parts], 6), 16)
 
 
+class _Draw(NamedTuple):
+    """What became of one instruction sample: its last draw (the kept one, or the last one dropped)."""
+
+    sample: int  # the gateway call's sample index
+    attempt: int
+    completion: Completion
+    cleaned: Cleaned
+    choice: int = 0  # its place among the request's samples
+    n: int = 1  # samples in that request
+
+
 def _check_params(params: dict[str, Any] | None, where: str) -> dict[str, Any]:
     params = dict(params or {})
     if "stop" in params:
@@ -83,10 +98,19 @@ class MagpieInstruction(Step):
     else a table name such as ``llama3.1``, or a tokenizer_config.json / .jinja path); ``system`` (a system
     prompt), ``control_task`` (``math``/``code``/``translation``: a built-in system prompt); ``language``
     (keep only instructions in it, e.g. ``zh``; also picks the control prompt's language and, without other
-    system prompt, a steering one where there is one); ``samples`` (instructions per slot, each its own call);
-    ``attempts`` (draws per instruction until one passes the filters); ``cleaning`` (min_units, max_units,
-    languages, require_request); ``on_drop`` (``drop``, or ``keep`` to pass dropped ones on with
-    ``magpie.drop`` set: for inspection); ``params`` (temperature, top_p, max_tokens, repeat_penalty...).
+    system prompt, a steering one where there is one); ``samples`` (instructions per slot);
+    ``samples_per_call`` (instructions drawn per request, default 1: each its own call; above 1, a slot's
+    samples are drawn in groups of up to that many through ``complete_n``, the server's ``n``, so the
+    pre-query is processed once per group; it only matters with ``samples > 1``); ``attempts`` (draws per
+    instruction until one passes the filters: with groups, the samples a round dropped are drawn again,
+    grouped, in the next round); ``cleaning`` (min_units, max_units, languages, require_request);
+    ``on_drop`` (``drop``, or ``keep`` to pass dropped ones on with ``magpie.drop`` set: for inspection);
+    ``params`` (temperature, top_p, max_tokens, repeat_penalty...).
+
+    Each output keeps its draw in ``magpie``: ``sample`` (the call's sample index), ``attempt``, ``raw``,
+    ``finish_reason``; with ``samples_per_call > 1`` also ``samples_per_call``, ``n`` (samples in that
+    request) and ``choice`` (this one's place among them). A group of one is the very call that
+    ``samples_per_call: 1`` makes, cache key included.
     """
 
     kind: ClassVar[str] = "magpie"
@@ -94,7 +118,7 @@ class MagpieInstruction(Step):
     def __init__(self, model: str, template: str = "auto", system: str | None = None,
                  control_task: str | None = None, language: str | None = None, samples: int = 1, attempts: int = 1,
                  cleaning: dict[str, Any] | None = None, on_drop: str = "drop", output_field: str = "input",
-                 params: dict[str, Any] | None = None, name: str | None = None):
+                 params: dict[str, Any] | None = None, samples_per_call: int = 1, name: str | None = None):
         super().__init__(name)
         self.model = model
         self.template = template or "auto"
@@ -108,11 +132,12 @@ class MagpieInstruction(Step):
             or (LANGUAGE_SYSTEM.get(language) if language else None)
         self.control_task = control_task
         self.language = language
-        for key, value in (("samples", samples), ("attempts", attempts)):
-            if not isinstance(value, int) or value < 1:
+        for key, value in (("samples", samples), ("attempts", attempts), ("samples_per_call", samples_per_call)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{where}: {key} must be a whole number >= 1, not {value!r}")
         self.samples = samples
         self.attempts = attempts
+        self.samples_per_call = samples_per_call
         try:
             rules = CleaningRules.from_dict(cleaning, where=f"{where}: cleaning")
         except (TypeError, ValueError) as exc:
@@ -147,26 +172,69 @@ class MagpieInstruction(Step):
     async def chat_format(self, ctx: StepContext) -> ChatFormat:
         return await self._formats.get(ctx, self.model, self.template)
 
+    def _clean(self, completion: Completion, rules: CleaningRules) -> Cleaned:
+        self.counters["calls"] += 1
+        cleaned = clean_instruction(completion.text, completion.finish_reason, rules)
+        for edit in cleaned.edits:
+            self.counters[f"edited:{edit}"] += 1
+        if not cleaned.kept:
+            self.counters[f"dropped:{cleaned.drop}"] += 1
+        return cleaned
+
+    async def _draw_each(self, ctx: StepContext, record: Record, client: ModelClient, pre_query: str,
+                         stops: list[str], rules: CleaningRules) -> list[_Draw]:
+        """One call per draw: sample ``k`` tries until it passes or its ``attempts`` are spent."""
+        draws = []
+        for k in range(self.samples):
+            for attempt in range(self.attempts):
+                sample = _sample_index(ctx, record, self.name, k, attempt)
+                completion = await client.complete(pre_query, sample=sample, stop=stops, **self.params)
+                cleaned = self._clean(completion, rules)
+                if cleaned.kept:
+                    break
+            draws.append(_Draw(sample, attempt, completion, cleaned))
+        return draws
+
+    async def _draw_grouped(self, ctx: StepContext, record: Record, client: ModelClient, pre_query: str,
+                            stops: list[str], rules: CleaningRules) -> list[_Draw]:
+        """Rounds of grouped draws: each round asks for the samples still without an instruction, up to
+        ``samples_per_call`` per request (a round's requests at once). A group is named by its first sample
+        and the round, so its cache key and seed are stable across runs."""
+        draws: dict[int, _Draw] = {}
+        pending = list(range(self.samples))
+        size = self.samples_per_call
+        for attempt in range(self.attempts):
+            if not pending:
+                break
+            groups = [pending[i:i + size] for i in range(0, len(pending), size)]
+            samples = [_sample_index(ctx, record, self.name, group[0], attempt) for group in groups]
+            replies = await asyncio.gather(*(client.complete_n(pre_query, len(group), sample=sample, stop=stops,
+                                                               **self.params)
+                                             for group, sample in zip(groups, samples)))
+            pending = []
+            for group, sample, completions in zip(groups, samples, replies):
+                self.counters["requests"] += 1
+                for choice, (k, completion) in enumerate(zip(group, completions)):
+                    cleaned = self._clean(completion, rules)
+                    draws[k] = _Draw(sample, attempt, completion, cleaned, choice, len(group))
+                    if not cleaned.kept:
+                        pending.append(k)
+        return [draws[k] for k in range(self.samples)]
+
     async def run(self, record: Record, ctx: StepContext) -> Record | list[Record] | None:
         fmt = await self.chat_format(ctx)
         pre_query = fmt.pre_query(self.system)
         rules = CleaningRules(**{**self.rules.__dict__, "stops": fmt.stops})
         client = ctx.model(self.model)
+        draw = self._draw_each if self.samples_per_call == 1 else self._draw_grouped
         outputs: list[Record] = []
-        for k in range(self.samples):
-            for attempt in range(self.attempts):
-                sample = _sample_index(ctx, record, self.name, k, attempt)
-                completion = await client.complete(pre_query, sample=sample, stop=list(fmt.stops), **self.params)
-                self.counters["calls"] += 1
-                cleaned = clean_instruction(completion.text, completion.finish_reason, rules)
-                for edit in cleaned.edits:
-                    self.counters[f"edited:{edit}"] += 1
-                if cleaned.kept:
-                    break
-                self.counters[f"dropped:{cleaned.drop}"] += 1
+        for k, (sample, attempt, completion, cleaned, choice, n) in enumerate(
+                await draw(ctx, record, client, pre_query, list(fmt.stops), rules)):
             if not cleaned.kept and self.on_drop == "drop":
                 continue
             out = dict(record)
+            if "_meta" in record:  # its own call list: the samples of a slot share nothing else
+                out["_meta"] = {**record["_meta"], "calls": list(record["_meta"].get("calls", []))}
             if self.samples > 1:
                 out["id"] = f"{source_id_of(record)}:{k}"
             out[self.output_field] = cleaned.text
@@ -180,6 +248,8 @@ class MagpieInstruction(Step):
                 "params": {**client.config.params, **self.params}, "sample": sample, "attempt": attempt,
                 "finish_reason": completion.finish_reason, "raw": completion.text, "edits": cleaned.edits,
             }
+            if self.samples_per_call > 1:
+                out["magpie"].update(samples_per_call=self.samples_per_call, n=n, choice=choice)
             if not cleaned.kept:
                 out["magpie"]["drop"] = cleaned.drop
             else:
