@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/magpie.py                 # N = 1000 (long on a small shared CPU)
     .venv/bin/python bench/magpie.py --n 200 --json out/bench-magpie.json
+    .venv/bin/python bench/magpie.py --n 200 --samples-per-call 4   # also n=4 samples per request
 
 One run of the real engine (slots -> ``magpie`` step through the gateway, no call cache, ``on_drop:
 keep`` so every draw is counted) measures:
@@ -15,6 +16,10 @@ keep`` so every draw is counted) measures:
   pre-query, stops and sampling (``--baseline-n`` calls), so the engine's overhead shows as a ratio. The
   two alternate in ``--rounds`` rounds (the engine resumes into the same folder with a growing slot
   window), so both see the same load on a shared machine; the model is loaded before timing starts.
+
+With ``--samples-per-call K`` the engine draws ``samples: K`` instructions per slot (N/K slots, rounded up),
+and a second engine run in the same rounds draws them ``samples_per_call: K`` at a time (``complete_n``,
+one request per K samples); kept instructions/s of the two are printed with their ratio.
 """
 from __future__ import annotations
 
@@ -36,10 +41,12 @@ from joydataforge.models.gateway import Gateway
 from joydataforge.pipeline import Pipeline
 
 
-def _pipeline(out: Path, model: str, params: dict, limit: int, run_dir: str) -> Pipeline:
+def _pipeline(out: Path, model: str, params: dict, limit: int, run_dir: str, samples: int = 1,
+              samples_per_call: int = 1) -> Pipeline:
     return Pipeline.from_dict({
         "input": {"path": str(out / "slots.jsonl"), "limit": limit},
-        "steps": [{"magpie": {"model": model, "on_drop": "keep", "params": params}}],
+        "steps": [{"magpie": {"model": model, "on_drop": "keep", "params": params, "samples": samples,
+                              "samples_per_call": samples_per_call}}],
         "output": {"dir": str(out / run_dir)}, "run": {"cache": None, "progress": False, "concurrency": 4}})
 
 
@@ -79,24 +86,53 @@ class Bare:
         self.seconds += time.perf_counter() - started
 
 
-def run_interleaved(n: int, model: str, params: dict, out: Path, baseline_n: int, rounds: int):
-    """Engine and bare calls in alternating rounds, so both see the same machine load (CPUs are shared)."""
-    write_slots(out / "slots.jsonl", n)
+class Arm:
+    """One engine configuration, resumed round after round into its own folder."""
+
+    def __init__(self, out: Path, model: str, params: dict, run_dir: str, samples: int, samples_per_call: int):
+        self.out, self.model, self.params, self.run_dir = out, model, params, run_dir
+        self.samples, self.samples_per_call = samples, samples_per_call
+        self.seconds = 0.0
+        self.summaries: list[dict] = []
+
+    def run(self, slots: int) -> None:
+        pipeline = _pipeline(self.out, self.model, self.params, slots, self.run_dir, self.samples,
+                             self.samples_per_call)
+        started = time.perf_counter()
+        self.summaries.append(LocalExecutor(pipeline).run_sync().as_dict())
+        self.seconds += time.perf_counter() - started
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in (self.out / self.run_dir / "data.jsonl").read_text("utf-8").splitlines()]
+
+    def total(self, key: str) -> int:
+        if key == "failed":
+            return sum(s[key] for s in self.summaries)
+        if key == "requests":
+            return sum(int(s["steps"].get("magpie", {}).get("requests", 0)) for s in self.summaries)
+        return sum(s["models"].get(self.model, {}).get(key, 0) for s in self.summaries)
+
+
+def run_interleaved(n: int, model: str, params: dict, out: Path, baseline_n: int, rounds: int,
+                    samples_per_call: int = 1):
+    """Engine and bare calls in alternating rounds, so both see the same machine load (CPUs are shared);
+    with ``samples_per_call`` K > 1, slots of K samples, and a second engine arm drawing K per request."""
+    k = samples_per_call
+    slots = -(-n // k)
+    write_slots(out / "slots.jsonl", slots)
     LocalExecutor(_pipeline(out, model, params, 1, "warmup")).run_sync()  # load the model outside the timing
     bare = Bare(model, params) if baseline_n else None
-    engine_seconds = 0.0
-    summaries = []
+    engine = Arm(out, model, params, "run", k, 1)
+    grouped = Arm(out, model, params, "grouped", k, k) if k > 1 else None
     for r in range(1, rounds + 1):
-        started = time.perf_counter()
-        summaries.append(LocalExecutor(_pipeline(out, model, params, n * r // rounds, "run")).run_sync().as_dict())
-        engine_seconds += time.perf_counter() - started
+        arms = [engine, grouped] if r % 2 else [grouped, engine]  # neither always runs first
+        for arm in arms:
+            if arm is not None:
+                arm.run(slots * r // rounds)
         if bare:
             bare.run(baseline_n * r // rounds - baseline_n * (r - 1) // rounds)
-        print(f"  round {r}/{rounds}: {n * r // rounds} draws", file=sys.stderr, flush=True)
-    records = [json.loads(line) for line in (out / "run" / "data.jsonl").read_text("utf-8").splitlines()]
-    completion_tokens = sum(s["models"].get(model, {}).get("completion_tokens", 0) for s in summaries)
-    failed = sum(s["failed"] for s in summaries)
-    return engine_seconds, records, completion_tokens, failed, bare
+        print(f"  round {r}/{rounds}: {slots * r // rounds * k} draws", file=sys.stderr, flush=True)
+    return engine, grouped, bare
 
 
 def duplicate_rates(kept: list[dict]) -> dict:
@@ -125,22 +161,31 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--baseline-n", type=int, default=50, help="bare llama-cpp-python calls (0: skip)")
     parser.add_argument("--rounds", type=int, default=5, help="engine/bare alternations")
+    parser.add_argument("--samples-per-call", type=int, default=1,
+                        help="K > 1: slots of K samples, drawn one per request and K per request (complete_n), "
+                             "compared in the same rounds")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    if args.samples_per_call < 1:
+        parser.error("--samples-per-call must be >= 1")
     params = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens}
 
     with tempfile.TemporaryDirectory() as tmp:
-        seconds, records, completion_tokens, failed, bare = run_interleaved(
-            args.n, args.model, params, Path(tmp), args.baseline_n, args.rounds)
+        engine, grouped_arm, bare = run_interleaved(args.n, args.model, params, Path(tmp), args.baseline_n,
+                                                    args.rounds, args.samples_per_call)
+        records = engine.records()
+        grouped_records = grouped_arm.records() if grouped_arm else []
+    seconds, completion_tokens, failed = engine.seconds, engine.total("completion_tokens"), engine.total("failed")
+    draws = len(records)
     drops = Counter(r["magpie"].get("drop") for r in records if r["magpie"].get("drop"))
     kept = [r for r in records if not r["magpie"].get("drop")]
     dups = duplicate_rates(kept)
     result = {
-        "n": args.n, "model": args.model, "params": params, "seconds": round(seconds, 2),
-        "calls_per_s": round(args.n / seconds, 3), "instructions_per_s": round(len(kept) / seconds, 3),
+        "n": draws, "model": args.model, "params": params, "seconds": round(seconds, 2),
+        "calls_per_s": round(draws / seconds, 3), "instructions_per_s": round(len(kept) / seconds, 3),
         "completion_tokens_per_s": round(completion_tokens / seconds, 1),
-        "kept": len(kept), "kept_rate": round(len(kept) / args.n, 4),
-        "drop_rates": {reason: round(drops.get(reason, 0) / args.n, 4) for reason in DROP_REASONS},
+        "kept": len(kept), "kept_rate": round(len(kept) / draws, 4),
+        "drop_rates": {reason: round(drops.get(reason, 0) / draws, 4) for reason in DROP_REASONS},
         "drop_counts": {reason: drops.get(reason, 0) for reason in DROP_REASONS},
         "duplicates": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in dups.items()},
         "languages": dict(Counter(r["language"] for r in kept)),
@@ -155,14 +200,32 @@ def main() -> None:
                               "engine_over_bare_calls_per_s": round(result["calls_per_s"] / bare_rate, 3),
                               "engine_over_bare_tokens_per_s": round(
                                   result["completion_tokens_per_s"] / (bare.tokens / bare.seconds), 3)}
+    if grouped_arm is not None:
+        result["samples_per_slot"] = args.samples_per_call
+        g_kept = sum(1 for r in grouped_records if not r["magpie"].get("drop"))
+        g_seconds = grouped_arm.seconds
+        result["grouped"] = {
+            "what": f"samples_per_call {args.samples_per_call} (one request per {args.samples_per_call} samples), "
+                    "same slots, in the same rounds",
+            "samples_per_call": args.samples_per_call, "draws": len(grouped_records),
+            "requests": grouped_arm.total("requests"), "seconds": round(g_seconds, 2),
+            "calls_per_s": round(len(grouped_records) / g_seconds, 3),
+            "instructions_per_s": round(g_kept / g_seconds, 3),
+            "completion_tokens_per_s": round(grouped_arm.total("completion_tokens") / g_seconds, 1),
+            "kept": g_kept, "kept_rate": round(g_kept / max(len(grouped_records), 1), 4),
+            "failed": grouped_arm.total("failed"),
+            "over_n1_instructions_per_s": round(g_kept / g_seconds / (len(kept) / seconds), 3) if kept else None,
+            "over_n1_calls_per_s": round(len(grouped_records) / g_seconds / (draws / seconds), 3),
+        }
 
-    print(f"Magpie bench: {args.n} draws on {args.model} ({params}) in {seconds:.1f}s")
+    print(f"Magpie bench: {draws} draws on {args.model} ({params}) in {seconds:.1f}s"
+          + (f", {args.samples_per_call} samples per slot, one per request" if grouped_arm else ""))
     print(f"  calls/s {result['calls_per_s']}   kept instructions/s {result['instructions_per_s']}   "
           f"completion tokens/s {result['completion_tokens_per_s']}")
     print(f"  kept {len(kept)} ({result['kept_rate']:.1%}); failed records {result['failed']}")
     for reason in DROP_REASONS:
         if drops.get(reason):
-            print(f"  dropped {reason:<16} {drops[reason]:>5}  {drops[reason] / args.n:.1%}")
+            print(f"  dropped {reason:<16} {drops[reason]:>5}  {drops[reason] / draws:.1%}")
     print(f"  duplicates among kept: exact {dups['exact_duplicates']} ({dups['exact_rate']:.1%}), near "
           f"{dups['near_duplicates']} ({dups['near_rate']:.1%}), total {dups['duplicate_rate']:.1%}; "
           f"unique after dedup {dups['unique_after_dedup']}")
@@ -172,6 +235,13 @@ def main() -> None:
         print(f"  baseline bare llama-cpp-python: {base['calls_per_s']} calls/s, {base['completion_tokens_per_s']} tok/s;"
               f" engine/bare = {base['engine_over_bare_calls_per_s']} (calls/s), "
               f"{base['engine_over_bare_tokens_per_s']} (tokens/s)")
+    if "grouped" in result:
+        g = result["grouped"]
+        print(f"  n={g['samples_per_call']} per request: {g['draws']} draws in {g['requests']} requests, "
+              f"{g['seconds']}s; calls/s {g['calls_per_s']}   kept instructions/s {g['instructions_per_s']} "
+              f"(kept {g['kept_rate']:.1%})")
+        print(f"  n={g['samples_per_call']} over n=1: kept instructions/s {g['over_n1_instructions_per_s']}, "
+              f"calls/s {g['over_n1_calls_per_s']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False), "utf-8")
