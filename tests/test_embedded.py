@@ -77,3 +77,5 @@ def test_complete_n_runs_the_samples_back_to_back():
     assert [c.text for c in group] == [c.text for c in singles]
     assert len({c.text for c in group}) == 3 and len({c.text for c in through_gateway}) == 3
     assert all(c.usage.completion_tokens > 0 for c in group + through_gateway)
+    # the prompt is evaluated once per group and counted once, as a server counts an n-sample request
+    assert group[0].usage.prompt_tokens > 0 and all(c.usage.prompt_tokens == 0 for c in group[1:])

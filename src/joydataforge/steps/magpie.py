@@ -163,7 +163,9 @@ class MagpieInstruction(Step):
                 table_format(spec)  # an unknown name fails before the run
             return
         config = ctx.gateway.registry.get(self.model)
-        own_template = (config.backend == "llamacpp") != bool(config.chat_template)  # see ModelClient.chat_template
+        # Where ModelClient.chat_template() finds one: the GGUF's (unless a llama.cpp chat format overrides it),
+        # vLLM's tokenizer or chat_template file, the file named for a server.
+        own_template = config.backend == "vllm" or (config.backend == "llamacpp") != bool(config.chat_template)
         if not own_template and guess_family(config.chat_template, config.model, config.model_path, config.name) is None:
             raise ConfigError(f"step '{self.name}': cannot tell the chat template of model '{self.model}' "
                               f"({config.backend} backend, model '{config.model}'): set template: to one of "

@@ -131,7 +131,10 @@ class LlamaCppBackend(Backend):
         return await self._in_worker(self._complete_sync, prompt, params, seed)
 
     def _complete_n_sync(self, prompt: str, params: dict[str, Any], n: int, seed: int | None) -> list[Completion]:
-        return [self._complete_sync(prompt, params, None if seed is None else seed + i) for i in range(n)]
+        samples = [self._complete_sync(prompt, params, None if seed is None else seed + i) for i in range(n)]
+        for sample in samples[1:]:  # evaluated once and reused, as a server counts an n-sample request
+            sample.usage.prompt_tokens = 0
+        return samples
 
     async def complete_n(self, prompt: str, params: dict[str, Any], n: int, *,
                          seed: int | None = None) -> list[Completion]:
