@@ -184,3 +184,24 @@ async def test_a_cancelled_caller_does_not_stop_the_engine(fake_vllm, monkeypatc
     assert (await client.complete("still served")).text
     prompts = [p for call in fake_vllm.CALLS for p in call["prompts"]]
     assert prompts == ["still served"]  # the cancelled one never reached vLLM
+
+
+def test_example_magpie_vllm_runs(fake_vllm, tmp_path):
+    """examples/magpie_vllm.yaml as a user runs it (`joyforge run`), with the vLLM stand-in for the GPU."""
+    import json
+
+    from click.testing import CliRunner
+
+    from joydataforge.cli import cli
+
+    out = tmp_path / "magpie-vllm"
+    result = CliRunner().invoke(cli, ["run", "examples/magpie_vllm.yaml", "-o", str(out), "--limit", "3",
+                                      "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "data.jsonl").read_text("utf-8").splitlines()]
+    assert rows and len(rows) <= 12  # 3 slots x 4 samples, minus what the quality judge left out
+    assert all(r["language"] == "zh" and r["input"].startswith("请问") for r in rows)
+    assert all(r["magpie"]["n"] == 4 and r["magpie"]["samples_per_call"] == 4 for r in rows)
+    assert all(r["input_quality"] in ("average", "good", "excellent") and r["target"] for r in rows)
+    first_round = [c for c in fake_vllm.CALLS if c["kind"] == "generate" and c["params"][0].n == 4]
+    assert sum(c["size"] for c in first_round) == 3  # one 4-sample request per slot

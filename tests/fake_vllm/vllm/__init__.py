@@ -2,7 +2,7 @@
 
 Text is drawn from a small vocabulary by a generator seeded with (prompt, seed, sample index), so a
 seeded request always gets the same reply and the ``n`` samples of one request differ. Raw prompts that
-end a user-turn header (Magpie's pre-query) get a question; JSON-constrained requests get an object that
+end a user-turn header (Magpie's pre-query) get a question (in Chinese after a Chinese system prompt); JSON-constrained requests get an object that
 fits the schema. A prompt containing ``FAIL_IN_VLLM`` raises, as vLLM does for a prompt that is too long.
 Every call is recorded in ``CALLS`` (kind, batch size, thread id, sampling params) for assertions.
 """
@@ -29,6 +29,8 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
 WORDS = ("data", "model", "river", "garden", "python", "music", "history", "energy", "market", "protein",
          "planet", "poem", "recipe", "budget", "network", "engine", "theorem", "language", "city", "window")
 VERBS = ("explain", "write", "compare", "summarise", "design", "translate", "improve", "plan")
+ZH_WORDS = ("数据", "模型", "河流", "花园", "音乐", "历史", "能源", "市场", "蛋白质", "城市")
+ZH_VERBS = ("解释", "写", "比较", "总结", "设计", "改进")
 
 
 @dataclass
@@ -59,6 +61,8 @@ def _reply(prompt: str, params: SamplingParams, index: int) -> CompletionOutput:
     rng = random.Random(f"{prompt}|{params.seed}|{index}|{params.temperature}")
     if params.structured_outputs is not None:
         text = json.dumps(_fit(params.structured_outputs.json, rng))
+    elif prompt.endswith("user\n") and any("\u4e00" <= ch <= "\u9fff" for ch in prompt):  # a Chinese system prompt
+        text = f"请问如何{rng.choice(ZH_VERBS)}一篇关于{rng.choice(ZH_WORDS)}和{rng.choice(ZH_WORDS)}的文章？<|im_end|>\n回答"
     elif prompt.endswith("user\n"):
         text = f"How can I {rng.choice(VERBS)} a {rng.choice(WORDS)} about {rng.choice(WORDS)}?<|im_end|>\nanswer"
     else:
