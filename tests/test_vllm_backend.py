@@ -194,8 +194,13 @@ def test_example_magpie_vllm_runs(fake_vllm, tmp_path):
 
     from joydataforge.cli import cli
 
+    import shutil
+
+    examples = Path(__file__).parent.parent / "examples"
+    for name in ("magpie_vllm.yaml", "vllm_models.yaml", "magpie_slots.jsonl"):  # its call cache goes beside it
+        shutil.copy(examples / name, tmp_path / name)
     out = tmp_path / "magpie-vllm"
-    result = CliRunner().invoke(cli, ["run", "examples/magpie_vllm.yaml", "-o", str(out), "--limit", "3",
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "magpie_vllm.yaml"), "-o", str(out), "--limit", "3",
                                       "--no-progress"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "data.jsonl").read_text("utf-8").splitlines()]
