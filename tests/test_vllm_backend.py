@@ -120,6 +120,13 @@ async def test_chat_and_structured_output(fake_vllm):
     assert fake_vllm.CALLS[-1]["params"][0].structured_outputs.json == schema
 
 
+def test_structured_params_on_a_fresh_import(fake_vllm):
+    """vLLM exports lazily: ``vllm.sampling_params`` is not an attribute before something imports it."""
+    assert "vllm.sampling_params" not in sys.modules
+    params = vllm_offline.sampling_params(fake_vllm, {"max_tokens": 4}, json_schema={"type": "object"})
+    assert params.structured_outputs.json == {"type": "object"} and params.max_tokens == 4
+
+
 async def test_a_failing_prompt_fails_alone(fake_vllm):
     gateway = Gateway(registry())
     client = gateway.model("v")

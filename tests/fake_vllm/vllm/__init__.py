@@ -15,10 +15,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import sampling_params
-from .sampling_params import SamplingParams, StructuredOutputsParams
+__all__ = ["LLM", "SamplingParams", "CALLS", "LOADS", "DELAY_S"]
 
-__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "sampling_params", "CALLS", "LOADS", "DELAY_S"]
+
+def __getattr__(name: str) -> Any:
+    """Lazy like vLLM's own ``__init__``: ``vllm.sampling_params`` is no attribute until something imports it."""
+    if name == "SamplingParams":
+        from .sampling_params import SamplingParams
+
+        return SamplingParams
+    raise AttributeError(f"module vllm has no attribute {name}")
 
 CALLS: list[dict[str, Any]] = []
 LOADS: list[dict[str, Any]] = []
@@ -57,7 +63,7 @@ class _Tokenizer:
         self.name_or_path = name
 
 
-def _reply(prompt: str, params: SamplingParams, index: int) -> CompletionOutput:
+def _reply(prompt: str, params: Any, index: int) -> CompletionOutput:
     rng = random.Random(f"{prompt}|{params.seed}|{index}|{params.temperature}")
     if params.structured_outputs is not None:
         text = json.dumps(_fit(params.structured_outputs.json, rng))
@@ -112,7 +118,11 @@ class LLM:
 
     def generate(self, prompts: Any, sampling_params: Any = None, *, use_tqdm: bool = True) -> list[RequestOutput]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * len(prompts)
+        if not isinstance(sampling_params, list):
+            from .sampling_params import SamplingParams
+
+            sampling_params = [sampling_params or SamplingParams()] * len(prompts)
+        params = sampling_params
         if len(params) != len(prompts):
             raise ValueError("the lengths of prompts and sampling_params must be the same")
         CALLS.append({"kind": "generate", "size": len(prompts), "thread": threading.get_ident(), "params": params,

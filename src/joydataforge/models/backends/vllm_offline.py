@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib
 import queue
 import threading
 import time
@@ -56,13 +57,13 @@ def sampling_params(vllm: Any, params: dict[str, Any], *, n: int = 1, seed: int 
     if seed is not None and "seed" not in kwargs:
         kwargs["seed"] = seed
     if json_schema is not None:
-        kwargs.update(_structured(vllm, json_schema))
+        kwargs.update(_structured(json_schema))
     return vllm.SamplingParams(**kwargs)
 
 
-def _structured(vllm: Any, schema: dict[str, Any]) -> dict[str, Any]:
+def _structured(schema: dict[str, Any]) -> dict[str, Any]:
     """Grammar-constrained JSON: ``structured_outputs`` since vLLM 0.10.2, ``guided_decoding`` before."""
-    module = vllm.sampling_params
+    module = importlib.import_module("vllm.sampling_params")  # not an attribute of vllm until imported
     if hasattr(module, "StructuredOutputsParams"):
         return {"structured_outputs": module.StructuredOutputsParams(json=schema)}
     return {"guided_decoding": module.GuidedDecodingParams(json=schema)}
