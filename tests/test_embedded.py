@@ -79,3 +79,19 @@ def test_complete_n_runs_the_samples_back_to_back():
     assert all(c.usage.completion_tokens > 0 for c in group + through_gateway)
     # the prompt is evaluated once per group and counted once, as a server counts an n-sample request
     assert group[0].usage.prompt_tokens > 0 and all(c.usage.prompt_tokens == 0 for c in group[1:])
+
+
+def test_embeddings_of_a_chat_gguf_are_one_vector_per_text_whatever_the_batch():
+    """SmolLM2's GGUF names no pooling: llama.cpp would answer per token, misaligned between the texts of a
+    batch; the backend asks for mean pooling, so a text's vector does not depend on its neighbours."""
+    async def go():
+        gateway = Gateway(ModelRegistry.load())
+        client = gateway.model("smollm2")
+        vectors = await client.embed(["hello world", "good morning to you", "hello world"])
+        await gateway.close()
+        return vectors, gateway.usage["smollm2"].prompt_tokens
+
+    vectors, tokens = asyncio.run(go())
+    assert len(vectors) == 3 and len({len(v) for v in vectors}) == 1 and len(vectors[0]) > 100
+    assert vectors[0] == pytest.approx(vectors[2], abs=1e-6) and vectors[0] != pytest.approx(vectors[1], abs=1e-3)
+    assert tokens == 8  # as llama.cpp counts them: 2 + 4 + 2

@@ -108,6 +108,15 @@ async def test_complete_round_trip(mock_server):
     assert last["endpoint"] == "/v1/completions" and last["body"]["prompt"] == "Once upon a time"
 
 
+async def test_embedding_tokens_are_the_servers_count(mock_server):
+    """A paid API bills its own token count; the chars/4 estimate is only for backends that do not say."""
+    text = "one two three four five six seven eight"  # the mock counts 8 tokens; chars/4 would say 9
+    async with open_gateway(mock_server.url, pricing={"input_per_mtok": 1e6}) as gw:
+        await gw.model("m").embed([text])
+        usage = gw.usage["m"]
+    assert usage.prompt_tokens == 8 and usage.cost == pytest.approx(8.0)
+
+
 async def test_embeddings_round_trip_and_per_text_cache(mock_server, tmp_path):
     cache = CallCache(tmp_path / "calls.sqlite")
     try:

@@ -230,11 +230,13 @@ class ModelClient:
         missing = [i for i, v in enumerate(vectors) if v is None]
         if missing:
             batch = [texts[i] for i in missing]
-            fresh, seconds = await self._with_retries(lambda: self.backend.embed(batch))
+            (fresh, tokens), seconds = await self._with_retries(lambda: self.backend.embed_with_usage(batch))
             if len(fresh) != len(batch):  # zip would silently misalign vectors and texts
                 raise ModelError(f"model '{self.name}': {len(fresh)} embeddings for {len(batch)} texts",
                                  model=self.name)
-            self.usage.record(sum(len(texts[i]) // 4 for i in missing), 0, seconds, self.config.pricing)
+            if tokens is None:  # the backend does not count: about four characters a token
+                tokens = sum(len(text) // 4 for text in batch)
+            self.usage.record(tokens, 0, seconds, self.config.pricing)
             for i, vector in zip(missing, fresh):
                 vectors[i] = vector
                 if self.cache is not None:

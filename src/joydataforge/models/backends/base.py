@@ -83,6 +83,11 @@ class Backend(abc.ABC):
     async def embed(self, texts: list[str]) -> list[list[float]]:
         raise ModelError(f"{type(self).__name__} does not offer embeddings")
 
+    async def embed_with_usage(self, texts: list[str]) -> tuple[list[list[float]], int | None]:
+        """Embeddings and the input tokens the backend counted (``None``: it does not say; the gateway then
+        estimates). A paid API bills its own count, so cost accounting should use it."""
+        return await self.embed(texts), None
+
     async def reward(self, conversations: list[Messages], params: dict[str, Any]) -> list[float]:
         """One reward score per conversation (each ends with the assistant turn being scored)."""
         raise ModelError(f"{type(self).__name__} does not offer reward scores")

@@ -59,6 +59,10 @@ class _LoadedModel:
                     kwargs["n_threads"] = n_threads
                 if chat_format:
                     kwargs["chat_format"] = chat_format
+                if embedding and not _names_pooling(llama_cpp, path):
+                    # A chat model's GGUF names no pooling, and llama.cpp then returns one vector per token,
+                    # misaligned between the texts of one batch (llama-cpp-python 0.3): ask for the mean.
+                    kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
                 cls._loaded[key] = cls(llama_cpp.Llama(**kwargs))
             return cls._loaded[key]
 
@@ -166,9 +170,31 @@ class LlamaCppBackend(Backend):
                          "has no reward head); use a reward model with backend: transformers, or one served by "
                          "vLLM (backend: openai, POST /pooling)", model=self.config.name)
 
-    def _embed_sync(self, texts: list[str]) -> list[list[float]]:
+    def _embed_sync(self, texts: list[str]) -> tuple[list[list[float]], int | None]:
         data = self._llama(embedding=True).create_embedding(texts)
-        return [list(map(float, row["embedding"])) for row in data["data"]]
+        tokens = (data.get("usage") or {}).get("prompt_tokens")
+        return [_pooled(row["embedding"]) for row in data["data"]], tokens
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
+        return (await self.embed_with_usage(texts))[0]
+
+    async def embed_with_usage(self, texts: list[str]) -> tuple[list[list[float]], int | None]:
         return await self._in_worker(self._embed_sync, texts, embedding=True)
+
+
+def _names_pooling(llama_cpp: Any, path: str) -> bool:
+    """Whether the GGUF says how to pool token vectors (embedding models do); its metadata alone, read fast."""
+    probe = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    try:
+        return any(key.endswith(".pooling_type") for key in (probe.metadata or {}))
+    finally:
+        probe.close()
+
+
+def _pooled(embedding: list[Any]) -> list[float]:
+    """One vector per text; token vectors (should a model still return them) become their mean."""
+    if not embedding or not isinstance(embedding[0], list):
+        return [float(x) for x in embedding]
+    import numpy as np
+
+    return np.asarray(embedding, dtype=np.float64).mean(axis=0).tolist()

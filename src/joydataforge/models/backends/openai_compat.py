@@ -158,12 +158,18 @@ class OpenAICompatBackend(Backend):
                 for i, (choice, text) in enumerate(zip(choices, texts))]
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
+        return (await self.embed_with_usage(texts))[0]
+
+    async def embed_with_usage(self, texts: list[str]) -> tuple[list[list[float]], int | None]:
         data = await self._post("/embeddings", {"model": self.config.model, "input": texts})
         try:
             rows = sorted(data["data"], key=lambda item: item.get("index", 0))
-            return [list(map(float, row["embedding"])) for row in rows]
+            vectors = [list(map(float, row["embedding"])) for row in rows]
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"model '{self.config.name}': malformed embeddings reply", model=self.config.name) from None
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        tokens = usage.get("prompt_tokens", usage.get("total_tokens"))
+        return vectors, int(tokens) if isinstance(tokens, (int, float)) else None
 
     async def reward(self, conversations: list[Messages], params: dict[str, Any]) -> list[float]:
         """vLLM's pooling endpoint, one request per conversation (see :mod:`..reward` for the shapes)."""
