@@ -39,7 +39,7 @@ class Seen:
 @dataclass
 class RecordingProxy:
     upstream: str  # the mock's base_url, without /v1
-    reject_json_schema: bool = False
+    reject_json_schema: bool | str = False  # True, or the error message to answer with
     seen: list[Seen] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -74,8 +74,9 @@ class RecordingProxy:
             fmt = (body or {}).get("response_format") if isinstance(body, dict) else None
             if self.reject_json_schema and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
                 seen.status = 400
-                return web.json_response({"error": {"message": "response_format json_schema is not supported",
-                                                    "type": "invalid_request_error"}}, status=400)
+                message = self.reject_json_schema if isinstance(self.reject_json_schema, str) else \
+                    "response_format json_schema is not supported"
+                return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=400)
             async with self._session.request(request.method, self.upstream + request.path_qs, data=raw,
                                              headers={"Content-Type": "application/json"}) as upstream:
                 payload = await upstream.read()

@@ -302,8 +302,13 @@ async def test_schema_violations_are_validation_failures(mock_server):
     assert json.loads(info.value.raw) == ["mock: not an object"]
 
 
-async def test_fallback_when_server_rejects_json_schema(mock_server, recording_proxy):
-    proxy = recording_proxy(reject_json_schema=True)
+@pytest.mark.parametrize("message", [
+    "response_format json_schema is not supported",
+    "Input validation error: grammar is not supported by this model",  # no word "response_format"
+    "Invalid value: 'json_schema'. Supported values are: 'json_object' and 'text'.",
+])
+async def test_fallback_when_server_rejects_json_schema(mock_server, recording_proxy, message):
+    proxy = recording_proxy(reject_json_schema=message)
     schema = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"]}
     async with open_gateway(proxy.url) as gw:
         first, _ = await gw.model("m").chat_json(user("one"), schema)

@@ -37,6 +37,16 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+# Words a server's error uses when it cannot do what response_format asked (OpenAI, DeepSeek, Groq, TGI,
+# vLLM, SGLang, LM Studio phrasings); a 400 about anything else (context length, a bad model) has none.
+_STRUCTURED_WORDS = ("response_format", "json_schema", "json schema", "schema", "grammar", "guided", "structured")
+
+
+def _refuses_structured_output(error_text: str) -> bool:
+    text = error_text.lower()
+    return any(word in text for word in _STRUCTURED_WORDS)
+
+
 class OpenAICompatBackend(Backend):
     def __init__(self, config: ModelConfig):
         if not config.base_url:
@@ -99,7 +109,7 @@ class OpenAICompatBackend(Backend):
         try:
             data = await self._post("/chat/completions", body)
         except ModelError as exc:
-            if "response_format" not in body or "response_format" not in (exc.raw or str(exc)):
+            if "response_format" not in body or not _refuses_structured_output(exc.raw or str(exc)):
                 raise
             # The server refused our way of asking for structured output (some answer 400, some 500):
             # step down json_schema -> json_object (+schema, which llama.cpp's server enforces) -> prompt
