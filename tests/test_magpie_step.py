@@ -123,6 +123,29 @@ def test_samples_fan_out_with_stable_ids(tmp_path):
                                                       ("magpie-000001:1", "What is RNA?")]
 
 
+def test_samples_of_a_slot_draw_at_the_same_time_with_order_free_seeds(tmp_path):
+    import asyncio as aio
+
+    class Slow(MagpieBackend):
+        def __init__(self):
+            super().__init__()
+            self.in_flight = self.peak = 0
+
+        async def complete(self, prompt, params, *, seed=None):
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            await aio.sleep(0.05)
+            self.in_flight -= 1
+            return Completion(text=f"What is item {seed % 1000}?", usage=Usage(1, 1), finish_reason="stop")
+
+    backend = Slow()
+    _, data, _ = run(tmp_path, [{"magpie": {"model": "judge", "samples": 3}}], {"judge": backend}, n=1)
+    assert backend.peak == 3 and len(data) == 3
+    again = Slow()
+    _, data2, _ = run(tmp_path, [{"magpie": {"model": "judge", "samples": 3}}], {"judge": again}, n=1, out="again")
+    assert [r["input"] for r in data] == [r["input"] for r in data2]  # each sample keeps its own seed
+
+
 def test_same_seed_same_questions_other_seed_other_questions(tmp_path):
     seeds = []
     for out, seed in (("a", 0), ("b", 0), ("c", 1)):

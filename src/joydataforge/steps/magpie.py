@@ -185,17 +185,20 @@ class MagpieInstruction(Step):
 
     async def _draw_each(self, ctx: StepContext, record: Record, client: ModelClient, pre_query: str,
                          stops: list[str], rules: CleaningRules) -> list[_Draw]:
-        """One call per draw: sample ``k`` tries until it passes or its ``attempts`` are spent."""
-        draws = []
-        for k in range(self.samples):
+        """One call per draw: each sample ``k`` tries until it passes or its ``attempts`` are spent. The
+        samples of a slot draw at the same time (a server answers them in parallel); their sample indexes,
+        hence their seeds and cache keys, do not depend on the order the replies come back in."""
+
+        async def one(k: int) -> _Draw:
             for attempt in range(self.attempts):
                 sample = _sample_index(ctx, record, self.name, k, attempt)
                 completion = await client.complete(pre_query, sample=sample, stop=stops, **self.params)
                 cleaned = self._clean(completion, rules)
                 if cleaned.kept:
                     break
-            draws.append(_Draw(sample, attempt, completion, cleaned))
-        return draws
+            return _Draw(sample, attempt, completion, cleaned)
+
+        return list(await asyncio.gather(*(one(k) for k in range(self.samples))))
 
     async def _draw_grouped(self, ctx: StepContext, record: Record, client: ModelClient, pre_query: str,
                             stops: list[str], rules: CleaningRules) -> list[_Draw]:
