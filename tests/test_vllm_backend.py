@@ -235,3 +235,25 @@ def test_bench_vllm_offline_runs_end_to_end(fake_vllm, tmp_path, capsys):
     assert result["engine"]["over_bare_tokens_per_s"] > 0 and result["engine_batches"]["max"] >= 1
     assert json.loads((tmp_path / "bench.json").read_text("utf-8"))["model"] == "acme/chat"
     assert "engine/bare" in capsys.readouterr().out
+
+
+def test_joyforge_magpie_command_on_vllm(fake_vllm, tmp_path):
+    """`joyforge magpie` with a vllm model from a models file: both stages, grouped draws, dedup between."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from joydataforge.cli.magpie import magpie_command
+
+    shutil.copy(Path(__file__).parent.parent / "examples" / "vllm_models.yaml", tmp_path / "models.yaml")
+    out = tmp_path / "zh"
+    result = CliRunner().invoke(magpie_command, [
+        "--models", str(tmp_path / "models.yaml"), "--model", "qwen-vllm", "--response-model", "qwen-vllm-greedy",
+        "--language", "zh", "--samples", "4", "--samples-per-call", "4", "-n", "5", "-o", str(out),
+        "--repetition-penalty", "1.05", "--concurrency", "5", "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "conversations" / "data.jsonl").read_text("utf-8").splitlines()]
+    assert rows and all(r["language"] == "zh" and r["target"] for r in rows)
+    firsts = [c for c in fake_vllm.CALLS if c["kind"] == "generate" and c["params"][0].n == 4]
+    assert firsts and all(p.repetition_penalty == 1.05 for c in firsts for p in c["params"])
