@@ -454,3 +454,14 @@ def test_cli_refuses_options_that_need_responses(tmp_path):
     assert result.exit_code == 2
     result = CliRunner().invoke(magpie_command, ["-n", "1", "-o", str(tmp_path), "--samples-per-call", "0"])
     assert result.exit_code == 2 and "--samples-per-call" in result.output
+
+
+def test_cli_says_what_to_change_when_most_draws_are_dropped():
+    from joydataforge.cli.magpie import drop_hint
+
+    assert "trained on that language" in drop_hint({"calls": 30, "instructions": 0, "dropped:language": 30})
+    assert "raise --max-tokens" in drop_hint({"calls": 10, "instructions": 2, "dropped:truncated": 6,
+                                              "dropped:empty": 2})
+    assert drop_hint({"calls": 10, "instructions": 6, "dropped:language": 4}) is None  # most were kept
+    assert drop_hint({"calls": 10, "instructions": 4, "dropped:language": 3, "dropped:empty": 3}) is None  # no one cause
+    assert "dropped as repetitive" in drop_hint({"calls": 4, "instructions": 0, "dropped:repetitive": 4})

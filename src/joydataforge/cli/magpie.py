@@ -92,6 +92,30 @@ def print_drops(summary: Any, console: Console) -> None:
         if count:
             table.add_row(f"dropped: {reason}", str(count), f"{count / calls:.1%}")
     console.print(table)
+    hint = drop_hint(stats)
+    if hint:
+        console.print(f"[yellow]note:[/] {hint}")
+
+
+def drop_hint(stats: dict[str, Any]) -> str | None:
+    """What to change when most draws are dropped for one reason, so an almost empty run is not a mystery."""
+    calls = int(stats.get("calls", 0))
+    if not calls or int(stats.get("instructions", 0)) > calls / 2:
+        return None
+    reason, count = max(((r, int(stats.get(f"dropped:{r}", 0))) for r in DROP_REASONS), key=lambda rc: rc[1])
+    if count < calls / 2:
+        return None
+    hints = {
+        "language": "most instructions came in another language than --language asked for: small models (the "
+                    "embedded SmolLM2-135M) write almost only English; use a model trained on that language, "
+                    "e.g. a Qwen2.5 server or vLLM model via --models",
+        "truncated": "most instructions hit --max-tokens before the end of the user turn: raise --max-tokens",
+        "not_a_request": "most drafts are not requests: try --temperature 0.7-0.9, a --system prompt or "
+                         "--control-task, or a larger model",
+        "assistant_voice": "most drafts speak as the assistant: the pre-query template may not match the model; "
+                           "check --template (auto reads the model's own chat template)",
+    }
+    return hints.get(reason, f"most draws were dropped as {reason}; see the table above")
 
 
 @click.command("magpie")
