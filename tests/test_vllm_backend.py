@@ -251,8 +251,10 @@ def test_joyforge_magpie_command_on_vllm(fake_vllm, tmp_path):
     result = CliRunner().invoke(magpie_command, [
         "--models", str(tmp_path / "models.yaml"), "--model", "qwen-vllm", "--response-model", "qwen-vllm-greedy",
         "--language", "zh", "--samples", "4", "--samples-per-call", "4", "-n", "5", "-o", str(out),
-        "--repetition-penalty", "1.05", "--concurrency", "5", "--no-progress"], catch_exceptions=False)
+        "--repetition-penalty", "1.05", "--no-progress"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    written = (out / "magpie-instructions.yaml").read_text("utf-8")
+    assert "concurrency: 256" in written  # a vllm model gets the engine's batch width by default
     rows = [json.loads(line) for line in (out / "conversations" / "data.jsonl").read_text("utf-8").splitlines()]
     assert rows and all(r["language"] == "zh" and r["target"] for r in rows)
     firsts = [c for c in fake_vllm.CALLS if c["kind"] == "generate" and c["params"][0].n == 4]

@@ -156,7 +156,9 @@ def drop_hint(stats: dict[str, Any]) -> str | None:
 @click.option("--no-dedup", is_flag=True, help="Keep duplicate instructions.")
 @click.option("--export", "exports", multiple=True, type=click.Choice(["sharegpt", "openai", "alpaca"]),
               help="Also write OUT/export.<format>.jsonl (repeatable).")
-@click.option("--concurrency", type=int, default=8, show_default=True, help="Records in flight at once.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Records in flight at once (default 8; for a vllm model its max_concurrency, 256 unless set: "
+                   "its engine batches everything in flight).")
 @click.option("--models", "models_file", help="A models.yaml merged over the built-in models.")
 @click.option("--no-cache", is_flag=True, help="No call cache (default: OUT/.joyforge-cache/calls.sqlite).")
 @click.option("--overwrite", is_flag=True, help="Start afresh: delete this folder's earlier stage outputs first.")
@@ -166,7 +168,7 @@ def magpie_command(model: str, n: int, output_dir: str, template: str, system: s
                    tag_model: str | None, min_quality: str | None, samples: int, samples_per_call: int, attempts: int,
                    temperature: float, top_p: float, max_tokens: int, repetition_penalty: float | None,
                    response_max_tokens: int | None,
-                   seed: int, dedup_threshold: float, no_dedup: bool, exports: tuple[str, ...], concurrency: int,
+                   seed: int, dedup_threshold: float, no_dedup: bool, exports: tuple[str, ...], concurrency: int | None,
                    models_file: str | None, no_cache: bool, overwrite: bool, no_progress: bool) -> None:
     """Magpie: instructions written by a chat model given only its pre-query template, then answers.
 
@@ -183,7 +185,10 @@ def magpie_command(model: str, n: int, output_dir: str, template: str, system: s
     if no_responses and (tag or min_quality or turns > 1 or exports):
         raise click.UsageError("--tag, --min-quality, --turns > 1 and --export need responses: drop --no-responses")
     registry = _registry(models_file)
-    backend = registry.get(model).backend
+    config = registry.get(model)
+    backend = config.backend
+    if concurrency is None:
+        concurrency = config.max_concurrency if backend == "vllm" else 8
     instruction_params: dict[str, Any] = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
     if repetition_penalty is not None:
         instruction_params["repeat_penalty" if backend == "llamacpp" else "repetition_penalty"] = repetition_penalty
