@@ -259,3 +259,22 @@ def test_joyforge_magpie_command_on_vllm(fake_vllm, tmp_path):
     assert rows and all(r["language"] == "zh" and r["target"] for r in rows)
     firsts = [c for c in fake_vllm.CALLS if c["kind"] == "generate" and c["params"][0].n == 4]
     assert firsts and all(p.repetition_penalty == 1.05 for c in firsts for p in c["params"])
+
+
+def test_records_in_flight_follow_the_engine_unless_set(fake_vllm, tmp_path):
+    write_slots(tmp_path / "slots.jsonl", 40)
+    models = registry()
+
+    def pipeline(run: dict) -> Pipeline:
+        return Pipeline.from_dict({
+            "input": {"path": str(tmp_path / "slots.jsonl")},
+            "steps": [{"magpie": {"model": "v", "params": {"max_tokens": 16}}}],
+            "output": {"dir": str(tmp_path / f"out{len(run)}")}, "run": {"cache": None, "progress": False, **run}})
+
+    wide = pipeline({})
+    LocalExecutor(wide, registry=models, gateway=Gateway(models)).run_sync()
+    assert wide.run.concurrency == 256  # the vllm model's max_concurrency, not the default 32
+    assert max(c["size"] for c in fake_vllm.CALLS) > 8  # records in flight reached vLLM together
+    fixed = pipeline({"concurrency": 4, "seed": 0})
+    LocalExecutor(fixed, registry=models, gateway=Gateway(models)).run_sync()
+    assert fixed.run.concurrency == 4

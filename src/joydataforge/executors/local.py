@@ -64,6 +64,18 @@ def pipeline_fingerprint(pipeline: Pipeline) -> str:
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
 
+def _widen_for_batching_engines(pipeline: Pipeline, registry: ModelRegistry) -> None:
+    """An in-process vLLM model batches whatever requests are in flight: without ``run.concurrency`` in the
+    file or on the command line, let as many records run as its ``max_concurrency`` (256 by default), not
+    the 32 that suit a single server."""
+    if "concurrency" in pipeline.run.model_fields_set:
+        return
+    names = {name for step in pipeline.steps for name in step.model_names()}
+    widths = [registry.get(name).max_concurrency for name in names if registry.get(name).backend == "vllm"]
+    if widths and max(widths) > pipeline.run.concurrency:
+        pipeline.run.concurrency = max(widths)
+
+
 async def _read_batches(items: Iterator[SourceItem]) -> AsyncIterator[list[SourceItem]]:
     """File reading and parsing happen in a worker thread, a batch at a time, off the event loop."""
     def next_batch() -> list[SourceItem]:
@@ -119,6 +131,7 @@ class LocalExecutor:
         ctx = self._context(gateway)
         for step in pipeline.steps:
             step.check(ctx)  # unknown models, missing prompts, bad schemas: before any record is read
+        _widen_for_batching_engines(pipeline, gateway.registry)
         out_dir = pipeline.resolve(pipeline.output.dir)
         assert out_dir is not None
         state = RunState.open(out_dir, pipeline_fingerprint(pipeline), retry_failed=pipeline.run.retry_failed,
