@@ -251,9 +251,3 @@ def _tokenizer_template(llm: Any) -> ChatTemplateSource | None:
     return ChatTemplateSource(template, getattr(tokenizer, "bos_token", None) or "",
                               getattr(tokenizer, "eos_token", None) or "",
                               origin=f"vLLM tokenizer chat_template: {getattr(tokenizer, 'name_or_path', '')}")
-
-
-def engine_batches(backend: VLLMBackend) -> list[int]:
-    """Batch sizes handed to vLLM so far by this backend's engine (tests, tuning ``max_concurrency``)."""
-    return backend.engine.batches
-
