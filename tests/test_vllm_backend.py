@@ -127,6 +127,18 @@ def test_structured_params_on_a_fresh_import(fake_vllm):
     assert params.structured_outputs.json == {"type": "object"} and params.max_tokens == 4
 
 
+async def test_embeddings_on_a_pooling_model_and_a_hint_otherwise(fake_vllm):
+    gateway = Gateway(registry(engine_args={"runner": "pooling", "convert": "embed"}, pricing={"input_per_mtok": 1e6}))
+    vectors = await gateway.model("v").embed(["one two three", "four five"])
+    assert len(vectors) == 2 and len(vectors[0]) == 8 and vectors[0] != vectors[1]
+    assert gateway.usage["v"].prompt_tokens == 5  # vLLM's own token count, not chars/4
+    call = fake_vllm.CALLS[-1]
+    assert call["kind"] == "embed" and call["thread"] != threading.get_ident() and not call["use_tqdm"]
+    generative = Gateway(registry())
+    with pytest.raises(ModelError, match=r"engine_args: \{runner: pooling, convert: embed\}"):
+        await generative.model("v").embed(["x"])
+
+
 async def test_a_failing_prompt_fails_alone(fake_vllm):
     gateway = Gateway(registry())
     client = gateway.model("v")

@@ -55,8 +55,11 @@ def models() -> ModelRegistry:
         # Every prefill in one step: vLLM 0.32's CPU build fails seeded requests whose prefill is chunked
         # ("CPU Generator does not use offset").
         engine_args["max_num_batched_tokens"] = 65536
-    return ModelRegistry.from_dict({"models": {"v": {"backend": "vllm", "model": model, "engine_args": engine_args,
-                                                     "params": {"max_tokens": 48}}}}, "vllm test")
+    embed_args = {**engine_args, "runner": "pooling", "convert": "embed", "max_model_len": 512}
+    return ModelRegistry.from_dict({"models": {
+        "v": {"backend": "vllm", "model": model, "engine_args": engine_args, "params": {"max_tokens": 48}},
+        "e": {"backend": "vllm", "model": model, "engine_args": embed_args},  # the same weights as an embedder
+    }}, "vllm test")
 
 
 def test_complete_n_chat_and_json(models):
@@ -109,3 +112,16 @@ def test_magpie_samples_per_call_is_one_request_with_n(models, tmp_path):
     assert summary.steps["magpie"]["requests"] == 8  # one request per slot, four samples each
     assert all(r["magpie"]["n"] == 4 for r in rows) and {r["magpie"]["choice"] for r in rows} == {0, 1, 2, 3}
     assert len({r["magpie"]["raw"] for r in rows}) > 16  # the samples of a request differ
+
+
+def test_embeddings_through_a_pooling_engine(models):
+    async def go():
+        gateway = Gateway(models)
+        vectors = await gateway.model("e").embed(["hello world", "good morning to you", "hello world"])
+        await gateway.close()
+        return vectors, gateway.usage["e"].prompt_tokens
+
+    vectors, tokens = asyncio.run(go())
+    assert len(vectors) == 3 and len(vectors[0]) > 100 and len({len(v) for v in vectors}) == 1
+    assert vectors[0] == pytest.approx(vectors[2], abs=1e-4) and vectors[0] != pytest.approx(vectors[1], abs=1e-3)
+    assert tokens > 0

@@ -4,7 +4,8 @@ Text is drawn from a small vocabulary by a generator seeded with (prompt, seed, 
 seeded request always gets the same reply and the ``n`` samples of one request differ. Raw prompts that
 end a user-turn header (Magpie's pre-query) get a question (in Chinese after a Chinese system prompt); JSON-constrained requests get an object that
 fits the schema. A prompt containing ``FAIL_IN_VLLM`` raises, as vLLM does for a prompt that is too long.
-Every call is recorded in ``CALLS`` (kind, batch size, thread id, sampling params) for assertions.
+``LLM.embed`` answers only when loaded with ``runner="pooling"``, as vLLM does. Every call is recorded in
+``CALLS`` (kind, batch size, thread id, sampling params) for assertions.
 """
 from __future__ import annotations
 
@@ -106,12 +107,40 @@ def _render(messages: list[dict[str, str]]) -> str:
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
 
 
+@dataclass
+class EmbeddingOutput:
+    embedding: list[float]
+
+
+@dataclass
+class EmbeddingRequestOutput:
+    prompt_token_ids: list[int]
+    outputs: EmbeddingOutput
+
+
 class LLM:
     def __init__(self, model: str, **kwargs: Any):
         LOADS.append({"model": model, "kwargs": kwargs, "thread": threading.get_ident()})
         if model.startswith("missing/"):
             raise OSError(f"{model} is not a local folder and is not a valid model identifier")
         self.model = model
+        self.runner = kwargs.get("runner", "generate")
+
+    def embed(self, prompts: Any, *, use_tqdm: bool = True, **kwargs: Any) -> list[EmbeddingRequestOutput]:
+        """Like vLLM: only for models loaded as pooling models; a unit vector per text, seeded by the text."""
+        if self.runner != "pooling":
+            raise ValueError("LLM.embed() is only supported for pooling models. Try passing `--runner pooling`")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        CALLS.append({"kind": "embed", "size": len(prompts), "thread": threading.get_ident(), "prompts": prompts,
+                      "params": [], "use_tqdm": use_tqdm})
+        outputs = []
+        for prompt in prompts:
+            rng = random.Random(prompt)
+            vector = [rng.gauss(0, 1) for _ in range(8)]
+            norm = sum(x * x for x in vector) ** 0.5
+            outputs.append(EmbeddingRequestOutput(list(range(len(prompt.split()))),
+                                                  EmbeddingOutput([x / norm for x in vector])))
+        return outputs
 
     def get_tokenizer(self) -> _Tokenizer:
         return _Tokenizer(self.model)

@@ -235,8 +235,22 @@ class VLLMBackend(Backend):
         return await self._submit(_Request("call", _tokenizer_template))
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
-        raise ModelError(f"model '{self.config.name}': the vllm backend here serves generation; for embeddings "
-                         "serve an embedding model with `vllm serve` and use backend: openai", model=self.config.name)
+        return (await self.embed_with_usage(texts))[0]
+
+    async def embed_with_usage(self, texts: list[str]) -> tuple[list[list[float]], int | None]:
+        """``LLM.embed``: an embedding model, or any model loaded with ``engine_args: {runner: pooling,
+        convert: embed}``. One call per batch of texts (the caller batches), on the engine's thread."""
+        batch = list(texts)
+        try:
+            outputs = await self._submit(_Request("call", lambda llm: llm.embed(batch, use_tqdm=False)))
+        except ModelError as exc:
+            if "pooling" not in str(exc).lower():
+                raise
+            raise ModelError(f"{exc} (load an embedding model, or give this model engine_args: {{runner: pooling, "
+                             "convert: embed}: a model loaded for generation cannot embed)",
+                             model=self.config.name) from None
+        vectors = [[float(x) for x in output.outputs.embedding] for output in outputs]
+        return vectors, sum(len(getattr(output, "prompt_token_ids", None) or []) for output in outputs)
 
     async def reward(self, conversations: list[Messages], params: dict[str, Any]) -> list[float]:
         raise ModelError(f"model '{self.config.name}': for reward models serve them with `vllm serve` (POST /pooling, "
