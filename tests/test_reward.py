@@ -146,8 +146,11 @@ def test_transformers_backend_config_errors():
 CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}")
 
 
-def build_tiny_reward_model(path, *, with_template: bool = True, seed: int = 0) -> None:
-    """A 2-layer Llama sequence classifier (num_labels=1, random weights) and a word-level tokenizer."""
+def build_tiny_reward_model(path, *, with_template: bool = True, seed: int = 0, hidden_size: int = 32,
+                            heads: int = 4, kv_heads: int = 2) -> None:
+    """A 2-layer Llama sequence classifier (num_labels=1, random weights) and a word-level tokenizer.
+
+    vLLM's CPU attention wants heads of 32+ dimensions: tests/test_vllm_real.py asks for a wider one."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -163,9 +166,9 @@ def build_tiny_reward_model(path, *, with_template: bool = True, seed: int = 0) 
         tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(path)
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0,
-                                      max_position_embeddings=256)
+    config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                                      num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                                      num_labels=1, pad_token_id=0, max_position_embeddings=256)
     transformers.LlamaForSequenceClassification(config).save_pretrained(path)
 
 

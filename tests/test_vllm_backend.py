@@ -139,6 +139,25 @@ async def test_embeddings_on_a_pooling_model_and_a_hint_otherwise(fake_vllm):
         await generative.model("v").embed(["x"])
 
 
+async def test_reward_scores_are_raw_logits_of_the_templated_conversation(fake_vllm):
+    gateway = Gateway(registry(engine_args={"runner": "pooling"}))
+    conversations = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": f"answer {i}"}]
+                     for i in range(3)]
+    scores = await gateway.model("v").reward(conversations)
+    call = fake_vllm.CALLS[-1]
+    assert call["kind"] == "classify" and call["size"] == 3 and call["params"][0].use_activation is False
+    ids = call["prompts"][0]["prompt_token_ids"]
+    assert ids[0] != 1  # the template's text, tokenized without a second BOS
+    assert scores[0] == pytest.approx(sum(ids) / len(ids) / 1000) and len(set(scores)) == 3
+    with_activation = await gateway.model("v").reward(conversations[:1], use_activation=True)
+    assert 0 < with_activation[0] < 1
+    with pytest.raises(ModelError, match="takes only use_activation"):
+        await gateway.model("v").reward(conversations[:1], temperature=0.5)
+    generative = Gateway(registry())
+    with pytest.raises(ModelError, match=r"sequence-classification reward model loaded with"):
+        await generative.model("v").reward(conversations[:1])
+
+
 async def test_a_failing_prompt_fails_alone(fake_vllm):
     gateway = Gateway(registry())
     client = gateway.model("v")

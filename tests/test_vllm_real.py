@@ -125,3 +125,28 @@ def test_embeddings_through_a_pooling_engine(models):
     assert len(vectors) == 3 and len(vectors[0]) > 100 and len({len(v) for v in vectors}) == 1
     assert vectors[0] == pytest.approx(vectors[2], abs=1e-4) and vectors[0] != pytest.approx(vectors[1], abs=1e-3)
     assert tokens > 0
+
+
+def test_reward_scores_agree_with_the_transformers_backend(tmp_path):
+    """A tiny Llama reward model scored by vLLM (classify, raw logit) and by our transformers backend."""
+    if _device() is None:
+        pytest.skip("no runnable vLLM here")
+    from tests.test_reward import CONVERSATIONS, build_tiny_reward_model
+
+    build_tiny_reward_model(tmp_path / "rm", hidden_size=128, heads=2, kv_heads=1)
+    registry = ModelRegistry.from_dict({"models": {
+        "vllm-rm": {"backend": "vllm", "model": str(tmp_path / "rm"),
+                    "engine_args": {"runner": "pooling", "dtype": "float32", "max_model_len": 128,
+                                    "enforce_eager": True, "gpu_memory_utilization": 0.1}},
+        "hf-rm": {"backend": "transformers", "model_path": str(tmp_path / "rm"), "n_ctx": 128},
+    }}, "reward test")
+
+    async def go():
+        gateway = Gateway(registry)
+        ours = await gateway.model("vllm-rm").reward(CONVERSATIONS)
+        reference = await gateway.model("hf-rm").reward(CONVERSATIONS)
+        await gateway.close()
+        return ours, reference
+
+    ours, reference = asyncio.run(go())
+    assert ours == pytest.approx(reference, abs=1e-4) and len(set(ours)) > 1

@@ -63,6 +63,16 @@ class _Tokenizer:
     def __init__(self, name: str):
         self.name_or_path = name
 
+    def apply_chat_template(self, conversation: list[dict[str, str]], *, tokenize: bool = True,
+                            chat_template: str | None = None) -> str:
+        assert not tokenize
+        prefix = "[custom]" if chat_template else ""
+        return prefix + "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conversation)
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        ids = [sum(map(ord, word)) % 997 for word in text.split()]
+        return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
 
 def _reply(prompt: str, params: Any, index: int) -> CompletionOutput:
     rng = random.Random(f"{prompt}|{params.seed}|{index}|{params.temperature}")
@@ -118,6 +128,17 @@ class EmbeddingRequestOutput:
     outputs: EmbeddingOutput
 
 
+@dataclass
+class ClassificationOutput:
+    probs: list[float]
+
+
+@dataclass
+class ClassificationRequestOutput:
+    prompt_token_ids: list[int]
+    outputs: ClassificationOutput
+
+
 class LLM:
     def __init__(self, model: str, **kwargs: Any):
         LOADS.append({"model": model, "kwargs": kwargs, "thread": threading.get_ident()})
@@ -125,6 +146,26 @@ class LLM:
             raise OSError(f"{model} is not a local folder and is not a valid model identifier")
         self.model = model
         self.runner = kwargs.get("runner", "generate")
+
+    def classify(self, prompts: Any, *, use_tqdm: bool = True, pooling_params: Any = None,
+                 **kwargs: Any) -> list[ClassificationRequestOutput]:
+        """A one-label "reward model": the mean token id / 1000 as the logit; sigmoid unless use_activation is
+        False (vLLM's default applies it). Prompts are ``{"prompt_token_ids": [...]}`` dicts or strings."""
+        import math
+
+        if self.runner != "pooling":
+            raise ValueError("LLM.classify() is only supported for pooling models. Try passing `--runner pooling`")
+        prompts = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
+        CALLS.append({"kind": "classify", "size": len(prompts), "thread": threading.get_ident(), "prompts": prompts,
+                      "params": [pooling_params], "use_tqdm": use_tqdm})
+        outputs = []
+        for prompt in prompts:
+            ids = prompt["prompt_token_ids"] if isinstance(prompt, dict) else _Tokenizer("")(prompt)["input_ids"]
+            logit = sum(ids) / max(len(ids), 1) / 1000
+            use_activation = pooling_params is None or pooling_params.use_activation is not False
+            value = 1 / (1 + math.exp(-logit)) if use_activation else logit
+            outputs.append(ClassificationRequestOutput(list(ids), ClassificationOutput([value])))
+        return outputs
 
     def embed(self, prompts: Any, *, use_tqdm: bool = True, **kwargs: Any) -> list[EmbeddingRequestOutput]:
         """Like vLLM: only for models loaded as pooling models; a unit vector per text, seeded by the text."""

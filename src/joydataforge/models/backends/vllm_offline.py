@@ -178,6 +178,7 @@ def _groups(batch: list[_Request]) -> list[list[_Request]]:
 
 class VLLMBackend(Backend):
     supports_grammar = True
+    reward_batch_size = 64  # conversations per LLM.classify call; vLLM schedules them together
 
     def __init__(self, config: ModelConfig):
         self.config = config
@@ -253,8 +254,52 @@ class VLLMBackend(Backend):
         return vectors, sum(len(getattr(output, "prompt_token_ids", None) or []) for output in outputs)
 
     async def reward(self, conversations: list[Messages], params: dict[str, Any]) -> list[float]:
-        raise ModelError(f"model '{self.config.name}': for reward models serve them with `vllm serve` (POST /pooling, "
-                         "backend: openai) or use backend: transformers", model=self.config.name)
+        """``LLM.classify`` on a sequence-classification reward model (``runner: pooling``), the raw logit
+        (``use_activation: false`` unless params say otherwise), as the transformers backend scores it: the
+        chat template writes the special tokens, so the text is tokenized without adding them again."""
+        unknown = sorted(set(params) - {"use_activation"})
+        if unknown:
+            raise ModelError(f"model '{self.config.name}': the vllm backend's reward takes only use_activation, "
+                             f"not {unknown}", model=self.config.name)
+        template = self._template_file.template if self._template_file else None
+        use_activation = bool(params.get("use_activation", False))
+        name = self.config.name
+
+        def score(llm: Any) -> list[Any]:
+            tokenizer = llm.get_tokenizer()
+            if template is None and not getattr(tokenizer, "chat_template", None):
+                raise ModelError(f"model '{name}': the tokenizer has no chat template; set chat_template (a "
+                                 "tokenizer_config.json or .jinja file) in models.yaml", model=name)
+            prompts = []
+            for conversation in conversations:
+                text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=template)
+                prompts.append({"prompt_token_ids": tokenizer(text, add_special_tokens=False)["input_ids"]})
+            return llm.classify(prompts, use_tqdm=False, pooling_params=_pooling_params(use_activation))
+
+        try:
+            outputs = await self._submit(_Request("call", score))
+        except ModelError as exc:
+            if "pooling" not in str(exc).lower() and "classif" not in str(exc).lower():
+                raise
+            raise ModelError(f"{exc} (reward scores need a sequence-classification reward model loaded with "
+                             "engine_args: {runner: pooling})", model=name) from None
+        scores = []
+        for output in outputs:
+            values = list(output.outputs.probs)
+            if len(values) != 1:
+                raise ModelError(f"model '{name}': {len(values)} scores per conversation; a reward model has one "
+                                 "(num_labels=1)", model=name)
+            scores.append(float(values[0]))
+        return scores
+
+
+def _pooling_params(use_activation: bool) -> Any:
+    """``use_activation`` since vLLM 0.10.2; ``activation`` before."""
+    pooling = importlib.import_module("vllm.pooling_params")
+    try:
+        return pooling.PoolingParams(use_activation=use_activation)
+    except TypeError:
+        return pooling.PoolingParams(activation=use_activation)
 
 
 def _tokenizer_template(llm: Any) -> ChatTemplateSource | None:
