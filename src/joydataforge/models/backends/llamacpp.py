@@ -167,8 +167,9 @@ class LlamaCppBackend(Backend):
 
     async def reward(self, conversations: list[Messages], params: dict[str, Any]) -> list[float]:
         raise ModelError(f"model '{self.config.name}': the llamacpp backend cannot score rewards (a GGUF chat model "
-                         "has no reward head); use a reward model with backend: transformers, or one served by "
-                         "vLLM (backend: openai, POST /pooling)", model=self.config.name)
+                         "has no reward head); use a reward model with backend: transformers, one served by "
+                         "vLLM (backend: openai, POST /pooling), or vLLM in-process (backend: vllm, engine_args: "
+                         "{runner: pooling})", model=self.config.name)
 
     def _embed_sync(self, texts: list[str]) -> tuple[list[list[float]], int | None]:
         data = self._llama(embedding=True).create_embedding(texts)
