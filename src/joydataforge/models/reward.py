@@ -91,6 +91,15 @@ def parse_pooling_reply(data: Any, model: str) -> float:
     return float(value)
 
 
+def conversation_token_ids(tokenizer: Any, template: str | None, conversation: Messages) -> list[int]:
+    """A conversation as a reward model reads it, for every local backend (transformers, in-process vLLM).
+
+    The chat template writes the special tokens (BOS...) itself; adding them again would change the score.
+    """
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=template)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 # --- local transformers model ------------------------------------------------------------------------
 
 
@@ -174,9 +183,7 @@ class TransformersRewardBackend(Backend):
         return self._loaded
 
     def _encode(self, tokenizer: Any, template: str | None, conversation: Messages) -> list[int]:
-        text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=template)
-        # The template writes the special tokens (BOS...) itself; adding them again would change the score.
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = conversation_token_ids(tokenizer, template, conversation)
         if len(ids) > self.config.n_ctx:
             raise ModelError(f"model '{self.config.name}': a conversation of {len(ids)} tokens is longer than "
                              f"n_ctx={self.config.n_ctx}; raise n_ctx (up to the model's limit)",

@@ -189,6 +189,10 @@ class VLLMBackend(Backend):
             load_chat_template_file(config.chat_template) if config.chat_template else None)
 
     @property
+    def _template_text(self) -> str | None:
+        return self._template_file.template if self._template_file else None
+
+    @property
     def engine(self) -> _Engine:
         return _Engine.get(self.model, dict(self.config.engine_args))
 
@@ -205,6 +209,17 @@ class VLLMBackend(Backend):
                                   f"{exc}") from None
             raise ModelError(f"model '{name}': vLLM: {type(exc).__name__}: {exc}", model=name) from None
 
+    async def _submit_pooling(self, request: _Request, hint: str) -> Any:
+        """A pooling call (embed, classify) on an engine that cannot do it (loaded for generation, or a model
+        without that head): vLLM's refusal says so in one of these words; add what to change in models.yaml."""
+        try:
+            return await self._submit(request)
+        except ModelError as exc:
+            text = str(exc).lower()
+            if not any(word in text for word in ("pooling", "classif", "not supported by this model")):
+                raise
+            raise ModelError(f"{exc} ({hint})", model=self.config.name) from None
+
     def _sampling(self, params: dict[str, Any], n: int, seed: int | None,
                   json_schema: dict[str, Any] | None = None) -> Any:
         return sampling_params(import_vllm(), params, n=n, seed=seed, json_schema=json_schema, model=self.config.name)
@@ -218,7 +233,7 @@ class VLLMBackend(Backend):
     async def chat(self, messages: Messages, params: dict[str, Any], *,
                    json_schema: dict[str, Any] | None = None, seed: int | None = None) -> Completion:
         request = _Request("chat", list(messages), self._sampling(params, 1, seed, json_schema),
-                           chat_template=self._template_file.template if self._template_file else None)
+                           chat_template=self._template_text)
         return self._completions(await self._submit(request))[0]
 
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
@@ -242,14 +257,10 @@ class VLLMBackend(Backend):
         """``LLM.embed``: an embedding model, or any model loaded with ``engine_args: {runner: pooling,
         convert: embed}``. One call per batch of texts (the caller batches), on the engine's thread."""
         batch = list(texts)
-        try:
-            outputs = await self._submit(_Request("call", lambda llm: llm.embed(batch, use_tqdm=False)))
-        except ModelError as exc:
-            if "pooling" not in str(exc).lower():
-                raise
-            raise ModelError(f"{exc} (load an embedding model, or give this model engine_args: {{runner: pooling, "
-                             "convert: embed}: a model loaded for generation cannot embed)",
-                             model=self.config.name) from None
+        outputs = await self._submit_pooling(
+            _Request("call", lambda llm: llm.embed(batch, use_tqdm=False)),
+            "load an embedding model, or give this model engine_args: {runner: pooling, convert: embed}: a model "
+            "loaded for generation cannot embed")
         vectors = [[float(x) for x in output.outputs.embedding] for output in outputs]
         return vectors, sum(len(getattr(output, "prompt_token_ids", None) or []) for output in outputs)
 
@@ -261,28 +272,24 @@ class VLLMBackend(Backend):
         if unknown:
             raise ModelError(f"model '{self.config.name}': the vllm backend's reward takes only use_activation, "
                              f"not {unknown}", model=self.config.name)
-        template = self._template_file.template if self._template_file else None
+        template = self._template_text
         use_activation = bool(params.get("use_activation", False))
         name = self.config.name
 
         def score(llm: Any) -> list[Any]:
+            from ..reward import conversation_token_ids
+
             tokenizer = llm.get_tokenizer()
             if template is None and not getattr(tokenizer, "chat_template", None):
                 raise ModelError(f"model '{name}': the tokenizer has no chat template; set chat_template (a "
                                  "tokenizer_config.json or .jinja file) in models.yaml", model=name)
-            prompts = []
-            for conversation in conversations:
-                text = tokenizer.apply_chat_template(conversation, tokenize=False, chat_template=template)
-                prompts.append({"prompt_token_ids": tokenizer(text, add_special_tokens=False)["input_ids"]})
+            prompts = [{"prompt_token_ids": conversation_token_ids(tokenizer, template, conversation)}
+                       for conversation in conversations]
             return llm.classify(prompts, use_tqdm=False, pooling_params=_pooling_params(use_activation))
 
-        try:
-            outputs = await self._submit(_Request("call", score))
-        except ModelError as exc:
-            if "pooling" not in str(exc).lower() and "classif" not in str(exc).lower():
-                raise
-            raise ModelError(f"{exc} (reward scores need a sequence-classification reward model loaded with "
-                             "engine_args: {runner: pooling})", model=name) from None
+        outputs = await self._submit_pooling(
+            _Request("call", score),
+            "reward scores need a sequence-classification reward model loaded with engine_args: {runner: pooling}")
         scores = []
         for output in outputs:
             values = list(output.outputs.probs)
