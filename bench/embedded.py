@@ -61,8 +61,8 @@ def via_gateway(prompts: list[str], max_tokens: int) -> tuple[int, float]:
 
 
 def via_pipeline(prompts: list[str], max_tokens: int) -> tuple[int, float]:
-    from joydataforge.executors.local import LocalExecutor
-    from joydataforge.pipeline import Pipeline
+    from joydataforge.engine.local import LocalExecutor
+    from joydataforge.config.pipeline import Pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "in.jsonl"

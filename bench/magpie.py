@@ -8,7 +8,7 @@ One run of the real engine (slots -> ``magpie`` step through the gateway, no cal
 keep`` so every draw is counted) measures:
 
 - calls/s and kept instructions/s (wall clock), completion tokens/s;
-- drop rate by reason, out of all draws (:data:`joydataforge.magpie.cleaning.DROP_REASONS`);
+- drop rate by reason, out of all draws (:data:`joydataforge.methods.magpie.cleaning.DROP_REASONS`);
 - duplicate rate among the kept instructions: exact (same :func:`exact_key`) and near (MinHash/LSH,
   estimated Jaccard >= 0.8 on what is left after exact dedup), i.e. what ``joyforge magpie`` removes
   between instructions and responses;
@@ -32,13 +32,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from joydataforge.evaluate.minhash_dedup import deduplicate
-from joydataforge.executors.local import LocalExecutor
-from joydataforge.magpie.cleaning import DROP_REASONS, exact_key
-from joydataforge.magpie.slots import write_slots
+from joydataforge.text.minhash_dedup import deduplicate
+from joydataforge.engine.local import LocalExecutor
+from joydataforge.methods.magpie.cleaning import DROP_REASONS, exact_key
+from joydataforge.methods.magpie.slots import write_slots
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
+from joydataforge.config.pipeline import Pipeline
 
 
 def _pipeline(out: Path, model: str, params: dict, limit: int, run_dir: str, samples: int = 1,
@@ -51,7 +51,7 @@ def _pipeline(out: Path, model: str, params: dict, limit: int, run_dir: str, sam
 
 
 async def _pre_query(model: str) -> tuple[str, list[str]]:
-    from joydataforge.magpie.templates import resolve_format
+    from joydataforge.methods.magpie.templates import resolve_format
 
     gateway = Gateway(ModelRegistry.load())
     client = gateway.model(model)

@@ -10,7 +10,7 @@ a Zipf-distributed invented vocabulary, some opening with shared templates) and 
 records: case, punctuation (ASCII <-> full-width) and spacing changes, a few word or character edits, a
 short suffix. The planted cluster of each record is known.
 
-Every method gets the same texts and the same shingle definition (``joydataforge.evaluate.shingles``:
+Every method gets the same texts and the same shingle definition (``joydataforge.text.shingles``:
 the baselines get the shingles as Python strings from ``shingle_set``, which is how a user would feed
 them) and goes from text to clusters: MinHash, LSH candidates, candidates verified against the estimated
 Jaccard similarity, union-find. docs/s counts that whole path on one core. A second table times only the
@@ -45,11 +45,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from joydataforge.evaluate.lsh import DEDUP_WEIGHTS, error_areas, optimal_bands  # noqa: E402
-from joydataforge.evaluate.minhash import MinHasher  # noqa: E402
-from joydataforge.evaluate.minhash_clusters import UnionFind  # noqa: E402
-from joydataforge.evaluate.minhash_dedup import near_duplicate_clusters  # noqa: E402
-from joydataforge.evaluate.shingles import ShingleSpec, char_classes, shingle_set  # noqa: E402
+from joydataforge.text.lsh import DEDUP_WEIGHTS, error_areas, optimal_bands  # noqa: E402
+from joydataforge.text.minhash import MinHasher  # noqa: E402
+from joydataforge.text.clusters import UnionFind  # noqa: E402
+from joydataforge.text.minhash_dedup import near_duplicate_clusters  # noqa: E402
+from joydataforge.text.shingles import ShingleSpec, char_classes, shingle_set  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ corpus
 
@@ -296,7 +296,7 @@ def run_hybrid(texts: list[str], hasher: MinHasher, threshold: float, weights):
     """
     from rensa import RMinHash
 
-    from joydataforge.evaluate.lsh import LSHIndex
+    from joydataforge.text.lsh import LSHIndex
 
     started = time.perf_counter()
     index = LSHIndex(threshold, hasher.num_perm, false_positive_weight=weights[0], false_negative_weight=weights[1])

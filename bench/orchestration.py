@@ -114,9 +114,9 @@ async def gateway(url: str, n: int, concurrency: int) -> dict[str, Any]:
 
 async def engine(url: str, n: int, concurrency: int, cache: bool, workdir: Path) -> dict[str, Any]:
     """The whole engine, as a user runs it, minus the progress bar."""
-    from joydataforge.executors.local import LocalExecutor
+    from joydataforge.engine.local import LocalExecutor
     from joydataforge.models.config import ModelRegistry
-    from joydataforge.pipeline import Pipeline
+    from joydataforge.config.pipeline import Pipeline
 
     source = workdir / "in.jsonl"
     with source.open("w", encoding="utf-8") as handle:

@@ -66,9 +66,9 @@ def main() -> None:
 
     import ray
 
-    from joydataforge.executors.local import LocalExecutor
-    from joydataforge.executors.ray_executor import RayExecutor
-    from joydataforge.pipeline import Pipeline
+    from joydataforge.engine.local import LocalExecutor
+    from joydataforge.engine.ray_executor import RayExecutor
+    from joydataforge.config.pipeline import Pipeline
     from tests.mock_openai import spawn_mock_server
 
     ideal = args.concurrency / args.latency

@@ -8,7 +8,7 @@ Data: synthetic, seeded embeddings (``--seed``): 64 Gaussian clusters in ``--dim
 like a sentence-embedding model's output. No downloads.
 
 Vendi table, one row per n: wall time and result of
-  * ``ours``       ``joydataforge.evaluate.vendi.vendi_score`` (d x d form when n > d, chunked float64);
+  * ``ours``       ``joydataforge.text.vendi.vendi_score`` (d x d form when n > d, chunked float64);
   * ``stream``     ours again, fed 50,000-row chunks through ``VendiAccumulator`` (what a reader or a Ray
                    partition does; the data never needs to be in memory at once);
   * ``score_dual`` ``vendi_score.vendi.score_dual`` (also d x d, but normalises a float64 copy first);
@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from joydataforge.evaluate.selection import coverage_radius, k_center_greedy, random_selection  # noqa: E402
-from joydataforge.evaluate.vendi import VendiAccumulator, vendi_score  # noqa: E402
+from joydataforge.text.vendi import VendiAccumulator, vendi_score  # noqa: E402
 
 
 def make_embeddings(n: int, dim: int, seed: int, clusters: int = 64) -> np.ndarray:

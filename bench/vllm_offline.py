@@ -26,13 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from joydataforge.executors.local import LocalExecutor
-from joydataforge.magpie.slots import write_slots
-from joydataforge.magpie.templates import resolve_format
+from joydataforge.engine.local import LocalExecutor
+from joydataforge.methods.magpie.slots import write_slots
+from joydataforge.methods.magpie.templates import resolve_format
 from joydataforge.models.backends.vllm_offline import VLLMBackend, import_vllm, sampling_params
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
+from joydataforge.config.pipeline import Pipeline
 
 
 def _engine_arg(text: str) -> tuple[str, object]:

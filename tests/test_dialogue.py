@@ -9,13 +9,13 @@ from click.testing import CliRunner
 from openpyxl import load_workbook
 
 from joydataforge.cli.dialogue import dialogue_split_command
-from joydataforge.dialogue_split import split_records, write_split
+from joydataforge.methods.dialogue.split import split_records, write_split
 from joydataforge.errors import ConfigError
-from joydataforge.executors.local import LocalExecutor
+from joydataforge.engine.local import LocalExecutor
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
-from joydataforge.steps.dialogue import DialogueIntent, IntentBinaryCheck, dialogue_messages, history_before
+from joydataforge.config.pipeline import Pipeline
+from joydataforge.methods.dialogue.step import DialogueIntent, IntentBinaryCheck, dialogue_messages, history_before
 from tests.scripted_backend import ScriptedBackend
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -101,7 +101,7 @@ def test_one_call_per_dialogue_one_record_per_user_turn(tmp_path):
 
 def test_pinned_text_forms_and_validation():
     import jsonschema
-    from joydataforge.steps.dialogue import _pinned_text
+    from joydataforge.methods.dialogue.step import _pinned_text
 
     assert _pinned_text("好的") == {"const": "好的"}
     assert _pinned_text("好 的😭") == {"type": "string"}  # a metacharacter (escaped space): left free

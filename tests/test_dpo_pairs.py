@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from joydataforge.steps.dpo_pairs import length_adjusted_gap, pair_verdict, select_pairs
+from joydataforge.methods.dpo.pairs import length_adjusted_gap, pair_verdict, select_pairs
 
 
 def test_best_vs_worst_picks_extremes_and_breaks_ties_by_index():

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 
 from joydataforge.errors import ConfigError
-from joydataforge.executors.local import LocalExecutor
+from joydataforge.engine.local import LocalExecutor
 from joydataforge.models.backends.base import Backend, Completion, Usage
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
-from joydataforge.steps.dpo import PreferencePairs
+from joydataforge.config.pipeline import Pipeline
+from joydataforge.methods.dpo.step import PreferencePairs
 from tests.scripted_backend import ScriptedBackend
 
 NAMES = ["gen1", "gen2", "judge1", "judge2", "rm"]
@@ -267,7 +267,7 @@ def test_custom_aspects_shape_the_schema(tmp_path):
 
 def test_check_refuses_a_chat_model_as_reward_model_before_the_run(tmp_path):
     from joydataforge.prompts.renderer import PromptLibrary
-    from joydataforge.steps.base import StepContext
+    from joydataforge.engine.step import StepContext
 
     registry = ModelRegistry.from_dict({"models": {
         "chat": {"backend": "llamacpp", "model_path": "smollm2"},

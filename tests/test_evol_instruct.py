@@ -11,16 +11,16 @@ from typing import Any, Callable
 import pytest
 
 from joydataforge.errors import ConfigError, InputError, StepError
-from joydataforge.executors.local import LocalExecutor
+from joydataforge.engine.local import LocalExecutor
 from joydataforge.io.exports import to_sharegpt
 from joydataforge.models.backends.base import Completion
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.prompts.renderer import PromptLibrary
-from joydataforge.steps.base import StepContext
-from joydataforge.steps.evol_instruct import EvolInstruct, labels_of
-from joydataforge.steps.evol_operations import (
+from joydataforge.engine.step import StepContext
+from joydataforge.methods.evol_instruct.step import EvolInstruct, labels_of
+from joydataforge.methods.evol_instruct.operations import (
     TreeIndex, carry_count, count_words, is_unanswerable, leaked_phrase, parse_judgement, parse_verdict, select_top,
     JudgingError,
 )
@@ -530,7 +530,7 @@ def test_round_report_from_nested_and_flat_output(tmp_path: Path):
     import numpy as np
     from click.testing import CliRunner
     from joydataforge.cli.evol import evol_group
-    from joydataforge.evaluate.evol_report import add_vendi, all_texts, collect_rounds, format_report
+    from joydataforge.methods.evol_instruct.report import add_vendi, all_texts, collect_rounds, format_report
 
     def judge(instruction):
         return {"valid": 1, "score": 20 + 10 * instruction.count("[")}

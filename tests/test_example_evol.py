@@ -19,7 +19,7 @@ REASONS = {"no_information_gain", "equal_check_failed", "leak", "duplicate", "un
 def test_evol_example_on_seed_records(tmp_path: Path):
     from click.testing import CliRunner
     from joydataforge.cli import cli
-    from joydataforge.evaluate.evol_report import evol_report, format_report
+    from joydataforge.methods.evol_instruct.report import evol_report, format_report
 
     out = tmp_path / "evol"
     result = CliRunner().invoke(cli, ["run", "examples/evol.yaml", "-o", str(out), "--limit", "3", "--no-progress"],

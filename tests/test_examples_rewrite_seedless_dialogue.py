@@ -109,8 +109,8 @@ def test_dialogue_example_split_and_binary_pass(tmp_path):
     assert len(test) == len({r["label"] for r in records})  # one per label present
     assert (split / "test.xlsx").exists()
 
-    from joydataforge.executors.local import LocalExecutor
-    from joydataforge.pipeline import Pipeline
+    from joydataforge.engine.local import LocalExecutor
+    from joydataforge.config.pipeline import Pipeline
     pipeline = Pipeline.from_yaml(ROOT / "examples" / "dialogue_binary.yaml",
                                   overrides={"input.path": str(split / "test.jsonl"), "run.cache": None,
                                              "output.dir": str(tmp_path / "binary"), "run.progress": False})

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 
 from joydataforge.errors import ConfigError, JoyForgeError
-from joydataforge.executors.local import LocalExecutor
+from joydataforge.engine.local import LocalExecutor
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
-from joydataforge.steps.base import Step
-from joydataforge.steps.registry import register_step
+from joydataforge.config.pipeline import Pipeline
+from joydataforge.engine.step import Step
+from joydataforge.engine.registry import register_step
 from tests.scripted_backend import ScriptedBackend, echo_reply
 
 REGISTRY = ModelRegistry.from_dict({"models": {

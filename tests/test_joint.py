@@ -5,15 +5,15 @@ import json
 import pytest
 
 from joydataforge.errors import ConfigError, StepError
-from joydataforge.executors.local import LocalExecutor
+from joydataforge.engine.local import LocalExecutor
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.prompts.renderer import PromptLibrary
-from joydataforge.steps.base import StepContext
-from joydataforge.steps.critique import CritiqueRevise
-from joydataforge.steps.joint import Joint
-from joydataforge.steps.registry import build_step
+from joydataforge.engine.step import StepContext
+from joydataforge.methods.critique.step import CritiqueRevise
+from joydataforge.methods.joint.step import Joint
+from joydataforge.engine.registry import build_step
 from tests.scripted_backend import ScriptedBackend
 
 NAMES = ["a", "b", "c", "fuser", "author", "critic"]

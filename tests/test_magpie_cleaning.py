@@ -1,10 +1,10 @@
 """Every cleaning rewrite and every drop reason of Magpie instructions, plus the language detector."""
 import pytest
 
-from joydataforge.magpie.cleaning import (DROP_REASONS, CleaningRules, clean_instruction, cut_leaked_answer,
+from joydataforge.methods.magpie.cleaning import (DROP_REASONS, CleaningRules, clean_instruction, cut_leaked_answer,
                                           cut_special_tokens, exact_key, is_repetitive, looks_like_request,
                                           strip_leaked_prefixes, strip_wrapping_quotes, units)
-from joydataforge.magpie.language import detect_language, script_counts
+from joydataforge.methods.magpie.language import detect_language, script_counts
 
 
 # --- rewrites ---------------------------------------------------------------------------------------

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from joydataforge.executors.local import LocalExecutor
-from joydataforge.magpie.slots import write_slots
-from joydataforge.magpie.templates import JinjaChatFormat, resolve_format
+from joydataforge.engine.local import LocalExecutor
+from joydataforge.methods.magpie.slots import write_slots
+from joydataforge.methods.magpie.templates import JinjaChatFormat, resolve_format
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
+from joydataforge.config.pipeline import Pipeline
 from tests.test_llama_server import llama_server  # noqa: F401  (the module-scoped server fixture)
 
 pytestmark = pytest.mark.slow

@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 
 from joydataforge.errors import ConfigError
-from joydataforge.executors.local import LocalExecutor
-from joydataforge.magpie.slots import write_slots
+from joydataforge.engine.local import LocalExecutor
+from joydataforge.methods.magpie.slots import write_slots
 from joydataforge.models.backends.base import Completion, Usage
 from joydataforge.models.cache import CallCache
 from joydataforge.models.chat_template import ChatTemplateSource
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
+from joydataforge.config.pipeline import Pipeline
 from tests.scripted_backend import ScriptedBackend
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"

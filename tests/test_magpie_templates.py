@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from joydataforge.errors import ConfigError
-from joydataforge.magpie.templates import (SENTINEL, TABLE, JinjaChatFormat, TableChatFormat, TemplateRenderError,
+from joydataforge.methods.magpie.templates import (SENTINEL, TABLE, JinjaChatFormat, TableChatFormat, TemplateRenderError,
                                            guess_family, resolve_format, table_format)
 from joydataforge.models.chat_template import ChatTemplateSource
 

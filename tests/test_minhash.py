@@ -6,11 +6,11 @@ import random
 import numpy as np
 import pytest
 
-from joydataforge.evaluate.lsh import LSHIndex, RowStore, candidate_probability, optimal_bands
-from joydataforge.evaluate.minhash import MinHasher, estimate_jaccard, exact_jaccard
-from joydataforge.evaluate.minhash_clusters import UnionFind, clusters_from_roots
-from joydataforge.evaluate.minhash_dedup import deduplicate, near_duplicate_clusters, record_text
-from joydataforge.evaluate.shingles import (
+from joydataforge.text.lsh import LSHIndex, RowStore, candidate_probability, optimal_bands
+from joydataforge.text.minhash import MinHasher, estimate_jaccard, exact_jaccard
+from joydataforge.text.clusters import UnionFind, clusters_from_roots
+from joydataforge.text.minhash_dedup import deduplicate, near_duplicate_clusters, record_text
+from joydataforge.text.shingles import (
     ShingleSpec,
     choose_mode,
     normalize,

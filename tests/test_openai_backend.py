@@ -17,11 +17,11 @@ import pytest
 from aiohttp import web
 
 from joydataforge.errors import ModelError
-from joydataforge.executors.local import LocalExecutor
+from joydataforge.engine.local import LocalExecutor
 from joydataforge.models.backends.base import TransientError
 from joydataforge.models.backends.openai_compat import OpenAICompatBackend, parse_retry_after
 from joydataforge.models.config import ModelConfig, ModelRegistry
-from joydataforge.pipeline import Pipeline
+from joydataforge.config.pipeline import Pipeline
 
 pytestmark = pytest.mark.timeout(30)
 

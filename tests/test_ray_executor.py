@@ -128,8 +128,8 @@ def write_pipeline(tmp_path: Path, url: str, n: int, max_concurrency: int, concu
 
 
 def test_model_concurrency_limit_holds_across_the_cluster(ray_cluster, mock_server_factory, tmp_path):
-    from joydataforge.executors.ray_executor import RayExecutor
-    from joydataforge.pipeline import Pipeline
+    from joydataforge.engine.ray_executor import RayExecutor
+    from joydataforge.config.pipeline import Pipeline
 
     server = mock_server_factory(latency=0.05)
     pipeline = Pipeline.from_yaml(write_pipeline(tmp_path, server.url, n=60, max_concurrency=3, concurrency=16))
@@ -153,8 +153,8 @@ def test_model_concurrency_limit_holds_across_the_cluster(ray_cluster, mock_serv
 
 
 def test_worker_killed_mid_run_every_record_exactly_once(ray_cluster, mock_server_factory, tmp_path):
-    from joydataforge.executors.ray_executor import RayExecutor
-    from joydataforge.pipeline import Pipeline
+    from joydataforge.engine.ray_executor import RayExecutor
+    from joydataforge.config.pipeline import Pipeline
 
     n = 200
     server = mock_server_factory(latency=0.01)
@@ -205,8 +205,8 @@ def near_duplicate_corpus(n: int = 400) -> list[dict]:
 
 
 def test_dedup_same_result_on_ray_across_blocks(ray_cluster, tmp_path):
-    from joydataforge.evaluate.minhash_dedup import deduplicate
-    from joydataforge.executors.ray_dedup import ray_deduplicate
+    from joydataforge.text.minhash_dedup import deduplicate
+    from joydataforge.engine.ray_dedup import ray_deduplicate
 
     records = near_duplicate_corpus()
     reference, data = records[:60], records[60:]
@@ -239,8 +239,8 @@ def test_joyforge_dedup_cli_same_output_on_both_executors(ray_cluster, tmp_path)
 
 
 def test_vendi_from_partition_sums_is_exact(ray_cluster):
-    from joydataforge.evaluate.vendi import vendi_scores
-    from joydataforge.executors.ray_dedup import ray_vendi_scores
+    from joydataforge.text.vendi import vendi_scores
+    from joydataforge.engine.ray_dedup import ray_vendi_scores
 
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(300, 12)) + rng.normal(size=(1, 12))

@@ -20,7 +20,7 @@ from joydataforge.evaluate.metrics import (
     length_stats,
     near_duplicate_stats,
 )
-from joydataforge.evaluate.minhash_dedup import record_text
+from joydataforge.text.minhash_dedup import record_text
 from joydataforge.evaluate.report import diff_segments, metric_rows, pca_2d, render_report
 from joydataforge.io.readers import iter_records
 

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 
 from joydataforge.errors import ConfigError
-from joydataforge.executors.local import LocalExecutor
+from joydataforge.engine.local import LocalExecutor
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
-from joydataforge.steps.rewrite import Rewrite
+from joydataforge.config.pipeline import Pipeline
+from joydataforge.methods.rewrite.step import Rewrite
 from tests.scripted_backend import ScriptedBackend
 
 REGISTRY = ModelRegistry.from_dict({"models": {

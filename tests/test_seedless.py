@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from joydataforge.errors import ConfigError
-from joydataforge.executors.local import LocalExecutor
+from joydataforge.engine.local import LocalExecutor
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
-from joydataforge.steps.seedless import NearDuplicateIndex, Seedless
+from joydataforge.config.pipeline import Pipeline
+from joydataforge.methods.seedless.step import NearDuplicateIndex, Seedless
 from tests.scripted_backend import ScriptedBackend
 
 REGISTRY = ModelRegistry.from_dict({"models": {
@@ -199,7 +199,7 @@ def test_bad_topics_and_settings(tmp_path):
 
 def test_taxonomy_yaml_flattens_to_topic_records(tmp_path):
     from joydataforge.errors import InputError
-    from joydataforge.taxonomy import load_taxonomy, read_taxonomy
+    from joydataforge.io.taxonomy import load_taxonomy, read_taxonomy
 
     examples = Path(__file__).resolve().parent.parent / "examples"
     jsonl = [json.loads(line) for line in (examples / "topics.jsonl").read_text("utf-8").splitlines()]

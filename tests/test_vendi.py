@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from joydataforge.evaluate.vendi import (
+from joydataforge.text.vendi import (
     VendiAccumulator,
     hill_number,
     unit_rows,

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from joydataforge.errors import ConfigError, ModelError
-from joydataforge.executors.local import LocalExecutor
-from joydataforge.magpie.slots import write_slots
+from joydataforge.engine.local import LocalExecutor
+from joydataforge.methods.magpie.slots import write_slots
 from joydataforge.models.backends import vllm_offline
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
+from joydataforge.config.pipeline import Pipeline
 
 FAKE = Path(__file__).parent / "fake_vllm"
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"

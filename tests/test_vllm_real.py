@@ -16,11 +16,11 @@ import os
 
 import pytest
 
-from joydataforge.executors.local import LocalExecutor
-from joydataforge.magpie.slots import write_slots
+from joydataforge.engine.local import LocalExecutor
+from joydataforge.methods.magpie.slots import write_slots
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
+from joydataforge.config.pipeline import Pipeline
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -6,15 +6,15 @@ import json
 import pytest
 
 from joydataforge.errors import ConfigError, InputError, StepError
-from joydataforge.executors.local import LocalExecutor
+from joydataforge.engine.local import LocalExecutor
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.pipeline import Pipeline
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.prompts.renderer import PromptLibrary
-from joydataforge.steps.base import StepContext
-from joydataforge.steps.registry import build_step
-from joydataforge.steps.vote import Cascade, Vote
-from joydataforge.steps.vote_aggregate import aggregate, check_quorum
+from joydataforge.engine.step import StepContext
+from joydataforge.engine.registry import build_step
+from joydataforge.methods.vote.step import Cascade, Vote
+from joydataforge.methods.vote.aggregate import aggregate, check_quorum
 from tests.scripted_backend import ScriptedBackend
 
 NAMES = ["a", "b", "c", "d", "e", "strong"]

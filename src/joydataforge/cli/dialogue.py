@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..dialogue_split import read_labelled, split_records, write_split
+from ..methods.dialogue.split import read_labelled, split_records, write_split
 
 
 def _test_size(value: str) -> float:

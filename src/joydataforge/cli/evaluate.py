@@ -101,7 +101,7 @@ def write_jsonl(path: str | Path, records: Sequence[Record]) -> Path:
 
 
 def _texts(records: Sequence[Record], fields: Sequence[str]) -> list[str]:
-    from ..evaluate.minhash_dedup import record_text
+    from ..text.minhash_dedup import record_text
 
     return [record_text(r, list(fields)) for r in records]
 
@@ -340,7 +340,7 @@ def dedup_command(data: str, output: str, threshold: float, fields: tuple[str, .
     joyforge dedup data.jsonl -o clean.jsonl --fields input,history --threshold 0.8
     joyforge dedup new.jsonl -o fresh.jsonl --reference earlier.jsonl
     """
-    from ..evaluate.minhash_dedup import deduplicate
+    from ..text.minhash_dedup import deduplicate
 
     records, _ = read_dataset(data, skip_bad=skip_bad)
     names = split_fields(fields)
@@ -374,7 +374,7 @@ def dedup_command(data: str, output: str, threshold: float, fields: tuple[str, .
 
 
 def _ray_clusterer() -> Any:
-    from ..executors.ray_dedup import ray_near_duplicate_clusters
+    from ..engine.ray_dedup import ray_near_duplicate_clusters
 
     return ray_near_duplicate_clusters
 

@@ -1,6 +1,6 @@
 """``joyforge evol report DATA``: mean difficulty and Vendi score per round of an ``evol_instruct`` run.
 
-The measuring lives in :mod:`joydataforge.evaluate.evol_report`; this module reads, embeds (with the
+The measuring lives in :mod:`joydataforge.methods.evol_instruct.report`; this module reads, embeds (with the
 same ``--embedder`` choices as ``joyforge eval``) and prints.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..evaluate.evol_report import RoundStats, add_vendi, all_texts, collect_rounds
+from ..methods.evol_instruct.report import RoundStats, add_vendi, all_texts, collect_rounds
 from .evaluate import EMBEDDER_HELP, BadInput, read_dataset, resolve_vectors
 
 

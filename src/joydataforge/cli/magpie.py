@@ -19,10 +19,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ..magpie.cleaning import DROP_REASONS
-from ..magpie.control_tasks import CONTROL_TASKS
-from ..magpie.slots import write_slots
-from ..magpie.templates import TABLE
+from ..methods.magpie.cleaning import DROP_REASONS
+from ..methods.magpie.control_tasks import CONTROL_TASKS
+from ..methods.magpie.slots import write_slots
+from ..methods.magpie.templates import TABLE
 from ..models.config import ModelRegistry
 
 QUALITY = ["very poor", "poor", "average", "good", "excellent"]
@@ -177,9 +177,9 @@ def magpie_command(model: str, n: int, output_dir: str, template: str, system: s
     joyforge magpie --model my-vllm --template qwen2.5 --language zh -n 10000 -o out/zh --tag
     joyforge magpie --control-task math --turns 2 --response-model gpt -n 500 -o out/math --export sharegpt
     """
-    from ..executors.local import LocalExecutor
+    from ..engine.local import LocalExecutor
     from ..io.exports import export_file
-    from ..pipeline import Pipeline
+    from ..config.pipeline import Pipeline
     from .run import print_summary
 
     if no_responses and (tag or min_quality or turns > 1 or exports):

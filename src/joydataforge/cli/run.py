@@ -8,8 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..executors.summary import RunSummary
-from ..pipeline import Pipeline
+from ..engine.summary import RunSummary
+from ..config.pipeline import Pipeline
 
 
 def print_summary(summary: RunSummary, console: Console | None = None) -> None:
@@ -66,7 +66,7 @@ def run_command(pipeline_file: str, output_dir: str | None, start: int | None, l
                 concurrency: int | None, models_file: str | None, order: str | None, retry_failed: bool,
                 overwrite: bool, no_progress: bool, executor: str | None, address: str | None) -> None:
     """Run PIPELINE_FILE (YAML). Re-running the same command resumes where it stopped."""
-    from ..executors.local import LocalExecutor
+    from ..engine.local import LocalExecutor
 
     overrides: dict[str, Any] = {}
     for key, value in (("input.start", start), ("input.limit", limit), ("run.concurrency", concurrency),
@@ -85,7 +85,7 @@ def run_command(pipeline_file: str, output_dir: str | None, start: int | None, l
         pipeline.models = os.path.abspath(models_file)
     progress = False if no_progress else None
     if pipeline.run.executor == "ray":
-        from ..executors.ray_executor import RayExecutor
+        from ..engine.ray_executor import RayExecutor
         summary = RayExecutor(pipeline, overwrite=overwrite, progress=progress, address=address).run_sync()
     else:
         summary = LocalExecutor(pipeline, overwrite=overwrite, progress=progress).run_sync()

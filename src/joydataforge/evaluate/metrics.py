@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .minhash_clusters import clusters_from_roots
-from .minhash_dedup import near_duplicate_clusters, record_text
-from .vendi import vendi_scores
+from ..text.clusters import clusters_from_roots
+from ..text.minhash_dedup import near_duplicate_clusters, record_text
+from ..text.vendi import vendi_scores
 
 Record = dict[str, Any]
 
@@ -181,7 +181,7 @@ def near_duplicate_stats(texts: Sequence[str], threshold: float, num_perm: int) 
     Returns the summary and the clusters (record indices, earliest first) ordered largest first.
     ``duplicates`` is what ``joyforge dedup --policy first`` would remove: every member but one.
     """
-    from .minhash import MinHasher
+    from ..text.minhash import MinHasher
 
     result = near_duplicate_clusters(texts, threshold=threshold, hasher=MinHasher(num_perm=num_perm))
     clusters = clusters_from_roots(result.roots)

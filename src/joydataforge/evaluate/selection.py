@@ -25,7 +25,7 @@ from typing import Any, ContextManager, Hashable, Literal, Mapping, Sequence
 import numpy as np
 
 from .entities import count_diversity, entity_metrics
-from .vendi import VendiAccumulator
+from ..text.vendi import VendiAccumulator
 
 Metric = Literal["cosine", "euclidean"]
 

@@ -512,7 +512,7 @@ def _count_file(path: Path, encoding: str | None) -> int | None:
 
 def _read_yaml(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
     """A YAML input is a topic taxonomy (seedless generation): one record per topic, located at its line."""
-    from ..taxonomy import read_taxonomy  # imported here: taxonomy builds on this module
+    from .taxonomy import read_taxonomy  # imported here: taxonomy builds on this module
 
     return (yield from read_taxonomy(path, encoding, sheet, skip))
 

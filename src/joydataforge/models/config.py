@@ -14,7 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ..config import defaults
 from ..errors import ConfigError
+from .capabilities import ModelCapabilities, capabilities_of
 
 BackendName = Literal["openai", "llamacpp", "transformers", "vllm"]
 
@@ -54,7 +56,7 @@ class ModelConfig(BaseModel):
         "vllm: such a file, used instead of the tokenizer's own template")
     n_ctx: int = 2048
     n_threads: int | None = None
-    max_concurrency: int = 16
+    max_concurrency: int = Field(default=defaults.MODEL_MAX_CONCURRENCY, ge=1, description="requests in flight to this model at once")
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     timeout: float = 120.0
@@ -89,10 +91,15 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _vllm_concurrency(self) -> "ModelConfig":
-        if self.backend == "vllm" and "max_concurrency" not in self.model_fields_set:
+        if self.capabilities.batches_in_flight and "max_concurrency" not in self.model_fields_set:
             # vLLM batches whatever is in flight: 16 requests would leave most of a GPU idle.
-            self.max_concurrency = 256
+            self.max_concurrency = defaults.BATCHING_ENGINE_MAX_CONCURRENCY
         return self
+
+    @property
+    def capabilities(self) -> ModelCapabilities:
+        """What this model can do; ask this rather than which backend it is."""
+        return capabilities_of(self)
 
     def api_key(self) -> str | None:
         if not self.api_key_env:

@@ -1,0 +1,164 @@
+"""A pipeline: where records come from, the steps they pass through, where results go.
+
+YAML (for the CLI) and Python (for the library) build the same :class:`Pipeline`. The YAML is validated
+before anything heavy is imported, and every error names the setting to change.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError
+from . import defaults
+from .base import StepConfig
+from .kinds import BUILTIN_CONFIGS
+from .messages import SettingError, describe_errors, field_names
+
+
+class InputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    start: int = Field(default=0, ge=0, description="skip this many records first (the seed's threshold_low)")
+    limit: int | None = Field(default=None, ge=0, description="read at most this many records")
+    encoding: str | None = None
+    sheet: str | None = None
+    id_field: str = "id"
+    on_bad_record: Literal["skip", "stop"] = "skip"
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dir: str = "out"
+    formats: list[Literal["jsonl", "parquet"]] = Field(default_factory=lambda: ["jsonl"])
+    order: Literal["input", "completion"] = "input"
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    concurrency: int = Field(default=defaults.RECORDS_IN_FLIGHT, ge=1, description="records in flight at once")
+    seed: int = defaults.SEED
+    cache: str | None = Field(default=defaults.CACHE_PATH, description="call cache file; null disables")
+    language: Literal["en", "zh"] = "en"
+    prompts_dir: str | None = None
+    retry_failed: bool = False
+    progress: bool = True
+    executor: Literal["local", "ray"] = Field(default="local",
+                                              description="ray: run on a Ray cluster (pip install joydataforge[ray])")
+
+
+class Pipeline(BaseModel):
+    """Everything a run needs. ``steps`` are step configs (plain data); the Python API may also hand built
+    steps (``Generate("m")``), which are run as they are."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    name: str = "pipeline"
+    input: InputConfig
+    steps: list[Any] = Field(min_length=1)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    models: str | None = Field(default=None, description="a models.yaml merged over the built-in one")
+    base_dir: str = "."
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_are_steps(cls, steps: list[Any]) -> list[Any]:
+        from ..engine.step import Step
+        for i, step in enumerate(steps):
+            if not isinstance(step, (StepConfig, Step)):
+                raise SettingError(f"steps[{i}]", f"a step config or a Step, not {type(step).__name__}")
+        return steps
+
+    @property
+    def step_configs(self) -> list[StepConfig]:
+        """Every step's settings, also of steps handed in built (the Python API)."""
+        from ..engine.step import Step
+        return [s.config if isinstance(s, Step) else s for s in self.steps]
+
+    def resolve(self, path: str | None) -> Path | None:
+        """Relative paths in a pipeline file are relative to that file, not to the shell's directory."""
+        if path is None:
+            return None
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Pipeline":
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"pipeline file not found: {file}")
+        try:
+            data = yaml.safe_load(file.read_text("utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+        return cls.from_dict(data, source=str(file), base_dir=str(file.parent), overrides=overrides)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "<pipeline>", base_dir: str = ".",
+                  overrides: dict[str, Any] | None = None) -> "Pipeline":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a pipeline is a mapping with input:, steps: and output:")
+        data = dict(data)
+        for dotted, value in (overrides or {}).items():
+            section, _, key = dotted.partition(".")
+            data.setdefault(section, {})
+            data[section] = {**data[section], key: value}
+        raw_steps = data.pop("steps", None)
+        if not isinstance(raw_steps, list) or not raw_steps:
+            raise ConfigError(f"{source}: 'steps' must be a non-empty list")
+        problems: list[str] = []
+        steps: list[StepConfig] = []
+        for i, item in enumerate(raw_steps):
+            try:
+                steps.append(step_config(item, f"{source}: steps[{i}]"))
+            except ConfigError as exc:
+                problems.extend(str(exc).splitlines())
+        try:
+            pipeline = cls(steps=steps, base_dir=base_dir, **data)
+        except ValidationError as exc:
+            lines = describe_errors(exc, source, field_names(cls))
+            if problems:  # a step that did not validate is already said; the list is not "empty"
+                lines = [line for line in lines if not line.startswith(f"{source}.steps")]
+            problems.extend(line.replace(f"{source}.", f"{source}: ", 1) for line in lines)
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return pipeline
+
+
+def _config_class(kind: str, where: str) -> type[StepConfig]:
+    if "." in kind:  # a plugin named by its class path: importing it is the only way to learn its settings
+        from ..engine.registry import import_step_class
+        return import_step_class(kind, where).Config
+    try:
+        return BUILTIN_CONFIGS[kind]
+    except KeyError:
+        close = difflib.get_close_matches(kind, list(BUILTIN_CONFIGS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"{where}: unknown step kind '{kind}' ({hint}known: {', '.join(sorted(BUILTIN_CONFIGS))}; "
+                          "`joyforge steps list` describes them)") from None
+
+
+def step_config(item: Any, where: str) -> StepConfig:
+    """A step is written ``- kind: {settings}`` or ``- {kind: ..., name: ..., ...}``."""
+    if isinstance(item, dict) and "kind" in item:
+        kind = item["kind"]
+        settings = {k: v for k, v in item.items() if k != "kind"}
+    elif isinstance(item, dict) and len(item) == 1:
+        kind, settings = next(iter(item.items()))
+        if settings is None:
+            settings = {}
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{where} ({kind}): the settings of a step are a mapping "
+                              f"(write '- {kind}: {{setting: value, ...}}')")
+    else:
+        raise ConfigError(f"{where}: write a step as '- generate: {{model: ..., prompt: ...}}'")
+    if not isinstance(kind, str) or not kind:
+        raise ConfigError(f"{where}: a step's kind is a name such as 'generate' (got {kind!r})")
+    where = f"{where} ({kind})"
+    config = _config_class(kind, where).from_settings(settings, where=where)
+    if "." in kind:
+        config._step_class_path = kind
+    return config

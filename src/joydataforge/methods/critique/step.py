@@ -1,0 +1,147 @@
+"""Critique and revise: one model drafts, another critiques, the first revises, for a few rounds.
+
+Each round the critic sees the current answer and replies ``{issues: [...], verdict: approve|revise,
+score: 1-10}``. The loop stops early when the critic approves (``verdict == approve``; or, when
+``approve_score`` is set, ``score >= approve_score`` whatever the verdict); otherwise the author
+revises with the issues in hand. Every round is kept on the record, so the path from the first draft
+to the final answer can be audited or turned into preference pairs (draft vs revision). After
+``rounds`` critiques without approval the last revision is the answer, marked ``approved: false`` (it
+was never critiqued); ``on_not_approved`` can drop or fail it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import ConfigError, ModelError, StepError
+from ...engine.step import Record, Step, StepContext
+from ...engine.prompted import add_call_meta, call_meta
+
+NOT_APPROVED_POLICIES = ("keep", "drop", "fail")
+
+
+class CritiqueRevise(Step):
+    """Draft (or take ``answer_field`` from the record), then critique -> revise until approved or ``rounds``.
+
+    Output: ``output_field`` (default ``target``) holds the final answer; ``rounds_field`` (default
+    ``critique_rounds``) a list ``[{round, answer, critique: {issues, verdict, score}, approved,
+    revision}]`` (``revision`` null on the approving round); ``critique`` a summary ``{approved, rounds,
+    stopped: approved|max_rounds, author, critic}``.
+    """
+
+    kind = "critique_revise"
+
+    def __init__(self, model: str, critic: str, *, rounds: int = 2, draft_prompt: str = "answer",
+                 critique_prompt: str = "critique", revise_prompt: str = "revise",
+                 answer_field: str | None = None, approve_score: int | None = None,
+                 on_not_approved: str = "keep", output_field: str = "target",
+                 rounds_field: str = "critique_rounds", summary_field: str = "critique",
+                 options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+                 critic_params: dict[str, Any] | None = None, name: str | None = None):
+        super().__init__(name)
+        where = f"step '{self.name}'"
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ConfigError(f"{where}: rounds must be an int >= 1, got {rounds!r}")
+        if approve_score is not None and (isinstance(approve_score, bool) or not isinstance(approve_score, int)):
+            raise ConfigError(f"{where}: approve_score must be an int (1-10) or null, got {approve_score!r}")
+        if on_not_approved not in NOT_APPROVED_POLICIES:
+            raise ConfigError(f"{where}: on_not_approved must be one of {NOT_APPROVED_POLICIES}, "
+                              f"got {on_not_approved!r}")
+        self.model = model
+        self.critic = critic
+        self.rounds = rounds
+        self.draft_prompt = draft_prompt
+        self.critique_prompt = critique_prompt
+        self.revise_prompt = revise_prompt
+        self.answer_field = answer_field
+        self.approve_score = approve_score
+        self.on_not_approved = on_not_approved
+        self.output_field = output_field
+        self.rounds_field = rounds_field
+        self.summary_field = summary_field
+        self.options = dict(options or {})
+        self.params = dict(params or {})
+        self.critic_params = dict(critic_params or {})
+
+    def model_names(self) -> list[str]:
+        return list(dict.fromkeys([self.model, self.critic]))
+
+    def check(self, ctx: StepContext) -> None:
+        super().check(ctx)
+        if self.answer_field is None:
+            self.prompt(ctx, self.draft_prompt)
+        self.prompt(ctx, self.revise_prompt)
+        schema = self.prompt(ctx, self.critique_prompt).schema
+        props = (schema or {}).get("properties", {})
+        if not {"issues", "verdict"} <= set(props):
+            raise ConfigError(f"step '{self.name}': the critique prompt '{self.critique_prompt}' needs a schema "
+                              "with 'issues' and 'verdict' properties")
+
+    def approves(self, critique: dict[str, Any]) -> bool:
+        """The verdict decides; with ``approve_score`` the score decides instead (critics, small ones
+        especially, say "approve" to answers they score 1 out of 10)."""
+        if self.approve_score is None:
+            return str(critique.get("verdict", "")).strip().lower() == "approve"
+        score = critique.get("score")
+        return isinstance(score, (int, float)) and not isinstance(score, bool) and score >= self.approve_score
+
+    async def _write(self, ctx: StepContext, messages: list[dict[str, str]], out: Record, role: str) -> str:
+        try:
+            completion = await ctx.model(self.model).chat(messages, **self.params)
+        except ModelError as exc:
+            raise StepError(f"step '{self.name}': {role} by '{self.model}' failed: {exc}", raw=exc.raw) from None
+        if not completion.text.strip():
+            raise StepError(f"step '{self.name}': {role} by '{self.model}' is empty", raw=completion.text)
+        add_call_meta(out, {**call_meta(self.name, self.model, completion), "role": role})
+        return completion.text.strip()
+
+    async def run(self, record: Record, ctx: StepContext) -> Record | None:
+        out = dict(record)
+        if self.answer_field is not None:
+            answer = record.get(self.answer_field)
+            if not isinstance(answer, str) or not answer.strip():
+                raise StepError(f"step '{self.name}': field '{self.answer_field}' holds no answer to critique")
+            answer = answer.strip()
+        else:
+            self.counters["drafts"] += 1
+            answer = await self._write(ctx, self.prompt(ctx, self.draft_prompt).render(record, self.options),
+                                       out, "draft")
+        history: list[dict[str, Any]] = []
+        approved = False
+        critic_template = self.prompt(ctx, self.critique_prompt)
+        for number in range(1, self.rounds + 1):
+            self.counters["critiques"] += 1
+            messages = critic_template.render(record, {**self.options, "answer": answer, "round": number})
+            try:
+                critique, completion = await ctx.model(self.critic).chat_json(messages, critic_template.schema,
+                                                                              **self.critic_params)
+            except ModelError as exc:
+                self.counters["critique_failures"] += 1
+                raise StepError(f"step '{self.name}': critique round {number} by '{self.critic}' failed: {exc}",
+                                raw=exc.raw) from None
+            add_call_meta(out, {**call_meta(self.name, self.critic, completion), "role": f"critique#{number}"})
+            approved = self.approves(critique)
+            entry: dict[str, Any] = {"round": number, "answer": answer, "critique": critique,
+                                     "approved": approved, "revision": None}
+            history.append(entry)
+            if approved:
+                self.counters[f"approved_round:{number}"] += 1
+                break
+            self.counters["revisions"] += 1
+            revise_options = {**self.options, "answer": answer, "critique": critique, "round": number}
+            answer = await self._write(ctx, self.prompt(ctx, self.revise_prompt).render(record, revise_options),
+                                       out, f"revision#{number}")
+            entry["revision"] = answer
+
+        summary = {"approved": approved, "rounds": len(history), "stopped": "approved" if approved else "max_rounds",
+                   "author": self.model, "critic": self.critic}
+        if not approved:
+            self.counters["not_approved"] += 1
+            if self.on_not_approved == "drop":
+                return None
+            if self.on_not_approved == "fail":
+                raise StepError(f"step '{self.name}': not approved after {self.rounds} round(s)",
+                                raw=str(history[-1]["critique"]))
+        out[self.output_field] = answer
+        out[self.rounds_field] = history
+        out[self.summary_field] = summary
+        return out

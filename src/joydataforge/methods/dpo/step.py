@@ -1,0 +1,391 @@
+"""Preference data for DPO: candidates -> scores -> chosen/rejected pairs in TRL's format.
+
+1. **Candidates** come from the record (``candidates_field``, default ``response_candidates``: the seed's
+   input) and/or are generated: every model in ``models`` x every temperature in ``temperatures`` x
+   ``samples`` sample indices (distinct cached samples of the same prompt). Each keeps its provenance
+   (``origin``, ``model``, ``params``, ``sample``). Failed generations, blank and duplicate texts are kept
+   in the provenance with their reason and never scored.
+2. **Scoring** (``scorer``): ``pointwise`` (a rubric judge, per-aspect scores with rationales, several
+   judges averaged), ``pairwise`` (every two candidates compared in both orders; a pair that flips with
+   the order is a tie) or ``reward`` (a reward model through the gateway's ``reward`` verb). See
+   :mod:`.judges`. A failed judgement is recorded; it is never a zero.
+3. **Pairs** (``rule``, ``margin``, ``length_penalty``): see :mod:`.dpo_pairs` for the exact rules and
+   drop reasons (``tie``, ``contradicted``, ``below_margin``, ``length_decided``), all counted.
+4. **Output** (``output``): ``pairs`` -- one record per pair with TRL's ``prompt``/``chosen``/``rejected``
+   (strings, or message lists: ``trl_format``), ``score_chosen``, ``score_rejected``, the rationales,
+   both candidates' provenance and lengths; or ``scores`` -- the seed's shape: the record with its
+   candidates and one score per candidate, in order.
+
+The step's stats (``summary.json`` -> ``steps``) report candidates, judge calls and failures, pairs
+made and dropped by reason, the chosen-minus-rejected length difference, and agreement: between judges
+(``judge_agreement``: the share of candidate pairs two judges order the same way) and, for pairwise
+judging, between the two orders (``order_agreement``: the share of judgements that did not flip).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from ...errors import ConfigError, InputError, ModelError, StepError
+from ...records import normalize_history
+from ...engine.step import Record, Step, StepContext, source_id_of
+from .pairs import RULES, select_pairs
+from .judges import (JudgeRun, check_aspects, direct_verdict, judge_pairwise, judge_pointwise, judges_from,
+                     pair_rationales)
+from ...engine.prompted import add_call_meta, call_meta
+
+SCORERS = ("pointwise", "pairwise", "reward")
+OUTPUTS = ("pairs", "scores")
+TRL_FORMATS = ("conversational", "standard", "auto")
+DEFAULT_JUDGE_PROMPTS = {"pointwise": "judge_pointwise", "pairwise": "judge_pairwise"}
+
+
+def _number(value: Any, where: str, name: str, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ConfigError(f"{where}: {name} must be a number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+class PreferencePairs(Step):
+    """Candidates, judged or reward-scored, turned into DPO pairs (``dpo`` in YAML)."""
+
+    kind = "dpo"
+
+    def __init__(self, judges: list[str], *, scorer: str = "pointwise", candidates_field: str | None = "response_candidates",
+                 models: list[str] | None = None, samples: int = 1, temperatures: list[float] | None = None,
+                 prompt: str = "answer", params: dict[str, Any] | None = None,
+                 judge_prompt: str | None = None, judge_params: dict[str, Any] | None = None,
+                 aspects: list[str] | dict[str, str] | None = None, scale: list[int] | None = None,
+                 rationale_chars: int = 200,
+                 rule: str = "best_vs_worst", margin: float = 0.0, length_penalty: float = 0.0,
+                 output: str = "pairs", trl_format: str = "conversational", scores_field: str = "candidate_scores",
+                 keep_fields: list[str] | None = None, min_candidates: int = 2,
+                 options: dict[str, Any] | None = None, name: str | None = None):
+        super().__init__(name)
+        where = f"step '{self.name}'"
+        if scorer not in SCORERS:
+            raise ConfigError(f"{where}: scorer must be one of {SCORERS}, got {scorer!r}")
+        if isinstance(judges, str):
+            judges = [judges]
+        if not isinstance(judges, list) or not judges or not all(isinstance(j, str) and j for j in judges):
+            raise ConfigError(f"{where}: judges must be a non-empty list of model names, got {judges!r}")
+        if scorer == "reward" and len(judges) != 1:
+            raise ConfigError(f"{where}: scorer 'reward' takes one reward model in judges (reward scales of "
+                              f"different models cannot be averaged), got {judges!r}")
+        models = list(models or [])
+        if not all(isinstance(m, str) and m for m in models):
+            raise ConfigError(f"{where}: models must be a list of model names, got {models!r}")
+        if not models and not candidates_field:
+            raise ConfigError(f"{where}: no candidates: set candidates_field (read them from the record) "
+                              "and/or models (generate them)")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ConfigError(f"{where}: samples must be a positive integer, got {samples!r}")
+        # Floats, so that the provenance column has one type whether YAML said 1 or 1.0.
+        temps = [_number(t, where, "each temperature") for t in temperatures] if temperatures is not None else [None]
+        if not temps:
+            raise ConfigError(f"{where}: temperatures must not be empty (leave it out for the models' own)")
+        if rule not in RULES:
+            raise ConfigError(f"{where}: rule must be one of {RULES}, got {rule!r}")
+        if output not in OUTPUTS:
+            raise ConfigError(f"{where}: output must be one of {OUTPUTS}, got {output!r}")
+        if trl_format not in TRL_FORMATS:
+            raise ConfigError(f"{where}: trl_format must be one of {TRL_FORMATS}, got {trl_format!r}")
+        if isinstance(min_candidates, bool) or not isinstance(min_candidates, int) or min_candidates < 2:
+            raise ConfigError(f"{where}: min_candidates must be an integer >= 2, got {min_candidates!r}")
+        scale = list(scale or [1, 10])
+        if (len(scale) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in scale)
+                or scale[0] >= scale[1]):
+            raise ConfigError(f"{where}: scale must be [low, high] integers with low < high, got {scale!r}")
+        if isinstance(rationale_chars, bool) or not isinstance(rationale_chars, int) or rationale_chars < 1:
+            raise ConfigError(f"{where}: rationale_chars must be a positive integer, got {rationale_chars!r}")
+        if keep_fields is not None and not (isinstance(keep_fields, list) and all(isinstance(f, str) for f in keep_fields)):
+            raise ConfigError(f"{where}: keep_fields must be a list of field names, got {keep_fields!r}")
+        self.judges = list(judges)
+        self.scorer = scorer
+        self.candidates_field = candidates_field
+        self.models = models
+        self.samples = samples
+        self.temperatures = temps
+        self.prompt_ref = prompt
+        self.params = dict(params or {})
+        self.judge_prompt_ref = judge_prompt or DEFAULT_JUDGE_PROMPTS.get(scorer)
+        self.judge_params = dict(judge_params or {})
+        self.aspects = check_aspects(aspects if aspects is not None else ["helpfulness", "correctness", "harmlessness",
+                                                                          "instruction_following"], where)
+        self.scale = (scale[0], scale[1])
+        self.rationale_chars = rationale_chars
+        self.rule = rule
+        self.margin = _number(margin, where, "margin")
+        self.length_penalty = _number(length_penalty, where, "length_penalty")
+        self.output = output
+        self.trl_format = trl_format
+        self.scores_field = scores_field
+        self.keep_fields = keep_fields
+        self.min_candidates = min_candidates
+        self.options = dict(options or {})
+        self._judges = judges_from(self.judges)
+
+    # --- setup -------------------------------------------------------------------------------------
+
+    def model_names(self) -> list[str]:
+        return list(dict.fromkeys([*self.models, *self.judges]))
+
+    def check(self, ctx: StepContext) -> None:
+        super().check(ctx)
+        # Fail before the run, not on every record: a chat model cannot give rewards, nor a reward model judge.
+        for judge in self.judges:
+            backend = ctx.gateway.registry.get(judge).backend
+            if self.scorer == "reward" and backend == "llamacpp":
+                raise ConfigError(f"step '{self.name}': judge '{judge}' is a llamacpp chat model; scorer 'reward' "
+                                  "needs a reward model (backend: transformers, or a vLLM server's /pooling)")
+            if self.scorer != "reward" and backend == "transformers":
+                raise ConfigError(f"step '{self.name}': judge '{judge}' is a reward model; use scorer: reward")
+        if self.models:
+            self.prompt(ctx, self.prompt_ref)
+        if self.judge_prompt_ref and self.scorer != "reward":
+            self.prompt(ctx, self.judge_prompt_ref)
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = dict(self.counters)
+        for name, agree, compared in (("judge_agreement", "agreement:judge_pairs_agree", "agreement:judge_pairs_compared"),
+                                      ("order_agreement", "agreement:orders_consistent", "agreement:orders_compared")):
+            if self.counters[compared]:
+                stats[name] = round(self.counters[agree] / self.counters[compared], 4)
+        if self.counters["pairs_made"]:
+            stats["mean_length_diff"] = round(self.counters["length:diff_sum"] / self.counters["pairs_made"], 2)
+        return stats
+
+    # --- candidates --------------------------------------------------------------------------------
+
+    def _record_candidates(self, record: Record) -> list[dict[str, Any]]:
+        if not self.candidates_field or self.candidates_field not in record:
+            if not self.models:
+                raise InputError("the record has no candidates and the step generates none (models is empty)",
+                                 field=self.candidates_field)
+            return []
+        given = record[self.candidates_field]
+        if not isinstance(given, list):
+            raise InputError(f"must be a list of candidate answers, not {type(given).__name__}", field=self.candidates_field)
+        found = []
+        for k, item in enumerate(given):
+            text = item.get("text", item.get("content")) if isinstance(item, dict) else item
+            if not isinstance(text, str):
+                raise InputError(f"item {k} must be a string (or an object with 'text'), not {type(item).__name__}",
+                                 field=self.candidates_field)
+            extra = {key: v for key, v in item.items() if key not in ("text", "content")} if isinstance(item, dict) else {}
+            found.append({"origin": "record", "position": k, **extra, "text": text})
+        return found
+
+    async def _generate(self, record: Record, ctx: StepContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every model x temperature x sample, concurrently; failures are candidates with an error."""
+        if not self.models:
+            return [], []
+        messages = self.prompt(ctx, self.prompt_ref).render(record, self.options)
+        jobs = []
+        for model in self.models:
+            for temperature in self.temperatures:
+                params = dict(self.params)
+                if temperature is not None:
+                    params["temperature"] = temperature
+                for sample in range(self.samples):
+                    jobs.append((model, params, sample))
+
+        async def one(model: str, params: dict[str, Any], sample: int):
+            # Provenance shows the effective settings: the model's defaults (models.yaml) under the step's.
+            effective = {**ctx.model(model).config.params, **params}
+            entry: dict[str, Any] = {"origin": "generated", "model": model, "params": effective, "sample": sample}
+            try:
+                completion = await ctx.model(model).chat(messages, sample=sample, **params)
+            except ModelError as exc:
+                return {**entry, "error": str(exc), "raw": exc.raw}, None
+            return {**entry, "text": completion.text.strip()}, completion
+
+        results = await asyncio.gather(*(one(*job) for job in jobs))
+        # Role names the candidate by its place among the generated ones (model, temperature and sample
+        # are in its provenance), so two temperatures' sample 0 stay apart.
+        calls = [{**call_meta(self.name, e["model"], c), "role": f"candidate#{k}"}
+                 for k, (e, c) in enumerate(results) if c is not None]
+        self.counters["generate_calls"] += len(jobs)
+        return [e for e, _ in results], calls
+
+    def _usable(self, candidates: list[dict[str, Any]]) -> list[str | None]:
+        """The text to score per candidate, or ``None`` (failed, blank, or a repeat of an earlier text)."""
+        seen: set[str] = set()
+        texts: list[str | None] = []
+        for candidate in candidates:
+            text = candidate.get("text")
+            if "error" in candidate:
+                self.counters["candidates_failed"] += 1
+                texts.append(None)
+            elif not text or not text.strip():
+                candidate["skipped"] = "blank"
+                self.counters["candidates_blank"] += 1
+                texts.append(None)
+            elif text.strip() in seen:
+                candidate["skipped"] = "duplicate"
+                self.counters["candidates_duplicate"] += 1
+                texts.append(None)
+            else:
+                seen.add(text.strip())
+                texts.append(text)
+        return texts
+
+    # --- scoring -----------------------------------------------------------------------------------
+
+    def _prompt_messages(self, record: Record) -> list[dict[str, str]]:
+        """The conversation up to the answer: system (the record's ``system``), history, the query."""
+        try:
+            history = normalize_history(record.get("history"))
+        except TypeError as exc:
+            raise InputError(str(exc), field="history") from None
+        if not isinstance(record.get("input"), str):
+            raise InputError("needs the query as a string", field="input")
+        system = record.get("system")
+        messages = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
+        return messages + history + [{"role": "user", "content": record["input"]}]
+
+    async def _score(self, record: Record, texts: list[str | None], ctx: StepContext) -> JudgeRun:
+        if self.scorer == "pointwise":
+            return await judge_pointwise(ctx, self.prompt(ctx, self.judge_prompt_ref), record, texts,  # type: ignore[arg-type]
+                                         self._judges, self.aspects, self.scale, self.options, self.judge_params,
+                                         self.name, self.rationale_chars)
+        if self.scorer == "pairwise":
+            return await judge_pairwise(ctx, self.prompt(ctx, self.judge_prompt_ref), record, texts,  # type: ignore[arg-type]
+                                        self._judges, self.options, self.judge_params, self.name,
+                                        self.rationale_chars)
+        run = JudgeRun(scores=[None] * len(texts), judgements=[[] for _ in texts])
+        usable = [i for i, t in enumerate(texts) if t is not None]
+        prompt = self._prompt_messages(record)
+        model = self.judges[0]
+        run.calls_made = len(usable)
+        try:
+            values = await ctx.model(model).reward(
+                [prompt + [{"role": "assistant", "content": texts[i]}] for i in usable], **self.judge_params)
+        except ModelError as exc:
+            run.failures = len(usable)
+            for i in usable:
+                run.judgements[i].append({"judge": model, "error": str(exc), "raw": exc.raw})
+            return run
+        for i, value in zip(usable, values):
+            run.scores[i] = value
+            run.judgements[i].append({"judge": model, "reward": value})
+        return run
+
+    # --- output ------------------------------------------------------------------------------------
+
+    def _trl_prompt(self, record: Record) -> tuple[Any, bool]:
+        """TRL's prompt and whether the pair is conversational (message lists) or standard (strings)."""
+        messages = self._prompt_messages(record)
+        conversational = self.trl_format == "conversational" or (self.trl_format == "auto" and len(messages) > 1)
+        if conversational:
+            return messages, True
+        if len(messages) > 1:
+            raise StepError(f"step '{self.name}': trl_format 'standard' cannot carry the record's history or system "
+                            "prompt; use 'conversational' or 'auto'")
+        return record["input"], False
+
+    def _base(self, record: Record) -> Record:
+        if self.keep_fields is None:
+            return dict(record)
+        kept = {k: record[k] for k in self.keep_fields if k in record}
+        if "_meta" in record:
+            kept["_meta"] = record["_meta"]
+        return kept
+
+    def _pair_record(self, record: Record, prompt: Any, conversational: bool, candidates: list[dict[str, Any]],
+                     run: JudgeRun, chosen: int, rejected: int, calls: list[dict[str, Any]]) -> Record:
+        def source(i: int) -> dict[str, Any]:
+            return {"index": i, **{k: v for k, v in candidates[i].items() if k != "text"}}
+
+        def rationale(i: int) -> list[dict[str, Any]]:
+            if self.scorer == "pairwise":  # the judges' words on exactly this pair, in both orders
+                return pair_rationales(run, chosen, rejected)
+            return run.judgements[i]
+
+        text_c, text_r = candidates[chosen]["text"], candidates[rejected]["text"]
+        out = self._base(record)
+        out.pop(self.candidates_field or "", None)
+        out.update(
+            prompt=prompt,
+            chosen=[{"role": "assistant", "content": text_c}] if conversational else text_c,
+            rejected=[{"role": "assistant", "content": text_r}] if conversational else text_r,
+            score_chosen=run.scores[chosen], score_rejected=run.scores[rejected],
+            rationale_chosen=rationale(chosen), rationale_rejected=rationale(rejected),
+            source_chosen=source(chosen), source_rejected=source(rejected),
+            length_chosen=len(text_c.strip()), length_rejected=len(text_r.strip()),
+            length_diff=len(text_c.strip()) - len(text_r.strip()),
+            dpo={"scorer": self.scorer, "rule": self.rule, "judges": self.judges, "candidates": len(candidates)},
+        )
+        if "_meta" in out:
+            out["_meta"] = {**out["_meta"], "calls": list(out["_meta"].get("calls", []))}
+        for meta in calls:
+            add_call_meta(out, meta)
+        return out
+
+    async def run(self, record: Record, ctx: StepContext) -> list[Record] | Record | None:
+        candidates = self._record_candidates(record)
+        generated, calls = await self._generate(record, ctx)
+        candidates += generated
+        self.counters["candidates"] += len(candidates)
+        texts = self._usable(candidates)
+        usable = sum(t is not None for t in texts)
+        need = 1 if self.output == "scores" else self.min_candidates
+        if usable < need:
+            self.counters["too_few_candidates"] += 1
+            raise StepError(f"step '{self.name}': {usable} usable candidate(s) of {len(candidates)}, need {need}",
+                            raw=json.dumps(candidates, ensure_ascii=False)[:20000])
+        run = await self._score(record, texts, ctx)
+        calls += run.calls
+        for key, value in (("judge_calls", run.calls_made), ("judge_failures", run.failures),
+                           ("agreement:judge_pairs_compared", run.judge_pairs_compared),
+                           ("agreement:judge_pairs_agree", run.judge_pairs_agree),
+                           ("agreement:orders_compared", run.orders_compared),
+                           ("agreement:orders_consistent", run.orders_consistent)):
+            if value:  # a pointwise run has no order agreement: leave it out rather than report 0 of 0
+                self.counters[key] += value
+        scored = sum(s is not None for s in run.scores)
+        if usable > scored:
+            self.counters["candidates_unscored"] += usable - scored
+        if scored < need:
+            self.counters["too_few_scored"] += 1
+            failures = [j for per in run.judgements for j in per if "error" in j]
+            raise StepError(f"step '{self.name}': {scored} candidate(s) scored of {usable}, need {need}; "
+                            f"{len(failures)} judgement(s) failed, first: {failures[0]['error'] if failures else '-'}",
+                            raw=json.dumps(failures, ensure_ascii=False)[:20000])
+
+        if self.output == "scores":
+            out = self._base(record)
+            out[self.candidates_field or "response_candidates"] = [c.get("text") for c in candidates]
+            out[self.scores_field] = run.scores
+            out["candidate_sources"] = [{k: v for k, v in c.items() if k != "text"} for c in candidates]
+            out["candidate_judgements"] = run.judgements
+            if self.scorer == "pairwise":
+                out["pairwise_verdicts"] = run.pair_records
+            for meta in calls:
+                add_call_meta(out, meta)
+            self.counters["records_scored"] += 1
+            return out
+
+        lengths = [len(t.strip()) if t is not None else 0 for t in texts]
+        verdict = (lambda c, r: direct_verdict(run, c, r)) if self.scorer == "pairwise" else None
+        selection = select_pairs(run.scores, self.rule, margin=self.margin, verdict=verdict, lengths=lengths,
+                                 length_penalty=self.length_penalty,
+                                 rng=ctx.rng(source_id_of(record), self.name))
+        for reason, count in selection.dropped.items():
+            self.counters[f"dropped:{reason}"] += count
+        if not selection.pairs:
+            self.counters["records_without_pair"] += 1
+            return []
+        prompt, conversational = self._trl_prompt(record)
+        outputs = []
+        for k, (chosen, rejected) in enumerate(selection.pairs):
+            # The calls are paid once per record: the first pair carries them, so token sums stay true.
+            outputs.append(self._pair_record(record, prompt, conversational, candidates, run, chosen, rejected,
+                                             calls if k == 0 else []))
+            diff = lengths[chosen] - lengths[rejected]
+            self.counters["pairs_made"] += 1
+            self.counters["length:diff_sum"] += diff
+            self.counters["length:chosen_longer" if diff > 0 else "length:chosen_shorter" if diff < 0
+                          else "length:same"] += 1
+        return outputs

@@ -1,0 +1,13 @@
+"""PLACEHOLDER: to be completed (settings of this method)."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import ConfigDict
+
+from ...config.base import StepConfig
+
+
+class JointConfig(StepConfig):
+    model_config = ConfigDict(extra="allow")  # PLACEHOLDER
+    kind: ClassVar[str] = "joint"

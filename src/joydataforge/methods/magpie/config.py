@@ -1,0 +1,23 @@
+"""PLACEHOLDER: to be completed (settings of this method)."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import ConfigDict
+
+from ...config.base import StepConfig
+
+
+class MagpieInstructionConfig(StepConfig):
+    model_config = ConfigDict(extra="allow")  # PLACEHOLDER
+    kind: ClassVar[str] = "magpie"
+
+
+class MagpieResponseConfig(StepConfig):
+    model_config = ConfigDict(extra="allow")  # PLACEHOLDER
+    kind: ClassVar[str] = "magpie_response"
+
+
+class MagpieTagConfig(StepConfig):
+    model_config = ConfigDict(extra="allow")  # PLACEHOLDER
+    kind: ClassVar[str] = "magpie_tag"

@@ -1,0 +1,260 @@
+"""Generation without seed data: topics in, N generated records per topic out (YAML kind ``seedless``).
+
+How it plugs into a pipeline: the *input* is the topic list itself, one record per topic, in any format
+the readers take (JSONL, JSON, CSV, XLSX, Parquet)::
+
+    {"id": "cooking", "topic": "home cooking", "subtopics": ["baking", "knife skills"], "n": 4}
+
+``subtopics`` (a list, or one string split on ``|`` / ``;``), ``personas``, ``difficulties`` and ``n``
+are optional per topic; missing ones come from the step's settings. The step fans out: each topic
+becomes up to ``n_per_topic`` records, with ids ``<topic id>:g<k>``, so resume, failures and provenance
+work per topic like for any other record.
+
+Diversity controls: every call draws its own sub-topics, persona and difficulty from a generator seeded
+by the run seed, the step and the topic (``ctx.rng``), so two runs ask the same questions, and calls
+with the same controls still get distinct samples (``sample=i``). Each record keeps the controls it was
+made with (``subtopics``, ``persona``, ``difficulty``), which lets a later report measure coverage.
+
+Near-duplicates: what comes back is MinHash-deduplicated (the ``evaluate`` package's ``MinHasher`` and
+``LSHIndex``, plus an exact check for texts too short to shingle) *before* it is kept, and the step tops
+up with extra calls (up to ``max_calls`` per topic) until the topic has its N records. Scope:
+
+- ``dedup_scope: topic`` (default): within each topic's records. Deterministic and resume-safe, since a
+  topic's records are produced by one ``run`` call from seeded draws.
+- ``dedup_scope: run``: also against every record this step object has kept in this process, via one
+  shared index. Checking and inserting involve no ``await``, so under asyncio they are atomic and no
+  lock is needed; but "first" then means *first to finish*, which depends on concurrency, and records
+  kept before a resume are not in the index. For an exact, order-stable cross-topic pass, run
+  ``minhash_dedup`` (or the batch ``deduplicate``) over the output afterwards: a sequential dedup step
+  cannot follow this fan-out step in the same pipeline, since sequential steps must come first.
+
+A topic that yields fewer than N usable records within its call budget keeps what it got
+(``short_topics`` counts them); a topic that yields none fails with the last raw reply.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import math
+import re
+from typing import Any, Sequence
+
+from ...errors import ConfigError, InputError, ModelError, StepError
+from ...text.lsh import LSHIndex
+from ...text.minhash import MinHasher
+from ...text.minhash_dedup import record_text
+from ...engine.step import Record, StepContext, source_id_of
+from ...engine.prompted import PromptedStep, add_call_meta, call_meta
+
+_CONTROL_FIELDS = ("topic", "subtopics", "personas", "difficulties", "n")
+_SPLIT = re.compile(r"\s*[|;；]\s*")
+
+
+class NearDuplicateIndex:
+    """MinHash LSH over kept texts, plus exact matching of normalised text.
+
+    The exact check covers what MinHash cannot see: texts with no shingles (a few characters or
+    punctuation only) have empty signatures, which never match anything.
+    """
+
+    def __init__(self, threshold: float, num_perm: int, method: str):
+        self.method = method
+        self.hasher = MinHasher(num_perm=num_perm) if method == "minhash" else None
+        self.index = LSHIndex(threshold, num_perm) if method == "minhash" else None
+        self.exact: set[str] = set()
+
+    def add_if_new(self, text: str) -> bool:
+        """Insert ``text`` unless it (nearly) duplicates one already in; True when inserted."""
+        if self.method == "none":
+            return True
+        key = " ".join(text.split()).casefold()
+        if key in self.exact:
+            return False
+        if self.hasher is not None and self.index is not None:
+            signature = self.hasher.signatures([text])
+            if self.index.query_verified(signature[0]):
+                return False
+            self.index.add(signature)
+        self.exact.add(key)
+        return True
+
+
+def _choices(value: Any, where: str, field: str) -> list[str]:
+    """A list of non-empty strings from a list or a ``|``/``;``-separated string (spreadsheet cells)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        items = _SPLIT.split(value.strip())
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise InputError(f"{where}: must be a list of strings or a '|'-separated string", None, field)
+    return [i for i in items if i]
+
+
+class Seedless(PromptedStep):
+    """Generate ``n_per_topic`` records per input topic, with seeded diversity controls and dedup.
+
+    Args (the YAML keys): ``model``; ``prompt`` (default ``seedless`` in the run's language);
+    ``n_per_topic``; ``per_call`` (records asked in one call); ``fields`` (what each generated record
+    holds, default ``[input]``; add a ``generate`` step to answer them); ``personas``, ``difficulties``
+    (lists; one drawn per call; per-topic lists override); ``subtopics_per_call`` (how many of the
+    topic's sub-topics are drawn per call); ``max_calls`` (call budget per topic, default twice the
+    calls N needs); ``dedup`` (``minhash``, ``exact`` or ``none``); ``dedup_scope`` (``topic`` or
+    ``run``, see the module docstring); ``threshold``, ``num_perm`` (MinHash); ``max_chars`` (length
+    cap per field); ``options`` (e.g. ``task``: what kind of record to write), ``params``.
+    """
+
+    kind = "seedless"
+
+    def __init__(self, model: str, prompt: str = "seedless", *, n_per_topic: int = 5, per_call: int = 1,
+                 fields: str | Sequence[str] = ("input",), personas: Sequence[str] | None = None,
+                 difficulties: Sequence[str] | None = None, subtopics_per_call: int = 1,
+                 max_calls: int | None = None, dedup: str = "minhash", dedup_scope: str = "topic",
+                 threshold: float = 0.7, num_perm: int = 128, max_chars: int | None = None,
+                 options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+                 name: str | None = None):
+        super().__init__(model, prompt, options=options, params=params, name=name)
+        where = f"step '{self.name}'"
+        for key, value in (("n_per_topic", n_per_topic), ("per_call", per_call),
+                           ("subtopics_per_call", subtopics_per_call)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{where}: {key} must be a positive integer, not {value!r}")
+        if max_calls is not None and (not isinstance(max_calls, int) or max_calls < 1):
+            raise ConfigError(f"{where}: max_calls must be a positive integer, not {max_calls!r}")
+        self.fields = [fields] if isinstance(fields, str) else list(fields)
+        if not self.fields or not all(isinstance(f, str) and f and not f.startswith("_") for f in self.fields):
+            raise ConfigError(f"{where}: fields must be one or more field names (not starting with '_')")
+        clash = set(self.fields) & {*_CONTROL_FIELDS, "persona", "difficulty", "id"}
+        if clash:
+            raise ConfigError(f"{where}: fields cannot include {sorted(clash)} (the step sets them)")
+        if dedup not in ("minhash", "exact", "none"):
+            raise ConfigError(f"{where}: dedup must be 'minhash', 'exact' or 'none', not {dedup!r}")
+        if dedup_scope not in ("topic", "run"):
+            raise ConfigError(f"{where}: dedup_scope must be 'topic' or 'run', not {dedup_scope!r}")
+        if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+            raise ConfigError(f"{where}: threshold must be in (0, 1], not {threshold!r}")
+        self.n_per_topic = n_per_topic
+        self.per_call = per_call
+        self.personas = list(personas or [])
+        self.difficulties = list(difficulties or [])
+        self.subtopics_per_call = subtopics_per_call
+        self.max_calls = max_calls
+        self.dedup = dedup
+        self.dedup_scope = dedup_scope
+        self.threshold = float(threshold)
+        self.num_perm = num_perm
+        self.max_chars = max_chars
+        try:
+            self._run_index = NearDuplicateIndex(self.threshold, num_perm, dedup) if dedup_scope == "run" else None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def required_fields(self) -> set[str]:
+        return {"topic"}
+
+    def schema(self, count: int) -> dict[str, Any]:
+        text: dict[str, Any] = {"type": "string", "minLength": 1}
+        if self.max_chars:
+            text["maxLength"] = self.max_chars
+        item = {"type": "object", "properties": {f: dict(text) for f in self.fields}, "required": list(self.fields)}
+        return {"type": "object",
+                "properties": {"records": {"type": "array", "items": item, "minItems": 1, "maxItems": count}},
+                "required": ["records"]}
+
+    def _topic(self, record: Record) -> dict[str, Any]:
+        where = f"step '{self.name}'"
+        topic = record.get("topic")
+        if not isinstance(topic, str) or not topic.strip():
+            raise InputError(f"{where}: every input record is a topic and needs a non-empty text 'topic'", None,
+                             "topic")
+        n = record.get("n", self.n_per_topic)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise InputError(f"{where}: 'n' must be a non-negative integer", None, "n")
+        return {"topic": topic.strip(), "n": n,
+                "subtopics": _choices(record.get("subtopics"), where, "subtopics"),
+                "personas": _choices(record.get("personas"), where, "personas") or self.personas,
+                "difficulties": _choices(record.get("difficulties"), where, "difficulties") or self.difficulties}
+
+    async def run(self, record: Record, ctx: StepContext) -> list[Record]:
+        spec = self._topic(record)
+        n = spec["n"]
+        if n == 0:
+            self.counters["empty_topics"] += 1
+            return []
+        topic_id = str(record.get("id") or source_id_of(record))
+        rng = ctx.rng(topic_id, self.name)
+        budget = self.max_calls or 2 * math.ceil(n / self.per_call)
+        local = NearDuplicateIndex(self.threshold, self.num_perm, self.dedup)
+        base = {k: v for k, v in record.items() if k not in _CONTROL_FIELDS and k != "id"}
+        kept: list[Record] = []
+        calls = 0
+        last_error: ModelError | None = None
+        while len(kept) < n and calls < budget:
+            missing = n - len(kept)
+            wave = min(math.ceil(missing / self.per_call), budget - calls)
+            # Draw every call's controls before awaiting anything: the draws stay in call order.
+            plans = [self._plan(spec, rng, min(self.per_call, missing - i * self.per_call), kept) for i in range(wave)]
+            results = await asyncio.gather(*(self._call(ctx, record, spec, plan, calls + i)
+                                             for i, plan in enumerate(plans)), return_exceptions=True)
+            calls += wave
+            for plan, result in zip(plans, results):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, ModelError):
+                        raise result
+                    self.counters["failed_calls"] += 1
+                    last_error = result
+                    continue
+                items, completion = result
+                meta = call_meta(self.name, self.model, completion)
+                for item in items:  # the schema's maxItems keeps a wave within the n still missing
+                    rejected = self._rejected(item, local)
+                    if rejected:
+                        self.counters[rejected] += 1
+                        continue
+                    out = {**base, "topic": spec["topic"], **{f: item[f].strip() for f in self.fields},
+                           "subtopics": plan["subtopics"], "persona": plan["persona"],
+                           "difficulty": plan["difficulty"], "id": f"{topic_id}:g{len(kept)}"}
+                    out["_meta"] = copy.deepcopy(record.get("_meta") or {})
+                    add_call_meta(out, dict(meta))
+                    kept.append(out)
+        self.counters["calls"] += calls
+        self.counters["generated"] += len(kept)
+        if not kept:
+            raise StepError(f"step '{self.name}': topic {spec['topic']!r} gave no usable record in {calls} call(s)"
+                            + (f"; last error: {last_error}" if last_error else ""),
+                            raw=last_error.raw if last_error else None)
+        if len(kept) < n:
+            self.counters["short_topics"] += 1
+        return kept
+
+    def _plan(self, spec: dict[str, Any], rng: Any, count: int, kept: list[Record]) -> dict[str, Any]:
+        subtopics = spec["subtopics"]
+        k = min(self.subtopics_per_call, len(subtopics))
+        return {"count": count,
+                "subtopics": sorted(rng.sample(subtopics, k), key=subtopics.index) if k else [],
+                "persona": rng.choice(spec["personas"]) if spec["personas"] else None,
+                "difficulty": rng.choice(spec["difficulties"]) if spec["difficulties"] else None,
+                # Top-up calls see a few records already kept, so the model steers away from them.
+                "avoid": [record_text(r, self.fields) for r in kept[-5:]]}
+
+    async def _call(self, ctx: StepContext, record: Record, spec: dict[str, Any], plan: dict[str, Any],
+                    sample: int) -> tuple[list[dict[str, Any]], Any]:
+        view = {k: v for k, v in record.items() if not k.startswith("_")}
+        view["topic"] = spec["topic"]
+        options = {**self.options, **plan, "fields": self.fields, "max_chars": self.max_chars}
+        messages = self.template(ctx).render(view, options)
+        value, completion = await ctx.model(self.model).chat_json(messages, self.schema(plan["count"]),
+                                                                 sample=sample, **self.params)
+        return value["records"], completion
+
+    def _rejected(self, item: dict[str, Any], local: NearDuplicateIndex) -> str | None:
+        """Why a generated item is not kept (a counter name), or None to keep it."""
+        text = record_text({f: item[f] for f in self.fields}, self.fields)
+        if not any(ch.isalnum() for ch in text):
+            return "blank"  # empty, or punctuation only (a small model's '}{')
+        if not local.add_if_new(text):
+            return "near_duplicates"
+        if self._run_index is not None and not self._run_index.add_if_new(text):
+            return "near_duplicates_in_run"
+        return None

@@ -1,0 +1,267 @@
+"""Multi-model voting (the seed's ``vote``) and vote-then-cascade (the seed's ``vote_and_pipeline``).
+
+``vote``: every named model answers the same structured prompt for a record, concurrently, each through
+the gateway (so each model's own rate and concurrency limits apply). The record keeps every answer and
+the aggregate (see :mod:`.vote_aggregate` for the rules). A voter whose call fails, whose reply never
+validates or whose label is empty is recorded as failed, with its error and raw reply, and does not vote.
+If every voter fails the record fails: there is nothing to aggregate, and an empty label must never win.
+
+``cascade``: after a vote, only the records whose outcome matters (a majority on one of ``gate_labels``,
+and optionally ties and no-quorum outcomes) go to a stronger model with its own prompt; the others pass
+without a call. The stronger model's answer becomes the final label; the vote stays on the record.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from ...errors import ConfigError, InputError, ModelError, StepError
+from ...models.backends.base import Completion
+from ...engine.step import Record, Step, StepContext
+from ...engine.prompted import add_call_meta, call_meta
+from ..generate.step import Label
+from .aggregate import MAJORITY, NO_QUORUM, TIE, aggregate, check_quorum, check_weights
+
+NO_MAJORITY_POLICIES = ("keep", "drop", "fail")
+CASCADE_FAILURE_POLICIES = ("fail", "keep_vote")
+
+
+class Vote(Step):
+    """N models label a record; the record gets each answer plus the weighted majority with its agreement.
+
+    Output (field names configurable):
+
+    - ``votes``: ``{model: {label, reason, ...}}`` for voters that answered, ``{model: {error, raw}}`` for
+      those that failed;
+    - ``vote``: ``{label, outcome, agreement, support, required, counts, voters, valid, failed_voters}``
+      where ``outcome`` is ``majority`` (``label`` set), ``tie`` (``label`` null, ``tied`` lists the
+      leaders) or ``no_quorum`` (``label`` null);
+    - with ``seed_fields: true`` also the seed's flat fields: ``<model>_label``, ``<model>_reason``,
+      ``label_vote`` (the majority label or null) and ``reason_vote`` (the outcome).
+
+    ``on_no_majority`` decides what happens to a tie or a missed quorum: ``keep`` the record with that
+    outcome (default; a later ``cascade`` can resolve it), ``drop`` it (counted), or ``fail`` it.
+    """
+
+    kind = "vote"
+
+    def __init__(self, models: list[str] | dict[str, float], prompt: str = "vote_label", *,
+                 quorum: int | float | None = None, weights: dict[str, float] | None = None,
+                 output_field: str = "vote", votes_field: str = "votes", seed_fields: bool = False,
+                 on_no_majority: str = "keep", schema: dict[str, Any] | None = None,
+                 options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+                 name: str | None = None):
+        super().__init__(name)
+        where = f"step '{self.name}'"
+        if isinstance(models, dict):  # `models: {gpt: 2, glm: 1}` is a shorthand for names plus weights
+            if weights:
+                raise ConfigError(f"{where}: give weights either in models: {{name: weight}} or in weights:, not both")
+            weights, models = dict(models), list(models)
+        if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
+            raise ConfigError(f"{where}: models must be a non-empty list of model names, got {models!r}")
+        duplicates = sorted({m for m in models if models.count(m) > 1})
+        if duplicates:
+            raise ConfigError(f"{where}: a model may vote only once, {duplicates} listed twice "
+                              "(add a named variant in models.yaml for a second voter)")
+        if on_no_majority not in NO_MAJORITY_POLICIES:
+            raise ConfigError(f"{where}: on_no_majority must be one of {NO_MAJORITY_POLICIES}, got {on_no_majority!r}")
+        self.models = list(models)
+        self.weights = check_weights(weights, self.models, where)
+        self.quorum = check_quorum(quorum, where)
+        total = sum(self.weights.values())
+        if isinstance(self.quorum, int) and self.quorum > total:
+            raise ConfigError(f"{where}: quorum {self.quorum} can never be reached by voters of total weight {total:g}")
+        self.output_field = output_field
+        self.votes_field = votes_field
+        self.seed_fields = seed_fields
+        self.on_no_majority = on_no_majority
+        self.params = dict(params or {})
+        # One Label step holds the prompt and the schema (with options.labels as the enum): the same rules
+        # as a single-model label, asked of every voter.
+        self._labeler = Label(self.models[0], prompt, schema=schema, options=options, params=params, name=self.name)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self._labeler.options
+
+    def model_names(self) -> list[str]:
+        return list(self.models)
+
+    def check(self, ctx: StepContext) -> None:
+        super().check(ctx)
+        schema = self._labeler.schema(ctx)
+        if "label" not in schema.get("properties", {}):
+            raise ConfigError(f"step '{self.name}': the vote prompt's schema must have a 'label' property")
+
+    def required_fields(self) -> set[str]:
+        return self._labeler.required_fields()
+
+    async def _ask(self, model: str, messages: list[dict[str, str]], schema: dict[str, Any],
+                   ctx: StepContext) -> tuple[dict[str, Any], Completion | None]:
+        """One voter's answer, or its failure with the error and the raw reply; never raises ModelError."""
+        self.counters["calls"] += 1
+        try:
+            value, completion = await ctx.model(model).chat_json(messages, schema, **self.params)
+        except ModelError as exc:
+            return {"error": str(exc), "raw": exc.raw}, None
+        label = value.get("label") if isinstance(value, dict) else None
+        if not isinstance(label, str) or not label.strip():
+            return {"error": f"model '{model}' gave no label", "raw": completion.text}, completion
+        return {**value, "label": label.strip()}, completion
+
+    async def run(self, record: Record, ctx: StepContext) -> Record | None:
+        messages = self._labeler.template(ctx).render(record, self.options)
+        schema = self._labeler.schema(ctx)
+        answers = await asyncio.gather(*(self._ask(m, messages, schema, ctx) for m in self.models))
+        votes = {model: answer for model, (answer, _) in zip(self.models, answers)}
+        for model, answer in votes.items():
+            if "error" in answer:
+                self.counters[f"voter_failed:{model}"] += 1
+        if all("error" in answer for answer in votes.values()):
+            self.counters["all_voters_failed"] += 1
+            raw = json.dumps({m: a.get("raw") for m, a in votes.items()}, ensure_ascii=False)
+            errors = "; ".join(f"{m}: {a['error']}" for m, a in votes.items())
+            raise StepError(f"step '{self.name}': every voter failed ({errors})", raw=raw)
+
+        result = aggregate({m: a.get("label") if "error" not in a else None for m, a in votes.items()},
+                           self.weights, self.quorum)
+        self.counters[f"outcome:{result.outcome}"] += 1
+        if result.outcome == MAJORITY:
+            self.counters[f"label:{result.label}"] += 1
+        else:
+            if self.on_no_majority == "drop":
+                self.counters[f"dropped:{result.outcome}"] += 1
+                return None
+            if self.on_no_majority == "fail":
+                raise StepError(f"step '{self.name}': vote ended in {result.outcome} "
+                                f"(counts {result.as_dict()['counts']})", raw=json.dumps(votes, ensure_ascii=False))
+
+        out = dict(record)
+        out[self.votes_field] = votes
+        out[self.output_field] = result.as_dict()
+        if self.seed_fields:
+            for model, answer in votes.items():
+                out[f"{model}_label"] = answer.get("label")
+                out[f"{model}_reason"] = answer.get("reason", answer.get("error"))
+            out["label_vote"] = result.label
+            out["reason_vote"] = result.outcome
+        for model, (_, completion) in zip(self.models, answers):
+            if completion is not None:
+                add_call_meta(out, call_meta(self.name, model, completion))
+        return out
+
+
+class Cascade(Label):
+    """Send the records whose vote matters to a stronger model; its answer becomes the final label.
+
+    Gate: a ``majority`` on one of ``gate_labels``, a ``tie`` when ``gate_tie``, a ``no_quorum`` when
+    ``gate_no_quorum``. Gated records get the model's JSON keys at the top level (``label``, ``reason``;
+    or under ``output_field``, or with ``prefix``) and ``label_source: cascade``. Records that pass the
+    gate get the vote's label (``label_source: vote``), or ``label: null`` with ``label_source: undecided``
+    after an ungated tie or missed quorum. ``cascade`` on the record says whether and why it was gated
+    (``{gated, because, model, label}``, plus ``changed`` when the vote had a majority to change).
+
+    The prompt sees the vote as ``options.vote`` and the answers as ``options.votes``. A failed cascade
+    call fails the record (with the raw reply) unless ``on_cascade_failure: keep_vote``, which keeps a
+    majority label and marks it ``label_source: vote_kept_after_cascade_failure`` (there is nothing to
+    keep after a tie or a missed quorum, so those still fail).
+    """
+
+    kind = "cascade"
+
+    def __init__(self, model: str, prompt: str = "cascade_label", *, gate_labels: list[str] | None = None,
+                 gate_tie: bool = False, gate_no_quorum: bool = False, vote_field: str = "vote",
+                 votes_field: str = "votes", cascade_field: str = "cascade", on_cascade_failure: str = "fail",
+                 output_field: str | None = None, prefix: str = "", schema: dict[str, Any] | None = None,
+                 options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+                 name: str | None = None):
+        super().__init__(model, prompt, output_field=output_field, prefix=prefix, schema=schema, options=options,
+                         params=params, name=name)
+        where = f"step '{self.name}'"
+        if gate_labels is not None and (not isinstance(gate_labels, list)
+                                        or not all(isinstance(x, str) for x in gate_labels)):
+            raise ConfigError(f"{where}: gate_labels must be a list of labels, got {gate_labels!r}")
+        if not gate_labels and not gate_tie and not gate_no_quorum:
+            raise ConfigError(f"{where}: nothing would be gated; set gate_labels, gate_tie or gate_no_quorum")
+        if on_cascade_failure not in CASCADE_FAILURE_POLICIES:
+            raise ConfigError(f"{where}: on_cascade_failure must be one of {CASCADE_FAILURE_POLICIES}, "
+                              f"got {on_cascade_failure!r}")
+        self.gate_labels = set(gate_labels or [])
+        self.gate_tie = gate_tie
+        self.gate_no_quorum = gate_no_quorum
+        self.vote_field = vote_field
+        self.votes_field = votes_field
+        self.cascade_field = cascade_field
+        self.on_cascade_failure = on_cascade_failure
+
+    def gate(self, vote: dict[str, Any]) -> str | None:
+        """Why a record goes to the stronger model (``label:X``, ``tie``, ``no_quorum``), or None."""
+        outcome = vote.get("outcome")
+        if outcome == MAJORITY and vote.get("label") in self.gate_labels:
+            return f"label:{vote['label']}"
+        if outcome == TIE and self.gate_tie:
+            return TIE
+        if outcome == NO_QUORUM and self.gate_no_quorum:
+            return NO_QUORUM
+        return None
+
+    def _final(self, out: Record, label: Any, source: str) -> None:
+        if self.output_field:
+            out[self.output_field] = {"label": label}
+        else:
+            out[f"{self.prefix}label"] = label
+        out[f"{self.prefix}label_source"] = source
+
+    async def run(self, record: Record, ctx: StepContext) -> Record:
+        vote = record.get(self.vote_field)
+        if not isinstance(vote, dict) or "outcome" not in vote:
+            raise InputError(f"step '{self.name}' needs a vote result (run a 'vote' step first)", None,
+                             self.vote_field)
+        out = dict(record)
+        because = self.gate(vote)
+        if because is None:
+            self.counters["passed"] += 1
+            out[self.cascade_field] = {"gated": False}
+            decided = vote.get("outcome") == MAJORITY
+            self._final(out, vote.get("label") if decided else None, "vote" if decided else "undecided")
+            return out
+
+        self.counters["gated"] += 1
+        self.counters[f"gated:{because}"] += 1
+        self.counters["cascade_calls"] += 1
+        options = {**self.options, "vote": vote, "votes": record.get(self.votes_field, {})}
+        messages = self.template(ctx).render(record, options)
+        try:
+            value, completion = await ctx.model(self.model).chat_json(messages, self.schema(ctx), **self.params)
+            if not isinstance(value, dict):
+                raise StepError(f"step '{self.name}': the cascade reply is not a JSON object", raw=completion.text)
+            label = value.get("label")
+            if not isinstance(label, str) or not label.strip():
+                raise StepError(f"step '{self.name}': model '{self.model}' gave no label", raw=completion.text)
+        except (ModelError, StepError) as exc:
+            self.counters["cascade_failures"] += 1
+            if self.on_cascade_failure == "keep_vote" and vote.get("outcome") == MAJORITY:
+                self.counters["kept_vote_after_failure"] += 1
+                out[self.cascade_field] = {"gated": True, "because": because, "model": self.model,
+                                           "error": str(exc), "raw": exc.raw}
+                self._final(out, vote.get("label"), "vote_kept_after_cascade_failure")
+                return out
+            raise StepError(f"step '{self.name}': cascade to '{self.model}' failed ({because}): {exc}",
+                            raw=exc.raw) from None
+
+        value = {**value, "label": label.strip()}
+        out[self.cascade_field] = {"gated": True, "because": because, "model": self.model, "label": value["label"]}
+        if vote.get("outcome") == MAJORITY:  # "changed" only means something when the vote had a label
+            out[self.cascade_field]["changed"] = value["label"] != vote.get("label")
+            if value["label"] != vote.get("label"):
+                self.counters["changed_by_cascade"] += 1
+        if self.output_field:
+            out[self.output_field] = value
+        else:
+            for key, item in value.items():
+                out[f"{self.prefix}{key}"] = item
+        out[f"{self.prefix}label_source"] = "cascade"
+        add_call_meta(out, call_meta(self.name, self.model, completion))
+        self.counters[f"label:{value['label']}"] += 1
+        return out

@@ -1,0 +1,55 @@
+"""What a named model can do, said by the model layer so that nothing outside it asks which backend it is.
+
+Steps, executors and commands ask ``registry.get(name).capabilities`` ("can it give rewards?", "does it
+batch whatever is in flight?") instead of testing ``backend == "vllm"``. Known from the config alone, so
+checks before a run never import a backend.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ModelCapabilities:
+    chat: bool
+    """Answers chat messages (``chat``, ``chat_json``)."""
+    raw_completion: bool
+    """Continues raw text (``complete``, ``complete_n``): what Magpie's pre-query templates need."""
+    embeddings: bool
+    """Can be asked for embeddings (a served model may still refuse; the call then says why)."""
+    rewards: bool
+    """Can score a conversation with a reward head."""
+    native_n: bool
+    """Draws several samples of one prompt in one request (else the gateway makes one call per sample)."""
+    own_chat_template: bool
+    """Knows its chat template without a file from the user (a GGUF's, a tokenizer's)."""
+    batches_in_flight: bool
+    """An in-process engine that batches whatever requests are in flight: more records in flight, fuller batches."""
+    repetition_penalty_param: str
+    """The name this backend gives the repetition penalty parameter."""
+
+
+def capabilities_of(config: "ModelConfig") -> ModelCapabilities:
+    backend = config.backend
+    if backend == "openai":
+        return ModelCapabilities(chat=True, raw_completion=True, embeddings=True, rewards=True, native_n=True,
+                                 own_chat_template=False, batches_in_flight=False,
+                                 repetition_penalty_param="repetition_penalty")
+    if backend == "llamacpp":
+        # A llama.cpp chat format named in chat_template replaces the GGUF's own Jinja template.
+        return ModelCapabilities(chat=True, raw_completion=True, embeddings=True, rewards=False, native_n=False,
+                                 own_chat_template=not config.chat_template, batches_in_flight=False,
+                                 repetition_penalty_param="repeat_penalty")
+    if backend == "vllm":
+        return ModelCapabilities(chat=True, raw_completion=True, embeddings=True, rewards=True, native_n=True,
+                                 own_chat_template=True, batches_in_flight=True,
+                                 repetition_penalty_param="repetition_penalty")
+    if backend == "transformers":
+        return ModelCapabilities(chat=False, raw_completion=False, embeddings=False, rewards=True, native_n=False,
+                                 own_chat_template=True, batches_in_flight=False,
+                                 repetition_penalty_param="repetition_penalty")
+    raise ValueError(f"unknown backend {backend!r}")
