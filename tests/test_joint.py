@@ -4,16 +4,15 @@ import json
 
 import pytest
 
-from joydataforge.errors import ConfigError, StepError
-from joydataforge.engine.local import LocalExecutor
-from joydataforge.models.config import ModelRegistry
-from joydataforge.models.gateway import Gateway
 from joydataforge.config.pipeline import Pipeline
-from joydataforge.prompts.renderer import PromptLibrary
+from joydataforge.engine.local import LocalExecutor
 from joydataforge.engine.step import StepContext
+from joydataforge.errors import ConfigError, StepError
 from joydataforge.methods.critique.step import CritiqueRevise
 from joydataforge.methods.joint.step import Joint
-from joydataforge.engine.registry import build_step
+from joydataforge.models.config import ModelRegistry
+from joydataforge.models.gateway import Gateway
+from joydataforge.prompts.renderer import PromptLibrary
 from tests.scripted_backend import ScriptedBackend
 
 NAMES = ["a", "b", "c", "fuser", "author", "critic"]
@@ -25,6 +24,13 @@ RECORD = {"id": "r1", "input": "How do I boil an egg?"}
 
 def text(reply):
     return ScriptedBackend(lambda messages, schema: reply)
+
+
+def config_error(kind, settings):
+    """The message a pipeline file with one step of ``kind`` gets for ``settings``."""
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_dict({"input": {"path": "in.jsonl"}, "steps": [{kind: settings}]}, source="x")
+    return str(info.value)
 
 
 def run_step(step, record, backends):
@@ -136,14 +142,14 @@ def test_out_of_range_pick_that_persists_fails_never_index_zero(best):
 
 
 def test_joint_config_errors():
-    with pytest.raises(ConfigError, match="mode"):
-        build_step("joint", {"drafters": ["a", "b"], "fuser": "f", "mode": "vote"}, "x")
-    with pytest.raises(ConfigError, match="min_drafts"):
-        build_step("joint", {"drafters": ["a", "b"], "fuser": "f", "min_drafts": 3}, "x")
-    with pytest.raises(ConfigError, match="min_drafts >= 2"):
-        build_step("joint", {"drafters": ["a", "b"], "fuser": "f", "mode": "pick", "min_drafts": 1}, "x")
-    with pytest.raises(ConfigError, match="drafters"):
-        build_step("joint", {"drafters": "a", "fuser": "f"}, "x")
+    assert config_error("joint", {"drafters": ["a", "b"], "fuser": "f", "mode": "vote"}).startswith(
+        "x: steps[0] (joint).mode: must be one of")
+    assert config_error("joint", {"drafters": ["a", "b"], "fuser": "f", "min_drafts": 3}) == (
+        "x: steps[0] (joint).min_drafts: must be at most the number of drafters (2) (got 3)")
+    assert config_error("joint", {"drafters": ["a", "b"], "fuser": "f", "mode": "pick", "min_drafts": 1}).startswith(
+        "x: steps[0] (joint).min_drafts: mode 'pick' needs min_drafts >= 2")
+    assert config_error("joint", {"drafters": "a", "fuser": "f"}) == (
+        "x: steps[0] (joint).drafters: must be a list (got 'a')")
 
 
 # --- critique and revise ----------------------------------------------------------------------------
@@ -221,10 +227,10 @@ def test_invalid_critique_fails_the_record_with_raw():
 
 
 def test_critique_config_errors():
-    with pytest.raises(ConfigError, match="rounds"):
-        build_step("critique_revise", {"model": "a", "critic": "b", "rounds": 0}, "x")
-    with pytest.raises(ConfigError, match="on_not_approved"):
-        build_step("critique_revise", {"model": "a", "critic": "b", "on_not_approved": "hope"}, "x")
+    assert config_error("critique_revise", {"model": "a", "critic": "b", "rounds": 0}) == (
+        "x: steps[0] (critique_revise).rounds: must be >= 1 (got 0)")
+    assert config_error("critique_revise", {"model": "a", "critic": "b", "on_not_approved": "hope"}).startswith(
+        "x: steps[0] (critique_revise).on_not_approved: must be one of")
     step = CritiqueRevise("author", "critic", critique_prompt="en/answer")
     with pytest.raises(ConfigError, match="issues"):
         step.check(StepContext(Gateway(REGISTRY, backends={}), PromptLibrary()))

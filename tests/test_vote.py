@@ -5,16 +5,15 @@ import json
 
 import pytest
 
-from joydataforge.errors import ConfigError, InputError, StepError
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
+from joydataforge.engine.step import StepContext
+from joydataforge.errors import ConfigError, InputError, StepError
+from joydataforge.methods.vote.aggregate import aggregate
+from joydataforge.methods.vote.step import Cascade, Vote
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
 from joydataforge.prompts.renderer import PromptLibrary
-from joydataforge.engine.step import StepContext
-from joydataforge.engine.registry import build_step
-from joydataforge.methods.vote.step import Cascade, Vote
-from joydataforge.methods.vote.aggregate import aggregate, check_quorum
 from tests.scripted_backend import ScriptedBackend
 
 NAMES = ["a", "b", "c", "d", "e", "strong"]
@@ -36,6 +35,13 @@ def says(label, reason="r"):
 def context(backends):
     gateway = Gateway(REGISTRY, backends=backends)
     return StepContext(gateway, PromptLibrary()), gateway
+
+
+def config_error(kind, settings):
+    """The message a pipeline file with one step of ``kind`` gets for ``settings``."""
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_dict({"input": {"path": "in.jsonl"}, "steps": [{kind: settings}]}, source="pipeline.yaml")
+    return str(info.value)
 
 
 def run_step(step, record, backends):
@@ -120,8 +126,8 @@ def test_failed_and_empty_labels_do_not_vote():
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, 0.0, True, "2"])
 def test_bad_quorums_are_config_errors(bad):
-    with pytest.raises(ConfigError, match="quorum"):
-        check_quorum(bad, "step 'vote'")
+    message = config_error("vote", {"models": ["a", "b", "c"], "quorum": bad})
+    assert message.startswith("pipeline.yaml: steps[0] (vote).quorum: ") and "\n" not in message
 
 
 # --- the vote step ----------------------------------------------------------------------------------
@@ -204,16 +210,15 @@ def test_on_no_majority_drop_and_fail():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"models": []}, "non-empty list"),
-    ({"models": ["a", "a"]}, "only once"),
-    ({"models": ["a", "b"], "weights": {"z": 1}}, "do not vote"),
-    ({"models": ["a", "b"], "weights": {"a": 0}}, "positive"),
-    ({"models": ["a", "b"], "quorum": 3}, "never be reached"),
-    ({"models": ["a", "b"], "on_no_majority": "guess"}, "on_no_majority"),
+    ({"models": []}, "models: must have at least 1 item(s)"),
+    ({"models": ["a", "a"]}, "models: a model may vote only once"),
+    ({"models": ["a", "b"], "weights": {"z": 1}}, "weights: names models that do not vote: ['z']"),
+    ({"models": ["a", "b"], "weights": {"a": 0}}, "weights.a: must be > 0"),
+    ({"models": ["a", "b"], "quorum": 3}, "quorum: 3 can never be reached"),
+    ({"models": ["a", "b"], "on_no_majority": "guess"}, "on_no_majority: must be one of"),
 ])
 def test_vote_config_errors(settings, message):
-    with pytest.raises(ConfigError, match=message):
-        build_step("vote", settings, "pipeline.yaml: steps[0].vote")
+    assert config_error("vote", settings).startswith(f"pipeline.yaml: steps[0] (vote).{message}")
 
 
 # --- cascade ----------------------------------------------------------------------------------------
@@ -297,10 +302,10 @@ def test_cascade_without_a_vote_names_the_field():
 
 
 def test_cascade_config_errors():
-    with pytest.raises(ConfigError, match="nothing would be gated"):
-        build_step("cascade", {"model": "strong"}, "x.yaml: steps[1].cascade")
-    with pytest.raises(ConfigError, match="on_cascade_failure"):
-        build_step("cascade", {"model": "strong", "gate_tie": True, "on_cascade_failure": "ignore"}, "x")
+    assert config_error("cascade", {"model": "strong"}).startswith(
+        "pipeline.yaml: steps[0] (cascade).gate_labels: nothing would be gated")
+    assert config_error("cascade", {"model": "strong", "gate_tie": True, "on_cascade_failure": "ignore"}).startswith(
+        "pipeline.yaml: steps[0] (cascade).on_cascade_failure: must be one of")
 
 
 # --- through the executor: counters in the summary, failures in failures.jsonl ----------------------

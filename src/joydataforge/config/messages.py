@@ -70,6 +70,7 @@ def _one(error: dict[str, Any], known: Sequence[str]) -> str:
         return f"unknown setting ({hint}known: {', '.join(known)})" if known else "unknown setting"
     if kind in _COMPARISONS:
         limit = next(iter(ctx.values())) if ctx else "?"
+        limit = f"{limit:g}" if isinstance(limit, float) else limit
         return f"must be {_COMPARISONS[kind]} {limit} (got {shown(value)})"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '?')} (got {shown(value)})"

@@ -12,58 +12,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import ConfigError, ModelError, StepError
-from ...engine.step import Record, Step, StepContext
 from ...engine.prompted import add_call_meta, call_meta
-
-NOT_APPROVED_POLICIES = ("keep", "drop", "fail")
+from ...engine.step import Record, Step, StepContext
+from ...errors import ConfigError, ModelError, StepError
+from .config import CritiqueReviseConfig
 
 
 class CritiqueRevise(Step):
-    """Draft (or take ``answer_field`` from the record), then critique -> revise until approved or ``rounds``.
+    """Draft (or take ``answer_field``), then critique -> revise until approved or out of ``rounds``.
 
-    Output: ``output_field`` (default ``target``) holds the final answer; ``rounds_field`` (default
-    ``critique_rounds``) a list ``[{round, answer, critique: {issues, verdict, score}, approved,
-    revision}]`` (``revision`` null on the approving round); ``critique`` a summary ``{approved, rounds,
-    stopped: approved|max_rounds, author, critic}``.
+    What the record gets and the settings are described by :class:`~.config.CritiqueReviseConfig`. The
+    rounds run one after another (each needs the previous answer); a failed call fails the record.
     """
 
-    kind = "critique_revise"
+    Config = CritiqueReviseConfig
+    config: CritiqueReviseConfig
 
-    def __init__(self, model: str, critic: str, *, rounds: int = 2, draft_prompt: str = "answer",
-                 critique_prompt: str = "critique", revise_prompt: str = "revise",
-                 answer_field: str | None = None, approve_score: int | None = None,
-                 on_not_approved: str = "keep", output_field: str = "target",
-                 rounds_field: str = "critique_rounds", summary_field: str = "critique",
-                 options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-                 critic_params: dict[str, Any] | None = None, name: str | None = None):
-        super().__init__(name)
-        where = f"step '{self.name}'"
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-            raise ConfigError(f"{where}: rounds must be an int >= 1, got {rounds!r}")
-        if approve_score is not None and (isinstance(approve_score, bool) or not isinstance(approve_score, int)):
-            raise ConfigError(f"{where}: approve_score must be an int (1-10) or null, got {approve_score!r}")
-        if on_not_approved not in NOT_APPROVED_POLICIES:
-            raise ConfigError(f"{where}: on_not_approved must be one of {NOT_APPROVED_POLICIES}, "
-                              f"got {on_not_approved!r}")
-        self.model = model
-        self.critic = critic
-        self.rounds = rounds
-        self.draft_prompt = draft_prompt
-        self.critique_prompt = critique_prompt
-        self.revise_prompt = revise_prompt
-        self.answer_field = answer_field
-        self.approve_score = approve_score
-        self.on_not_approved = on_not_approved
-        self.output_field = output_field
-        self.rounds_field = rounds_field
-        self.summary_field = summary_field
-        self.options = dict(options or {})
-        self.params = dict(params or {})
-        self.critic_params = dict(critic_params or {})
-
-    def model_names(self) -> list[str]:
-        return list(dict.fromkeys([self.model, self.critic]))
+    def setup(self) -> None:
+        config = self.config
+        self.model = config.model
+        self.critic = config.critic
+        self.rounds = config.rounds
+        self.draft_prompt = config.draft_prompt
+        self.critique_prompt = config.critique_prompt
+        self.revise_prompt = config.revise_prompt
+        self.answer_field = config.answer_field
+        self.approve_score = config.approve_score
+        self.on_not_approved = config.on_not_approved
+        self.output_field = config.output_field
+        self.rounds_field = config.rounds_field
+        self.summary_field = config.summary_field
+        self.options = dict(config.options)
+        self.params = dict(config.params)
+        self.critic_params = dict(config.critic_params)
 
     def check(self, ctx: StepContext) -> None:
         super().check(ctx)

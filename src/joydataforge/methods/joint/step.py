@@ -18,59 +18,41 @@ import copy
 import json
 from typing import Any
 
+from ...engine.prompted import add_call_meta, call_meta
+from ...engine.step import Record, Step, StepContext
 from ...errors import ConfigError, ModelError, StepError
 from ...models.backends.base import Completion
-from ...engine.step import Record, Step, StepContext
-from ...engine.prompted import add_call_meta, call_meta
+from .config import JointConfig
 
-MODES = ("fuse", "pick")
 PICK_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"best": {"type": "integer", "minimum": 1},
                                                                 "reason": {"type": "string"}},
                                "required": ["best", "reason"]}
 
 
 class Joint(Step):
-    """Drafts from several models, then one fused (``fuse``) or chosen (``pick``) final answer.
+    """Drafts concurrently (one gateway call per drafter), then one fuser call over the successful drafts.
 
-    Output: ``output_field`` (default ``target``) holds the final answer; ``drafts_field`` (default
-    ``drafts``) the list ``[{model, sample, text|value}]`` or ``[{model, sample, error, raw}]`` in drafter
-    order; ``joint`` says how the final answer was made: ``{mode, fuser, used_drafts}`` and, for ``pick``,
-    ``best`` (index into the drafts list), ``model`` and ``reason``.
+    What the record gets and the settings are described by :class:`~.config.JointConfig`. Drafts are
+    numbered for the fuser among the successful ones only; ``used_drafts`` maps them back to drafter order.
     """
 
-    kind = "joint"
+    Config = JointConfig
+    config: JointConfig
 
-    def __init__(self, drafters: list[str], fuser: str, *, mode: str = "fuse", draft_prompt: str = "answer",
-                 fuse_prompt: str = "joint_fuse", pick_prompt: str = "joint_pick", min_drafts: int = 2,
-                 output_field: str = "target", drafts_field: str = "drafts", joint_field: str = "joint",
-                 options: dict[str, Any] | None = None, draft_params: dict[str, Any] | None = None,
-                 fuse_params: dict[str, Any] | None = None, name: str | None = None):
-        super().__init__(name)
-        where = f"step '{self.name}'"
-        if not isinstance(drafters, list) or not drafters or not all(isinstance(m, str) and m for m in drafters):
-            raise ConfigError(f"{where}: drafters must be a non-empty list of model names, got {drafters!r}")
-        if mode not in MODES:
-            raise ConfigError(f"{where}: mode must be one of {MODES}, got {mode!r}")
-        if isinstance(min_drafts, bool) or not isinstance(min_drafts, int) or not 1 <= min_drafts <= len(drafters):
-            raise ConfigError(f"{where}: min_drafts must be an int between 1 and the number of drafters "
-                              f"({len(drafters)}), got {min_drafts!r}")
-        if mode == "pick" and min_drafts < 2:
-            raise ConfigError(f"{where}: mode 'pick' needs min_drafts >= 2 (picking from one draft is no choice)")
-        self.drafters = list(drafters)
-        self.fuser = fuser
-        self.mode = mode
-        self.draft_prompt = draft_prompt
-        self.final_prompt = fuse_prompt if mode == "fuse" else pick_prompt
-        self.min_drafts = min_drafts
-        self.output_field = output_field
-        self.drafts_field = drafts_field
-        self.joint_field = joint_field
-        self.options = dict(options or {})
-        self.draft_params = dict(draft_params or {})
-        self.fuse_params = dict(fuse_params or {})
-
-    def model_names(self) -> list[str]:
-        return list(dict.fromkeys([*self.drafters, self.fuser]))
+    def setup(self) -> None:
+        config = self.config
+        self.drafters = list(config.drafters)
+        self.fuser = config.fuser
+        self.mode = config.mode
+        self.draft_prompt = config.draft_prompt
+        self.final_prompt = config.final_prompt()
+        self.min_drafts = config.min_drafts
+        self.output_field = config.output_field
+        self.drafts_field = config.drafts_field
+        self.joint_field = config.joint_field
+        self.options = dict(config.options)
+        self.draft_params = dict(config.draft_params)
+        self.fuse_params = dict(config.fuse_params)
 
     def check(self, ctx: StepContext) -> None:
         super().check(ctx)

@@ -16,42 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import Any
 
-from ...errors import ConfigError
-
 MAJORITY, TIE, NO_QUORUM = "majority", "tie", "no_quorum"
-
-
-def check_quorum(quorum: Any, where: str) -> int | float | None:
-    """Validate a quorum setting: ``None`` (strict majority), an int >= 1, or a fraction in (0, 1]."""
-    if quorum is None:
-        return None
-    if isinstance(quorum, bool) or not isinstance(quorum, Real):
-        raise ConfigError(f"{where}: quorum must be an int (votes) or a fraction in (0, 1], got {quorum!r}")
-    if isinstance(quorum, int):
-        if quorum < 1:
-            raise ConfigError(f"{where}: quorum must be at least 1, got {quorum}")
-        return quorum
-    if not 0 < float(quorum) <= 1:
-        raise ConfigError(f"{where}: a fractional quorum must be in (0, 1], got {quorum}")
-    return float(quorum)
-
-
-def check_weights(weights: Mapping[str, Any] | None, models: list[str], where: str) -> dict[str, float]:
-    """Weights per model (default 1); every weight must be positive and name a configured voter."""
-    weights = dict(weights or {})
-    unknown = sorted(set(weights) - set(models))
-    if unknown:
-        raise ConfigError(f"{where}: weights name models that do not vote: {unknown} (voters: {models})")
-    out: dict[str, float] = {}
-    for model in models:
-        value = weights.get(model, 1)
-        if isinstance(value, bool) or not isinstance(value, Real) or value <= 0:
-            raise ConfigError(f"{where}: weights.{model} must be a positive number, got {value!r}")
-        out[model] = float(value)
-    return out
 
 
 def required_support(quorum: int | float | None, total_weight: float) -> tuple[float, bool]:
@@ -121,8 +88,8 @@ def aggregate(labels: Mapping[str, str | None], weights: Mapping[str, float],
     top = max(counts.values())
     leaders = [label for label, weight in ordered.items() if abs(weight - top) < 1e-9]
     required, strict = required_support(quorum, total)
-    common = dict(agreement=top / valid_weight, support=top, required=required, strict=strict, counts=ordered,
-                  voters=len(labels), valid=len(labels) - len(failed), failed=failed)
+    common = {"agreement": top / valid_weight, "support": top, "required": required, "strict": strict,
+              "counts": ordered, "voters": len(labels), "valid": len(labels) - len(failed), "failed": failed}
     if len(leaders) > 1:
         return VoteResult(outcome=TIE, label=None, tied=leaders, **common)
     reached = top > required + 1e-9 if strict else top + 1e-9 >= required

@@ -2,7 +2,7 @@
 
 ``vote``: every named model answers the same structured prompt for a record, concurrently, each through
 the gateway (so each model's own rate and concurrency limits apply). The record keeps every answer and
-the aggregate (see :mod:`.vote_aggregate` for the rules). A voter whose call fails, whose reply never
+the aggregate (see :mod:`.aggregate` for the rules). A voter whose call fails, whose reply never
 validates or whose label is empty is recorded as failed, with its error and raw reply, and does not vote.
 If every voter fails the record fails: there is nothing to aggregate, and an empty label must never win.
 
@@ -16,77 +16,45 @@ import asyncio
 import json
 from typing import Any
 
+from ...engine.prompted import add_call_meta, call_meta
+from ...engine.step import Record, Step, StepContext
 from ...errors import ConfigError, InputError, ModelError, StepError
 from ...models.backends.base import Completion
-from ...engine.step import Record, Step, StepContext
-from ...engine.prompted import add_call_meta, call_meta
+from ..generate.config import LabelConfig
 from ..generate.step import Label
-from .aggregate import MAJORITY, NO_QUORUM, TIE, aggregate, check_quorum, check_weights
-
-NO_MAJORITY_POLICIES = ("keep", "drop", "fail")
-CASCADE_FAILURE_POLICIES = ("fail", "keep_vote")
+from .aggregate import MAJORITY, NO_QUORUM, TIE, aggregate
+from .config import CascadeConfig, VoteConfig
 
 
 class Vote(Step):
-    """N models label a record; the record gets each answer plus the weighted majority with its agreement.
+    """N models answer one structured prompt concurrently; their labels are aggregated by :mod:`.aggregate`.
 
-    Output (field names configurable):
-
-    - ``votes``: ``{model: {label, reason, ...}}`` for voters that answered, ``{model: {error, raw}}`` for
-      those that failed;
-    - ``vote``: ``{label, outcome, agreement, support, required, counts, voters, valid, failed_voters}``
-      where ``outcome`` is ``majority`` (``label`` set), ``tie`` (``label`` null, ``tied`` lists the
-      leaders) or ``no_quorum`` (``label`` null);
-    - with ``seed_fields: true`` also the seed's flat fields: ``<model>_label``, ``<model>_reason``,
-      ``label_vote`` (the majority label or null) and ``reason_vote`` (the outcome).
-
-    ``on_no_majority`` decides what happens to a tie or a missed quorum: ``keep`` the record with that
-    outcome (default; a later ``cascade`` can resolve it), ``drop`` it (counted), or ``fail`` it.
+    What the record gets and the settings are described by :class:`~.config.VoteConfig`. A voter's
+    failure (call error, reply that never validates, empty label) is caught per voter so one bad model
+    cannot fail the record; only a vote in which every voter failed does.
     """
 
-    kind = "vote"
+    Config = VoteConfig
+    config: VoteConfig
 
-    def __init__(self, models: list[str] | dict[str, float], prompt: str = "vote_label", *,
-                 quorum: int | float | None = None, weights: dict[str, float] | None = None,
-                 output_field: str = "vote", votes_field: str = "votes", seed_fields: bool = False,
-                 on_no_majority: str = "keep", schema: dict[str, Any] | None = None,
-                 options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-                 name: str | None = None):
-        super().__init__(name)
-        where = f"step '{self.name}'"
-        if isinstance(models, dict):  # `models: {gpt: 2, glm: 1}` is a shorthand for names plus weights
-            if weights:
-                raise ConfigError(f"{where}: give weights either in models: {{name: weight}} or in weights:, not both")
-            weights, models = dict(models), list(models)
-        if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
-            raise ConfigError(f"{where}: models must be a non-empty list of model names, got {models!r}")
-        duplicates = sorted({m for m in models if models.count(m) > 1})
-        if duplicates:
-            raise ConfigError(f"{where}: a model may vote only once, {duplicates} listed twice "
-                              "(add a named variant in models.yaml for a second voter)")
-        if on_no_majority not in NO_MAJORITY_POLICIES:
-            raise ConfigError(f"{where}: on_no_majority must be one of {NO_MAJORITY_POLICIES}, got {on_no_majority!r}")
-        self.models = list(models)
-        self.weights = check_weights(weights, self.models, where)
-        self.quorum = check_quorum(quorum, where)
-        total = sum(self.weights.values())
-        if isinstance(self.quorum, int) and self.quorum > total:
-            raise ConfigError(f"{where}: quorum {self.quorum} can never be reached by voters of total weight {total:g}")
-        self.output_field = output_field
-        self.votes_field = votes_field
-        self.seed_fields = seed_fields
-        self.on_no_majority = on_no_majority
-        self.params = dict(params or {})
+    def setup(self) -> None:
+        config = self.config
+        self.models = config.voters()
+        self.weights = config.voter_weights()
+        self.quorum = config.quorum
+        self.output_field = config.output_field
+        self.votes_field = config.votes_field
+        self.seed_fields = config.seed_fields
+        self.on_no_majority = config.on_no_majority
+        self.params = dict(config.params)
         # One Label step holds the prompt and the schema (with options.labels as the enum): the same rules
         # as a single-model label, asked of every voter.
-        self._labeler = Label(self.models[0], prompt, schema=schema, options=options, params=params, name=self.name)
+        self._labeler = Label(LabelConfig(model=self.models[0], prompt=config.prompt, schema=config.schema_,
+                                          options=config.options, params=config.params, name=self.name))
 
     @property
     def options(self) -> dict[str, Any]:
         return self._labeler.options
-
-    def model_names(self) -> list[str]:
-        return list(self.models)
 
     def check(self, ctx: StepContext) -> None:
         super().check(ctx)
@@ -153,47 +121,25 @@ class Vote(Step):
 
 
 class Cascade(Label):
-    """Send the records whose vote matters to a stronger model; its answer becomes the final label.
+    """A :class:`Label` that is only called for the records whose vote the gate selects.
 
-    Gate: a ``majority`` on one of ``gate_labels``, a ``tie`` when ``gate_tie``, a ``no_quorum`` when
-    ``gate_no_quorum``. Gated records get the model's JSON keys at the top level (``label``, ``reason``;
-    or under ``output_field``, or with ``prefix``) and ``label_source: cascade``. Records that pass the
-    gate get the vote's label (``label_source: vote``), or ``label: null`` with ``label_source: undecided``
-    after an ungated tie or missed quorum. ``cascade`` on the record says whether and why it was gated
-    (``{gated, because, model, label}``, plus ``changed`` when the vote had a majority to change).
-
-    The prompt sees the vote as ``options.vote`` and the answers as ``options.votes``. A failed cascade
-    call fails the record (with the raw reply) unless ``on_cascade_failure: keep_vote``, which keeps a
-    majority label and marks it ``label_source: vote_kept_after_cascade_failure`` (there is nothing to
-    keep after a tie or a missed quorum, so those still fail).
+    What the record gets and the settings are described by :class:`~.config.CascadeConfig`. Records the
+    gate lets pass cost no call; the vote's outcome decides which label they keep.
     """
 
-    kind = "cascade"
+    Config = CascadeConfig
+    config: CascadeConfig
 
-    def __init__(self, model: str, prompt: str = "cascade_label", *, gate_labels: list[str] | None = None,
-                 gate_tie: bool = False, gate_no_quorum: bool = False, vote_field: str = "vote",
-                 votes_field: str = "votes", cascade_field: str = "cascade", on_cascade_failure: str = "fail",
-                 output_field: str | None = None, prefix: str = "", schema: dict[str, Any] | None = None,
-                 options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-                 name: str | None = None):
-        super().__init__(model, prompt, output_field=output_field, prefix=prefix, schema=schema, options=options,
-                         params=params, name=name)
-        where = f"step '{self.name}'"
-        if gate_labels is not None and (not isinstance(gate_labels, list)
-                                        or not all(isinstance(x, str) for x in gate_labels)):
-            raise ConfigError(f"{where}: gate_labels must be a list of labels, got {gate_labels!r}")
-        if not gate_labels and not gate_tie and not gate_no_quorum:
-            raise ConfigError(f"{where}: nothing would be gated; set gate_labels, gate_tie or gate_no_quorum")
-        if on_cascade_failure not in CASCADE_FAILURE_POLICIES:
-            raise ConfigError(f"{where}: on_cascade_failure must be one of {CASCADE_FAILURE_POLICIES}, "
-                              f"got {on_cascade_failure!r}")
-        self.gate_labels = set(gate_labels or [])
-        self.gate_tie = gate_tie
-        self.gate_no_quorum = gate_no_quorum
-        self.vote_field = vote_field
-        self.votes_field = votes_field
-        self.cascade_field = cascade_field
-        self.on_cascade_failure = on_cascade_failure
+    def setup(self) -> None:
+        super().setup()
+        config = self.config
+        self.gate_labels = set(config.gate_labels or [])
+        self.gate_tie = config.gate_tie
+        self.gate_no_quorum = config.gate_no_quorum
+        self.vote_field = config.vote_field
+        self.votes_field = config.votes_field
+        self.cascade_field = config.cascade_field
+        self.on_cascade_failure = config.on_cascade_failure
 
     def gate(self, vote: dict[str, Any]) -> str | None:
         """Why a record goes to the stronger model (``label:X``, ``tie``, ``no_quorum``), or None."""
