@@ -67,7 +67,8 @@ def test_length_penalty_rejects_pairs_that_length_alone_decides():
     assert length_adjusted_gap(3.0, 400, 100, 1.0) == pytest.approx(1.0)
     assert length_adjusted_gap(3.0, 100, 400, 1.0) == 3.0  # a shorter winner is not penalised
     scores = [7.0, 5.0]
-    assert select_pairs(scores, "best_vs_worst", lengths=[400, 100], length_penalty=1.0).dropped == {"length_decided": 1}
+    selection = select_pairs(scores, "best_vs_worst", lengths=[400, 100], length_penalty=1.0)
+    assert selection.dropped == {"length_decided": 1}
     assert select_pairs(scores, "best_vs_worst", lengths=[150, 100], length_penalty=1.0).pairs == [(0, 1)]
     assert select_pairs(scores, "best_vs_worst", lengths=[100, 400], length_penalty=1.0).pairs == [(0, 1)]
     # Without the penalty, length is only reported, never decisive.

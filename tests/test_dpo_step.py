@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from joydataforge.errors import ConfigError
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
+from joydataforge.errors import ConfigError
+from joydataforge.methods.dpo.step import PreferencePairs
 from joydataforge.models.backends.base import Backend, Completion, Usage
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
-from joydataforge.methods.dpo.step import PreferencePairs
 from tests.scripted_backend import ScriptedBackend
 
 NAMES = ["gen1", "gen2", "judge1", "judge2", "rm"]
@@ -145,7 +145,7 @@ def test_generated_candidates_keep_provenance_and_distinct_samples(tmp_path):
                           "sample": 0}
     assert [(s["model"], s["params"]["temperature"], s["sample"]) for s in sources][2:4] == [("gen1", 1.0, 0),
                                                                                               ("gen1", 1.0, 1)]
-    assert len({c for c in out[0]["response_candidates"]}) == 8  # samples are distinct calls (distinct seeds)
+    assert len(set(out[0]["response_candidates"])) == 8  # samples are distinct calls (distinct seeds)
     assert len(out[0]["candidate_scores"]) == 8 and all(isinstance(s, float) for s in out[0]["candidate_scores"])
 
 
@@ -238,15 +238,15 @@ def test_bad_candidates_field_names_the_field(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"judges": ["j"], "scorer": "vibes"}, "scorer must be one of"),
-    ({"judges": ["a", "b"], "scorer": "reward"}, "one reward model"),
-    ({"judges": ["j"], "candidates_field": None}, "no candidates"),
-    ({"judges": ["j"], "rule": "best_of_n"}, "rule must be one of"),
-    ({"judges": ["j"], "aspects": ["style"]}, "no built-in description"),
-    ({"judges": ["j"], "margin": -1}, "margin must be"),
-    ({"judges": ["j"], "scale": [5, 1]}, "scale must be"),
-    ({"judges": ["j"], "temperatures": []}, "temperatures must not be empty"),
-    ({"judges": ["j"], "rationale_chars": 0}, "rationale_chars must be"),
+    ({"judges": ["j"], "scorer": "vibes"}, "scorer: must be one of"),
+    ({"judges": ["a", "b"], "scorer": "reward"}, "judges: scorer 'reward' takes one reward model"),
+    ({"judges": ["j"], "candidates_field": None}, "candidates_field: no candidates"),
+    ({"judges": ["j"], "rule": "best_of_n"}, "rule: must be one of"),
+    ({"judges": ["j"], "aspects": ["style"]}, "aspects: .* no built-in description"),
+    ({"judges": ["j"], "margin": -1}, "margin: must be >= 0"),
+    ({"judges": ["j"], "scale": [5, 1]}, r"scale: must be \[low, high\] with low < high"),
+    ({"judges": ["j"], "temperatures": []}, "temperatures: must have at least 1 item"),
+    ({"judges": ["j"], "rationale_chars": 0}, "rationale_chars: must be >= 1"),
 ])
 def test_config_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -256,7 +256,8 @@ def test_config_errors(settings, message):
 def test_custom_aspects_shape_the_schema(tmp_path):
     judge = ScriptedBackend(pointwise({"a": 5, "b": 4}))
     _, out, _ = run(tmp_path, [{"id": "r", "input": "q", "response_candidates": ["a", "b"]}],
-                    {"judges": ["judge1"], "aspects": {"tone": "Is it polite?"}, "scale": [1, 5], "rationale_chars": 50},
+                    {"judges": ["judge1"], "aspects": {"tone": "Is it polite?"}, "scale": [1, 5],
+                     "rationale_chars": 50},
                     {"judge1": judge})
     schema = judge.calls[0]["schema"]
     assert schema["required"] == ["tone"] and schema["properties"]["tone"]["properties"]["score"]["maximum"] == 5
@@ -266,15 +267,15 @@ def test_custom_aspects_shape_the_schema(tmp_path):
 
 
 def test_check_refuses_a_chat_model_as_reward_model_before_the_run(tmp_path):
-    from joydataforge.prompts.renderer import PromptLibrary
     from joydataforge.engine.step import StepContext
+    from joydataforge.prompts.renderer import PromptLibrary
 
     registry = ModelRegistry.from_dict({"models": {
         "chat": {"backend": "llamacpp", "model_path": "smollm2"},
         "rm": {"backend": "transformers", "model_path": str(tmp_path)}}}, "test")
     ctx = StepContext(Gateway(registry), PromptLibrary())
-    with pytest.raises(ConfigError, match="needs a reward model"):
+    with pytest.raises(ConfigError, match="judge 'chat' cannot give reward scores .*needs a reward model"):
         PreferencePairs(judges=["chat"], scorer="reward").check(ctx)
-    with pytest.raises(ConfigError, match="is a reward model"):
+    with pytest.raises(ConfigError, match="judge 'rm' cannot chat .*use scorer: reward"):
         PreferencePairs(judges=["rm"]).check(ctx)
     PreferencePairs(judges=["rm"], scorer="reward").check(ctx)

@@ -5,25 +5,33 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from joydataforge.errors import ConfigError, InputError, StepError
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
+from joydataforge.engine.step import StepContext
+from joydataforge.errors import ConfigError, InputError, StepError
 from joydataforge.io.exports import to_sharegpt
+from joydataforge.methods.evol_instruct.operations import (
+    JudgingError,
+    TreeIndex,
+    carry_count,
+    count_words,
+    is_unanswerable,
+    leaked_phrase,
+    parse_judgement,
+    parse_verdict,
+    select_top,
+)
+from joydataforge.methods.evol_instruct.step import EvolInstruct, labels_of
 from joydataforge.models.backends.base import Completion
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
 from joydataforge.prompts.renderer import PromptLibrary
-from joydataforge.engine.step import StepContext
-from joydataforge.methods.evol_instruct.step import EvolInstruct, labels_of
-from joydataforge.methods.evol_instruct.operations import (
-    TreeIndex, carry_count, count_words, is_unanswerable, leaked_phrase, parse_judgement, parse_verdict, select_top,
-    JudgingError,
-)
 from tests.scripted_backend import ScriptedBackend
 
 REGISTRY = ModelRegistry.from_dict({"models": {
@@ -78,7 +86,8 @@ class Script:
             reply = self.judge(values["instruction"])
             return reply if isinstance(reply, str) else json.dumps(reply, ensure_ascii=False)
         if role == "equal":
-            return json.dumps({"verdict": "equal" if self.equal(values["parent"], values["instruction"]) else "not_equal"})
+            equal = self.equal(values["parent"], values["instruction"])
+            return json.dumps({"verdict": "equal" if equal else "not_equal"})
         return self.answer(values["instruction"])
 
     def calls(self, role: str) -> list[dict[str, Any]]:
@@ -113,7 +122,8 @@ def candidates(out: dict[str, Any], round_no: int = 1) -> list[dict[str, Any]]:
 
 
 def eliminated(out: dict[str, Any], round_no: int = 1) -> dict[str, str]:
-    return {e["instruction"]: e["eliminated"] for e in out["wizard_llm_querys"][round_no - 1]["l_eliminated_instructions"]}
+    entries = out["wizard_llm_querys"][round_no - 1]["l_eliminated_instructions"]
+    return {e["instruction"]: e["eliminated"] for e in entries}
 
 
 # ---------------------------------------------------------------- the seed's shape and selection
@@ -211,8 +221,9 @@ def test_near_duplicates_of_the_tree_and_of_siblings_are_eliminated():
                 "Why does my bread collapse in the oven?"]
 
     out, step = evolve_one(ROOT, Script(evolve=evolve), rounds=1, operations=["deepen"], children=4)
-    assert eliminated(out) == {"how do i bake BREAD??": "duplicate",
-                               "What flour should I use to bake a crusty sourdough loaf at home in the winter?": "duplicate"}
+    assert eliminated(out) == {
+        "how do i bake BREAD??": "duplicate",
+        "What flour should I use to bake a crusty sourdough loaf at home in the winter?": "duplicate"}
     entry = out["wizard_llm_querys"][0]
     details = {e["instruction"]: e["detail"] for e in entry["l_eliminated_instructions"]}
     assert "near-duplicate of r1 " in details["how do i bake BREAD??"]
@@ -365,12 +376,13 @@ def test_rounds_pool_the_carried_children_of_all_parents():
 
 
 def test_sampling_is_seeded_per_record_and_bounded_by_sample_size():
-    settings = dict(rounds=2, sample_size=1, operations=["deepen"], children=3, top_fraction=1.0)
+    settings = {"rounds": 2, "sample_size": 1, "operations": ["deepen"], "children": 3, "top_fraction": 1.0}
     first, _ = evolve_one(ROOT, Script(fresh), seed=1, **settings)
     again, _ = evolve_one(ROOT, Script(fresh), seed=1, **settings)
     assert first["wizard_llm_querys"][1]["sampled"] == again["wizard_llm_querys"][1]["sampled"]
     assert len(first["wizard_llm_querys"][1]["sampled"]) == 1
-    picks = {evolve_one(ROOT, Script(fresh), seed=s, **settings)[0]["wizard_llm_querys"][1]["sampled"][0] for s in range(8)}
+    picks = {evolve_one(ROOT, Script(fresh), seed=s, **settings)[0]["wizard_llm_querys"][1]["sampled"][0]
+             for s in range(8)}
     assert len(picks) > 1  # the seed matters
 
 
@@ -460,14 +472,14 @@ def test_a_failed_evolution_call_is_recorded_and_the_rest_goes_on():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"operations": ["deepen", "fly"]}, "unknown operation"),
+    ({"operations": ["deepen", "fly"]}, r"operations\[1\]: must be one of 'constraints'.* \(got 'fly'\)"),
     ({"top_fraction": 0}, "top_fraction"),
-    ({"eliminate": ["equal", "vibes"]}, "unknown elimination rule"),
+    ({"eliminate": ["equal", "vibes"]}, r"eliminate\[1\]: must be one of 'equal'.* \(got 'vibes'\)"),
     ({"rounds": 0}, "rounds"),
-    ({"children": {"deepen": 2, "fly": 1}}, "children"),
+    ({"children": {"deepen": 2, "fly": 1}}, r"children.fly: must be one of .*\(got 'fly'\)"),
     ({"output": "tree"}, "output"),
     ({"language": "fr"}, "language"),
-    ({"prompts": {"evolve": "x.yaml"}}, "prompt role"),
+    ({"prompts": {"evolve": "x.yaml"}}, r"prompts.evolve: must be one of 'depth'.* \(got 'evolve'\)"),
 ])
 def test_bad_settings_are_config_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -489,8 +501,9 @@ def test_flat_output_fans_out_with_lineage_ready_for_export(tmp_path: Path):
                                        + "\n", "utf-8")
     pipeline = Pipeline.from_dict({
         "input": {"path": str(tmp_path / "in.jsonl")},
-        "steps": [{"evol_instruct": {"model": "m", "answer_model": "m", "rounds": 2, "operations": ["deepen", "breadth"],
-                                     "children": 2, "top_fraction": 0.5, "output": "flat"}}],
+        "steps": [{"evol_instruct": {"model": "m", "answer_model": "m", "rounds": 2,
+                                     "operations": ["deepen", "breadth"], "children": 2, "top_fraction": 0.5,
+                                     "output": "flat"}}],
         "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False}})
     def own(instruction: str) -> str:
         marks = re.findall(r"\[(\w+ \d)\]", instruction)
@@ -529,13 +542,14 @@ def test_flat_output_fans_out_with_lineage_ready_for_export(tmp_path: Path):
 def test_round_report_from_nested_and_flat_output(tmp_path: Path):
     import numpy as np
     from click.testing import CliRunner
+
     from joydataforge.cli.evol import evol_group
     from joydataforge.methods.evol_instruct.report import add_vendi, all_texts, collect_rounds, format_report
 
     def judge(instruction):
         return {"valid": 1, "score": 20 + 10 * instruction.count("[")}
 
-    settings = dict(rounds=2, sample_size=1, operations=["deepen", "breadth"], children=2, top_fraction=0.5)
+    settings = {"rounds": 2, "sample_size": 1, "operations": ["deepen", "breadth"], "children": 2, "top_fraction": 0.5}
     nested, _ = evolve_one(ROOT, Script(evolve=fresh, judge=judge,
                                         answer=lambda i: "Sorry." if "[breadth 1]" in i[-300:] and i.count("[") == 1
                                         else "A full answer with enough words."), **settings)
@@ -578,7 +592,10 @@ def test_children_copied_from_the_evolving_prompt_or_without_content_are_elimina
         return ["Which underlying health problems can cause constantly cold hands and feet?",  # the prompt's example
                 "...", "How do I bake bread in a wood-fired oven?"]
 
-    out, _ = evolve_one(ROOT, Script(evolve=lambda op, p, n: [{"instruction": x, "task_label": "t"} for x in evolve(op, p, n)]),
+    def labelled(op, parent, count):
+        return [{"instruction": x, "task_label": "t"} for x in evolve(op, parent, count)]
+
+    out, _ = evolve_one(ROOT, Script(evolve=labelled),
                         rounds=1, operations=["redirect"], children=3, eliminate=["leak", "duplicate"])
     assert eliminated(out) == {"Which underlying health problems can cause constantly cold hands and feet?": "leak",
                                "...": "empty"}

@@ -22,43 +22,17 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import ConfigError, ModelError
-from ...prompts.renderer import PromptTemplate
-from ...engine.step import Record, StepContext
 from ...engine.prompted import call_meta
+from ...engine.step import Record, StepContext
+from ...errors import ModelError
+from ...prompts.renderer import PromptTemplate
 
-DEFAULT_ASPECTS: dict[str, str] = {
-    "helpfulness": "Does the answer address the user's actual need, with useful detail?",
-    "correctness": "Is every statement accurate, with no invented facts or wrong advice?",
-    "harmlessness": "Is the answer safe, with due caution where health, law or money are at stake?",
-    "instruction_following": "Does the answer do what was asked, in the requested form and language?",
-}
+
 def pairwise_schema(rationale_chars: int = 300) -> dict[str, Any]:
     return {"type": "object",
             "properties": {"rationale": {"type": "string", "maxLength": rationale_chars},
                            "winner": {"type": "string", "enum": ["A", "B", "tie"]}},
             "required": ["rationale", "winner"]}
-
-
-def check_aspects(aspects: Any, where: str) -> dict[str, str]:
-    """``aspects`` is a list of names (the four defaults have built-in descriptions) or ``{name: description}``."""
-    if isinstance(aspects, list):
-        unknown = [a for a in aspects if not isinstance(a, str) or a not in DEFAULT_ASPECTS]
-        if unknown:
-            raise ConfigError(f"{where}: aspects {unknown!r} have no built-in description; give aspects as a "
-                              f"mapping {{name: description}} (built in: {', '.join(DEFAULT_ASPECTS)})")
-        result = {a: DEFAULT_ASPECTS[a] for a in aspects}
-    elif isinstance(aspects, dict):
-        result = {}
-        for name, description in aspects.items():
-            if not isinstance(name, str) or not name.isidentifier() or not isinstance(description, str) or not description:
-                raise ConfigError(f"{where}: aspect {name!r} needs an identifier name and a description string")
-            result[name] = description
-    else:
-        raise ConfigError(f"{where}: aspects must be a list of names or a mapping {{name: description}}, got {aspects!r}")
-    if not result:
-        raise ConfigError(f"{where}: aspects must not be empty")
-    return result
 
 
 def pointwise_schema(aspects: dict[str, str], low: int, high: int, rationale_chars: int = 200) -> dict[str, Any]:
@@ -68,7 +42,7 @@ def pointwise_schema(aspects: dict[str, str], low: int, high: int, rationale_cha
             "properties": {"rationale": {"type": "string", "maxLength": rationale_chars},
                            "score": {"type": "integer", "minimum": low, "maximum": high}},
             "required": ["rationale", "score"]}
-    return {"type": "object", "properties": {name: item for name in aspects}, "required": list(aspects)}
+    return {"type": "object", "properties": dict.fromkeys(aspects, item), "required": list(aspects)}
 
 
 @dataclass
@@ -114,7 +88,8 @@ def _sign(value: float) -> int:
 
 
 async def _ask(ctx: StepContext, judge: Judge, messages: list[dict[str, str]], schema: dict[str, Any],
-               params: dict[str, Any], step: str) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
+               params: dict[str, Any], step: str
+               ) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
     """(value, entry, call meta); on failure value is None and entry holds the error and raw reply."""
     try:
         value, completion = await ctx.model(judge.model).chat_json(messages, schema, sample=judge.sample, **params)
@@ -159,7 +134,8 @@ async def judge_pointwise(ctx: StepContext, template: PromptTemplate, record: Re
         common = sorted(set(per_judge[a]) & set(per_judge[b]))
         for x, y in itertools.combinations(common, 2):
             run.judge_pairs_compared += 1
-            run.judge_pairs_agree += _sign(per_judge[a][x] - per_judge[a][y]) == _sign(per_judge[b][x] - per_judge[b][y])
+            order_a = _sign(per_judge[a][x] - per_judge[a][y])
+            run.judge_pairs_agree += order_a == _sign(per_judge[b][x] - per_judge[b][y])
     return run
 
 

@@ -26,10 +26,13 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import get_args
 
-RULES = ("best_vs_worst", "best_vs_random", "all_pairs")
+from .config import PairRule
+
+RULES: tuple[str, ...] = get_args(PairRule)
 DROP_REASONS = ("tie", "contradicted", "below_margin", "length_decided")
 
 Verdict = Callable[[int, int], float | None]
@@ -104,7 +107,7 @@ def select_pairs(scores: Sequence[float | None], rule: str, *, margin: float = 0
             selection.pairs.append((best, rng.choice(eligible)))
         else:
             # Report the most lenient failure: if any lower candidate only missed on length, that is why.
-            found = {reason for reason in reasons.values()}
+            found = set(reasons.values())
             for reason in reversed(DROP_REASONS):
                 if reason in found:
                     selection.dropped[reason] += 1

@@ -9,7 +9,7 @@
    judges averaged), ``pairwise`` (every two candidates compared in both orders; a pair that flips with
    the order is a tie) or ``reward`` (a reward model through the gateway's ``reward`` verb). See
    :mod:`.judges`. A failed judgement is recorded; it is never a zero.
-3. **Pairs** (``rule``, ``margin``, ``length_penalty``): see :mod:`.dpo_pairs` for the exact rules and
+3. **Pairs** (``rule``, ``margin``, ``length_penalty``): see :mod:`.pairs` for the exact rules and
    drop reasons (``tie``, ``contradicted``, ``below_margin``, ``length_decided``), all counted.
 4. **Output** (``output``): ``pairs`` -- one record per pair with TRL's ``prompt``/``chosen``/``rejected``
    (strings, or message lists: ``trl_format``), ``score_chosen``, ``score_rejected``, the rationales,
@@ -27,120 +27,63 @@ import asyncio
 import json
 from typing import Any
 
+from ...engine.prompted import add_call_meta, call_meta
+from ...engine.step import Record, Step, StepContext, source_id_of
 from ...errors import ConfigError, InputError, ModelError, StepError
 from ...records import normalize_history
-from ...engine.step import Record, Step, StepContext, source_id_of
-from .pairs import RULES, select_pairs
-from .judges import (JudgeRun, check_aspects, direct_verdict, judge_pairwise, judge_pointwise, judges_from,
-                     pair_rationales)
-from ...engine.prompted import add_call_meta, call_meta
-
-SCORERS = ("pointwise", "pairwise", "reward")
-OUTPUTS = ("pairs", "scores")
-TRL_FORMATS = ("conversational", "standard", "auto")
-DEFAULT_JUDGE_PROMPTS = {"pointwise": "judge_pointwise", "pairwise": "judge_pairwise"}
-
-
-def _number(value: Any, where: str, name: str, *, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ConfigError(f"{where}: {name} must be a number >= {minimum:g}, got {value!r}")
-    return float(value)
+from .config import PreferencePairsConfig, aspect_descriptions
+from .judges import JudgeRun, direct_verdict, judge_pairwise, judge_pointwise, judges_from, pair_rationales
+from .pairs import select_pairs
 
 
 class PreferencePairs(Step):
-    """Candidates, judged or reward-scored, turned into DPO pairs (``dpo`` in YAML)."""
+    """Candidates, judged or reward-scored, turned into DPO pairs (``dpo`` in YAML); settings in
+    :class:`.config.PreferencePairsConfig`."""
 
-    kind = "dpo"
+    Config = PreferencePairsConfig
+    config: PreferencePairsConfig
 
-    def __init__(self, judges: list[str], *, scorer: str = "pointwise", candidates_field: str | None = "response_candidates",
-                 models: list[str] | None = None, samples: int = 1, temperatures: list[float] | None = None,
-                 prompt: str = "answer", params: dict[str, Any] | None = None,
-                 judge_prompt: str | None = None, judge_params: dict[str, Any] | None = None,
-                 aspects: list[str] | dict[str, str] | None = None, scale: list[int] | None = None,
-                 rationale_chars: int = 200,
-                 rule: str = "best_vs_worst", margin: float = 0.0, length_penalty: float = 0.0,
-                 output: str = "pairs", trl_format: str = "conversational", scores_field: str = "candidate_scores",
-                 keep_fields: list[str] | None = None, min_candidates: int = 2,
-                 options: dict[str, Any] | None = None, name: str | None = None):
-        super().__init__(name)
-        where = f"step '{self.name}'"
-        if scorer not in SCORERS:
-            raise ConfigError(f"{where}: scorer must be one of {SCORERS}, got {scorer!r}")
-        if isinstance(judges, str):
-            judges = [judges]
-        if not isinstance(judges, list) or not judges or not all(isinstance(j, str) and j for j in judges):
-            raise ConfigError(f"{where}: judges must be a non-empty list of model names, got {judges!r}")
-        if scorer == "reward" and len(judges) != 1:
-            raise ConfigError(f"{where}: scorer 'reward' takes one reward model in judges (reward scales of "
-                              f"different models cannot be averaged), got {judges!r}")
-        models = list(models or [])
-        if not all(isinstance(m, str) and m for m in models):
-            raise ConfigError(f"{where}: models must be a list of model names, got {models!r}")
-        if not models and not candidates_field:
-            raise ConfigError(f"{where}: no candidates: set candidates_field (read them from the record) "
-                              "and/or models (generate them)")
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ConfigError(f"{where}: samples must be a positive integer, got {samples!r}")
-        # Floats, so that the provenance column has one type whether YAML said 1 or 1.0.
-        temps = [_number(t, where, "each temperature") for t in temperatures] if temperatures is not None else [None]
-        if not temps:
-            raise ConfigError(f"{where}: temperatures must not be empty (leave it out for the models' own)")
-        if rule not in RULES:
-            raise ConfigError(f"{where}: rule must be one of {RULES}, got {rule!r}")
-        if output not in OUTPUTS:
-            raise ConfigError(f"{where}: output must be one of {OUTPUTS}, got {output!r}")
-        if trl_format not in TRL_FORMATS:
-            raise ConfigError(f"{where}: trl_format must be one of {TRL_FORMATS}, got {trl_format!r}")
-        if isinstance(min_candidates, bool) or not isinstance(min_candidates, int) or min_candidates < 2:
-            raise ConfigError(f"{where}: min_candidates must be an integer >= 2, got {min_candidates!r}")
-        scale = list(scale or [1, 10])
-        if (len(scale) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in scale)
-                or scale[0] >= scale[1]):
-            raise ConfigError(f"{where}: scale must be [low, high] integers with low < high, got {scale!r}")
-        if isinstance(rationale_chars, bool) or not isinstance(rationale_chars, int) or rationale_chars < 1:
-            raise ConfigError(f"{where}: rationale_chars must be a positive integer, got {rationale_chars!r}")
-        if keep_fields is not None and not (isinstance(keep_fields, list) and all(isinstance(f, str) for f in keep_fields)):
-            raise ConfigError(f"{where}: keep_fields must be a list of field names, got {keep_fields!r}")
-        self.judges = list(judges)
-        self.scorer = scorer
-        self.candidates_field = candidates_field
-        self.models = models
-        self.samples = samples
-        self.temperatures = temps
-        self.prompt_ref = prompt
-        self.params = dict(params or {})
-        self.judge_prompt_ref = judge_prompt or DEFAULT_JUDGE_PROMPTS.get(scorer)
-        self.judge_params = dict(judge_params or {})
-        self.aspects = check_aspects(aspects if aspects is not None else ["helpfulness", "correctness", "harmlessness",
-                                                                          "instruction_following"], where)
-        self.scale = (scale[0], scale[1])
-        self.rationale_chars = rationale_chars
-        self.rule = rule
-        self.margin = _number(margin, where, "margin")
-        self.length_penalty = _number(length_penalty, where, "length_penalty")
-        self.output = output
-        self.trl_format = trl_format
-        self.scores_field = scores_field
-        self.keep_fields = keep_fields
-        self.min_candidates = min_candidates
-        self.options = dict(options or {})
+    def setup(self) -> None:
+        config = self.config
+        self.judges = list(config.judges)
+        self.scorer = config.scorer
+        self.candidates_field = config.candidates_field
+        self.models = list(config.models)
+        self.samples = config.samples
+        # None: one set of samples at each model's own temperature.
+        self.temperatures: list[float | None] = (list(config.temperatures) if config.temperatures is not None
+                                                 else [None])
+        self.prompt_ref = config.prompt
+        self.params = dict(config.params)
+        self.judge_prompt_ref = config.judge_prompt_ref()
+        self.judge_params = dict(config.judge_params)
+        self.aspects = aspect_descriptions(config.aspects)
+        self.scale = (config.scale[0], config.scale[1])
+        self.rationale_chars = config.rationale_chars
+        self.rule = config.rule
+        self.margin = config.margin
+        self.length_penalty = config.length_penalty
+        self.output = config.output
+        self.trl_format = config.trl_format
+        self.scores_field = config.scores_field
+        self.keep_fields = list(config.keep_fields) if config.keep_fields is not None else None
+        self.min_candidates = config.min_candidates
+        self.options = dict(config.options)
         self._judges = judges_from(self.judges)
 
     # --- setup -------------------------------------------------------------------------------------
-
-    def model_names(self) -> list[str]:
-        return list(dict.fromkeys([*self.models, *self.judges]))
 
     def check(self, ctx: StepContext) -> None:
         super().check(ctx)
         # Fail before the run, not on every record: a chat model cannot give rewards, nor a reward model judge.
         for judge in self.judges:
-            backend = ctx.gateway.registry.get(judge).backend
-            if self.scorer == "reward" and backend == "llamacpp":
-                raise ConfigError(f"step '{self.name}': judge '{judge}' is a llamacpp chat model; scorer 'reward' "
-                                  "needs a reward model (backend: transformers, or a vLLM server's /pooling)")
-            if self.scorer != "reward" and backend == "transformers":
-                raise ConfigError(f"step '{self.name}': judge '{judge}' is a reward model; use scorer: reward")
+            can = ctx.gateway.registry.get(judge).capabilities
+            if self.scorer == "reward" and not can.rewards:
+                raise ConfigError(f"step '{self.name}': judge '{judge}' cannot give reward scores (a chat model); "
+                                  "scorer 'reward' needs a reward model")
+            if self.scorer != "reward" and not can.chat:
+                raise ConfigError(f"step '{self.name}': judge '{judge}' cannot chat (a reward model); scorer "
+                                  f"'{self.scorer}' needs a chat model that answers in JSON; use scorer: reward")
         if self.models:
             self.prompt(ctx, self.prompt_ref)
         if self.judge_prompt_ref and self.scorer != "reward":
@@ -148,7 +91,8 @@ class PreferencePairs(Step):
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = dict(self.counters)
-        for name, agree, compared in (("judge_agreement", "agreement:judge_pairs_agree", "agreement:judge_pairs_compared"),
+        for name, agree, compared in (("judge_agreement", "agreement:judge_pairs_agree",
+                                       "agreement:judge_pairs_compared"),
                                       ("order_agreement", "agreement:orders_consistent", "agreement:orders_compared")):
             if self.counters[compared]:
                 stats[name] = round(self.counters[agree] / self.counters[compared], 4)
@@ -166,14 +110,16 @@ class PreferencePairs(Step):
             return []
         given = record[self.candidates_field]
         if not isinstance(given, list):
-            raise InputError(f"must be a list of candidate answers, not {type(given).__name__}", field=self.candidates_field)
+            raise InputError(f"must be a list of candidate answers, not {type(given).__name__}",
+                             field=self.candidates_field)
         found = []
         for k, item in enumerate(given):
             text = item.get("text", item.get("content")) if isinstance(item, dict) else item
             if not isinstance(text, str):
                 raise InputError(f"item {k} must be a string (or an object with 'text'), not {type(item).__name__}",
                                  field=self.candidates_field)
-            extra = {key: v for key, v in item.items() if key not in ("text", "content")} if isinstance(item, dict) else {}
+            extra = ({key: v for key, v in item.items() if key not in ("text", "content")}
+                     if isinstance(item, dict) else {})
             found.append({"origin": "record", "position": k, **extra, "text": text})
         return found
 

@@ -27,20 +27,28 @@ from __future__ import annotations
 import asyncio
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any
 
+from ...engine.prompted import call_meta
+from ...engine.step import Record, Step, StepContext, source_id_of
 from ...errors import ConfigError, InputError, ModelError, StepError
 from ...prompts.renderer import PromptTemplate
 from ...records import normalize_history
-from ...engine.step import Record, Step, StepContext, source_id_of
+from .config import EvolInstructConfig
 from .operations import (
-    DEFAULT_LEAK_PHRASES, OPERATIONS, JudgingError, Operation, TreeIndex, content_words, copied_from_prompt,
-    is_unanswerable, leaked_phrase, parse_judgement, parse_verdict, select_top,
+    DEFAULT_LEAK_PHRASES,
+    OPERATIONS,
+    JudgingError,
+    Operation,
+    TreeIndex,
+    content_words,
+    copied_from_prompt,
+    is_unanswerable,
+    leaked_phrase,
+    parse_judgement,
+    parse_verdict,
+    select_top,
 )
-from ...engine.prompted import call_meta
-
-RULES = ("equal", "leak", "unanswerable", "duplicate")
-OUTPUTS = ("nested", "flat")
 
 
 def labels_of(value: Any, where: str = "task_label") -> list[str]:
@@ -113,119 +121,47 @@ class Node:
 
 
 class EvolInstruct(Step):
-    """Evol-Instruct over ``rounds`` rounds; see the module docstring. YAML keys = constructor arguments.
+    """Evol-Instruct over ``rounds`` rounds; see the module docstring and :class:`.config.EvolInstructConfig`.
 
-    Args:
-        model: the evolving model. ``judge_model`` (validity and difficulty; default ``model``),
-            ``equal_model`` (the no-information-gain check; default the judge), ``answer_model`` (answers
-            every surviving child: the unanswerable check, and ``answer``/``target`` in the output;
-            ``None`` skips both).
-        language: ``en`` or ``zh``: which built-in prompts (``evol_depth``, ``evol_redirect``,
-            ``evol_breadth``, ``evol_equal``, ``evol_judge``, ``answer``). ``prompts`` overrides any of
-            them by role: ``depth``, ``redirect``, ``breadth``, ``equal``, ``judge``, ``answer``.
-        domain: inserted into every prompt ("medicine and health", "Python programming"...).
-        rounds, sample_size, operations, children, top_fraction: the evolution (seed: 2, 3, redirect +
-            breadth, 3, 0.2). ``children`` is one number or ``{operation: number}``.
-        eliminate: which elimination rules apply (default all: ``equal``, ``leak``, ``unanswerable``,
-            ``duplicate``). ``duplicate_threshold`` (Jaccard of shingles), ``refusal_max_words`` (a
-            refusal is a short reply; the paper: 80), ``leak_phrases`` (extra phrases to catch).
-        judge_root: judge the root too, so round 0 has a score to compare with.
-        judge_retries: new samples asked when a judgement is unusable, before it is recorded as failed.
-        use_history: show the root's ``history`` to the evolving model as context.
-        output: ``nested`` (the seed's shape) or ``flat`` (one record per kept instruction).
-        params, judge_params, answer_params: generation parameters per role (e.g. ``max_tokens``).
-        options: extra values for custom prompts (``options.x`` in the templates).
+    A record is one tree: its root joins a :class:`TreeIndex` (the duplicate rule's memory), every round's
+    calls run concurrently, and the rules that need no model run first, in generation order, so the
+    outcome never depends on which call finished first.
     """
 
-    kind = "evol_instruct"
+    Config = EvolInstructConfig
+    config: EvolInstructConfig
 
-    def __init__(self, model: str, *, judge_model: str | None = None, equal_model: str | None = None,
-                 answer_model: str | None = None, language: str = "en", domain: str = "",
-                 rounds: int = 2, sample_size: int = 3, operations: Sequence[str] | None = None,
-                 children: int | dict[str, int] = 3, top_fraction: float = 0.2,
-                 eliminate: Sequence[str] | None = None, duplicate_threshold: float = 0.7,
-                 refusal_max_words: int = 80, leak_phrases: Sequence[str] | None = None,
-                 judge_root: bool = True, judge_retries: int = 2, use_history: bool = True,
-                 output: Literal["nested", "flat"] = "nested", output_field: str = "wizard_llm_querys",
-                 prompts: dict[str, str] | None = None, params: dict[str, Any] | None = None,
-                 judge_params: dict[str, Any] | None = None, answer_params: dict[str, Any] | None = None,
-                 options: dict[str, Any] | None = None, name: str | None = None):
-        super().__init__(name)
-        where = f"step '{self.name}'"
-        self.model = model
-        self.judge_model = judge_model or model
-        self.equal_model = equal_model or self.judge_model
-        self.answer_model = answer_model
-        if language not in ("en", "zh"):
-            raise ConfigError(f"{where}: language must be 'en' or 'zh', not {language!r}")
-        self.language = language
-        self.domain = str(domain or "")
-        self.rounds = _positive_int(rounds, "rounds", where)
-        self.sample_size = _positive_int(sample_size, "sample_size", where)
-        names = list(operations) if operations is not None else list(OPERATIONS)
-        unknown = [n for n in names if n not in OPERATIONS]
-        if unknown or not names:
-            raise ConfigError(f"{where}: unknown operation(s) {unknown or '(none given)'}; "
-                              f"choose from {', '.join(OPERATIONS)}")
-        self.operations: list[Operation] = [OPERATIONS[n] for n in dict.fromkeys(names)]
-        self.children = self._children(children, where)
-        if not isinstance(top_fraction, (int, float)) or not 0.0 < float(top_fraction) <= 1.0:
-            raise ConfigError(f"{where}: top_fraction must be in (0, 1], not {top_fraction!r}")
-        self.top_fraction = float(top_fraction)
-        rules = list(eliminate) if eliminate is not None else list(RULES)
-        bad = [r for r in rules if r not in RULES]
-        if bad:
-            raise ConfigError(f"{where}: unknown elimination rule(s) {bad}; choose from {', '.join(RULES)}")
-        self.rules = set(rules)
-        if not isinstance(duplicate_threshold, (int, float)) or not 0.0 < duplicate_threshold <= 1.0:
-            raise ConfigError(f"{where}: duplicate_threshold must be in (0, 1], not {duplicate_threshold!r}")
-        self.duplicate_threshold = float(duplicate_threshold)
-        self.refusal_max_words = _positive_int(refusal_max_words, "refusal_max_words", where)
-        self.leak_phrases = tuple(DEFAULT_LEAK_PHRASES) + tuple(leak_phrases or ())
-        self.judge_root = bool(judge_root)
-        if not isinstance(judge_retries, int) or judge_retries < 0:
-            raise ConfigError(f"{where}: judge_retries must be an integer >= 0, not {judge_retries!r}")
-        self.judge_retries = judge_retries
-        self.use_history = bool(use_history)
-        if output not in OUTPUTS:
-            raise ConfigError(f"{where}: output must be 'nested' or 'flat', not {output!r}")
-        self.output = output
-        self.output_field = output_field
-        roles = {"depth", "redirect", "breadth", "equal", "judge", "answer"}
-        extra = set(prompts or {}) - roles
-        if extra:
-            raise ConfigError(f"{where}: unknown prompt role(s) {sorted(extra)}; roles are {', '.join(sorted(roles))}")
-        self.prompt_refs = {"depth": f"{language}/evol_depth", "redirect": f"{language}/evol_redirect",
-                            "breadth": f"{language}/evol_breadth", "equal": f"{language}/evol_equal",
-                            "judge": f"{language}/evol_judge", "answer": f"{language}/answer", **(prompts or {})}
-        self.params = dict(params or {})
-        self.judge_params = dict(judge_params or {})
-        self.answer_params = dict(answer_params or {})
-        self.options = dict(options or {})
+    def setup(self) -> None:
+        config = self.config
+        self.model = config.model
+        self.judge_model = config.judge_model_name()
+        self.equal_model = config.equal_model_name()
+        self.answer_model = config.answer_model
+        self.language = config.language
+        self.domain = config.domain
+        self.rounds = config.rounds
+        self.sample_size = config.sample_size
+        self.operations: list[Operation] = [OPERATIONS[name] for name in dict.fromkeys(config.operations)]
+        self.children = config.children_per_operation()
+        self.top_fraction = config.top_fraction
+        self.rules = set(config.eliminate)
+        self.duplicate_threshold = config.duplicate_threshold
+        self.refusal_max_words = config.refusal_max_words
+        self.leak_phrases = tuple(DEFAULT_LEAK_PHRASES) + tuple(config.leak_phrases)
+        self.judge_root = config.judge_root
+        self.judge_retries = config.judge_retries
+        self.use_history = config.use_history
+        self.output = config.output
+        self.output_field = config.output_field
+        self.prompt_refs = config.prompt_refs()
+        self.params = dict(config.params)
+        self.judge_params = dict(config.judge_params)
+        self.answer_params = dict(config.answer_params)
+        self.options = dict(config.options)
         self._templates: dict[str, PromptTemplate] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
 
-    @staticmethod
-    def _children(children: int | dict[str, int], where: str) -> dict[str, int]:
-        if isinstance(children, dict):
-            unknown = set(children) - set(OPERATIONS)
-            if unknown:
-                raise ConfigError(f"{where}: children names unknown operation(s) {sorted(unknown)}")
-            counts = {name: 3 for name in OPERATIONS}
-            counts.update({k: _positive_int(v, f"children.{k}", where) for k, v in children.items()})
-            return counts
-        count = _positive_int(children, "children", where)
-        return {name: count for name in OPERATIONS}
-
     # ------------------------------------------------------------ set-up
-
-    def model_names(self) -> list[str]:
-        names = [self.model, self.judge_model]
-        if "equal" in self.rules:
-            names.append(self.equal_model)
-        if self.answer_model:
-            names.append(self.answer_model)
-        return list(dict.fromkeys(names))
 
     def _roles(self) -> list[str]:
         roles = sorted({self._role_of(op) for op in self.operations}) + ["judge"]
@@ -504,8 +440,3 @@ class EvolInstruct(Step):
         out["_meta"] = {"calls": list(node.calls)}
         return out
 
-
-def _positive_int(value: Any, key: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: {key} must be a positive integer, not {value!r}")
-    return value
