@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -307,18 +307,54 @@ async def test_schema_violations_are_validation_failures(mock_server):
     "Input validation error: grammar is not supported by this model",  # no word "response_format"
     "Invalid value: 'json_schema'. Supported values are: 'json_object' and 'text'.",
 ])
-async def test_fallback_when_server_rejects_json_schema(mock_server, recording_proxy, message):
+async def test_fallback_when_server_rejects_json_schema(mock_server, recording_proxy, message, caplog):
     proxy = recording_proxy(reject_json_schema=message)
     schema = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"]}
     async with open_gateway(proxy.url) as gw:
         first, _ = await gw.model("m").chat_json(user("one"), schema)
         second, _ = await gw.model("m").chat_json(user("two"), schema)
+        usage = gw.usage["m"]
     assert first == {"echo": "one"} and second == {"echo": "two"}
     formats = [(s.body.get("response_format") or {}).get("type") for s in proxy.requests()]
     statuses = [s.status for s in proxy.requests()]
     # Refused once, then json_object (prompt + validation) for this and every later call.
     assert formats == ["json_schema", "json_object", "json_object"]
     assert statuses == [400, 200, 200]
+    # The refused request is an error of this model, not a silent 0; the mode in use is kept for the summary.
+    assert (usage.errors, usage.retries, usage.calls) == (1, 0, 2)
+    assert usage.as_dict()["structured_output"] == "json_object"
+    [said] = [r for r in caplog.records if r.name == "joydataforge.models.gateway"]
+    assert said.levelname == "WARNING" and "\n" not in said.getMessage()
+    assert said.getMessage().startswith(f"model 'm': {proxy.url} refused response_format json_schema (HTTP 400: ")
+    assert said.getMessage().endswith("asking with response_format json_object from now on, every reply still "
+                                      "checked against the schema")
+
+
+async def test_concurrent_refusals_step_down_once_and_are_said_once(mock_server, recording_proxy, caplog):
+    """Many requests refused at the same moment: each counts as an error, but the mode steps down one level
+    (from the mode the refused request used, not once per refusal) and the change is said once."""
+    proxy = recording_proxy(reject_json_schema=True)
+    schema = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"]}
+    async with open_gateway(proxy.url, max_concurrency=8) as gw:
+        client = gw.model("m")
+        values = await asyncio.gather(*(client.chat_json(user(f"q{i} [[mock:delay=0.05]]"), schema)
+                                        for i in range(8)))
+        usage = gw.usage["m"]
+    assert [v for v, _ in values] == [{"echo": f"q{i}"} for i in range(8)]
+    refused = [s for s in proxy.requests() if s.status == 400]
+    assert len(refused) > 1 and all(s.body["response_format"]["type"] == "json_schema" for s in refused)
+    assert {s.body["response_format"]["type"] for s in proxy.requests() if s.status == 200} == {"json_object"}
+    assert usage.errors == len(refused) and usage.structured_output == "json_object"
+    said = [r.getMessage() for r in caplog.records if r.name == "joydataforge.models.gateway"]
+    assert len(said) == 1 and "refused response_format json_schema" in said[0]
+
+
+async def test_structured_output_mode_is_in_the_usage_only_once_json_was_asked_for(mock_server):
+    async with open_gateway(mock_server.url) as gw:
+        await gw.model("m").chat(user("free text"))
+        assert "structured_output" not in gw.usage["m"].as_dict()
+        await gw.model("m").chat_json(user("label"), SCHEMA)
+        assert gw.usage["m"].as_dict()["structured_output"] == "json_schema"
 
 
 async def test_an_unrelated_400_does_not_switch_off_structured_output(mock_server):

@@ -4,9 +4,11 @@ from __future__ import annotations
 import sys
 
 import pytest
+from click.testing import CliRunner
 
+from joydataforge.cli.models import models_group
 from joydataforge.errors import ConfigError
-from joydataforge.models.config import ModelConfig, ModelRegistry
+from joydataforge.models.config import ModelConfig, ModelRegistry, redact_url
 
 
 def load(tmp_path, text: str) -> ModelRegistry:
@@ -78,7 +80,8 @@ def test_validation_errors_name_the_field(tmp_path, body, field):
 @pytest.mark.parametrize("text, expected", [
     ("models: [a, b]", "'models:' section"),
     ("just a string", "'models:' section"),
-    ("models:\n  m: 3\n", "models.m must be a mapping"),
+    ("models:\n  m: 3\n", r"models.yaml: models.m: must be a mapping of settings \(got 3\)"),
+    ("models:\n  m: {backend: openai, name: other}\n", "models.m.name: a model's name is its key under models:"),
     ("models: {m: {backend: openai}\n", "not valid YAML"),
 ])
 def test_malformed_files(tmp_path, text, expected):
@@ -136,3 +139,93 @@ def test_identity_is_what_changes_replies():
     b = ModelConfig(name="b", backend="openai", model="x", base_url="http://h/v1", max_concurrency=99, timeout=1)
     assert a.identity() == b.identity()
     assert "K" not in a.identity().values()
+
+
+# ---- one line per problem, in the pipeline's words ------------------------------------------------------------
+
+
+def test_every_problem_of_every_model_is_one_line_in_the_pipeline_style(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, """
+models:
+  a: {backend: openai, max_concurrency: lots, timeout: -}
+  b: {backend: openai, breaker_threshold: -1}
+  c: {backend: openai, temprature: 0.5, colour: red}
+  d: {backend: openai}
+""")
+    source = str(tmp_path / "models.yaml")
+    assert str(info.value).splitlines() == [
+        f"{source}: models.a.max_concurrency: must be an integer (got 'lots')",
+        f"{source}: models.a.timeout: must be a number (got '-')",
+        f"{source}: models.b.breaker_threshold: must be >= 0 (got -1)",
+        f"{source}: models.c.temprature: not a setting of a model; generation parameters go under params: "
+        "(params: {temperature: 0.5})",
+        f"{source}: models.c.colour: unknown setting (known: " + ", ".join(sorted(
+            n for n in ModelConfig.model_fields if n != "name")) + ")",
+    ]
+
+
+def test_breaker_threshold_is_a_setting_with_a_small_default(tmp_path):
+    registry = load(tmp_path, "models:\n  a: {backend: openai}\n  b: {backend: openai, breaker_threshold: 0}\n")
+    assert registry.get("a").breaker_threshold == 5 and registry.get("b").breaker_threshold == 0
+    assert ModelConfig.model_fields["breaker_threshold"].description
+
+
+# ---- no key inside base_url -----------------------------------------------------------------------------------
+
+URL_SECRET = "sk-url-secret-0123456789abcdefghij"
+
+
+@pytest.mark.parametrize("url, said", [
+    (f"https://user:{URL_SECRET}@api.example.com/v1", "holds credentials (user:password@ in the address)"),
+    (f"https://{URL_SECRET}@api.example.com/v1", "holds credentials (user:password@ in the address)"),
+    (f"https://api.example.com/v1?api_key={URL_SECRET}", "holds a key (?api_key= in the address)"),
+    (f"https://generativelanguage.example.com/v1beta?key={URL_SECRET}", "holds a key (?key= in the address)"),
+    (f"https://api.example.com/v1?x={URL_SECRET}", "holds a key (?x= in the address)"),
+    (f"https://api.example.com/{URL_SECRET}/v1", "holds a key in its path"),
+])
+def test_a_key_inside_base_url_is_refused_without_echoing_it(tmp_path, url, said):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, f"models:\n  remote:\n    backend: openai\n    base_url: '{url}'\n")
+    message = str(info.value)
+    assert message == (f"{tmp_path / 'models.yaml'}: models.remote.base_url: {said}; keys never go in models.yaml; "
+                       "put the key in an environment variable and name that variable in api_key_env")
+    assert URL_SECRET not in message
+
+
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://host/v1", "http://", "/v1"])
+def test_base_url_must_be_an_http_address(url):
+    with pytest.raises(ValueError, match="must be an http:// or https:// address"):
+        ModelConfig(name="m", backend="openai", base_url=url)
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8000/v1", "https://api.openai.com/v1", "http://[::1]:8000/v1",
+    "https://x.openai.azure.com/openai/deployments/gpt?api-version=2024-02-15-preview",
+])
+def test_ordinary_base_urls_are_accepted(url):
+    assert ModelConfig(name="m", backend="openai", base_url=url).base_url == url
+
+
+def test_redact_url_keeps_the_address_and_drops_credentials():
+    assert redact_url(f"https://u:{URL_SECRET}@h.example:8443/v1?key={URL_SECRET}") == "https://h.example:8443/v1"
+    assert redact_url("http://[::1]:8000/v1") == "http://[::1]:8000/v1"
+    assert redact_url("http://[bad") == "<invalid URL>"
+    built = ModelConfig.model_construct(name="m", backend="openai", base_url=f"https://u:{URL_SECRET}@h/v1")
+    assert built.endpoint == "https://h/v1"  # even a config that skipped validation prints no key
+
+
+def test_models_list_never_prints_a_credential(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("models:\n  remote: {backend: openai, base_url: 'https://api.example.com/v1', "
+                    "api_key_env: REMOTE_KEY}\n", "utf-8")
+    result = CliRunner().invoke(models_group, ["list", "--models", str(good)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "https://api.example.com/v1" in result.output and "REMOTE_KEY" in result.output
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"models:\n  remote: {{backend: openai, base_url: 'https://me:{URL_SECRET}@api.example.com/v1'}}\n",
+                   "utf-8")
+    result = CliRunner().invoke(models_group, ["list", "--models", str(bad)], env={"COLUMNS": "300"})
+    assert isinstance(result.exception, ConfigError) and "models.remote.base_url" in str(result.exception)
+    assert URL_SECRET not in result.output and URL_SECRET not in str(result.exception)

@@ -7,27 +7,30 @@ app in the test's own loop.
 from __future__ import annotations
 
 import email.utils
+import errno
 import json
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from joydataforge.errors import ModelError
-from joydataforge.engine.local import LocalExecutor
-from joydataforge.models.backends.base import TransientError
-from joydataforge.models.backends.openai_compat import OpenAICompatBackend, parse_retry_after
-from joydataforge.models.config import ModelConfig, ModelRegistry
 from joydataforge.config.pipeline import Pipeline
+from joydataforge.engine.local import LocalExecutor
+from joydataforge.errors import ModelError
+from joydataforge.models.backends.base import FatalError, TransientError
+from joydataforge.models.backends.openai_compat import OpenAICompatBackend, describe_non_json, parse_retry_after
+from joydataforge.models.config import ModelConfig, ModelRegistry
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def config(url: str | None, **fields: Any) -> ModelConfig:
-    return ModelConfig(name="m", backend="openai", model="mock-model", base_url=url, timeout=5.0, **fields)
+    return ModelConfig(name="m", backend="openai", model="mock-model", base_url=url, **{"timeout": 5.0, **fields})
 
 
 @asynccontextmanager
@@ -89,37 +92,132 @@ async def test_transient_statuses(mock_server, status):
     assert json.loads(info.value.raw)["error"]["code"] == str(status)
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 422, 501])
 async def test_final_statuses(mock_server, status):
     async with backend_for(mock_server.url) as backend:
-        with pytest.raises(ModelError) as info:
+        with pytest.raises(FatalError) as info:
             await backend.chat(user(f"x [[mock:status={status},id=fin{status}]]"), {})
     assert not isinstance(info.value, TransientError) and not info.value.retryable
-    assert f"HTTP {status}" in str(info.value) and info.value.model == "m"
+    assert f"HTTP {status}" in str(info.value) and info.value.model == "m" and info.value.status == status
+    # Every call of the model would get 401/403/404/405/501: the breaker counts those; a 400 or 422 is about
+    # this one request.
+    assert (info.value.endpoint_fault is not None) == (status in (401, 403, 404, 405, 501))
 
 
-async def test_invalid_json_body_and_missing_choices_are_transient():
-    def not_json(body: dict[str, Any]) -> web.Response:
-        return web.Response(text="<html>gateway hiccup</html>", content_type="text/html")
+async def test_non_api_replies_are_transient_endpoint_faults():
+    def login_page(body: dict[str, Any]) -> web.Response:
+        return web.Response(text="<html><head><title>\n  Sign in\n</title></head></html>", content_type="text/html")
 
+    def no_choices_key(body: dict[str, Any]) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    def bad_gateway_page(body: dict[str, Any]) -> web.Response:
+        return web.Response(text="<html><body>502 Bad Gateway</body></html>", status=502, content_type="text/html")
+
+    def not_found_page(body: dict[str, Any]) -> web.Response:
+        return web.Response(text="<!DOCTYPE html><title>404</title>", status=404, content_type="text/html")
+
+    def rate_limit_page(body: dict[str, Any]) -> web.Response:
+        return web.Response(text="<html><title>Slow down</title></html>", status=429, content_type="text/html",
+                            headers={"Retry-After": "1"})
+
+    def odd_charset(body: dict[str, Any]) -> web.Response:
+        return web.Response(body=b"\xff\xfe<html>", headers={"Content-Type": "text/html; charset=no-such-charset"})
+
+    async with odd_server(login_page) as url, backend_for(url) as backend:
+        with pytest.raises(TransientError, match="did not answer like a model API") as info:
+            await backend.chat(user("x"), {})
+        assert info.value.endpoint_fault == "HTML page (status 200, <title>Sign in</title>)"
+        assert info.value.raw.startswith("<html>")
+    async with odd_server(no_choices_key) as url, backend_for(url) as backend:
+        for call in (backend.chat(user("x"), {}), backend.complete("x", {})):
+            with pytest.raises(TransientError) as info:
+                await call
+            assert info.value.endpoint_fault == "JSON without 'choices'"
+        with pytest.raises(TransientError) as info:
+            await backend.embed(["x"])
+        assert info.value.endpoint_fault == "JSON without 'data'"
+    async with odd_server(bad_gateway_page) as url, backend_for(url) as backend:
+        with pytest.raises(TransientError) as info:  # a proxy whose model server is gone: retried, and counted
+            await backend.chat(user("x"), {})
+        assert info.value.endpoint_fault == "HTML page (status 502)" and info.value.status == 502
+    async with odd_server(not_found_page) as url, backend_for(url) as backend:
+        with pytest.raises(FatalError) as info:  # a web server, not a model API, at this address
+            await backend.chat(user("x"), {})
+        assert info.value.endpoint_fault == "HTML page (status 404, <title>404</title>)"
+    async with odd_server(rate_limit_page) as url, backend_for(url) as backend:
+        with pytest.raises(TransientError) as info:  # a CDN's rate limit: slow down, but nothing is down
+            await backend.chat(user("x"), {})
+        assert info.value.endpoint_fault is None and info.value.retry_after == 1.0
+    async with odd_server(odd_charset) as url, backend_for(url) as backend:
+        with pytest.raises(TransientError) as info:
+            await backend.chat(user("x"), {})
+        assert info.value.endpoint_fault == "HTML page (status 200)"
+
+
+async def test_an_api_reply_with_empty_choices_is_transient_but_not_an_endpoint_fault():
     def no_choices(body: dict[str, Any]) -> web.Response:
         return web.json_response({"object": "chat.completion", "choices": []})
 
-    async with odd_server(not_json) as url, backend_for(url) as backend:
-        with pytest.raises(TransientError, match="invalid JSON") as info:
-            await backend.chat(user("x"), {})
-        assert info.value.raw == "<html>gateway hiccup</html>"
     async with odd_server(no_choices) as url, backend_for(url) as backend:
-        with pytest.raises(TransientError, match="without choices"):
+        with pytest.raises(TransientError, match="without choices") as info:
             await backend.chat(user("x"), {})
-        with pytest.raises(TransientError, match="without choices"):
+        assert info.value.endpoint_fault is None
+        with pytest.raises(TransientError, match="without choices") as info:
             await backend.complete("x", {})
+        assert info.value.endpoint_fault is None
 
 
 async def test_connection_refused_is_transient():
     async with backend_for("http://127.0.0.1:9/v1") as backend:  # the discard port: nothing listens
-        with pytest.raises(TransientError, match="connection failed"):
+        with pytest.raises(TransientError, match="connection failed: connection refused") as info:
             await backend.chat(user("x"), {})
+    assert info.value.endpoint_fault == "connection refused"
+
+
+class _Refusing:
+    """A session whose every request fails before a reply, with the given exception."""
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+        self.closed = False
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.exc
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("exc, fault", [
+    (aiohttp.ConnectionTimeoutError("Connection timeout to host"), "no connection within 5s"),
+    (aiohttp.ServerDisconnectedError(), "connection closed without a reply"),
+    (aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"), "connection reset"),
+    (aiohttp.ClientPayloadError("Response payload is not completed"), "reply cut short"),
+])
+async def test_connection_failures_say_what_happened(exc, fault):
+    async with backend_for("http://127.0.0.1:9/v1") as backend:
+        backend._session = _Refusing(exc)  # type: ignore[assignment]
+        with pytest.raises(TransientError) as info:
+            await backend.chat(user("x"), {})
+    assert info.value.endpoint_fault == fault and "connection failed" in str(info.value)
+
+
+async def test_a_read_timeout_is_transient_but_not_an_endpoint_fault(mock_server):
+    """A model slow to answer is alive: only a connection that never opens says the endpoint is gone."""
+    async with backend_for(mock_server.url, timeout=0.2) as backend:
+        with pytest.raises(TransientError, match="no reply within 0.2s") as info:
+            await backend.chat(user("x [[mock:hang,id=slow]]"), {})
+    assert info.value.endpoint_fault is None
+
+
+def test_describe_non_json():
+    assert describe_non_json(200, "text/html", "<html><title>A  very\nlong title " + "x" * 80 + "</title>") == (
+        "HTML page (status 200, <title>A very long title " + "x" * 39 + "...</title>)")
+    assert describe_non_json(200, "application/octet-stream", "<!doctype html><p>hi") == "HTML page (status 200)"
+    assert describe_non_json(200, "application/json", "  ") == "an empty reply (status 200)"
+    assert describe_non_json(503, "", "upstream connect error") == "not JSON (status 503, no content type: " \
+        "'upstream connect error')"
 
 
 def test_base_url_is_required():
@@ -259,3 +357,42 @@ async def test_pipeline_generate_and_label_through_the_mock(mock_server, tmp_pat
     assert json.loads((tmp_path / "out" / "summary.json").read_text("utf-8"))["failed"] == 1
     for file in (tmp_path / "out").iterdir():
         assert secret.encode() not in file.read_bytes(), f"the key leaked into {file.name}"
+
+
+async def test_summary_keeps_the_structured_output_mode_and_counts_the_refused_request(tmp_path, caplog):
+    """llama.cpp's server refuses json_schema (a 500 per model per process): the run's summary must not say 0
+    errors, and must say which mode the labels were asked with."""
+    statuses: list[tuple[str | None, int]] = []
+
+    def llama_server(body: dict[str, Any]) -> web.Response:
+        kind = (body.get("response_format") or {}).get("type")
+        if kind == "json_schema":
+            statuses.append((kind, 500))
+            return web.json_response({"error": {"code": 500, "type": "server_error",
+                                                "message": "JSON schema conversion failed: unsupported keyword"}},
+                                     status=500)
+        statuses.append((kind, 200))
+        reply = json.dumps({"label": "BMI", "reason": "x"})
+        return web.json_response({"choices": [{"message": {"content": reply}, "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+
+    records = [{"id": f"r{i}", "input": f"question {i}"} for i in range(6)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), "utf-8")
+    async with odd_server(llama_server) as url:
+        registry = ModelRegistry.from_dict({"models": {"mock": {
+            "backend": "openai", "model": "mock-model", "base_url": url, "max_concurrency": 1}}}, "test models")
+        pipeline = Pipeline.from_dict({
+            "input": {"path": str(tmp_path / "in.jsonl")},
+            "steps": [{"label": {"model": "mock", "prompt": "en/label", "options": {"labels": ["BMI", "other"]}}}],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False, "concurrency": 1},
+        })
+        summary = await LocalExecutor(pipeline, registry=registry).run()
+
+    assert summary.failed == 0 and summary.records_out == 6
+    assert statuses == [("json_schema", 500)] + [("json_object", 200)] * 6
+    written = json.loads((tmp_path / "out" / "summary.json").read_text("utf-8"))["models"]["mock"]
+    assert written["structured_output"] == "json_object"
+    assert (written["errors"], written["retries"], written["calls"]) == (1, 0, 6)
+    said = [r.getMessage() for r in caplog.records if "refused response_format" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"model 'mock': {url} refused response_format json_schema (HTTP 500")

@@ -24,14 +24,14 @@ def models_group() -> None:
 @models_group.command("list")
 @click.option("--models", "models_file", help="A models.yaml merged over the built-in models.")
 def list_models(models_file: str | None) -> None:
-    """List named models: backend, model id, endpoint, limits. Keys are never shown."""
+    """List named models: backend, model id, endpoint, limits. Keys are never shown, not even inside a URL."""
     registry = _registry(models_file)
     table = Table(title=f"models ({registry.source})", title_justify="left")
     for column in ("name", "backend", "model", "endpoint / file", "key from env", "concurrency", "rpm", "tpm"):
         table.add_column(column)
     for name in registry.names():
         m = registry.get(name)
-        table.add_row(name, m.backend, m.model, m.base_url or m.model_path or "", m.api_key_env or "-",
+        table.add_row(name, m.backend, m.model, m.endpoint if m.base_url or m.model_path else "", m.api_key_env or "-",
                       str(m.max_concurrency), str(m.requests_per_minute or "-"), str(m.tokens_per_minute or "-"))
     Console().print(table)
 

@@ -6,15 +6,18 @@ a model names the *environment variable* that holds its key.
 """
 from __future__ import annotations
 
+import difflib
 import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..config import defaults
+from ..config.messages import describe_errors, field_names, shown
 from ..errors import ConfigError
 from .capabilities import ModelCapabilities, capabilities_of
 
@@ -39,6 +42,49 @@ def _looks_like_key(value: str) -> bool:
     return any(len(part) >= 20 and any(c.isdigit() for c in part) for part in value.split("_"))
 
 
+# Query parameters that carry a key (Google's ?key=, Azure Functions' ?code=, many gateways' ?api_key=).
+_KEY_QUERY_NAMES = {"key", "api_key", "apikey", "api-key", "access_token", "token", "auth", "secret", "password",
+                    "code", "sig", "signature"}
+_USE_ENV = "keys never go in models.yaml; put the key in an environment variable and name that variable in api_key_env"
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with a ``base_url``, never quoting it (it may hold a key), or ``None``."""
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return "must be an http:// or https:// address, e.g. http://127.0.0.1:8000/v1"
+    if user is not None or password is not None:
+        return f"holds credentials (user:password@ in the address); {_USE_ENV}"
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name.lower() in _KEY_QUERY_NAMES or value.startswith(_KEY_PREFIXES):
+            return f"holds a key (?{name}= in the address); {_USE_ENV}"
+    if any(len(segment) >= 20 and segment.startswith(_KEY_PREFIXES) for segment in parts.path.split("/")):
+        return f"holds a key in its path; {_USE_ENV}"
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to print: no ``user:password@`` and no query (where gateways put keys).
+
+    A loaded config never holds a key in ``base_url`` (it is refused), but whatever prints an endpoint goes
+    through here anyway, so a URL built some other way cannot leak one into a terminal or a log.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<invalid URL>"
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -56,11 +102,17 @@ class ModelConfig(BaseModel):
         "vllm: such a file, used instead of the tokenizer's own template")
     n_ctx: int = 2048
     n_threads: int | None = None
-    max_concurrency: int = Field(default=defaults.MODEL_MAX_CONCURRENCY, ge=1, description="requests in flight to this model at once")
+    max_concurrency: int = Field(default=defaults.MODEL_MAX_CONCURRENCY, ge=1,
+                                 description="requests in flight to this model at once")
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     timeout: float = 120.0
     max_retries: int = 5
+    breaker_threshold: int = Field(
+        default=5, ge=0, description="failed requests in a row (connection errors, replies that are not a model "
+        "API's: an HTML page, JSON without choices; a refused key; a missing path or model), retries included, "
+        "after which this model is declared down and the run stops, resumable; any success resets the count; "
+        "0: never declared down")
     max_retry_after: float = Field(
         default=300.0, ge=0, description="longest Retry-After (seconds) worth waiting for; a server asking for "
         "more (an exhausted daily quota) fails the call at once, so the record is kept for --retry-failed")
@@ -76,7 +128,16 @@ class ModelConfig(BaseModel):
     @classmethod
     def _env_name_not_key(cls, value: str | None) -> str | None:
         if value and _looks_like_key(value):
-            raise ValueError("api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key")
+            raise ValueError("api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
+                             "never the key")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_key_in_url(cls, value: str | None) -> str | None:
+        problem = _url_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("engine_args")
@@ -101,6 +162,13 @@ class ModelConfig(BaseModel):
         """What this model can do; ask this rather than which backend it is."""
         return capabilities_of(self)
 
+    @property
+    def endpoint(self) -> str:
+        """Where this model lives, fit for messages and tables: the base URL (never a credential), else the file."""
+        if self.base_url:
+            return redact_url(self.base_url)
+        return self.model_path or f"the {self.backend} backend"
+
     def api_key(self) -> str | None:
         if not self.api_key_env:
             return None
@@ -116,6 +184,27 @@ class ModelConfig(BaseModel):
         if self.engine_args:  # quantization, dtype, max_model_len... change the replies
             identity["engine_args"] = self.engine_args
         return identity
+
+
+_SETTINGS = [name for name in field_names(ModelConfig) if name != "name"]  # what a user may write
+# What a sampling setting written at the top of a model (instead of under params:) is most likely meant to be.
+_GENERATION_PARAMS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "seed",
+                      "stop", "presence_penalty", "frequency_penalty", "repetition_penalty", "n")
+
+
+def _misplaced_params(body: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """Generation parameters written as settings (``temperature: 0.3``) belong under ``params:``; said in
+    those words rather than as an unknown setting resembling some other one. Returns the rest of the body."""
+    problems: list[str] = []
+    rest: dict[str, Any] = {}
+    for key, value in body.items():
+        close = difflib.get_close_matches(str(key), _GENERATION_PARAMS, n=1, cutoff=0.8)
+        if key not in _SETTINGS and close:
+            problems.append(f"{where}.{key}: not a setting of a model; generation parameters go under params: "
+                            f"(params: {{{close[0]}: {shown(value)}}})")
+        else:
+            rest[key] = value
+    return rest, problems
 
 
 class ModelRegistry:
@@ -137,19 +226,29 @@ class ModelRegistry:
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "ModelRegistry":
+        """Every model of the file checked; one line per problem: ``<file>: models.<name>.<field>: <what>``."""
         if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
             raise ConfigError(f"{source}: expected a mapping with a 'models:' section of named models")
         models: dict[str, ModelConfig] = {}
-        for name, body in data["models"].items():
+        problems: list[str] = []
+        for key, body in data["models"].items():
+            name = str(key)
+            where = f"{source}: models.{name}"
             if not isinstance(body, dict):
-                raise ConfigError(f"{source}: models.{name} must be a mapping")
-            try:
-                models[name] = ModelConfig(name=name, **body)
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"models.{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-                )
-                raise ConfigError(f"{source}: {problems}") from None
+                problems.append(f"{where}: must be a mapping of settings (got {shown(body)})")
+            elif "name" in body:
+                problems.append(f"{where}.name: a model's name is its key under models:, not a setting")
+            else:
+                settings, misplaced = _misplaced_params(body, where)
+                problems.extend(misplaced)
+                try:
+                    config = ModelConfig.model_validate({**settings, "name": name})
+                except ValidationError as exc:
+                    problems.extend(describe_errors(exc, where, _SETTINGS))
+                else:
+                    models[name] = config
+        if problems:
+            raise ConfigError("\n".join(problems))
         return cls(models, source)
 
     @classmethod

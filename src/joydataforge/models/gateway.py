@@ -1,4 +1,4 @@
-"""The one door to every model: cache -> rate limit -> retry -> backend, with accounting.
+"""The one door to every model: cache -> circuit breaker -> rate limit -> retry -> backend, with accounting.
 
 Steps ask ``ctx.model("name")`` for a :class:`ModelClient` and call its verbs; they never see HTTP,
 threads or retries. Determinism: every call carries a ``sample`` index, and the backend seed is derived
@@ -11,13 +11,16 @@ import asyncio
 import copy
 import hashlib
 import json
+import logging
 import random
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from ..errors import ModelError, ValidationFailed
+from ..errors import EndpointDown, ModelError, ValidationFailed
 from ..records import canonical_json, content_hash
-from .backends.base import Backend, Completion, Messages, TransientError
+from .backends.base import Backend, Completion, FatalError, Messages, StructuredOutputRefused, TransientError
+from .breaker import CircuitBreaker
 from .cache import CallCache
 from .chat_template import ChatTemplateSource
 from .config import ModelConfig, ModelRegistry
@@ -27,6 +30,8 @@ from .structured import parse_and_validate
 from .usage import ModelUsage
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # canonical_json's settings in one reusable encoder: json.dumps builds a new encoder per call otherwise.
 _canonical = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str).encode
@@ -68,6 +73,8 @@ class ModelClient:
         self._jitter = random.Random(config.name)
         self._chat_template: ChatTemplateSource | None = None
         self._chat_template_known = False
+        self.breaker = CircuitBreaker(config.name, config.endpoint, config.breaker_threshold)
+        self._modes_said: set[str] = set()
 
     def _params(self, overrides: dict[str, Any]) -> dict[str, Any]:
         params = dict(self.config.params)
@@ -117,7 +124,9 @@ class ModelClient:
             hit = await self.cache.get(key)
             if hit is not None:
                 self.usage.cache_hits += 1
-                return [Completion.from_cache(item) for item in hit["choices"]] if n > 1 else [Completion.from_cache(hit)]
+                if n > 1:
+                    return [Completion.from_cache(item) for item in hit["choices"]]
+                return [Completion.from_cache(hit)]
         seed = int(key[:8], 16)
         estimate = _estimate_tokens(payload, params, n)
 
@@ -145,16 +154,25 @@ class ModelClient:
     async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> tuple[T, float]:
         """Run ``call`` under the concurrency limit, retrying transient failures; returns (result, seconds).
 
-        The backoff sleep happens outside the semaphore, so a model waiting out a 429 frees its slot.
+        The backoff sleep happens outside the semaphore, so a model waiting out a 429 frees its slot. Every
+        try first asks the circuit breaker, so once the model is declared down no call touches the network.
         """
         tries = 0
         while True:
+            self.breaker.check()
             try:
                 async with self.limits.semaphore:
+                    self.breaker.check()  # it may have been declared down while this call waited for a slot
                     started = time.perf_counter()
                     result = await call()
-                    return result, time.perf_counter() - started
+                    seconds = time.perf_counter() - started
+            except EndpointDown:
+                raise
+            except StructuredOutputRefused as exc:
+                self._stepped_down(exc)  # the backend asks differently from now on: send again at once
+                continue
             except TransientError as exc:
+                self._count_fault(exc.endpoint_fault)
                 if tries >= self.retry.max_retries:
                     self.usage.errors += 1
                     raise ModelError(f"{exc} (gave up after {tries + 1} tries)", model=self.name, raw=exc.raw) from None
@@ -166,9 +184,35 @@ class ModelClient:
                 self.usage.retries += 1
                 await asyncio.sleep(self.retry.delay(tries, exc.retry_after, self._jitter))
                 tries += 1
+            except FatalError as exc:
+                self._count_fault(exc.endpoint_fault)
+                self.usage.errors += 1
+                raise
             except ModelError:
                 self.usage.errors += 1
                 raise
+            else:
+                self.breaker.succeeded()
+                return result, seconds
+
+    def _count_fault(self, fault: str | None) -> None:
+        """Tell the breaker about a request that found no working model API there; raises EndpointDown when
+        that makes the model down (the failed request then counts as this model's error)."""
+        if fault is None:
+            return
+        try:
+            self.breaker.failed(fault)
+        except EndpointDown:
+            self.usage.errors += 1
+            raise
+
+    def _stepped_down(self, refused: StructuredOutputRefused) -> None:
+        """A refused ``response_format``: an error in the usage, the new mode kept, the change said once."""
+        self.usage.errors += 1
+        self.usage.structured_output = self.backend.structured_output
+        if refused.now not in self._modes_said:
+            self._modes_said.add(refused.now)
+            log.warning("%s", refused)
 
     async def chat(self, messages: Messages, *, sample: int = 0, **params: Any) -> Completion:
         return await self._call("chat", messages, self._params(params), sample=sample)
@@ -181,6 +225,7 @@ class ModelClient:
         failures file shows exactly what the model said.
         """
         merged = self._params(params)
+        self.usage.structured_output = self.backend.structured_output
         last: ValidationFailed | None = None
         for attempt in range(self.config.json_retries + 1):
             completion = await self._call("chat", messages, merged, schema=schema, sample=sample, attempt=attempt)

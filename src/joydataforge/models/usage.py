@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from .config import Pricing
 
 
 @dataclass
 class ModelUsage:
+    """Counters (every dataclass field is a number that executors may add up across workers), plus
+    ``structured_output``: how the model was last asked for JSON replies (``json_schema``, ``json_object``
+    after a server refused ``json_schema``, ``grammar``, ``none``), or ``None`` if it never was. It is a plain
+    attribute, not a field, because it is a state and cannot be summed."""
+
     calls: int = 0
     cache_hits: int = 0
     retries: int = 0
@@ -17,6 +23,9 @@ class ModelUsage:
     completion_tokens: int = 0
     latency_total: float = 0.0
     cost: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.structured_output: str | None = None
 
     def record(self, prompt_tokens: int, completion_tokens: int, latency: float, pricing: Pricing | None) -> None:
         self.calls += 1
@@ -30,9 +39,11 @@ class ModelUsage:
     def mean_latency(self) -> float:
         return self.latency_total / self.calls if self.calls else 0.0
 
-    def as_dict(self) -> dict[str, float | int]:
-        data = asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = asdict(self)
         data["mean_latency"] = round(self.mean_latency, 4)
         data["latency_total"] = round(self.latency_total, 3)
         data["cost"] = round(self.cost, 6)
+        if self.structured_output is not None:
+            data["structured_output"] = self.structured_output
         return data

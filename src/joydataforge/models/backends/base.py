@@ -48,13 +48,48 @@ class Completion:
 
 
 class TransientError(ModelError):
-    """Worth retrying: timeouts, dropped connections, 429 and 5xx. ``retry_after`` comes from the server."""
+    """Worth retrying: timeouts, dropped connections, 429 and 5xx. ``retry_after`` comes from the server.
+
+    ``endpoint_fault`` is set when the failure says nothing answered like a model API at all (connection
+    refused, an HTML login page, JSON without ``choices``): a few words saying what came back, which the
+    gateway's circuit breaker counts, so a dead endpoint stops a run instead of failing every record slowly.
+    """
 
     def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None,
-                 model: str | None = None, raw: str | None = None):
+                 model: str | None = None, raw: str | None = None, endpoint_fault: str | None = None):
         super().__init__(message, model=model, raw=raw, retryable=True)
         self.retry_after = retry_after
         self.status = status
+        self.endpoint_fault = endpoint_fault
+
+
+class FatalError(ModelError):
+    """Cannot succeed on retry (a bad parameter, a refused key, a path or model the server does not have):
+    the call fails at once instead of paying for retries that must fail the same way.
+
+    ``endpoint_fault`` is set when every call to this model would get the same answer (401, 403, 404, 405,
+    "not supported"), so the gateway's circuit breaker counts it like a connection error.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, model: str | None = None, raw: str | None = None,
+                 endpoint_fault: str | None = None):
+        super().__init__(message, model=model, raw=raw, retryable=False)
+        self.status = status
+        self.endpoint_fault = endpoint_fault
+
+
+class StructuredOutputRefused(ModelError):
+    """The server refused the way a request asked for JSON (``response_format``); the backend has stepped down.
+
+    Raised instead of quietly re-sending, so the gateway counts the refused request as an error, says the
+    step-down once per model, and sends the request again at once (no backoff: nothing is overloaded).
+    ``used`` is the mode the refused request asked with, ``now`` the mode the backend uses from now on.
+    """
+
+    def __init__(self, message: str, *, used: str, now: str, model: str | None = None, raw: str | None = None):
+        super().__init__(message, model=model, raw=raw, retryable=True)
+        self.used = used
+        self.now = now
 
 
 class Backend(abc.ABC):
@@ -62,6 +97,13 @@ class Backend(abc.ABC):
 
     supports_grammar: bool = False  # the backend enforces a JSON schema while decoding
     reward_batch_size: int = 1  # conversations per reward() call: 1 for one HTTP request each, more for local batching
+
+    @property
+    def structured_output(self) -> str:
+        """How this backend asks for JSON replies now, for the run's summary: ``grammar`` (enforced while
+        decoding), ``json_schema`` / ``json_object`` (a server's ``response_format``) or ``none`` (the prompt
+        alone). Replies are validated against the schema by the gateway whichever it is."""
+        return "grammar" if self.supports_grammar else "none"
 
     @abc.abstractmethod
     async def chat(self, messages: Messages, params: dict[str, Any], *,

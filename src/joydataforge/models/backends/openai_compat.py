@@ -1,14 +1,20 @@
 """Any OpenAI-compatible server: vLLM, SGLang, llama.cpp server, Ollama, TEI, hosted APIs.
 
-Speaks the four HTTP endpoints (chat, completions, embeddings, and vLLM's ``/pooling`` for rewards) with aiohttp (chosen over httpx for its lower per-request CPU cost,
-which is what bounds throughput at hundreds of concurrent calls on a small machine). Classifies every
-failure as transient (the gateway retries) or final.
+Speaks the four HTTP endpoints (chat, completions, embeddings, and vLLM's ``/pooling`` for rewards) with
+aiohttp (chosen over httpx for its lower per-request CPU cost, which is what bounds throughput at hundreds of
+concurrent calls on a small machine). Sorts every failure into three kinds, because the gateway acts on
+each differently: transient (retried with backoff: 429, 5xx, timeouts, dropped connections), fatal (fails at
+once: a retry would get the same answer) and, across both, endpoint faults (nothing usable answered: a
+closed port, an HTML login page, JSON without ``choices``, a refused key), which the circuit breaker counts.
 """
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import json
+import re
+import socket
 import time
 from typing import Any
 
@@ -17,9 +23,19 @@ import aiohttp
 from ...errors import ModelError
 from ..chat_template import ChatTemplateSource, load_chat_template_file
 from ..config import ModelConfig
-from .base import Backend, Completion, Messages, TransientError, Usage
+from .base import Backend, Completion, FatalError, Messages, StructuredOutputRefused, TransientError, Usage
 
 _TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524}
+# Statuses that every call of this model would get: a refused key, a path or model the server does not
+# have, a method it does not offer. Fatal, and counted by the circuit breaker.
+_ENDPOINT_STATUS = {401, 403, 404, 405, 501}
+# Words of a server error that no retry can change (llama.cpp's 501 "not supported", vLLM's "does not
+# support Embeddings API", a NotImplementedError surfacing as a 500). Such a reply fails at once.
+_CANNOT_SUCCEED = ("not supported", "does not support", "doesn't support", "not implemented",
+                   "notimplementederror", "method not allowed")
+# A connection that takes longer than this is not coming (a firewall dropping packets, a wrong host).
+CONNECT_TIMEOUT = 10.0
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -40,11 +56,89 @@ def parse_retry_after(value: str | None) -> float | None:
 # Words a server's error uses when it cannot do what response_format asked (OpenAI, DeepSeek, Groq, TGI,
 # vLLM, SGLang, LM Studio phrasings); a 400 about anything else (context length, a bad model) has none.
 _STRUCTURED_WORDS = ("response_format", "json_schema", "json schema", "schema", "grammar", "guided", "structured")
+_MODES = ("json_schema", "json_object", "none")  # from the strictest way of asking for JSON to the prompt alone
 
 
 def _refuses_structured_output(error_text: str) -> bool:
     text = error_text.lower()
     return any(word in text for word in _STRUCTURED_WORDS)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """One line of at most ``limit`` characters, for the few words a breaker message quotes."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _decode(payload: bytes, charset: str | None) -> str:
+    """A reply body as text, whatever it holds: a server's bytes must never turn into a crash here."""
+    try:
+        return payload.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return payload.decode("utf-8", errors="replace")
+
+
+def error_text(data: Any) -> str | None:
+    """The message of an error body, whatever its dialect: OpenAI's ``{"error": {"message"}}``, vLLM's
+    ``{"object": "error", "message"}``, FastAPI's ``{"detail": ...}``, a bare ``{"error": "text"}``."""
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict) and error.get("message") is not None:
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    if data.get("object") == "error" and data.get("message") is not None:
+        return str(data["message"])
+    detail = data.get("detail")
+    if detail is not None:
+        return detail if isinstance(detail, str) else json.dumps(detail, ensure_ascii=False)
+    return None
+
+
+def describe_non_json(status: int, content_type: str, text: str) -> str:
+    """What came back when a model API was expected, in a few words, e.g.
+    ``HTML page (status 200, <title>Login</title>)``."""
+    stripped = text.lstrip()
+    if "html" in content_type or stripped[:15].lower().startswith(("<!doctype html", "<html")):
+        title = _TITLE.search(text)
+        shown = f", <title>{_short(title.group(1), 60)}</title>" if title and title.group(1).strip() else ""
+        return f"HTML page (status {status}{shown})"
+    if not stripped:
+        return f"an empty reply (status {status})"
+    return f"not JSON (status {status}, {content_type or 'no content type'}: {_short(stripped, 40)!r})"
+
+
+def describe_connection_error(exc: aiohttp.ClientError) -> str:
+    """A client-side failure in a few words: ``connection refused``, ``host not found (DNS)``, ..."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "host not found (DNS)"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "TLS certificate not trusted"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS handshake failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = exc.os_error
+        if isinstance(cause, ConnectionRefusedError) or cause.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "host not found (DNS)"
+        return f"cannot connect ({_short(cause.strerror or str(cause), 60)})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed without a reply"
+    if isinstance(exc, (aiohttp.ClientConnectionResetError, ConnectionResetError)) or (
+            isinstance(exc, OSError) and exc.errno == errno.ECONNRESET):
+        return "connection reset"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "reply cut short"
+    return _short(str(exc) or type(exc).__name__, 60)
 
 
 class OpenAICompatBackend(Backend):
@@ -54,7 +148,11 @@ class OpenAICompatBackend(Backend):
         self.config = config
         self.base_url = config.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
-        self._schema_mode = config.structured_output  # downgraded once if the server refuses json_schema
+        self._schema_mode = config.structured_output  # stepped down if the server refuses json_schema
+
+    @property
+    def structured_output(self) -> str:
+        return self._schema_mode
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -66,33 +164,85 @@ class OpenAICompatBackend(Backend):
     async def _session_get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=max(1, self.config.max_concurrency), ttl_dns_cache=300)
+            timeout = aiohttp.ClientTimeout(total=self.config.timeout,
+                                            sock_connect=min(self.config.timeout, CONNECT_TIMEOUT))
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers(),
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                connector=connector, headers=self._headers(), timeout=timeout,
                 json_serialize=lambda obj: json.dumps(obj, ensure_ascii=False),
             )
         return self._session
 
-    async def _post(self, path: str, body: dict[str, Any], *, base: str | None = None) -> dict[str, Any]:
+    async def _post(self, path: str, body: dict[str, Any], *, base: str | None = None,
+                    expect: str | None = None) -> dict[str, Any]:
+        """POST ``body``; the reply's JSON, or the failure sorted (see the module docstring).
+
+        ``expect`` names the key every reply of this endpoint has (``choices``, ``data``): a reply without it
+        came from something that is not a model API (a proxy, a web app at the wrong address).
+        """
         session = await self._session_get()
         name = self.config.name
         try:
             async with session.post((base or self.base_url) + path, json=body) as response:
-                text = await response.text()
-                if response.status >= 400:
-                    message = f"model '{name}': HTTP {response.status} from {path}: {text[:300]}"
-                    if response.status in _TRANSIENT_STATUS:
-                        raise TransientError(message, status=response.status, model=name, raw=text,
-                                             retry_after=parse_retry_after(response.headers.get("Retry-After")))
-                    raise ModelError(message, model=name, raw=text)
+                payload = await response.read()
+                status, content_type, charset = response.status, response.content_type, response.charset
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except aiohttp.ConnectionTimeoutError:
+            seconds = min(self.config.timeout, CONNECT_TIMEOUT)
+            raise TransientError(f"model '{name}': connection failed: no connection within {seconds:g}s", model=name,
+                                 endpoint_fault=f"no connection within {seconds:g}s") from None
         except asyncio.TimeoutError:
             raise TransientError(f"model '{name}': no reply within {self.config.timeout}s", model=name) from None
+        except aiohttp.InvalidURL as exc:
+            raise FatalError(f"model '{name}': base_url is not a valid URL ({exc})", model=name,
+                             endpoint_fault="invalid URL") from None
         except aiohttp.ClientError as exc:
-            raise TransientError(f"model '{name}': connection failed: {exc}", model=name) from None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            raise TransientError(f"model '{name}': server sent invalid JSON: {text[:200]}", model=name, raw=text) from None
+            what = describe_connection_error(exc)
+            raise TransientError(f"model '{name}': connection failed: {what} ({exc})", model=name,
+                                 endpoint_fault=what) from None
+        return self._reply(path, status, content_type, _decode(payload, charset), retry_after, expect)
+
+    def _reply(self, path: str, status: int, content_type: str, text: str, retry_after: float | None,
+               expect: str | None) -> dict[str, Any]:
+        name = self.config.name
+        data = _json_or_none(text)
+        if data is None:
+            what = describe_non_json(status, content_type, text)
+            message = f"model '{name}': {path} did not answer like a model API: {what}: {_short(text, 200)}"
+            if status >= 400 and status not in _TRANSIENT_STATUS:
+                raise FatalError(message, status=status, model=name, raw=text, endpoint_fault=what)
+            # A rate-limit page (a CDN's 429) says "slow down", not "nothing is there": retried, never counted.
+            raise TransientError(message, status=status, model=name, raw=text, retry_after=retry_after,
+                                 endpoint_fault=None if status == 429 else what)
+        if status >= 400:
+            raise self._http_error(path, status, text, data, retry_after)
+        if expect is not None and not (isinstance(data, dict) and expect in data):
+            if error_text(data) is not None:  # an error sent with status 200 (some proxies, vLLM's embeddings)
+                raise self._http_error(path, _embedded_status(data), text, data, retry_after, sent_as_200=True)
+            what = f"JSON without '{expect}'"
+            raise TransientError(f"model '{name}': {path} did not answer like a model API: {what}: {_short(text, 200)}",
+                                 status=status, model=name, raw=text, endpoint_fault=what)
+        return data
+
+    def _http_error(self, path: str, status: int, text: str, data: Any, retry_after: float | None,
+                    sent_as_200: bool = False) -> ModelError:
+        """An error the server answered in its API's words: transient, or fatal when no retry can help."""
+        name = self.config.name
+        said = error_text(data) or text
+        how = f"HTTP {status}" + (" (sent with status 200)" if sent_as_200 else "")
+        message = f"model '{name}': {how} from {path}: {text[:300]}"
+        cannot_succeed = any(words in said.lower() for words in _CANNOT_SUCCEED)
+        if status in _TRANSIENT_STATUS and not cannot_succeed:
+            return TransientError(message, status=status, model=name, raw=text, retry_after=retry_after)
+        if status in (401, 403):
+            key = (f"the key from the environment variable {self.config.api_key_env} was refused"
+                   if self.config.api_key_env else "no key was sent: name the variable holding it in api_key_env")
+            return FatalError(f"{message} ({key})", status=status, model=name, raw=text,
+                              endpoint_fault=f"{how}, {key}")
+        hint = ""
+        if status == 404:
+            hint = f" (is base_url right, and does the server serve model '{self.config.model}'?)"
+        fault = f"{how} ({_short(said, 80)})" if status in _ENDPOINT_STATUS or cannot_succeed else None
+        return FatalError(message + hint, status=status, model=name, raw=text, endpoint_fault=fault)
 
     @staticmethod
     def _usage(data: dict[str, Any]) -> Usage:
@@ -107,15 +257,12 @@ class OpenAICompatBackend(Backend):
         if json_schema is not None and self._schema_mode != "none":
             body["response_format"] = self._response_format(json_schema)
         try:
-            data = await self._post("/chat/completions", body)
-        except ModelError as exc:
-            if "response_format" not in body or not _refuses_structured_output(exc.raw or str(exc)):
+            data = await self._post("/chat/completions", body, expect="choices")
+        except (TransientError, FatalError) as exc:
+            said = error_text(_json_or_none(exc.raw or ""))
+            if "response_format" not in body or said is None or not _refuses_structured_output(said):
                 raise
-            # The server refused our way of asking for structured output (some answer 400, some 500):
-            # step down json_schema -> json_object (+schema, which llama.cpp's server enforces) -> prompt
-            # only, and remember it. Replies are still validated against the schema by the gateway.
-            self._schema_mode = "json_object" if self._schema_mode == "json_schema" else "none"
-            return await self.chat(messages, params, json_schema=json_schema, seed=seed)
+            raise self._step_down(body["response_format"]["type"], exc, said) from None
         try:
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
@@ -124,6 +271,22 @@ class OpenAICompatBackend(Backend):
                                  model=self.config.name, raw=json.dumps(data)) from None
         return Completion(text=text, usage=self._usage(data), finish_reason=choice.get("finish_reason"),
                           model=data.get("model", self.config.model))
+
+    def _step_down(self, used: str, refusal: ModelError, said: str) -> StructuredOutputRefused:
+        """The server refused our way of asking for structured output (some answer 400, some 500): step down
+        json_schema -> json_object (+schema, which llama.cpp's server enforces) -> the prompt alone, and
+        remember it. Stepping from the mode the refused request *used* keeps concurrent refusals of one
+        json_schema request each from stepping twice. Replies are still validated against the schema."""
+        below = _MODES[min(_MODES.index(used) + 1, len(_MODES) - 1)]
+        if _MODES.index(below) > _MODES.index(self._schema_mode):
+            self._schema_mode = below
+        now = self._schema_mode
+        asking = "the prompt alone" if now == "none" else f"response_format {now}"
+        status = getattr(refusal, "status", None)
+        return StructuredOutputRefused(
+            f"model '{self.config.name}': {self.config.endpoint} refused response_format {used} (HTTP {status}: "
+            f"{_short(said, 120)}); asking with {asking} from now on, every reply still checked against the schema",
+            used=used, now=now, model=self.config.name, raw=refusal.raw)
 
     def _response_format(self, schema: dict[str, Any]) -> dict[str, Any]:
         if self._schema_mode == "json_schema":
@@ -150,7 +313,7 @@ class OpenAICompatBackend(Backend):
             body["n"] = n
         if seed is not None and "seed" not in body:
             body["seed"] = seed
-        data = await self._post("/completions", body)
+        data = await self._post("/completions", body, expect="choices")
         try:
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
             texts = [c.get("text") or "" for c in choices]
@@ -171,12 +334,13 @@ class OpenAICompatBackend(Backend):
         return (await self.embed_with_usage(texts))[0]
 
     async def embed_with_usage(self, texts: list[str]) -> tuple[list[list[float]], int | None]:
-        data = await self._post("/embeddings", {"model": self.config.model, "input": texts})
+        data = await self._post("/embeddings", {"model": self.config.model, "input": texts}, expect="data")
         try:
             rows = sorted(data["data"], key=lambda item: item.get("index", 0))
             vectors = [list(map(float, row["embedding"])) for row in rows]
         except (KeyError, TypeError, ValueError):
-            raise ModelError(f"model '{self.config.name}': malformed embeddings reply", model=self.config.name) from None
+            raise ModelError(f"model '{self.config.name}': malformed embeddings reply", model=self.config.name,
+                             raw=json.dumps(data)[:2000]) from None
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         tokens = usage.get("prompt_tokens", usage.get("total_tokens"))
         return vectors, int(tokens) if isinstance(tokens, (int, float)) else None
@@ -187,7 +351,7 @@ class OpenAICompatBackend(Backend):
 
         root = server_root(self.base_url)
         replies = await asyncio.gather(*(self._post(POOLING_PATH, pooling_request(self.config.model, c, params),
-                                                    base=root) for c in conversations))
+                                                    base=root, expect="data") for c in conversations))
         return [parse_pooling_reply(data, self.config.name) for data in replies]
 
     async def chat_template(self) -> ChatTemplateSource | None:
@@ -200,3 +364,16 @@ class OpenAICompatBackend(Backend):
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+def _embedded_status(data: Any) -> int:
+    """The status an error body sent with 200 names (vLLM puts it in ``code``); a server error if none."""
+    error = data.get("error") if isinstance(data, dict) else None
+    for value in ((error or {}).get("code") if isinstance(error, dict) else None, data.get("code")):
+        try:
+            status = int(value)
+        except (TypeError, ValueError):
+            continue
+        if 400 <= status <= 599:
+            return status
+    return 500
