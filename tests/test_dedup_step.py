@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
+from joydataforge.engine.step import Step, StepContext, as_list
 from joydataforge.errors import ConfigError
+from joydataforge.methods.dedup.step import MinHashDedupStep
 from joydataforge.text.minhash import exact_jaccard
 from joydataforge.text.minhash_dedup import deduplicate
 from joydataforge.text.shingles import ShingleSpec, shingle_set
-from joydataforge.engine.step import Step, StepContext, as_list
-from joydataforge.methods.dedup.step import MinHashDedupStep
 
 BASE = "the committee met on tuesday to discuss the annual budget and the new library building plans"
 RECORDS = [

@@ -9,13 +9,13 @@ from click.testing import CliRunner
 from openpyxl import load_workbook
 
 from joydataforge.cli.dialogue import dialogue_split_command
-from joydataforge.methods.dialogue.split import split_records, write_split
-from joydataforge.errors import ConfigError
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
+from joydataforge.errors import ConfigError
+from joydataforge.methods.dialogue.split import split_records, write_split
+from joydataforge.methods.dialogue.step import DialogueIntent, IntentBinaryCheck, dialogue_messages, history_before
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
-from joydataforge.methods.dialogue.step import DialogueIntent, IntentBinaryCheck, dialogue_messages, history_before
 from tests.scripted_backend import ScriptedBackend
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -101,6 +101,7 @@ def test_one_call_per_dialogue_one_record_per_user_turn(tmp_path):
 
 def test_pinned_text_forms_and_validation():
     import jsonschema
+
     from joydataforge.methods.dialogue.step import _pinned_text
 
     assert _pinned_text("好的") == {"const": "好的"}
@@ -211,7 +212,7 @@ def test_invalid_json_counts_and_bad_input(tmp_path):
     summary, backend, out, failures = run_pipeline(
         tmp_path, [REPEATS, {"dialog_id": "x", "dialogs": "助手: 您好"}, {"dialog_id": "y"}], [step],
         lambda m, s: "不是JSON")
-    assert summary.failed == 3 and len(backend.calls) == 2  # the two bad records never reach the model
+    assert summary.failed == 1 and summary.bad_input == 2 and len(backend.calls) == 2  # the two bad records never reach the model
     assert step.counters["invalid_replies"] == 2
     errors = [f["error"] for f in failures]
     assert "no usable labelling after 2 attempt(s)" in errors[0] and "in.jsonl:1" not in errors[0]

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from joydataforge.errors import ConfigError
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
+from joydataforge.errors import ConfigError
+from joydataforge.methods.rewrite.step import Rewrite
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
-from joydataforge.methods.rewrite.step import Rewrite
 from tests.scripted_backend import ScriptedBackend
 
 REGISTRY = ModelRegistry.from_dict({"models": {
@@ -136,9 +136,9 @@ def test_min_cases_fails_the_record_with_the_raw_reply(tmp_path):
 def test_missing_or_non_text_field_is_an_input_error_naming_it(tmp_path):
     summary, backend, out, failures = run(tmp_path, [{"id": "a", "question": "q"}, {"id": "b", "input": ["x"]}],
                                           {"prompt": "en/rewrite"}, rewriter)
-    assert backend.calls == [] and summary.failed == 2
+    assert backend.calls == [] and summary.bad_input == 2 and summary.failed == 0
     assert "field 'input'" in failures[0]["error"] and "in.jsonl:1" in failures[0]["error"]
-    assert "must be text" in failures[1]["error"]
+    assert "field 'input': a list, not text" in failures[1]["error"]
 
 
 def test_show_fields_limits_what_the_model_sees(tmp_path):
@@ -159,7 +159,7 @@ def test_children_of_fan_out_records_get_unique_ids(tmp_path):
 def test_settings_are_validated():
     with pytest.raises(ConfigError, match="per_type"):
         Rewrite("m", per_type=0)
-    with pytest.raises(ConfigError, match="fields cannot include"):
+    with pytest.raises(ConfigError, match=r'\.fields: cannot include \["type"\]'):
         Rewrite("m", fields=["input", "type"])
     with pytest.raises(ConfigError, match="min_cases"):
         Rewrite("m", types=["paraphrase"], min_cases=2)

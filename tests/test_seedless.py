@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from joydataforge.errors import ConfigError
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
+from joydataforge.errors import ConfigError
+from joydataforge.methods.seedless.step import NearDuplicateIndex, Seedless
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
-from joydataforge.methods.seedless.step import NearDuplicateIndex, Seedless
 from tests.scripted_backend import ScriptedBackend
 
 REGISTRY = ModelRegistry.from_dict({"models": {
@@ -186,12 +186,12 @@ def test_bad_topics_and_settings(tmp_path):
     summary, backend, out, failures = run_step(
         tmp_path, [{"id": "x", "name": "no topic"}, {"id": "y", "topic": "ok", "subtopics": [1, 2]},
                    {"id": "z", "topic": "ok", "n": "3"}], step, fresh_questions())
-    assert backend.calls == [] and summary.failed == 3
+    assert backend.calls == [] and summary.bad_input == 3 and summary.failed == 0
     assert "field 'topic'" in failures[0]["error"] and "topics.jsonl:1" in failures[0]["error"]
     assert "field 'subtopics'" in failures[1]["error"] and "field 'n'" in failures[2]["error"]
     with pytest.raises(ConfigError, match="dedup"):
         Seedless("m", dedup="fuzzy")
-    with pytest.raises(ConfigError, match="fields cannot include"):
+    with pytest.raises(ConfigError, match=r'\.fields: cannot include \["persona"\]'):
         Seedless("m", fields=["input", "persona"])
     with pytest.raises(ConfigError, match="n_per_topic"):
         Seedless("m", n_per_topic=0)

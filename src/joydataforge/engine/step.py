@@ -136,21 +136,6 @@ def source_id_of(record: Record) -> str:
     return record_id(record)
 
 
-def named_table(value: Any, defaults: dict[str, str], where: str, setting: str, meaning: str) -> dict[str, str]:
-    """A setting written as a list of names or a ``name -> text`` mapping, as one mapping.
-
-    Names given as a list take their text from ``defaults`` (empty when unknown); ``None`` means all the
-    defaults. Used for label sets and rewrite types, which users write either way.
-    """
-    if value is None:
-        return dict(defaults)
-    if isinstance(value, dict):
-        return {str(k): str(v or "") for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
-        return {x: defaults.get(x, "") for x in value}
-    raise ConfigError(f"{where}: {setting} must be a list of names or a mapping name -> {meaning}")
-
-
 def as_list(result: list[Record] | Record | None) -> list[Record]:
     if result is None:
         return []

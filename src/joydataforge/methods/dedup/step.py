@@ -17,68 +17,39 @@ where a later record bridges two clusters that were separate when their records 
 """
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Sequence
+from collections.abc import Iterable
+from typing import ClassVar
 
-from ...errors import ConfigError
+from ...engine.step import Record, Step, StepContext
+from ...records import IdAssigner
+from ...text.clusters import UnionFind
 from ...text.lsh import LSHIndex
 from ...text.minhash import MinHasher
-from ...text.clusters import UnionFind
 from ...text.minhash_dedup import record_text
-from ...text.shingles import Mode
-from ...records import IdAssigner
-from ...engine.step import Record, Step, StepContext
+from .config import MinHashDedupConfig
 
 
 class MinHashDedupStep(Step):
-    """Drop (or tag) records that are near-duplicates of earlier records of the same run.
+    """Drop (or tag) records that are near-duplicates of earlier records (settings: :class:`MinHashDedupConfig`).
 
-    Args (the YAML keys): ``threshold`` (estimated Jaccard similarity from which two records are
-    duplicates), ``num_perm``, ``fields`` (field name or list of names, e.g. ``[input, history]``),
-    ``ngram`` (``None``: 3 words / 4 characters), ``mode`` (``auto``/``word``/``char``), ``policy``
-    (``first`` or ``tag``), ``seed``, ``id_field``.
+    State: the LSH index of every record seen so far (reference records first), a union-find over
+    their positions, and their ids, so a duplicate is reported against its cluster's first record.
     """
 
-    kind: ClassVar[str] = "minhash_dedup"
+    Config = MinHashDedupConfig
+    config: MinHashDedupConfig
     sequential: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        threshold: float = 0.8,
-        num_perm: int = 128,
-        fields: str | Sequence[str] = "input",
-        ngram: int | None = None,
-        policy: str = "first",
-        seed: int = 1,
-        mode: Mode = "auto",
-        id_field: str = "id",
-        name: str | None = None,
-    ):
-        super().__init__(name)
-        if policy == "longest":
-            raise ConfigError(
-                f"step '{self.name}': policy 'longest' needs the whole dataset; a streaming step can only "
-                "use 'first' or 'tag'. Use `joyforge dedup DATA -o OUT --policy longest` (or "
-                "joydataforge.text.minhash_dedup.deduplicate) instead."
-            )
-        if policy not in ("first", "tag"):
-            raise ConfigError(f"step '{self.name}': policy must be 'first' or 'tag', not {policy!r}")
-        if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
-            raise ConfigError(f"step '{self.name}': threshold must be a number in (0, 1], not {threshold!r}")
-        if isinstance(fields, str):
-            fields = [fields]
-        if not fields or not all(isinstance(f, str) for f in fields):
-            raise ConfigError(f"step '{self.name}': fields must be a field name or a list of field names")
-        try:
-            self.hasher = MinHasher(num_perm=num_perm, ngram=ngram, mode=mode, seed=seed)
-        except ValueError as exc:
-            raise ConfigError(f"step '{self.name}': {exc}") from exc
-        self.threshold = float(threshold)
-        self.fields = list(fields)
-        self.policy = policy
-        self.index = LSHIndex(self.threshold, num_perm)
+    def setup(self) -> None:
+        config = self.config
+        self.hasher = MinHasher(num_perm=config.num_perm, ngram=config.ngram, mode=config.mode, seed=config.seed)
+        self.threshold = float(config.threshold)
+        self.fields = list(config.fields)
+        self.policy = config.policy
+        self.index = LSHIndex(self.threshold, config.num_perm)
         self._sets = UnionFind()
         self._ids: list[str] = []
-        self._assign_id = IdAssigner(id_field)
+        self._assign_id = IdAssigner(config.id_field)
         self._n_reference = 0
 
     def required_fields(self) -> set[str]:

@@ -23,31 +23,16 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Sequence
+from typing import Any
 
-from ...errors import ConfigError, InputError, StepError, ValidationFailed
-from ...records import Message, content_hash, normalize_history
-from ...engine.step import Record, StepContext, named_table
 from ...engine.prompted import PromptedStep, add_call_meta, call_meta
-
-#: The seed's CDSS intent labels with the guidance of the built-in ``zh/intent_cdss`` prompt.
-CDSS_LABELS: dict[str, str] = {
-    "BMI": "询问或提供身高、体重、体重指数（BMI）、胖瘦相关的问题。",
-    "孕期孕周": "涉及怀孕阶段、孕周、预产期、备孕或孕期相关的问题。",
-    "药品": "咨询药品的用法用量、成分、药物禁忌、注意事项、能否使用某药等问题；单纯陈述用药效果属于其他。",
-    "其他": "不属于以上类别的内容，包括陈述、反馈、寒暄以及没有提出问题的句子。",
-}
+from ...engine.step import Record, StepContext
+from ...errors import InputError, StepError, ValidationFailed
+from ...records import Message, content_hash, normalize_history
+from .config import DialogueIntentConfig, IntentBinaryConfig
 
 _ROLE_TEXT = {"user": "用户", "assistant": "助手", "system": "系统"}
 _PREFIX = re.compile(r"^\s*(\[\d+\]\s*)?(用户|助手|user|assistant)\s*[:：]\s*", re.IGNORECASE)
-
-
-def label_table(labels: Sequence[str] | dict[str, str] | None, where: str) -> dict[str, str]:
-    """Labels as ``name -> description``, from a list of names or a mapping; CDSS labels by default."""
-    table = named_table(labels, CDSS_LABELS, where, "labels", "description")
-    if len(table) < 2 or any(not k.strip() for k in table):
-        raise ConfigError(f"{where}: give at least two non-empty labels")
-    return table
 
 
 def dialogue_messages(value: Any) -> list[Message]:
@@ -107,52 +92,28 @@ def _same_text(reply: str, turn: str) -> bool:
 class DialogueIntent(PromptedStep):
     """Label all user turns of a dialogue in one call; one output record per user turn.
 
-    Args (the YAML keys): ``model``; ``prompt`` (default ``dialogue_intent`` in the run's language);
-    ``labels`` (list of names or mapping name -> description; default the seed's BMI / 孕期孕周 /
-    药品 / 其他); ``dialog_field`` (default ``dialogs``); ``dialog_id_field`` (default: ``dialog_id``
-    or the seed's ``diaglog_id``, whichever the record has, else a hash of the dialogue);
-    ``history_rounds`` (k, default 4 as in the seed; ``null`` keeps all earlier lines);
-    ``history_format`` (``text``: the seed's ``用户:/助手:`` string; ``messages``: ``[{role, content}]``);
-    ``check_content`` (reject replies whose ``content`` is not the turn's text); ``pin_turns`` (pin
-    each item's index and content in the schema, see :meth:`schema`); ``retries`` (new
-    samples after a mismatching reply); ``reason_max_chars``; ``keep_fields`` (fields copied from the
-    dialogue record onto every turn); ``options``, ``params``.
-
-    The same dialogue arriving in several input records (the seed has one record per labelled turn) is
-    labelled once: later records with a dialogue id already taken in this run are dropped and counted
-    (``duplicate_dialogues``), also when the first attempt failed (it is in ``failures.jsonl`` once).
-    Output ids are ``<dialog_id>:<turn_index>``, so duplicates left over across resumed runs are
-    recognisable, and ``dialogue-split`` drops them.
+    The settings are :class:`DialogueIntentConfig`'s. Duplicate dialogues are recognised by their id:
+    the first record with an id takes it (also when its labelling then fails, so the failure is in
+    ``failures.jsonl`` once) and later ones are dropped and counted (``duplicate_dialogues``). Output
+    ids are ``<dialog_id>:<turn_index>``, so duplicates left over across resumed runs are recognisable,
+    and ``dialogue-split`` drops them.
     """
 
-    kind = "dialogue_intent"
+    Config = DialogueIntentConfig
+    config: DialogueIntentConfig
 
-    def __init__(self, model: str, prompt: str = "dialogue_intent", *,
-                 labels: Sequence[str] | dict[str, str] | None = None, dialog_field: str = "dialogs",
-                 dialog_id_field: str | None = None, history_rounds: int | None = 4,
-                 history_format: str = "text", check_content: bool = True, pin_turns: bool = True,
-                 retries: int = 2,
-                 reason_max_chars: int | None = None, keep_fields: Sequence[str] = (),
-                 options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-                 name: str | None = None):
-        super().__init__(model, prompt, options=options, params=params, name=name)
-        where = f"step '{self.name}'"
-        self.labels = label_table(labels, where)
-        if history_rounds is not None and (not isinstance(history_rounds, int) or history_rounds < 0):
-            raise ConfigError(f"{where}: history_rounds must be a non-negative integer or null")
-        if history_format not in ("text", "messages"):
-            raise ConfigError(f"{where}: history_format must be 'text' or 'messages', not {history_format!r}")
-        if not isinstance(retries, int) or retries < 0:
-            raise ConfigError(f"{where}: retries must be a non-negative integer")
-        self.dialog_field = dialog_field
-        self.dialog_id_field = dialog_id_field
-        self.history_rounds = history_rounds
-        self.history_format = history_format
-        self.check_content = check_content
-        self.pin_turns = pin_turns
-        self.retries = retries
-        self.reason_max_chars = reason_max_chars
-        self.keep_fields = list(keep_fields)
+    def setup(self) -> None:
+        super().setup()
+        self.labels = self.config.label_table()
+        self.dialog_field = self.config.dialog_field
+        self.dialog_id_field = self.config.dialog_id_field
+        self.history_rounds = self.config.history_rounds
+        self.history_format = self.config.history_format
+        self.check_content = self.config.check_content
+        self.pin_turns = self.config.pin_turns
+        self.retries = self.config.retries
+        self.reason_max_chars = self.config.reason_max_chars
+        self.keep_fields = list(self.config.keep_fields)
         self._labelled: set[str] = set()
 
     def required_fields(self) -> set[str]:
@@ -281,38 +242,26 @@ class DialogueIntent(PromptedStep):
 
 
 class IntentBinaryCheck(PromptedStep):
-    """The fine pass of coarse-then-fine labelling: does this turn really belong to its coarse label?
+    """The fine pass of coarse-then-fine labelling (settings: :class:`IntentBinaryConfig`).
 
-    Meant for a sampled set (e.g. the test split from ``dialogue-split``): one yes/no call per record,
-    only for records whose ``label_field`` is in ``check_labels`` (default: all labels); others pass
-    unchanged, and the gate is counted (``skipped``). The record gets ``binary_match`` (bool) and
-    ``binary_reason``; a "no" then follows ``on_reject``: ``tag`` (keep, flagged), ``drop``, or
-    ``relabel`` (the label becomes ``fallback_label``, the coarse one is kept in ``coarse_label``).
-
-    Args (the YAML keys): ``model``; ``prompt`` (default ``dialogue_intent_binary``); ``labels``
-    (descriptions shown to the model; default the CDSS labels); ``label_field``; ``check_labels``;
-    ``on_reject``; ``fallback_label``; ``options``, ``params``.
+    One yes/no call per record whose coarse label is to be checked, answered against :attr:`SCHEMA`;
+    the prompt sees the label and its description (``options.label``, ``options.description``).
     """
 
-    kind = "intent_binary"
+    Config = IntentBinaryConfig
+    config: IntentBinaryConfig
     SCHEMA: dict[str, Any] = {"type": "object",
                               "properties": {"match": {"type": "boolean"}, "reason": {"type": "string"}},
                               "required": ["match", "reason"]}
 
-    def __init__(self, model: str, prompt: str = "dialogue_intent_binary", *,
-                 labels: Sequence[str] | dict[str, str] | None = None, label_field: str = "label",
-                 check_labels: Sequence[str] | None = None, on_reject: str = "tag", fallback_label: str = "其他",
-                 options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-                 name: str | None = None):
-        super().__init__(model, prompt, options=options, params=params, name=name)
-        where = f"step '{self.name}'"
-        self.labels = label_table(labels, where)
-        if on_reject not in ("tag", "drop", "relabel"):
-            raise ConfigError(f"{where}: on_reject must be 'tag', 'drop' or 'relabel', not {on_reject!r}")
-        self.label_field = label_field
+    def setup(self) -> None:
+        super().setup()
+        self.labels = self.config.label_table()
+        self.label_field = self.config.label_field
+        check_labels = self.config.check_labels
         self.check_labels = set(check_labels) if check_labels is not None else None
-        self.on_reject = on_reject
-        self.fallback_label = fallback_label
+        self.on_reject = self.config.on_reject
+        self.fallback_label = self.config.fallback_label
 
     def required_fields(self) -> set[str]:
         return super().required_fields() | {self.label_field}

@@ -1,13 +1,109 @@
-"""PLACEHOLDER: to be completed (settings of this method)."""
+"""Settings of case rewrite / augmentation (``rewrite``): one record in, several rewritten cases out."""
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from pydantic import ConfigDict
+from pydantic import Field, field_validator, model_validator
 
-from ...config.base import StepConfig
+from ...config.base import PromptedConfig
+from ...config.messages import SettingError, shown
+from ...config.tables import named_table, one_or_more_names
+
+#: Rewrite types used when the pipeline names none; a mapping from type name to the instruction shown
+#: to the model. Users pass their own list (names only) or mapping (names and instructions).
+DEFAULT_TYPES: dict[str, str] = {
+    "paraphrase": "say the same thing in different words; keep the meaning and every fact",
+    "persona": "have a different kind of person ask (age, job, expertise, mood); adapt wording to them",
+    "detail": "add concrete, plausible details or constraints that make the case more specific",
+    "tone": "change the tone or register (formal/casual, terse/verbose, polite/impatient)",
+}
+
+#: Fields every output case gets from the step, so a case cannot rewrite them.
+RESERVED_FIELDS = frozenset({"type", "id", "parent_id", "rewrite_type"})
 
 
-class RewriteConfig(StepConfig):
-    model_config = ConfigDict(extra="allow")  # PLACEHOLDER
+class RewriteConfig(PromptedConfig):
+    """Rewrite each record into several cases of named types; one output record per usable case.
+
+    The record (its ``id`` and private fields left out) goes to the model as JSON; the model answers
+    ``{"cases": [{"type": ..., <field>: ...}]}``. Cases that are blank, unchanged, repeated or over their
+    type's quota are dropped and counted (``dropped:<reason>``); a record left with fewer than
+    ``min_cases`` usable cases fails. Each kept case is a copy of the parent (less ``drop_fields``) with
+    the rewritten ``fields`` on top, ``rewrite_type``, ``parent_id`` and the id ``<parent_id>:rw<k>``.
+    """
+
     kind: ClassVar[str] = "rewrite"
+    summary: ClassVar[str] = "rewrite each record into several cases of named types (paraphrase, persona, ...)"
+    example: ClassVar[dict[str, Any]] = {"model": "smollm2-rewriter", "prompt": "zh/rewrite",
+                                         "types": ["paraphrase", "persona"]}
+
+    prompt: str = Field(default="rewrite", min_length=1, description=(
+        "Prompt template: a built-in name (`rewrite` in the run's language, `zh/rewrite`) or the path of a "
+        "YAML prompt file, relative to the pipeline file."))
+    fields: str | list[str] = Field(default_factory=lambda: ["input"], description=(
+        "The record fields each case rewrites (and must contain, as non-empty text): one name or a list. "
+        "Not `type`, `id`, `parent_id`, `rewrite_type`, nor a name starting with `_`."))
+    types: list[str] | dict[str, str | None] | None = Field(default=None, description=(
+        "The rewrite types: a mapping name -> instruction shown to the model, or a list of names (a built-in "
+        "type among them gets its built-in instruction, any other none). Default: paraphrase, persona, "
+        "detail, tone."))
+    per_type: int = Field(default=1, ge=1, strict=True, description=(
+        "Cases asked per type; also the most cases of one type that are kept."))
+    max_cases: int | None = Field(default=None, ge=1, strict=True, description=(
+        "The most cases kept per record (the reply's schema allows no more); default: number of types "
+        "times `per_type`."))
+    min_cases: int = Field(default=1, ge=1, strict=True, description=(
+        "A record with fewer usable cases fails (kept in failures.jsonl with the raw reply)."))
+    drop_fields: list[str] = Field(default_factory=list, description=(
+        "Parent fields not copied to the cases, e.g. `[target]` when an answer no longer fits the "
+        "rewritten question."))
+    max_chars: int | None = Field(default=None, ge=1, strict=True, description=(
+        "Longest rewritten field the schema allows, in characters (keeps a small model's JSON within "
+        "`max_tokens`); null: no limit."))
+    show_fields: list[str] | None = Field(default=None, description=(
+        "Send only these fields of the record to the model (must include `fields`); default: the whole "
+        "record. Long histories can overflow a small model's context."))
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _one_or_more_fields(cls, value: Any) -> Any:
+        return one_or_more_names(value, "fields")
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_are_rewritable(cls, fields: list[str]) -> list[str]:  # a list: see _one_or_more_fields
+        if not fields or not all(name and not name.startswith("_") for name in fields):
+            raise SettingError("fields", f"must be one or more record field names, none starting with '_' "
+                                         f"(got {shown(fields)})")
+        reserved = RESERVED_FIELDS & set(fields)
+        if reserved:
+            raise SettingError("fields", f"cannot include {shown(sorted(reserved))} (the step sets them)")
+        return fields
+
+    @field_validator("types", mode="before")
+    @classmethod
+    def _type_set(cls, value: Any) -> Any:
+        table = named_table(value, DEFAULT_TYPES, "types", "instruction")
+        if not table or any(not name.strip() for name in table):
+            raise SettingError("types", f"must name at least one non-empty rewrite type (got {shown(value)})")
+        # A mapping's instructions are taken as text (an empty one stays empty); a list stays names.
+        return table if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _cases_and_fields_agree(self) -> "RewriteConfig":
+        if self.min_cases > self.case_cap():
+            source = "" if self.max_cases is not None else ", the number of types times per_type"
+            raise SettingError("min_cases", f"must be <= max_cases ({self.case_cap()}{source}) "
+                                            f"(got {self.min_cases})")
+        if self.show_fields is not None and not set(self.fields) <= set(self.show_fields):
+            raise SettingError("show_fields", f"must include the fields to rewrite {shown(self.fields)} "
+                                              f"(got {shown(self.show_fields)})")
+        return self
+
+    def type_table(self) -> dict[str, str]:
+        """The rewrite types as ``name -> instruction``, in the order given."""
+        return named_table(self.types, DEFAULT_TYPES, "types", "instruction")
+
+    def case_cap(self) -> int:
+        """The most cases kept per record: ``max_cases``, or the number of types times ``per_type``."""
+        return self.max_cases if self.max_cases is not None else len(self.type_table()) * self.per_type

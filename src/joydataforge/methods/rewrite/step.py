@@ -18,27 +18,12 @@ rewriting records that are themselves fan-out children still gives unique, trace
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any
 
-from ...errors import ConfigError, InputError, StepError
-from ...engine.step import Record, StepContext, named_table, source_id_of
 from ...engine.prompted import PromptedStep, add_call_meta, call_meta
-
-#: Rewrite types used when the pipeline names none; a mapping from type name to the instruction shown
-#: to the model. Users pass their own list (names only) or mapping (names and instructions).
-DEFAULT_TYPES: dict[str, str] = {
-    "paraphrase": "say the same thing in different words; keep the meaning and every fact",
-    "persona": "have a different kind of person ask (age, job, expertise, mood); adapt wording to them",
-    "detail": "add concrete, plausible details or constraints that make the case more specific",
-    "tone": "change the tone or register (formal/casual, terse/verbose, polite/impatient)",
-}
-
-
-def _type_table(types: Sequence[str] | dict[str, str] | None, where: str) -> dict[str, str]:
-    table = named_table(types, DEFAULT_TYPES, where, "types", "instruction")
-    if not table or any(not name.strip() for name in table):
-        raise ConfigError(f"{where}: types must name at least one non-empty rewrite type")
-    return table
+from ...engine.step import Record, StepContext, source_id_of
+from ...errors import InputError, StepError
+from .config import RewriteConfig
 
 
 def _norm(text: str) -> str:
@@ -46,52 +31,25 @@ def _norm(text: str) -> str:
 
 
 class Rewrite(PromptedStep):
-    """Rewrite each record into several cases, one output record per case (YAML kind ``rewrite``).
+    """Rewrite each record into several cases, one output record per case (settings: :class:`RewriteConfig`).
 
-    Args (the YAML keys): ``model``; ``prompt`` (default ``rewrite`` in the run's language);
-    ``fields`` (the fields each case rewrites and must contain; default ``[input]``); ``types`` (list of
-    names or mapping name -> instruction; default paraphrase / persona / detail / tone);
-    ``per_type`` (cases asked per type, also the per-type cap); ``max_cases`` (cap per record, default
-    ``len(types) * per_type``); ``min_cases`` (fewer usable cases fail the record); ``drop_fields``
-    (parent fields not copied to the cases, e.g. ``[target]`` when an answer no longer fits the
-    rewritten question); ``max_chars`` (length cap per rewritten field, keeps small models' JSON
-    inside ``max_tokens``); ``show_fields`` (send only these fields to the model, default the whole
-    record: long histories can overflow a small context); ``options``, ``params`` as for ``generate``.
+    The reply's schema is built once, from the settings; the checks a schema cannot express (not the
+    original, not a repeat, within the type quota) run per case in :meth:`_usable`.
     """
 
-    kind = "rewrite"
+    Config = RewriteConfig
+    config: RewriteConfig
 
-    def __init__(self, model: str, prompt: str = "rewrite", *, fields: str | Sequence[str] = ("input",),
-                 types: Sequence[str] | dict[str, str] | None = None, per_type: int = 1,
-                 max_cases: int | None = None, min_cases: int = 1, drop_fields: Sequence[str] = (),
-                 max_chars: int | None = None, show_fields: Sequence[str] | None = None,
-                 options: dict[str, Any] | None = None,
-                 params: dict[str, Any] | None = None, name: str | None = None):
-        super().__init__(model, prompt, options=options, params=params, name=name)
-        where = f"step '{self.name}'"
-        self.fields = [fields] if isinstance(fields, str) else list(fields)
-        if not self.fields or not all(isinstance(f, str) and f and not f.startswith("_") for f in self.fields):
-            raise ConfigError(f"{where}: fields must be one or more record field names (not starting with '_')")
-        reserved = {"type", "id", "parent_id", "rewrite_type"} & set(self.fields)
-        if reserved:
-            raise ConfigError(f"{where}: fields cannot include {sorted(reserved)}")
-        self.types = _type_table(types, where)
-        if not isinstance(per_type, int) or per_type < 1:
-            raise ConfigError(f"{where}: per_type must be a positive integer, not {per_type!r}")
-        self.per_type = per_type
-        self.max_cases = max_cases if max_cases is not None else len(self.types) * per_type
-        if not isinstance(self.max_cases, int) or self.max_cases < 1:
-            raise ConfigError(f"{where}: max_cases must be a positive integer, not {max_cases!r}")
-        if not isinstance(min_cases, int) or not 1 <= min_cases <= self.max_cases:
-            raise ConfigError(f"{where}: min_cases must be an integer in [1, max_cases={self.max_cases}]")
-        self.min_cases = min_cases
-        self.drop_fields = set(drop_fields)
-        if max_chars is not None and (not isinstance(max_chars, int) or max_chars < 1):
-            raise ConfigError(f"{where}: max_chars must be a positive integer")
-        self.max_chars = max_chars
-        self.show_fields = list(show_fields) if show_fields is not None else None
-        if self.show_fields is not None and not set(self.fields) <= set(self.show_fields):
-            raise ConfigError(f"{where}: show_fields must include the fields to rewrite {self.fields}")
+    def setup(self) -> None:
+        super().setup()
+        self.fields = list(self.config.fields)
+        self.types = self.config.type_table()
+        self.per_type = self.config.per_type
+        self.max_cases = self.config.case_cap()
+        self.min_cases = self.config.min_cases
+        self.drop_fields = set(self.config.drop_fields)
+        self.max_chars = self.config.max_chars
+        self.show_fields = list(self.config.show_fields) if self.config.show_fields is not None else None
         self.schema = self._build_schema()
 
     def _build_schema(self) -> dict[str, Any]:

@@ -37,16 +37,16 @@ import asyncio
 import copy
 import math
 import re
-from typing import Any, Sequence
+from typing import Any
 
-from ...errors import ConfigError, InputError, ModelError, StepError
+from ...engine.prompted import PromptedStep, add_call_meta, call_meta
+from ...engine.step import Record, StepContext, source_id_of
+from ...errors import InputError, ModelError, StepError
 from ...text.lsh import LSHIndex
 from ...text.minhash import MinHasher
 from ...text.minhash_dedup import record_text
-from ...engine.step import Record, StepContext, source_id_of
-from ...engine.prompted import PromptedStep, add_call_meta, call_meta
+from .config import CONTROL_FIELDS, SeedlessConfig
 
-_CONTROL_FIELDS = ("topic", "subtopics", "personas", "difficulties", "n")
 _SPLIT = re.compile(r"\s*[|;；]\s*")
 
 
@@ -93,62 +93,33 @@ def _choices(value: Any, where: str, field: str) -> list[str]:
 
 
 class Seedless(PromptedStep):
-    """Generate ``n_per_topic`` records per input topic, with seeded diversity controls and dedup.
+    """Generate ``n_per_topic`` records per input topic (settings: :class:`SeedlessConfig`).
 
-    Args (the YAML keys): ``model``; ``prompt`` (default ``seedless`` in the run's language);
-    ``n_per_topic``; ``per_call`` (records asked in one call); ``fields`` (what each generated record
-    holds, default ``[input]``; add a ``generate`` step to answer them); ``personas``, ``difficulties``
-    (lists; one drawn per call; per-topic lists override); ``subtopics_per_call`` (how many of the
-    topic's sub-topics are drawn per call); ``max_calls`` (call budget per topic, default twice the
-    calls N needs); ``dedup`` (``minhash``, ``exact`` or ``none``); ``dedup_scope`` (``topic`` or
-    ``run``, see the module docstring); ``threshold``, ``num_perm`` (MinHash); ``max_chars`` (length
-    cap per field); ``options`` (e.g. ``task``: what kind of record to write), ``params``.
+    One ``run`` call makes all of a topic's records: it plans each call's controls from the topic's
+    seeded generator before awaiting anything, sends the calls of a wave concurrently, and keeps
+    what passes the blank and duplicate checks until the topic has its N records or its budget is spent.
     """
 
-    kind = "seedless"
+    Config = SeedlessConfig
+    config: SeedlessConfig
 
-    def __init__(self, model: str, prompt: str = "seedless", *, n_per_topic: int = 5, per_call: int = 1,
-                 fields: str | Sequence[str] = ("input",), personas: Sequence[str] | None = None,
-                 difficulties: Sequence[str] | None = None, subtopics_per_call: int = 1,
-                 max_calls: int | None = None, dedup: str = "minhash", dedup_scope: str = "topic",
-                 threshold: float = 0.7, num_perm: int = 128, max_chars: int | None = None,
-                 options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-                 name: str | None = None):
-        super().__init__(model, prompt, options=options, params=params, name=name)
-        where = f"step '{self.name}'"
-        for key, value in (("n_per_topic", n_per_topic), ("per_call", per_call),
-                           ("subtopics_per_call", subtopics_per_call)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{where}: {key} must be a positive integer, not {value!r}")
-        if max_calls is not None and (not isinstance(max_calls, int) or max_calls < 1):
-            raise ConfigError(f"{where}: max_calls must be a positive integer, not {max_calls!r}")
-        self.fields = [fields] if isinstance(fields, str) else list(fields)
-        if not self.fields or not all(isinstance(f, str) and f and not f.startswith("_") for f in self.fields):
-            raise ConfigError(f"{where}: fields must be one or more field names (not starting with '_')")
-        clash = set(self.fields) & {*_CONTROL_FIELDS, "persona", "difficulty", "id"}
-        if clash:
-            raise ConfigError(f"{where}: fields cannot include {sorted(clash)} (the step sets them)")
-        if dedup not in ("minhash", "exact", "none"):
-            raise ConfigError(f"{where}: dedup must be 'minhash', 'exact' or 'none', not {dedup!r}")
-        if dedup_scope not in ("topic", "run"):
-            raise ConfigError(f"{where}: dedup_scope must be 'topic' or 'run', not {dedup_scope!r}")
-        if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
-            raise ConfigError(f"{where}: threshold must be in (0, 1], not {threshold!r}")
-        self.n_per_topic = n_per_topic
-        self.per_call = per_call
-        self.personas = list(personas or [])
-        self.difficulties = list(difficulties or [])
-        self.subtopics_per_call = subtopics_per_call
-        self.max_calls = max_calls
-        self.dedup = dedup
-        self.dedup_scope = dedup_scope
-        self.threshold = float(threshold)
-        self.num_perm = num_perm
-        self.max_chars = max_chars
-        try:
-            self._run_index = NearDuplicateIndex(self.threshold, num_perm, dedup) if dedup_scope == "run" else None
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+    def setup(self) -> None:
+        super().setup()
+        config = self.config
+        self.n_per_topic = config.n_per_topic
+        self.per_call = config.per_call
+        self.fields = list(config.fields)
+        self.personas = list(config.personas or [])
+        self.difficulties = list(config.difficulties or [])
+        self.subtopics_per_call = config.subtopics_per_call
+        self.max_calls = config.max_calls
+        self.dedup = config.dedup
+        self.dedup_scope = config.dedup_scope
+        self.threshold = float(config.threshold)
+        self.num_perm = config.num_perm
+        self.max_chars = config.max_chars
+        self._run_index = (NearDuplicateIndex(self.threshold, self.num_perm, self.dedup)
+                           if self.dedup_scope == "run" else None)
 
     def required_fields(self) -> set[str]:
         return {"topic"}
@@ -186,7 +157,7 @@ class Seedless(PromptedStep):
         rng = ctx.rng(topic_id, self.name)
         budget = self.max_calls or 2 * math.ceil(n / self.per_call)
         local = NearDuplicateIndex(self.threshold, self.num_perm, self.dedup)
-        base = {k: v for k, v in record.items() if k not in _CONTROL_FIELDS and k != "id"}
+        base = {k: v for k, v in record.items() if k not in CONTROL_FIELDS and k != "id"}
         kept: list[Record] = []
         calls = 0
         last_error: ModelError | None = None
