@@ -1,11 +1,22 @@
 """Every cleaning rewrite and every drop reason of Magpie instructions, plus the language detector."""
 import pytest
+from pydantic import ValidationError
 
-from joydataforge.methods.magpie.cleaning import (DROP_REASONS, CleaningRules, clean_instruction, cut_leaked_answer,
-                                          cut_special_tokens, exact_key, is_repetitive, looks_like_request,
-                                          strip_leaked_prefixes, strip_wrapping_quotes, units)
+from joydataforge.methods.magpie.cleaning import (
+    DROP_REASONS,
+    CleaningRules,
+    clean_instruction,
+    cut_leaked_answer,
+    cut_special_tokens,
+    exact_key,
+    is_repetitive,
+    looks_like_request,
+    strip_leaked_prefixes,
+    strip_wrapping_quotes,
+    units,
+)
+from joydataforge.methods.magpie.config import CleaningConfig
 from joydataforge.methods.magpie.language import detect_language, script_counts
-
 
 # --- rewrites ---------------------------------------------------------------------------------------
 
@@ -118,7 +129,8 @@ def test_request_check_can_be_switched_off_and_limits_set():
     rules = CleaningRules(require_request=False, min_units=1)
     assert clean_instruction("I love pizza with extra cheese.", rules=rules).kept
     assert clean_instruction("Hi", rules=rules).kept
-    assert clean_instruction("Explain the history of Rome in detail", rules=CleaningRules(max_units=3)).drop == "too_long"
+    long = clean_instruction("Explain the history of Rome in detail", rules=CleaningRules(max_units=3))
+    assert long.drop == "too_long"
 
 
 @pytest.mark.parametrize("text", ["What is DNA?", "Write a haiku about rain", "Please summarise this text",
@@ -135,10 +147,11 @@ def test_kept_instruction_passes_every_filter():
 
 
 def test_rules_from_yaml_mapping():
-    rules = CleaningRules.from_dict({"languages": "zh", "min_units": 5})
-    assert rules.languages == ("zh",) and rules.min_units == 5
-    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['min_len'\]"):
-        CleaningRules.from_dict({"min_len": 3})
+    rules = CleaningRules.from_config(CleaningConfig.model_validate({"languages": "zh", "min_units": 5}))
+    assert rules == CleaningRules(min_units=5, languages=("zh",))
+    assert CleaningRules.from_config(CleaningConfig()) == CleaningRules()  # one set of defaults
+    with pytest.raises(ValidationError, match="min_len"):
+        CleaningConfig.model_validate({"min_len": 3})
 
 
 def test_units_count_words_and_cjk_characters():

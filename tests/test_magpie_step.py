@@ -4,15 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from joydataforge.errors import ConfigError
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
+from joydataforge.errors import ConfigError
 from joydataforge.methods.magpie.slots import write_slots
 from joydataforge.models.backends.base import Completion, Usage
 from joydataforge.models.cache import CallCache
 from joydataforge.models.chat_template import ChatTemplateSource
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
 from tests.scripted_backend import ScriptedBackend
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
@@ -290,20 +290,27 @@ def test_auto_without_any_clue_fails_before_the_run(tmp_path):
         run(tmp_path, [{"magpie": {"model": "server"}}], {"server": MagpieBackend(template=False)})
 
 
+def test_unknown_table_template_fails_before_the_run(tmp_path):
+    with pytest.raises(ConfigError, match="unknown chat template 'vicuna'"):
+        run(tmp_path, [{"magpie": {"model": "m", "template": "vicuna"}}], {"m": MagpieBackend()})
+
+
 @pytest.mark.parametrize("settings,message", [
-    ({"template": "vicuna"}, "unknown chat template 'vicuna'"),
-    ({"system": "x", "control_task": "math"}, "not both"),
-    ({"control_task": "poetry"}, "unknown control task 'poetry'"),
-    ({"on_drop": "tag"}, "on_drop must be"),
-    ({"samples": 0}, "samples must be"),
-    ({"samples_per_call": 0}, "step 'magpie': samples_per_call must be a whole number >= 1, not 0"),
-    ({"samples_per_call": 2.5}, "samples_per_call must be"),
-    ({"params": {"stop": ["x"]}}, "params.stop"),
-    ({"cleaning": {"min_len": 2}}, r"unknown setting\(s\) \['min_len'\]"),
+    ({"system": "x", "control_task": "math"},
+     "control_task: give system or control_task, not both (control_task is a built-in system prompt)"),
+    ({"control_task": "poetry"}, "control_task: must be one of 'math', 'code' or 'translation' (got 'poetry')"),
+    ({"on_drop": "tag"}, "on_drop: must be one of 'drop' or 'keep' (got 'tag')"),
+    ({"samples": 0}, "samples: must be >= 1 (got 0)"),
+    ({"samples_per_call": 0}, "samples_per_call: must be >= 1 (got 0)"),
+    ({"samples_per_call": 2.5}, "samples_per_call: must be an integer (got 2.5)"),
+    ({"params": {"stop": ["x"]}}, "params.stop: is set from the chat template's end-of-turn markers; remove it"),
+    ({"cleaning": {"min_len": 2}}, "cleaning.min_len: unknown setting (did you mean 'min_units'? known: languages, "
+                                   "max_units, min_units, require_request)"),
 ])
 def test_bad_settings_are_config_errors(tmp_path, settings, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as error:
         run(tmp_path, [{"magpie": {"model": "m", **settings}}], {"m": MagpieBackend()})
+    assert str(error.value) == f"<pipeline>: steps[0] (magpie).{message}"
 
 
 def test_responses_single_turn(tmp_path):
@@ -392,13 +399,18 @@ def test_invalid_judge_json_is_a_failure_not_an_empty_tag(tmp_path):
 
 
 @pytest.mark.parametrize("settings,message", [
-    ({"tags": ["sentiment"]}, "unknown tags"),
-    ({"keep": {"mood": ["good"]}}, "keep names fields"),
+    ({"tags": ["sentiment"]}, "tags[0]: must be one of 'task_category', 'input_quality' or 'difficulty' "
+                              "(got 'sentiment')"),
+    ({"keep": {"mood": ["good"]}}, "keep: names fields ['mood'] that the tags ['task_category', 'input_quality', "
+                                   "'difficulty'] do not produce (they produce: difficulty, input_quality, "
+                                   "input_quality_explanation, intent, knowledge, other_task_categories, "
+                                   "task_category)"),
 ])
 def test_bad_tag_settings(tmp_path, settings, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as error:
         run(tmp_path, [{"magpie": {"model": "m"}}, {"magpie_tag": {"model": "judge", **settings}}],
             {"m": MagpieBackend(), "judge": ScriptedBackend()})
+    assert str(error.value) == f"<pipeline>: steps[1] (magpie_tag).{message}"
 
 
 def test_dedup_between_instructions_and_responses(tmp_path):
@@ -410,14 +422,15 @@ def test_dedup_between_instructions_and_responses(tmp_path):
         "steps": [{"minhash_dedup": {"fields": "input"}}, {"magpie_response": {"model": "judge"}}],
         "output": {"dir": str(tmp_path / "final")}, "run": {"cache": None, "progress": False}})
     responder = ScriptedBackend(lambda m, s: "ok")
-    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends={"judge": responder})).run_sync()
+    gateway = Gateway(REGISTRY, backends={"judge": responder})
+    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=gateway).run_sync()
     assert [r["input"] for r in read_jsonl(tmp_path / "final" / "data.jsonl")] == [
         "What is DNA?", "Explain how vaccines train the immune system."]
     assert len(responder.calls) == 2 and summary.filtered == 1
 
 
 def test_cli_builds_two_valid_pipelines(tmp_path):
-    from joydataforge.cli.magpie import build_pipelines
+    from joydataforge.methods.magpie.command import build_pipelines
 
     instructions, conversations = build_pipelines(
         tmp_path, model="smollm2", n=5, language="zh", control_task="math", turns=2, response_model="smollm2-greedy",
@@ -457,11 +470,48 @@ def test_cli_refuses_options_that_need_responses(tmp_path):
 
 
 def test_cli_says_what_to_change_when_most_draws_are_dropped():
-    from joydataforge.cli.magpie import drop_hint
+    from joydataforge.methods.magpie.command import drop_hint
 
     assert "trained on that language" in drop_hint({"calls": 30, "instructions": 0, "dropped:language": 30})
     assert "raise --max-tokens" in drop_hint({"calls": 10, "instructions": 2, "dropped:truncated": 6,
                                               "dropped:empty": 2})
     assert drop_hint({"calls": 10, "instructions": 6, "dropped:language": 4}) is None  # most were kept
-    assert drop_hint({"calls": 10, "instructions": 4, "dropped:language": 3, "dropped:empty": 3}) is None  # no one cause
+    no_one_cause = {"calls": 10, "instructions": 4, "dropped:language": 3, "dropped:empty": 3}
+    assert drop_hint(no_one_cause) is None
     assert "dropped as repetitive" in drop_hint({"calls": 4, "instructions": 0, "dropped:repetitive": 4})
+
+
+def test_command_takes_records_in_flight_and_penalty_name_from_the_model():
+    from joydataforge.config.defaults import COMMAND_RECORDS_IN_FLIGHT
+    from joydataforge.methods.magpie.command import instruction_params, records_in_flight
+
+    models = ModelRegistry.from_dict({"models": {
+        "gguf": {"backend": "llamacpp", "model": "x", "model_path": "x.gguf"},
+        "engine": {"backend": "vllm", "model": "org/x"},
+        "narrow": {"backend": "vllm", "model": "org/x", "max_concurrency": 12},
+        "server": {"backend": "openai", "model": "x", "base_url": "http://127.0.0.1:9/v1", "max_concurrency": 40},
+    }}, "test")
+    assert records_in_flight(models.get("gguf"), None) == COMMAND_RECORDS_IN_FLIGHT
+    assert records_in_flight(models.get("server"), None) == COMMAND_RECORDS_IN_FLIGHT  # a server: not its limit
+    assert records_in_flight(models.get("engine"), None) == 256 and records_in_flight(models.get("narrow"), None) == 12
+    assert records_in_flight(models.get("engine"), 3) == 3
+    sampling = {"temperature": 0.9, "top_p": 0.95, "max_tokens": 64}
+    assert instruction_params(models.get("gguf"), **sampling, repetition_penalty=1.1) == {
+        **sampling, "repeat_penalty": 1.1}
+    for name in ("engine", "server"):
+        assert instruction_params(models.get(name), **sampling, repetition_penalty=1.1) == {
+            **sampling, "repetition_penalty": 1.1}
+    assert instruction_params(models.get("gguf"), **sampling) == sampling
+
+
+def test_command_reports_outcomes_and_duplicates():
+    from types import SimpleNamespace
+
+    from joydataforge.methods.magpie.command import duplicates_removed, instruction_outcomes
+
+    assert instruction_outcomes({"calls": 0}) == []
+    assert instruction_outcomes({"calls": 5, "instructions": 2, "dropped:language": 2, "dropped:truncated": 1}) == [
+        ("kept", 2), ("dropped: truncated", 1), ("dropped: language", 2)]  # in the order the filters run
+    assert duplicates_removed(SimpleNamespace(steps={"minhash_dedup": {"records_in": 4, "removed": 1}})) == (1, 4)
+    assert duplicates_removed(SimpleNamespace(steps={"minhash_dedup": {"records_in": 0}})) is None
+    assert duplicates_removed(SimpleNamespace(steps={})) is None

@@ -27,6 +27,9 @@ class ModelCapabilities:
     """Draws several samples of one prompt in one request (else the gateway makes one call per sample)."""
     own_chat_template: bool
     """Knows its chat template without a file from the user (a GGUF's, a tokenizer's)."""
+    chat_template_file: bool
+    """``chat_template`` in models.yaml names a chat template file it reads (tokenizer_config.json, .jinja),
+    rather than a chat format of the backend's own: when set, the model's template is known from that file."""
     batches_in_flight: bool
     """An in-process engine that batches whatever requests are in flight: more records in flight, fuller batches."""
     repetition_penalty_param: str
@@ -37,19 +40,20 @@ def capabilities_of(config: "ModelConfig") -> ModelCapabilities:
     backend = config.backend
     if backend == "openai":
         return ModelCapabilities(chat=True, raw_completion=True, embeddings=True, rewards=True, native_n=True,
-                                 own_chat_template=False, batches_in_flight=False,
+                                 own_chat_template=False, chat_template_file=True, batches_in_flight=False,
                                  repetition_penalty_param="repetition_penalty")
     if backend == "llamacpp":
         # A llama.cpp chat format named in chat_template replaces the GGUF's own Jinja template.
         return ModelCapabilities(chat=True, raw_completion=True, embeddings=True, rewards=False, native_n=False,
-                                 own_chat_template=not config.chat_template, batches_in_flight=False,
+                                 own_chat_template=not config.chat_template, chat_template_file=False,
+                                 batches_in_flight=False,
                                  repetition_penalty_param="repeat_penalty")
     if backend == "vllm":
         return ModelCapabilities(chat=True, raw_completion=True, embeddings=True, rewards=True, native_n=True,
-                                 own_chat_template=True, batches_in_flight=True,
+                                 own_chat_template=True, chat_template_file=True, batches_in_flight=True,
                                  repetition_penalty_param="repetition_penalty")
     if backend == "transformers":
         return ModelCapabilities(chat=False, raw_completion=False, embeddings=False, rewards=True, native_n=False,
-                                 own_chat_template=True, batches_in_flight=False,
+                                 own_chat_template=True, chat_template_file=False, batches_in_flight=False,
                                  repetition_penalty_param="repetition_penalty")
     raise ValueError(f"unknown backend {backend!r}")

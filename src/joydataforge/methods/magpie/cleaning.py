@@ -16,6 +16,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from .config import CleaningConfig
 from .language import detect_language
 
 DROP_REASONS = ("truncated", "empty", "no_text", "too_short", "too_long", "repetitive", "assistant_voice",
@@ -65,41 +66,40 @@ discuss elaborate argue critique assess choose pick draw sketch code program ref
 continue finish use apply propose offer please
 """.split())
 _REQUEST_CUES_EN = re.compile(r"\b(?:please|help me|can you|could you|would you|i need|i want|i'd like|i would like|"
-                              r"looking for|how to|how do|tell me|show me|give me|any (?:tips|advice|ideas|suggestions))\b",
+                              r"looking for|how to|how do|tell me|show me|give me|"
+                              r"any (?:tips|advice|ideas|suggestions))\b",
                               re.IGNORECASE)
-_REQUEST_CUES_ZH = re.compile(r"吗|呢|什么|怎么|怎样|如何|为什么|为何|哪|多少|几[个种次天岁]|是否|请|帮我|帮忙|能否|能不能|"
-                              r"可以|可否|写|给出|解释|介绍|翻译|计算|求|设计|列出|列举|总结|分析|比较|推荐|告诉我|生成|描述|说明|建议")
+_REQUEST_CUES_ZH = re.compile(r"吗|呢|什么|怎么|怎样|如何|为什么|为何|哪|多少|几[个种次天岁]|是否|请|"
+                              r"帮我|帮忙|能否|能不能|可以|可否|写|给出|解释|介绍|翻译|计算|求|设计|列出|列举|总结|分析|比较|推荐|"
+                              r"告诉我|生成|描述|说明|建议")
 _WORD = re.compile(r"[A-Za-z\u00c0-\u024f0-9']+|[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+
+
+_DEFAULTS = CleaningConfig()  # the defaults of the `cleaning` setting are the rules' defaults
 
 
 @dataclass(frozen=True)
 class CleaningRules:
-    """Settings of :func:`clean_instruction` (the YAML key ``cleaning`` of the ``magpie`` step).
+    """Settings of :func:`clean_instruction` (the YAML key ``cleaning`` of the ``magpie`` step, read by
+    :class:`~joydataforge.methods.magpie.config.CleaningConfig`).
 
     ``min_units``/``max_units`` count words, with each CJK character one unit. ``languages`` keeps only
     instructions detected as one of them (``["zh"]``); ``None`` keeps all (the language is still recorded).
     ``require_request``: drop outputs that ask nothing (no question mark, no request wording).
     """
 
-    min_units: int = 3
-    max_units: int = 600
+    min_units: int = _DEFAULTS.min_units
+    max_units: int = _DEFAULTS.max_units
     languages: tuple[str, ...] | None = None
-    require_request: bool = True
+    require_request: bool = _DEFAULTS.require_request
     stops: tuple[str, ...] = ()  # the template's end-of-turn strings: cut there if a server ignored them
 
     @classmethod
-    def from_dict(cls, data: dict | None, *, where: str = "cleaning") -> "CleaningRules":
-        data = dict(data or {})
-        unknown = set(data) - {"min_units", "max_units", "languages", "require_request"}
-        if unknown:
-            raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)} (accepted: min_units, max_units, "
-                             "languages, require_request)")
-        languages = data.get("languages")
-        if isinstance(languages, str):
-            languages = [languages]
-        if languages is not None:
-            data["languages"] = tuple(str(x) for x in languages)
-        return cls(**data)
+    def from_config(cls, config: CleaningConfig) -> CleaningRules:
+        """The rules a step's ``cleaning`` setting asks for."""
+        languages = None if config.languages is None else tuple(str(x) for x in config.languages)
+        return cls(min_units=config.min_units, max_units=config.max_units, languages=languages,
+                   require_request=config.require_request)
 
 
 @dataclass

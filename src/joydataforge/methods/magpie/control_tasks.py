@@ -15,7 +15,8 @@ CONTROL_TASKS: dict[str, dict[str, str]] = {
         "en": "You are an AI assistant that helps people solve mathematics problems step by step. Users ask you "
               "a wide range of maths questions, from arithmetic to calculus, probability and proofs.\nYou help them "
               "understand the concepts, work through the calculations and reach the correct answer.",
-        "zh": "你是一个帮助用户逐步解决数学问题的AI助手。用户会向你提出各种各样的数学问题，从算术到微积分、概率和证明。\n"
+        "zh": "你是一个帮助用户逐步解决数学问题的AI助手。用户会向你提出各种各样的数学问题，"
+              "从算术到微积分、概率和证明。\n"
               "你帮助他们理解概念、完成推导计算并得到正确答案。",
     },
     "code": {

@@ -18,24 +18,23 @@ Three steps, meant to run with dedup between the first two (instructions are che
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ...engine.prompted import add_call_meta, call_meta
+from ...engine.step import Record, Step, StepContext, source_id_of
 from ...errors import ConfigError, StepError
-from .cleaning import Cleaned, CleaningRules, clean_instruction
-from .control_tasks import LANGUAGE_SYSTEM, control_system_prompt
-from .templates import TABLE, ChatFormat, guess_family, resolve_format, table_format
 from ...models.backends.base import Completion
 from ...prompts.renderer import PromptTemplate
 from ...records import content_hash
-from ...engine.step import Record, Step, StepContext, source_id_of
-from ...engine.prompted import add_call_meta, call_meta
+from .cleaning import Cleaned, CleaningRules, clean_instruction
+from .config import DEFAULT_INSTRUCTION_PARAMS, TAGS, MagpieInstructionConfig, MagpieResponseConfig, MagpieTagConfig
+from .control_tasks import LANGUAGE_SYSTEM, control_system_prompt
+from .templates import TABLE, ChatFormat, guess_family, resolve_format, table_format
 
 if TYPE_CHECKING:
     from ...models.gateway import ModelClient
-
-# The paper samples instructions at temperature 1, top-p 1; a user's instruction is short.
-DEFAULT_INSTRUCTION_PARAMS = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 128}
 
 
 class _Formats:
@@ -84,89 +83,67 @@ class _Draw(NamedTuple):
     n: int = 1  # samples in that request
 
 
-def _check_params(params: dict[str, Any] | None, where: str) -> dict[str, Any]:
-    params = dict(params or {})
-    if "stop" in params:
-        raise ConfigError(f"{where}: params.stop is set from the chat template's end-of-turn markers; remove it")
-    return params
+def _system_prompt(config: MagpieInstructionConfig) -> str | None:
+    """The user's system prompt, else the control task's, else the language's steering one (where there is one)."""
+    if config.system:
+        return config.system
+    if config.control_task:
+        return control_system_prompt(config.control_task, config.language)
+    if config.language:
+        return LANGUAGE_SYSTEM.get(config.language)
+    return None
 
 
 class MagpieInstruction(Step):
     """Write instructions from the model's pre-query template (YAML kind ``magpie``).
 
-    Args (the YAML keys): ``model``; ``template`` (``auto``: derived from the model's own chat template,
-    else a table name such as ``llama3.1``, or a tokenizer_config.json / .jinja path); ``system`` (a system
-    prompt), ``control_task`` (``math``/``code``/``translation``: a built-in system prompt); ``language``
-    (keep only instructions in it, e.g. ``zh``; also picks the control prompt's language and, without other
-    system prompt, a steering one where there is one); ``samples`` (instructions per slot);
-    ``samples_per_call`` (instructions drawn per request, default 1: each its own call; above 1, a slot's
-    samples are drawn in groups of up to that many through ``complete_n``, the server's ``n``, so the
-    pre-query is processed once per group; it only matters with ``samples > 1``); ``attempts`` (draws per
-    instruction until one passes the filters: with groups, the samples a round dropped are drawn again,
-    grouped, in the next round); ``cleaning`` (min_units, max_units, languages, require_request);
-    ``on_drop`` (``drop``, or ``keep`` to pass dropped ones on with ``magpie.drop`` set: for inspection);
-    ``params`` (temperature, top_p, max_tokens, repeat_penalty...).
-
-    Each output keeps its draw in ``magpie``: ``sample`` (the call's sample index), ``attempt``, ``raw``,
-    ``finish_reason``; with ``samples_per_call > 1`` also ``samples_per_call``, ``n`` (samples in that
-    request) and ``choice`` (this one's place among them). A group of one is the very call that
-    ``samples_per_call: 1`` makes, cache key included.
+    The pre-query (:meth:`ChatFormat.pre_query`, with the system prompt) goes through ``complete()`` with the
+    template's end-of-turn markers as stop strings; the raw text is cleaned and filtered
+    (:func:`~joydataforge.methods.magpie.cleaning.clean_instruction`). With ``samples_per_call: 1`` each draw
+    is its own call and the samples of a slot draw at once; above 1 the samples still without an instruction
+    are drawn in rounds of grouped requests (``complete_n``). A group of one is the very call that
+    ``samples_per_call: 1`` makes, cache key included. Sample indexes (hence seeds and cache keys) depend on
+    the run seed, the step, the slot, the sample and the attempt only, never on the order replies come in.
     """
 
-    kind: ClassVar[str] = "magpie"
+    Config = MagpieInstructionConfig
+    config: MagpieInstructionConfig
 
-    def __init__(self, model: str, template: str = "auto", system: str | None = None,
-                 control_task: str | None = None, language: str | None = None, samples: int = 1, attempts: int = 1,
-                 cleaning: dict[str, Any] | None = None, on_drop: str = "drop", output_field: str = "input",
-                 params: dict[str, Any] | None = None, samples_per_call: int = 1, name: str | None = None):
-        super().__init__(name)
-        self.model = model
-        self.template = template or "auto"
-        where = f"step '{self.name}'"
-        if system and control_task:
-            raise ConfigError(f"{where}: give system or control_task, not both")
-        if language is not None and not isinstance(language, str):
-            raise ConfigError(f"{where}: language must be one language code such as zh (a list goes in "
-                              "cleaning.languages)")
-        self.system = system or (control_system_prompt(control_task, language) if control_task else None) \
-            or (LANGUAGE_SYSTEM.get(language) if language else None)
-        self.control_task = control_task
-        self.language = language
-        for key, value in (("samples", samples), ("attempts", attempts), ("samples_per_call", samples_per_call)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{where}: {key} must be a whole number >= 1, not {value!r}")
-        self.samples = samples
-        self.attempts = attempts
-        self.samples_per_call = samples_per_call
-        try:
-            rules = CleaningRules.from_dict(cleaning, where=f"{where}: cleaning")
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(str(exc)) from None
-        if language and rules.languages is None:
-            rules = CleaningRules(**{**rules.__dict__, "languages": (language,)})
+    def setup(self) -> None:
+        config = self.config
+        self.model = config.model
+        self.template = config.template
+        self.control_task = config.control_task
+        self.language = config.language
+        self.system = _system_prompt(config)
+        self.samples = config.samples
+        self.attempts = config.attempts
+        self.samples_per_call = config.samples_per_call
+        rules = CleaningRules.from_config(config.cleaning) if config.cleaning is not None else CleaningRules()
+        if config.language and rules.languages is None:
+            rules = dataclasses.replace(rules, languages=(config.language,))
         self.rules = rules
-        if on_drop not in ("drop", "keep"):
-            raise ConfigError(f"{where}: on_drop must be 'drop' or 'keep', not {on_drop!r}")
-        self.on_drop = on_drop
-        self.output_field = output_field
-        self.params = {**DEFAULT_INSTRUCTION_PARAMS, **_check_params(params, where)}
+        self.on_drop = config.on_drop
+        self.output_field = config.output_field
+        self.params = {**DEFAULT_INSTRUCTION_PARAMS, **config.params}
         self._formats = _Formats()
-
-    def model_names(self) -> list[str]:
-        return [self.model]
 
     def check(self, ctx: StepContext) -> None:
         super().check(ctx)
+        config = ctx.gateway.registry.get(self.model)
+        capabilities = config.capabilities
+        if not capabilities.raw_completion:
+            raise ConfigError(f"step '{self.name}': model '{self.model}' ({config.backend} backend) cannot continue "
+                              "raw text, which writing instructions from a pre-query template needs")
         spec = self.template.strip()
         if spec.lower() != "auto":
             if "/" not in spec and not spec.endswith((".json", ".jinja", ".j2")):
                 table_format(spec)  # an unknown name fails before the run
             return
-        config = ctx.gateway.registry.get(self.model)
-        # Where ModelClient.chat_template() finds one: the GGUF's (unless a llama.cpp chat format overrides it),
-        # vLLM's tokenizer or chat_template file, the file named for a server.
-        own_template = config.backend == "vllm" or (config.backend == "llamacpp") != bool(config.chat_template)
-        if not own_template and guess_family(config.chat_template, config.model, config.model_path, config.name) is None:
+        # Where ModelClient.chat_template() finds one: the model's own (a GGUF's unless a llama.cpp chat format
+        # overrides it, a vLLM tokenizer's), or the template file its models.yaml entry names.
+        known = capabilities.own_chat_template or (capabilities.chat_template_file and bool(config.chat_template))
+        if not known and guess_family(config.chat_template, config.model, config.model_path, config.name) is None:
             raise ConfigError(f"step '{self.name}': cannot tell the chat template of model '{self.model}' "
                               f"({config.backend} backend, model '{config.model}'): set template: to one of "
                               f"{', '.join(TABLE)}, or to the path of its tokenizer_config.json / .jinja file")
@@ -269,41 +246,27 @@ class MagpieInstruction(Step):
 class MagpieResponse(Step):
     """Answer Magpie instructions; continue the conversation for ``turns`` turns (YAML kind ``magpie_response``).
 
-    Args: ``model`` (the responder: the instruction model or another); ``turns`` (user/assistant turns in
-    all); ``instruction_model`` and ``template`` for follow-up instructions (default: the model and template
-    spec that wrote the record's first instruction, from its ``magpie`` field); ``params`` (responses),
-    ``instruction_params`` (follow-ups; default: the first instruction's), ``cleaning`` (follow-ups; default:
-    the first instruction's language filter). A follow-up that fails cleaning drops the conversation, counted
-    as ``followup_dropped:<reason>``. Writes ``target`` (last answer), ``input`` (last user turn), ``history``
-    (earlier turns) and ``messages`` (the whole conversation, system prompt included).
+    Answers go through ``chat()`` (the backend applies the chat template). A follow-up instruction is the
+    instruction model's ``complete()`` of the conversation so far plus its template's user-turn prefix
+    (:meth:`ChatFormat.prefix`), cleaned like a first instruction; model, template spec, sampling parameters
+    and language filter default to those recorded in the record's ``magpie`` field.
     """
 
-    kind: ClassVar[str] = "magpie_response"
+    Config = MagpieResponseConfig
+    config: MagpieResponseConfig
 
-    def __init__(self, model: str, turns: int = 1, instruction_model: str | None = None, template: str | None = None,
-                 params: dict[str, Any] | None = None, instruction_params: dict[str, Any] | None = None,
-                 cleaning: dict[str, Any] | None = None, input_field: str = "input", output_field: str = "target",
-                 name: str | None = None):
-        super().__init__(name)
-        where = f"step '{self.name}'"
-        if not isinstance(turns, int) or turns < 1:
-            raise ConfigError(f"{where}: turns must be a whole number >= 1, not {turns!r}")
-        self.model = model
-        self.turns = turns
-        self.instruction_model = instruction_model
-        self.template = template
-        self.params = _check_params(params, where)
-        self.instruction_params = _check_params(instruction_params, where) if instruction_params is not None else None
-        try:
-            self.rules = CleaningRules.from_dict(cleaning, where=f"{where}: cleaning") if cleaning is not None else None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(str(exc)) from None
-        self.input_field = input_field
-        self.output_field = output_field
+    def setup(self) -> None:
+        config = self.config
+        self.model = config.model
+        self.turns = config.turns
+        self.instruction_model = config.instruction_model
+        self.template = config.template
+        self.params = dict(config.params)
+        self.instruction_params = dict(config.instruction_params) if config.instruction_params is not None else None
+        self.rules = CleaningRules.from_config(config.cleaning) if config.cleaning is not None else None
+        self.input_field = config.input_field
+        self.output_field = config.output_field
         self._formats = _Formats()
-
-    def model_names(self) -> list[str]:
-        return [self.model] + ([self.instruction_model] if self.instruction_model else [])
 
     def required_fields(self) -> set[str]:
         return {self.input_field}
@@ -367,50 +330,25 @@ class MagpieResponse(Step):
         return out
 
 
-# tag -> (prompt name, {reply key: record field})
-TAGS: dict[str, tuple[str, dict[str, str]]] = {
-    "task_category": ("magpie_task_category", {"primary_tag": "task_category", "other_tags": "other_task_categories"}),
-    "input_quality": ("magpie_input_quality", {"input_quality": "input_quality",
-                                               "explanation": "input_quality_explanation"}),
-    "difficulty": ("magpie_difficulty", {"difficulty": "difficulty", "intent": "intent", "knowledge": "knowledge"}),
-}
-
-
 class MagpieTag(Step):
     """Tag instructions with the Magpie paper's judge prompts (YAML kind ``magpie_tag``).
 
-    Args: ``model`` (the judge); ``tags`` (any of ``task_category``, ``input_quality``, ``difficulty``);
-    ``keep`` (e.g. ``{input_quality: [good, excellent]}``: drop the rest, counted as
-    ``dropped:<field>=<value>``); ``prompts`` (override a tag's prompt, e.g. ``{difficulty: my.yaml}``);
-    ``params``. The first user turn is judged (``messages`` when present, else ``input``).
+    The tags are asked at once, each through ``chat_json`` with its prompt's schema; the reply's keys become
+    record fields (:data:`~joydataforge.methods.magpie.config.TAGS`), then ``keep`` filters on them.
     """
 
-    kind: ClassVar[str] = "magpie_tag"
+    Config = MagpieTagConfig
+    config: MagpieTagConfig
 
-    def __init__(self, model: str, tags: list[str] | tuple[str, ...] = ("task_category", "input_quality", "difficulty"),
-                 keep: dict[str, list[str]] | None = None, prompts: dict[str, str] | None = None,
-                 params: dict[str, Any] | None = None, input_field: str = "input", name: str | None = None):
-        super().__init__(name)
-        where = f"step '{self.name}'"
-        tags = [tags] if isinstance(tags, str) else list(tags)
-        unknown = [t for t in tags if t not in TAGS]
-        if unknown or not tags:
-            raise ConfigError(f"{where}: unknown tags {unknown} (known: {', '.join(TAGS)})")
-        self.model = model
-        self.tags = tags
-        fields = {f for tag in tags for f in TAGS[tag][1].values()}
-        self.keep = {k: [str(v) for v in (vs if isinstance(vs, list) else [vs])] for k, vs in (keep or {}).items()}
-        bad = sorted(set(self.keep) - fields)
-        if bad:
-            raise ConfigError(f"{where}: keep names fields {bad} that the tags {tags} do not produce "
-                              f"(they produce: {', '.join(sorted(fields))})")
-        self.prompt_refs = {tag: (prompts or {}).get(tag, TAGS[tag][0]) for tag in tags}
-        self.params = dict(params or {})
-        self.input_field = input_field
+    def setup(self) -> None:
+        config = self.config
+        self.model = config.model
+        self.tags = list(config.tags)
+        self.keep = {field: list(values) for field, values in config.keep.items()}
+        self.prompt_refs = {tag: config.prompts.get(tag, TAGS[tag][0]) for tag in self.tags}
+        self.params = dict(config.params)
+        self.input_field = config.input_field
         self._templates: dict[str, PromptTemplate] = {}
-
-    def model_names(self) -> list[str]:
-        return [self.model]
 
     def check(self, ctx: StepContext) -> None:
         super().check(ctx)
