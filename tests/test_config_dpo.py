@@ -40,7 +40,7 @@ def error_of(settings: dict[str, Any], before: list[dict[str, Any]] | None = Non
     ({"judges": ["j"], "aspects": {"tone": 5}}, "steps[1] (dpo).aspects.tone: must be a string (got 5)"),
     # out of range
     ({"judges": ["j"], "min_candidates": 1}, "steps[1] (dpo).min_candidates: must be >= 2 (got 1)"),
-    ({"judges": ["j"], "temperatures": [0.3, -1]}, "steps[1] (dpo).temperatures[1]: must be >= 0.0 (got -1)"),
+    ({"judges": ["j"], "temperatures": [0.3, -1]}, "steps[1] (dpo).temperatures[1]: must be >= 0 (got -1)"),
     ({"judges": ["j"], "temperatures": []}, "steps[1] (dpo).temperatures: must have at least 1 item(s) (got [])"),
     ({"judges": []}, "steps[1] (dpo).judges: must have at least 1 item(s) (got [])"),
     # an invalid choice
@@ -101,7 +101,7 @@ def test_the_python_api_still_takes_judges_by_position():
     assert str(err.value) == "step 'dpo': takes at most 1 positional setting(s) (judges), got 2"
     with pytest.raises(ConfigError) as err:
         PreferencePairs(["j"], margin=-0.5)
-    assert str(err.value) == "step 'dpo'.margin: must be >= 0.0 (got -0.5)"
+    assert str(err.value) == "step 'dpo'.margin: must be >= 0 (got -0.5)"
 
 
 def test_the_pair_rules_are_the_configs_choices():

@@ -39,8 +39,8 @@ def error_of(settings: dict[str, Any], before: list[dict[str, Any]] | None = Non
      "steps[1] (evol_instruct).children: must be a number or a mapping {operation: number}"),
     ({"model": "m", "operations": "deepen"}, "steps[1] (evol_instruct).operations: must be a list (got 'deepen')"),
     # out of range
-    ({"model": "m", "top_fraction": 0}, "steps[1] (evol_instruct).top_fraction: must be > 0.0 (got 0)"),
-    ({"model": "m", "top_fraction": 1.5}, "steps[1] (evol_instruct).top_fraction: must be <= 1.0 (got 1.5)"),
+    ({"model": "m", "top_fraction": 0}, "steps[1] (evol_instruct).top_fraction: must be > 0 (got 0)"),
+    ({"model": "m", "top_fraction": 1.5}, "steps[1] (evol_instruct).top_fraction: must be <= 1 (got 1.5)"),
     ({"model": "m", "rounds": 0}, "steps[1] (evol_instruct).rounds: must be >= 1 (got 0)"),
     ({"model": "m", "judge_retries": -1}, "steps[1] (evol_instruct).judge_retries: must be >= 0 (got -1)"),
     ({"model": "m", "children": {"deepen": 0}}, "steps[1] (evol_instruct).children.deepen: must be >= 1 (got 0)"),

@@ -52,7 +52,7 @@ class StepConfig(BaseModel):
         try:
             config = cls.model_validate(dict(settings))
         except ValidationError as exc:
-            raise ConfigError("\n".join(describe_errors(exc, where, field_names(cls)))) from None
+            raise ConfigError("\n".join(describe_errors(exc, where, field_names(cls), cls))) from None
         config._written = written
         return config
 

@@ -98,7 +98,20 @@ def _field_of(error: dict[str, Any]) -> str:
     return field if field else dotted(error["loc"])
 
 
-def describe_errors(exc: ValidationError, where: str, known: Sequence[str] = ()) -> list[str]:
+def _nested_model(model: type[BaseModel] | None, loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The settings class at ``loc`` inside ``model`` (``cleaning`` -> CleaningConfig), if there is one."""
+    for part in loc:
+        if model is None or not isinstance(part, str):
+            return None
+        fields = {info.alias or name: info for name, info in model.model_fields.items()}
+        info = fields.get(part)
+        candidates = [info.annotation] + list(getattr(info.annotation, "__args__", ())) if info else []
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+def describe_errors(exc: ValidationError, where: str, known: Sequence[str] = (),
+                    model: type[BaseModel] | None = None) -> list[str]:
     """One line per problem: ``<where>.<field>: <what is wrong> (got <value>)``.
 
     Errors of one field that come from the members of a union (``models`` may be a list or a mapping) are
@@ -117,9 +130,17 @@ def describe_errors(exc: ValidationError, where: str, known: Sequence[str] = ())
             continue
         # A union member that got past the type check says more than the members that did not.
         specific = [e for e in errors if e["type"] not in _TYPE_OF_ERROR] or errors
-        for message in dict.fromkeys(_one(e, known) for e in specific):
+        for message in dict.fromkeys(_one(e, _known_for(e, known, model)) for e in specific):
             lines.append(f"{prefix}: {message}")
     return lines
+
+
+def _known_for(error: dict[str, Any], known: Sequence[str], model: type[BaseModel] | None) -> Sequence[str]:
+    """The settings an unknown one is compared with: those of the nested settings it was written in."""
+    if error["type"] != "extra_forbidden" or len(error["loc"]) < 2:
+        return known
+    nested = _nested_model(model, [p for p in error["loc"][:-1] if not _is_union_tag(p)])
+    return field_names(nested) if nested is not None else known
 
 
 def field_names(model: type[BaseModel]) -> list[str]:
