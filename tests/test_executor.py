@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from joydataforge.errors import ConfigError, JoyForgeError
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
+from joydataforge.engine.registry import register_step
+from joydataforge.engine.step import Step
+from joydataforge.errors import ConfigError, JoyForgeError
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
-from joydataforge.engine.step import Step
-from joydataforge.engine.registry import register_step
 from tests.scripted_backend import ScriptedBackend, echo_reply
 
 REGISTRY = ModelRegistry.from_dict({"models": {
@@ -74,7 +74,8 @@ def test_invalid_json_is_retried_then_recorded_with_raw_text(tmp_path):
         return echo_reply(messages, schema)
 
     backend = ScriptedBackend(reply)
-    summary = run(make_pipeline(tmp_path, [{"label": {"model": "m", "options": {"labels": ["drugs", "other"]}}}]), backend)
+    steps = [{"label": {"model": "m", "options": {"labels": ["drugs", "other"]}}}]
+    summary = run(make_pipeline(tmp_path, steps), backend)
     failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
     assert summary.failed == 1 and summary.records_out == 1
     assert failures[0]["id"] == "a" and failures[0]["step"] == "label"
@@ -89,10 +90,13 @@ def test_bad_input_lines_are_reported_with_line_and_skipped(tmp_path):
     (tmp_path / "in.jsonl").write_text('{"input": "ok"}\nnot json\n{"noinput": 1}\n{"input": "ok2"}\n', "utf-8")
     summary = run(make_pipeline(tmp_path, [{"generate": {"model": "m"}}]), ScriptedBackend())
     failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
-    assert summary.bad_input == 1 and summary.failed == 1 and summary.records_out == 2
+    # an unreadable line and a record without the field its prompt needs are both bad input, not failures
+    assert summary.bad_input == 2 and summary.failed == 0 and summary.records_out == 2
     by_step = {f["step"]: f for f in failures}
     assert "in.jsonl:2" in by_step["read"]["error"]
     assert "in.jsonl:3" in by_step["generate"]["error"] and "'input'" in by_step["generate"]["error"]
+    assert by_step["generate"]["field"] == "input"
+    assert summary.bad_records == [by_step["read"]["error"], by_step["generate"]["error"]]
 
 
 def test_bad_input_stop_policy(tmp_path):
@@ -153,7 +157,8 @@ def test_retry_failed_redoes_only_failures(tmp_path):
     summary = run(make_pipeline(tmp_path, [{"generate": {"model": "m"}}], run={"retry_failed": True}), backend)
     assert summary.records_out == 1 and summary.skipped == 1
     assert read_jsonl(tmp_path / "out" / "failures.jsonl") == []
-    assert sorted(r["id"] for r in read_jsonl(tmp_path / "out" / "data.jsonl")) == ["a", "b"]
+    assert [r["id"] for r in read_jsonl(tmp_path / "out" / "data.jsonl")] == ["a", "b"]  # input order again
+    assert summary.totals == {"ok": 2, "filtered": 0, "failed": 0} and summary.exit_code() == 0
 
 
 @register_step

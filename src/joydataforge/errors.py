@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 
 class JoyForgeError(Exception):
@@ -60,3 +61,39 @@ class StepError(JoyForgeError):
     def __init__(self, message: str, *, raw: str | None = None):
         self.raw = raw
         super().__init__(message)
+
+
+class EndpointDown(ModelError):
+    """A model's endpoint is declared down (its circuit breaker opened): the run stops cleanly, resumable.
+
+    Raised for the call that opened the breaker and, at once, for every later call to that model. The record
+    whose call raised it is not finished: it gets no ledger line and is redone when the run is resumed.
+    """
+
+
+class RunStopped(JoyForgeError):
+    """The run stopped before its end on purpose (endpoint down, too many failures, budget, Ctrl-C).
+
+    Everything finished is kept; re-running the same command resumes. ``reason`` is one line for the user.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ExitCode(IntEnum):
+    """What ``joyforge`` exits with, so scripts and CI can tell a run's verdict (README, ``--help``)."""
+
+    OK = 0
+    """Every record done (written, or filtered out on purpose)."""
+    INTERNAL = 1
+    """An unexpected error inside joyforge (a bug): the traceback is printed."""
+    CONFIG = 2
+    """A configuration, command-line or input problem: nothing (more) was run."""
+    SOME_FAILED = 3
+    """The run finished, but some records failed: they are in failures.jsonl (``--retry-failed`` redoes them)."""
+    ALL_FAILED = 4
+    """The run finished and no record succeeded."""
+    STOPPED = 5
+    """The run stopped early (endpoint down, --max-failures, budget, Ctrl-C); re-run the command to resume."""

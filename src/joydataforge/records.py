@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 Message = dict[str, str]
 
-_ROLE_PREFIX = re.compile(r"^\s*(用户|助手|user|assistant|User|Assistant|USER|ASSISTANT|human|Human|gpt|系统|system)\s*[:：]\s*")
+_ROLE_PREFIX = re.compile(
+    r"^\s*(用户|助手|user|assistant|User|Assistant|USER|ASSISTANT|human|Human|gpt|系统|system)\s*[:：]\s*")
 _ROLE_NAMES = {
     "用户": "user", "user": "user", "human": "user",
     "助手": "assistant", "assistant": "assistant", "gpt": "assistant",
@@ -107,6 +110,74 @@ def normalize_history(history: Any) -> list[Message]:
         else:
             raise TypeError(f"history[{index}] must be a pair or a message, not {type(item).__name__}")
     return messages
+
+
+def history_problem(history: Any) -> str | None:
+    """Why ``history`` is none of the accepted shapes, or None when it is one.
+
+    Stricter than :func:`normalize_history` on purpose, for checking input before a model is paid: a
+    string must be the seed's dialogue text, whose first line starts with a speaker (``用户:``, ``user:``,
+    ...); any other string (``"not a list"``) would become a made-up user turn. Absent, ``null``, ``""``
+    and ``[]`` mean no earlier turns.
+    """
+    if history is None or history == [] or (isinstance(history, str) and not history.strip()):
+        return None
+    if isinstance(history, str):
+        first = next(line for line in history.splitlines() if line.strip())
+        if _ROLE_PREFIX.match(first):
+            return None
+        return ("text whose first line names no speaker ('user:', '用户:', ...); write history as a list of "
+                "[user, assistant] pairs or {role, content} messages")
+    if isinstance(history, list):
+        try:
+            normalize_history(history)
+        except TypeError as exc:
+            return str(exc)
+        return None
+    return f"{_kind(history)}, not a list of [user, assistant] pairs or {{role, content}} messages"
+
+
+def field_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the record field ``name`` that a step reads, or None when it can.
+
+    ``history``: see :func:`history_problem`. Any other field is text: a non-blank string. A number is
+    accepted too and renders as its digits, as it always did (JSON seed files hold numeric answers). A
+    non-empty dialogue (a list of pairs or messages) is accepted for fields other than ``input``, which
+    is where dialogue steps read whole dialogues from. ``null``, booleans, objects, other lists and blank
+    strings are refused: they used to reach the prompt as ``"None"``, ``"{}"``, ``"[]"`` or nothing.
+    """
+    if name == "history":
+        return history_problem(value)
+    if isinstance(value, str):
+        return None if value.strip() else ("empty text" if not value else "blank text")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if math.isfinite(value) else f"{value}, not text"
+    if isinstance(value, list) and value and name != "input" and _is_dialogue(value):
+        return None
+    return f"{_kind(value)}, not text"
+
+
+def _is_dialogue(value: list[Any]) -> bool:
+    try:
+        return bool(normalize_history(value))
+    except TypeError:
+        return False
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "an object" if value else "an empty object"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return f"a {type(value).__name__}"
 
 
 def history_as_text(messages: Iterable[Message], user: str = "user", assistant: str = "assistant") -> str:

@@ -1,12 +1,17 @@
-"""The ``joyforge`` command. Each group of subcommands lives in its own module."""
+"""The ``joyforge`` command. Each group of subcommands lives in its own module.
+
+Errors reach the user as one line (the path at fault and what to do); the traceback only with
+``joyforge --debug``. Exit statuses are :class:`~joydataforge.errors.ExitCode` (``joyforge run --help``).
+"""
 from __future__ import annotations
 
 import sys
+import traceback
 
 import click
 
 from .. import __version__
-from ..errors import JoyForgeError
+from ..errors import ExitCode, JoyForgeError, RunStopped
 from .dialogue import dialogue_split_command
 from .evaluate import dedup_command, eval_command, select_command
 from .evol import evol_group
@@ -15,10 +20,13 @@ from .models import models_group
 from .prompts import prompts_group
 from .run import run_command
 
+_options = {"debug": False}  # set by the group's --debug, read by main() once the command has raised
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="joyforge")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error (for bug reports).")
+def cli(debug: bool) -> None:
     """JoyDataForge: forge SFT and preference training data with one or many LLMs.
 
     \b
@@ -30,6 +38,7 @@ def cli() -> None:
 
     The embedded default model (SmolLM2-135M-Instruct, in-process) needs no server and no key.
     """
+    _options["debug"] = debug
 
 
 for command in (run_command, eval_command, dedup_command, select_command, dialogue_split_command, evol_group,
@@ -38,17 +47,44 @@ for command in (run_command, eval_command, dedup_command, select_command, dialog
 
 
 def main() -> None:
+    _options["debug"] = False
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C (and EOF at a prompt) into Abort
+        interrupted = isinstance(exc.__context__, KeyboardInterrupt)
+        click.echo("interrupted: re-run the same command to resume" if interrupted else "aborted", err=True)
+        sys.exit(ExitCode.STOPPED if interrupted else ExitCode.INTERNAL)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except JoyForgeError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted: re-run the same command to resume", err=True)
-        sys.exit(130)
+        sys.exit(ExitCode.STOPPED)
+    except Exception as exc:  # every error ends here as one line and an exit status
+        sys.exit(report_error(exc, debug=_options["debug"]))
+
+
+def report_error(exc: BaseException, *, debug: bool = False) -> int:
+    """Print ``exc`` as one line (with ``debug``, the traceback first) and return the exit status.
+
+    Our own errors and file-system errors are the user's to fix (2); a stopped run is resumable (5);
+    anything else is a bug in joyforge (1).
+    """
+    from ..engine.run_state import os_error_line
+
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if isinstance(exc, RunStopped):
+        click.echo(f"stopped: {exc.reason}; re-run the same command to resume", err=True)
+        return ExitCode.STOPPED
+    if isinstance(exc, JoyForgeError):
+        click.secho(f"error: {exc}", fg="red", err=True)
+        return ExitCode.CONFIG
+    if isinstance(exc, OSError):
+        click.secho(f"error: {os_error_line(exc)}", fg="red", err=True)
+        return ExitCode.CONFIG
+    line = f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (a bug in joyforge)"
+    if not debug:
+        line += "; run with --debug for the traceback"
+    click.secho(line, fg="red", err=True)
+    return ExitCode.INTERNAL

@@ -20,21 +20,38 @@ from .messages import SettingError, describe_errors, field_names
 
 
 class InputConfig(BaseModel):
+    """Where records come from: a file or a folder of files, and which part of it to read."""
+
     model_config = ConfigDict(extra="forbid")
-    path: str
-    start: int = Field(default=0, ge=0, description="skip this many records first (the seed's threshold_low)")
-    limit: int | None = Field(default=None, ge=0, description="read at most this many records")
-    encoding: str | None = None
-    sheet: str | None = None
-    id_field: str = "id"
-    on_bad_record: Literal["skip", "stop"] = "skip"
+    path: str = Field(description=(
+        "The input: a JSONL, JSON, CSV, Parquet, XLSX or YAML (taxonomy) file, or a folder of them (read in name "
+        "order); relative to the pipeline file."))
+    start: int = Field(default=0, ge=0, description=(
+        "Skip this many records first (the seed's `threshold_low`); bad lines count as records."))
+    limit: int | None = Field(default=None, ge=0, description=(
+        "Read at most this many records (after `start`); null reads to the end."))
+    encoding: str | None = Field(default=None, description=(
+        "Text encoding of JSONL, JSON and CSV files (`utf-8`, `gb18030`, ...); null detects it."))
+    sheet: str | None = Field(default=None, description="XLSX: the sheet to read; null reads the first.")
+    id_field: str = Field(default="id", description=(
+        "Field holding a record's own id; a record without one gets a hash of its content. Repeated ids get "
+        "`#2`, `#3`... in input order."))
+    on_bad_record: Literal["skip", "stop"] = Field(default="skip", description=(
+        "A line that cannot be read: `skip` records it in failures.jsonl (file and line) and goes on; `stop` "
+        "ends the run there."))
 
 
 class OutputConfig(BaseModel):
+    """Where results go: the run folder and the file formats written into it."""
+
     model_config = ConfigDict(extra="forbid")
-    dir: str = "out"
-    formats: list[Literal["jsonl", "parquet"]] = Field(default_factory=lambda: ["jsonl"])
-    order: Literal["input", "completion"] = "input"
+    dir: str = Field(default="out", description=(
+        "The run folder (data, failures, ledger, summary), relative to the pipeline file; `joyforge run -o` "
+        "overrides it. Re-running into it resumes."))
+    formats: list[Literal["jsonl", "parquet"]] = Field(default_factory=lambda: ["jsonl"], description=(
+        "Files to write: `jsonl` always (`data.jsonl`), plus `parquet` (`data.parquet`, made at the end)."))
+    order: Literal["input", "completion"] = Field(default="input", description=(
+        "`input`: outputs in input order, whatever the order they finish in; `completion`: as they finish."))
 
 
 class RunConfig(BaseModel):
@@ -48,6 +65,29 @@ class RunConfig(BaseModel):
     progress: bool = True
     executor: Literal["local", "ray"] = Field(default="local",
                                               description="ray: run on a Ray cluster (pip install joydataforge[ray])")
+    max_failures: int | str | None = Field(default=None, description=(
+        "Stop the run early (cleanly, resumable, exit status 5) when records keep failing: `N` once more than N "
+        "records failed in this run, `P%` once more than P percent of the records it finished failed (judged "
+        "from 20 finished records on); bad input lines do not count. null: never. `joyforge run --max-failures` "
+        "overrides it."))
+
+    @field_validator("max_failures", mode="before")
+    @classmethod
+    def _failure_limit(cls, value: Any) -> int | str | None:
+        """``10``, ``"10"`` or ``"5%"``; kept as an int (a count) or a ``"P%"`` string (a rate)."""
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        text = str(value).strip()
+        if text.isdigit():
+            return int(text)
+        if text.endswith("%"):
+            try:
+                percent = float(text[:-1])
+            except ValueError:
+                percent = -1.0
+            if 0 <= percent <= 100:
+                return f"{percent:g}%"
+        raise ValueError(f"a number of records (10) or a percentage (5%), not {value!r}")
 
 
 class Pipeline(BaseModel):
@@ -55,13 +95,17 @@ class Pipeline(BaseModel):
     steps (``Generate("m")``), which are run as they are."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    name: str = "pipeline"
-    input: InputConfig
-    steps: list[Any] = Field(min_length=1)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
-    models: str | None = Field(default=None, description="a models.yaml merged over the built-in one")
-    base_dir: str = "."
+    name: str = Field(default="pipeline", min_length=1, description=(
+        "The pipeline's name: shown in logs and the summary, and stamped on every record's provenance."))
+    input: InputConfig = Field(description="Where records come from.")
+    steps: list[Any] = Field(min_length=1, description=(
+        "The steps records pass through, in order: `- kind: {settings}` (`joyforge steps list`)."))
+    output: OutputConfig = Field(default_factory=OutputConfig, description="What the run writes, and where.")
+    run: RunConfig = Field(default_factory=RunConfig, description="How the run behaves: concurrency, seed, cache.")
+    models: str | None = Field(default=None, description=(
+        "A models.yaml merged over the built-in one (relative to the pipeline file)."))
+    base_dir: str = Field(default=".", description=(
+        "The folder relative paths are resolved from: the pipeline file's own folder (not a setting of the file)."))
 
     @field_validator("steps")
     @classmethod
@@ -102,6 +146,8 @@ class Pipeline(BaseModel):
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: a pipeline is a mapping with input:, steps: and output:")
         data = dict(data)
+        if "base_dir" in data:
+            raise ConfigError(f"{source}: base_dir: unknown setting (paths in a pipeline file are relative to the file)")
         for dotted, value in (overrides or {}).items():
             section, _, key = dotted.partition(".")
             data.setdefault(section, {})
@@ -119,7 +165,7 @@ class Pipeline(BaseModel):
         try:
             pipeline = cls(steps=steps, base_dir=base_dir, **data)
         except ValidationError as exc:
-            lines = describe_errors(exc, source, field_names(cls))
+            lines = describe_errors(exc, source, field_names(cls), cls)
             if problems:  # a step that did not validate is already said; the list is not "empty"
                 lines = [line for line in lines if not line.startswith(f"{source}.steps")]
             problems.extend(line.replace(f"{source}.", f"{source}: ", 1) for line in lines)

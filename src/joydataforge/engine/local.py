@@ -8,6 +8,13 @@ Shape of a run::
 Memory stays flat: the feeder may run at most ``window`` records ahead of the committer, whatever the
 input size. Every input record ends in exactly one ledger line (ok, filtered or failed), written after
 its outputs, which is what makes ``kill -9`` safe (see :mod:`.run_state`).
+
+A run can also end early, cleanly: a model declared down (:class:`~joydataforge.errors.EndpointDown`),
+``run.max_failures`` exceeded, a bad record under ``on_bad_record: stop``, Ctrl-C, or the disk refusing a
+write. Then feeding stops, the records in flight finish (Ctrl-C and write errors cancel them instead), a
+record that could not finish gets no ledger line (it is redone on resume), the summary is written, and
+:class:`~joydataforge.errors.RunStopped` (or :class:`BadInputStop`) is raised after it. The folder is held
+by an OS lock for the whole run (:mod:`.lock`), so a second run on it fails at once.
 """
 from __future__ import annotations
 
@@ -17,48 +24,109 @@ import gc
 import hashlib
 import time
 import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
-from ..errors import InputError, JoyForgeError, Location, ModelError, StepError
+from ..config.pipeline import Pipeline
+from ..errors import EndpointDown, InputError, JoyForgeError, Location, ModelError, RunStopped, StepError
 from ..io.readers import SourceItem, count_records, iter_records
 from ..io.writers import JsonlAppender, jsonl_to_parquet
 from ..models.cache import CallCache
 from ..models.config import ModelRegistry
 from ..models.gateway import Gateway
-from ..config.pipeline import Pipeline
-from ..prompts.renderer import PromptLibrary
-from ..records import IdAssigner, canonical_json
-from .registry import built_steps
-from .step import Record, Step, StepContext, as_list, with_source_id
+from ..prompts.renderer import OPTIONAL_FIELDS, PromptLibrary
+from ..records import IdAssigner, canonical_json, field_problem
+from .lock import FolderLock
 from .progress import RunProgress
-from .run_state import SUMMARY, RunState, atomic_write_json
+from .registry import built_steps
+from .run_state import SUMMARY, RunState, atomic_write_json, crash_point, os_error_line, restore_order
+from .step import Record, Step, StepContext, as_list, with_source_id
 from .summary import RunSummary
 
 READ_BATCH = 512
+MIN_FINISHED_FOR_RATE = 20  # --max-failures P% waits for this many finished records: one early failure is no rate
+
+
+class BadInputStop(InputError):
+    """``on_bad_record: stop`` met a bad record: the run stopped there (exit status 2, the input needs fixing)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """Why a record asks the run to stop; plain data, so it travels back from Ray workers."""
+
+    kind: str  # "stopped" (resumable, exit 5) or "bad_input" (on_bad_record: stop, exit 2)
+    reason: str
+
+    def error(self) -> JoyForgeError:
+        return BadInputStop(self.reason) if self.kind == "bad_input" else RunStopped(self.reason)
 
 
 @dataclass
 class Outcome:
-    """What became of one input record, ready to be committed."""
+    """What became of one input record, ready to be committed.
+
+    ``unfinished``: the record could not finish (its model is down, a stop, Ctrl-C); it is written
+    nowhere, gets no ledger line, and is redone when the run is resumed. ``stop`` asks the run to stop.
+    """
 
     seq: int
     source_id: str
-    status: str  # "ok", "filtered" or "failed"
+    status: str  # "ok", "filtered", "failed", "bad_input" or "unfinished"
     outputs: list[Record] = field(default_factory=list)
     failure: dict[str, Any] | None = None
+    stop: StopRequest | None = None
 
 
-class BadInputStop(JoyForgeError):
-    """Raised when ``on_bad_record: stop`` meets a bad record."""
+@dataclass
+class _IntakeLog:
+    """What reading found out: sequence numbers used, and whether output order needs restoring at the end."""
+
+    seq: int = 0
+    positions: dict[str, int] = field(default_factory=dict)
+    order_broken: bool = False
+
+
+class FailureBudget:
+    """``run.max_failures``: ``N`` stops the run once more than N records failed in it; ``P%`` once more than
+    P percent of the records it finished failed, counted from MIN_FINISHED_FOR_RATE finished records on (or
+    all of them, when the window is smaller). Only records whose steps failed count, not bad input lines."""
+
+    def __init__(self, limit: int | str, total: int | None):
+        self.limit = limit
+        self.total = total
+
+    @classmethod
+    def of(cls, limit: int | str | None, total: int | None) -> "FailureBudget | None":
+        return None if limit is None else cls(limit, total)
+
+    def exceeded(self, failed: int, finished: int) -> str | None:
+        """The one-line reason to stop, or None."""
+        if isinstance(self.limit, int):
+            if failed > self.limit:
+                return f"{failed} records failed, more than --max-failures {self.limit}"
+            return None
+        percent = float(self.limit.rstrip("%"))
+        needed = MIN_FINISHED_FOR_RATE if self.total is None else min(MIN_FINISHED_FOR_RATE, self.total)
+        if finished >= max(needed, 1) and failed * 100 > percent * finished:
+            return (f"{failed} of the {finished} records finished failed, more than --max-failures {self.limit}")
+        return None
 
 
 def pipeline_fingerprint(pipeline: Pipeline, steps: list[Step]) -> str:
     """Changes when what a record would become changes: the steps, their settings, the seed.
 
     The input window is left out on purpose: widening ``--limit`` or moving ``--start`` over the same
-    folder is how a big file is processed in slices, and records are matched by id anyway.
+    folder is how a big file is processed in slices, and records are matched by id anyway. So are the run
+    settings that do not change a record (concurrency, ``max_failures``...).
     """
     written = [{"kind": s.kind, "name": s.name, "settings": s.settings()} for s in steps]
     body = {"steps": written, "seed": pipeline.run.seed}
@@ -75,6 +143,16 @@ def _widen_for_batching_engines(pipeline: Pipeline, steps: list[Step], registry:
     widths = [registry.get(name).max_concurrency for name in names if registry.get(name).capabilities.batches_in_flight]
     if widths and max(widths) > pipeline.run.concurrency:
         pipeline.run.concurrency = max(widths)
+
+
+def split_steps(steps: list[Step]) -> tuple[list[Step], list[Step]]:
+    """The sequential prefix (run in input order by the feeder) and the concurrent rest."""
+    prefix = 0
+    while prefix < len(steps) and steps[prefix].sequential:
+        prefix += 1
+    if any(step.sequential for step in steps[prefix:]):
+        raise JoyForgeError("sequential steps (e.g. minhash_dedup) must come first in the pipeline")
+    return steps[:prefix], steps[prefix:]
 
 
 async def _read_batches(items: Iterator[SourceItem]) -> AsyncIterator[list[SourceItem]]:
@@ -94,6 +172,10 @@ async def _read_batches(items: Iterator[SourceItem]) -> AsyncIterator[list[Sourc
         yield batch
 
 
+Feed = Callable[[int, str, Record, Location], Awaitable[None]]
+Settle = Callable[[bool], Awaitable[None]]
+
+
 class LocalExecutor:
     def __init__(self, pipeline: Pipeline, *, registry: ModelRegistry | None = None, gateway: Gateway | None = None,
                  overwrite: bool = False, progress: bool | None = None,
@@ -106,6 +188,8 @@ class LocalExecutor:
         self.show_progress = pipeline.run.progress if progress is None else progress
         self.on_summary = on_summary
         self.summary = RunSummary()
+        self._lock: FolderLock | None = None
+        self._intake_log = _IntakeLog()
 
     def _registry(self) -> ModelRegistry:
         registry = ModelRegistry.load()
@@ -121,63 +205,107 @@ class LocalExecutor:
             search.insert(0, self.pipeline.resolve(run.prompts_dir))  # type: ignore[arg-type]
         return StepContext(gateway, PromptLibrary(search, language=run.language), seed=run.seed)
 
+    @property
+    def output_dir(self) -> Path:
+        out_dir = self.pipeline.resolve(self.pipeline.output.dir)
+        assert out_dir is not None
+        return out_dir
+
+    @contextlib.contextmanager
+    def folder_locked(self) -> Iterator[Path]:
+        """Hold the output folder's lock (:mod:`.lock`) for the block; re-entered, it is a no-op.
+
+        The Ray executor takes it before it starts Ray, so a second run fails before paying for a cluster.
+        """
+        if self._lock is not None:
+            yield self.output_dir
+            return
+        lock = FolderLock(self.output_dir).acquire()
+        self._lock = lock
+        try:
+            yield self.output_dir
+        finally:
+            self._lock = None
+            lock.release()
+
     def run_sync(self) -> RunSummary:
         return asyncio.run(self.run())
 
     async def run(self) -> RunSummary:
+        with self.folder_locked() as out_dir:
+            return await self._run_locked(out_dir)
+
+    async def _run_locked(self, out_dir: Path) -> RunSummary:
         pipeline = self.pipeline
         started = time.perf_counter()
         cache_path = pipeline.resolve(pipeline.run.cache) if pipeline.run.cache else None
         cache = CallCache(cache_path) if cache_path is not None and self._gateway is None else None
         gateway = self._gateway or Gateway(self.registry, cache)
-        ctx = self._context(gateway)
-        for step in self.steps:
-            step.check(ctx)  # unknown models, missing prompts, bad schemas: before any record is read
-        _widen_for_batching_engines(pipeline, self.steps, gateway.registry)
-        out_dir = pipeline.resolve(pipeline.output.dir)
-        assert out_dir is not None
-        state = RunState.open(out_dir, pipeline_fingerprint(pipeline, self.steps), retry_failed=pipeline.run.retry_failed,
-                              overwrite=self.overwrite)
-        self.summary = RunSummary(output_dir=str(out_dir), repaired_lines=state.repaired_lines)
         try:
+            ctx = self._context(gateway)
+            for step in self.steps:
+                step.check(ctx)  # unknown models, missing prompts, bad schemas: before any record is read
+            _widen_for_batching_engines(pipeline, self.steps, gateway.registry)
+            state = RunState.open(out_dir, pipeline_fingerprint(pipeline, self.steps),
+                                  retry_failed=pipeline.run.retry_failed, overwrite=self.overwrite)
+            self.summary = RunSummary(output_dir=str(out_dir), repaired_lines=state.repaired_lines)
+            self._intake_log = _IntakeLog()
             with _young_generation(50 * 4 * pipeline.run.concurrency):
-                await self._execute(ctx, state)
+                stop = await self._execute(ctx, state)
         finally:
             await gateway.close()
             if cache is not None:
                 cache.close()
-        self.summary.seconds = round(time.perf_counter() - started, 3)
-        self.summary.models = {name: usage.as_dict() for name, usage in gateway.usage.items()}
-        self.summary.steps = {step.name: step.stats() for step in self.steps}
-        if "parquet" in pipeline.output.formats:
-            await asyncio.to_thread(jsonl_to_parquet, state.data, state.data.with_suffix(".parquet"))
-        atomic_write_json(out_dir / SUMMARY, self.summary.as_dict())
-        if self.on_summary:
-            self.on_summary(self.summary)
+        self._close_run(state, gateway, stop, started)
+        if stop is not None:
+            raise stop
         return self.summary
 
-    async def _execute(self, ctx: StepContext, state: RunState) -> None:
-        pipeline = self.pipeline
-        cfg = pipeline.input
-        path = pipeline.resolve(cfg.path)
-        assert path is not None
-        steps = self.steps
-        prefix_len = 0
-        while prefix_len < len(steps) and steps[prefix_len].sequential:
-            prefix_len += 1
-        if any(step.sequential for step in steps[prefix_len:]):
-            raise JoyForgeError("sequential steps (e.g. minhash_dedup) must come first in the pipeline")
-        sequential, concurrent = steps[:prefix_len], steps[prefix_len:]
+    def _close_run(self, state: RunState, gateway: Gateway, stop: JoyForgeError | None, started: float) -> None:
+        """Tidy the folder, then fill in and write the summary, also for a run that stopped early."""
+        summary = self.summary
+        write_failed = isinstance(stop, RunStopped) and isinstance(stop.__cause__, OSError)
+        if not write_failed:  # the disk that refused a line would refuse a rewrite too; the next open tidies
+            state.finish()
+            log = self._intake_log
+            if log.order_broken and self.pipeline.output.order == "input" and restore_order(state.data, log.positions):
+                crash_point("reordered")
+            if stop is None and "parquet" in self.pipeline.output.formats:
+                jsonl_to_parquet(state.data, state.data.with_suffix(".parquet"))
+        summary.seconds = round(time.perf_counter() - started, 3)
+        summary.models = {name: usage.as_dict() for name, usage in gateway.usage.items()}
+        summary.steps = {step.name: step.stats() for step in self.steps}
+        summary.totals = state.totals()
+        if stop is not None:
+            summary.stopped = stop.reason if isinstance(stop, RunStopped) else str(stop)
+            summary.stop_kind = "bad_input" if isinstance(stop, BadInputStop) else "stopped"
+        try:
+            atomic_write_json(state.folder / SUMMARY, summary.as_dict())
+        except OSError:
+            if stop is None:
+                raise
+        if self.on_summary:
+            self.on_summary(summary)
 
-        concurrency = pipeline.run.concurrency
+    def _new_committer(self, ctx: StepContext, state: RunState, window: asyncio.Semaphore,
+                       total: int | None) -> "_Committer":
+        progress = RunProgress(total, enabled=self.show_progress, gateway=ctx.gateway)
+        budget = FailureBudget.of(self.pipeline.run.max_failures, total)
+        return _Committer(state, self.pipeline.output.order == "input", self.summary, window, progress, budget)
+
+    async def _count_input(self) -> int | None:
+        cfg = self.pipeline.input
+        path = self.pipeline.resolve(cfg.path)
+        assert path is not None
+        return await asyncio.to_thread(count_records, path, start=cfg.start, limit=cfg.limit)
+
+    async def _execute(self, ctx: StepContext, state: RunState) -> JoyForgeError | None:
+        sequential, concurrent = split_steps(self.steps)
+        concurrency = self.pipeline.run.concurrency
         window = asyncio.Semaphore(concurrency * 4)
         slots = asyncio.Semaphore(concurrency)
-        ordered = pipeline.output.order == "input"
-        total = await asyncio.to_thread(count_records, path, start=cfg.start, limit=cfg.limit)
-        progress = RunProgress(total, enabled=self.show_progress, gateway=ctx.gateway)
-        committer = _Committer(state, ordered, self.summary, window, progress)
+        committer = self._new_committer(ctx, state, window, await self._count_input())
         tasks: set[asyncio.Task[None]] = set()
-        commit_task = asyncio.create_task(committer.loop())
 
         async def process(seq_no: int, source_id: str, record: Record, location: Location) -> None:
             # The feeder took this record's slot before creating the task: hundreds of tasks queued on
@@ -188,82 +316,138 @@ class LocalExecutor:
                 finally:
                     slots.release()
                 committer.put(outcome)
+            except asyncio.CancelledError:  # Ctrl-C or a failed write: the record is redone on resume
+                committer.put(Outcome(seq_no, source_id, "unfinished"))
+                raise
             except BaseException as exc:  # a bug in the executor itself: keep the record, stop cleanly
                 committer.put(_failure(seq_no, source_id, record, location, "executor", exc))
                 raise
 
         async def feed(seq_no: int, source_id: str, record: Record, location: Location) -> None:
             await slots.acquire()
+            if committer.stop_request is not None:  # asked while this record waited for a slot: not started
+                slots.release()
+                committer.put(Outcome(seq_no, source_id, "unfinished"))
+                return
             task = asyncio.create_task(process(seq_no, source_id, record, location))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        with progress:
-            seq, stop_error = await self._intake(ctx, state, committer, window, progress, sequential, feed)
-            if tasks:
-                await asyncio.gather(*tasks)
-            committer.finish(seq)
-            await commit_task
-        if stop_error is not None:
-            raise stop_error
+        async def settle(cancel: bool) -> None:
+            await _settle(tasks, cancel)
 
-    async def _intake(self, ctx: StepContext, state: RunState, committer: "_Committer", window: asyncio.Semaphore,
-                      progress: RunProgress, sequential: list[Step],
-                      feed: Callable[[int, str, Record, Location], Awaitable[None]]) -> tuple[int, BaseException | None]:
+        return await self._drive(ctx, state, committer, sequential, feed, settle)
+
+    async def _drive(self, ctx: StepContext, state: RunState, committer: "_Committer", sequential: list[Step],
+                     feed: Feed, settle: Settle) -> JoyForgeError | None:
+        """Read and feed records, wait for those in flight, commit; how every run ends, normally or early.
+
+        Shared by the local and the Ray executor, which differ only in ``feed`` (where records go) and
+        ``settle`` (wait for, or with ``True`` cancel, the records in flight). Returns the error that
+        stopped the run cleanly (raised by the caller once the summary is written), or None.
+        """
+        commit_task = asyncio.create_task(committer.loop())
+        reading = asyncio.create_task(self._intake(ctx, state, committer, sequential, feed, self._intake_log))
+        with committer.progress:
+            try:
+                await asyncio.wait({reading, commit_task}, return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done():  # the committer only ends early when a write failed
+                    commit_task.result()
+                reading.result()
+                await settle(False)
+                committer.finish(self._intake_log.seq)
+                await asyncio.shield(commit_task)  # a Ctrl-C now must not cancel a write half-way
+            except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels the main task on SIGINT)
+                _uncancel()
+                await _wind_down(reading, commit_task, committer, settle)
+                return RunStopped("interrupted")
+            except OSError as exc:  # the disk is full, a file became unwritable: what was committed stays
+                await _wind_down(reading, commit_task, committer, settle)
+                stopped = RunStopped(os_error_line(exc))
+                stopped.__cause__ = exc
+                return stopped
+            except BaseException:
+                await _wind_down(reading, commit_task, committer, settle)
+                raise
+        request = committer.stop_request
+        return request.error() if request is not None else None
+
+    async def _intake(self, ctx: StepContext, state: RunState, committer: "_Committer", sequential: list[Step],
+                      feed: Feed, log: _IntakeLog) -> None:
         """Read the window, skip what is done, report bad input, run the sequential steps in input order,
-        and hand every record that needs the concurrent steps to ``feed``.
+        and hand every record that needs the concurrent steps to ``feed``, until the end or a stop.
 
-        Shared by the local and the Ray executor, which differ only in where ``feed`` sends records.
-        Returns how many sequence numbers were used (the committer's end) and the error that stopped
-        reading under ``on_bad_record: stop``, if any.
+        ``log.seq`` is how many sequence numbers were used (the committer's end). On a resume with
+        ``order: input`` it also notes each record's input position and whether this run redoes a record
+        ahead of one already written, so that the output can be put back in input order at the end.
         """
         cfg = self.pipeline.input
         path = self.pipeline.resolve(cfg.path)
         assert path is not None
         assign_id = IdAssigner(cfg.id_field)
-        seq = 0
+        track_order = state.resumed and self.pipeline.output.order == "input"
+        redoing = False
         items = iter_records(path, start=cfg.start, limit=cfg.limit, encoding=cfg.encoding, sheet=cfg.sheet)
         async for batch in _read_batches(items):
             for item in batch:
+                if committer.stop_request is not None:
+                    return
                 self.summary.records_in += 1
                 if item.error is not None or item.record is None:
-                    if cfg.on_bad_record == "stop":
-                        return seq, BadInputStop(f"{item.error} (on_bad_record: stop)")
-                    if str(item.location) in state.done:  # reported by an earlier run already
-                        self.summary.skipped += 1
-                        continue
-                    await window.acquire()
-                    committer.put(_bad_input(seq, item))
-                    seq += 1
+                    await self._intake_bad_line(state, committer, item, log)
                     continue
                 source_id = assign_id(item.record)
-                if source_id in state.done:
-                    self.summary.skipped += 1
-                    progress.advance_skipped()
-                    if sequential:
-                        # Stateful filters must see done records too, or a resumed dedup would
-                        # forget everything before the crash. Their verdict was committed already.
-                        await self._sequential(sequential, -1, source_id, with_source_id(item.record, source_id),
-                                               item.location, ctx)
+                if track_order:
+                    log.positions[source_id] = len(log.positions)
+                if state.is_done(source_id):
+                    log.order_broken |= redoing and state.status[source_id] == "ok"
+                    await self._skip_done(sequential, source_id, item, ctx, committer.progress)
                     continue
-                await window.acquire()
+                redoing = True
+                await committer.window.acquire()
                 record = with_source_id(item.record, source_id)
-                outcome_or_record = await self._sequential(sequential, seq, source_id, record, item.location, ctx)
+                outcome_or_record = await self._sequential(sequential, log.seq, source_id, record, item.location, ctx)
                 if isinstance(outcome_or_record, Outcome):
                     committer.put(outcome_or_record)
                 else:
-                    await feed(seq, source_id, outcome_or_record, item.location)
-                seq += 1
-        return seq, None
+                    await feed(log.seq, source_id, outcome_or_record, item.location)
+                log.seq += 1
+
+    async def _intake_bad_line(self, state: RunState, committer: "_Committer", item: SourceItem,
+                               log: _IntakeLog) -> None:
+        """A line the reader could not turn into a record: reported once (its location is its id), or a stop."""
+        if state.is_done(str(item.location)):  # reported by an earlier run already
+            self.summary.skipped += 1
+            return
+        if self.pipeline.input.on_bad_record == "stop":
+            committer.request_stop(StopRequest("bad_input", f"{item.error} (on_bad_record: stop)"))
+            return
+        await committer.window.acquire()
+        committer.put(_bad_input(log.seq, item))
+        log.seq += 1
+
+    async def _skip_done(self, sequential: list[Step], source_id: str, item: SourceItem, ctx: StepContext,
+                         progress: RunProgress) -> None:
+        self.summary.skipped += 1
+        progress.advance_skipped()
+        if sequential:
+            # Stateful filters must see done records too, or a resumed dedup would forget everything
+            # before the crash. Their verdict was committed already.
+            assert item.record is not None
+            await self._sequential(sequential, -1, source_id, with_source_id(item.record, source_id), item.location,
+                                   ctx)
 
     async def _sequential(self, steps: list[Step], seq: int, source_id: str, record: Record, location: Location,
                           ctx: StepContext) -> Outcome | Record:
         """Order-sensitive steps (streaming dedup) run here, one record at a time, in input order."""
         for step in steps:
+            bad = _field_error(step, record)
+            if bad is not None:
+                return self._bad_record(seq, source_id, record, location, step.name, bad)
             try:
                 results = as_list(await step.run(record, ctx))
             except Exception as exc:
-                return _failure(seq, source_id, record, location, step.name, exc)
+                return self._outcome_of_error(seq, source_id, record, location, step.name, exc)
             if not results:
                 return Outcome(seq, source_id, "filtered")
             if len(results) > 1:
@@ -273,19 +457,121 @@ class LocalExecutor:
 
     async def _through(self, steps: list[Step], seq: int, source_id: str, record: Record, location: Location,
                        ctx: StepContext) -> Outcome:
-        """Run one input record through the concurrent steps; fan-out multiplies records as it goes."""
+        """Run one input record through the concurrent steps; fan-out multiplies records as it goes.
+
+        Before a step sees a record, the fields it reads are checked (:func:`_field_error`): a bad record
+        costs no model call and follows ``input.on_bad_record``.
+        """
         current = [record]
         for step in steps:
             produced: list[Record] = []
             for rec in current:
+                bad = _field_error(step, rec)
+                if bad is not None:
+                    return self._bad_record(seq, source_id, record, location, step.name, bad)
                 try:
                     produced.extend(as_list(await step.run(rec, ctx)))
                 except Exception as exc:
-                    return _failure(seq, source_id, record, location, step.name, exc)
+                    return self._outcome_of_error(seq, source_id, record, location, step.name, exc)
             current = produced
             if not current:
                 return Outcome(seq, source_id, "filtered")
         return Outcome(seq, source_id, "ok", _finalise(current, source_id, record))
+
+    def _outcome_of_error(self, seq: int, source_id: str, record: Record, location: Location, step: str,
+                          exc: Exception) -> Outcome:
+        """A dead model leaves the record unfinished and stops the run; bad input follows ``on_bad_record``;
+        anything else is a failed record."""
+        down = _endpoint_down(exc)
+        if down is not None:
+            return Outcome(seq, source_id, "unfinished", stop=StopRequest("stopped", str(down)))
+        if isinstance(exc, InputError):
+            return self._bad_record(seq, source_id, record, location, step, exc)
+        return _failure(seq, source_id, record, location, step, exc)
+
+    def _bad_record(self, seq: int, source_id: str, record: Record, location: Location, step: str,
+                    error: InputError) -> Outcome:
+        if error.location is None:
+            error.location = location
+        if self.pipeline.input.on_bad_record == "stop":
+            stop = StopRequest("bad_input", f"{error} (on_bad_record: stop)")
+            return Outcome(seq, source_id, "unfinished", stop=stop)
+        outcome = _failure(seq, source_id, record, location, step, error)
+        assert outcome.failure is not None
+        outcome.failure["field"] = error.field
+        outcome.status = "bad_input"
+        return outcome
+
+
+def _field_error(step: Step, record: Record) -> InputError | None:
+    """The first field ``step`` needs that the record lacks or holds in a shape no prompt should see.
+
+    Without this, ``input: null`` became the prompt text ``"None"`` and ``{}`` became ``"{}"``: billed, and
+    written as good records. Which values pass is :func:`~joydataforge.records.field_problem`'s rule. A
+    ``history`` the record carries is checked whenever the step reads record fields, since prompts render it
+    even when they do not name it.
+    """
+    needed = step.required_fields()
+    if not needed:
+        return None
+    for name in sorted(needed):
+        if name not in record:
+            if name in OPTIONAL_FIELDS:
+                continue
+            return InputError(f"missing (step '{step.name}' needs it)", None, name)
+        problem = field_problem(name, record[name])
+        if problem is not None:
+            return InputError(f"{problem} (step '{step.name}' needs it)", None, name)
+    if "history" not in needed and "history" in record:
+        problem = field_problem("history", record["history"])
+        if problem is not None:
+            return InputError(f"{problem} (step '{step.name}')", None, "history")
+    return None
+
+
+def _endpoint_down(exc: BaseException) -> EndpointDown | None:
+    """The EndpointDown behind ``exc``, also when a step wrapped it (``raise StepError(...) from exc``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, EndpointDown):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+async def _settle(tasks: set[asyncio.Task[None]], cancel: bool) -> None:
+    """Wait for the record tasks (cancelled first when ``cancel``); re-raise a bug unless cancelling."""
+    while tasks:
+        batch = list(tasks)
+        if cancel:
+            for task in batch:
+                task.cancel()
+        results = await asyncio.gather(*batch, return_exceptions=True)
+        if not cancel:
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                    raise result
+
+
+async def _wind_down(reading: asyncio.Task[None], commit_task: asyncio.Task[None], committer: "_Committer",
+                     settle: Settle) -> None:
+    """Stop reading, cancel the records in flight, commit what is ready, and let the committer end."""
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    await settle(True)
+    committer.abandon()
+    with contextlib.suppress(Exception):  # a failed write was reported by the caller already
+        await asyncio.shield(commit_task)
+
+
+def _uncancel() -> None:
+    """Ctrl-C cancelled the run's task once; the wind-down that follows must be able to await (3.11+)."""
+    task = asyncio.current_task()
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
 
 
 @contextlib.contextmanager
@@ -361,30 +647,48 @@ def _bad_input(seq: int, item: SourceItem) -> Outcome:
 
 
 class _Committer:
-    """Writes finished records in input order (or as they finish), a batch per thread hop."""
+    """Writes finished records in input order (or as they finish), a batch per thread hop.
+
+    It also keeps the run's stop request: the first record that asks (a model down, a bad record under
+    ``on_bad_record: stop``) or the failure budget; the feeder reads it before each record.
+    """
 
     def __init__(self, state: RunState, ordered: bool, summary: RunSummary, window: asyncio.Semaphore,
-                 progress: RunProgress):
+                 progress: RunProgress, budget: FailureBudget | None = None):
         self.state = state
         self.ordered = ordered
         self.summary = summary
         self.window = window
         self.progress = progress
+        self.budget = budget
         self.pending: dict[int, Outcome] = {}
         self.next_seq = 0
         self.end_seq: int | None = None
+        self.abandoned = False
+        self.stop_request: StopRequest | None = None
         self.wakeup = asyncio.Event()
         self.data = JsonlAppender(state.data)
         self.failures = JsonlAppender(state.failures)
         self.ledger = JsonlAppender(state.ledger)
 
     def put(self, outcome: Outcome) -> None:
+        if outcome.stop is not None:  # at once, not at commit: the feeder should not start another record
+            self.request_stop(outcome.stop)
         self.pending[outcome.seq] = outcome
         self.wakeup.set()
 
     def finish(self, end_seq: int) -> None:
         self.end_seq = end_seq
         self.wakeup.set()
+
+    def abandon(self) -> None:
+        """End after committing what is ready now: records that never got an outcome are simply not done."""
+        self.abandoned = True
+        self.wakeup.set()
+
+    def request_stop(self, request: StopRequest) -> None:
+        if self.stop_request is None:
+            self.stop_request = request
 
     def _ready(self) -> list[Outcome]:
         ready = []
@@ -399,14 +703,20 @@ class _Committer:
         return ready
 
     def _write(self, batch: list[Outcome]) -> None:
-        outputs = [rec for outcome in batch for rec in outcome.outputs]
-        failures = [outcome.failure for outcome in batch if outcome.failure is not None]
+        """Outputs, then failures, then the ledger: a record's ledger line is what commits it (run_state)."""
+        finished = [o for o in batch if o.status != "unfinished"]
+        outputs = [rec for outcome in finished for rec in outcome.outputs]
+        failures = [outcome.failure for outcome in finished if outcome.failure is not None]
         if outputs:
-            self.data.write(outputs)
+            _write_lines(self.data, outputs)
+            crash_point("data-written")
         if failures:
-            self.failures.write(failures)
-        self.ledger.write([{"id": o.source_id, "status": "failed" if o.status == "bad_input" else o.status}
-                           for o in batch])
+            _write_lines(self.failures, failures)
+            crash_point("failures-written")
+        if finished:
+            _write_lines(self.ledger, [{"id": o.source_id, "status": "failed" if o.status == "bad_input" else o.status}
+                                       for o in finished])
+            crash_point("ledger-written")
 
     async def loop(self) -> None:
         try:
@@ -415,24 +725,55 @@ class _Committer:
                 self.wakeup.clear()
                 batch = self._ready()
                 if batch:
-                    await asyncio.to_thread(self._write, batch)
+                    writing = asyncio.ensure_future(asyncio.to_thread(self._write, batch))
+                    try:
+                        await asyncio.shield(writing)
+                    except asyncio.CancelledError:
+                        await asyncio.wait({writing})  # the files close below: not under a writing thread
+                        raise
                     self._count(batch)
-                if self.end_seq is not None and self.next_seq >= self.end_seq and not self.pending:
+                if self.abandoned or (self.end_seq is not None and self.next_seq >= self.end_seq and not self.pending):
                     return
         finally:
             for appender in (self.data, self.failures, self.ledger):
                 appender.close()
 
     def _count(self, batch: list[Outcome]) -> None:
+        summary = self.summary
         for outcome in batch:
             self.window.release()
+            if outcome.status == "unfinished":
+                continue
+            self.state.committed(outcome.source_id, "failed" if outcome.status == "bad_input" else outcome.status)
             if outcome.status == "ok":
-                self.summary.inputs_done += 1
-                self.summary.records_out += len(outcome.outputs)
+                summary.inputs_done += 1
+                summary.records_out += len(outcome.outputs)
             elif outcome.status == "filtered":
-                self.summary.filtered += 1
+                summary.filtered += 1
             elif outcome.status == "failed":
-                self.summary.failed += 1
+                summary.failed += 1
             else:
-                self.summary.bad_input += 1
-        self.progress.update(self.summary)
+                summary.bad_input += 1
+                if outcome.failure is not None:
+                    summary.note_bad_record(outcome.failure["error"])
+            self._check_budget()
+        self.progress.update(summary)
+
+    def _check_budget(self) -> None:
+        """After each record, so the reason names the count that crossed the limit, not a batch's total."""
+        if self.budget is None or self.stop_request is not None:
+            return
+        summary = self.summary
+        reason = self.budget.exceeded(summary.failed, summary.inputs_done + summary.filtered + summary.failed)
+        if reason is not None:
+            self.request_stop(StopRequest("stopped", reason))
+
+
+def _write_lines(appender: JsonlAppender, records: list[dict[str, Any]]) -> None:
+    """Append, naming the file when the OS refuses (``os.write`` on a descriptor does not say which)."""
+    try:
+        appender.write(records)
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(appender.path)) from exc
+        raise

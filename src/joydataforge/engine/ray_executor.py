@@ -44,22 +44,21 @@ import math
 import os
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ..config.pipeline import Pipeline
 from ..errors import ConfigError, JoyForgeError, Location
-from ..io.readers import count_records
 from ..models.cache import CallCache
 from ..models.config import ModelRegistry
 from ..models.usage import ModelUsage
-from ..config.pipeline import Pipeline
-from .registry import shippable_configs
-from .step import Record, Step, StepContext
-from .local import LocalExecutor, Outcome, _Committer, _failure
-from .progress import RunProgress
+from .local import LocalExecutor, Outcome, _Committer, _failure, split_steps
 from .ray_limits import ClusterGateway, start_limits_actor
+from .registry import shippable_configs
 from .run_state import RunState
+from .step import Record, StepContext
 from .summary import RunSummary
 
 BATCHES_PER_WORKER = 2  # one batch running, one queued: a worker never waits for the driver
@@ -73,16 +72,6 @@ def _require_ray() -> Any:
         raise ConfigError("the Ray executor needs Ray: pip install 'joydataforge[ray]' "
                           "(or run with --executor local)") from None
     return ray
-
-
-def _split_steps(steps: list[Step]) -> tuple[list[Step], list[Step]]:
-    """Sequential prefix (run on the driver) and concurrent rest (run on the workers), as the local executor."""
-    prefix = 0
-    while prefix < len(steps) and steps[prefix].sequential:
-        prefix += 1
-    if any(step.sequential for step in steps[prefix:]):
-        raise JoyForgeError("sequential steps (e.g. minhash_dedup) must come first in the pipeline")
-    return steps[:prefix], steps[prefix:]
 
 
 class StepWorker:
@@ -106,7 +95,7 @@ class StepWorker:
         self.cache = CallCache(cache_path) if cache_path is not None else None
         self.gateway = ClusterGateway(registry, self.limits, self.cache, holder=holder)
         self.ctx: StepContext = self.local._context(self.gateway)
-        self.steps = _split_steps(self.local.steps)[1]
+        self.steps = split_steps(self.local.steps)[1]
         for step in self.steps:
             step.counters = Counter()
         self.in_flight = asyncio.Semaphore(max(1, in_flight))
@@ -206,6 +195,14 @@ class _Pool:
         while self.tasks:
             await asyncio.gather(*list(self.tasks))
 
+    async def cancel(self) -> None:
+        """Ctrl-C or a failed write: stop waiting for the batches out (Ray finishes or drops them)."""
+        while self.tasks:
+            batch = list(self.tasks)
+            for task in batch:
+                task.cancel()
+            await asyncio.gather(*batch, return_exceptions=True)
+
 
 class RayExecutor(LocalExecutor):
     """Runs a pipeline on a Ray cluster (``address``: ``auto``, ``ray://host:10001``, or ``None`` for a
@@ -224,6 +221,11 @@ class RayExecutor(LocalExecutor):
         self._pipeline_blob = b""
 
     async def run(self) -> RunSummary:
+        # The folder's lock first: a second run on it must fail at once, not after starting a cluster.
+        with self.folder_locked():
+            return await self._run_on_cluster()
+
+    async def _run_on_cluster(self) -> RunSummary:
         ray = _require_ray()
         started_here = not ray.is_initialized()
         if started_here:
@@ -273,24 +275,17 @@ class RayExecutor(LocalExecutor):
                 pass
             ray.kill(worker, no_restart=True)
 
-    async def _execute(self, ctx: StepContext, state: RunState) -> None:
+    async def _execute(self, ctx: StepContext, state: RunState) -> JoyForgeError | None:
         ray = _require_ray()
-        pipeline = self.pipeline
-        cfg = pipeline.input
-        path = pipeline.resolve(cfg.path)
-        assert path is not None
-        sequential, _ = _split_steps(self.steps)
-        concurrency = pipeline.run.concurrency
+        sequential, _ = split_steps(self.steps)
+        concurrency = self.pipeline.run.concurrency
         workers = self._start_workers(ray, concurrency)
         # A worker that cannot start (a step that does not unpickle, a missing package on a node) stops
         # the run here, before any record, rather than failing every record.
         await asyncio.gather(*(worker.pid.remote() for worker in workers))
         batch_size = max(1, min(MAX_BATCH, math.ceil(concurrency / len(workers))))
         window = asyncio.Semaphore(concurrency * 4 + batch_size * (BATCHES_PER_WORKER + 1) * len(workers))
-        ordered = pipeline.output.order == "input"
-        total = await asyncio.to_thread(count_records, path, start=cfg.start, limit=cfg.limit)
-        progress = RunProgress(total, enabled=self.show_progress, gateway=ctx.gateway)
-        committer = _Committer(state, ordered, self.summary, window, progress)
+        committer = self._new_committer(ctx, state, window, await self._count_input())
         by_name = {step.name: step for step in self.steps}
 
         def on_stats(usage: dict, counters: dict) -> None:
@@ -308,16 +303,18 @@ class RayExecutor(LocalExecutor):
                 batch, pending = pending, []
                 await pool.submit(batch)
 
-        commit_task = asyncio.create_task(committer.loop())
-        with progress:
-            seq, stop_error = await self._intake(ctx, state, committer, window, progress, sequential, feed)
-            if pending:
-                await pool.submit(pending)
+        async def settle(cancel: bool) -> None:
+            nonlocal pending
+            if cancel:  # batches cancelled here never report: their records are simply not done
+                pending = []
+                await pool.cancel()
+                return
+            if pending:  # also after a stop: these records were taken in, they finish like the rest
+                batch, pending = pending, []
+                await pool.submit(batch)
             await pool.drain()
-            committer.finish(seq)
-            await commit_task
-        if stop_error is not None:
-            raise stop_error
+
+        return await self._drive(ctx, state, committer, sequential, feed, settle)
 
 
 def run_on_ray(pipeline: Pipeline | str | Path, *, address: str | None = None, overwrite: bool = False,

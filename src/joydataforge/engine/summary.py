@@ -1,8 +1,12 @@
-"""What a run did, in numbers: shown at the end and written to ``summary.json``."""
+"""What a run did, in numbers: shown at the end, written to ``summary.json``, and the run's exit status."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..errors import ExitCode
+
+BAD_RECORDS_LISTED = 20  # summary.json names this many bad records; failures.jsonl has them all
 
 
 @dataclass
@@ -12,13 +16,17 @@ class RunSummary:
     inputs_done: int = 0       # input records that produced output
     filtered: int = 0          # input records that a step dropped on purpose
     failed: int = 0            # input records whose steps failed; kept in failures.jsonl
-    bad_input: int = 0         # unreadable or invalid input lines; kept in failures.jsonl
+    bad_input: int = 0         # unreadable lines and records with a missing or mistyped field; in failures.jsonl
     skipped: int = 0           # already done by an earlier run (resume)
     repaired_lines: int = 0    # torn or uncommitted lines cut from the output tail on resume
     seconds: float = 0.0
     models: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, Any] = field(default_factory=dict)
     output_dir: str = ""
+    bad_records: list[str] = field(default_factory=list)  # "file:line field 'x': reason", the first few
+    stopped: str = ""          # why the run stopped before its end (one line); "" when it ran to its end
+    stop_kind: str = ""        # "stopped" (resumable: exit 5) or "bad_input" (on_bad_record: stop: exit 2)
+    totals: dict[str, int] = field(default_factory=dict)  # the folder's records by status after this run
 
     @property
     def cache_hits(self) -> int:
@@ -32,7 +40,33 @@ class RunSummary:
     def cost(self) -> float:
         return sum(float(m.get("cost", 0.0)) for m in self.models.values())
 
+    def note_bad_record(self, line: str) -> None:
+        if len(self.bad_records) < BAD_RECORDS_LISTED:
+            self.bad_records.append(line)
+
+    @property
+    def failed_total(self) -> int:
+        """Records of the folder that failed (this run or an earlier one) and are in failures.jsonl now."""
+        return self.totals.get("failed", self.failed + self.bad_input)
+
+    @property
+    def succeeded_total(self) -> int:
+        return self.totals.get("ok", self.inputs_done) + self.totals.get("filtered", self.filtered)
+
+    def exit_code(self) -> ExitCode:
+        """The run's verdict for scripts and CI (``joyforge run --help``, docs/reliability.md).
+
+        Failures are counted over the whole folder, so re-running a finished run whose records failed
+        still says so (3) instead of 0: the folder is not complete until failures.jsonl is empty.
+        """
+        if self.stopped:
+            return ExitCode.CONFIG if self.stop_kind == "bad_input" else ExitCode.STOPPED
+        if self.failed_total == 0:
+            return ExitCode.OK
+        return ExitCode.SOME_FAILED if self.succeeded_total > 0 else ExitCode.ALL_FAILED
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(cache_hits=self.cache_hits, tokens=self.tokens, cost=round(self.cost, 6))
+        data.update(cache_hits=self.cache_hits, tokens=self.tokens, cost=round(self.cost, 6),
+                    exit_status=int(self.exit_code()))
         return data

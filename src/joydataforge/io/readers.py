@@ -36,31 +36,19 @@ import datetime as _dt
 import decimal
 import json
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator
 
 from ..errors import InputError, Location
 from .encodings import describe_decode_error, resolve_encoding
+from .source import SourceItem
+from .taxonomy import read_taxonomy
 
 #: Key of the Parquet schema metadata in which :func:`~joydataforge.io.writers.jsonl_to_parquet`
 #: lists the columns it had to store as JSON text; the reader decodes them back.
 PARQUET_META_KEY = b"joydataforge"
 
 _PARQUET_BATCH_ROWS = 1024  # rows can be long prompts: small batches keep memory flat
-
-
-@dataclass(frozen=True)
-class SourceItem:
-    """One input record, or the reason the record at ``location`` could not be read."""
-
-    location: Location
-    record: dict[str, Any] | None
-    error: InputError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 # A format reader yields the items after the first ``skip`` ones and returns how many it skipped, so a
@@ -512,7 +500,6 @@ def _count_file(path: Path, encoding: str | None) -> int | None:
 
 def _read_yaml(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
     """A YAML input is a topic taxonomy (seedless generation): one record per topic, located at its line."""
-    from .taxonomy import read_taxonomy  # imported here: taxonomy builds on this module
 
     return (yield from read_taxonomy(path, encoding, sheet, skip))
 

@@ -29,7 +29,7 @@ from typing import Any, Generator
 import yaml
 
 from ..errors import InputError, Location
-from .readers import SourceItem
+from .source import SourceItem
 
 _DEFAULT_KEYS = ("personas", "difficulties", "n")
 _TOPIC_KEYS = {"id", "topic", "subtopics", *_DEFAULT_KEYS}

@@ -28,8 +28,8 @@ class Pricing(BaseModel):
     """Price in the user's currency per million tokens."""
 
     model_config = ConfigDict(extra="forbid")
-    input_per_mtok: float = 0.0
-    output_per_mtok: float = 0.0
+    input_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million prompt tokens.")
+    output_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million completion tokens.")
 
 
 _KEY_PREFIXES = ("sk-", "sk_", "hf_", "gsk_", "xai-", "AIza", "ghp_", "github_pat_", "r8_", "nvapi-", "pk-")
@@ -86,10 +86,18 @@ def redact_url(url: str) -> str:
 
 
 class ModelConfig(BaseModel):
+    """One named model of models.yaml: how to reach it, how hard to push it, how to decode, what it costs.
+
+    Steps name models, never endpoints: swapping the embedded SmolLM2 for a hosted model is a change here only.
+    """
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    name: str
-    backend: BackendName
+    name: str = Field(description="The model's name, as steps refer to it (the key under `models:`).")
+    backend: BackendName = Field(description=(
+        "How it is reached: `openai` (any OpenAI-compatible server: vLLM, SGLang, llama.cpp server, Ollama, "
+        "hosted APIs), `llamacpp` (a GGUF run in-process), `vllm` (vLLM in-process, GPU), `transformers` "
+        "(a local reward model)."))
     model: str = Field(default="", description="model id sent to the server; for llamacpp a label; for vllm the "
                        "Hugging Face id or local folder it loads")
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
@@ -100,14 +108,18 @@ class ModelConfig(BaseModel):
         default=None, description="llamacpp: a llama-cpp-python chat format overriding the GGUF's; openai: the "
         "path of the served model's tokenizer_config.json or .jinja chat template (raw-completion methods need it); "
         "vllm: such a file, used instead of the tokenizer's own template")
-    n_ctx: int = 2048
-    n_threads: int | None = None
+    n_ctx: int = Field(default=2048, ge=1, description="llamacpp: context window in tokens (prompt + reply).")
+    n_threads: int | None = Field(default=None, ge=1, description=(
+        "llamacpp: CPU threads for inference; unset: llama.cpp's choice."))
     max_concurrency: int = Field(default=defaults.MODEL_MAX_CONCURRENCY, ge=1,
                                  description="requests in flight to this model at once")
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    timeout: float = 120.0
-    max_retries: int = 5
+    requests_per_minute: float | None = Field(default=None, gt=0, description=(
+        "Rate limit in requests per minute (a token bucket); unset: none."))
+    tokens_per_minute: float | None = Field(default=None, gt=0, description=(
+        "Rate limit in tokens per minute (prompt + completion, estimated before the call); unset: none."))
+    timeout: float = Field(default=120.0, gt=0, description="Seconds one request may take before it is retried.")
+    max_retries: int = Field(default=5, ge=0, description=(
+        "Retries of a call after a transient error (429, 5xx, a dropped connection), with backoff."))
     breaker_threshold: int = Field(
         default=5, ge=0, description="failed requests in a row (connection errors, replies that are not a model "
         "API's: an HTML page, JSON without choices; a refused key; a missing path or model), retries included, "
@@ -116,13 +128,16 @@ class ModelConfig(BaseModel):
     max_retry_after: float = Field(
         default=300.0, ge=0, description="longest Retry-After (seconds) worth waiting for; a server asking for "
         "more (an exhausted daily quota) fails the call at once, so the record is kept for --retry-failed")
-    json_retries: int = 2
-    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    json_retries: int = Field(default=2, ge=0, description=(
+        "Re-asks when a reply that must be JSON does not parse or does not match its schema."))
+    structured_output: Literal["json_schema", "json_object", "none"] = Field(default="json_schema", description=(
+        "How JSON replies are requested: a schema the server enforces, any JSON object, or only the prompt. "
+        "A server that refuses json_schema is stepped down to json_object once (said in the summary)."))
     params: dict[str, Any] = Field(default_factory=dict, description="default generation parameters")
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="vllm: keyword arguments of vllm.LLM (tensor_parallel_size, "
         "gpu_memory_utilization, max_model_len, dtype, quantization, ...)")
-    pricing: Pricing | None = None
+    pricing: Pricing | None = Field(default=None, description="Price per million tokens, for cost in the summary.")
 
     @field_validator("api_key_env")
     @classmethod
