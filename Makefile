@@ -18,7 +18,7 @@ ifeq ($(shell uname -m),x86_64)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 endif
 
-.PHONY: demo test test-fast test-slow test-vllm bench browser clean
+.PHONY: demo test test-fast test-slow test-vllm bench browser clean lint format
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,10 +35,19 @@ demo: $(STAMP)
 
 ## make test: set up, then the fast suite, then the slow integration tests (real model, real server),
 ## then the vllm backend on a real vLLM (its CPU build: no GPU needed)
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(PY) -m pytest -q -rs
 	$(PY) -m pytest -q -rs -m slow
 	$(MAKE) test-vllm
+
+## make lint: ruff's checks and its formatting (configured in pyproject.toml); `make format` applies both fixes
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -rs

@@ -8,6 +8,7 @@ Target: gateway/bare and pipeline/bare >= 0.9.
 
     python bench/embedded.py [--prompts 12] [--max-tokens 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,18 @@ import time
 from pathlib import Path
 
 PROMPTS = [
-    "Explain in two sentences why the sky is blue.", "Write a haiku about autumn.",
-    "What is the difference between a list and a tuple in Python?", "Give three tips for better sleep.",
-    "Summarise the plot of Romeo and Juliet.", "How do vaccines work?", "孕期可以吃布洛芬吗？",
-    "What is a prime number? Give examples.", "Describe a cat to someone who has never seen one.",
-    "Why do we have seasons?", "List four uses of baking soda.", "What does HTTP 429 mean?",
+    "Explain in two sentences why the sky is blue.",
+    "Write a haiku about autumn.",
+    "What is the difference between a list and a tuple in Python?",
+    "Give three tips for better sleep.",
+    "Summarise the plot of Romeo and Juliet.",
+    "How do vaccines work?",
+    "孕期可以吃布洛芬吗？",
+    "What is a prime number? Give examples.",
+    "Describe a cat to someone who has never seen one.",
+    "Why do we have seasons?",
+    "List four uses of baking soda.",
+    "What does HTTP 429 mean?",
 ]
 
 
@@ -35,8 +43,9 @@ def bare(prompts: list[str], max_tokens: int) -> tuple[int, float]:
     llama.create_chat_completion(messages=[{"role": "user", "content": "warm up"}], max_tokens=4)
     tokens, started = 0, time.perf_counter()
     for prompt in prompts:
-        out = llama.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                                           temperature=0.0, seed=1)
+        out = llama.create_chat_completion(
+            messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0, seed=1
+        )
         tokens += out["usage"]["completion_tokens"]
     return tokens, time.perf_counter() - started
 
@@ -50,8 +59,9 @@ def via_gateway(prompts: list[str], max_tokens: int) -> tuple[int, float]:
         model = gateway.model("smollm2")
         await model.chat([{"role": "user", "content": "warm up"}], max_tokens=4)
         tokens, started = 0, time.perf_counter()
-        replies = await asyncio.gather(*(model.chat([{"role": "user", "content": p}], max_tokens=max_tokens,
-                                                    temperature=0.0) for p in prompts))
+        replies = await asyncio.gather(
+            *(model.chat([{"role": "user", "content": p}], max_tokens=max_tokens, temperature=0.0) for p in prompts)
+        )
         tokens = sum(r.usage.completion_tokens for r in replies)
         seconds = time.perf_counter() - started
         await gateway.close()
@@ -61,18 +71,28 @@ def via_gateway(prompts: list[str], max_tokens: int) -> tuple[int, float]:
 
 
 def via_pipeline(prompts: list[str], max_tokens: int) -> tuple[int, float]:
-    from joydataforge.engine.local import LocalExecutor
     from joydataforge.config.pipeline import Pipeline
+    from joydataforge.engine.local import LocalExecutor
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "in.jsonl"
         data.write_text("".join(json.dumps({"input": p}, ensure_ascii=False) + "\n" for p in prompts), "utf-8")
-        pipeline = Pipeline.from_dict({
-            "input": {"path": str(data)},
-            "steps": [{"generate": {"model": "smollm2", "prompt": "en/answer",
-                                    "params": {"max_tokens": max_tokens, "temperature": 0.0}}}],
-            "output": {"dir": str(Path(tmp) / "out")}, "run": {"cache": None, "progress": False, "concurrency": 4},
-        })
+        pipeline = Pipeline.from_dict(
+            {
+                "input": {"path": str(data)},
+                "steps": [
+                    {
+                        "generate": {
+                            "model": "smollm2",
+                            "prompt": "en/answer",
+                            "params": {"max_tokens": max_tokens, "temperature": 0.0},
+                        }
+                    }
+                ],
+                "output": {"dir": str(Path(tmp) / "out")},
+                "run": {"cache": None, "progress": False, "concurrency": 4},
+            }
+        )
         started = time.perf_counter()
         summary = LocalExecutor(pipeline).run_sync()
         seconds = time.perf_counter() - started
@@ -96,8 +116,10 @@ def main() -> None:
             print(f"round {round_no}: {name:24} {tokens:6d} tokens in {seconds:7.2f}s = {tokens / seconds:8.1f} tok/s")
     base = rows["bare llama-cpp-python"]
     print(f"ratio gateway/bare  = {rows['gateway'] / base:.3f}   (target >= 0.9)")
-    print(f"ratio pipeline/bare = {rows['pipeline'] / base:.3f}   (target >= 0.9; includes prompt template + "
-          "system prompt, so slightly more prompt tokens)")
+    print(
+        f"ratio pipeline/bare = {rows['pipeline'] / base:.3f}   (target >= 0.9; includes prompt template + "
+        "system prompt, so slightly more prompt tokens)"
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ depending on rensa would make our path faster.
 Memory: tracemalloc's peak while our code streams the corpus from a generator, minus the index (the
 signatures and band keys it must keep), at ``n/4`` and ``n``; flat means the two numbers are close.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,26 +39,31 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from joydataforge.text.lsh import DEDUP_WEIGHTS, error_areas, optimal_bands  # noqa: E402
-from joydataforge.text.minhash import MinHasher  # noqa: E402
-from joydataforge.text.clusters import UnionFind  # noqa: E402
-from joydataforge.text.minhash_dedup import near_duplicate_clusters  # noqa: E402
-from joydataforge.text.shingles import ShingleSpec, char_classes, shingle_set  # noqa: E402
+from joydataforge.text.clusters import UnionFind
+from joydataforge.text.lsh import DEDUP_WEIGHTS, error_areas, optimal_bands
+from joydataforge.text.minhash import MinHasher
+from joydataforge.text.minhash_dedup import near_duplicate_clusters
+from joydataforge.text.shingles import ShingleSpec, char_classes, shingle_set
 
 # ------------------------------------------------------------------------------------------ corpus
 
 _LETTERS = "etaoinshrdlcumwfgypbvkjxqz"
 _TEMPLATES = [
-    "write a short story about", "explain in simple terms how", "give me three reasons why",
-    "translate the following sentence into french", "summarize the main points of", "what is the difference between",
-    "list the steps needed to", "compose a polite email asking",
+    "write a short story about",
+    "explain in simple terms how",
+    "give me three reasons why",
+    "translate the following sentence into french",
+    "summarize the main points of",
+    "what is the difference between",
+    "list the steps needed to",
+    "compose a polite email asking",
 ]
 _ZH_PUNCT = "，。、；：？！"
 _ZH_SUFFIXES = ["请简要回答。", "谢谢！", "请详细说明。"]
@@ -209,8 +215,7 @@ def exact_pairs(texts: list[str], spec: ShingleSpec, threshold: float) -> set[tu
     for docs in postings.values():
         if len(docs) > 1:
             shared.update(itertools.combinations(docs, 2))
-    return {(a, b) for (a, b), inter in shared.items()
-            if inter / (len(sets[a]) + len(sets[b]) - inter) >= threshold}
+    return {(a, b) for (a, b), inter in shared.items() if inter / (len(sets[a]) + len(sets[b]) - inter) >= threshold}
 
 
 def labels_from_pairs(n: int, pairs) -> np.ndarray:
@@ -224,8 +229,14 @@ def labels_from_pairs(n: int, pairs) -> np.ndarray:
 
 
 def run_ours(texts: list[str], hasher: MinHasher, threshold: float, weights: tuple[float, float], workers: int = 1):
-    found = near_duplicate_clusters(texts, threshold=threshold, hasher=hasher, workers=workers,
-                                    false_positive_weight=weights[0], false_negative_weight=weights[1])
+    found = near_duplicate_clusters(
+        texts,
+        threshold=threshold,
+        hasher=hasher,
+        workers=workers,
+        false_positive_weight=weights[0],
+        false_negative_weight=weights[1],
+    )
     return found.roots, found.seconds, f"bands={found.bands} rows={found.rows} candidates={found.candidate_pairs}"
 
 
@@ -301,9 +312,10 @@ def run_hybrid(texts: list[str], hasher: MinHasher, threshold: float, weights):
     started = time.perf_counter()
     index = LSHIndex(threshold, hasher.num_perm, false_positive_weight=weights[0], false_negative_weight=weights[1])
     for start in range(0, len(texts), 2048):
-        batch = hasher.shingle(texts[start:start + 2048])
+        batch = hasher.shingle(texts[start : start + 2048])
         matrix = RMinHash.digest_matrix_from_flat_token_hashes(
-            batch.hashes.astype(np.uint64), batch.offsets.astype(np.uint64), hasher.num_perm, hasher.seed)
+            batch.hashes.astype(np.uint64), batch.offsets.astype(np.uint64), hasher.num_perm, hasher.seed
+        )
         signatures = np.array(matrix.to_rows(), dtype=np.uint32)
         signatures[batch.counts() == 0] = 0xFFFFFFFF  # empty texts: never duplicates, as in ours
         index.add(signatures)
@@ -319,7 +331,7 @@ def kernel_table(texts: list[str], hasher: MinHasher, spec: ShingleSpec) -> None
     from datasketch import MinHash
     from rensa import RMinHash
 
-    chunks = [texts[i:i + 2048] for i in range(0, len(texts), 2048)]
+    chunks = [texts[i : i + 2048] for i in range(0, len(texts), 2048)]
     start = time.perf_counter()
     batches = [hasher.shingle(chunk) for chunk in chunks]
     shingling = len(texts) / (time.perf_counter() - start)
@@ -336,7 +348,9 @@ def kernel_table(texts: list[str], hasher: MinHasher, spec: ShingleSpec) -> None
     rows.append(("rensa digest_matrix_from_flat_token_hashes, same hashes", len(texts) / (time.perf_counter() - start)))
     start = time.perf_counter()
     RMinHash.digest_matrix_from_token_sets(string_sets, hasher.num_perm, hasher.seed)
-    rows.append(("rensa digest_matrix_from_token_sets, string shingles", len(string_sets) / (time.perf_counter() - start)))
+    rows.append(
+        ("rensa digest_matrix_from_token_sets, string shingles", len(string_sets) / (time.perf_counter() - start))
+    )
     few = string_sets[:3000]
     start = time.perf_counter()
     for s in few:
@@ -346,7 +360,12 @@ def kernel_table(texts: list[str], hasher: MinHasher, spec: ShingleSpec) -> None
     start = time.perf_counter()
     for t in texts[:20000]:
         shingle_set(t, spec)
-    rows.append(("(python shingle_set alone, what the baselines pay first)", min(20000, len(texts)) / (time.perf_counter() - start)))
+    rows.append(
+        (
+            "(python shingle_set alone, what the baselines pay first)",
+            min(20000, len(texts)) / (time.perf_counter() - start),
+        )
+    )
     rows.append(("(our vectorised shingling alone, chunks of 2048)", shingling))
     print("\nMinHash kernel only (shingles prepared beforehand), docs/s, one core:")
     for name, rate in rows:
@@ -358,12 +377,19 @@ def memory_check(corpus_n: int, seed: int, hasher: MinHasher, threshold: float, 
     for n in (corpus_n // 4, corpus_n):
         corpus = Corpus(n, seed)
         tracemalloc.start()
-        found = near_duplicate_clusters(iter(corpus), threshold=threshold, hasher=hasher,
-                                        false_positive_weight=weights[0], false_negative_weight=weights[1])
+        found = near_duplicate_clusters(
+            iter(corpus),
+            threshold=threshold,
+            hasher=hasher,
+            false_positive_weight=weights[0],
+            false_negative_weight=weights[1],
+        )
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        print(f"  n={n:>9,}: peak {peak / 2**20:8.1f} MiB, index {found.index_bytes / 2**20:8.1f} MiB, "
-              f"peak minus index {(peak - found.index_bytes) / 2**20:8.1f} MiB")
+        print(
+            f"  n={n:>9,}: peak {peak / 2**20:8.1f} MiB, index {found.index_bytes / 2**20:8.1f} MiB, "
+            f"peak minus index {(peak - found.index_bytes) / 2**20:8.1f} MiB"
+        )
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -376,10 +402,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--num-perm", type=int, default=128)
-    parser.add_argument("--fp-weight", type=float, default=DEDUP_WEIGHTS[0], help="LSH false positive weight (all methods)")
-    parser.add_argument("--fn-weight", type=float, default=DEDUP_WEIGHTS[1], help="LSH false negative weight (all methods)")
-    parser.add_argument("--sample-clusters", type=int, default=None,
-                        help="planted clusters in the exact-Jaccard sample (default 5,000; 1,000 with --quick)")
+    parser.add_argument(
+        "--fp-weight", type=float, default=DEDUP_WEIGHTS[0], help="LSH false positive weight (all methods)"
+    )
+    parser.add_argument(
+        "--fn-weight", type=float, default=DEDUP_WEIGHTS[1], help="LSH false negative weight (all methods)"
+    )
+    parser.add_argument(
+        "--sample-clusters",
+        type=int,
+        default=None,
+        help="planted clusters in the exact-Jaccard sample (default 5,000; 1,000 with --quick)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="also time ours with this many processes (0: skip)")
     parser.add_argument("--skip-datasketch", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
@@ -397,10 +431,14 @@ def main() -> None:
     truth = corpus.labels()
     planted = int((truth != np.arange(n)).sum())
     zh = sum(1 for t in texts if any("\u4e00" <= c <= "\u9fff" for c in t[:10]))
-    print(f"corpus: {n:,} records ({zh:,} Chinese, {n - zh:,} English), {planted:,} planted near-duplicates, "
-          f"{len(set(truth.tolist())):,} planted clusters; built in {time.perf_counter() - started:.1f}s")
-    print(f"threshold={args.threshold} num_perm={args.num_perm} LSH weights fp={weights[0]} fn={weights[1]}; "
-          f"our bands/rows {optimal_bands(args.threshold, args.num_perm, *weights)}")
+    print(
+        f"corpus: {n:,} records ({zh:,} Chinese, {n - zh:,} English), {planted:,} planted near-duplicates, "
+        f"{len(set(truth.tolist())):,} planted clusters; built in {time.perf_counter() - started:.1f}s"
+    )
+    print(
+        f"threshold={args.threshold} num_perm={args.num_perm} LSH weights fp={weights[0]} fn={weights[1]}; "
+        f"our bands/rows {optimal_bands(args.threshold, args.num_perm, *weights)}"
+    )
 
     results: dict[str, tuple[np.ndarray, float, str]] = {}
     results["ours"] = run_ours(texts, hasher, args.threshold, weights)
@@ -423,40 +461,56 @@ def main() -> None:
     exact = exact_pairs(sample_texts, spec, args.threshold)
     exact_labels = labels_from_pairs(len(sample), exact)
     exact_seconds = time.perf_counter() - started
-    print(f"exact-Jaccard sample: {len(sample):,} records in {len(chosen):,} planted clusters, "
-          f"{len(exact):,} pairs >= {args.threshold} ({exact_seconds:.1f}s brute force)")
+    print(
+        f"exact-Jaccard sample: {len(sample):,} records in {len(chosen):,} planted clusters, "
+        f"{len(exact):,} pairs >= {args.threshold} ({exact_seconds:.1f}s brute force)"
+    )
 
-    print(f"\n{'method':<22} {'docs/s':>10} {'seconds':>8}   planted (all) P / R / F1    "
-          f"sample vs planted P / R / F1   sample vs exact-J pairs P / R / F1   LSH")
+    print(
+        f"\n{'method':<22} {'docs/s':>10} {'seconds':>8}   planted (all) P / R / F1    "
+        f"sample vs planted P / R / F1   sample vs exact-J pairs P / R / F1   LSH"
+    )
     f1_sample = {}
     p, r, f = pair_scores(exact_labels, truth[sample])
     f1_sample["exact"] = f
     pe, re_, fe = pair_set_scores(exact_labels, exact)
-    print(f"{'exact Jaccard':<22} {'':>10} {exact_seconds:>8.1f}   {'(sample only)':<27} "
-          f"{p:.3f} / {r:.3f} / {f:.3f}        {pe:.3f} / {re_:.3f} / {fe:.3f}")
+    print(
+        f"{'exact Jaccard':<22} {'':>10} {exact_seconds:>8.1f}   {'(sample only)':<27} "
+        f"{p:.3f} / {r:.3f} / {f:.3f}        {pe:.3f} / {re_:.3f} / {fe:.3f}"
+    )
     for name, (labels, seconds, info) in results.items():
         p, r, f = pair_scores(labels, truth)
         sp, sr, sf = pair_scores(labels[sample], truth[sample])
         ep, er, ef = pair_set_scores(labels[sample], exact)
         f1_sample[name] = sf
-        print(f"{name:<22} {n / seconds:>10,.0f} {seconds:>8.2f}   {p:.3f} / {r:.3f} / {f:.3f}         "
-              f"{sp:.3f} / {sr:.3f} / {sf:.3f}        {ep:.3f} / {er:.3f} / {ef:.3f}        {info}")
+        print(
+            f"{name:<22} {n / seconds:>10,.0f} {seconds:>8.2f}   {p:.3f} / {r:.3f} / {f:.3f}         "
+            f"{sp:.3f} / {sr:.3f} / {sf:.3f}        {ep:.3f} / {er:.3f} / {ef:.3f}        {info}"
+        )
 
     ours_rate = n / min(results["ours"][1], results["ours (repeat)"][1])
     rensa_rate = n / results["rensa"][1]
     hybrid_rate = n / results["ours + rensa kernel"][1]
     print(f"\nratios (ours = best of the two single-core runs, {ours_rate:,.0f} docs/s):")
-    print(f"  ours / (ours + rensa kernel) = {ours_rate / hybrid_rate:6.2f}x   (below 1: rensa's kernel would serve us better)")
-    print(f"  ours / rensa      = {ours_rate / rensa_rate:6.2f}x   (target >= 1)  "
-          f"{'MET' if ours_rate >= rensa_rate else 'NOT MET'}")
+    print(
+        f"  ours / (ours + rensa kernel) = {ours_rate / hybrid_rate:6.2f}x   (below 1: rensa's kernel would serve us better)"
+    )
+    print(
+        f"  ours / rensa      = {ours_rate / rensa_rate:6.2f}x   (target >= 1)  "
+        f"{'MET' if ours_rate >= rensa_rate else 'NOT MET'}"
+    )
     if "datasketch" in results:
         ds_rate = n / results["datasketch"][1]
-        print(f"  ours / datasketch = {ours_rate / ds_rate:6.2f}x   (target >= 10) "
-              f"{'MET' if ours_rate >= 10 * ds_rate else 'NOT MET'}")
+        print(
+            f"  ours / datasketch = {ours_rate / ds_rate:6.2f}x   (target >= 10) "
+            f"{'MET' if ours_rate >= 10 * ds_rate else 'NOT MET'}"
+        )
     gap = f1_sample["exact"] - f1_sample["ours"]
     side = "ours lower" if gap > 0 else "ours higher"
-    print(f"  F1 vs planted on the sample: exact {f1_sample['exact']:.4f}, ours {f1_sample['ours']:.4f}, "
-          f"difference {gap:+.4f} ({side}; target |difference| <= 0.01) {'MET' if abs(gap) <= 0.01 else 'NOT MET'}")
+    print(
+        f"  F1 vs planted on the sample: exact {f1_sample['exact']:.4f}, ours {f1_sample['ours']:.4f}, "
+        f"difference {gap:+.4f} ({side}; target |difference| <= 0.01) {'MET' if abs(gap) <= 0.01 else 'NOT MET'}"
+    )
 
     kernel_table(texts, hasher, spec)
     if not args.no_memory:

@@ -24,6 +24,7 @@ On a shared machine the achieved rate of every phase, the baseline included, mov
 (the header prints the load average); --rounds interleaves the phases so that drift hits them alike, and
 CPU time per request is the steadier number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,10 @@ async def bare(url: str, n: int, concurrency: int) -> dict[str, Any]:
         while next_index < n:
             i = next_index
             next_index += 1
-            body = {"model": "mock-model", "messages": [{"role": "system", "content": MESSAGES_SYSTEM},
-                                                         {"role": "user", "content": question(i)}]}
+            body = {
+                "model": "mock-model",
+                "messages": [{"role": "system", "content": MESSAGES_SYSTEM}, {"role": "user", "content": question(i)}],
+            }
             async with session.post(url + "/chat/completions", json=body) as response:
                 data = json.loads(await response.text())
             texts += len(data["choices"][0]["message"]["content"])
@@ -91,9 +94,21 @@ async def gateway(url: str, n: int, concurrency: int) -> dict[str, Any]:
     from joydataforge.models.config import ModelRegistry
     from joydataforge.models.gateway import Gateway
 
-    registry = ModelRegistry.from_dict({"models": {"bench": {
-        "backend": "openai", "model": "mock-model", "base_url": url, "max_concurrency": concurrency,
-        "timeout": 60, "max_retries": 2}}}, "bench")
+    registry = ModelRegistry.from_dict(
+        {
+            "models": {
+                "bench": {
+                    "backend": "openai",
+                    "model": "mock-model",
+                    "base_url": url,
+                    "max_concurrency": concurrency,
+                    "timeout": 60,
+                    "max_retries": 2,
+                }
+            }
+        },
+        "bench",
+    )
     gw = Gateway(registry)
     client = gw.model("bench")
     next_index = 0
@@ -103,7 +118,9 @@ async def gateway(url: str, n: int, concurrency: int) -> dict[str, Any]:
         while next_index < n:
             i = next_index
             next_index += 1
-            await client.chat([{"role": "system", "content": MESSAGES_SYSTEM}, {"role": "user", "content": question(i)}])
+            await client.chat(
+                [{"role": "system", "content": MESSAGES_SYSTEM}, {"role": "user", "content": question(i)}]
+            )
 
     cpu0, t0 = _cpu(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -114,24 +131,42 @@ async def gateway(url: str, n: int, concurrency: int) -> dict[str, Any]:
 
 async def engine(url: str, n: int, concurrency: int, cache: bool, workdir: Path) -> dict[str, Any]:
     """The whole engine, as a user runs it, minus the progress bar."""
+    from joydataforge.config.pipeline import Pipeline
     from joydataforge.engine.local import LocalExecutor
     from joydataforge.models.config import ModelRegistry
-    from joydataforge.config.pipeline import Pipeline
 
     source = workdir / "in.jsonl"
     with source.open("w", encoding="utf-8") as handle:
         for i in range(n):
             handle.write(json.dumps({"id": f"r{i}", "input": question(i)}) + "\n")
-    registry = ModelRegistry.from_dict({"models": {"bench": {
-        "backend": "openai", "model": "mock-model", "base_url": url, "max_concurrency": concurrency,
-        "timeout": 60, "max_retries": 2}}}, "bench")
-    pipeline = Pipeline.from_dict({
-        "input": {"path": str(source)},
-        "steps": [{"generate": {"model": "bench", "prompt": "en/answer"}}],
-        "output": {"dir": str(workdir / "out")},
-        "run": {"concurrency": concurrency, "cache": str(workdir / "calls.sqlite") if cache else None,
-                "progress": False},
-    }, base_dir=str(workdir))
+    registry = ModelRegistry.from_dict(
+        {
+            "models": {
+                "bench": {
+                    "backend": "openai",
+                    "model": "mock-model",
+                    "base_url": url,
+                    "max_concurrency": concurrency,
+                    "timeout": 60,
+                    "max_retries": 2,
+                }
+            }
+        },
+        "bench",
+    )
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(source)},
+            "steps": [{"generate": {"model": "bench", "prompt": "en/answer"}}],
+            "output": {"dir": str(workdir / "out")},
+            "run": {
+                "concurrency": concurrency,
+                "cache": str(workdir / "calls.sqlite") if cache else None,
+                "progress": False,
+            },
+        },
+        base_dir=str(workdir),
+    )
     cpu0, t0 = _cpu(), time.perf_counter()
     summary = await LocalExecutor(pipeline, registry=registry, overwrite=True).run()
     seconds, cpu = time.perf_counter() - t0, _cpu() - cpu0
@@ -168,8 +203,19 @@ def child(phase: str, url: str, args: argparse.Namespace, profile: Path | None =
     cmd = [sys.executable]
     if profile is not None:
         cmd += ["-m", "cProfile", "-o", str(profile)]
-    cmd += [__file__, "--phase", phase, "--url", url, "--n", str(args.n), "--concurrency", str(args.concurrency),
-            "--loop", args.loop]
+    cmd += [
+        __file__,
+        "--phase",
+        phase,
+        "--url",
+        url,
+        "--n",
+        str(args.n),
+        "--concurrency",
+        str(args.concurrency),
+        "--loop",
+        args.loop,
+    ]
     if args.client_cpu is not None:
         cmd += ["--client-cpu", str(args.client_cpu)]
     env = dict(os.environ)
@@ -177,7 +223,7 @@ def child(phase: str, url: str, args: argparse.Namespace, profile: Path | None =
     out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise SystemExit(f"phase {phase} failed (exit {out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
 
 
@@ -187,16 +233,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", "-c", type=int, default=256, help="C: requests in flight")
     parser.add_argument("--latency", "-l", type=float, default=0.1, help="L: the mock's latency in seconds")
     parser.add_argument("--quick", action="store_true", help="2,000 requests per phase instead of 20,000")
-    parser.add_argument("--phases", default="bare,bare+gc,engine,engine+cache",
-                        help="comma-separated subset of bare, bare+gc, gateway, engine, engine+cache")
-    parser.add_argument("--server-engine", choices=("raw", "aiohttp"), default="raw",
-                        help="the mock's HTTP engine (raw: lean asyncio protocol, least server CPU)")
-    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
-                        help="pin the server to the last core and the client to core 0 (default: on with >= 2 cores)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run the phases this many times, interleaved; report the median and the best run")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
-                        help="the client's event loop (the engine's own default is asyncio)")
+    parser.add_argument(
+        "--phases",
+        default="bare,bare+gc,engine,engine+cache",
+        help="comma-separated subset of bare, bare+gc, gateway, engine, engine+cache",
+    )
+    parser.add_argument(
+        "--server-engine",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="the mock's HTTP engine (raw: lean asyncio protocol, least server CPU)",
+    )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pin the server to the last core and the client to core 0 (default: on with >= 2 cores)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the phases this many times, interleaved; report the median and the best run",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the client's event loop (the engine's own default is asyncio)",
+    )
     parser.add_argument("--profile", metavar="DIR", help="also write cProfile output of each phase here")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -217,10 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     args.client_cpu = cores[0] if pin else None
     ideal = args.concurrency / args.latency
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    print(f"orchestration bench: N={args.n} requests per phase, C={args.concurrency}, L={args.latency * 1000:g} ms, "
-          f"ideal C/L = {ideal:,.0f} req/s; mock engine {args.server_engine}; "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; client loop {args.loop}; "
-          + (f"client on core {args.client_cpu}, server on core {server_cpu}" if pin else "no pinning"))
+    print(
+        f"orchestration bench: N={args.n} requests per phase, C={args.concurrency}, L={args.latency * 1000:g} ms, "
+        f"ideal C/L = {ideal:,.0f} req/s; mock engine {args.server_engine}; "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; client loop {args.loop}; "
+        + (f"client on core {args.client_cpu}, server on core {server_cpu}" if pin else "no pinning")
+    )
     runs: dict[str, list[dict[str, Any]]] = {phase: [] for phase in phases}
     with spawn_mock_server(latency=args.latency, engine=args.server_engine, cpu=server_cpu, keep_last=1) as server:
         for round_no in range(args.rounds):
@@ -234,10 +301,13 @@ def main(argv: list[str] | None = None) -> int:
                 result["rate"] = result["requests"] / result["seconds"]
                 result["cpu_us"] = result["cpu"] * 1e6 / max(1, result["requests"])
                 runs[phase].append(result)
-                print(f"  {phase:<13} {result['requests']:>7,} requests in {result['seconds']:6.2f} s = "
-                      f"{result['rate']:8,.0f} req/s   ratio to C/L {result['rate'] / ideal:5.3f}   "
-                      f"CPU {result['cpu_us']:6.0f} us/request   peak RSS {result['peak_mib']:6.1f} MiB   "
-                      f"(server saw {result['served']:,}; load {os.getloadavg()[0]:.1f})", flush=True)
+                print(
+                    f"  {phase:<13} {result['requests']:>7,} requests in {result['seconds']:6.2f} s = "
+                    f"{result['rate']:8,.0f} req/s   ratio to C/L {result['rate'] / ideal:5.3f}   "
+                    f"CPU {result['cpu_us']:6.0f} us/request   peak RSS {result['peak_mib']:6.1f} MiB   "
+                    f"(server saw {result['served']:,}; load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
 
     def median(values: list[float]) -> float:
         ordered = sorted(values)
@@ -245,32 +315,43 @@ def main(argv: list[str] | None = None) -> int:
         return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
     summary: dict[str, dict[str, float]] = {}
-    label = "median / best of %d runs" % args.rounds if args.rounds > 1 else "one run"
+    label = f"median / best of {args.rounds} runs" if args.rounds > 1 else "one run"
     print(f"summary ({label}):")
     for phase in phases:
         rates = [r["rate"] for r in runs[phase]]
         cpus = [r["cpu_us"] for r in runs[phase]]
-        summary[phase] = {"median": median(rates), "best": max(rates), "cpu": median(cpus),
-                          "peak": max(r["peak_mib"] for r in runs[phase])}
+        summary[phase] = {
+            "median": median(rates),
+            "best": max(rates),
+            "cpu": median(cpus),
+            "peak": max(r["peak_mib"] for r in runs[phase]),
+        }
         s = summary[phase]
-        rate_text = (f"{s['median']:,.0f} / {s['best']:,.0f} req/s, ratio to C/L {s['median'] / ideal:.3f} / "
-                     f"{s['best'] / ideal:.3f}" if args.rounds > 1 else
-                     f"{s['median']:,.0f} req/s, ratio to C/L {s['median'] / ideal:.3f}")
+        rate_text = (
+            f"{s['median']:,.0f} / {s['best']:,.0f} req/s, ratio to C/L {s['median'] / ideal:.3f} / "
+            f"{s['best'] / ideal:.3f}"
+            if args.rounds > 1
+            else f"{s['median']:,.0f} req/s, ratio to C/L {s['median'] / ideal:.3f}"
+        )
         print(f"  {phase:<13} {rate_text};  CPU {s['cpu']:.0f} us/request;  peak RSS {s['peak']:.1f} MiB")
     for base_name in ("bare", "bare+gc"):
         base = summary.get(base_name)
         for phase in ("gateway", "engine", "engine+cache"):
             if base and phase in summary:
                 s = summary[phase]
-                print(f"  {phase}/{base_name}: {s['median'] / base['median']:.3f} (requests/s, medians)"
-                      + (f", {s['best'] / base['best']:.3f} (best runs)" if args.rounds > 1 else "")
-                      + f";  CPU per request {s['cpu'] / base['cpu']:.2f}x {base_name}")
+                print(
+                    f"  {phase}/{base_name}: {s['median'] / base['median']:.3f} (requests/s, medians)"
+                    + (f", {s['best'] / base['best']:.3f} (best runs)" if args.rounds > 1 else "")
+                    + f";  CPU per request {s['cpu'] / base['cpu']:.2f}x {base_name}"
+                )
     headline = summary.get("engine")
     if headline:
         ratio = headline["median"] / ideal
         verdict = "meets" if ratio >= TARGET else "BELOW"
-        print(f"engine ratio to ideal C/L: {ratio:.3f} ({verdict} the {TARGET} target)"
-              + (f"; best run {headline['best'] / ideal:.3f}" if args.rounds > 1 else ""))
+        print(
+            f"engine ratio to ideal C/L: {ratio:.3f} ({verdict} the {TARGET} target)"
+            + (f"; best run {headline['best'] / ideal:.3f}" if args.rounds > 1 else "")
+        )
     return 0
 
 

@@ -18,6 +18,7 @@ On one small machine Ray only adds work (actors, the limits actor's round trips,
 cannot add CPUs, so a ratio below 1 is expected here; the point of Ray is more machines and more model
 servers, which this benchmark cannot show. What it shows is the per-record price of the distribution.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,16 +37,30 @@ sys.path.insert(0, str(REPO))
 
 def write_pipeline(folder: Path, url: str, n: int, concurrency: int, name: str) -> Path:
     (folder / "in.jsonl").write_text(
-        "".join(json.dumps({"id": f"r{i}", "input": f"Question number {i}: how do I keep a sourdough starter "
-                                                    "alive over a long holiday?"}) + "\n" for i in range(n)), "utf-8")
+        "".join(
+            json.dumps(
+                {
+                    "id": f"r{i}",
+                    "input": f"Question number {i}: how do I keep a sourdough starter alive over a long holiday?",
+                }
+            )
+            + "\n"
+            for i in range(n)
+        ),
+        "utf-8",
+    )
     (folder / "models.yaml").write_text(
         f"models:\n  bench:\n    backend: openai\n    model: mock\n    base_url: {url}\n"
-        f"    max_concurrency: {concurrency}\n    timeout: 60\n", "utf-8")
+        f"    max_concurrency: {concurrency}\n    timeout: 60\n",
+        "utf-8",
+    )
     path = folder / f"{name}.yaml"
-    path.write_text("input: {path: in.jsonl}\nmodels: models.yaml\n"
-                    "steps:\n  - generate: {model: bench, prompt: en/answer}\n"
-                    f"output: {{dir: out-{name}}}\nrun: {{concurrency: {concurrency}, cache: null, progress: false}}\n",
-                    "utf-8")
+    path.write_text(
+        "input: {path: in.jsonl}\nmodels: models.yaml\n"
+        "steps:\n  - generate: {model: bench, prompt: en/answer}\n"
+        f"output: {{dir: out-{name}}}\nrun: {{concurrency: {concurrency}, cache: null, progress: false}}\n",
+        "utf-8",
+    )
     return path
 
 
@@ -65,15 +80,16 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
-
+    from joydataforge.config.pipeline import Pipeline
     from joydataforge.engine.local import LocalExecutor
     from joydataforge.engine.ray_executor import RayExecutor
-    from joydataforge.config.pipeline import Pipeline
     from tests.mock_openai import spawn_mock_server
 
     ideal = args.concurrency / args.latency
-    print(f"n={args.n}  C={args.concurrency}  L={args.latency * 1000:.0f} ms  workers={args.workers}  "
-          f"ideal C/L={ideal:,.0f} rec/s  cpus={os.cpu_count()}  load={os.getloadavg()[0]:.2f}")
+    print(
+        f"n={args.n}  C={args.concurrency}  L={args.latency * 1000:.0f} ms  workers={args.workers}  "
+        f"ideal C/L={ideal:,.0f} rec/s  cpus={os.cpu_count()}  load={os.getloadavg()[0]:.2f}"
+    )
     started = time.perf_counter()
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     print(f"ray.init: {time.perf_counter() - started:.2f}s (not counted below)")
@@ -81,8 +97,10 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            print(f"{'round':>5} {'local rec/s':>12} {'ray rec/s':>10} {'local/ideal':>12} {'ray/ideal':>10} "
-                  f"{'ray/local':>10}")
+            print(
+                f"{'round':>5} {'local rec/s':>12} {'ray rec/s':>10} {'local/ideal':>12} {'ray/ideal':>10} "
+                f"{'ray/local':>10}"
+            )
             ratios = []
             for r in range(args.rounds):
                 local_pipe = Pipeline.from_yaml(write_pipeline(folder, server.url, args.n, args.concurrency, "local"))
@@ -95,11 +113,15 @@ def main() -> None:
                     raise SystemExit("the two executors wrote different outputs: the numbers would mean nothing")
                 local_rate, ray_rate = args.n / local_s, args.n / ray_s
                 ratios.append(ray_rate / local_rate)
-                print(f"{r + 1:>5} {local_rate:>12,.0f} {ray_rate:>10,.0f} {local_rate / ideal:>12.2f} "
-                      f"{ray_rate / ideal:>10.2f} {ray_rate / local_rate:>10.2f}")
+                print(
+                    f"{r + 1:>5} {local_rate:>12,.0f} {ray_rate:>10,.0f} {local_rate / ideal:>12.2f} "
+                    f"{ray_rate / ideal:>10.2f} {ray_rate / local_rate:>10.2f}"
+                )
             ratios.sort()
-            print(f"ray/local (median of {len(ratios)}): {ratios[len(ratios) // 2]:.2f}  "
-                  f"(Ray executor overhead: {1 / ratios[len(ratios) // 2]:.2f}x the local time)")
+            print(
+                f"ray/local (median of {len(ratios)}): {ratios[len(ratios) // 2]:.2f}  "
+                f"(Ray executor overhead: {1 / ratios[len(ratios) // 2]:.2f}x the local time)"
+            )
     finally:
         server.close()
         ray.shutdown()

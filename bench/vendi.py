@@ -21,6 +21,7 @@ Selection table: k-center greedy of ``--select-k`` records out of ``--select-n``
 (lazy bounds), the textbook farthest-point loop (one matrix-vector pass per pick, numpy), and random;
 with the coverage radius (largest cosine distance from a record to its nearest pick; lower is better).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,16 @@ import gc
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from joydataforge.evaluate.selection import coverage_radius, k_center_greedy, random_selection  # noqa: E402
-from joydataforge.text.vendi import VendiAccumulator, vendi_score  # noqa: E402
+from joydataforge.evaluate.selection import coverage_radius, k_center_greedy, random_selection
+from joydataforge.text.vendi import VendiAccumulator, vendi_score
 
 
 def make_embeddings(n: int, dim: int, seed: int, clusters: int = 64) -> np.ndarray:
@@ -88,9 +90,11 @@ def vendi_table(args: argparse.Namespace) -> None:
         reference = None
     sizes = [n for n in (1_000, 2_000, 4_000, 8_000, 10_000, 100_000, 1_000_000) if n <= args.max_n]
     biggest = make_embeddings(max(sizes), args.dim, args.seed)
-    head = (f"{'n':>9} | {'ours':>7} {'stream':>7} {'dual32':>7} {'dual64':>7} {'K':>7} | {'ours MB':>8} {'dual MB':>8} | "
-            f"{'ours':>14} {'score_dual f32':>14} {'score_dual f64':>14} {'score_K':>14} | {'diff64':>7} | "
-            f"{'dual32/ours':>11} {'dual64/ours':>11} {'K/ours':>7}")
+    head = (
+        f"{'n':>9} | {'ours':>7} {'stream':>7} {'dual32':>7} {'dual64':>7} {'K':>7} | {'ours MB':>8} {'dual MB':>8} | "
+        f"{'ours':>14} {'score_dual f32':>14} {'score_dual f64':>14} {'score_K':>14} | {'diff64':>7} | "
+        f"{'dual32/ours':>11} {'dual64/ours':>11} {'K/ours':>7}"
+    )
     print(f"\nVendi score (q=1, cosine kernel), d={args.dim}; times in seconds (best of up to 3 runs)")
     print("dual32: score_dual on the float32 embeddings as given (it then computes in float32); dual64: on a float64")
     print("copy made outside the timing. diff64: largest |ours - reference| over the float64 references (dual64, K).")
@@ -104,7 +108,7 @@ def vendi_table(args: argparse.Namespace) -> None:
         def streamed() -> float:
             acc = VendiAccumulator()
             for lo in range(0, n, 50_000):
-                acc.add(x[lo:lo + 50_000])
+                acc.add(x[lo : lo + 50_000])
             return acc.score()
 
         stream, t_stream, _ = timed(streamed)
@@ -115,6 +119,7 @@ def vendi_table(args: argparse.Namespace) -> None:
             dual64, t_dual64, _ = timed(lambda: float(reference.score_dual(x64)))
             del x64
             if n <= args.max_k:
+
                 def score_k() -> float:
                     xn = x.astype(np.float64)
                     xn /= np.linalg.norm(xn, axis=1, keepdims=True)
@@ -129,10 +134,12 @@ def vendi_table(args: argparse.Namespace) -> None:
         def ratio(t: float | None) -> float | None:
             return t / t_ours if t else None
 
-        print(f"{n:>9,} | {t_ours:7.3f} {t_stream:7.3f} {fmt(t_dual32, '7.3f')} {fmt(t_dual64, '7.3f')} {fmt(t_k, '7.2f')} | "
-              f"{fmt(m_ours, '8.1f')} {fmt(m_dual, '8.1f')} | {ours:14.9f} {fmt(dual32, '14.9f')} {fmt(dual64, '14.9f')} "
-              f"{fmt(k_value, '14.9f')} | {max(diffs):7.0e} | {fmt(ratio(t_dual32), '11.2f')} {fmt(ratio(t_dual64), '11.2f')} "
-              f"{fmt(ratio(t_k), '7.1f')}")
+        print(
+            f"{n:>9,} | {t_ours:7.3f} {t_stream:7.3f} {fmt(t_dual32, '7.3f')} {fmt(t_dual64, '7.3f')} {fmt(t_k, '7.2f')} | "
+            f"{fmt(m_ours, '8.1f')} {fmt(m_dual, '8.1f')} | {ours:14.9f} {fmt(dual32, '14.9f')} {fmt(dual64, '14.9f')} "
+            f"{fmt(k_value, '14.9f')} | {max(diffs):7.0e} | {fmt(ratio(t_dual32), '11.2f')} {fmt(ratio(t_dual64), '11.2f')} "
+            f"{fmt(ratio(t_k), '7.1f')}"
+        )
         sys.stdout.flush()
 
 

@@ -16,6 +16,7 @@ The arms share one loaded model (the engine's), alternate in ``--rounds`` rounds
 the ratio engine/bare. Without a GPU the backend's test double can drive it for a smoke run
 (``PYTHONPATH=tests/fake_vllm``); its numbers then mean nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
 from joydataforge.methods.magpie.slots import write_slots
 from joydataforge.methods.magpie.templates import resolve_format
 from joydataforge.models.backends.vllm_offline import VLLMBackend, import_vllm, sampling_params
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
 
 
 def _engine_arg(text: str) -> tuple[str, object]:
@@ -45,18 +46,40 @@ def _engine_arg(text: str) -> tuple[str, object]:
 
 
 def _registry(model: str, args: argparse.Namespace) -> ModelRegistry:
-    engine_args = {"gpu_memory_utilization": args.gpu_memory_utilization, "max_model_len": args.max_model_len,
-                   **dict(args.engine_arg)}
-    return ModelRegistry.from_dict({"models": {"bench": {
-        "backend": "vllm", "model": model, "engine_args": engine_args, "max_concurrency": args.concurrency}}},
-        "bench")
+    engine_args = {
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "max_model_len": args.max_model_len,
+        **dict(args.engine_arg),
+    }
+    return ModelRegistry.from_dict(
+        {
+            "models": {
+                "bench": {
+                    "backend": "vllm",
+                    "model": model,
+                    "engine_args": engine_args,
+                    "max_concurrency": args.concurrency,
+                }
+            }
+        },
+        "bench",
+    )
 
 
 class Engine:
     """One arm through the real executor, resumed round after round into its own folder."""
 
-    def __init__(self, out: Path, registry: ModelRegistry, gateway: Gateway, params: dict, run_dir: str,
-                 samples: int, samples_per_call: int, concurrency: int):
+    def __init__(
+        self,
+        out: Path,
+        registry: ModelRegistry,
+        gateway: Gateway,
+        params: dict,
+        run_dir: str,
+        samples: int,
+        samples_per_call: int,
+        concurrency: int,
+    ):
         self.out, self.registry, self.gateway = out, registry, gateway
         self.params, self.run_dir = params, run_dir
         self.samples, self.samples_per_call, self.concurrency = samples, samples_per_call, concurrency
@@ -65,12 +88,24 @@ class Engine:
         self.draws = 0
 
     def run(self, slots: int) -> None:
-        pipeline = Pipeline.from_dict({
-            "input": {"path": str(self.out / "slots.jsonl"), "limit": slots},
-            "steps": [{"magpie": {"model": "bench", "on_drop": "keep", "samples": self.samples,
-                                  "samples_per_call": self.samples_per_call, "params": self.params}}],
-            "output": {"dir": str(self.out / self.run_dir)},
-            "run": {"cache": None, "progress": False, "concurrency": self.concurrency}})
+        pipeline = Pipeline.from_dict(
+            {
+                "input": {"path": str(self.out / "slots.jsonl"), "limit": slots},
+                "steps": [
+                    {
+                        "magpie": {
+                            "model": "bench",
+                            "on_drop": "keep",
+                            "samples": self.samples,
+                            "samples_per_call": self.samples_per_call,
+                            "params": self.params,
+                        }
+                    }
+                ],
+                "output": {"dir": str(self.out / self.run_dir)},
+                "run": {"cache": None, "progress": False, "concurrency": self.concurrency},
+            }
+        )
         usage = self.gateway.usage.get("bench")
         tokens_before = usage.completion_tokens if usage else 0  # the gateway, and its counters, are shared
         started = time.perf_counter()
@@ -91,8 +126,9 @@ class Bare:
 
     def run(self, n: int) -> None:
         vllm = import_vllm()
-        batch = [sampling_params(vllm, {**self.params, "stop": self.stops}, seed=10_000 + self.draws + i)
-                 for i in range(n)]
+        batch = [
+            sampling_params(vllm, {**self.params, "stop": self.stops}, seed=10_000 + self.draws + i) for i in range(n)
+        ]
         started = time.perf_counter()
         outputs = self.llm.generate([self.pre_query] * n, batch, use_tqdm=False)
         self.seconds += time.perf_counter() - started
@@ -110,8 +146,12 @@ async def _pre_query(gateway: Gateway) -> tuple[str, list[str], object]:
 
 def _rate(arm) -> dict:
     seconds = max(arm.seconds, 1e-9)
-    return {"draws": arm.draws, "seconds": round(arm.seconds, 2), "draws_per_s": round(arm.draws / seconds, 2),
-            "completion_tokens_per_s": round(arm.tokens / seconds, 1)}
+    return {
+        "draws": arm.draws,
+        "seconds": round(arm.seconds, 2),
+        "draws_per_s": round(arm.draws / seconds, 2),
+        "completion_tokens_per_s": round(arm.tokens / seconds, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -124,8 +164,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     parser.add_argument("--max-model-len", type=int, default=2048)
-    parser.add_argument("--engine-arg", type=_engine_arg, action="append", default=[],
-                        help="more vllm.LLM arguments, KEY=VALUE (YAML value), e.g. max_num_batched_tokens=32768")
+    parser.add_argument(
+        "--engine-arg",
+        type=_engine_arg,
+        action="append",
+        default=[],
+        help="more vllm.LLM arguments, KEY=VALUE (YAML value), e.g. max_num_batched_tokens=32768",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     model = args.model
@@ -153,24 +198,33 @@ def main(argv: list[str] | None = None) -> dict:
                 elif arm is not None:
                     arm.run(slots * r // args.rounds)
             print(f"  round {r}/{args.rounds}", file=sys.stderr, flush=True)
-    result = {"model": model, "params": params, "concurrency": args.concurrency,
-              "baseline": {"what": "bare vllm.LLM.generate, all prompts of a round in one call", **_rate(bare)},
-              "engine": {"what": "magpie step through the gateway, one draw per request", **_rate(engine)}}
+    result = {
+        "model": model,
+        "params": params,
+        "concurrency": args.concurrency,
+        "baseline": {"what": "bare vllm.LLM.generate, all prompts of a round in one call", **_rate(bare)},
+        "engine": {"what": "magpie step through the gateway, one draw per request", **_rate(engine)},
+    }
     base_tps = result["baseline"]["completion_tokens_per_s"] or 1e-9
     result["engine"]["over_bare_tokens_per_s"] = round(result["engine"]["completion_tokens_per_s"] / base_tps, 3)
     if grouped is not None:
         result["grouped"] = {"what": f"{k} draws per request (SamplingParams.n)", **_rate(grouped)}
         result["grouped"]["over_bare_tokens_per_s"] = round(result["grouped"]["completion_tokens_per_s"] / base_tps, 3)
     batches = gateway.model("bench").backend.engine.batches
-    result["engine_batches"] = {"count": len(batches), "mean": round(sum(batches) / max(len(batches), 1), 1),
-                                "max": max(batches, default=0)}
+    result["engine_batches"] = {
+        "count": len(batches),
+        "mean": round(sum(batches) / max(len(batches), 1), 1),
+        "max": max(batches, default=0),
+    }
     print(f"vLLM offline bench: {model}, {args.n} draws per arm, concurrency {args.concurrency}")
     for name in ("baseline", "engine", "grouped"):
         if name in result:
             row = result[name]
             ratio = f"   engine/bare {row['over_bare_tokens_per_s']}" if "over_bare_tokens_per_s" in row else ""
-            print(f"  {name:<9} {row['draws_per_s']:>9} draws/s {row['completion_tokens_per_s']:>10} tok/s{ratio}"
-                  f"   ({row['what']})")
+            print(
+                f"  {name:<9} {row['draws_per_s']:>9} draws/s {row['completion_tokens_per_s']:>10} tok/s{ratio}"
+                f"   ({row['what']})"
+            )
     print(f"  batches handed to vLLM by the engine: {result['engine_batches']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ arrived and left (did the client really wait out ``Retry-After``?) and how many 
 that records exactly that and forwards every request to a mock; it can also play a server that refuses
 ``response_format: json_schema`` with a 400, as some OpenAI-compatible servers do.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.mock_openai.fixtures import *  # noqa: F401,F403  (mock_server, mock_server_factory, ...)
+from tests.mock_openai.fixtures import *  # noqa: F403  (mock_server, mock_server_factory, ...)
 
 
 @dataclass
@@ -74,16 +75,21 @@ class RecordingProxy:
             fmt = (body or {}).get("response_format") if isinstance(body, dict) else None
             if self.reject_json_schema and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
                 seen.status = 400
-                message = self.reject_json_schema if isinstance(self.reject_json_schema, str) else \
-                    "response_format json_schema is not supported"
+                message = (
+                    self.reject_json_schema
+                    if isinstance(self.reject_json_schema, str)
+                    else "response_format json_schema is not supported"
+                )
                 return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=400)
-            async with self._session.request(request.method, self.upstream + request.path_qs, data=raw,
-                                             headers={"Content-Type": "application/json"}) as upstream:
+            async with self._session.request(
+                request.method, self.upstream + request.path_qs, data=raw, headers={"Content-Type": "application/json"}
+            ) as upstream:
                 payload = await upstream.read()
                 headers = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
                 seen.status = upstream.status
-                return web.Response(status=upstream.status, body=payload, headers=headers,
-                                    content_type="application/json")
+                return web.Response(
+                    status=upstream.status, body=payload, headers=headers, content_type="application/json"
+                )
         finally:
             self.in_flight -= 1
             seen.ended = time.monotonic()

@@ -5,6 +5,7 @@ process can use it. Records whose input holds ``broken`` always fail; those hold
 ``JOYFORGE_TEST_FLAKY=fail`` (a first run) and succeed otherwise (the ``--retry-failed`` run); ``twice``
 gives two outputs, so that a record's several lines are checked too.
 """
+
 from __future__ import annotations
 
 import os

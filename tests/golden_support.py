@@ -23,6 +23,7 @@ The mechanism:
 - ``data.jsonl``, ``failures.jsonl`` and the stable counts of ``summary.json`` are normalised (see
   :func:`normalise_value`, :func:`stable_summary`) into text that must match byte for byte.
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,7 +60,7 @@ SKIPPED: dict[str, dict[str, str]] = {
     "fake_vllm": {
         "magpie_vllm": "already runs on tests/fake_vllm in the mock variant (its models are backend: vllm)",
         "dialogue_binary": "its input comes from dialogue.yaml, whose turns the fake's random JSON never echoes "
-                           "(check_content rejects them), so there is no test set to split",
+        "(check_content rejects them), so there is no test set to split",
     },
 }
 
@@ -127,12 +128,35 @@ def plan_for(stem: str) -> Plan:
         # output (the commands in the comments of both files). dialogue.yaml alone (limit: 2) yields no
         # turns on the mock: its first dialogue has a turn checked by a regex pattern, which the mock's
         # minimal JSON does not honour. The whole file (--limit 9) has two dialogues it can label.
-        return Plan(stem, before=[
-            ["run", "{WORK}/examples/dialogue.yaml", "-o", "{WORK}/out/dialogue", "--models", "{MODELS}",
-             "--no-progress", "--limit", "9", "--overwrite"],
-            ["dialogue-split", "{WORK}/out/dialogue/data.jsonl", "-o", "{WORK}/out/dialogue/split",
-             "--test-size", "2", "--seed", "0", "--no-xlsx"],
-        ], extra_outputs=["dialogue/split/train.jsonl", "dialogue/split/test.jsonl", "dialogue/split/split.json"])
+        return Plan(
+            stem,
+            before=[
+                [
+                    "run",
+                    "{WORK}/examples/dialogue.yaml",
+                    "-o",
+                    "{WORK}/out/dialogue",
+                    "--models",
+                    "{MODELS}",
+                    "--no-progress",
+                    "--limit",
+                    "9",
+                    "--overwrite",
+                ],
+                [
+                    "dialogue-split",
+                    "{WORK}/out/dialogue/data.jsonl",
+                    "-o",
+                    "{WORK}/out/dialogue/split",
+                    "--test-size",
+                    "2",
+                    "--seed",
+                    "0",
+                    "--no-xlsx",
+                ],
+            ],
+            extra_outputs=["dialogue/split/train.jsonl", "dialogue/split/test.jsonl", "dialogue/split/split.json"],
+        )
     if stem == "magpie_vllm":
         # backend: vllm runs in-process; the vllm test double stands in for the GPU (tests/fake_vllm), as
         # tests/test_vllm_backend.py::test_example_magpie_vllm_runs does.
@@ -259,19 +283,28 @@ def child_env(pythonpath: Iterable[Path] = ()) -> dict[str, str]:
     return env
 
 
-def joyforge(argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float = RUN_TIMEOUT_S
-             ) -> subprocess.CompletedProcess[str]:
+def joyforge(
+    argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float = RUN_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
     """``python -m joydataforge ARGV`` in a child process, as a user types it."""
-    return subprocess.run([sys.executable, "-m", "joydataforge", *argv], cwd=cwd, env=dict(env),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "joydataforge", *argv],
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _fill(argv: list[str], work: Path, models: Path) -> list[str]:
     return [a.replace("{WORK}", str(work)).replace("{MODELS}", str(models)) for a in argv]
 
 
-def run_example(stem: str, work: Path, models: Path, base_url: str, variant: Variant = VARIANTS["mock"]
-                ) -> dict[str, str]:
+def run_example(
+    stem: str, work: Path, models: Path, base_url: str, variant: Variant = VARIANTS["mock"]
+) -> dict[str, str]:
     """Run one example (and what it needs first) in ``work`` and return its normalised outputs by name.
 
     ``work`` is a folder made by :func:`prepare_work` for this variant only (dialogue_binary reads the
@@ -281,15 +314,19 @@ def run_example(stem: str, work: Path, models: Path, base_url: str, variant: Var
     plan = plan_for(stem)
     env = child_env([*variant.pythonpath, *plan.pythonpath])
     out = work / "runs" / stem  # not out/: dialogue_binary's input is made in out/dialogue
-    commands = [*plan.before, ["run", "{WORK}/examples/" + f"{stem}.yaml", "-o", str(out), "--models", "{MODELS}",
-                               "--no-progress"]]
+    commands = [
+        *plan.before,
+        ["run", "{WORK}/examples/" + f"{stem}.yaml", "-o", str(out), "--models", "{MODELS}", "--no-progress"],
+    ]
     for argv in commands:
         filled = _fill(argv, work, models)
         started = time.time()
         done = joyforge(filled, env, cwd=work)
         if done.returncode != 0 and not records_failed_verdict(done.returncode, filled, started):
-            raise AssertionError(f"[{variant.name}] joyforge {' '.join(argv)} exited {done.returncode}\n"
-                                 f"--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}")
+            raise AssertionError(
+                f"[{variant.name}] joyforge {' '.join(argv)} exited {done.returncode}\n"
+                f"--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
+            )
     files = collect_outputs(out, work, base_url)
     for rel in plan.extra_outputs:
         path = work / "out" / rel
@@ -357,8 +394,10 @@ def normalise_file(path: Path, work: Path, base_url: str) -> str:
     text = path.read_text("utf-8")
     if path.suffix == ".jsonl":
         return normalise_jsonl(text, work, base_url)
-    return json.dumps(normalise_value(json.loads(text), str(work), base_url), ensure_ascii=False, indent=2,
-                      sort_keys=True) + "\n"
+    return (
+        json.dumps(normalise_value(json.loads(text), str(work), base_url), ensure_ascii=False, indent=2, sort_keys=True)
+        + "\n"
+    )
 
 
 def stable_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -367,8 +406,9 @@ def stable_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: copy.deepcopy(v) for k, v in summary.items() if k not in SUMMARY_DROP}
     models = out.get("models")
     if isinstance(models, dict):
-        out["models"] = {name: {k: v for k, v in usage.items() if k not in MODEL_USAGE_DROP}
-                         for name, usage in models.items()}
+        out["models"] = {
+            name: {k: v for k, v in usage.items() if k not in MODEL_USAGE_DROP} for name, usage in models.items()
+        }
     return out
 
 
@@ -382,8 +422,12 @@ def collect_outputs(out: Path, work: Path, base_url: str) -> dict[str, str]:
         files["failures.jsonl"] = normalise_jsonl(failures.read_text("utf-8"), work, base_url)
     summary = json.loads((out / "summary.json").read_text("utf-8"))
     # Keys sorted: counters are inserted as records finish, and records run concurrently.
-    files["summary.json"] = json.dumps(normalise_value(stable_summary(summary), str(work), base_url),
-                                       ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+    files["summary.json"] = (
+        json.dumps(
+            normalise_value(stable_summary(summary), str(work), base_url), ensure_ascii=False, indent=2, sort_keys=True
+        )
+        + "\n"
+    )
     return files
 
 
@@ -420,8 +464,7 @@ def golden_files(stem: str, golden: Path = GOLDEN) -> dict[str, str]:
     folder = golden / stem
     if not folder.is_dir():
         return {}
-    return {p.relative_to(folder).as_posix(): p.read_text("utf-8")
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {p.relative_to(folder).as_posix(): p.read_text("utf-8") for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def write_golden(stem: str, files: Mapping[str, str], golden: Path = GOLDEN) -> None:
@@ -435,8 +478,9 @@ def write_golden(stem: str, files: Mapping[str, str], golden: Path = GOLDEN) -> 
         path.write_text(text, "utf-8")
 
 
-def diff_message(stem: str, expected: Mapping[str, str], actual: Mapping[str, str], limit: int = 40,
-                 where: str = "") -> str:
+def diff_message(
+    stem: str, expected: Mapping[str, str], actual: Mapping[str, str], limit: int = 40, where: str = ""
+) -> str:
     """What differs, per file: for JSONL the changed fields of each changed line (records are long single
     lines, so a text diff alone hides where they differ), then a unified diff cut to ``limit`` lines."""
     where = where or f"tests/fixtures/golden/{stem}/"
@@ -454,8 +498,11 @@ def diff_message(stem: str, expected: Mapping[str, str], actual: Mapping[str, st
             for index, (a, b) in enumerate(zip(old_lines, new_lines)):
                 if a != b:
                     changes = json_changes(json.loads(a), json.loads(b))
-                    parts.append(f"line {index + 1}: " + "; ".join(changes[:8])
-                                 + (f"; ... {len(changes) - 8} more" if len(changes) > 8 else ""))
+                    parts.append(
+                        f"line {index + 1}: "
+                        + "; ".join(changes[:8])
+                        + (f"; ... {len(changes) - 8} more" if len(changes) > 8 else "")
+                    )
         diff = list(difflib.unified_diff(old_lines, new_lines, f"golden/{name}", f"now/{name}", lineterm="", n=0))
         shown = [_shorten(line) for line in diff[:limit]]
         if len(diff) > limit:
@@ -473,21 +520,24 @@ def json_changes(old: Any, new: Any, path: str = "$") -> list[str]:
                 changes.append(f"{path}.{key} removed")
             else:
                 changes += json_changes(old[key], new[key], f"{path}.{key}")
-        changes += [f"{path}.{key} added: {_shorten(json.dumps(new[key], ensure_ascii=False), 120)}"
-                    for key in new if key not in old]
+        changes += [
+            f"{path}.{key} added: {_shorten(json.dumps(new[key], ensure_ascii=False), 120)}"
+            for key in new
+            if key not in old
+        ]
         if not changes and list(old) != list(new):
             changes.append(f"{path}: key order {list(old)} -> {list(new)}")
         return changes
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [c for i, (a, b) in enumerate(zip(old, new)) for c in json_changes(a, b, f"{path}[{i}]")]
     if old != new or type(old) is not type(new):
-        return [f"{path}: {_shorten(json.dumps(old, ensure_ascii=False), 120)} -> "
-                f"{_shorten(json.dumps(new, ensure_ascii=False), 120)}"]
+        return [
+            f"{path}: {_shorten(json.dumps(old, ensure_ascii=False), 120)} -> "
+            f"{_shorten(json.dumps(new, ensure_ascii=False), 120)}"
+        ]
     return []
 
 
 def _shorten(line: str, width: int = 300) -> str:
     """Records are long single lines: keep the diff readable."""
     return line if len(line) <= width else line[:width] + f"... (+{len(line) - width} chars)"
-
-

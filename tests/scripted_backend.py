@@ -1,9 +1,11 @@
 """A test double backend: replies come from a Python function, so step and executor tests are exact."""
+
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from joydataforge.models.backends.base import Backend, Completion, Messages, TransientError, Usage
 
@@ -30,8 +32,14 @@ class ScriptedBackend(Backend):
         self.native_n = native_n
         self.calls: list[dict[str, Any]] = []
 
-    async def chat(self, messages: Messages, params: dict[str, Any], *,
-                   json_schema: dict[str, Any] | None = None, seed: int | None = None) -> Completion:
+    async def chat(
+        self,
+        messages: Messages,
+        params: dict[str, Any],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
         self.calls.append({"messages": messages, "params": params, "schema": json_schema, "seed": seed})
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -49,12 +57,13 @@ class ScriptedBackend(Backend):
         self.calls.append({"prompt": prompt, "params": params, "seed": seed})
         return self.sample(prompt, seed)
 
-    async def complete_n(self, prompt: str, params: dict[str, Any], n: int, *,
-                         seed: int | None = None) -> list[Completion]:
+    async def complete_n(
+        self, prompt: str, params: dict[str, Any], n: int, *, seed: int | None = None
+    ) -> list[Completion]:
         if not self.native_n:
             return await super().complete_n(prompt, params, n, seed=seed)
         self.calls.append({"prompt": prompt, "params": params, "seed": seed, "n": n})
         samples = [self.sample(prompt, None if seed is None else seed + i) for i in range(n)]
-        for i, sample in enumerate(samples[1:], 1):  # a server counts the prompt once per request
+        for sample in samples[1:]:  # a server counts the prompt once per request
             sample.usage = Usage(0, sample.usage.completion_tokens)
         return samples

@@ -5,6 +5,7 @@ gateway must raise :class:`EndpointDown` with one line naming the model, the end
 and then refuse every later call without touching the network. Attempts are counted (by the server, or by
 a backend that counts its own requests), never timed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,8 +44,9 @@ def closed_port_url() -> str:
 
 
 def models(url: str, **fields: Any) -> ModelRegistry:
-    return ModelRegistry.from_dict({"models": {"m": {"backend": "openai", "model": "x", "base_url": url, **fields}}},
-                                   "test models")
+    return ModelRegistry.from_dict(
+        {"models": {"m": {"backend": "openai", "model": "x", "base_url": url, **fields}}}, "test models"
+    )
 
 
 class CountingBackend(OpenAICompatBackend):
@@ -60,8 +62,9 @@ class CountingBackend(OpenAICompatBackend):
 
 
 @asynccontextmanager
-async def counted_gateway(url: str, retry: RetryPolicy | None = None,
-                          **fields: Any) -> AsyncIterator[tuple[Gateway, CountingBackend]]:
+async def counted_gateway(
+    url: str, retry: RetryPolicy | None = None, **fields: Any
+) -> AsyncIterator[tuple[Gateway, CountingBackend]]:
     registry = models(url, **fields)
     backend = CountingBackend(registry.get("m"))
     gateway = Gateway(registry, None, retry=retry, backends={"m": backend})
@@ -126,8 +129,10 @@ async def test_a_closed_port_stops_a_2000_record_run_in_a_bounded_number_of_atte
     assert len(outcomes["down"]) == 2000, {k: v[:1] for k, v in outcomes.items()}
     assert backend.requests <= config.breaker_threshold + config.max_concurrency
     message = outcomes["down"][0]
-    assert message == (f"model 'm' declared down: {config.breaker_threshold} requests in a row to {url} failed "
-                       "(last: connection refused)")
+    assert message == (
+        f"model 'm' declared down: {config.breaker_threshold} requests in a row to {url} failed "
+        "(last: connection refused)"
+    )
     assert "\n" not in message and SECRET not in message
 
 
@@ -158,12 +163,18 @@ async def test_threshold_zero_never_declares_a_model_down():
 LOGIN_PAGE = "<!DOCTYPE html><html><head><title>Login</title></head><body><form>user, password</form></body></html>"
 
 
-@pytest.mark.parametrize("answer, what", [
-    (lambda r: web.Response(text=LOGIN_PAGE, content_type="text/html"), "HTML page (status 200, <title>Login</title>)"),
-    (lambda r: web.json_response({}), "JSON without 'choices'"),
-    (lambda r: web.json_response([1, 2]), "JSON without 'choices'"),
-    (lambda r: web.Response(text="OK", content_type="text/plain"), "not JSON (status 200, text/plain: 'OK')"),
-])
+@pytest.mark.parametrize(
+    "answer, what",
+    [
+        (
+            lambda r: web.Response(text=LOGIN_PAGE, content_type="text/html"),
+            "HTML page (status 200, <title>Login</title>)",
+        ),
+        (lambda r: web.json_response({}), "JSON without 'choices'"),
+        (lambda r: web.json_response([1, 2]), "JSON without 'choices'"),
+        (lambda r: web.Response(text="OK", content_type="text/plain"), "not JSON (status 200, text/plain: 'OK')"),
+    ],
+)
 async def test_non_api_replies_declare_the_model_down(answer, what):
     async with server(answer) as (url, seen), counted_gateway(url, FAST) as (gateway, _):
         with pytest.raises(EndpointDown) as info:
@@ -176,16 +187,20 @@ async def test_non_api_replies_declare_the_model_down(answer, what):
 
 
 async def test_embeddings_without_data_declare_the_model_down():
-    async with server(lambda r: web.json_response({"object": "list"})) as (url, seen), \
-            counted_gateway(url, FAST, breaker_threshold=2) as (gateway, _):
+    async with (
+        server(lambda r: web.json_response({"object": "list"})) as (url, seen),
+        counted_gateway(url, FAST, breaker_threshold=2) as (gateway, _),
+    ):
         with pytest.raises(EndpointDown, match=r"\(last: JSON without 'data'\)"):
             await gateway.model("m").embed(["a", "b"])
     assert seen == ["/v1/embeddings"] * 2
 
 
 async def test_a_login_page_stops_a_concurrent_run_in_a_bounded_number_of_requests():
-    async with server(lambda r: web.Response(text=LOGIN_PAGE, content_type="text/html")) as (url, seen), \
-            counted_gateway(url) as (gateway, _):
+    async with (
+        server(lambda r: web.Response(text=LOGIN_PAGE, content_type="text/html")) as (url, seen),
+        counted_gateway(url) as (gateway, _),
+    ):
         outcomes = await generate_like(gateway, records=500, concurrency=32)
         config = gateway.model("m").config
     assert len(outcomes["down"]) == 500
@@ -194,6 +209,7 @@ async def test_a_login_page_stops_a_concurrent_run_in_a_bounded_number_of_reques
 
 async def test_api_errors_do_not_count_only_endpoint_faults_do():
     """A 500 in an API's own words comes from a living server: retried, never a reason to stop the run."""
+
     def busy(request: web.Request) -> web.Response:
         return web.json_response({"error": {"message": "busy", "type": "server_error"}}, status=500)
 
@@ -214,8 +230,14 @@ class Script(Backend):
         self.steps = list(steps)
         self.played: list[str] = []
 
-    async def chat(self, messages: Messages, params: dict[str, Any], *, json_schema: dict[str, Any] | None = None,
-                   seed: int | None = None) -> Completion:
+    async def chat(
+        self,
+        messages: Messages,
+        params: dict[str, Any],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
         step = self.steps.pop(0)
         self.played.append(step)
         if step == "refused":
@@ -234,8 +256,9 @@ class Script(Backend):
 async def play(steps: list[str], threshold: int) -> tuple[list[str], Script]:
     """One call per step (no retries), in order; returns each call's outcome."""
     script = Script(steps)
-    registry = ModelRegistry.from_dict({"models": {"m": {"backend": "llamacpp", "max_retries": 0,
-                                                         "breaker_threshold": threshold}}}, "test models")
+    registry = ModelRegistry.from_dict(
+        {"models": {"m": {"backend": "llamacpp", "max_retries": 0, "breaker_threshold": threshold}}}, "test models"
+    )
     gateway = Gateway(registry, None, retry=FAST, backends={"m": script})
     results = []
     for _ in steps:
@@ -276,8 +299,10 @@ def test_the_breaker_alone():
     assert not breaker.is_open
     with pytest.raises(EndpointDown) as info:
         breaker.failed("HTML page (status 200, <title>Log\n in</title>)")
-    assert str(info.value) == ("model 'm' declared down: 2 requests in a row to http://h/v1 failed "
-                               "(last: HTML page (status 200, <title>Log in</title>))")
+    assert str(info.value) == (
+        "model 'm' declared down: 2 requests in a row to http://h/v1 failed "
+        "(last: HTML page (status 200, <title>Log in</title>))"
+    )
     assert info.value.model == "m"
     breaker.succeeded()  # a late success of a request sent before: the model stays down
     with pytest.raises(EndpointDown):

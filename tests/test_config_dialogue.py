@@ -1,5 +1,6 @@
 """Settings of ``dialogue_intent`` and ``intent_binary``: each mistake is one line naming the file, the step,
 the setting; label sets are written as names or as names with descriptions."""
+
 from pathlib import Path
 
 import pytest
@@ -28,44 +29,60 @@ def error_of(kind: str, settings: dict) -> str:
     return message
 
 
-@pytest.mark.parametrize("settings, message", [
-    # wrong types
-    ({**MODEL, "retries": "two"}, ".retries: must be an integer (got 'two')"),
-    ({**MODEL, "history_rounds": 2.5}, ".history_rounds: must be an integer (got 2.5)"),
-    ({**MODEL, "check_content": "no"}, ".check_content: must be true or false (got 'no')"),
-    ({**MODEL, "keep_fields": "time"}, ".keep_fields: must be a list (got 'time')"),
-    ({**MODEL, "labels": 3}, ".labels: must be a list of names or a mapping name -> description (got 3)"),
-    ({**MODEL, "labels": ["BMI", 2]}, ".labels: must be a list of names or a mapping name -> description "
-                                      "(got [\"BMI\", 2])"),
-    ({"prompt": "zh/dialogue_intent"}, ".model: required setting is missing"),
-    # out of range, invalid literal
-    ({**MODEL, "history_rounds": -1}, ".history_rounds: must be >= 0 (got -1)"),
-    ({**MODEL, "retries": -1}, ".retries: must be >= 0 (got -1)"),
-    ({**MODEL, "reason_max_chars": 0}, ".reason_max_chars: must be >= 1 (got 0)"),
-    ({**MODEL, "dialog_id_field": ""}, ".dialog_id_field: must not be empty"),
-    ({**MODEL, "history_format": "xml"}, ".history_format: must be one of 'text' or 'messages' (got 'xml')"),
-    ({**MODEL, "labels": ["BMI"]}, ".labels: must name at least two non-empty labels (got [\"BMI\"])"),
-    ({**MODEL, "labels": {"ask": "a question", " ": "blank"}},
-     ".labels: must name at least two non-empty labels (got {\"ask\": \"a question\", \" \": \"blank\"})"),
-    # unknown setting
-    ({**MODEL, "history_round": 3}, ".history_round: unknown setting (did you mean 'history_rounds'? known: "
-                                    "check_content, dialog_field, dialog_id_field, history_format, history_rounds, "
-                                    "keep_fields, labels, model, name, options, params, pin_turns, prompt, "
-                                    "reason_max_chars, retries)"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        # wrong types
+        ({**MODEL, "retries": "two"}, ".retries: must be an integer (got 'two')"),
+        ({**MODEL, "history_rounds": 2.5}, ".history_rounds: must be an integer (got 2.5)"),
+        ({**MODEL, "check_content": "no"}, ".check_content: must be true or false (got 'no')"),
+        ({**MODEL, "keep_fields": "time"}, ".keep_fields: must be a list (got 'time')"),
+        ({**MODEL, "labels": 3}, ".labels: must be a list of names or a mapping name -> description (got 3)"),
+        (
+            {**MODEL, "labels": ["BMI", 2]},
+            '.labels: must be a list of names or a mapping name -> description (got ["BMI", 2])',
+        ),
+        ({"prompt": "zh/dialogue_intent"}, ".model: required setting is missing"),
+        # out of range, invalid literal
+        ({**MODEL, "history_rounds": -1}, ".history_rounds: must be >= 0 (got -1)"),
+        ({**MODEL, "retries": -1}, ".retries: must be >= 0 (got -1)"),
+        ({**MODEL, "reason_max_chars": 0}, ".reason_max_chars: must be >= 1 (got 0)"),
+        ({**MODEL, "dialog_id_field": ""}, ".dialog_id_field: must not be empty"),
+        ({**MODEL, "history_format": "xml"}, ".history_format: must be one of 'text' or 'messages' (got 'xml')"),
+        ({**MODEL, "labels": ["BMI"]}, '.labels: must name at least two non-empty labels (got ["BMI"])'),
+        (
+            {**MODEL, "labels": {"ask": "a question", " ": "blank"}},
+            '.labels: must name at least two non-empty labels (got {"ask": "a question", " ": "blank"})',
+        ),
+        # unknown setting
+        (
+            {**MODEL, "history_round": 3},
+            ".history_round: unknown setting (did you mean 'history_rounds'? known: "
+            "check_content, dialog_field, dialog_id_field, history_format, history_rounds, "
+            "keep_fields, labels, model, name, options, params, pin_turns, prompt, "
+            "reason_max_chars, retries)",
+        ),
+    ],
+)
 def test_dialogue_intent_setting_errors(settings, message):
     assert error_of("dialogue_intent", settings) == f"pipeline.yaml: steps[1] (dialogue_intent){message}"
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({**MODEL, "check_labels": "药品"}, ".check_labels: must be a list (got '药品')"),
-    ({**MODEL, "label_field": 1}, ".label_field: must be a string (got 1)"),
-    ({**MODEL, "on_reject": "ignore"}, ".on_reject: must be one of 'tag', 'drop' or 'relabel' (got 'ignore')"),
-    ({**MODEL, "labels": ["only"]}, ".labels: must name at least two non-empty labels (got [\"only\"])"),
-    ({**MODEL, "fallback": "其他"}, ".fallback: unknown setting (did you mean 'fallback_label'? known: check_labels, "
-                                   "fallback_label, label_field, labels, model, name, on_reject, options, params, "
-                                   "prompt)"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({**MODEL, "check_labels": "药品"}, ".check_labels: must be a list (got '药品')"),
+        ({**MODEL, "label_field": 1}, ".label_field: must be a string (got 1)"),
+        ({**MODEL, "on_reject": "ignore"}, ".on_reject: must be one of 'tag', 'drop' or 'relabel' (got 'ignore')"),
+        ({**MODEL, "labels": ["only"]}, '.labels: must name at least two non-empty labels (got ["only"])'),
+        (
+            {**MODEL, "fallback": "其他"},
+            ".fallback: unknown setting (did you mean 'fallback_label'? known: check_labels, "
+            "fallback_label, label_field, labels, model, name, on_reject, options, params, "
+            "prompt)",
+        ),
+    ],
+)
 def test_intent_binary_setting_errors(settings, message):
     assert error_of("intent_binary", settings) == f"pipeline.yaml: steps[1] (intent_binary){message}"
 
@@ -84,9 +101,13 @@ def test_label_sets_are_names_or_names_with_descriptions():
 
 
 def test_a_pipeline_step_is_built_from_its_config():
-    data = {"input": {"path": "in.jsonl"}, "steps": [
-        {"dialogue_intent": {**MODEL, "labels": ["BMI", "其他"], "history_rounds": None, "keep_fields": ["time"]}},
-        {"intent_binary": {"model": "judge", "check_labels": ["BMI"], "on_reject": "relabel"}}]}
+    data = {
+        "input": {"path": "in.jsonl"},
+        "steps": [
+            {"dialogue_intent": {**MODEL, "labels": ["BMI", "其他"], "history_rounds": None, "keep_fields": ["time"]}},
+            {"intent_binary": {"model": "judge", "check_labels": ["BMI"], "on_reject": "relabel"}},
+        ],
+    }
     intent_config, binary_config = Pipeline.from_dict(data).steps
     intent, binary = build_step(intent_config), build_step(binary_config)
     assert isinstance(intent, DialogueIntent)

@@ -1,4 +1,5 @@
 """Settings of ``vote`` and ``cascade``: each mistake is one line naming the file, the step, the setting."""
+
 import pytest
 
 from joydataforge.config.pipeline import Pipeline
@@ -25,34 +26,52 @@ def error_of(kind: str, settings: dict) -> str:
 VOTERS = {"models": ["a", "b", "c"]}
 
 
-@pytest.mark.parametrize("settings, message", [
-    # wrong types
-    ({**VOTERS, "seed_fields": "often"}, "(vote).seed_fields: must be true or false (got 'often')"),
-    ({"models": "a"}, "(vote).models: must be a list of model names or a mapping name -> weight (got 'a')"),
-    ({**VOTERS, "quorum": "two"}, "(vote).quorum: must be an integer (votes) or a fraction in (0, 1] (got 'two')"),
-    ({**VOTERS, "quorum": True}, "(vote).quorum: must be an integer (votes) or a fraction in (0, 1] (got true)"),
-    ({**VOTERS, "weights": {"a": True}}, "(vote).weights.a: must be a number (got true)"),
-    ({"models": ["a", ""]}, "(vote).models[1]: must not be empty"),
-    # out of range, invalid literal
-    ({**VOTERS, "quorum": 0}, "(vote).quorum: must be at least 1 vote, or a fraction in (0, 1] (got 0)"),
-    ({**VOTERS, "quorum": 1.5}, "(vote).quorum: a fractional quorum must be in (0, 1] (got 1.5)"),
-    ({"models": []}, "(vote).models: must have at least 1 item(s) (got [])"),
-    ({**VOTERS, "on_no_majority": "guess"},
-     "(vote).on_no_majority: must be one of 'keep', 'drop' or 'fail' (got 'guess')"),
-    # unknown setting
-    ({**VOTERS, "quorom": 2}, "(vote).quorom: unknown setting (did you mean 'quorum'? known: models, name, "
-                              "on_no_majority, options, output_field, params, prompt, quorum, schema, seed_fields, "
-                              "votes_field, weights)"),
-    # cross-field checks
-    ({**VOTERS, "quorum": 4}, "(vote).quorum: 4 can never be reached by voters of total weight 3"),
-    ({"models": {"a": 1, "b": 1}, "quorum": 3}, "(vote).quorum: 3 can never be reached by voters of total weight 2"),
-    ({"models": ["a", "b", "a"]}, "(vote).models: a model may vote only once, ['a'] listed twice "
-                                  "(add a named variant in models.yaml for a second voter)"),
-    ({**VOTERS, "weights": {"z": 2}}, "(vote).weights: names models that do not vote: ['z'] "
-                                      "(voters: ['a', 'b', 'c'])"),
-    ({"models": {"a": 2, "b": 1}, "weights": {"a": 3}},
-     "(vote).weights: give weights either in models: {name: weight} or in weights:, not both"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        # wrong types
+        ({**VOTERS, "seed_fields": "often"}, "(vote).seed_fields: must be true or false (got 'often')"),
+        ({"models": "a"}, "(vote).models: must be a list of model names or a mapping name -> weight (got 'a')"),
+        ({**VOTERS, "quorum": "two"}, "(vote).quorum: must be an integer (votes) or a fraction in (0, 1] (got 'two')"),
+        ({**VOTERS, "quorum": True}, "(vote).quorum: must be an integer (votes) or a fraction in (0, 1] (got true)"),
+        ({**VOTERS, "weights": {"a": True}}, "(vote).weights.a: must be a number (got true)"),
+        ({"models": ["a", ""]}, "(vote).models[1]: must not be empty"),
+        # out of range, invalid literal
+        ({**VOTERS, "quorum": 0}, "(vote).quorum: must be at least 1 vote, or a fraction in (0, 1] (got 0)"),
+        ({**VOTERS, "quorum": 1.5}, "(vote).quorum: a fractional quorum must be in (0, 1] (got 1.5)"),
+        ({"models": []}, "(vote).models: must have at least 1 item(s) (got [])"),
+        (
+            {**VOTERS, "on_no_majority": "guess"},
+            "(vote).on_no_majority: must be one of 'keep', 'drop' or 'fail' (got 'guess')",
+        ),
+        # unknown setting
+        (
+            {**VOTERS, "quorom": 2},
+            "(vote).quorom: unknown setting (did you mean 'quorum'? known: models, name, "
+            "on_no_majority, options, output_field, params, prompt, quorum, schema, seed_fields, "
+            "votes_field, weights)",
+        ),
+        # cross-field checks
+        ({**VOTERS, "quorum": 4}, "(vote).quorum: 4 can never be reached by voters of total weight 3"),
+        (
+            {"models": {"a": 1, "b": 1}, "quorum": 3},
+            "(vote).quorum: 3 can never be reached by voters of total weight 2",
+        ),
+        (
+            {"models": ["a", "b", "a"]},
+            "(vote).models: a model may vote only once, ['a'] listed twice "
+            "(add a named variant in models.yaml for a second voter)",
+        ),
+        (
+            {**VOTERS, "weights": {"z": 2}},
+            "(vote).weights: names models that do not vote: ['z'] (voters: ['a', 'b', 'c'])",
+        ),
+        (
+            {"models": {"a": 2, "b": 1}, "weights": {"a": 3}},
+            "(vote).weights: give weights either in models: {name: weight} or in weights:, not both",
+        ),
+    ],
+)
 def test_vote_setting_errors(settings, message):
     assert error_of("vote", settings) == f"{WHERE} {message}"
 
@@ -65,21 +84,36 @@ def test_a_non_positive_weight_is_refused_in_either_form():
 STRONG = {"model": "strong", "gate_tie": True}
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({**STRONG, "gate_labels": "drug"}, "(cascade).gate_labels: must be a list (got 'drug')"),
-    ({**STRONG, "gate_no_quorum": "sometimes"}, "(cascade).gate_no_quorum: must be true or false (got 'sometimes')"),
-    ({**STRONG, "on_cascade_failure": "ignore"},
-     "(cascade).on_cascade_failure: must be one of 'fail' or 'keep_vote' (got 'ignore')"),
-    ({**STRONG, "cascade_field": ""}, "(cascade).cascade_field: must not be empty"),
-    ({"gate_tie": True}, "(cascade).model: required setting is missing"),
-    ({**STRONG, "gate": ["drug"]}, "(cascade).gate: unknown setting (did you mean 'gate_tie'? known: cascade_field, "
-                                   "gate_labels, gate_no_quorum, gate_tie, model, name, on_cascade_failure, options, "
-                                   "output_field, params, prefix, prompt, schema, vote_field, votes_field)"),
-    ({"model": "strong"},
-     "(cascade).gate_labels: nothing would be gated; set gate_labels, gate_tie or gate_no_quorum"),
-    ({"model": "strong", "gate_labels": []},
-     "(cascade).gate_labels: nothing would be gated; set gate_labels, gate_tie or gate_no_quorum"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({**STRONG, "gate_labels": "drug"}, "(cascade).gate_labels: must be a list (got 'drug')"),
+        (
+            {**STRONG, "gate_no_quorum": "sometimes"},
+            "(cascade).gate_no_quorum: must be true or false (got 'sometimes')",
+        ),
+        (
+            {**STRONG, "on_cascade_failure": "ignore"},
+            "(cascade).on_cascade_failure: must be one of 'fail' or 'keep_vote' (got 'ignore')",
+        ),
+        ({**STRONG, "cascade_field": ""}, "(cascade).cascade_field: must not be empty"),
+        ({"gate_tie": True}, "(cascade).model: required setting is missing"),
+        (
+            {**STRONG, "gate": ["drug"]},
+            "(cascade).gate: unknown setting (did you mean 'gate_tie'? known: cascade_field, "
+            "gate_labels, gate_no_quorum, gate_tie, model, name, on_cascade_failure, options, "
+            "output_field, params, prefix, prompt, schema, vote_field, votes_field)",
+        ),
+        (
+            {"model": "strong"},
+            "(cascade).gate_labels: nothing would be gated; set gate_labels, gate_tie or gate_no_quorum",
+        ),
+        (
+            {"model": "strong", "gate_labels": []},
+            "(cascade).gate_labels: nothing would be gated; set gate_labels, gate_tie or gate_no_quorum",
+        ),
+    ],
+)
 def test_cascade_setting_errors(settings, message):
     assert error_of("cascade", settings) == f"{WHERE} {message}"
 
@@ -93,8 +127,9 @@ def test_quorum_keeps_votes_and_fractions_apart():
 
 
 def test_models_mapping_is_names_plus_weights_and_the_fingerprint_keeps_what_was_written():
-    config = Pipeline.from_dict({"input": {"path": "in.jsonl"},
-                                 "steps": [{"vote": {"models": {"a": 2, "b": 1, "c": 1}, "quorum": 3}}]}).steps[0]
+    config = Pipeline.from_dict(
+        {"input": {"path": "in.jsonl"}, "steps": [{"vote": {"models": {"a": 2, "b": 1, "c": 1}, "quorum": 3}}]}
+    ).steps[0]
     assert config.voters() == ["a", "b", "c"] and config.model_names() == ["a", "b", "c"]
     assert config.voter_weights() == {"a": 2.0, "b": 1.0, "c": 1.0}
     assert config.written() == {"models": {"a": 2, "b": 1, "c": 1}, "quorum": 3}

@@ -1,4 +1,5 @@
 """The streaming MinHash dedup step: order, policies, reference records, configuration errors."""
+
 from __future__ import annotations
 
 import pytest

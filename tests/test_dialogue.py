@@ -1,5 +1,6 @@
 """Dialogue intent pipeline: one call per dialogue, index/content checks, history rebuild, binary pass,
 train/test sampling with caps and seeds, JSONL per split and label, XLSX sheets per label."""
+
 import json
 import re
 from pathlib import Path
@@ -19,10 +20,20 @@ from joydataforge.models.gateway import Gateway
 from tests.scripted_backend import ScriptedBackend
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-REGISTRY = ModelRegistry.from_dict({"models": {
-    "m": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 4, "max_retries": 0,
-          "json_retries": 0},
-}}, "test")
+REGISTRY = ModelRegistry.from_dict(
+    {
+        "models": {
+            "m": {
+                "backend": "openai",
+                "base_url": "http://127.0.0.1:1/v1",
+                "max_concurrency": 4,
+                "max_retries": 0,
+                "json_retries": 0,
+            },
+        }
+    },
+    "test",
+)
 TURN = re.compile(r"^\[(\d+)\] 用户: (.*)$", re.M)
 
 
@@ -44,28 +55,42 @@ def rule_label(text: str) -> str:
 
 def good_reply(messages, schema):
     turns = TURN.findall(messages[-1]["content"])
-    return json.dumps({"turns": [{"index": int(i), "label": rule_label(text), "reason": "规则", "content": text}
-                                 for i, text in turns]}, ensure_ascii=False)
+    return json.dumps(
+        {
+            "turns": [
+                {"index": int(i), "label": rule_label(text), "reason": "规则", "content": text} for i, text in turns
+            ]
+        },
+        ensure_ascii=False,
+    )
 
 
 def run_pipeline(tmp_path: Path, records, steps, reply, out: str = "out", concurrency: int = 4):
     write_jsonl(tmp_path / "in.jsonl", records)
-    pipeline = Pipeline(input={"path": str(tmp_path / "in.jsonl")}, steps=steps, output={"dir": str(tmp_path / out)},
-                        run={"cache": None, "progress": False, "concurrency": concurrency})
+    pipeline = Pipeline(
+        input={"path": str(tmp_path / "in.jsonl")},
+        steps=steps,
+        output={"dir": str(tmp_path / out)},
+        run={"cache": None, "progress": False, "concurrency": concurrency},
+    )
     backend = ScriptedBackend(reply)
     summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends={"m": backend})).run_sync()
     return summary, backend, read_jsonl(tmp_path / out / "data.jsonl"), read_jsonl(tmp_path / out / "failures.jsonl")
 
 
 SEED = [json.loads(line) for line in (EXAMPLES / "cdss_dialogues.jsonl").read_text("utf-8").splitlines()]
-REPEATS = {"dialog_id": "rep", "dialogs": "助手: 您好\n用户: 我吃了布洛芬\n助手: 多久了\n用户: 好的\n助手: 还有吗\n"
-                                          "用户: 孕12周能吃吗\n助手: 不建议\n用户: 好的\n用户: 谢谢"}
+REPEATS = {
+    "dialog_id": "rep",
+    "dialogs": "助手: 您好\n用户: 我吃了布洛芬\n助手: 多久了\n用户: 好的\n助手: 还有吗\n"
+    "用户: 孕12周能吃吗\n助手: 不建议\n用户: 好的\n用户: 谢谢",
+}
 
 
 def test_duplicate_of_a_failed_dialogue_is_not_asked_again(tmp_path):
     step = DialogueIntent("m", "zh/dialogue_intent", retries=0)
-    summary, backend, out, failures = run_pipeline(tmp_path, [REPEATS, REPEATS], [step], lambda m, s: "{}",
-                                                   concurrency=1)
+    summary, backend, out, failures = run_pipeline(
+        tmp_path, [REPEATS, REPEATS], [step], lambda m, s: "{}", concurrency=1
+    )
     assert len(backend.calls) == 1 and summary.failed == 1 and summary.filtered == 1
     assert step.counters["duplicate_dialogues"] == 1
 
@@ -83,8 +108,9 @@ def test_one_call_per_dialogue_one_record_per_user_turn(tmp_path):
     assert [r["id"] for r in first[:2]] == ["225462798279340:1", "225462798279340:2"]
     assert first[0]["input"] == "哺乳期痛经吃了布洛芬止痛药是否还能哺乳" and first[0]["label"] == "药品"
     assert first[0]["history"] == "" and first[0]["reason"] == "规则"
-    user_lines = {line.split(": ", 1)[1].strip() for r in SEED for line in r["dialogs"].splitlines()
-                  if line.startswith("用户:")}
+    user_lines = {
+        line.split(": ", 1)[1].strip() for r in SEED for line in r["dialogs"].splitlines() if line.startswith("用户:")
+    }
     assert {r["input"] for r in out} == user_lines  # only user turns, all of them
     assert set(first[0]) >= {"id", "dialog_id", "turn_index", "input", "history", "label", "reason", "_meta"}
     schema = backend.calls[0]["schema"]["properties"]["turns"]
@@ -114,17 +140,22 @@ def test_pinned_text_forms_and_validation():
 
 
 def test_rebuilt_history_matches_the_seed_records(tmp_path):
-    _, _, out, _ = run_pipeline(tmp_path, SEED, [DialogueIntent("m", "zh/dialogue_intent", history_rounds=4)],
-                                good_reply)
+    _, _, out, _ = run_pipeline(
+        tmp_path, SEED, [DialogueIntent("m", "zh/dialogue_intent", history_rounds=4)], good_reply
+    )
     for seed in SEED:
-        candidates = [r["history"] for r in out
-                      if r["dialog_id"] == str(seed["diaglog_id"]) and r["input"] == seed["input"].strip()]
+        candidates = [
+            r["history"]
+            for r in out
+            if r["dialog_id"] == str(seed["diaglog_id"]) and r["input"] == seed["input"].strip()
+        ]
         assert seed["history"].strip() in candidates, seed["input"]
 
 
 def test_history_of_a_repeated_line_is_that_of_its_own_occurrence(tmp_path):
-    _, _, out, _ = run_pipeline(tmp_path, [REPEATS], [DialogueIntent("m", "zh/dialogue_intent", history_rounds=2)],
-                                good_reply)
+    _, _, out, _ = run_pipeline(
+        tmp_path, [REPEATS], [DialogueIntent("m", "zh/dialogue_intent", history_rounds=2)], good_reply
+    )
     assert [r["input"] for r in out] == ["我吃了布洛芬", "好的", "孕12周能吃吗", "好的", "谢谢"]
     # First "好的" (turn 2): everything before it (the greeting too: fewer than 2 rounds before it).
     assert out[1]["history"] == "助手: 您好\n用户: 我吃了布洛芬\n助手: 多久了"
@@ -143,8 +174,9 @@ def test_history_rounds_zero_all_and_messages_format():
 
 
 def test_messages_history_format(tmp_path):
-    step = DialogueIntent("m", "zh/dialogue_intent", history_rounds=1, history_format="messages",
-                          keep_fields=["source"])
+    step = DialogueIntent(
+        "m", "zh/dialogue_intent", history_rounds=1, history_format="messages", keep_fields=["source"]
+    )
     _, _, out, _ = run_pipeline(tmp_path, [{**REPEATS, "source": "web"}], [step], good_reply)
     assert out[2]["history"] == [{"role": "user", "content": "好的"}, {"role": "assistant", "content": "还有吗"}]
     assert out[2]["source"] == "web" and "dialogs" not in out[2]
@@ -189,7 +221,9 @@ def test_reply_that_never_lines_up_fails_the_dialogue_with_raw_text(tmp_path):
     step = DialogueIntent("m", "zh/dialogue_intent", retries=2, pin_turns=False)
     summary, backend, out, failures = run_pipeline(tmp_path, [REPEATS], [step], shifted)
     assert out == [] and summary.failed == 1 and len(backend.calls) == 3
-    assert "content_mismatch" in failures[0]["error"] and failures[0]["raw"] == shifted(backend.calls[0]["messages"], None)
+    assert "content_mismatch" in failures[0]["error"] and failures[0]["raw"] == shifted(
+        backend.calls[0]["messages"], None
+    )
     step = DialogueIntent("m", "zh/dialogue_intent", retries=1)  # pinned: the schema says which turn
     summary, backend, out, failures = run_pipeline(tmp_path, [REPEATS], [step], shifted, out="pinned")
     assert out == [] and "turns/0/content" in failures[0]["error"] and len(backend.calls) == 2
@@ -210,9 +244,14 @@ def test_content_may_echo_a_role_prefix_and_spacing():
 def test_invalid_json_counts_and_bad_input(tmp_path):
     step = DialogueIntent("m", "zh/dialogue_intent", retries=1)
     summary, backend, out, failures = run_pipeline(
-        tmp_path, [REPEATS, {"dialog_id": "x", "dialogs": "助手: 您好"}, {"dialog_id": "y"}], [step],
-        lambda m, s: "不是JSON")
-    assert summary.failed == 1 and summary.bad_input == 2 and len(backend.calls) == 2  # the two bad records never reach the model
+        tmp_path,
+        [REPEATS, {"dialog_id": "x", "dialogs": "助手: 您好"}, {"dialog_id": "y"}],
+        [step],
+        lambda m, s: "不是JSON",
+    )
+    assert (
+        summary.failed == 1 and summary.bad_input == 2 and len(backend.calls) == 2
+    )  # the two bad records never reach the model
     assert step.counters["invalid_replies"] == 2
     errors = [f["error"] for f in failures]
     assert "no usable labelling after 2 attempt(s)" in errors[0] and "in.jsonl:1" not in errors[0]
@@ -233,8 +272,10 @@ def test_configurable_labels():
 
 @pytest.mark.parametrize("on_reject", ["tag", "drop", "relabel"])
 def test_binary_pass_checks_only_chosen_labels(tmp_path, on_reject):
-    turns = [{"id": f"t{i}", "input": text, "history": "用户: 你好", "label": label}
-             for i, (text, label) in enumerate([("布洛芬怎么吃", "药品"), ("好的", "药品"), ("谢谢", "其他")])]
+    turns = [
+        {"id": f"t{i}", "input": text, "history": "用户: 你好", "label": label}
+        for i, (text, label) in enumerate([("布洛芬怎么吃", "药品"), ("好的", "药品"), ("谢谢", "其他")])
+    ]
 
     def judge(messages, schema):
         text = messages[-1]["content"]
@@ -243,7 +284,9 @@ def test_binary_pass_checks_only_chosen_labels(tmp_path, on_reject):
     step = IntentBinaryCheck("m", "zh/dialogue_intent_binary", check_labels=["药品"], on_reject=on_reject)
     summary, backend, out, _ = run_pipeline(tmp_path, turns, [step], judge)
     assert len(backend.calls) == 2 and step.counters["skipped"] == 1  # "其他" is not checked
-    assert "药品" in backend.calls[0]["messages"][-1]["content"] and "你好" in backend.calls[0]["messages"][-1]["content"]
+    assert (
+        "药品" in backend.calls[0]["messages"][-1]["content"] and "你好" in backend.calls[0]["messages"][-1]["content"]
+    )
     by_id = {r["id"]: r for r in out}
     assert by_id["t0"]["binary_match"] is True and "binary_match" not in by_id["t2"]
     if on_reject == "drop":
@@ -256,6 +299,7 @@ def test_binary_pass_checks_only_chosen_labels(tmp_path, on_reject):
 
 # ---------------------------------------------------------------- sampling into train/test
 
+
 def labelled(n_dialogs: int = 6, per_dialog: dict | None = None):
     per_dialog = per_dialog or {"药品": 3, "其他": 5, "BMI": 1}
     records = []
@@ -264,8 +308,17 @@ def labelled(n_dialogs: int = 6, per_dialog: dict | None = None):
         for label, count in per_dialog.items():
             for _ in range(count):
                 t += 1
-                records.append({"id": f"d{d}:{t}", "dialog_id": f"d{d}", "turn_index": t, "input": f"q{d}-{t}",
-                                "history": "", "label": label, "reason": "r"})
+                records.append(
+                    {
+                        "id": f"d{d}:{t}",
+                        "dialog_id": f"d{d}",
+                        "turn_index": t,
+                        "input": f"q{d}-{t}",
+                        "history": "",
+                        "label": label,
+                        "reason": "r",
+                    }
+                )
     return records
 
 
@@ -317,8 +370,17 @@ def test_duplicates_unlabelled_and_unwanted_labels_are_left_out():
 
 
 def test_write_split_files_and_xlsx_sheets(tmp_path):
-    records = labelled() + [{"id": "z:1", "dialog_id": "z", "turn_index": 1, "input": "a/b", "history": "",
-                             "label": "a/b?", "reason": "odd label"}]
+    records = labelled() + [
+        {
+            "id": "z:1",
+            "dialog_id": "z",
+            "turn_index": 1,
+            "input": "a/b",
+            "history": "",
+            "label": "a/b?",
+            "reason": "odd label",
+        }
+    ]
     result = split_records(records, test_size=1, per_record_cap=2, seed=0)
     summary = write_split(result, tmp_path)
     assert summary["test"] == 4 and summary["train"] == len(result.train)
@@ -337,19 +399,35 @@ def test_write_split_files_and_xlsx_sheets(tmp_path):
 
 def test_cli_dialogue_split(tmp_path):
     write_jsonl(tmp_path / "data.jsonl", labelled())
-    result = CliRunner().invoke(dialogue_split_command, [
-        str(tmp_path / "data.jsonl"), "-o", str(tmp_path / "split"), "--test-size", "3", "--per-label-cap", "9",
-        "--per-record-cap", "2", "--seed", "1"])
+    result = CliRunner().invoke(
+        dialogue_split_command,
+        [
+            str(tmp_path / "data.jsonl"),
+            "-o",
+            str(tmp_path / "split"),
+            "--test-size",
+            "3",
+            "--per-label-cap",
+            "9",
+            "--per-record-cap",
+            "2",
+            "--seed",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "药品" in result.output and "written to" in result.output
     assert len(read_jsonl(tmp_path / "split" / "test.jsonl")) == 9
     assert len(read_jsonl(tmp_path / "split" / "train.jsonl")) == 6 + 6 + 3
-    bad = CliRunner().invoke(dialogue_split_command, [str(tmp_path / "data.jsonl"), "-o", str(tmp_path / "x"),
-                                                      "--test-size", "2.5"])
+    bad = CliRunner().invoke(
+        dialogue_split_command, [str(tmp_path / "data.jsonl"), "-o", str(tmp_path / "x"), "--test-size", "2.5"]
+    )
     assert bad.exit_code != 0 and "fraction" in bad.output
     assert "dialogues have turns in both train and test" in result.output
-    grouped = CliRunner().invoke(dialogue_split_command, [
-        str(tmp_path / "data.jsonl"), "-o", str(tmp_path / "grouped"), "--test-size", "0.3", "--by-dialogue"])
+    grouped = CliRunner().invoke(
+        dialogue_split_command,
+        [str(tmp_path / "data.jsonl"), "-o", str(tmp_path / "grouped"), "--test-size", "0.3", "--by-dialogue"],
+    )
     assert grouped.exit_code == 0, grouped.output
     assert "both train and test" not in grouped.output
     split = json.loads((tmp_path / "grouped" / "split.json").read_text("utf-8"))

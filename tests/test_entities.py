@@ -1,4 +1,5 @@
 """Entity diversity: fields as the seed stores them, extractors, and metrics against hand-computed values."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +28,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def seed_records() -> list[dict]:
     """The seed's agent_intent/examples.json, with its 6 KB system prompt dropped (tests/fixtures)."""
-    return [json.loads(line) for line in (FIXTURES / "agent_intent_records.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [
+        json.loads(line) for line in (FIXTURES / "agent_intent_records.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
 
 
 def test_seed_fields_are_found_and_strings_are_never_split():
@@ -42,7 +45,13 @@ def test_seed_fields_are_found_and_strings_are_never_split():
 
 
 def test_include_exclude_and_string_values():
-    record = {"query": "腱鞘炎怎么治", "Diseases": "腱鞘炎", "Drugs": ["布洛芬", " ", "Vitamin  D "], "labels": ["a"], "n": 3}
+    record = {
+        "query": "腱鞘炎怎么治",
+        "Diseases": "腱鞘炎",
+        "Drugs": ["布洛芬", " ", "Vitamin  D "],
+        "labels": ["a"],
+        "n": 3,
+    }
     # automatic detection only takes lists of strings, so a free-text field cannot sneak in
     assert entities_from_fields(record) == {"Drugs": ["布洛芬", "vitamin d"]}
     # a string in a named field is one entity, whole
@@ -75,9 +84,19 @@ def test_metrics_of_the_seed_records_by_hand():
     # types: Medications 4, Symptoms 3, Anatomical Parts 2, Diseases 1, Medical Professionals 1
     t = m["types"]
     assert (t["total"], t["unique"]) == (11, 5)
-    assert t["top"] == [["Medications", 4], ["Symptoms", 3], ["Anatomical Parts", 2], ["Diseases", 1],
-                        ["Medical Professionals", 1]]
-    h = -(4 / 11 * math.log(4 / 11) + 3 / 11 * math.log(3 / 11) + 2 / 11 * math.log(2 / 11) + 2 * (1 / 11) * math.log(1 / 11))
+    assert t["top"] == [
+        ["Medications", 4],
+        ["Symptoms", 3],
+        ["Anatomical Parts", 2],
+        ["Diseases", 1],
+        ["Medical Professionals", 1],
+    ]
+    h = -(
+        4 / 11 * math.log(4 / 11)
+        + 3 / 11 * math.log(3 / 11)
+        + 2 / 11 * math.log(2 / 11)
+        + 2 * (1 / 11) * math.log(1 / 11)
+    )
     assert t["shannon_entropy_nats"] == pytest.approx(h)
     assert t["gini_simpson"] == pytest.approx(1 - 31 / 121)
     assert t["inverse_simpson"] == pytest.approx(121 / 31)
@@ -105,8 +124,13 @@ def test_metrics_with_repeats_by_hand():
 
 
 def test_count_diversity_edge_cases():
-    assert count_diversity({}) == {"total": 0, "unique": 0, "shannon_entropy_nats": 0.0, "gini_simpson": 0.0,
-                                   "inverse_simpson": 0.0}
+    assert count_diversity({}) == {
+        "total": 0,
+        "unique": 0,
+        "shannon_entropy_nats": 0.0,
+        "gini_simpson": 0.0,
+        "inverse_simpson": 0.0,
+    }
     one = count_diversity({"only": 5})
     assert one["shannon_entropy_nats"] == 0.0 and one["gini_simpson"] == 0.0 and one["inverse_simpson"] == 1.0
     even = count_diversity({"a": 2, "b": 2, "c": 2, "d": 2})
@@ -130,13 +154,15 @@ class FakeGatewayModel:
 
 
 async def test_llm_extractor_filters_types_and_invented_mentions():
-    reply = {"entities": [
-        {"type": "medications", "text": "维生素AD滴剂"},
-        {"type": "Diseases", "text": "佝偻病"},            # not in the text: dropped
-        {"type": "Company", "text": "京东"},               # not an allowed type: dropped
-        {"type": "Symptoms", "text": ""},                  # empty: dropped
-        {"bad": "item"},
-    ]}
+    reply = {
+        "entities": [
+            {"type": "medications", "text": "维生素AD滴剂"},
+            {"type": "Diseases", "text": "佝偻病"},  # not in the text: dropped
+            {"type": "Company", "text": "京东"},  # not an allowed type: dropped
+            {"type": "Symptoms", "text": ""},  # empty: dropped
+            {"bad": "item"},
+        ]
+    }
     model = FakeGatewayModel(reply)
     extractor = LLMEntityExtractor(model, types=["Medications", "Diseases", "Symptoms"])
     assert isinstance(extractor, EntityExtractor)
@@ -144,7 +170,9 @@ async def test_llm_extractor_filters_types_and_invented_mentions():
     assert out == {"Medications": ["维生素ad滴剂"]}
     messages, schema = model.asked[0]
     assert schema == ENTITY_SCHEMA
-    assert "Medications, Diseases, Symptoms" in messages[0]["content"] and "维生素AD滴剂怎么用" in messages[0]["content"]
+    assert (
+        "Medications, Diseases, Symptoms" in messages[0]["content"] and "维生素AD滴剂怎么用" in messages[0]["content"]
+    )
     loose = LLMEntityExtractor(model, require_in_text=False)
     assert (await loose.extract("维生素AD滴剂"))["Diseases"] == ["佝偻病"]
 
@@ -194,9 +222,13 @@ async def test_spacy_extractor_maps_labels(monkeypatch):
     from joydataforge.evaluate.entities import SpacyEntityExtractor
 
     def nlp(text):
-        return SimpleNamespace(ents=[SimpleNamespace(text="Dr. Chen", label_="PERSON"),
-                                     SimpleNamespace(text="Peking  Union Hospital", label_="ORG"),
-                                     SimpleNamespace(text="today", label_="DATE")])
+        return SimpleNamespace(
+            ents=[
+                SimpleNamespace(text="Dr. Chen", label_="PERSON"),
+                SimpleNamespace(text="Peking  Union Hospital", label_="ORG"),
+                SimpleNamespace(text="today", label_="DATE"),
+            ]
+        )
 
     extractor = SpacyEntityExtractor("en_core_web_sm", labels=["PERSON", "ORG"])
     monkeypatch.setattr(extractor, "_load", lambda: nlp)

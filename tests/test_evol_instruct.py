@@ -1,5 +1,6 @@
 """Evol-Instruct with scripted models: every elimination rule, judging failures, selection arithmetic,
 round pooling, sampling, flat lineage, labels and inputs. Each test pins exact outcomes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -34,16 +35,31 @@ from joydataforge.models.gateway import Gateway
 from joydataforge.prompts.renderer import PromptLibrary
 from tests.scripted_backend import ScriptedBackend
 
-REGISTRY = ModelRegistry.from_dict({"models": {
-    name: {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 16, "max_retries": 0,
-           "json_retries": 0}
-    for name in ("m", "judge", "answerer")
-}}, "test")
+REGISTRY = ModelRegistry.from_dict(
+    {
+        "models": {
+            name: {
+                "backend": "openai",
+                "base_url": "http://127.0.0.1:1/v1",
+                "max_concurrency": 16,
+                "max_retries": 0,
+                "json_retries": 0,
+            }
+            for name in ("m", "judge", "answerer")
+        }
+    },
+    "test",
+)
 
-OPS = {"Add one more constraint": "constraints", "increase the depth and breadth": "deepen",
-       "Replace general concepts": "concretize", "multiple-step reasoning": "reasoning",
-       "Add concrete input": "complicate_input", "change the direction or the scope": "redirect",
-       "Prompt Creator": "breadth"}
+OPS = {
+    "Add one more constraint": "constraints",
+    "increase the depth and breadth": "deepen",
+    "Replace general concepts": "concretize",
+    "multiple-step reasoning": "reasoning",
+    "Add concrete input": "complicate_input",
+    "change the direction or the scope": "redirect",
+    "Prompt Creator": "breadth",
+}
 
 
 def parse_prompt(messages: list[dict[str, str]]) -> tuple[str, dict[str, Any]]:
@@ -68,8 +84,13 @@ class Script:
     """Replies by role. ``evolve(op, parent, count) -> list``; ``judge(instruction) -> dict|str``;
     ``equal(parent, child) -> bool``; ``answer(instruction) -> str``. Every request is logged."""
 
-    def __init__(self, evolve: Callable[..., Any] | None = None, judge: Callable[[str], Any] | None = None,
-                 equal: Callable[[str, str], bool] | None = None, answer: Callable[[str], str] | None = None):
+    def __init__(
+        self,
+        evolve: Callable[..., Any] | None = None,
+        judge: Callable[[str], Any] | None = None,
+        equal: Callable[[str, str], bool] | None = None,
+        answer: Callable[[str], str] | None = None,
+    ):
         self.evolve = evolve or (lambda op, parent, count: [f"{parent} [{op} {i}]" for i in range(count)])
         self.judge = judge or (lambda instruction: {"valid": 1, "score": 50})
         self.equal = equal or (lambda parent, child: False)
@@ -94,14 +115,16 @@ class Script:
         return [values for r, values in self.log if r == role]
 
 
-def evolve_one(record: dict[str, Any], script: Script, seed: int = 0, backend_cls=ScriptedBackend,
-               **settings: Any) -> Any:
+def evolve_one(
+    record: dict[str, Any], script: Script, seed: int = 0, backend_cls=ScriptedBackend, **settings: Any
+) -> Any:
     settings.setdefault("model", "m")
     settings.setdefault("answer_model", "m")
     step = EvolInstruct(**settings)
     backend = backend_cls(script)
-    ctx = StepContext(Gateway(REGISTRY, backends={"m": backend, "judge": backend, "answerer": backend}),
-                      PromptLibrary(), seed=seed)
+    ctx = StepContext(
+        Gateway(REGISTRY, backends={"m": backend, "judge": backend, "answerer": backend}), PromptLibrary(), seed=seed
+    )
     step.check(ctx)
     result = asyncio.run(step.run(record, ctx))
     return result, step
@@ -109,8 +132,9 @@ def evolve_one(record: dict[str, Any], script: Script, seed: int = 0, backend_cl
 
 def fresh(op: str, parent: str, count: int) -> list[str]:
     """Children that keep their parent's text but add enough new words not to be near-duplicates of it."""
-    return [f"{parent} [{op} {i}] " + " ".join(f"{op[:3]}{i}n{len(parent)}w{j}" for j in range(24))
-            for i in range(count)]
+    return [
+        f"{parent} [{op} {i}] " + " ".join(f"{op[:3]}{i}n{len(parent)}w{j}" for j in range(24)) for i in range(count)
+    ]
 
 
 ROOT = {"id": "r1", "input": "How do I bake bread?", "task_label": "cooking"}
@@ -149,8 +173,17 @@ def test_one_round_has_the_seeds_shape_and_carries_the_top_fifth():
     # 6 valid children, 20% -> floor(1.2) = 1: the 90.
     assert entry["selected"] == ["r1:r1.6"]
     assert [c["selected"] for c in entry["l_breadth_instructions"]] == [False, False, True]
-    assert out["wizard_root"] == {"id": "r1", "parent_id": None, "round": 0, "operation": "root", "kind": "root",
-                                  "instruction": ROOT["input"], "task_label": "cooking", "valid": 1, "score": 20}
+    assert out["wizard_root"] == {
+        "id": "r1",
+        "parent_id": None,
+        "round": 0,
+        "operation": "root",
+        "kind": "root",
+        "instruction": ROOT["input"],
+        "task_label": "cooking",
+        "valid": 1,
+        "score": 20,
+    }
     assert step.counters["children"] == 6 and step.counters["carried"] == 1 and step.counters["evolve_calls"] == 2
     assert all(c["answer"].startswith("A full answer") for c in candidates(out))
     assert len(out["_meta"]["calls"]) == 2 + 6 * 3 + 1  # evolve, (equal + answer + judge) per child, root judge
@@ -193,14 +226,18 @@ def test_invalid_children_are_judged_and_kept_but_never_carried_and_scores_are_c
 
 def test_leaked_prompt_words_are_eliminated_before_any_model_call():
     def evolve(op, parent, count):
-        return ["#Rewritten Prompt#: How do I bake sourdough bread at altitude?",
-                "Following the given prompt, explain kneading times for rye.",
-                "How do I bake gluten-free bread that still rises well?"]
+        return [
+            "#Rewritten Prompt#: How do I bake sourdough bread at altitude?",
+            "Following the given prompt, explain kneading times for rye.",
+            "How do I bake gluten-free bread that still rises well?",
+        ]
 
     script = Script(evolve=evolve)
     out, step = evolve_one(ROOT, script, rounds=1, operations=["constraints"], children=3)
-    assert eliminated(out) == {"#Rewritten Prompt#: How do I bake sourdough bread at altitude?": "leak",
-                               "Following the given prompt, explain kneading times for rye.": "leak"}
+    assert eliminated(out) == {
+        "#Rewritten Prompt#: How do I bake sourdough bread at altitude?": "leak",
+        "Following the given prompt, explain kneading times for rye.": "leak",
+    }
     judged = [c["instruction"] for c in script.calls("judge")]
     assert judged == [ROOT["input"], "How do I bake gluten-free bread that still rises well?"]
     assert step.counters["eliminated:leak"] == 2
@@ -215,20 +252,25 @@ def test_leak_phrases_cover_both_languages_and_are_case_insensitive():
 
 def test_near_duplicates_of_the_tree_and_of_siblings_are_eliminated():
     def evolve(op, parent, count):
-        return ["how do i bake BREAD??",  # the root, up to case and punctuation
-                "What flour should I use to bake a crusty sourdough loaf at home in winter?",
-                "What flour should I use to bake a crusty sourdough loaf at home in the winter?",  # sibling
-                "Why does my bread collapse in the oven?"]
+        return [
+            "how do i bake BREAD??",  # the root, up to case and punctuation
+            "What flour should I use to bake a crusty sourdough loaf at home in winter?",
+            "What flour should I use to bake a crusty sourdough loaf at home in the winter?",  # sibling
+            "Why does my bread collapse in the oven?",
+        ]
 
     out, step = evolve_one(ROOT, Script(evolve=evolve), rounds=1, operations=["deepen"], children=4)
     assert eliminated(out) == {
         "how do i bake BREAD??": "duplicate",
-        "What flour should I use to bake a crusty sourdough loaf at home in the winter?": "duplicate"}
+        "What flour should I use to bake a crusty sourdough loaf at home in the winter?": "duplicate",
+    }
     entry = out["wizard_llm_querys"][0]
     details = {e["instruction"]: e["detail"] for e in entry["l_eliminated_instructions"]}
     assert "near-duplicate of r1 " in details["how do i bake BREAD??"]
-    assert "near-duplicate of r1:r1.2 " in details[
-        "What flour should I use to bake a crusty sourdough loaf at home in the winter?"]
+    assert (
+        "near-duplicate of r1:r1.2 "
+        in details["What flour should I use to bake a crusty sourdough loaf at home in the winter?"]
+    )
     assert len(candidates(out)) == 2
 
 
@@ -259,8 +301,10 @@ def test_unanswerable_children_are_eliminated_and_long_apologies_are_not():
         return "Sorry for the long list: " + " ".join(f"step{i}" for i in range(90))
 
     out, step = evolve_one(ROOT, Script(answer=answer), rounds=1, operations=["deepen"], children=3)
-    assert eliminated(out) == {"How do I bake bread? [deepen 0]": "unanswerable",
-                               "How do I bake bread? [deepen 1]": "unanswerable"}
+    assert eliminated(out) == {
+        "How do I bake bread? [deepen 0]": "unanswerable",
+        "How do I bake bread? [deepen 1]": "unanswerable",
+    }
     reasons = [e["detail"] for e in out["wizard_llm_querys"][0]["l_eliminated_instructions"]]
     assert reasons == ["the answering model's reply is a refusal", "the answering model's reply is a no content"]
     assert [c["instruction"] for c in candidates(out)] == ["How do I bake bread? [deepen 2]"]
@@ -293,8 +337,10 @@ def test_judging_failure_is_retried_with_new_samples_then_recorded_without_crash
 
     script = Script(judge=judge)
     out, step = evolve_one(ROOT, script, rounds=1, operations=["deepen"], children=3, judge_retries=2)
-    assert eliminated(out) == {"How do I bake bread? [deepen 0]": "judge_failed",
-                               "How do I bake bread? [deepen 1]": "judge_failed"}
+    assert eliminated(out) == {
+        "How do I bake bread? [deepen 0]": "judge_failed",
+        "How do I bake bread? [deepen 1]": "judge_failed",
+    }
     failed = out["wizard_llm_querys"][0]["l_eliminated_instructions"]
     assert "'very hard', not a number" in failed[0]["detail"] and "after 3 attempts" in failed[0]["detail"]
     assert failed[0]["raw"] == json.dumps({"valid": 1, "score": "very hard"})
@@ -318,28 +364,48 @@ def test_a_judgement_that_fails_once_is_accepted_on_retry():
 
 
 def test_a_failed_root_judgement_is_recorded_and_evolution_goes_on():
-    out, _ = evolve_one(ROOT, Script(judge=lambda i: "x" if i == ROOT["input"] else {"valid": 1, "score": 50}),
-                        rounds=1, operations=["deepen"], children=1)
+    out, _ = evolve_one(
+        ROOT,
+        Script(judge=lambda i: "x" if i == ROOT["input"] else {"valid": 1, "score": 50}),
+        rounds=1,
+        operations=["deepen"],
+        children=1,
+    )
     assert out["wizard_root"]["score"] is None and "after 3 attempts" in out["wizard_root"]["judge_error"]
     assert len(candidates(out)) == 1
 
 
-@pytest.mark.parametrize("reply, expected", [
-    ({"valid": 1, "score": 65}, (1, 65, False)),
-    ({"valid": "-2", "score": "20"}, (-2, 20, False)),
-    ({"valid": -1, "score": "45 points"}, (-1, 30, True)),
-    ({"valid": 1, "score": "80/100"}, (1, 80, False)),
-    ({"valid": 1.0, "score": 59.6}, (1, 60, False)),
-])
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ({"valid": 1, "score": 65}, (1, 65, False)),
+        ({"valid": "-2", "score": "20"}, (-2, 20, False)),
+        ({"valid": -1, "score": "45 points"}, (-1, 30, True)),
+        ({"valid": 1, "score": "80/100"}, (1, 80, False)),
+        ({"valid": 1.0, "score": 59.6}, (1, 60, False)),
+    ],
+)
 def test_parse_judgement_accepts_numbers_and_numeric_strings(reply, expected):
     assert parse_judgement(reply) == expected
 
 
-@pytest.mark.parametrize("reply", [
-    {"valid": 1, "score": "hard"}, {"valid": 1, "score": None}, {"valid": 1, "score": True},
-    {"valid": 0, "score": 50}, {"valid": 2, "score": 50}, {"valid": 1, "score": 150}, {"valid": 1, "score": -5},
-    {"valid": 1, "score": float("nan")}, {"valid": 1, "score": "60-70"}, {"score": 50}, [1, 50], "65",
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"valid": 1, "score": "hard"},
+        {"valid": 1, "score": None},
+        {"valid": 1, "score": True},
+        {"valid": 0, "score": 50},
+        {"valid": 2, "score": 50},
+        {"valid": 1, "score": 150},
+        {"valid": 1, "score": -5},
+        {"valid": 1, "score": float("nan")},
+        {"valid": 1, "score": "60-70"},
+        {"score": 50},
+        [1, 50],
+        "65",
+    ],
+)
 def test_parse_judgement_rejects_unusable_values(reply):
     with pytest.raises(JudgingError):
         parse_judgement(reply)
@@ -360,8 +426,9 @@ def test_rounds_pool_the_carried_children_of_all_parents():
         return {"valid": 1, "score": 10 + 10 * instruction.count("[")}  # deeper = harder
 
     script = Script(evolve=fresh, judge=judge)
-    out, step = evolve_one(ROOT, script, rounds=2, sample_size=2, operations=["deepen", "breadth"], children=2,
-                           top_fraction=0.5)
+    out, step = evolve_one(
+        ROOT, script, rounds=2, sample_size=2, operations=["deepen", "breadth"], children=2, top_fraction=0.5
+    )
     r1, r2 = out["wizard_llm_querys"]
     assert r1["sampled"] == ["r1"] and len(r1["selected"]) == 2  # 4 valid, 50% -> 2
     assert sorted(r2["sampled"]) == sorted(r1["selected"])
@@ -381,14 +448,20 @@ def test_sampling_is_seeded_per_record_and_bounded_by_sample_size():
     again, _ = evolve_one(ROOT, Script(fresh), seed=1, **settings)
     assert first["wizard_llm_querys"][1]["sampled"] == again["wizard_llm_querys"][1]["sampled"]
     assert len(first["wizard_llm_querys"][1]["sampled"]) == 1
-    picks = {evolve_one(ROOT, Script(fresh), seed=s, **settings)[0]["wizard_llm_querys"][1]["sampled"][0]
-             for s in range(8)}
+    picks = {
+        evolve_one(ROOT, Script(fresh), seed=s, **settings)[0]["wizard_llm_querys"][1]["sampled"][0] for s in range(8)
+    }
     assert len(picks) > 1  # the seed matters
 
 
 def test_evolution_stops_when_no_child_is_valid():
-    out, step = evolve_one(ROOT, Script(judge=lambda i: {"valid": 1 if i == ROOT["input"] else -1, "score": 20}),
-                           rounds=3, operations=["deepen"], children=2)
+    out, step = evolve_one(
+        ROOT,
+        Script(judge=lambda i: {"valid": 1 if i == ROOT["input"] else -1, "score": 20}),
+        rounds=3,
+        operations=["deepen"],
+        children=2,
+    )
     assert out["wizard_round_cnt"] == 1 and out["wizard_llm_querys"][0]["selected"] == []
     assert step.counters["stopped_no_valid_child"] == 1
 
@@ -410,8 +483,9 @@ class InFlight(ScriptedBackend):
 
 
 def test_independent_calls_of_a_round_run_concurrently():
-    step = EvolInstruct(model="m", answer_model="m", rounds=1, operations=["constraints", "deepen", "breadth"],
-                        children=3)
+    step = EvolInstruct(
+        model="m", answer_model="m", rounds=1, operations=["constraints", "deepen", "breadth"], children=3
+    )
     backend = InFlight(Script())
     ctx = StepContext(Gateway(REGISTRY, backends={"m": backend}), PromptLibrary())
     asyncio.run(step.run(ROOT, ctx))
@@ -444,8 +518,13 @@ def test_list_labels_are_listed_in_the_prompt():
 
 
 def test_rewrite_query_is_preferred_and_history_is_context_for_the_root_only():
-    record = {"id": "h", "input": "and for rye?", "rewrite_query": "How long should rye bread proof?",
-              "history": [["How long should wheat bread proof?", "About an hour."]], "task_label": ["baking"]}
+    record = {
+        "id": "h",
+        "input": "and for rye?",
+        "rewrite_query": "How long should rye bread proof?",
+        "history": [["How long should wheat bread proof?", "About an hour."]],
+        "task_label": ["baking"],
+    }
     script = Script(judge=lambda i: {"valid": 1, "score": 50})
     out, _ = evolve_one(record, script, rounds=2, operations=["deepen"], children=1)
     first, second = script.calls("evolve")
@@ -461,8 +540,13 @@ def test_rewrite_query_is_preferred_and_history_is_context_for_the_root_only():
 
 
 def test_a_failed_evolution_call_is_recorded_and_the_rest_goes_on():
-    out, step = evolve_one(ROOT, Script(evolve=lambda op, p, n: "not json" if op == "deepen" else ["Rare bread?"]),
-                           rounds=1, operations=["deepen", "breadth"], children=1)
+    out, step = evolve_one(
+        ROOT,
+        Script(evolve=lambda op, p, n: "not json" if op == "deepen" else ["Rare bread?"]),
+        rounds=1,
+        operations=["deepen", "breadth"],
+        children=1,
+    )
     entry = out["wizard_llm_querys"][0]
     assert [e["operation"] for e in entry["errors"]] == ["deepen"] and entry["errors"][0]["raw"] == "not json"
     assert [c["instruction"] for c in candidates(out)] == ["Rare bread?"]
@@ -471,16 +555,19 @@ def test_a_failed_evolution_call_is_recorded_and_the_rest_goes_on():
     assert err.value.raw == "not json"
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"operations": ["deepen", "fly"]}, r"operations\[1\]: must be one of 'constraints'.* \(got 'fly'\)"),
-    ({"top_fraction": 0}, "top_fraction"),
-    ({"eliminate": ["equal", "vibes"]}, r"eliminate\[1\]: must be one of 'equal'.* \(got 'vibes'\)"),
-    ({"rounds": 0}, "rounds"),
-    ({"children": {"deepen": 2, "fly": 1}}, r"children.fly: must be one of .*\(got 'fly'\)"),
-    ({"output": "tree"}, "output"),
-    ({"language": "fr"}, "language"),
-    ({"prompts": {"evolve": "x.yaml"}}, r"prompts.evolve: must be one of 'depth'.* \(got 'evolve'\)"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"operations": ["deepen", "fly"]}, r"operations\[1\]: must be one of 'constraints'.* \(got 'fly'\)"),
+        ({"top_fraction": 0}, "top_fraction"),
+        ({"eliminate": ["equal", "vibes"]}, r"eliminate\[1\]: must be one of 'equal'.* \(got 'vibes'\)"),
+        ({"rounds": 0}, "rounds"),
+        ({"children": {"deepen": 2, "fly": 1}}, r"children.fly: must be one of .*\(got 'fly'\)"),
+        ({"output": "tree"}, "output"),
+        ({"language": "fr"}, "language"),
+        ({"prompts": {"evolve": "x.yaml"}}, r"prompts.evolve: must be one of 'depth'.* \(got 'evolve'\)"),
+    ],
+)
 def test_bad_settings_are_config_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
         EvolInstruct(model="m", **settings)
@@ -497,20 +584,37 @@ def test_children_per_operation_can_differ():
 
 
 def test_flat_output_fans_out_with_lineage_ready_for_export(tmp_path: Path):
-    (tmp_path / "in.jsonl").write_text(json.dumps(ROOT) + "\n" + json.dumps({**ROOT, "id": "r2", "input": "Why knead?"})
-                                       + "\n", "utf-8")
-    pipeline = Pipeline.from_dict({
-        "input": {"path": str(tmp_path / "in.jsonl")},
-        "steps": [{"evol_instruct": {"model": "m", "answer_model": "m", "rounds": 2,
-                                     "operations": ["deepen", "breadth"], "children": 2, "top_fraction": 0.5,
-                                     "output": "flat"}}],
-        "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False}})
+    (tmp_path / "in.jsonl").write_text(
+        json.dumps(ROOT) + "\n" + json.dumps({**ROOT, "id": "r2", "input": "Why knead?"}) + "\n", "utf-8"
+    )
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.jsonl")},
+            "steps": [
+                {
+                    "evol_instruct": {
+                        "model": "m",
+                        "answer_model": "m",
+                        "rounds": 2,
+                        "operations": ["deepen", "breadth"],
+                        "children": 2,
+                        "top_fraction": 0.5,
+                        "output": "flat",
+                    }
+                }
+            ],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False},
+        }
+    )
+
     def own(instruction: str) -> str:
         marks = re.findall(r"\[(\w+ \d)\]", instruction)
         return marks[-1] if marks else "root"
 
-    script = Script(evolve=fresh, judge=lambda i: {"valid": -1 if own(i) == "breadth 1" else 1,
-                                                   "score": 10 + 5 * len(i) % 80})
+    script = Script(
+        evolve=fresh, judge=lambda i: {"valid": -1 if own(i) == "breadth 1" else 1, "score": 10 + 5 * len(i) % 80}
+    )
     gateway = Gateway(REGISTRY, backends={"m": ScriptedBackend(script)})
     summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=gateway).run_sync()
     rows = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text("utf-8").splitlines()]
@@ -550,9 +654,17 @@ def test_round_report_from_nested_and_flat_output(tmp_path: Path):
         return {"valid": 1, "score": 20 + 10 * instruction.count("[")}
 
     settings = {"rounds": 2, "sample_size": 1, "operations": ["deepen", "breadth"], "children": 2, "top_fraction": 0.5}
-    nested, _ = evolve_one(ROOT, Script(evolve=fresh, judge=judge,
-                                        answer=lambda i: "Sorry." if "[breadth 1]" in i[-300:] and i.count("[") == 1
-                                        else "A full answer with enough words."), **settings)
+    nested, _ = evolve_one(
+        ROOT,
+        Script(
+            evolve=fresh,
+            judge=judge,
+            answer=lambda i: (
+                "Sorry." if "[breadth 1]" in i[-300:] and i.count("[") == 1 else "A full answer with enough words."
+            ),
+        ),
+        **settings,
+    )
     stats = collect_rounds([nested])
     assert [s.round for s in stats] == [0, 1, 2]
     assert (stats[0].generated, stats[0].valid, stats[0].mean_score) == (1, 1, 20)
@@ -589,17 +701,24 @@ def test_round_report_from_nested_and_flat_output(tmp_path: Path):
 
 def test_children_copied_from_the_evolving_prompt_or_without_content_are_eliminated():
     def evolve(op, parent, count):
-        return ["Which underlying health problems can cause constantly cold hands and feet?",  # the prompt's example
-                "...", "How do I bake bread in a wood-fired oven?"]
+        return [
+            "Which underlying health problems can cause constantly cold hands and feet?",  # the prompt's example
+            "...",
+            "How do I bake bread in a wood-fired oven?",
+        ]
 
     def labelled(op, parent, count):
         return [{"instruction": x, "task_label": "t"} for x in evolve(op, parent, count)]
 
-    out, _ = evolve_one(ROOT, Script(evolve=labelled),
-                        rounds=1, operations=["redirect"], children=3, eliminate=["leak", "duplicate"])
-    assert eliminated(out) == {"Which underlying health problems can cause constantly cold hands and feet?": "leak",
-                               "...": "empty"}
+    out, _ = evolve_one(
+        ROOT, Script(evolve=labelled), rounds=1, operations=["redirect"], children=3, eliminate=["leak", "duplicate"]
+    )
+    assert eliminated(out) == {
+        "Which underlying health problems can cause constantly cold hands and feet?": "leak",
+        "...": "empty",
+    }
     # repeating the parent is not a leak (the parent's text is cut out of the prompt): the equal rule's job
-    out, _ = evolve_one(ROOT, Script(evolve=lambda op, p, n: [p]), rounds=1, operations=["deepen"], children=1,
-                        eliminate=["leak"])
+    out, _ = evolve_one(
+        ROOT, Script(evolve=lambda op, p, n: [p]), rounds=1, operations=["deepen"], children=1, eliminate=["leak"]
+    )
     assert eliminated(out) == {} and len(candidates(out)) == 1

@@ -1,13 +1,16 @@
 """examples/dpo.yaml end to end on the embedded model (slow), and DPO output loaded with the `datasets`
 library the way TRL's DPOTrainer reads it: columns ``prompt``/``chosen``/``rejected``, either all strings
 (standard) or all lists of ``{role, content}`` messages (conversational)."""
+
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.test_dpo_step import ScriptedReward, run as run_scripted
+from tests.support.harness import assert_run_finished
+from tests.test_dpo_step import ScriptedReward
+from tests.test_dpo_step import run as run_scripted
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -21,8 +24,11 @@ def load_like_trl(path: Path):
 
 
 def is_messages(value) -> bool:
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(m, dict) and set(m) >= {"role", "content"} for m in value))
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and set(m) >= {"role", "content"} for m in value)
+    )
 
 
 def check_trl_rows(dataset) -> str:
@@ -44,13 +50,21 @@ def check_trl_rows(dataset) -> str:
 
 @pytest.mark.parametrize("trl_format", ["standard", "conversational"])
 def test_scripted_pairs_load_with_datasets(tmp_path, trl_format):
-    records = [{"id": f"r{i}", "input": f"question {i}", "response_candidates": [f"good {i}", f"bad {i}", f"ok {i}"]}
-               for i in range(4)]
+    records = [
+        {"id": f"r{i}", "input": f"question {i}", "response_candidates": [f"good {i}", f"bad {i}", f"ok {i}"]}
+        for i in range(4)
+    ]
     if trl_format == "conversational":
         records[1]["history"] = [["earlier question", "earlier answer"]]
-    table = {text: score for i in range(4) for text, score in ((f"good {i}", 2.0), (f"bad {i}", -1.0), (f"ok {i}", 0.5))}
-    _, out, failures = run_scripted(tmp_path, records, {"judges": ["rm"], "scorer": "reward", "rule": "all_pairs",
-                                                        "trl_format": trl_format}, {"rm": ScriptedReward(table)})
+    table = {
+        text: score for i in range(4) for text, score in ((f"good {i}", 2.0), (f"bad {i}", -1.0), (f"ok {i}", 0.5))
+    }
+    _, out, failures = run_scripted(
+        tmp_path,
+        records,
+        {"judges": ["rm"], "scorer": "reward", "rule": "all_pairs", "trl_format": trl_format},
+        {"rm": ScriptedReward(table)},
+    )
     assert not failures and len(out) == 12
     dataset = load_like_trl(tmp_path / "out" / "data.jsonl")
     assert len(dataset) == 12 and check_trl_rows(dataset) == trl_format
@@ -62,6 +76,7 @@ def test_scripted_pairs_load_with_datasets(tmp_path, trl_format):
 @pytest.mark.timeout(1500)
 def test_dpo_example_on_the_embedded_model(tmp_path):
     from click.testing import CliRunner
+
     from joydataforge.cli import cli
 
     work = tmp_path / "example"
@@ -70,9 +85,12 @@ def test_dpo_example_on_the_embedded_model(tmp_path):
         shutil.copy(EXAMPLES / name, work / name)  # a copy: its call cache starts empty, real model calls
     out = tmp_path / "out"
     limit = 2
-    result = CliRunner().invoke(cli, ["run", str(work / "dpo.yaml"), "-o", str(out), "--limit", str(limit),
-                                      "--no-progress"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        cli,
+        ["run", str(work / "dpo.yaml"), "-o", str(out), "--limit", str(limit), "--no-progress"],
+        catch_exceptions=False,
+    )
+    assert_run_finished(result, out)
 
     def lines(name: str) -> list[dict]:
         path = out / name
@@ -90,14 +108,30 @@ def test_dpo_example_on_the_embedded_model(tmp_path):
     for failure in failures:
         assert failure["error"] and failure["record"] is not None
     # Two judges per usable candidate; every judge call either succeeded or is counted as a failure.
-    assert stats["judge_calls"] == 2 * (stats["candidates"] - stats.get("candidates_failed", 0)
-                                        - stats.get("candidates_blank", 0) - stats.get("candidates_duplicate", 0))
+    assert stats["judge_calls"] == 2 * (
+        stats["candidates"]
+        - stats.get("candidates_failed", 0)
+        - stats.get("candidates_blank", 0)
+        - stats.get("candidates_duplicate", 0)
+    )
     if stats.get("agreement:judge_pairs_compared"):
         assert 0.0 <= stats["judge_agreement"] <= 1.0
     for pair in pairs:
-        assert set(pair) >= {"id", "input", "tag", "prompt", "chosen", "rejected", "score_chosen", "score_rejected",
-                             "rationale_chosen", "rationale_rejected", "source_chosen", "source_rejected",
-                             "length_diff"}
+        assert set(pair) >= {
+            "id",
+            "input",
+            "tag",
+            "prompt",
+            "chosen",
+            "rejected",
+            "score_chosen",
+            "score_rejected",
+            "rationale_chosen",
+            "rationale_rejected",
+            "source_chosen",
+            "source_rejected",
+            "length_diff",
+        }
         assert pair["score_chosen"] - pair["score_rejected"] >= 1.0  # the example's margin
         for side in ("source_chosen", "source_rejected"):
             source = pair[side]
@@ -114,6 +148,7 @@ def test_dpo_example_on_the_embedded_model(tmp_path):
 @pytest.mark.timeout(1500)
 def test_dpo_pairwise_example_reports_order_agreement(tmp_path):
     from click.testing import CliRunner
+
     from joydataforge.cli import cli
 
     work = tmp_path / "example"
@@ -121,9 +156,12 @@ def test_dpo_pairwise_example_reports_order_agreement(tmp_path):
     for name in ("dpo_pairwise.yaml", "dpo_models.yaml", "wizard_seed.jsonl"):
         shutil.copy(EXAMPLES / name, work / name)
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["run", str(work / "dpo_pairwise.yaml"), "-o", str(out), "--limit", "1",
-                                      "--no-progress"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        cli,
+        ["run", str(work / "dpo_pairwise.yaml"), "-o", str(out), "--limit", "1", "--no-progress"],
+        catch_exceptions=False,
+    )
+    assert_run_finished(result, out)
     stats = json.loads((out / "summary.json").read_text("utf-8"))["steps"]["dpo"]
     # 4 candidates -> 6 pairs, each asked in both orders by one judge.
     assert stats["judge_calls"] == 12

@@ -2,29 +2,49 @@
 itself runs all ten), two rounds, then the
 per-round report (mean difficulty and Vendi score), printed so a run shows whether evolution made the
 set harder and more diverse. Run with ``-m slow -s`` to see the table."""
+
 import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.support.harness import assert_run_finished
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-ROUND_KEYS = {"l_depth_instructions", "l_breadth_instructions", "l_eliminated_instructions", "wizard_round_cnt",
-              "sampled", "selected", "errors"}
-REASONS = {"no_information_gain", "equal_check_failed", "leak", "duplicate", "unanswerable", "answer_failed",
-           "judge_failed", "empty"}
+ROUND_KEYS = {
+    "l_depth_instructions",
+    "l_breadth_instructions",
+    "l_eliminated_instructions",
+    "wizard_round_cnt",
+    "sampled",
+    "selected",
+    "errors",
+}
+REASONS = {
+    "no_information_gain",
+    "equal_check_failed",
+    "leak",
+    "duplicate",
+    "unanswerable",
+    "answer_failed",
+    "judge_failed",
+    "empty",
+}
 
 
 def test_evol_example_on_seed_records(tmp_path: Path):
     from click.testing import CliRunner
+
     from joydataforge.cli import cli
     from joydataforge.methods.evol_instruct.report import evol_report, format_report
 
     out = tmp_path / "evol"
-    result = CliRunner().invoke(cli, ["run", "examples/evol.yaml", "-o", str(out), "--limit", "3", "--no-progress"],
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        cli, ["run", "examples/evol.yaml", "-o", str(out), "--limit", "3", "--no-progress"], catch_exceptions=False
+    )
+    assert_run_finished(result, out)
     records = [json.loads(x) for x in (out / "data.jsonl").read_text("utf-8").splitlines()]
     failures_path = out / "failures.jsonl"
     failures = [json.loads(x) for x in failures_path.read_text("utf-8").splitlines()] if failures_path.exists() else []
@@ -42,12 +62,14 @@ def test_evol_example_on_seed_records(tmp_path: Path):
                 assert candidate["operation"] in ("redirect", "breadth") and candidate["round"] == number
             for dropped in entry["l_eliminated_instructions"]:
                 assert dropped["eliminated"] in REASONS and dropped["detail"]
-            judged_valid = [c for c in entry["l_depth_instructions"] + entry["l_breadth_instructions"]
-                            if c["valid"] == 1]
+            judged_valid = [
+                c for c in entry["l_depth_instructions"] + entry["l_breadth_instructions"] if c["valid"] == 1
+            ]
             assert len(entry["selected"]) == (max(1, int(len(judged_valid) * 0.2)) if judged_valid else 0)
 
     try:
         from joydataforge.evaluate.embeddings import make_embedder
+
         embedder = make_embedder()
     except ImportError:  # the offline embedder is an optional extra; without it the Vendi column stays empty
         embedder = None

@@ -6,12 +6,15 @@ the documented shape or as a failure with its reason, ids and parent links hold,
 dialogue run continues through ``dialogue-split`` and the binary fine pass when the model managed to
 label the dialogue.
 """
+
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+from tests.support.harness import assert_run_finished
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -34,9 +37,12 @@ def run_example(name: str, out: Path, limit: int) -> tuple[list[dict], list[dict
     work.mkdir()
     for file in (f"{name}.yaml", "models.yaml", DATA[name]):
         shutil.copy(ROOT / "examples" / file, work / file)
-    result = CliRunner().invoke(cli, ["run", str(work / f"{name}.yaml"), "-o", str(out),
-                                      "--limit", str(limit), "--no-progress"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        cli,
+        ["run", str(work / f"{name}.yaml"), "-o", str(out), "--limit", str(limit), "--no-progress"],
+        catch_exceptions=False,
+    )
+    assert_run_finished(result, out)
     summary = json.loads((out / "summary.json").read_text("utf-8"))
     assert sum(m["calls"] for m in summary["models"].values()) > 0
     assert sum(m.get("cache_hits", 0) for m in summary["models"].values()) == 0
@@ -101,19 +107,39 @@ def test_dialogue_example_split_and_binary_pass(tmp_path):
     assert records[0]["history"] == ""
 
     from joydataforge.cli.dialogue import dialogue_split_command
+
     split = tmp_path / "split"
-    result = CliRunner().invoke(dialogue_split_command, [str(tmp_path / "dialogue" / "data.jsonl"), "-o", str(split),
-                                                         "--test-size", "1", "--per-record-cap", "3", "--seed", "0"])
+    result = CliRunner().invoke(
+        dialogue_split_command,
+        [
+            str(tmp_path / "dialogue" / "data.jsonl"),
+            "-o",
+            str(split),
+            "--test-size",
+            "1",
+            "--per-record-cap",
+            "3",
+            "--seed",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     test = lines(split / "test.jsonl")
     assert len(test) == len({r["label"] for r in records})  # one per label present
     assert (split / "test.xlsx").exists()
 
-    from joydataforge.engine.local import LocalExecutor
     from joydataforge.config.pipeline import Pipeline
-    pipeline = Pipeline.from_yaml(ROOT / "examples" / "dialogue_binary.yaml",
-                                  overrides={"input.path": str(split / "test.jsonl"), "run.cache": None,
-                                             "output.dir": str(tmp_path / "binary"), "run.progress": False})
+    from joydataforge.engine.local import LocalExecutor
+
+    pipeline = Pipeline.from_yaml(
+        ROOT / "examples" / "dialogue_binary.yaml",
+        overrides={
+            "input.path": str(split / "test.jsonl"),
+            "run.cache": None,
+            "output.dir": str(tmp_path / "binary"),
+            "run.progress": False,
+        },
+    )
     binary = LocalExecutor(pipeline).run_sync()
     assert binary.records_in == len(test)
     checked = [r for r in lines(tmp_path / "binary" / "data.jsonl") if "binary_match" in r]

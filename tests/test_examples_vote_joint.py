@@ -4,11 +4,14 @@ Small runs (``--limit``) of each examples/*.yaml through the real CLI: every inp
 either as a record of the documented shape or as a failure with its reason; the step counters in
 summary.json must add up (gated + passed = records that reached the cascade, one call per gated record).
 """
+
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.support.harness import assert_run_finished
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -19,6 +22,7 @@ VOTERS = ["smollm2-cool", "smollm2-warm", "smollm2-hot"]
 def run_example(name: str, out: Path, limit: int) -> tuple[list[dict], list[dict], dict]:
     """Run a copy of the example beside its data, so its call cache starts empty: real model calls."""
     from click.testing import CliRunner
+
     from joydataforge.cli import cli
 
     examples = Path(__file__).resolve().parent.parent / "examples"
@@ -26,13 +30,17 @@ def run_example(name: str, out: Path, limit: int) -> tuple[list[dict], list[dict
     work.mkdir()
     for file in (f"{name}.yaml", "models.yaml", "wizard_seed.jsonl"):
         shutil.copy(examples / file, work / file)
-    result = CliRunner().invoke(cli, ["run", str(work / f"{name}.yaml"), "-o", str(out), "--limit", str(limit),
-                                      "--no-progress"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        cli,
+        ["run", str(work / f"{name}.yaml"), "-o", str(out), "--limit", str(limit), "--no-progress"],
+        catch_exceptions=False,
+    )
+    assert_run_finished(result, out)
 
     def lines(file: str) -> list[dict]:
         path = out / file
         return [json.loads(x) for x in path.read_text("utf-8").splitlines()] if path.exists() else []
+
     records, failures = lines("data.jsonl"), lines("failures.jsonl")
     assert len(records) + len(failures) == limit
     for failure in failures:

@@ -1,4 +1,5 @@
 """The local executor with a scripted backend: order, fan-out, failures, bad input, resume, windows."""
+
 import json
 from pathlib import Path
 
@@ -13,9 +14,14 @@ from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from tests.scripted_backend import ScriptedBackend, echo_reply
 
-REGISTRY = ModelRegistry.from_dict({"models": {
-    "m": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 8, "max_retries": 2},
-}}, "test")
+REGISTRY = ModelRegistry.from_dict(
+    {
+        "models": {
+            "m": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 8, "max_retries": 2},
+        }
+    },
+    "test",
+)
 
 
 def write_jsonl(path: Path, records) -> Path:
@@ -28,8 +34,12 @@ def read_jsonl(path: Path):
 
 
 def make_pipeline(tmp_path: Path, steps, **sections) -> Pipeline:
-    data = {"input": {"path": str(tmp_path / "in.jsonl")}, "steps": steps,
-            "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False, "concurrency": 8}}
+    data = {
+        "input": {"path": str(tmp_path / "in.jsonl")},
+        "steps": steps,
+        "output": {"dir": str(tmp_path / "out")},
+        "run": {"cache": None, "progress": False, "concurrency": 8},
+    }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return Pipeline.from_dict(data)
@@ -184,8 +194,9 @@ def test_fan_out_ids_and_filtering(tmp_path):
 
 def test_completion_order_and_window(tmp_path):
     write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "input": f"q{i}"} for i in range(30)])
-    pipeline = make_pipeline(tmp_path, [{"generate": {"model": "m"}}], output={"order": "completion"},
-                             input={"start": 5, "limit": 10})
+    pipeline = make_pipeline(
+        tmp_path, [{"generate": {"model": "m"}}], output={"order": "completion"}, input={"start": 5, "limit": 10}
+    )
     summary = run(pipeline, ScriptedBackend())
     ids = sorted(int(r["id"]) for r in read_jsonl(tmp_path / "out" / "data.jsonl"))
     assert ids == list(range(5, 15)) and summary.records_in == 10
@@ -208,9 +219,11 @@ def test_pipeline_config_errors_name_the_setting(tmp_path):
 
 
 def test_dedup_step_remembers_done_records_after_resume(tmp_path):
-    records = [{"id": "a", "input": "the quick brown fox jumps over the lazy dog today"},
-               {"id": "b", "input": "completely different words about cooking rice"},
-               {"id": "c", "input": "the quick brown fox jumps over the lazy dog today"}]
+    records = [
+        {"id": "a", "input": "the quick brown fox jumps over the lazy dog today"},
+        {"id": "b", "input": "completely different words about cooking rice"},
+        {"id": "c", "input": "the quick brown fox jumps over the lazy dog today"},
+    ]
     write_jsonl(tmp_path / "in.jsonl", records)
     steps = [{"minhash_dedup": {"threshold": 0.7}}, {"generate": {"model": "m"}}]
     run(make_pipeline(tmp_path, steps, input={"limit": 2}), ScriptedBackend())
@@ -221,8 +234,14 @@ def test_dedup_step_remembers_done_records_after_resume(tmp_path):
 
 def test_missing_api_key_stops_before_any_record(tmp_path, monkeypatch):
     monkeypatch.delenv("JOYFORGE_TEST_KEY", raising=False)
-    registry = ModelRegistry.from_dict({"models": {"k": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1",
-                                                         "api_key_env": "JOYFORGE_TEST_KEY"}}}, "test")
+    registry = ModelRegistry.from_dict(
+        {
+            "models": {
+                "k": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key_env": "JOYFORGE_TEST_KEY"}
+            }
+        },
+        "test",
+    )
     write_jsonl(tmp_path / "in.jsonl", [{"input": "q"}])
     pipeline = make_pipeline(tmp_path, [{"generate": {"model": "k"}}])
     gateway = Gateway(registry, backends={"k": ScriptedBackend()})

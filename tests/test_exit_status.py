@@ -5,6 +5,7 @@ succeeded, 5 stopped early and resumable (endpoint down, --max-failures, Ctrl-C,
 call the real entry point in-process (so a write can be made to fail); Ctrl-C and the closed port use a
 child process, as a user would meet them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,15 +41,21 @@ def lines(path: Path) -> list[dict]:
 
 def project(tmp_path: Path, inputs: list[str], base_url: str, run: str = "") -> Path:
     """A pipeline file, its models.yaml and its input under tmp_path; returns the pipeline file."""
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "input": text}) + "\n"
-                                               for i, text in enumerate(inputs)), "utf-8")
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{i}", "input": text}) + "\n" for i, text in enumerate(inputs)), "utf-8"
+    )
     (tmp_path / "models.yaml").write_text(
         f"models:\n  mock:\n    backend: openai\n    model: mock\n    base_url: {base_url}\n"
-        "    max_concurrency: 4\n    max_retries: 0\n", "utf-8")
+        "    max_concurrency: 4\n    max_retries: 0\n",
+        "utf-8",
+    )
     path = tmp_path / "pipeline.yaml"
-    path.write_text("input: {path: in.jsonl}\nmodels: models.yaml\n"
-                    "steps:\n  - generate: {model: mock, prompt: en/answer}\n"
-                    f"output: {{dir: out}}\nrun: {{concurrency: 2, cache: null{run}}}\n", "utf-8")
+    path.write_text(
+        "input: {path: in.jsonl}\nmodels: models.yaml\n"
+        "steps:\n  - generate: {model: mock, prompt: en/answer}\n"
+        f"output: {{dir: out}}\nrun: {{concurrency: 2, cache: null{run}}}\n",
+        "utf-8",
+    )
     return path
 
 
@@ -99,13 +106,15 @@ def test_empty_input_warns_in_one_line(tmp_path, mock_server, monkeypatch, capsy
     assert any("run summary" in line for line in err)  # the summary is still printed
 
 
-@pytest.mark.parametrize(("setup", "expected"), [
-    ("bad_setting", "run.concurrency"),
-    ("missing_input", "in.jsonl: no such file or folder"),
-    ("missing_pipeline", "pipeline file not found"),
-])
-def test_configuration_and_input_errors_are_2_in_one_line(tmp_path, mock_server, monkeypatch, capsys, setup,
-                                                          expected):
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("bad_setting", "run.concurrency"),
+        ("missing_input", "in.jsonl: no such file or folder"),
+        ("missing_pipeline", "pipeline file not found"),
+    ],
+)
+def test_configuration_and_input_errors_are_2_in_one_line(tmp_path, mock_server, monkeypatch, capsys, setup, expected):
     pipeline = project(tmp_path, ["a"], mock_server.url)
     if setup == "bad_setting":
         pipeline.write_text(pipeline.read_text().replace("concurrency: 2", "concurrency: 0"))
@@ -180,8 +189,9 @@ def test_a_bug_is_1_in_one_line_and_the_traceback_only_with_debug(tmp_path, mock
     monkeypatch.setattr(LocalExecutor, "_intake", broken)
     code, err = joyforge(monkeypatch, capsys, "run", str(pipeline), "--no-progress")
     assert code == ExitCode.INTERNAL and len(err) == 1
-    assert err[0] == ("error: unexpected RuntimeError: boom second line (a bug in joyforge); "
-                      "run with --debug for the traceback")
+    assert err[0] == (
+        "error: unexpected RuntimeError: boom second line (a bug in joyforge); run with --debug for the traceback"
+    )
     code, err = joyforge(monkeypatch, capsys, "--debug", "run", str(pipeline), "--no-progress")
     assert code == ExitCode.INTERNAL and err[0] == "Traceback (most recent call last):"
     assert err[-1] == "error: unexpected RuntimeError: boom second line (a bug in joyforge)"
@@ -207,8 +217,9 @@ def test_max_failures_stops_early_resumably(tmp_path, mock_server, monkeypatch, 
 
 def test_max_failures_rate_waits_for_enough_finished_records(tmp_path, mock_server, monkeypatch, capsys):
     pipeline = project(tmp_path, [f"q{i} {FAIL}" for i in range(100)], mock_server.url)
-    code, err = joyforge(monkeypatch, capsys, "run", str(pipeline), "--no-progress", "--concurrency", "1",
-                         "--max-failures", "10%")
+    code, err = joyforge(
+        monkeypatch, capsys, "run", str(pipeline), "--no-progress", "--concurrency", "1", "--max-failures", "10%"
+    )
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     # the first 20 are needed for a rate; records in flight when it was reached finish too
     assert code == ExitCode.STOPPED and 20 <= summary["failed"] < 100
@@ -226,24 +237,35 @@ class DownAfter(ScriptedBackend):
         if len(self.calls) >= self.ok:
             self.calls.append({"messages": messages, "down": True})
             await asyncio.sleep(0)
-            raise EndpointDown("model 'm' declared down: 5 requests in a row to http://10.0.0.1:9/v1 failed "
-                               "(last: connection refused)", model="m")
+            raise EndpointDown(
+                "model 'm' declared down: 5 requests in a row to http://10.0.0.1:9/v1 failed "
+                "(last: connection refused)",
+                model="m",
+            )
         return await super().chat(messages, params, json_schema=json_schema, seed=seed)
 
 
 def test_endpoint_down_stops_cleanly_and_leaves_unfinished_records_for_resume(tmp_path):
     n = 50
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "input": f"q{i}"}) + "\n"
-                                               for i in range(n)), "utf-8")
-    registry = ModelRegistry.from_dict({"models": {"m": {"backend": "openai", "base_url": "http://10.0.0.1:9/v1",
-                                                         "max_concurrency": 4}}}, "test")
-    pipeline = Pipeline.from_dict({"input": {"path": str(tmp_path / "in.jsonl")},
-                                   "steps": [{"generate": {"model": "m"}}], "output": {"dir": str(tmp_path / "out")},
-                                   "run": {"cache": None, "progress": False, "concurrency": 4}})
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{i}", "input": f"q{i}"}) + "\n" for i in range(n)), "utf-8"
+    )
+    registry = ModelRegistry.from_dict(
+        {"models": {"m": {"backend": "openai", "base_url": "http://10.0.0.1:9/v1", "max_concurrency": 4}}}, "test"
+    )
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.jsonl")},
+            "steps": [{"generate": {"model": "m"}}],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False, "concurrency": 4},
+        }
+    )
     down = DownAfter(ok=10)
     seen = []
-    executor = LocalExecutor(pipeline, registry=registry, gateway=Gateway(registry, backends={"m": down}),
-                             on_summary=seen.append)
+    executor = LocalExecutor(
+        pipeline, registry=registry, gateway=Gateway(registry, backends={"m": down}), on_summary=seen.append
+    )
     with pytest.raises(RunStopped) as stopped:
         executor.run_sync()
     assert stopped.value.reason.startswith("model 'm' declared down: 5 requests in a row to http://10.0.0.1:9/v1")
@@ -272,14 +294,20 @@ def closed_port_project(tmp_path: Path, n: int) -> tuple[Path, str]:
     url = f"http://127.0.0.1:{free_port()}/v1"
     pipeline = project(tmp_path, [f"q{i}" for i in range(n)], url)
     (tmp_path / "models.yaml").write_text(
-        f"models:\n  mock:\n    backend: openai\n    model: mock\n    base_url: {url}\n", "utf-8")
+        f"models:\n  mock:\n    backend: openai\n    model: mock\n    base_url: {url}\n", "utf-8"
+    )
     return pipeline, url
 
 
 def test_closed_port_stops_with_one_line_naming_the_endpoint(tmp_path):
     pipeline, url = closed_port_project(tmp_path, 2000)
-    done = subprocess.run([sys.executable, "-m", "joydataforge", "run", str(pipeline), "--no-progress"],
-                          capture_output=True, text=True, timeout=300, env=child_env())
+    done = subprocess.run(
+        [sys.executable, "-m", "joydataforge", "run", str(pipeline), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=child_env(),
+    )
     assert done.returncode == ExitCode.STOPPED, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("stopped: model 'mock' declared down") and url in last
@@ -293,8 +321,7 @@ def test_ctrl_c_prints_the_resume_hint_and_the_summary_then_resumes(tmp_path):
     try:
         pipeline = project(tmp_path, [f"q{i}" for i in range(n)], server.url)
         command = [sys.executable, "-m", "joydataforge", "run", str(pipeline), "--no-progress"]
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env=child_env())
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env())
         data = tmp_path / "out" / "data.jsonl"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (data.exists() and len(data.read_bytes().splitlines()) >= 10):
@@ -304,8 +331,9 @@ def test_ctrl_c_prints_the_resume_hint_and_the_summary_then_resumes(tmp_path):
         assert proc.returncode == ExitCode.STOPPED, err
         summary = json.loads((tmp_path / "out" / "summary.json").read_text())
         assert summary["stopped"] == "interrupted" and 0 < summary["inputs_done"] < n
-        assert err.strip().splitlines()[-1] == (f"interrupted: {summary['inputs_done']} records done, "
-                                                "re-run the same command to resume")
+        assert err.strip().splitlines()[-1] == (
+            f"interrupted: {summary['inputs_done']} records done, re-run the same command to resume"
+        )
         assert "run summary" in err
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=child_env())
         assert done.returncode == ExitCode.OK, done.stderr

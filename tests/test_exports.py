@@ -1,4 +1,5 @@
 """Exports: the three history shapes in every format, system prompts, errors with their line, files."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,13 @@ import pytest
 
 from joydataforge.errors import InputError
 from joydataforge.io.exports import (
-    ExportFields, FORMATS, export_file, to_alpaca, to_openai, to_sharegpt, to_trl_preference,
+    FORMATS,
+    ExportFields,
+    export_file,
+    to_alpaca,
+    to_openai,
+    to_sharegpt,
+    to_trl_preference,
 )
 from joydataforge.io.readers import iter_records
 
@@ -17,8 +24,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "io"
 # one dialogue in the three history shapes the seed data uses
 PAIRS = [["皮肤长痘痘", "请问用药人年龄？"], ["23", "目前有用过什么药品吗？"]]
 MESSAGES = [
-    {"role": "user", "content": "皮肤长痘痘"}, {"role": "assistant", "content": "请问用药人年龄？"},
-    {"role": "user", "content": "23"}, {"role": "assistant", "content": "目前有用过什么药品吗？"},
+    {"role": "user", "content": "皮肤长痘痘"},
+    {"role": "assistant", "content": "请问用药人年龄？"},
+    {"role": "user", "content": "23"},
+    {"role": "assistant", "content": "目前有用过什么药品吗？"},
 ]
 TEXT = "用户: 皮肤长痘痘\n助手: 请问用药人年龄？\n用户: 23\n助手: 目前有用过什么药品吗？"
 
@@ -29,23 +38,32 @@ def record(history, **extra):
 
 @pytest.mark.parametrize("history", [PAIRS, MESSAGES, TEXT], ids=["pairs", "messages", "text"])
 def test_sharegpt_from_each_history_shape(history):
-    assert to_sharegpt(record(history)) == {"conversations": [
-        {"from": "human", "value": "皮肤长痘痘"}, {"from": "gpt", "value": "请问用药人年龄？"},
-        {"from": "human", "value": "23"}, {"from": "gpt", "value": "目前有用过什么药品吗？"},
-        {"from": "human", "value": "莫匹罗星"}, {"from": "gpt", "value": "好的，了解了"},
-    ]}
+    assert to_sharegpt(record(history)) == {
+        "conversations": [
+            {"from": "human", "value": "皮肤长痘痘"},
+            {"from": "gpt", "value": "请问用药人年龄？"},
+            {"from": "human", "value": "23"},
+            {"from": "gpt", "value": "目前有用过什么药品吗？"},
+            {"from": "human", "value": "莫匹罗星"},
+            {"from": "gpt", "value": "好的，了解了"},
+        ]
+    }
 
 
 @pytest.mark.parametrize("history", [PAIRS, MESSAGES, TEXT], ids=["pairs", "messages", "text"])
 def test_openai_from_each_history_shape(history):
-    assert to_openai(record(history)) == {"messages": MESSAGES + [
-        {"role": "user", "content": "莫匹罗星"}, {"role": "assistant", "content": "好的，了解了"}]}
+    assert to_openai(record(history)) == {
+        "messages": MESSAGES
+        + [{"role": "user", "content": "莫匹罗星"}, {"role": "assistant", "content": "好的，了解了"}]
+    }
 
 
 @pytest.mark.parametrize("history", [PAIRS, MESSAGES, TEXT], ids=["pairs", "messages", "text"])
 def test_alpaca_from_each_history_shape(history):
     assert to_alpaca(record(history)) == {
-        "instruction": "莫匹罗星", "input": "", "output": "好的，了解了",
+        "instruction": "莫匹罗星",
+        "input": "",
+        "output": "好的，了解了",
         "history": [["皮肤长痘痘", "请问用药人年龄？"], ["23", "目前有用过什么药品吗？"]],
     }
 
@@ -64,7 +82,9 @@ def test_no_history_in_any_form():
     for history in (None, "", []):
         assert to_alpaca(record(history)) == {"instruction": "莫匹罗星", "input": "", "output": "好的，了解了"}
     assert to_openai({"input": "q", "target": "a"})["messages"] == [
-        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+    ]
 
 
 def test_consecutive_turns_of_one_speaker_are_joined():
@@ -79,7 +99,9 @@ def test_consecutive_turns_of_one_speaker_are_joined():
 def test_a_dialogue_opening_with_the_assistant():
     history = [{"role": "assistant", "content": "您好"}]
     assert to_sharegpt(record(history))["conversations"][:2] == [
-        {"from": "human", "value": ""}, {"from": "gpt", "value": "您好"}]
+        {"from": "human", "value": ""},
+        {"from": "gpt", "value": "您好"},
+    ]
     assert to_alpaca(record(history))["history"] == [["", "您好"]]
     assert to_openai(record(history))["messages"][0] == {"role": "assistant", "content": "您好"}
 
@@ -126,6 +148,7 @@ def test_bad_history_is_an_error_on_the_history_field():
 
 # --- export_file -----------------------------------------------------------------------------------
 
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return path
@@ -168,8 +191,7 @@ def test_export_file_raises_with_file_line_and_field_and_leaves_no_file(tmp_path
 
 def test_export_file_skip_mode_reports_bad_records_and_bad_lines(tmp_path):
     src = tmp_path / "out.jsonl"
-    src.write_text(
-        json.dumps(record(PAIRS)) + "\nnot json\n" + json.dumps({"input": "q"}) + "\n", encoding="utf-8")
+    src.write_text(json.dumps(record(PAIRS)) + "\nnot json\n" + json.dumps({"input": "q"}) + "\n", encoding="utf-8")
     report = export_file(src, tmp_path / "train.jsonl", "trl-sft", on_error="skip")
     assert (report.written, report.failed) == (1, 2)
     assert [error.location.line for error in report.errors] == [2, 3]
@@ -179,9 +201,11 @@ def test_export_file_trl_preference(tmp_path):
     src = write_jsonl(tmp_path / "dpo.jsonl", [{"input": "q", "good": "a", "bad": "b"}])
     export_file(src, tmp_path / "dpo_train.jsonl", "trl", chosen_field="good", rejected_field="bad")
     line = json.loads((tmp_path / "dpo_train.jsonl").read_text(encoding="utf-8"))
-    assert line == {"prompt": [{"role": "user", "content": "q"}],
-                    "chosen": [{"role": "assistant", "content": "a"}],
-                    "rejected": [{"role": "assistant", "content": "b"}]}
+    assert line == {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+    }
 
 
 def test_export_file_refuses_unknown_format_and_destination(tmp_path):

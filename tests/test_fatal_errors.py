@@ -4,6 +4,7 @@ Counted against the mock server (``/_stats``) or the recording proxy, so "at onc
 "fast enough". A wrong ``base_url`` and an embeddings endpoint the server does not have are real requests to
 real paths; "not supported" wordings and vLLM's error-with-status-200 are played by a small aiohttp app.
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
@@ -112,8 +113,11 @@ async def test_repeated_key_refusals_declare_the_model_down(mock_server, monkeyp
         for _ in range(2):
             with pytest.raises(FatalError):
                 await gw.model("m").chat(user("x [[mock:status=401,id=keys]]"))
-        with pytest.raises(EndpointDown, match="3 requests in a row .* HTTP 401, the key from the environment "
-                                               "variable JOYFORGE_FATAL_KEY was refused") as info:
+        with pytest.raises(
+            EndpointDown,
+            match="3 requests in a row .* HTTP 401, the key from the environment "
+            "variable JOYFORGE_FATAL_KEY was refused",
+        ) as info:
             await gw.model("m").chat(user("x [[mock:status=401,id=keys]]"))
         with pytest.raises(EndpointDown):
             await gw.model("m").chat(user("fine now"))
@@ -150,12 +154,15 @@ async def test_a_wrong_base_url_stops_the_run_after_the_threshold(mock_server, r
     assert outcomes == ["failed"] * 4 + ["down"] * 16 and len(proxy.seen) == 5
 
 
-@pytest.mark.parametrize("status, message", [
-    (500, "embeddings: method not supported"),
-    (500, "NotImplementedError: this model does not offer /v1/embeddings"),
-    (503, "This server does not support embeddings. Start it with `--embeddings`"),
-    (501, "Not Implemented"),
-])
+@pytest.mark.parametrize(
+    "status, message",
+    [
+        (500, "embeddings: method not supported"),
+        (500, "NotImplementedError: this model does not offer /v1/embeddings"),
+        (503, "This server does not support embeddings. Start it with `--embeddings`"),
+        (501, "Not Implemented"),
+    ],
+)
 async def test_a_missing_embeddings_endpoint_fails_at_once(status, message):
     def refuse(request: web.Request) -> web.Response:
         return web.json_response({"error": {"message": message, "type": "not_supported_error"}}, status=status)
@@ -168,9 +175,17 @@ async def test_a_missing_embeddings_endpoint_fails_at_once(status, message):
 
 async def test_an_error_sent_with_status_200_is_classified_by_its_code():
     """vLLM answers /v1/embeddings on a generation model with status 200 and an error object (code 400)."""
+
     def vllm(request: web.Request) -> web.Response:
-        return web.json_response({"object": "error", "message": "The model does not support Embeddings API",
-                                  "type": "BadRequestError", "param": None, "code": 400})
+        return web.json_response(
+            {
+                "object": "error",
+                "message": "The model does not support Embeddings API",
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+        )
 
     async with server(vllm) as (url, seen), open_gateway(url) as gw:
         with pytest.raises(FatalError, match=r"HTTP 400 \(sent with status 200\)") as info:
@@ -180,8 +195,10 @@ async def test_an_error_sent_with_status_200_is_classified_by_its_code():
 
 
 async def test_a_busy_error_sent_with_status_200_is_retried():
-    answers = [web.json_response({"error": {"message": "overloaded, try again"}}),
-               web.json_response({"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]})]
+    answers = [
+        web.json_response({"error": {"message": "overloaded, try again"}}),
+        web.json_response({"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]}),
+    ]
 
     async with server(lambda request: answers.pop(0)) as (url, seen), open_gateway(url) as gw:
         reply = await gw.model("m").chat(user("x"))
@@ -190,8 +207,16 @@ async def test_a_busy_error_sent_with_status_200_is_retried():
 
 async def test_a_400_naming_a_bad_parameter_is_not_retried_nor_counted_by_the_breaker():
     def bad(request: web.Request) -> web.Response:
-        return web.json_response({"error": {"message": "Unrecognized request argument supplied: top_kk",
-                                            "type": "invalid_request_error", "param": "top_kk"}}, status=400)
+        return web.json_response(
+            {
+                "error": {
+                    "message": "Unrecognized request argument supplied: top_kk",
+                    "type": "invalid_request_error",
+                    "param": "top_kk",
+                }
+            },
+            status=400,
+        )
 
     async with server(bad) as (url, seen), open_gateway(url, breaker_threshold=2) as gw:
         for _ in range(3):

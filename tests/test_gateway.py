@@ -5,6 +5,7 @@ failures are retried with backoff (and ``Retry-After`` is honoured), final failu
 reply, invalid JSON replies are re-sampled, the call cache makes a re-run free, usage and cost are counted,
 and the API key goes to the server as a Bearer header and nowhere else.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,9 +29,11 @@ from tests.scripted_backend import ScriptedBackend
 pytestmark = pytest.mark.timeout(30)
 
 FAST = RetryPolicy(base_delay=0.01, max_delay=0.05)
-SCHEMA = {"type": "object", "properties": {"label": {"type": "string", "enum": ["BMI", "other"]},
-                                           "reason": {"type": "string"}},
-          "required": ["label", "reason"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"type": "string", "enum": ["BMI", "other"]}, "reason": {"type": "string"}},
+    "required": ["label", "reason"],
+}
 SECRET = "sk-test-THIS-MUST-NEVER-LEAK-0123456789"
 
 
@@ -40,8 +43,9 @@ def registry(url: str, **fields: Any) -> ModelRegistry:
 
 
 @asynccontextmanager
-async def open_gateway(url: str, cache: CallCache | None = None, retry: RetryPolicy = FAST,
-                       **fields: Any) -> AsyncIterator[Gateway]:
+async def open_gateway(
+    url: str, cache: CallCache | None = None, retry: RetryPolicy = FAST, **fields: Any
+) -> AsyncIterator[Gateway]:
     gateway = Gateway(registry(url, **fields), cache, retry=retry)
     try:
         yield gateway
@@ -71,8 +75,9 @@ class SpyRetry(RetryPolicy):
 
 
 def spy_on(client: ModelClient) -> SpyRetry:
-    spy = SpyRetry(max_retries=client.retry.max_retries, base_delay=client.retry.base_delay,
-                   max_delay=client.retry.max_delay)
+    spy = SpyRetry(
+        max_retries=client.retry.max_retries, base_delay=client.retry.base_delay, max_delay=client.retry.max_delay
+    )
     client.retry = spy
     return spy
 
@@ -152,7 +157,7 @@ async def test_5xx_is_retried_with_exponential_backoff(mock_server, status):
     assert [attempt for attempt, _, _ in spy.log] == [0, 1]  # the exponent grows with each retry
     for attempt, retry_after, delay in spy.log:
         assert retry_after is None
-        assert 0 <= delay <= FAST.base_delay * 2 ** attempt
+        assert 0 <= delay <= FAST.base_delay * 2**attempt
 
 
 def test_backoff_is_exponential_with_full_jitter_and_capped():
@@ -161,7 +166,7 @@ def test_backoff_is_exponential_with_full_jitter_and_capped():
     policy = RetryPolicy(base_delay=0.5, max_delay=4.0)
     rng = random.Random(1)
     for attempt in range(8):
-        cap = min(4.0, 0.5 * 2 ** attempt)
+        cap = min(4.0, 0.5 * 2**attempt)
         delays = [policy.delay(attempt, None, rng) for _ in range(200)]
         assert all(0 <= d <= cap for d in delays)
         assert max(delays) > 0.7 * cap  # full jitter spans the whole range, not a constant
@@ -302,11 +307,14 @@ async def test_schema_violations_are_validation_failures(mock_server):
     assert json.loads(info.value.raw) == ["mock: not an object"]
 
 
-@pytest.mark.parametrize("message", [
-    "response_format json_schema is not supported",
-    "Input validation error: grammar is not supported by this model",  # no word "response_format"
-    "Invalid value: 'json_schema'. Supported values are: 'json_object' and 'text'.",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "response_format json_schema is not supported",
+        "Input validation error: grammar is not supported by this model",  # no word "response_format"
+        "Invalid value: 'json_schema'. Supported values are: 'json_object' and 'text'.",
+    ],
+)
 async def test_fallback_when_server_rejects_json_schema(mock_server, recording_proxy, message, caplog):
     proxy = recording_proxy(reject_json_schema=message)
     schema = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"]}
@@ -326,8 +334,9 @@ async def test_fallback_when_server_rejects_json_schema(mock_server, recording_p
     [said] = [r for r in caplog.records if r.name == "joydataforge.models.gateway"]
     assert said.levelname == "WARNING" and "\n" not in said.getMessage()
     assert said.getMessage().startswith(f"model 'm': {proxy.url} refused response_format json_schema (HTTP 400: ")
-    assert said.getMessage().endswith("asking with response_format json_object from now on, every reply still "
-                                      "checked against the schema")
+    assert said.getMessage().endswith(
+        "asking with response_format json_object from now on, every reply still checked against the schema"
+    )
 
 
 async def test_concurrent_refusals_step_down_once_and_are_said_once(mock_server, recording_proxy, caplog):
@@ -337,8 +346,7 @@ async def test_concurrent_refusals_step_down_once_and_are_said_once(mock_server,
     schema = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"]}
     async with open_gateway(proxy.url, max_concurrency=8) as gw:
         client = gw.model("m")
-        values = await asyncio.gather(*(client.chat_json(user(f"q{i} [[mock:delay=0.05]]"), schema)
-                                        for i in range(8)))
+        values = await asyncio.gather(*(client.chat_json(user(f"q{i} [[mock:delay=0.05]]"), schema) for i in range(8)))
         usage = gw.usage["m"]
     assert [v for v, _ in values] == [{"echo": f"q{i}"} for i in range(8)]
     refused = [s for s in proxy.requests() if s.status == 400]
@@ -453,9 +461,9 @@ async def test_token_usage_and_cost(mock_server, tmp_path):
     cache = CallCache(tmp_path / "calls.sqlite")
     try:
         async with open_gateway(mock_server.url, cache, pricing=pricing) as gw:
-            await gw.model("m").chat(user("count these four"))       # 3 in, 4 out
+            await gw.model("m").chat(user("count these four"))  # 3 in, 4 out
             await gw.model("m").complete("two words", max_tokens=9)  # 2 in, 3 out
-            await gw.model("m").chat(user("count these four"))       # cached: free
+            await gw.model("m").chat(user("count these four"))  # cached: free
             usage = gw.usage["m"]
         assert (usage.calls, usage.cache_hits) == (2, 1)
         assert (usage.prompt_tokens, usage.completion_tokens) == (5, 7)

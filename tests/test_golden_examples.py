@@ -11,6 +11,7 @@ are ignored).
 
 No real model runs; each example takes about a second.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,7 @@ def golden_mock() -> Iterator[MockServer]:
 
 
 @pytest.fixture(scope="module")
-def work_for(tmp_path_factory: pytest.TempPathFactory, golden_mock: MockServer
-             ) -> Callable[[str], tuple[Path, Path]]:
+def work_for(tmp_path_factory: pytest.TempPathFactory, golden_mock: MockServer) -> Callable[[str], tuple[Path, Path]]:
     """A scratch copy of examples/ (cache off) and the model map for one variant, made once per variant."""
     made: dict[str, tuple[Path, Path]] = {}
 
@@ -47,8 +47,7 @@ def work_for(tmp_path_factory: pytest.TempPathFactory, golden_mock: MockServer
         if variant not in made:
             work = tmp_path_factory.mktemp(f"golden-{variant}")
             gs.prepare_work(work)
-            models = gs.write_models_file(work / "models.yaml", golden_mock.url,
-                                          gs.VARIANTS[variant].models_template)
+            models = gs.write_models_file(work / "models.yaml", golden_mock.url, gs.VARIANTS[variant].models_template)
             made[variant] = (work, models)
         return made[variant]
 
@@ -65,8 +64,9 @@ def _changed_example_note(variant: str, stem: str) -> str:
 
 
 @pytest.mark.parametrize(("variant", "stem"), CASES, ids=[f"{v}-{s}" for v, s in CASES])
-def test_example_output_matches_golden(variant: str, stem: str, work_for: Callable[[str], tuple[Path, Path]],
-                                       golden_mock: MockServer) -> None:
+def test_example_output_matches_golden(
+    variant: str, stem: str, work_for: Callable[[str], tuple[Path, Path]], golden_mock: MockServer
+) -> None:
     work, models = work_for(variant)
     spec = gs.VARIANTS[variant]
     expected = gs.golden_files(stem, spec.golden)
@@ -74,8 +74,9 @@ def test_example_output_matches_golden(variant: str, stem: str, work_for: Callab
     assert expected, f"no golden files for {variant}/{stem}"
     where = spec.golden.relative_to(gs.REPO_ROOT).as_posix() + f"/{stem}/"
     if actual != expected:
-        pytest.fail(gs.diff_message(stem, expected, actual, where=where) + _changed_example_note(variant, stem),
-                    pytrace=False)
+        pytest.fail(
+            gs.diff_message(stem, expected, actual, where=where) + _changed_example_note(variant, stem), pytrace=False
+        )
 
 
 def test_every_example_pipeline_is_recorded_or_skipped_with_a_reason() -> None:
@@ -86,5 +87,6 @@ def test_every_example_pipeline_is_recorded_or_skipped_with_a_reason() -> None:
         skipped = set(gs.SKIPPED[variant])
         assert recorded | skipped == stems, (
             f"{variant}: examples not recorded: {sorted(stems - recorded - skipped)}; "
-            f"recorded but gone: {sorted((recorded | skipped) - stems)}")
+            f"recorded but gone: {sorted((recorded | skipped) - stems)}"
+        )
         assert not recorded & skipped

@@ -1,4 +1,5 @@
 """Joint synthesis (fuse, pick) and critique-and-revise with scripted replies per model."""
+
 import asyncio
 import json
 
@@ -16,9 +17,21 @@ from joydataforge.prompts.renderer import PromptLibrary
 from tests.scripted_backend import ScriptedBackend
 
 NAMES = ["a", "b", "c", "fuser", "author", "critic"]
-REGISTRY = ModelRegistry.from_dict({"models": {
-    n: {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 4, "max_retries": 0,
-        "json_retries": 1} for n in NAMES}}, "test")
+REGISTRY = ModelRegistry.from_dict(
+    {
+        "models": {
+            n: {
+                "backend": "openai",
+                "base_url": "http://127.0.0.1:1/v1",
+                "max_concurrency": 4,
+                "max_retries": 0,
+                "json_retries": 1,
+            }
+            for n in NAMES
+        }
+    },
+    "test",
+)
 RECORD = {"id": "r1", "input": "How do I boil an egg?"}
 
 
@@ -46,15 +59,20 @@ def sequence(*replies):
     def reply(messages, schema):
         state["n"] += 1
         return replies[min(state["n"], len(replies)) - 1]
+
     return ScriptedBackend(reply)
 
 
 # --- joint: fuse ------------------------------------------------------------------------------------
 
+
 def test_fuse_reads_all_drafts_and_keeps_them_with_their_model():
     fuser = text("FUSED answer")
-    out = run_step(Joint(["a", "b", "c"], "fuser", draft_prompt="en/answer", fuse_prompt="en/joint_fuse"),
-                   RECORD, {"a": text("draft A"), "b": text("draft B"), "c": text("draft C"), "fuser": fuser})
+    out = run_step(
+        Joint(["a", "b", "c"], "fuser", draft_prompt="en/answer", fuse_prompt="en/joint_fuse"),
+        RECORD,
+        {"a": text("draft A"), "b": text("draft B"), "c": text("draft C"), "fuser": fuser},
+    )
     assert out["target"] == "FUSED answer"
     assert out["drafts"] == [{"model": m, "sample": 0, "text": f"draft {m.upper()}"} for m in "abc"]
     prompt = fuser.calls[0]["messages"][-1]["content"]
@@ -93,16 +111,22 @@ def test_empty_fusion_fails_the_record():
 
 def test_structured_drafts_are_fused_into_a_validated_record():
     schema_prompt = "en/vote_label"  # any prompt with a schema makes drafts records, not texts
-    drafts = {"a": text(json.dumps({"label": "x", "reason": "ra"})),
-              "b": text(json.dumps({"label": "y", "reason": "rb"}))}
+    drafts = {
+        "a": text(json.dumps({"label": "x", "reason": "ra"})),
+        "b": text(json.dumps({"label": "y", "reason": "rb"})),
+    }
     fuser = sequence("not json", json.dumps({"label": "x", "reason": "merged"}))
-    out = run_step(Joint(["a", "b"], "fuser", draft_prompt=schema_prompt, options={"labels": ["x", "y"]}),
-                   RECORD, {**drafts, "fuser": fuser})
+    out = run_step(
+        Joint(["a", "b"], "fuser", draft_prompt=schema_prompt, options={"labels": ["x", "y"]}),
+        RECORD,
+        {**drafts, "fuser": fuser},
+    )
     assert out["target"] == {"label": "x", "reason": "merged"} and out["drafts"][1]["value"]["label"] == "y"
     assert '"reason": "ra"' in fuser.calls[0]["messages"][-1]["content"]
 
 
 # --- joint: pick ------------------------------------------------------------------------------------
+
 
 def pick_backends(fuser):
     return {"a": text("draft A"), "b": text("draft B"), "c": text("draft C"), "fuser": fuser}
@@ -113,8 +137,14 @@ def test_pick_takes_the_chosen_draft_with_reason():
     fuser = text(json.dumps({"best": 2, "reason": "clearer"}))
     out = run_step(step, RECORD, pick_backends(fuser))
     assert out["target"] == "draft B"
-    assert out["joint"] == {"mode": "pick", "fuser": "fuser", "used_drafts": [0, 1, 2], "best": 1, "model": "b",
-                            "reason": "clearer"}
+    assert out["joint"] == {
+        "mode": "pick",
+        "fuser": "fuser",
+        "used_drafts": [0, 1, 2],
+        "best": 1,
+        "model": "b",
+        "reason": "clearer",
+    }
     assert fuser.calls[0]["schema"]["properties"]["best"]["maximum"] == 3
 
 
@@ -143,16 +173,21 @@ def test_out_of_range_pick_that_persists_fails_never_index_zero(best):
 
 def test_joint_config_errors():
     assert config_error("joint", {"drafters": ["a", "b"], "fuser": "f", "mode": "vote"}).startswith(
-        "x: steps[0] (joint).mode: must be one of")
+        "x: steps[0] (joint).mode: must be one of"
+    )
     assert config_error("joint", {"drafters": ["a", "b"], "fuser": "f", "min_drafts": 3}) == (
-        "x: steps[0] (joint).min_drafts: must be at most the number of drafters (2) (got 3)")
+        "x: steps[0] (joint).min_drafts: must be at most the number of drafters (2) (got 3)"
+    )
     assert config_error("joint", {"drafters": ["a", "b"], "fuser": "f", "mode": "pick", "min_drafts": 1}).startswith(
-        "x: steps[0] (joint).min_drafts: mode 'pick' needs min_drafts >= 2")
+        "x: steps[0] (joint).min_drafts: mode 'pick' needs min_drafts >= 2"
+    )
     assert config_error("joint", {"drafters": "a", "fuser": "f"}) == (
-        "x: steps[0] (joint).drafters: must be a list (got 'a')")
+        "x: steps[0] (joint).drafters: must be a list (got 'a')"
+    )
 
 
 # --- critique and revise ----------------------------------------------------------------------------
+
 
 def critique(verdict, score=5, issues=("too vague",)):
     return json.dumps({"issues": list(issues), "verdict": verdict, "score": score})
@@ -167,6 +202,7 @@ def author():
             state["n"] += 1
             return f"v{state['n']}"
         return "v0"
+
     return ScriptedBackend(reply)
 
 
@@ -179,8 +215,13 @@ def test_critique_stops_early_when_the_critic_approves():
     assert [r["answer"] for r in out["critique_rounds"]] == ["v0", "v1"]
     assert out["critique_rounds"][0]["revision"] == "v1" and out["critique_rounds"][1]["revision"] is None
     assert out["critique_rounds"][0]["critique"]["issues"] == ["too vague"]
-    assert out["critique"] == {"approved": True, "rounds": 2, "stopped": "approved", "author": "author",
-                               "critic": "critic"}
+    assert out["critique"] == {
+        "approved": True,
+        "rounds": 2,
+        "stopped": "approved",
+        "author": "author",
+        "critic": "critic",
+    }
     assert len(critic.calls) == 2 and len(writer.calls) == 2  # draft + one revision; no third round
     # the reviser saw the issues, the critic saw the answer
     assert "- too vague" in writer.calls[1]["messages"][-1]["content"]
@@ -228,9 +269,11 @@ def test_invalid_critique_fails_the_record_with_raw():
 
 def test_critique_config_errors():
     assert config_error("critique_revise", {"model": "a", "critic": "b", "rounds": 0}) == (
-        "x: steps[0] (critique_revise).rounds: must be >= 1 (got 0)")
+        "x: steps[0] (critique_revise).rounds: must be >= 1 (got 0)"
+    )
     assert config_error("critique_revise", {"model": "a", "critic": "b", "on_not_approved": "hope"}).startswith(
-        "x: steps[0] (critique_revise).on_not_approved: must be one of")
+        "x: steps[0] (critique_revise).on_not_approved: must be one of"
+    )
     step = CritiqueRevise("author", "critic", critique_prompt="en/answer")
     with pytest.raises(ConfigError, match="issues"):
         step.check(StepContext(Gateway(REGISTRY, backends={}), PromptLibrary()))
@@ -242,13 +285,24 @@ def test_joint_and_critique_from_yaml_through_the_executor(tmp_path):
     def drafter(name):
         return ScriptedBackend(lambda m, s: "" if "FAILME" in m[-1]["content"] else f"draft {name}")
 
-    pipeline = Pipeline.from_dict({
-        "input": {"path": str(tmp_path / "in.jsonl")},
-        "steps": [{"joint": {"drafters": ["a", "b"], "fuser": "fuser", "draft_prompt": "en/answer"}},
-                  {"critique_revise": {"model": "author", "critic": "critic", "answer_field": "target", "rounds": 2}}],
-        "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False}})
-    backends = {"a": drafter("a"), "b": drafter("b"), "fuser": text("fused"), "author": author(),
-                "critic": sequence(critique("revise"), critique("approve", 9, []))}
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.jsonl")},
+            "steps": [
+                {"joint": {"drafters": ["a", "b"], "fuser": "fuser", "draft_prompt": "en/answer"}},
+                {"critique_revise": {"model": "author", "critic": "critic", "answer_field": "target", "rounds": 2}},
+            ],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False},
+        }
+    )
+    backends = {
+        "a": drafter("a"),
+        "b": drafter("b"),
+        "fuser": text("fused"),
+        "author": author(),
+        "critic": sequence(critique("revise"), critique("approve", 9, [])),
+    }
     summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends=backends)).run_sync()
     out = [json.loads(x) for x in (tmp_path / "out" / "data.jsonl").read_text().splitlines()]
     failures = [json.loads(x) for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]

@@ -3,6 +3,7 @@
 Only imports made when a module is loaded count (top level, not under ``TYPE_CHECKING``); an import inside a
 function is a deliberate, lazy edge (a plugin path, an optional heavy dependency).
 """
+
 from __future__ import annotations
 
 import ast
@@ -57,7 +58,7 @@ def test_no_import_cycle():
         stack.append(node)
         for nxt in sorted(GRAPH[node]):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)
@@ -83,8 +84,13 @@ FORBIDDEN = {
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_arrows_point_down(layer):
-    wrong = [f"{name} imports {target}" for name, targets in GRAPH.items() if name.startswith(layer + ".")
-             for target in targets if target.startswith(FORBIDDEN[layer])]
+    wrong = [
+        f"{name} imports {target}"
+        for name, targets in GRAPH.items()
+        if name.startswith(layer + ".")
+        for target in targets
+        if target.startswith(FORBIDDEN[layer])
+    ]
     assert not wrong, wrong
 
 
@@ -97,14 +103,22 @@ def test_configs_validate_without_the_engine():
         if name not in reach:
             reach.add(name)
             todo.extend(GRAPH[name])
-    heavy = sorted(m for m in reach if m.startswith(("joydataforge.engine", "joydataforge.models.backends"))
-                   or (m.startswith("joydataforge.methods") and not m.endswith(".config")))
+    heavy = sorted(
+        m
+        for m in reach
+        if m.startswith(("joydataforge.engine", "joydataforge.models.backends"))
+        or (m.startswith("joydataforge.methods") and not m.endswith(".config"))
+    )
     assert not heavy, heavy
 
 
 def test_only_the_model_layer_names_backends():
     pattern = re.compile(r"""backend\s*[!=]=\s*["'](openai|llamacpp|vllm|transformers)["']""")
-    offenders = [f"{path.relative_to(PACKAGE)}:{n}" for name, path in MODULES.items()
-                 if not name.startswith("joydataforge.models")
-                 for n, line in enumerate(path.read_text("utf-8").splitlines(), 1) if pattern.search(line)]
+    offenders = [
+        f"{path.relative_to(PACKAGE)}:{n}"
+        for name, path in MODULES.items()
+        if not name.startswith("joydataforge.models")
+        for n, line in enumerate(path.read_text("utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not offenders, offenders

@@ -4,6 +4,7 @@ The limits module reads ``time.monotonic`` and sleeps with ``asyncio.sleep``; bo
 that module only* by a clock that jumps forward by whatever a sleep asks for, so every assertion about
 waiting is exact and no test waits for real.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,9 @@ class FakeClock:
 def clock(monkeypatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(limits, "time", types.SimpleNamespace(monotonic=fake.monotonic))
-    monkeypatch.setattr(limits, "asyncio", types.SimpleNamespace(sleep=fake.sleep, Lock=asyncio.Lock,
-                                                                 Semaphore=asyncio.Semaphore))
+    monkeypatch.setattr(
+        limits, "asyncio", types.SimpleNamespace(sleep=fake.sleep, Lock=asyncio.Lock, Semaphore=asyncio.Semaphore)
+    )
     return fake
 
 
@@ -121,8 +123,14 @@ async def test_model_limits_combine_requests_and_tokens(clock):
 
 
 async def test_gateway_honours_requests_per_minute(clock, mock_server):
-    reg = ModelRegistry.from_dict({"models": {"m": {
-        "backend": "openai", "model": "mock-model", "base_url": mock_server.url, "requests_per_minute": 2}}}, "t")
+    reg = ModelRegistry.from_dict(
+        {
+            "models": {
+                "m": {"backend": "openai", "model": "mock-model", "base_url": mock_server.url, "requests_per_minute": 2}
+            }
+        },
+        "t",
+    )
     gateway = Gateway(reg)
     try:
         client = gateway.model("m")
@@ -136,13 +144,24 @@ async def test_gateway_honours_requests_per_minute(clock, mock_server):
 
 
 async def test_gateway_honours_tokens_per_minute(clock, mock_server):
-    reg = ModelRegistry.from_dict({"models": {"m": {
-        "backend": "openai", "model": "mock-model", "base_url": mock_server.url, "tokens_per_minute": 600,
-        "params": {"max_tokens": 100}}}}, "t")
+    reg = ModelRegistry.from_dict(
+        {
+            "models": {
+                "m": {
+                    "backend": "openai",
+                    "model": "mock-model",
+                    "base_url": mock_server.url,
+                    "tokens_per_minute": 600,
+                    "params": {"max_tokens": 100},
+                }
+            }
+        },
+        "t",
+    )
     gateway = Gateway(reg)
     try:
         client = gateway.model("m")
-        for i in range(8):
+        for _ in range(8):
             await client.chat([{"role": "user", "content": "abcd" * 25}])  # estimate 25 + 100 tokens
         bucket = client.limits.tokens
     finally:

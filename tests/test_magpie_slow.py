@@ -1,35 +1,44 @@
 """Magpie end to end on the embedded SmolLM2, and through the openai backend against llama_cpp.server
 serving the same GGUF (raw completions through /v1/completions). Slow: loads the model, starts a server."""
+
 import json
 from pathlib import Path
 
 import pytest
 
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
 from joydataforge.methods.magpie.slots import write_slots
 from joydataforge.methods.magpie.templates import JinjaChatFormat, resolve_format
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
 from tests.test_llama_server import llama_server  # noqa: F401  (the module-scoped server fixture)
 
 pytestmark = pytest.mark.slow
 
-SMOL_PRE_QUERY = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-                  "<|im_start|>user\n")
+SMOL_PRE_QUERY = (
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    "<|im_start|>user\n"
+)
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text("utf-8").splitlines()] if path.exists() else []
 
 
-def magpie_pipeline(tmp_path: Path, model: str, out: str, n: int = 3, models: str | None = None,
-                    cache: str | None = None, **magpie) -> Pipeline:
+def magpie_pipeline(
+    tmp_path: Path, model: str, out: str, n: int = 3, models: str | None = None, cache: str | None = None, **magpie
+) -> Pipeline:
     write_slots(tmp_path / "slots.jsonl", n)
-    data = {"input": {"path": str(tmp_path / "slots.jsonl")},
-            "steps": [{"magpie": {"model": model, "attempts": 2, "params": {"max_tokens": 48}, **magpie}},
-                      {"magpie_response": {"model": model, "params": {"max_tokens": 32}}}],
-            "output": {"dir": str(tmp_path / out)}, "run": {"cache": cache, "progress": False, "concurrency": 2}}
+    data = {
+        "input": {"path": str(tmp_path / "slots.jsonl")},
+        "steps": [
+            {"magpie": {"model": model, "attempts": 2, "params": {"max_tokens": 48}, **magpie}},
+            {"magpie_response": {"model": model, "params": {"max_tokens": 32}}},
+        ],
+        "output": {"dir": str(tmp_path / out)},
+        "run": {"cache": cache, "progress": False, "concurrency": 2},
+    }
     if models:
         data["models"] = models
     return Pipeline.from_dict(data)
@@ -64,6 +73,7 @@ def test_end_to_end_on_the_embedded_model_resumes_and_caches(tmp_path):
     assert again.skipped == 3 and again.models.get("smollm2", {}).get("calls", 0) == 0
     fresh = LocalExecutor(magpie_pipeline(tmp_path, "smollm2", "b", cache=cache)).run_sync()
     assert fresh.cache_hits == calls  # same slots, same seed: the same questions, answered by the cache
+
     def content(records):
         return [{k: v for k, v in r.items() if k != "_meta"} for r in records]
 
@@ -80,17 +90,27 @@ def test_through_the_openai_backend_against_llama_cpp_server(llama_server, tmp_p
     from joydataforge.models.backends.smollm2 import bundled_gguf_path
 
     llama = llama_cpp.Llama(model_path=str(bundled_gguf_path()), n_ctx=256, verbose=False, vocab_only=True)
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
-        "chat_template": llama.metadata["tokenizer.chat_template"], "bos_token": "<|im_start|>",
-        "eos_token": "<|im_end|>"}), "utf-8")
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "chat_template": llama.metadata["tokenizer.chat_template"],
+                "bos_token": "<|im_start|>",
+                "eos_token": "<|im_end|>",
+            }
+        ),
+        "utf-8",
+    )
     (tmp_path / "models.yaml").write_text(
         f"models:\n  peer:\n    backend: openai\n    model: smollm2\n    base_url: {llama_server}\n"
         "    max_concurrency: 2\n    timeout: 120\n    params: {temperature: 0.8}\n"
         f"  peer-with-template:\n    backend: openai\n    model: smollm2\n    base_url: {llama_server}\n"
         f"    chat_template: {tmp_path / 'tokenizer_config.json'}\n    max_concurrency: 2\n    timeout: 120\n",
-        "utf-8")
+        "utf-8",
+    )
     for model, origin in (("peer", "built-in table 'smollm2'"), ("peer-with-template", "tokenizer config")):
-        summary = LocalExecutor(magpie_pipeline(tmp_path, model, model, models=str(tmp_path / "models.yaml"))).run_sync()
+        summary = LocalExecutor(
+            magpie_pipeline(tmp_path, model, model, models=str(tmp_path / "models.yaml"))
+        ).run_sync()
         assert summary.models[model]["errors"] == 0, summary.models
         assert summary.steps["magpie"]["calls"] >= 3
         data = read_jsonl(tmp_path / model / "data.jsonl")
@@ -107,12 +127,33 @@ def test_cli_runs_both_stages_and_exports(tmp_path):
     from joydataforge.cli.magpie import magpie_command
 
     out = tmp_path / "magpie"
-    result = CliRunner().invoke(magpie_command, ["-n", "3", "-o", str(out), "--max-tokens", "48",
-                                                 "--response-max-tokens", "32", "--attempts", "2", "--no-progress",
-                                                 "--export", "sharegpt"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        magpie_command,
+        [
+            "-n",
+            "3",
+            "-o",
+            str(out),
+            "--max-tokens",
+            "48",
+            "--response-max-tokens",
+            "32",
+            "--attempts",
+            "2",
+            "--no-progress",
+            "--export",
+            "sharegpt",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
-    for name in ("slots.jsonl", "magpie-instructions.yaml", "magpie-conversations.yaml", "instructions/summary.json",
-                 "conversations/summary.json"):
+    for name in (
+        "slots.jsonl",
+        "magpie-instructions.yaml",
+        "magpie-conversations.yaml",
+        "instructions/summary.json",
+        "conversations/summary.json",
+    ):
         assert (out / name).exists(), name
     conversations = read_jsonl(out / "conversations" / "data.jsonl")
     exported = read_jsonl(out / "export.sharegpt.jsonl")
@@ -134,7 +175,18 @@ def test_example_pipeline_runs_on_the_embedded_model(tmp_path):
     assert len(failures) == summary.failed and all(f["raw"] is not None or f["error"] for f in failures)
     for record in read_jsonl(tmp_path / "out" / "data.jsonl"):
         assert record["input"] and record["target"] and record["messages"][-1]["content"] == record["target"]
-        assert record["task_category"] in {"Information seeking", "Reasoning", "Planning", "Editing",
-                                           "Coding & Debugging", "Math", "Role playing", "Data analysis",
-                                           "Creative writing", "Advice seeking", "Brainstorming", "Others"}
+        assert record["task_category"] in {
+            "Information seeking",
+            "Reasoning",
+            "Planning",
+            "Editing",
+            "Coding & Debugging",
+            "Math",
+            "Role playing",
+            "Data analysis",
+            "Creative writing",
+            "Advice seeking",
+            "Brainstorming",
+            "Others",
+        }
         assert record["input_quality"] in {"very poor", "poor", "average", "good", "excellent"}

@@ -4,14 +4,23 @@ The fixtures under fixtures/chat_templates/ are the Jinja texts those models shi
 included, since derivation must survive them). Derivation must agree with the hand-kept table for a
 first turn, with a system prompt, and for a later turn, which checks both sides against each other.
 """
+
 import json
 from pathlib import Path
 
 import pytest
 
 from joydataforge.errors import ConfigError
-from joydataforge.methods.magpie.templates import (SENTINEL, TABLE, JinjaChatFormat, TableChatFormat, TemplateRenderError,
-                                           guess_family, resolve_format, table_format)
+from joydataforge.methods.magpie.templates import (
+    SENTINEL,
+    TABLE,
+    JinjaChatFormat,
+    TableChatFormat,
+    TemplateRenderError,
+    guess_family,
+    resolve_format,
+    table_format,
+)
 from joydataforge.models.chat_template import ChatTemplateSource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
@@ -37,13 +46,13 @@ FAMILIES = {
 
 EXPECTED_FIRST_TURN = {
     "smollm2": "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-               "<|im_start|>user\n",
+    "<|im_start|>user\n",
     "qwen2.5": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-               "<|im_start|>user\n",
+    "<|im_start|>user\n",
     "qwen3": "<|im_start|>user\n",
     "llama3": "<|start_header_id|>user<|end_header_id|>\n\n",
     "llama3.1": "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
-                "Today Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n",
+    "Today Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n",
     "gemma2": "<start_of_turn>user\n",
     "phi3.5": "<|user|>\n",
     "phi4": "<|im_start|>user<|im_sep|>",
@@ -59,8 +68,9 @@ TURN = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "cont
 
 def derived(name: str) -> JinjaChatFormat:
     _, bos, eos = FAMILIES[name]
-    return JinjaChatFormat(ChatTemplateSource((FIXTURES / f"{name}.jinja").read_text("utf-8"), bos, eos,
-                                              origin=f"fixture {name}"))
+    return JinjaChatFormat(
+        ChatTemplateSource((FIXTURES / f"{name}.jinja").read_text("utf-8"), bos, eos, origin=f"fixture {name}")
+    )
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FIRST_TURN))
@@ -69,7 +79,9 @@ def test_first_turn_prefix_is_the_template_up_to_the_user_message(name):
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-@pytest.mark.parametrize("messages", [[], SYSTEM, TURN, SYSTEM + TURN], ids=["plain", "system", "turn2", "system+turn2"])
+@pytest.mark.parametrize(
+    "messages", [[], SYSTEM, TURN, SYSTEM + TURN], ids=["plain", "system", "turn2", "system+turn2"]
+)
 def test_derivation_agrees_with_the_table(name, messages):
     assert derived(name).prefix(messages) == TABLE[FAMILIES[name][0]].prefix(messages)
 
@@ -92,12 +104,17 @@ def test_bos_is_left_to_the_backend_but_bos_like_text_of_the_template_is_kept():
 
 def test_system_prompt_goes_where_each_template_puts_it():
     assert derived("qwen2.5").pre_query("S") == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n"
-    assert derived("llama3.1").pre_query("S").endswith(
-        "Today Date: 26 Jul 2024\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n")
+    assert (
+        derived("llama3.1")
+        .pre_query("S")
+        .endswith("Today Date: 26 Jul 2024\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n")
+    )
     # Gemma 2 refuses a system role: it opens the user message instead, as Gemma 3 does natively.
     assert derived("gemma2").pre_query("S") == "<start_of_turn>user\nS\n\n" == derived("gemma3").pre_query("S")
     # Mistral puts the system prompt into the last user message.
-    assert derived("mistral").prefix(SYSTEM + TURN) == "[INST] What is 2+2?[/INST] 4.</s>[INST] You are a maths tutor.\n\n"
+    assert (
+        derived("mistral").prefix(SYSTEM + TURN) == "[INST] What is 2+2?[/INST] 4.</s>[INST] You are a maths tutor.\n\n"
+    )
 
 
 def test_refused_conversation_is_a_clear_error():
@@ -140,15 +157,28 @@ def test_sentinel_is_never_left_in_a_prefix():
         assert SENTINEL not in derived(name).prefix(SYSTEM + TURN)
 
 
-@pytest.mark.parametrize("hint,family", [
-    ("meta-llama/Llama-3.3-70B-Instruct", "llama3.3"), ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama3.1"),
-    ("Llama-3.2-3B-Instruct-Q4_K_M.gguf", "llama3.2"), ("meta-llama/Meta-Llama-3-8B-Instruct", "llama3"),
-    ("Qwen/Qwen2.5-7B-Instruct", "qwen2.5"), ("Qwen/Qwen2-7B-Instruct", "qwen2"), ("Qwen/Qwen3-8B", "qwen3"),
-    ("google/gemma-2-9b-it", "gemma2"), ("google/gemma-3-4b-it", "gemma3"), ("microsoft/phi-4", "phi4"),
-    ("microsoft/Phi-3.5-mini-instruct", "phi3.5"), ("microsoft/Phi-3-mini-4k-instruct", "phi3"),
-    ("mistralai/Mistral-7B-Instruct-v0.3", "mistral"), ("deepseek-ai/DeepSeek-V3", "deepseek"),
-    ("THUDM/glm-4-9b-chat", "glm4"), ("01-ai/Yi-1.5-9B-Chat", "yi"), ("SmolLM2-135M-Instruct", "smollm2"),
-])
+@pytest.mark.parametrize(
+    "hint,family",
+    [
+        ("meta-llama/Llama-3.3-70B-Instruct", "llama3.3"),
+        ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama3.1"),
+        ("Llama-3.2-3B-Instruct-Q4_K_M.gguf", "llama3.2"),
+        ("meta-llama/Meta-Llama-3-8B-Instruct", "llama3"),
+        ("Qwen/Qwen2.5-7B-Instruct", "qwen2.5"),
+        ("Qwen/Qwen2-7B-Instruct", "qwen2"),
+        ("Qwen/Qwen3-8B", "qwen3"),
+        ("google/gemma-2-9b-it", "gemma2"),
+        ("google/gemma-3-4b-it", "gemma3"),
+        ("microsoft/phi-4", "phi4"),
+        ("microsoft/Phi-3.5-mini-instruct", "phi3.5"),
+        ("microsoft/Phi-3-mini-4k-instruct", "phi3"),
+        ("mistralai/Mistral-7B-Instruct-v0.3", "mistral"),
+        ("deepseek-ai/DeepSeek-V3", "deepseek"),
+        ("THUDM/glm-4-9b-chat", "glm4"),
+        ("01-ai/Yi-1.5-9B-Chat", "yi"),
+        ("SmolLM2-135M-Instruct", "smollm2"),
+    ],
+)
 def test_family_guessed_from_model_names(hint, family):
     assert guess_family(hint) == family
 
@@ -186,8 +216,11 @@ def test_resolve_auto_without_template_or_known_name_asks_for_one():
 
 
 def test_resolve_path_loads_a_tokenizer_config(tmp_path):
-    config = {"chat_template": (FIXTURES / "llama3.jinja").read_text("utf-8"), "bos_token": "<|begin_of_text|>",
-              "eos_token": "<|eot_id|>"}
+    config = {
+        "chat_template": (FIXTURES / "llama3.jinja").read_text("utf-8"),
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>",
+    }
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), "utf-8")
     fmt = resolve_format("tokenizer_config.json", base_dir=tmp_path)
     assert fmt.pre_query() == EXPECTED_FIRST_TURN["llama3"]

@@ -1,4 +1,5 @@
 """MinHash near-duplicate detection: shingles, normalisation, band maths, estimates, clusters, policies."""
+
 from __future__ import annotations
 
 import random
@@ -6,9 +7,9 @@ import random
 import numpy as np
 import pytest
 
+from joydataforge.text.clusters import UnionFind, clusters_from_roots
 from joydataforge.text.lsh import LSHIndex, RowStore, candidate_probability, optimal_bands
 from joydataforge.text.minhash import MinHasher, estimate_jaccard, exact_jaccard
-from joydataforge.text.clusters import UnionFind, clusters_from_roots
 from joydataforge.text.minhash_dedup import deduplicate, near_duplicate_clusters, record_text
 from joydataforge.text.shingles import (
     ShingleSpec,
@@ -30,7 +31,11 @@ def test_normalize_case_punctuation_whitespace_and_fullwidth():
 
 def test_english_word_shingles():
     assert shingle_set("The cat sat on the mat.", ShingleSpec("word", 3)) == {
-        "the cat sat", "cat sat on", "sat on the", "on the mat"}
+        "the cat sat",
+        "cat sat on",
+        "sat on the",
+        "on the mat",
+    }
 
 
 def test_chinese_character_shingles_chosen_automatically():
@@ -78,13 +83,13 @@ def test_vectorised_shingles_agree_with_reference(spec):
     assert len(batch) == len(TEXTS)
     for i, text in enumerate(TEXTS):
         reference = shingle_set(text, spec)
-        mine = set(batch.hashes[batch.offsets[i]:batch.offsets[i + 1]].tolist())
+        mine = set(batch.hashes[batch.offsets[i] : batch.offsets[i + 1]].tolist())
         assert len(mine) == len(reference), text
     # same sets, not just same sizes: every pairwise Jaccard agrees
-    hashed = [set(batch.hashes[batch.offsets[i]:batch.offsets[i + 1]].tolist()) for i in range(len(TEXTS))]
+    hashed = [set(batch.hashes[batch.offsets[i] : batch.offsets[i + 1]].tolist()) for i in range(len(TEXTS))]
     strings = [shingle_set(t, spec) for t in TEXTS + ["hello world this is", "这是 测试 文本"]]
     extra = shingle_hashes(["hello world this is", "这是 测试 文本"], spec)
-    hashed += [set(extra.hashes[extra.offsets[i]:extra.offsets[i + 1]].tolist()) for i in range(2)]
+    hashed += [set(extra.hashes[extra.offsets[i] : extra.offsets[i + 1]].tolist()) for i in range(2)]
     for i in range(len(strings)):
         for j in range(len(strings)):
             assert exact_jaccard(hashed[i], hashed[j]) == exact_jaccard(strings[i], strings[j])
@@ -108,7 +113,7 @@ def test_table_normalisation_equals_unicodedata():
 def test_equal_shingles_hash_equally_across_texts_and_batches():
     a = shingle_hashes(["one two three four", "x"], ShingleSpec("word", 2))
     b = shingle_hashes(["zero one two three"], ShingleSpec("word", 2))
-    first = set(a.hashes[a.offsets[0]:a.offsets[1]].tolist())
+    first = set(a.hashes[a.offsets[0] : a.offsets[1]].tolist())
     second = set(b.hashes.tolist())
     assert len(first & second) == 2  # "one two", "two three"
     long_word = "x" * 5000 + "y"
@@ -188,7 +193,7 @@ def test_estimates_track_exact_jaccard():
     error = estimate - exact
     assert abs(error.mean()) < 0.01  # unbiased
     expected_sd = np.sqrt((exact * (1 - exact) / 256).mean())
-    assert np.sqrt((error ** 2).mean()) < 1.5 * expected_sd + 1e-9
+    assert np.sqrt((error**2).mean()) < 1.5 * expected_sd + 1e-9
     assert exact.min() < 0.5 < 0.9 < exact.max()  # the sample spans low and high similarities
 
 
@@ -269,8 +274,13 @@ def test_union_find_transitive_chain():
 def test_lsh_candidates_and_verification():
     hasher = MinHasher()
     base = "the committee met on tuesday to discuss the annual budget and the new library building plans"
-    texts = [base, base.replace("tuesday", "wednesday"), "an entirely unrelated sentence about mountains and rivers",
-             base + " in detail", ""]
+    texts = [
+        base,
+        base.replace("tuesday", "wednesday"),
+        "an entirely unrelated sentence about mountains and rivers",
+        base + " in detail",
+        "",
+    ]
     index = LSHIndex(0.8, hasher.num_perm)
     index.add(hasher.signatures(texts))
     pairs = index.candidate_pairs()
@@ -300,7 +310,7 @@ def test_signature_is_the_minimum_of_each_hash_function():
     sig = hasher.signatures_of_batch(batch)
     a, b = hasher._a[:, 0].tolist(), hasher._b[:, 0].tolist()
     for row in range(2):
-        xs = batch.hashes[batch.offsets[row]:batch.offsets[row + 1]].tolist()
+        xs = batch.hashes[batch.offsets[row] : batch.offsets[row + 1]].tolist()
         expected = [min((a[j] * x + b[j]) % 2**32 for x in xs) for j in range(8)]
         assert sig[row].tolist() == expected
 
@@ -365,8 +375,13 @@ def test_reference_dataset():
 
 def test_text_fields_history_shapes_and_lists():
     pairs = {"input": "q", "history": [["hello there friend", "hi how are you today"]]}
-    messages = {"input": "q", "history": [{"role": "user", "content": "hello there friend"},
-                                          {"role": "assistant", "content": "hi how are you today"}]}
+    messages = {
+        "input": "q",
+        "history": [
+            {"role": "user", "content": "hello there friend"},
+            {"role": "assistant", "content": "hi how are you today"},
+        ],
+    }
     joined = {"input": "q", "history": "用户: hello there friend\n助手: hi how are you today"}
     texts = {record_text(r, ["input", "history"]) for r in (pairs, messages, joined)}
     assert texts == {"q\nhello there friend\nhi how are you today"}

@@ -39,6 +39,7 @@ def mock_engine(request: pytest.FixtureRequest) -> str:
     """Every test that uses ``mock_server`` or the factory runs on both HTTP engines."""
     return request.param
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,8 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def post(server: Any, path: str, body: Any, timeout: float = 10) -> tuple[int, dict[str, str], Any]:
     """POST JSON, return (status, headers, parsed body) for any status, 4xx/5xx included."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(server.base_url + path, data=data,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(server.base_url + path, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, dict(resp.headers), json.loads(resp.read())
@@ -58,8 +58,9 @@ def post(server: Any, path: str, body: Any, timeout: float = 10) -> tuple[int, d
 
 
 def chat(server: Any, text: str, **extra: Any) -> tuple[int, dict[str, str], Any]:
-    return post(server, "/v1/chat/completions",
-                {"model": "m", "messages": [{"role": "user", "content": text}], **extra})
+    return post(
+        server, "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
+    )
 
 
 def content(reply: dict[str, Any], index: int = 0) -> str:
@@ -85,13 +86,19 @@ LABEL_SCHEMA = {
 
 
 def test_chat_reply_is_shaped_like_openai(mock_server: MockServer) -> None:
-    status, _, reply = post(mock_server, "/v1/chat/completions", {
-        "model": "qwen", "messages": [
-            {"role": "system", "content": "be brief"},
-            {"role": "user", "content": "first question"},
-            {"role": "assistant", "content": "first answer"},
-            {"role": "user", "content": "what is two plus two"},
-        ]})
+    status, _, reply = post(
+        mock_server,
+        "/v1/chat/completions",
+        {
+            "model": "qwen",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "first question"},
+                {"role": "assistant", "content": "first answer"},
+                {"role": "user", "content": "what is two plus two"},
+            ],
+        },
+    )
     assert status == 200
     assert set(reply) == {"id", "object", "created", "model", "choices", "usage"}
     assert reply["object"] == "chat.completion" and reply["model"] == "qwen"
@@ -111,8 +118,15 @@ def test_chat_n_gives_n_indexed_choices_and_counts_their_tokens(mock_server: Moc
 
 
 def test_chat_multimodal_parts_use_their_text(mock_server: MockServer) -> None:
-    _, _, reply = post(mock_server, "/v1/chat/completions", {"messages": [
-        {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {}}]}]})
+    _, _, reply = post(
+        mock_server,
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {}}]}
+            ]
+        },
+    )
     assert content(reply) == "echo: look"
 
 
@@ -128,11 +142,14 @@ def test_directives_are_removed_from_the_echo(mock_server: MockServer) -> None:
     assert content(reply) == "echo: hello  world"
 
 
-@pytest.mark.parametrize("body,fragment", [
-    (b"{not json", "not valid JSON"),
-    ({"model": "m"}, "messages"),
-    ({"messages": []}, "messages"),
-])
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        (b"{not json", "not valid JSON"),
+        ({"model": "m"}, "messages"),
+        ({"messages": []}, "messages"),
+    ],
+)
 def test_bad_requests_get_openai_style_400(mock_server: MockServer, body: Any, fragment: str) -> None:
     status, _, reply = post(mock_server, "/v1/chat/completions", body)
     assert status == 400
@@ -161,8 +178,9 @@ def test_vllm_guided_json_is_honoured(mock_server: MockServer) -> None:
 
 
 NESTED = {
-    "$defs": {"Tag": {"type": "object", "properties": {"name": {"type": "string", "minLength": 3}},
-                      "required": ["name"]}},
+    "$defs": {
+        "Tag": {"type": "object", "properties": {"name": {"type": "string", "minLength": 3}}, "required": ["name"]}
+    },
     "type": "object",
     "required": ["count", "score", "tags", "flag", "maybe", "kind", "both", "when", "const", "ratio"],
     "properties": {
@@ -172,8 +190,12 @@ NESTED = {
         "flag": {"type": "boolean"},
         "maybe": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 7}]},
         "kind": {"oneOf": [{"const": "a"}, {"const": "b"}]},
-        "both": {"allOf": [{"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
-                           {"properties": {"b": {"type": "integer"}}, "required": ["b"]}]},
+        "both": {
+            "allOf": [
+                {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+                {"properties": {"b": {"type": "integer"}}, "required": ["b"]},
+            ]
+        },
         "when": {"type": "string", "format": "date"},
         "const": {"const": {"k": 1}},
         "ratio": {"type": ["number", "null"], "minimum": -3},
@@ -183,19 +205,21 @@ NESTED = {
 }
 
 
-@pytest.mark.parametrize("schema", [
-    LABEL_SCHEMA,
-    NESTED,
-    {"type": "array", "items": {"type": "string", "enum": ["z"]}, "minItems": 1},
-    {"type": "string", "minLength": 4},
-    {"type": "integer", "exclusiveMinimum": 10},
-    {"type": "object", "minProperties": 1, "properties": {"a": {"type": "integer"}}},
-    {"properties": {"x": {"type": "string"}}, "required": ["x"]},
-    {},
-])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        LABEL_SCHEMA,
+        NESTED,
+        {"type": "array", "items": {"type": "string", "enum": ["z"]}, "minItems": 1},
+        {"type": "string", "minLength": 4},
+        {"type": "integer", "exclusiveMinimum": 10},
+        {"type": "object", "minProperties": 1, "properties": {"a": {"type": "integer"}}},
+        {"properties": {"x": {"type": "string"}}, "required": ["x"]},
+        {},
+    ],
+)
 def test_minimal_instance_validates(schema: dict[str, Any]) -> None:
-    jsonschema.validate(minimal_instance(schema), schema,
-                        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    jsonschema.validate(minimal_instance(schema), schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
 
 def test_minimal_instance_is_minimal() -> None:
@@ -272,16 +296,23 @@ def test_reply_directive_takes_the_rest_including_commas(mock_server: MockServer
 
 def test_parse_directive() -> None:
     assert parse_directive("status=429, retry_after=2 ,times=3,drop,reply=a=b, c") == {
-        "status": "429", "retry_after": "2", "times": "3", "drop": "", "reply": "a=b, c"}
+        "status": "429",
+        "retry_after": "2",
+        "times": "3",
+        "drop": "",
+        "reply": "a=b, c",
+    }
 
 
-@pytest.mark.parametrize("directive,fragment", [
-    ("stauts=429", "unknown key 'stauts'"),
-    ("status=abc", "bad value 'abc' for 'status'"),
-    ("delay=soon,times=1", "bad value 'soon' for 'delay'"),
-])
-def test_malformed_directives_get_a_400_that_names_them(mock_server: MockServer, directive: str,
-                                                         fragment: str) -> None:
+@pytest.mark.parametrize(
+    "directive,fragment",
+    [
+        ("stauts=429", "unknown key 'stauts'"),
+        ("status=abc", "bad value 'abc' for 'status'"),
+        ("delay=soon,times=1", "bad value 'soon' for 'delay'"),
+    ],
+)
+def test_malformed_directives_get_a_400_that_names_them(mock_server: MockServer, directive: str, fragment: str) -> None:
     for _ in range(2):  # every time, whatever times= says
         status, _, reply = chat(mock_server, f"[[mock:{directive}]]")
         assert status == 400 and fragment in reply["error"]["message"]
@@ -309,8 +340,7 @@ def test_drop_closes_the_connection_without_a_response(mock_server: MockServer) 
 def test_hang_never_answers_and_close_is_still_quick(engine: str, caplog: pytest.LogCaptureFixture) -> None:
     server = start_mock_server(engine=engine)
     with pytest.raises((TimeoutError, urllib.error.URLError)):
-        post(server, "/v1/chat/completions",
-             {"messages": [{"role": "user", "content": "[[mock:hang]]"}]}, timeout=0.5)
+        post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "[[mock:hang]]"}]}, timeout=0.5)
     assert server.stats()["by_status"] == {"hang": 1}
     start = time.perf_counter()
     server.close()
@@ -327,10 +357,12 @@ async def test_latency_is_non_blocking(mock_server_factory: Any) -> None:
     server = mock_server_factory(latency=0.3)
     body = {"messages": [{"role": "user", "content": "x"}]}
     async with aiohttp.ClientSession() as session:
+
         async def one() -> int:
             async with session.post(server.url + "/chat/completions", json=body) as resp:
                 await resp.read()
                 return resp.status
+
         start = time.perf_counter()
         statuses = await asyncio.gather(*(one() for _ in range(50)))
         elapsed = time.perf_counter() - start
@@ -373,14 +405,18 @@ def test_text_completion(mock_server: MockServer) -> None:
     status, _, reply = post(mock_server, "/v1/completions", {"model": "m", "prompt": "<|user|> hi", "n": 2})
     assert status == 200 and reply["object"] == "text_completion"
     assert [(c["index"], c["text"], c["finish_reason"]) for c in reply["choices"]] == [
-        (0, "echo: <|user|> hi", "stop"), (1, "echo: <|user|> hi", "stop")]
+        (0, "echo: <|user|> hi", "stop"),
+        (1, "echo: <|user|> hi", "stop"),
+    ]
     assert reply["usage"] == {"prompt_tokens": 2, "completion_tokens": 6, "total_tokens": 8}
 
 
 def test_text_completion_with_a_list_of_prompts_and_a_directive(mock_server: MockServer) -> None:
     _, _, reply = post(mock_server, "/v1/completions", {"prompt": ["a", "b"]})
     assert [c["text"] for c in reply["choices"]] == ["echo: a", "echo: b"]
-    assert post(mock_server, "/v1/completions", {"prompt": "[[mock:status=429,retry_after=3]]"})[1]["Retry-After"] == "3"
+    assert (
+        post(mock_server, "/v1/completions", {"prompt": "[[mock:status=429,retry_after=3]]"})[1]["Retry-After"] == "3"
+    )
 
 
 def embed(server: Any, texts: Any, **extra: Any) -> list[list[float]]:
@@ -438,9 +474,11 @@ def test_stats_count_endpoints_statuses_and_keep_the_last_bodies(mock_server_fac
 
 
 def test_stats_record_headers_times_and_status(mock_server: MockServer) -> None:
-    req = urllib.request.Request(mock_server.url + "/chat/completions", headers={
-        "Content-Type": "application/json", "Authorization": "Bearer sk-test"},
-        data=json.dumps({"messages": [{"role": "user", "content": "[[mock:delay=0.2]]"}]}).encode())
+    req = urllib.request.Request(
+        mock_server.url + "/chat/completions",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer sk-test"},
+        data=json.dumps({"messages": [{"role": "user", "content": "[[mock:delay=0.2]]"}]}).encode(),
+    )
     before = time.monotonic()
     with urllib.request.urlopen(req, timeout=5) as resp:
         resp.read()
@@ -453,9 +491,11 @@ async def test_max_in_flight_counts_concurrent_requests(mock_server_factory: Any
     server = mock_server_factory(latency=0.2)
     body = {"messages": [{"role": "user", "content": "x"}]}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=7)) as session:
+
         async def one() -> None:
             async with session.post(server.url + "/chat/completions", json=body) as resp:
                 await resp.read()
+
         await asyncio.gather(*(one() for _ in range(20)))
     stats = server.stats()
     assert stats["max_in_flight"] == 7 and stats["in_flight"] == 0
@@ -504,8 +544,12 @@ def test_spawned_server_serves_and_stops(engine: str) -> None:
 
 
 def test_module_prints_port_first() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.mock_openai", "--port", "0", "--latency", "0.1"],
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.mock_openai", "--port", "0", "--latency", "0.1"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         assert line.startswith("PORT ") and int(line.split()[1]) > 0
@@ -541,14 +585,16 @@ def _complete(data: bytes, replies: int) -> bool:
         length = int(head[start:].split(b"\r\n")[0])
         if len(data) < end + 4 + length:
             return False
-        data = data[end + 4 + length:]
+        data = data[end + 4 + length :]
     return True
 
 
 def request_bytes(text: str, extra_headers: str = "", version: str = "HTTP/1.1") -> bytes:
     body = json.dumps({"messages": [{"role": "user", "content": text}]}).encode()
-    return (f"POST /v1/chat/completions {version}\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n{extra_headers}\r\n").encode() + body
+    return (
+        f"POST /v1/chat/completions {version}\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra_headers}\r\n"
+    ).encode() + body
 
 
 def test_pipelined_requests_are_answered_in_order(mock_server: MockServer) -> None:

@@ -1,4 +1,5 @@
 """``models.yaml``: loading, merging, and errors that name the setting to change (and never echo a key)."""
+
 from __future__ import annotations
 
 import sys
@@ -28,7 +29,9 @@ def test_builtin_models_yaml_loads_without_backend_libraries():
 
 
 def test_a_user_file_with_every_setting(tmp_path):
-    registry = load(tmp_path, """
+    registry = load(
+        tmp_path,
+        """
 models:
   qwen:
     backend: openai
@@ -44,7 +47,8 @@ models:
     structured_output: json_object
     params: {temperature: 0.3, max_tokens: 128}
     pricing: {input_per_mtok: 0.5, output_per_mtok: 1.5}
-""")
+""",
+    )
     qwen = registry.get("qwen")
     assert qwen.name == "qwen" and qwen.max_concurrency == 128 and qwen.timeout == 30.0
     assert qwen.params == {"temperature": 0.3, "max_tokens": 128}
@@ -59,16 +63,19 @@ def test_user_models_override_builtin_ones_by_name(tmp_path):
     assert merged.get("smollm2").backend == "llamacpp"
 
 
-@pytest.mark.parametrize("body, field", [
-    ("{backend: openai, max_concurrency: lots}", "models.bad.max_concurrency"),
-    ("{backend: openai, temprature: 0.5}", "models.bad.temprature"),
-    ("{backend: vllm-magic}", "models.bad.backend"),
-    ("{model: x}", "models.bad.backend"),
-    ("{backend: openai, structured_output: grammar}", "models.bad.structured_output"),
-    ("{backend: openai, pricing: {input_per_mtok: cheap}}", "models.bad.pricing.input_per_mtok"),
-    ("{backend: openai, pricing: {per_token: 1}}", "models.bad.pricing.per_token"),
-    ("{backend: openai, params: [1, 2]}", "models.bad.params"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ("{backend: openai, max_concurrency: lots}", "models.bad.max_concurrency"),
+        ("{backend: openai, temprature: 0.5}", "models.bad.temprature"),
+        ("{backend: vllm-magic}", "models.bad.backend"),
+        ("{model: x}", "models.bad.backend"),
+        ("{backend: openai, structured_output: grammar}", "models.bad.structured_output"),
+        ("{backend: openai, pricing: {input_per_mtok: cheap}}", "models.bad.pricing.input_per_mtok"),
+        ("{backend: openai, pricing: {per_token: 1}}", "models.bad.pricing.per_token"),
+        ("{backend: openai, params: [1, 2]}", "models.bad.params"),
+    ],
+)
 def test_validation_errors_name_the_field(tmp_path, body, field):
     with pytest.raises(ConfigError) as info:
         load(tmp_path, f"models:\n  good: {{backend: openai}}\n  bad: {body}\n")
@@ -77,13 +84,16 @@ def test_validation_errors_name_the_field(tmp_path, body, field):
     assert str(tmp_path / "models.yaml") in message  # and the file
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("models: [a, b]", "'models:' section"),
-    ("just a string", "'models:' section"),
-    ("models:\n  m: 3\n", r"models.yaml: models.m: must be a mapping of settings \(got 3\)"),
-    ("models:\n  m: {backend: openai, name: other}\n", "models.m.name: a model's name is its key under models:"),
-    ("models: {m: {backend: openai}\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("models: [a, b]", "'models:' section"),
+        ("just a string", "'models:' section"),
+        ("models:\n  m: 3\n", r"models.yaml: models.m: must be a mapping of settings \(got 3\)"),
+        ("models:\n  m: {backend: openai, name: other}\n", "models.m.name: a model's name is its key under models:"),
+        ("models: {m: {backend: openai}\n", "not valid YAML"),
+    ],
+)
 def test_malformed_files(tmp_path, text, expected):
     with pytest.raises(ConfigError, match=expected):
         load(tmp_path, text)
@@ -100,16 +110,19 @@ def test_unknown_model_lists_the_known_ones(tmp_path):
         registry.get("c")
 
 
-@pytest.mark.parametrize("value", [
-    "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789",  # OpenAI
-    "sk-ant-api03-abcdefghijklmnop",                  # Anthropic
-    "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",        # Hugging Face token: letters, digits, underscore
-    "gsk_abcdefghijklmnopqrstuvwxyz0123456789ABCD",   # Groq
-    "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUv",         # Google
-    "0123456789abcdef0123456789abcdef",                # a bare hex secret
-    "x" * 80,
-    "has space",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789",  # OpenAI
+        "sk-ant-api03-abcdefghijklmnop",  # Anthropic
+        "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",  # Hugging Face token: letters, digits, underscore
+        "gsk_abcdefghijklmnopqrstuvwxyz0123456789ABCD",  # Groq
+        "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUv",  # Google
+        "0123456789abcdef0123456789abcdef",  # a bare hex secret
+        "x" * 80,
+        "has space",
+    ],
+)
 def test_api_key_env_refuses_what_looks_like_a_key(tmp_path, value):
     with pytest.raises(ConfigError) as info:
         load(tmp_path, f"models:\n  m: {{backend: openai, api_key_env: '{value}'}}\n")
@@ -146,13 +159,16 @@ def test_identity_is_what_changes_replies():
 
 def test_every_problem_of_every_model_is_one_line_in_the_pipeline_style(tmp_path):
     with pytest.raises(ConfigError) as info:
-        load(tmp_path, """
+        load(
+            tmp_path,
+            """
 models:
   a: {backend: openai, max_concurrency: lots, timeout: -}
   b: {backend: openai, breaker_threshold: -1}
   c: {backend: openai, temprature: 0.5, colour: red}
   d: {backend: openai}
-""")
+""",
+        )
     source = str(tmp_path / "models.yaml")
     assert str(info.value).splitlines() == [
         f"{source}: models.a.max_concurrency: must be an integer (got 'lots')",
@@ -160,8 +176,9 @@ models:
         f"{source}: models.b.breaker_threshold: must be >= 0 (got -1)",
         f"{source}: models.c.temprature: not a setting of a model; generation parameters go under params: "
         "(params: {temperature: 0.5})",
-        f"{source}: models.c.colour: unknown setting (known: " + ", ".join(sorted(
-            n for n in ModelConfig.model_fields if n != "name")) + ")",
+        f"{source}: models.c.colour: unknown setting (known: "
+        + ", ".join(sorted(n for n in ModelConfig.model_fields if n != "name"))
+        + ")",
     ]
 
 
@@ -176,20 +193,25 @@ def test_breaker_threshold_is_a_setting_with_a_small_default(tmp_path):
 URL_SECRET = "sk-url-secret-0123456789abcdefghij"
 
 
-@pytest.mark.parametrize("url, said", [
-    (f"https://user:{URL_SECRET}@api.example.com/v1", "holds credentials (user:password@ in the address)"),
-    (f"https://{URL_SECRET}@api.example.com/v1", "holds credentials (user:password@ in the address)"),
-    (f"https://api.example.com/v1?api_key={URL_SECRET}", "holds a key (?api_key= in the address)"),
-    (f"https://generativelanguage.example.com/v1beta?key={URL_SECRET}", "holds a key (?key= in the address)"),
-    (f"https://api.example.com/v1?x={URL_SECRET}", "holds a key (?x= in the address)"),
-    (f"https://api.example.com/{URL_SECRET}/v1", "holds a key in its path"),
-])
+@pytest.mark.parametrize(
+    "url, said",
+    [
+        (f"https://user:{URL_SECRET}@api.example.com/v1", "holds credentials (user:password@ in the address)"),
+        (f"https://{URL_SECRET}@api.example.com/v1", "holds credentials (user:password@ in the address)"),
+        (f"https://api.example.com/v1?api_key={URL_SECRET}", "holds a key (?api_key= in the address)"),
+        (f"https://generativelanguage.example.com/v1beta?key={URL_SECRET}", "holds a key (?key= in the address)"),
+        (f"https://api.example.com/v1?x={URL_SECRET}", "holds a key (?x= in the address)"),
+        (f"https://api.example.com/{URL_SECRET}/v1", "holds a key in its path"),
+    ],
+)
 def test_a_key_inside_base_url_is_refused_without_echoing_it(tmp_path, url, said):
     with pytest.raises(ConfigError) as info:
         load(tmp_path, f"models:\n  remote:\n    backend: openai\n    base_url: '{url}'\n")
     message = str(info.value)
-    assert message == (f"{tmp_path / 'models.yaml'}: models.remote.base_url: {said}; keys never go in models.yaml; "
-                       "put the key in an environment variable and name that variable in api_key_env")
+    assert message == (
+        f"{tmp_path / 'models.yaml'}: models.remote.base_url: {said}; keys never go in models.yaml; "
+        "put the key in an environment variable and name that variable in api_key_env"
+    )
     assert URL_SECRET not in message
 
 
@@ -199,10 +221,15 @@ def test_base_url_must_be_an_http_address(url):
         ModelConfig(name="m", backend="openai", base_url=url)
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:8000/v1", "https://api.openai.com/v1", "http://[::1]:8000/v1",
-    "https://x.openai.azure.com/openai/deployments/gpt?api-version=2024-02-15-preview",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/v1",
+        "https://api.openai.com/v1",
+        "http://[::1]:8000/v1",
+        "https://x.openai.azure.com/openai/deployments/gpt?api-version=2024-02-15-preview",
+    ],
+)
 def test_ordinary_base_urls_are_accepted(url):
     assert ModelConfig(name="m", backend="openai", base_url=url).base_url == url
 
@@ -217,15 +244,18 @@ def test_redact_url_keeps_the_address_and_drops_credentials():
 
 def test_models_list_never_prints_a_credential(tmp_path):
     good = tmp_path / "good.yaml"
-    good.write_text("models:\n  remote: {backend: openai, base_url: 'https://api.example.com/v1', "
-                    "api_key_env: REMOTE_KEY}\n", "utf-8")
+    good.write_text(
+        "models:\n  remote: {backend: openai, base_url: 'https://api.example.com/v1', api_key_env: REMOTE_KEY}\n",
+        "utf-8",
+    )
     result = CliRunner().invoke(models_group, ["list", "--models", str(good)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert "https://api.example.com/v1" in result.output and "REMOTE_KEY" in result.output
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"models:\n  remote: {{backend: openai, base_url: 'https://me:{URL_SECRET}@api.example.com/v1'}}\n",
-                   "utf-8")
+    bad.write_text(
+        f"models:\n  remote: {{backend: openai, base_url: 'https://me:{URL_SECRET}@api.example.com/v1'}}\n", "utf-8"
+    )
     result = CliRunner().invoke(models_group, ["list", "--models", str(bad)], env={"COLUMNS": "300"})
     assert isinstance(result.exception, ConfigError) and "models.remote.base_url" in str(result.exception)
     assert URL_SECRET not in result.output and URL_SECRET not in str(result.exception)

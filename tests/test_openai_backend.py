@@ -4,6 +4,7 @@ Error classification is what the gateway's retry loop trusts, so every status cl
 servers (a non-JSON body, a reply without choices, embeddings out of order) are played by a tiny aiohttp
 app in the test's own loop.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -45,6 +46,7 @@ async def backend_for(url: str | None, **fields: Any) -> AsyncIterator[OpenAICom
 @asynccontextmanager
 async def odd_server(handler: Any) -> AsyncIterator[str]:
     """A one-route server that answers every POST with ``handler(request_json)`` -> web.Response."""
+
     async def route(request: web.Request) -> web.Response:
         return handler(await request.json())
 
@@ -118,8 +120,12 @@ async def test_non_api_replies_are_transient_endpoint_faults():
         return web.Response(text="<!DOCTYPE html><title>404</title>", status=404, content_type="text/html")
 
     def rate_limit_page(body: dict[str, Any]) -> web.Response:
-        return web.Response(text="<html><title>Slow down</title></html>", status=429, content_type="text/html",
-                            headers={"Retry-After": "1"})
+        return web.Response(
+            text="<html><title>Slow down</title></html>",
+            status=429,
+            content_type="text/html",
+            headers={"Retry-After": "1"},
+        )
 
     def odd_charset(body: dict[str, Any]) -> web.Response:
         return web.Response(body=b"\xff\xfe<html>", headers={"Content-Type": "text/html; charset=no-such-charset"})
@@ -189,12 +195,15 @@ class _Refusing:
         self.closed = True
 
 
-@pytest.mark.parametrize("exc, fault", [
-    (aiohttp.ConnectionTimeoutError("Connection timeout to host"), "no connection within 5s"),
-    (aiohttp.ServerDisconnectedError(), "connection closed without a reply"),
-    (aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"), "connection reset"),
-    (aiohttp.ClientPayloadError("Response payload is not completed"), "reply cut short"),
-])
+@pytest.mark.parametrize(
+    "exc, fault",
+    [
+        (aiohttp.ConnectionTimeoutError("Connection timeout to host"), "no connection within 5s"),
+        (aiohttp.ServerDisconnectedError(), "connection closed without a reply"),
+        (aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"), "connection reset"),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), "reply cut short"),
+    ],
+)
 async def test_connection_failures_say_what_happened(exc, fault):
     async with backend_for("http://127.0.0.1:9/v1") as backend:
         backend._session = _Refusing(exc)  # type: ignore[assignment]
@@ -213,11 +222,14 @@ async def test_a_read_timeout_is_transient_but_not_an_endpoint_fault(mock_server
 
 def test_describe_non_json():
     assert describe_non_json(200, "text/html", "<html><title>A  very\nlong title " + "x" * 80 + "</title>") == (
-        "HTML page (status 200, <title>A very long title " + "x" * 39 + "...</title>)")
+        "HTML page (status 200, <title>A very long title " + "x" * 39 + "...</title>)"
+    )
     assert describe_non_json(200, "application/octet-stream", "<!doctype html><p>hi") == "HTML page (status 200)"
     assert describe_non_json(200, "application/json", "  ") == "an empty reply (status 200)"
-    assert describe_non_json(503, "", "upstream connect error") == "not JSON (status 503, no content type: " \
+    assert (
+        describe_non_json(503, "", "upstream connect error") == "not JSON (status 503, no content type: "
         "'upstream connect error')"
+    )
 
 
 def test_base_url_is_required():
@@ -261,8 +273,10 @@ async def test_complete_n_is_one_request_with_n_and_splits_usage(mock_server):
 
 async def test_complete_n_sorts_choices_and_keeps_every_token():
     def uneven(body: dict[str, Any]) -> web.Response:
-        choices = [{"index": i, "text": f"t{i}", "finish_reason": "length" if i == 1 else "stop"}
-                   for i in reversed(range(body["n"]))]
+        choices = [
+            {"index": i, "text": f"t{i}", "finish_reason": "length" if i == 1 else "stop"}
+            for i in reversed(range(body["n"]))
+        ]
         return web.json_response({"choices": choices, "usage": {"prompt_tokens": 5, "completion_tokens": 10}})
 
     async with odd_server(uneven) as url, backend_for(url) as backend:
@@ -319,19 +333,38 @@ async def test_pipeline_generate_and_label_through_the_mock(mock_server, tmp_pat
     secret = "sk-pipeline-secret-value-42"
     monkeypatch.setenv("JOYFORGE_PIPE_KEY", secret)
     n, bad = 50, 7
-    records = [{"id": f"r{i}", "input": f"question {i}" + (" [[mock:status=400,id=pipe]]" if i == bad else "")}
-               for i in range(n)]
+    records = [
+        {"id": f"r{i}", "input": f"question {i}" + (" [[mock:status=400,id=pipe]]" if i == bad else "")}
+        for i in range(n)
+    ]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), "utf-8")
-    registry = ModelRegistry.from_dict({"models": {"mock": {
-        "backend": "openai", "model": "mock-model", "base_url": mock_server.url, "max_concurrency": 8,
-        "max_retries": 1, "timeout": 5.0, "api_key_env": "JOYFORGE_PIPE_KEY"}}}, "test models")
-    pipeline = Pipeline.from_dict({
-        "input": {"path": str(tmp_path / "in.jsonl")},
-        "steps": [{"generate": {"model": "mock", "prompt": "en/answer"}},
-                  {"label": {"model": "mock", "prompt": "en/label", "options": {"labels": ["BMI", "other"]}}}],
-        "output": {"dir": str(tmp_path / "out")},
-        "run": {"cache": None, "progress": False, "concurrency": 8},
-    })
+    registry = ModelRegistry.from_dict(
+        {
+            "models": {
+                "mock": {
+                    "backend": "openai",
+                    "model": "mock-model",
+                    "base_url": mock_server.url,
+                    "max_concurrency": 8,
+                    "max_retries": 1,
+                    "timeout": 5.0,
+                    "api_key_env": "JOYFORGE_PIPE_KEY",
+                }
+            }
+        },
+        "test models",
+    )
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.jsonl")},
+            "steps": [
+                {"generate": {"model": "mock", "prompt": "en/answer"}},
+                {"label": {"model": "mock", "prompt": "en/label", "options": {"labels": ["BMI", "other"]}}},
+            ],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False, "concurrency": 8},
+        }
+    )
     summary = await LocalExecutor(pipeline, registry=registry).run()
 
     out = read_jsonl(tmp_path / "out" / "data.jsonl")
@@ -368,25 +401,40 @@ async def test_summary_keeps_the_structured_output_mode_and_counts_the_refused_r
         kind = (body.get("response_format") or {}).get("type")
         if kind == "json_schema":
             statuses.append((kind, 500))
-            return web.json_response({"error": {"code": 500, "type": "server_error",
-                                                "message": "JSON schema conversion failed: unsupported keyword"}},
-                                     status=500)
+            return web.json_response(
+                {
+                    "error": {
+                        "code": 500,
+                        "type": "server_error",
+                        "message": "JSON schema conversion failed: unsupported keyword",
+                    }
+                },
+                status=500,
+            )
         statuses.append((kind, 200))
         reply = json.dumps({"label": "BMI", "reason": "x"})
-        return web.json_response({"choices": [{"message": {"content": reply}, "finish_reason": "stop"}],
-                                  "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+        return web.json_response(
+            {
+                "choices": [{"message": {"content": reply}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+            }
+        )
 
     records = [{"id": f"r{i}", "input": f"question {i}"} for i in range(6)]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), "utf-8")
     async with odd_server(llama_server) as url:
-        registry = ModelRegistry.from_dict({"models": {"mock": {
-            "backend": "openai", "model": "mock-model", "base_url": url, "max_concurrency": 1}}}, "test models")
-        pipeline = Pipeline.from_dict({
-            "input": {"path": str(tmp_path / "in.jsonl")},
-            "steps": [{"label": {"model": "mock", "prompt": "en/label", "options": {"labels": ["BMI", "other"]}}}],
-            "output": {"dir": str(tmp_path / "out")},
-            "run": {"cache": None, "progress": False, "concurrency": 1},
-        })
+        registry = ModelRegistry.from_dict(
+            {"models": {"mock": {"backend": "openai", "model": "mock-model", "base_url": url, "max_concurrency": 1}}},
+            "test models",
+        )
+        pipeline = Pipeline.from_dict(
+            {
+                "input": {"path": str(tmp_path / "in.jsonl")},
+                "steps": [{"label": {"model": "mock", "prompt": "en/label", "options": {"labels": ["BMI", "other"]}}}],
+                "output": {"dir": str(tmp_path / "out")},
+                "run": {"cache": None, "progress": False, "concurrency": 1},
+            }
+        )
         summary = await LocalExecutor(pipeline, registry=registry).run()
 
     assert summary.failed == 0 and summary.records_out == 6

@@ -52,8 +52,9 @@ def test_history_is_optional_and_included_as_messages():
 
 def test_label_prompt_shows_options_and_history_text():
     label = PromptLibrary().get("zh/label")
-    text = label.render({"input": "吃什么药", "history": "用户: 头疼\n助手: 多久了"},
-                        {"labels": ["药品", "其他"]})[-1]["content"]
+    text = label.render({"input": "吃什么药", "history": "用户: 头疼\n助手: 多久了"}, {"labels": ["药品", "其他"]})[-1][
+        "content"
+    ]
     assert "药品、其他" in text and "user: 头疼" in text and "吃什么药" in text
 
 

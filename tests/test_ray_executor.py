@@ -4,6 +4,7 @@ cluster-wide model limits, a worker killed mid-run, and distributed dedup.
 One Ray instance serves the whole module (starting one costs seconds on a small machine); every
 pipeline talks to the mock OpenAI server, which Ray's worker processes reach over 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,12 +72,15 @@ def demo_copy(where: Path, server_url: str) -> Path:
     shutil.copy(EXAMPLES / "wizard_seed.jsonl", where / "wizard_seed.jsonl")
     (where / "models.yaml").write_text(
         f"models:\n  smollm2:\n    backend: openai\n    model: mock\n    base_url: {server_url}\n"
-        "    max_concurrency: 4\n", "utf-8")
+        "    max_concurrency: 4\n",
+        "utf-8",
+    )
     return where / "demo.yaml"
 
 
 def cli_run(*args: str) -> dict:
     from click.testing import CliRunner
+
     from joydataforge.cli import cli
 
     result = CliRunner().invoke(cli, ["run", *args, "--no-progress"], catch_exceptions=False)
@@ -88,14 +92,31 @@ def cli_run(*args: str) -> dict:
 def test_demo_example_same_output_on_both_executors_with_cache_and_resume(ray_cluster, mock_server, tmp_path):
     local_file = demo_copy(tmp_path / "local", mock_server.url)
     ray_file = demo_copy(tmp_path / "ray", mock_server.url)
-    local = cli_run(str(local_file), "-o", str(tmp_path / "out-local"),
-                    "--models", str(local_file.parent / "models.yaml"))
+    local = cli_run(
+        str(local_file), "-o", str(tmp_path / "out-local"), "--models", str(local_file.parent / "models.yaml")
+    )
     # the Ray run is done in two goes: 2 records, then all: the first 2 are not redone (resume)
-    first = cli_run(str(ray_file), "-o", str(tmp_path / "out-ray"), "--models", str(ray_file.parent / "models.yaml"),
-                    "--executor", "ray", "--limit", "2")
+    first = cli_run(
+        str(ray_file),
+        "-o",
+        str(tmp_path / "out-ray"),
+        "--models",
+        str(ray_file.parent / "models.yaml"),
+        "--executor",
+        "ray",
+        "--limit",
+        "2",
+    )
     assert first["inputs_done"] + first["failed"] == 2
-    resumed = cli_run(str(ray_file), "-o", str(tmp_path / "out-ray"), "--models", str(ray_file.parent / "models.yaml"),
-                      "--executor", "ray")
+    resumed = cli_run(
+        str(ray_file),
+        "-o",
+        str(tmp_path / "out-ray"),
+        "--models",
+        str(ray_file.parent / "models.yaml"),
+        "--executor",
+        "ray",
+    )
     assert resumed["skipped"] == 2 and resumed["inputs_done"] + resumed["failed"] == 3
     for name in ("data.jsonl", "failures.jsonl"):
         assert as_set(lines(tmp_path / "out-local" / name)) == as_set(lines(tmp_path / "out-ray" / name)), name
@@ -105,31 +126,44 @@ def test_demo_example_same_output_on_both_executors_with_cache_and_resume(ray_cl
     assert calls(first) + calls(resumed) == calls(local) > 0  # the workers' usage reaches the summary
     assert resumed["steps"]["label"] and resumed["steps"] == {k: v for k, v in resumed["steps"].items() if v}
     # the workers wrote the call cache (the pipeline's own file): a fresh Ray run is all cache hits
-    again = cli_run(str(ray_file), "-o", str(tmp_path / "out-ray-2"), "--models", str(ray_file.parent / "models.yaml"),
-                    "--executor", "ray")
+    again = cli_run(
+        str(ray_file),
+        "-o",
+        str(tmp_path / "out-ray-2"),
+        "--models",
+        str(ray_file.parent / "models.yaml"),
+        "--executor",
+        "ray",
+    )
     assert calls(again) == 0 and again["cache_hits"] == calls(local)
-    assert as_set(uncached(lines(tmp_path / "out-ray-2" / "data.jsonl"))) == \
-        as_set(uncached(lines(tmp_path / "out-local" / "data.jsonl")))
+    assert as_set(uncached(lines(tmp_path / "out-ray-2" / "data.jsonl"))) == as_set(
+        uncached(lines(tmp_path / "out-local" / "data.jsonl"))
+    )
 
 
-def write_pipeline(tmp_path: Path, url: str, n: int, max_concurrency: int, concurrency: int,
-                   cache: str | None = None) -> Path:
+def write_pipeline(
+    tmp_path: Path, url: str, n: int, max_concurrency: int, concurrency: int, cache: str | None = None
+) -> Path:
     (tmp_path / "in.jsonl").write_text(
-        "".join(json.dumps({"id": f"r{i}", "input": f"question {i}"}) + "\n" for i in range(n)), "utf-8")
+        "".join(json.dumps({"id": f"r{i}", "input": f"question {i}"}) + "\n" for i in range(n)), "utf-8"
+    )
     (tmp_path / "models.yaml").write_text(
         f"models:\n  mock:\n    backend: openai\n    model: mock\n    base_url: {url}\n"
-        f"    max_concurrency: {max_concurrency}\n", "utf-8")
+        f"    max_concurrency: {max_concurrency}\n",
+        "utf-8",
+    )
     (tmp_path / "pipeline.yaml").write_text(
         "input: {path: in.jsonl}\nmodels: models.yaml\n"
         "steps:\n  - generate: {model: mock, prompt: en/answer}\n"
         f"output: {{dir: out}}\nrun: {{concurrency: {concurrency}, cache: {cache or 'null'}, executor: ray}}\n",
-        "utf-8")
+        "utf-8",
+    )
     return tmp_path / "pipeline.yaml"
 
 
 def test_model_concurrency_limit_holds_across_the_cluster(ray_cluster, mock_server_factory, tmp_path):
-    from joydataforge.engine.ray_executor import RayExecutor
     from joydataforge.config.pipeline import Pipeline
+    from joydataforge.engine.ray_executor import RayExecutor
 
     server = mock_server_factory(latency=0.05)
     pipeline = Pipeline.from_yaml(write_pipeline(tmp_path, server.url, n=60, max_concurrency=3, concurrency=16))
@@ -153,8 +187,8 @@ def test_model_concurrency_limit_holds_across_the_cluster(ray_cluster, mock_serv
 
 
 def test_worker_killed_mid_run_every_record_exactly_once(ray_cluster, mock_server_factory, tmp_path):
-    from joydataforge.engine.ray_executor import RayExecutor
     from joydataforge.config.pipeline import Pipeline
+    from joydataforge.engine.ray_executor import RayExecutor
 
     n = 200
     server = mock_server_factory(latency=0.01)
@@ -205,8 +239,8 @@ def near_duplicate_corpus(n: int = 400) -> list[dict]:
 
 
 def test_dedup_same_result_on_ray_across_blocks(ray_cluster, tmp_path):
-    from joydataforge.text.minhash_dedup import deduplicate
     from joydataforge.engine.ray_dedup import ray_deduplicate
+    from joydataforge.text.minhash_dedup import deduplicate
 
     records = near_duplicate_corpus()
     reference, data = records[:60], records[60:]
@@ -216,13 +250,15 @@ def test_dedup_same_result_on_ray_across_blocks(ray_cluster, tmp_path):
         distributed = ray_deduplicate(data, threshold=0.7, policy=policy, reference=reference, chunk_size=45)
         assert distributed.kept == local.kept and distributed.removed == local.removed, policy
         assert distributed.clusters == local.clusters
-        assert {k: v for k, v in distributed.stats.items() if k not in ("seconds", "docs_per_second")} == \
-            {k: v for k, v in local.stats.items() if k not in ("seconds", "docs_per_second")}
+        assert {k: v for k, v in distributed.stats.items() if k not in ("seconds", "docs_per_second")} == {
+            k: v for k, v in local.stats.items() if k not in ("seconds", "docs_per_second")
+        }
     assert local.stats["clusters"] > 10 and local.stats["largest_cluster"] >= 30  # the corpus has real duplicates
 
 
 def test_joyforge_dedup_cli_same_output_on_both_executors(ray_cluster, tmp_path):
     from click.testing import CliRunner
+
     from joydataforge.cli import cli
 
     data = tmp_path / "data.jsonl"
@@ -230,8 +266,22 @@ def test_joyforge_dedup_cli_same_output_on_both_executors(ray_cluster, tmp_path)
     outputs = {}
     for executor in ("local", "ray"):
         kept, removed = tmp_path / f"kept-{executor}.jsonl", tmp_path / f"removed-{executor}.jsonl"
-        result = CliRunner().invoke(cli, ["dedup", str(data), "-o", str(kept), "--removed", str(removed),
-                                          "--threshold", "0.7", "--executor", executor], catch_exceptions=False)
+        result = CliRunner().invoke(
+            cli,
+            [
+                "dedup",
+                str(data),
+                "-o",
+                str(kept),
+                "--removed",
+                str(removed),
+                "--threshold",
+                "0.7",
+                "--executor",
+                executor,
+            ],
+            catch_exceptions=False,
+        )
         assert result.exit_code == 0, result.output
         outputs[executor] = (kept.read_text("utf-8"), removed.read_text("utf-8"))
     assert outputs["local"] == outputs["ray"]
@@ -239,8 +289,8 @@ def test_joyforge_dedup_cli_same_output_on_both_executors(ray_cluster, tmp_path)
 
 
 def test_vendi_from_partition_sums_is_exact(ray_cluster):
-    from joydataforge.text.vendi import vendi_scores
     from joydataforge.engine.ray_dedup import ray_vendi_scores
+    from joydataforge.text.vendi import vendi_scores
 
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(300, 12)) + rng.normal(size=(1, 12))

@@ -1,4 +1,5 @@
 """Readers: every format, the three encodings, bad lines with their numbers, the window, folders."""
+
 from __future__ import annotations
 
 import codecs
@@ -30,6 +31,7 @@ def lines(items: list[SourceItem]) -> list[int | None]:
 
 # --- encodings -----------------------------------------------------------------------------------
 
+
 def test_sniff_tells_the_three_encodings_apart():
     text = "孕妇可以吃布洛芬吗？"
     assert sniff_encoding(text.encode("utf-8"), complete=True) == "utf-8"
@@ -38,7 +40,7 @@ def test_sniff_tells_the_three_encodings_apart():
 
 
 def test_sniff_does_not_blame_utf8_for_a_character_cut_by_the_sample_end():
-    sample = "好".encode("utf-8")[:2]
+    sample = "好".encode()[:2]
     assert sniff_encoding(b"abc" + sample, complete=False) == "utf-8"
 
 
@@ -90,6 +92,7 @@ def test_invalid_bytes_give_an_error_on_their_line_not_a_crash():
 
 # --- JSONL -----------------------------------------------------------------------------------------
 
+
 def test_bad_lines_in_the_middle_are_reported_with_their_line_and_reading_goes_on():
     items = list(iter_records(FIXTURES / "bad_lines.jsonl"))
     # line 2 is blank (not an item), line 3 is not JSON, line 5 is an array
@@ -124,6 +127,7 @@ def test_ndjson_extension_is_jsonl(tmp_path):
 
 
 # --- JSON ------------------------------------------------------------------------------------------
+
 
 def test_json_array_locations_are_index_plus_one():
     items = list(iter_records(FIXTURES / "array.json"))
@@ -173,6 +177,7 @@ def test_gb18030_json_array(tmp_path):
 
 # --- CSV -------------------------------------------------------------------------------------------
 
+
 def test_csv_rows_with_multiline_fields_wrong_widths_and_json_cells():
     items = list(iter_records(FIXTURES / "table.csv"))
     # the first record spans lines 2-3, so the next starts on line 4
@@ -186,7 +191,9 @@ def test_csv_rows_with_multiline_fields_wrong_widths_and_json_cells():
 
 def test_csv_in_gb18030_and_with_bom():
     assert [item.record for item in iter_records(FIXTURES / "gb18030.csv")] == [
-        {"id": "g1", "input": "国标编码"}, {"id": "g2", "input": "第二"}]
+        {"id": "g1", "input": "国标编码"},
+        {"id": "g2", "input": "第二"},
+    ]
     assert [item.record for item in iter_records(FIXTURES / "bom.csv")] == [{"id": "b1", "input": "带BOM"}]
 
 
@@ -213,6 +220,7 @@ def iter_records_text(text: str, suffix: str = ".csv") -> list[SourceItem]:
 
 
 # --- XLSX ------------------------------------------------------------------------------------------
+
 
 def make_workbook(path: Path) -> None:
     openpyxl = pytest.importorskip("openpyxl")
@@ -257,6 +265,7 @@ def test_a_corrupt_xlsx_is_one_error_item(tmp_path):
 
 # --- Parquet ---------------------------------------------------------------------------------------
 
+
 def test_parquet_nested_values_row_numbers_and_skipped_row_groups(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
@@ -273,6 +282,7 @@ def test_parquet_nested_values_row_numbers_and_skipped_row_groups(tmp_path):
 
 
 # --- window ----------------------------------------------------------------------------------------
+
 
 def test_start_and_limit_count_good_and_bad_items_alike():
     path = FIXTURES / "bad_lines.jsonl"  # items on lines 1, 3(bad), 4, 5(bad), 6
@@ -329,6 +339,7 @@ def test_reading_a_jsonl_file_keeps_memory_flat(tmp_path):
 
 # --- folders and file-level errors -----------------------------------------------------------------
 
+
 def test_a_folder_is_one_stream_sorted_by_name_recursively():
     folder = FIXTURES / "folder"
     files = [path.relative_to(folder).as_posix() for path in input_files(folder)]
@@ -368,8 +379,11 @@ def test_yaml_taxonomy_is_read_as_topic_records(tmp_path):
     from joydataforge.io.readers import iter_records
 
     path = tmp_path / "topics.yaml"
-    path.write_text("topics:\n  - id: cooking\n    topic: home cooking\n    subtopics: [baking, sauces]\n"
-                    "  - id: tax\n    topic: personal taxes\n", "utf-8")
+    path.write_text(
+        "topics:\n  - id: cooking\n    topic: home cooking\n    subtopics: [baking, sauces]\n"
+        "  - id: tax\n    topic: personal taxes\n",
+        "utf-8",
+    )
     items = list(iter_records(path))
     assert [item.record["id"] for item in items] == ["cooking", "tax"]
     assert items[0].record["subtopics"] == ["baking", "sauces"] and items[0].error is None

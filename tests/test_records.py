@@ -22,8 +22,11 @@ def test_id_assigner_makes_placeholder_ids_unique_and_stable():
 
 def test_history_pairs():
     messages = normalize_history([["hi", "hello"], ["how?", ""]])
-    assert messages == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                        {"role": "user", "content": "how?"}]
+    assert messages == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "how?"},
+    ]
 
 
 def test_history_messages_keep_roles():

@@ -1,4 +1,5 @@
 """The metric set of ``joyforge eval`` and the HTML report, without a browser (see test_report_browser.py)."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,9 @@ from joydataforge.evaluate.metrics import (
     length_stats,
     near_duplicate_stats,
 )
-from joydataforge.text.minhash_dedup import record_text
 from joydataforge.evaluate.report import diff_segments, metric_rows, pca_2d, render_report
 from joydataforge.io.readers import iter_records
+from joydataforge.text.minhash_dedup import record_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 SEED_VENDI = 5.7984950145107295  # the seed README's Vendi score of its 10 embeddings
@@ -44,6 +45,7 @@ def instructions() -> list[dict]:
 
 # --- metrics --------------------------------------------------------------------------------------
 
+
 def test_length_stats_by_hand() -> None:
     stats = length_stats([1, 2, 3, 4, 100])
     assert stats["count"] == 5 and stats["min"] == 1 and stats["max"] == 100
@@ -60,8 +62,8 @@ def test_label_distribution_counts_each_label_of_a_list_once_per_record() -> Non
     assert dist["total"] == 3 and dist["unique"] == 2
     p = np.array([2 / 3, 1 / 3])
     assert dist["shannon_entropy_nats"] == pytest.approx(-(p * np.log(p)).sum())
-    assert dist["gini_simpson"] == pytest.approx(1 - (p ** 2).sum())
-    assert dist["inverse_simpson"] == pytest.approx(1 / (p ** 2).sum())
+    assert dist["gini_simpson"] == pytest.approx(1 - (p**2).sum())
+    assert dist["inverse_simpson"] == pytest.approx(1 / (p**2).sum())
 
 
 def test_near_duplicates_find_the_planted_clusters(instructions: list[dict]) -> None:
@@ -77,8 +79,9 @@ def test_near_duplicates_find_the_planted_clusters(instructions: list[dict]) -> 
 
 def test_full_metric_set_on_the_seed_records(agent_intent: list[dict]) -> None:
     vectors = vectors_from_records(agent_intent, "embedding")
-    evaluation = evaluate_records(agent_intent, EvalOptions(text_fields=("query",)), vectors=vectors,
-                                  embedder="precomputed:embedding")
+    evaluation = evaluate_records(
+        agent_intent, EvalOptions(text_fields=("query",)), vectors=vectors, embedder="precomputed:embedding"
+    )
     m = evaluation.metrics
     json.dumps(m, allow_nan=False)  # plain JSON, no NaN
     assert m["records"] == 10 and m["text_fields"] == ["query"]
@@ -90,7 +93,10 @@ def test_full_metric_set_on_the_seed_records(agent_intent: list[dict]) -> None:
     assert ents["records_with_entities"] == 9 and ents["entities"]["total"] == 11 and ents["entities"]["unique"] == 11
     assert ents["types"]["top"][0] == ["Medications", 4]
     assert "query" not in ents["per_type"] and "target" not in ents["per_type"]  # text is never split into entities
-    assert m["labels"]["intent"]["unique"] == 6 and m["labels"]["intent"]["top"][0] == ["get_medical_consultation_response", 4]
+    assert m["labels"]["intent"]["unique"] == 6 and m["labels"]["intent"]["top"][0] == [
+        "get_medical_consultation_response",
+        4,
+    ]
     assert m["near_duplicates"]["duplicates"] == 0
     assert m["lengths"]["text"]["max"] == max(len(r["query"]) for r in agent_intent)
 
@@ -98,7 +104,9 @@ def test_full_metric_set_on_the_seed_records(agent_intent: list[dict]) -> None:
 def test_entity_fields_can_be_named_or_switched_off(agent_intent: list[dict]) -> None:
     only = evaluate_records(agent_intent, EvalOptions(text_fields=("query",), entity_fields=("Medications",))).metrics
     assert list(only["entities"]["per_type"]) == ["Medications"] and only["entities"]["entities"]["total"] == 4
-    assert "entities" not in evaluate_records(agent_intent, EvalOptions(text_fields=("query",), entity_fields=())).metrics
+    assert (
+        "entities" not in evaluate_records(agent_intent, EvalOptions(text_fields=("query",), entity_fields=())).metrics
+    )
 
 
 def test_lengths_skip_fields_that_are_empty_everywhere_and_count_dialogue_turns(instructions: list[dict]) -> None:
@@ -115,6 +123,7 @@ def test_vectors_must_match_records(agent_intent: list[dict]) -> None:
 
 
 # --- report pieces --------------------------------------------------------------------------------
+
 
 def test_pca_map_keeps_planar_geometry_and_is_stable() -> None:
     rng = np.random.default_rng(0)
@@ -160,14 +169,19 @@ def test_nice_ticks() -> None:
 
 
 def test_every_metric_row_says_what_it_means(agent_intent: list[dict]) -> None:
-    evaluation = evaluate_records(agent_intent, EvalOptions(text_fields=("query",)),
-                                  vectors=vectors_from_records(agent_intent, "embedding"), embedder="seed")
+    evaluation = evaluate_records(
+        agent_intent,
+        EvalOptions(text_fields=("query",)),
+        vectors=vectors_from_records(agent_intent, "embedding"),
+        embedder="seed",
+    )
     rows = metric_rows(evaluation.metrics)
     assert {r.section for r in rows} == {"Size", "Near-duplicates", "Meaning", "Entities", "Labels", "Lengths"}
     assert all(len(r.meaning) > 30 and r.value for r in rows)
 
 
 # --- the page -------------------------------------------------------------------------------------
+
 
 class _PageParser(HTMLParser):
     """Collects what a self-contained page must not have: external resources."""

@@ -8,6 +8,7 @@ screenshot is taken and checked for content.
 Needs Debian's ``chromium`` (``apt-get install -y chromium fonts-noto-cjk``); skipped without it.
 Set ``JOYFORGE_REPORT_SCREENSHOT_DIR`` to keep the screenshots for a look.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,7 +43,9 @@ def _chromium() -> str | None:
 CHROMIUM = _chromium()
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium fonts-noto-cjk)"),
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium fonts-noto-cjk)"
+    ),
 ]
 
 
@@ -64,8 +67,9 @@ class DevTools:
             else:
                 self.events.append(data)
 
-    async def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
-                   timeout: float = 30) -> dict[str, Any]:
+    async def send(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None, timeout: float = 30
+    ) -> dict[str, Any]:
         self.next_id += 1
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.pending[self.next_id] = future
@@ -88,8 +92,9 @@ class DevTools:
         raise TimeoutError(f"no {method} event")
 
     async def evaluate(self, expression: str, session: str) -> Any:
-        result = await self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                      "awaitPromise": True}, session)
+        result = await self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, session
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -153,10 +158,21 @@ async def _inspect(html: Path, *, legend: bool = True, screenshot: bool = True) 
 
     profile = tempfile.mkdtemp(prefix="joyforge-chromium-")
     process = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-         "--disable-extensions", "--hide-scrollbars", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-         "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--hide-scrollbars",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         port_file = Path(profile) / "DevToolsActivePort"
@@ -175,32 +191,58 @@ async def _inspect(html: Path, *, legend: bool = True, screenshot: bool = True) 
                 session = attached["sessionId"]
                 for domain in ("Runtime", "Log", "Page", "Network"):
                     await tools.send(f"{domain}.enable", session=session)
-                await tools.send("Emulation.setDeviceMetricsOverride",
-                                 {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
+                await tools.send(
+                    "Emulation.setDeviceMetricsOverride",
+                    {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+                    session,
+                )
                 await tools.send("Page.navigate", {"url": html.resolve().as_uri()}, session)
                 await tools.wait_event("Page.loadEventFired")
                 await asyncio.sleep(0.2)  # late console messages
-                out: dict[str, Any] = {"requests": [  # before our own probes add data: URLs
-                    e["params"]["request"]["url"] for e in tools.events
-                    if e.get("sessionId") == session and e["method"] == "Network.requestWillBeSent"]}
+                out: dict[str, Any] = {
+                    "requests": [  # before our own probes add data: URLs
+                        e["params"]["request"]["url"]
+                        for e in tools.events
+                        if e.get("sessionId") == session and e["method"] == "Network.requestWillBeSent"
+                    ]
+                }
                 out["figures"] = await tools.evaluate(FIGURES_JS, session)
                 if legend:
                     out["legend"] = await tools.evaluate(LEGEND_JS, session)
                 if screenshot:
                     layout = await tools.send("Page.getLayoutMetrics", session=session)
                     size = layout.get("cssContentSize") or layout["contentSize"]
-                    shot = await tools.send("Page.captureScreenshot", {
-                        "format": "png", "captureBeyondViewport": True,
-                        "clip": {"x": 0, "y": 0, "width": 1280, "height": min(int(size["height"]), 16000), "scale": 1},
-                    }, session, timeout=60)
+                    shot = await tools.send(
+                        "Page.captureScreenshot",
+                        {
+                            "format": "png",
+                            "captureBeyondViewport": True,
+                            "clip": {
+                                "x": 0,
+                                "y": 0,
+                                "width": 1280,
+                                "height": min(int(size["height"]), 16000),
+                                "scale": 1,
+                            },
+                        },
+                        session,
+                        timeout=60,
+                    )
                     out["png"] = base64.b64decode(shot["data"])
                     out["pixels"] = await tools.evaluate(PIXELS_JS % shot["data"], session)
                 page_events = [e for e in tools.events if e.get("sessionId") == session]
                 out["exceptions"] = [e["params"] for e in page_events if e["method"] == "Runtime.exceptionThrown"]
-                out["console_errors"] = [e["params"] for e in page_events if e["method"] == "Runtime.consoleAPICalled"
-                                         and e["params"].get("type") in ("error", "assert", "warning")]
-                out["log_errors"] = [e["params"]["entry"] for e in page_events if e["method"] == "Log.entryAdded"
-                                     and e["params"]["entry"].get("level") in ("error", "warning")]
+                out["console_errors"] = [
+                    e["params"]
+                    for e in page_events
+                    if e["method"] == "Runtime.consoleAPICalled"
+                    and e["params"].get("type") in ("error", "assert", "warning")
+                ]
+                out["log_errors"] = [
+                    e["params"]["entry"]
+                    for e in page_events
+                    if e["method"] == "Log.entryAdded" and e["params"]["entry"].get("level") in ("error", "warning")
+                ]
                 try:
                     await tools.send("Browser.close", timeout=5)
                 except Exception:
@@ -235,9 +277,15 @@ def _keep(name: str, png: bytes) -> None:
 
 def _agent_intent_report(tmp_path: Path) -> Path:
     records, _ = read_dataset(str(FIXTURES / "agent_intent.jsonl"), skip_bad=False)
-    evaluation = evaluate_records(records, EvalOptions(text_fields=("query",)),
-                                  vectors=vectors_from_records(records, "embedding"), embedder="precomputed:embedding")
-    return write_report(tmp_path / "agent_intent.html", evaluation, title="agent_intent 数据集报告", source="agent_intent.jsonl")
+    evaluation = evaluate_records(
+        records,
+        EvalOptions(text_fields=("query",)),
+        vectors=vectors_from_records(records, "embedding"),
+        embedder="precomputed:embedding",
+    )
+    return write_report(
+        tmp_path / "agent_intent.html", evaluation, title="agent_intent 数据集报告", source="agent_intent.jsonl"
+    )
 
 
 def _instructions_report(tmp_path: Path) -> Path:
@@ -245,8 +293,9 @@ def _instructions_report(tmp_path: Path) -> Path:
 
     records, _ = read_dataset(str(FIXTURES / "instructions.jsonl"), skip_bad=False)
     vectors = np.random.default_rng(3).normal(size=(len(records), 24))
-    evaluation = evaluate_records(records, EvalOptions(text_fields=("input", "history")), vectors=vectors,
-                                  embedder="random test vectors")
+    evaluation = evaluate_records(
+        records, EvalOptions(text_fields=("input", "history")), vectors=vectors, embedder="random test vectors"
+    )
     return write_report(tmp_path / "instructions.html", evaluation, title="instructions", source="instructions.jsonl")
 
 
@@ -285,10 +334,12 @@ def test_report_screenshot_is_a_full_non_blank_page(tmp_path: Path) -> None:
 def test_the_harness_sees_script_errors_and_blank_pages(tmp_path: Path) -> None:
     """The checks above can fail: a page that throws, logs an error and is blank is caught."""
     page = tmp_path / "broken.html"
-    page.write_text('<!DOCTYPE html><html><head><link rel="icon" href="data:,"><title>x</title></head><body>'
-                    '<script type="application/json" id="metrics-data">{"records": 0}</script>'
-                    '<script>console.error("bad things"); throw new Error("boom");</script></body></html>',
-                    encoding="utf-8")
+    page.write_text(
+        '<!DOCTYPE html><html><head><link rel="icon" href="data:,"><title>x</title></head><body>'
+        '<script type="application/json" id="metrics-data">{"records": 0}</script>'
+        '<script>console.error("bad things"); throw new Error("boom");</script></body></html>',
+        encoding="utf-8",
+    )
     seen = inspect(page, legend=False)
     assert any("boom" in json.dumps(e) for e in seen["exceptions"])
     assert any("bad things" in json.dumps(e) for e in seen["console_errors"])

@@ -1,4 +1,5 @@
 """A run killed with SIGKILL mid-way, then re-run: every record comes out exactly once."""
+
 import json
 import os
 import signal
@@ -15,14 +16,19 @@ def test_sigkill_then_resume_gives_every_record_once(tmp_path: Path):
     try:
         n = 400
         (tmp_path / "in.jsonl").write_text(
-            "".join(json.dumps({"id": f"r{i}", "input": f"question {i}"}) + "\n" for i in range(n)), "utf-8")
+            "".join(json.dumps({"id": f"r{i}", "input": f"question {i}"}) + "\n" for i in range(n)), "utf-8"
+        )
         (tmp_path / "models.yaml").write_text(
             f"models:\n  mock:\n    backend: openai\n    model: mock\n    base_url: {server.url}\n"
-            "    max_concurrency: 8\n", "utf-8")
+            "    max_concurrency: 8\n",
+            "utf-8",
+        )
         (tmp_path / "pipeline.yaml").write_text(
             "input: {path: in.jsonl}\nmodels: models.yaml\n"
             "steps:\n  - generate: {model: mock, prompt: en/answer}\n"
-            "output: {dir: out}\nrun: {concurrency: 8, cache: null}\n", "utf-8")
+            "output: {dir: out}\nrun: {concurrency: 8, cache: null}\n",
+            "utf-8",
+        )
         command = [sys.executable, "-m", "joydataforge", "run", str(tmp_path / "pipeline.yaml"), "--no-progress"]
         data = tmp_path / "out" / "data.jsonl"
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

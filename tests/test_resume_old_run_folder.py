@@ -5,6 +5,7 @@ stopped: same pipeline fingerprint (run.json), same ledger and data formats, not
 folder in tests/fixtures/run_folder_v0_1/run/ holds 3 of the 6 records of pipeline.yaml, written by the
 old code (make_run_folder.py). Only the command line and the tests' mock server are used, as a user would.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,9 +49,26 @@ def test_half_done_folder_from_the_old_code_resumes(tmp_path: Path, server: Mock
     inputs = _lines(work / "input.jsonl")
     assert len(old_ids) == 3 and len(inputs) == 6
 
-    done = subprocess.run([sys.executable, "-m", "joydataforge", "run", str(work / "pipeline.yaml"), "-o", str(run),
-                           "--models", str(models), "--no-progress"],
-                          cwd=work, env=dict(os.environ), capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "joydataforge",
+            "run",
+            str(work / "pipeline.yaml"),
+            "-o",
+            str(run),
+            "--models",
+            str(models),
+            "--no-progress",
+        ],
+        cwd=work,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     output = done.stdout + done.stderr
     assert "different pipeline" not in output, output
     assert done.returncode == 0, output

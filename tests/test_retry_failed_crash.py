@@ -7,6 +7,7 @@ in, after the swap, after the order is restored, and right after a resume's own 
 every record is where its ledger line says (none in neither file), and resuming ends with every input
 record exactly once, in input order.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,14 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def joyforge(work: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "joydataforge", "run", str(work / "pipeline.yaml"), "--no-progress",
-                           *args], capture_output=True, text=True, timeout=120, env=env(**extra), cwd=work)
+    return subprocess.run(
+        [sys.executable, "-m", "joydataforge", "run", str(work / "pipeline.yaml"), "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(**extra),
+        cwd=work,
+    )
 
 
 def read(path: Path) -> list[dict]:
@@ -58,10 +65,14 @@ def last_status(out: Path) -> dict[str, str]:
 def first_run(tmp_path_factory) -> Path:
     """A folder after a first run in which the flaky and the broken records failed (exit status 3)."""
     work = tmp_path_factory.mktemp("first")
-    (work / "in.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "input": text_of(i)}) + "\n" for i in range(N)),
-                                   "utf-8")
-    (work / "pipeline.yaml").write_text("input: {path: in.jsonl}\nsteps:\n  - tests.crash_steps.Flaky: {}\n"
-                                        "output: {dir: out}\nrun: {concurrency: 4, cache: null}\n", "utf-8")
+    (work / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{i}", "input": text_of(i)}) + "\n" for i in range(N)), "utf-8"
+    )
+    (work / "pipeline.yaml").write_text(
+        "input: {path: in.jsonl}\nsteps:\n  - tests.crash_steps.Flaky: {}\n"
+        "output: {dir: out}\nrun: {concurrency: 4, cache: null}\n",
+        "utf-8",
+    )
     done = joyforge(work, JOYFORGE_TEST_FLAKY="fail")
     assert done.returncode == ExitCode.SOME_FAILED, done.stderr
     assert len(read(work / "out" / "failures.jsonl")) == 27  # 18 flaky + 9 broken
@@ -105,8 +116,17 @@ def assert_final(out: Path, *, still_flaky_failed: bool) -> None:
     assert len(status) == N
 
 
-POINTS = ["data-written:1", "data-written:2", "failures-written:1", "ledger-written:1", "ledger-written:2",
-          "replacing:1", "compacted-at-end", "replacing:2", "reordered"]
+POINTS = [
+    "data-written:1",
+    "data-written:2",
+    "failures-written:1",
+    "ledger-written:1",
+    "ledger-written:2",
+    "replacing:1",
+    "compacted-at-end",
+    "replacing:2",
+    "reordered",
+]
 
 
 @pytest.mark.parametrize("point", POINTS)

@@ -1,6 +1,7 @@
 """The gateway's reward verb: vLLM's /pooling endpoint (against a small aiohttp server made here), a local
 transformers reward model built in the test (random weights, tiny tokenizer: nothing is downloaded), and
 the clear refusal of backends that cannot score."""
+
 import json
 import math
 
@@ -16,8 +17,11 @@ from joydataforge.models.reward import as_conversation, parse_pooling_reply, ser
 
 CONVERSATIONS = [
     [{"role": "user", "content": "how are you"}, {"role": "assistant", "content": "fine thanks"}],
-    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},
-     {"role": "assistant", "content": "hello there how are you today"}],
+    [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hello there how are you today"},
+    ],
     [{"role": "user", "content": "the weather"}, {"role": "assistant", "content": "sunny"}],
 ]
 
@@ -44,9 +48,15 @@ class PoolingServer:
             return web.json_response({"error": "messages required"}, status=400)
         score = len(body["messages"][-1]["content"]) / 10
         data = [score] if self.shape == "flat" else [[0.0], [score]] if self.shape == "tokens" else [score, 1.0]
-        return web.json_response({"id": "pool-1", "object": "list", "model": body["model"],
-                                  "data": [{"index": 0, "object": "pooling", "data": data}],
-                                  "usage": {"prompt_tokens": 5, "total_tokens": 5}})
+        return web.json_response(
+            {
+                "id": "pool-1",
+                "object": "list",
+                "model": body["model"],
+                "data": [{"index": 0, "object": "pooling", "data": data}],
+                "usage": {"prompt_tokens": 5, "total_tokens": 5},
+            }
+        )
 
     async def __aenter__(self) -> "PoolingServer":
         app = web.Application()
@@ -64,9 +74,20 @@ class PoolingServer:
 
 
 def server_gateway(base_url: str, cache: CallCache | None = None, **extra) -> Gateway:
-    registry = ModelRegistry.from_dict({"models": {"rm": {
-        "backend": "openai", "model": "Skywork/Skywork-Reward-V2-Qwen3-0.6B", "base_url": base_url,
-        "max_retries": 2, **extra}}}, "test")
+    registry = ModelRegistry.from_dict(
+        {
+            "models": {
+                "rm": {
+                    "backend": "openai",
+                    "model": "Skywork/Skywork-Reward-V2-Qwen3-0.6B",
+                    "base_url": base_url,
+                    "max_retries": 2,
+                    **extra,
+                }
+            }
+        },
+        "test",
+    )
     return Gateway(registry, cache=cache)
 
 
@@ -78,8 +99,9 @@ async def test_pooling_endpoint_scores_each_conversation_in_order():
     assert scores == [len("fine thanks") / 10, len("hello there how are you today") / 10, 0.5]
     assert len(server.requests) == 3  # one request per conversation, sent to the root (not /v1/pooling)
     assert {json.dumps(r["messages"]) for r in server.requests} == {json.dumps(c) for c in CONVERSATIONS}
-    assert all(r["model"] == "Skywork/Skywork-Reward-V2-Qwen3-0.6B" and r["use_activation"] is False
-               for r in server.requests)
+    assert all(
+        r["model"] == "Skywork/Skywork-Reward-V2-Qwen3-0.6B" and r["use_activation"] is False for r in server.requests
+    )
 
 
 async def test_pooling_retries_transient_errors_and_caches(tmp_path):
@@ -134,20 +156,27 @@ async def test_llamacpp_backend_refuses_rewards_clearly():
 
 def test_transformers_backend_config_errors():
     from joydataforge.models.reward import TransformersRewardBackend
+
     with pytest.raises(ConfigError, match="needs model_path"):
-        TransformersRewardBackend(ModelRegistry.from_dict({"models": {"rm": {"backend": "transformers"}}}, "t").get("rm"))
+        TransformersRewardBackend(
+            ModelRegistry.from_dict({"models": {"rm": {"backend": "transformers"}}}, "t").get("rm")
+        )
     with pytest.raises(ConfigError, match="unknown params"):
-        TransformersRewardBackend(ModelRegistry.from_dict({"models": {"rm": {
-            "backend": "transformers", "model_path": "/x", "params": {"temperature": 0.2}}}}, "t").get("rm"))
+        TransformersRewardBackend(
+            ModelRegistry.from_dict(
+                {"models": {"rm": {"backend": "transformers", "model_path": "/x", "params": {"temperature": 0.2}}}}, "t"
+            ).get("rm")
+        )
 
 
 # --- local transformers model ---------------------------------------------------------------------
 
-CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}")
+CHAT_TEMPLATE = "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
 
 
-def build_tiny_reward_model(path, *, with_template: bool = True, seed: int = 0, hidden_size: int = 32,
-                            heads: int = 4, kv_heads: int = 2) -> None:
+def build_tiny_reward_model(
+    path, *, with_template: bool = True, seed: int = 0, hidden_size: int = 32, heads: int = 4, kv_heads: int = 2
+) -> None:
     """A 2-layer Llama sequence classifier (num_labels=1, random weights) and a word-level tokenizer.
 
     vLLM's CPU attention wants heads of 32+ dimensions: tests/test_vllm_real.py asks for a wider one."""
@@ -155,20 +184,30 @@ def build_tiny_reward_model(path, *, with_template: bool = True, seed: int = 0, 
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words = sorted({w for c in CONVERSATIONS for m in c for w in f"{m['role']} : {m['content']}".split()}
-                   | {"q", "a", "long"})
+    words = sorted(
+        {w for c in CONVERSATIONS for m in c for w in f"{m['role']} : {m['content']}".split()} | {"q", "a", "long"}
+    )
     vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3, **{w: i + 4 for i, w in enumerate(words)}}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>",
-                                                     bos_token="<s>", eos_token="</s>")
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
     if with_template:
         tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(path)
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                                      num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                                      num_labels=1, pad_token_id=0, max_position_embeddings=256)
+    config = transformers.LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        num_labels=1,
+        pad_token_id=0,
+        max_position_embeddings=256,
+    )
     transformers.LlamaForSequenceClassification(config).save_pretrained(path)
 
 
@@ -197,10 +236,12 @@ async def test_local_reward_model_shapes_determinism_and_batching(tmp_path):
     # The same number as the model itself gives, computed by hand from the chat template.
     import torch
     import transformers
+
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "rm")
     model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
-    ids = tokenizer(tokenizer.apply_chat_template(CONVERSATIONS[1], tokenize=False), add_special_tokens=False,
-                    return_tensors="pt")
+    ids = tokenizer(
+        tokenizer.apply_chat_template(CONVERSATIONS[1], tokenize=False), add_special_tokens=False, return_tensors="pt"
+    )
     with torch.no_grad():
         expected = float(model(**ids).logits[0, 0])
     assert scores[1] == pytest.approx(expected, abs=1e-5)

@@ -1,4 +1,5 @@
 """Case rewrite: fan-out, ids and parent links, schema, bad replies, per-case checks (scripted replies)."""
+
 import json
 from pathlib import Path
 
@@ -12,10 +13,20 @@ from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from tests.scripted_backend import ScriptedBackend
 
-REGISTRY = ModelRegistry.from_dict({"models": {
-    "m": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 4, "max_retries": 0,
-          "json_retries": 1},
-}}, "test")
+REGISTRY = ModelRegistry.from_dict(
+    {
+        "models": {
+            "m": {
+                "backend": "openai",
+                "base_url": "http://127.0.0.1:1/v1",
+                "max_concurrency": 4,
+                "max_retries": 0,
+                "json_retries": 1,
+            },
+        }
+    },
+    "test",
+)
 
 
 def write_jsonl(path: Path, records) -> None:
@@ -28,31 +39,52 @@ def read_jsonl(path: Path):
 
 def run(tmp_path: Path, records, step: dict, reply) -> tuple:
     write_jsonl(tmp_path / "in.jsonl", records)
-    pipeline = Pipeline.from_dict({
-        "input": {"path": str(tmp_path / "in.jsonl")}, "steps": [{"rewrite": {"model": "m", **step}}],
-        "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False, "concurrency": 4}})
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.jsonl")},
+            "steps": [{"rewrite": {"model": "m", **step}}],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False, "concurrency": 4},
+        }
+    )
     backend = ScriptedBackend(reply)
     summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends={"m": backend})).run_sync()
-    return summary, backend, read_jsonl(tmp_path / "out" / "data.jsonl"), read_jsonl(tmp_path / "out" / "failures.jsonl")
+    return (
+        summary,
+        backend,
+        read_jsonl(tmp_path / "out" / "data.jsonl"),
+        read_jsonl(tmp_path / "out" / "failures.jsonl"),
+    )
 
 
 def record_in_prompt(messages) -> dict:
     text = messages[-1]["content"]
-    return json.loads(text[text.index("{"):text.index("\n\n")])
+    return json.loads(text[text.index("{") : text.index("\n\n")])
 
 
 def rewriter(messages, schema):
     original = record_in_prompt(messages)["input"]
-    return json.dumps({"cases": [{"type": "paraphrase", "input": f"in other words: {original}"},
-                                 {"type": "tone", "input": f"PLEASE, {original}!"}]})
+    return json.dumps(
+        {
+            "cases": [
+                {"type": "paraphrase", "input": f"in other words: {original}"},
+                {"type": "tone", "input": f"PLEASE, {original}!"},
+            ]
+        }
+    )
 
 
 def test_fan_out_ids_parent_links_and_fields(tmp_path):
-    records = [{"id": "a", "input": "how to boil an egg", "target": "in water", "tag": 1},
-               {"id": "b", "input": "what is {{ 7*7 }}", "target": "49"}]
-    summary, backend, out, failures = run(tmp_path, records,
-                                          {"prompt": "en/rewrite", "types": ["paraphrase", "tone"],
-                                           "drop_fields": ["target"]}, rewriter)
+    records = [
+        {"id": "a", "input": "how to boil an egg", "target": "in water", "tag": 1},
+        {"id": "b", "input": "what is {{ 7*7 }}", "target": "49"},
+    ]
+    summary, backend, out, failures = run(
+        tmp_path,
+        records,
+        {"prompt": "en/rewrite", "types": ["paraphrase", "tone"], "drop_fields": ["target"]},
+        rewriter,
+    )
     assert failures == [] and summary.records_out == 4 and len(backend.calls) == 2
     assert [r["id"] for r in out] == ["a:rw0", "a:rw1", "b:rw0", "b:rw1"]
     assert [r["parent_id"] for r in out] == ["a", "a", "b", "b"]
@@ -74,8 +106,12 @@ def test_cases_missing_a_field_are_retried_then_recorded_as_failure(tmp_path):
     def reply(messages, schema):
         return json.dumps({"cases": [{"type": "paraphrase", "input": "new question"}]})  # no 'target'
 
-    summary, backend, out, failures = run(tmp_path, [{"id": "a", "input": "q", "target": "t"}],
-                                          {"prompt": "en/rewrite", "fields": ["input", "target"]}, reply)
+    summary, backend, out, failures = run(
+        tmp_path,
+        [{"id": "a", "input": "q", "target": "t"}],
+        {"prompt": "en/rewrite", "fields": ["input", "target"]},
+        reply,
+    )
     assert out == [] and summary.failed == 1
     assert len(backend.calls) == 2  # first reply + one json retry
     assert failures[0]["step"] == "rewrite" and "target" in failures[0]["error"]
@@ -86,38 +122,54 @@ def test_unknown_type_and_too_many_cases_are_rejected_by_schema(tmp_path):
     def reply(messages, schema):
         return json.dumps({"cases": [{"type": "invent", "input": "x"}]})
 
-    summary, _, out, failures = run(tmp_path, [{"id": "a", "input": "q"}],
-                                    {"prompt": "en/rewrite", "types": ["paraphrase"]}, reply)
+    summary, _, out, failures = run(
+        tmp_path, [{"id": "a", "input": "q"}], {"prompt": "en/rewrite", "types": ["paraphrase"]}, reply
+    )
     assert out == [] and "invent" in failures[0]["error"]
 
     def too_many(messages, schema):
         return json.dumps({"cases": [{"type": "paraphrase", "input": f"v{i}"} for i in range(3)]})
 
     (tmp_path / "second").mkdir()
-    summary, _, out, failures = run(tmp_path / "second", [{"id": "a", "input": "q"}],
-                                    {"prompt": "en/rewrite", "types": ["paraphrase"], "per_type": 2}, too_many)
+    summary, _, out, failures = run(
+        tmp_path / "second",
+        [{"id": "a", "input": "q"}],
+        {"prompt": "en/rewrite", "types": ["paraphrase"], "per_type": 2},
+        too_many,
+    )
     assert out == [] and summary.failed == 1
 
 
 def test_blank_unchanged_duplicate_and_over_quota_cases_are_dropped_and_counted(tmp_path):
     def reply(messages, schema):
-        return json.dumps({"cases": [
-            {"type": "paraphrase", "input": "  How to  boil an EGG "},   # unchanged (spacing, case)
-            {"type": "paraphrase", "input": "egg boiling, how?"},
-            {"type": "paraphrase", "input": "egg  boiling, how?"},       # duplicate
-            {"type": "tone", "input": "  ,. "},                          # blank (punctuation only)
-            {"type": "tone", "input": "yo, eggs?"},
-            {"type": "tone", "input": "kindly explain egg boiling"},     # over the per-type quota of 1
-        ]})
+        return json.dumps(
+            {
+                "cases": [
+                    {"type": "paraphrase", "input": "  How to  boil an EGG "},  # unchanged (spacing, case)
+                    {"type": "paraphrase", "input": "egg boiling, how?"},
+                    {"type": "paraphrase", "input": "egg  boiling, how?"},  # duplicate
+                    {"type": "tone", "input": "  ,. "},  # blank (punctuation only)
+                    {"type": "tone", "input": "yo, eggs?"},
+                    {"type": "tone", "input": "kindly explain egg boiling"},  # over the per-type quota of 1
+                ]
+            }
+        )
 
     write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "input": "how to boil an egg"}])
     step = Rewrite("m", "en/rewrite", types=["paraphrase", "tone"], max_cases=6)
-    pipeline = Pipeline(input={"path": str(tmp_path / "in.jsonl")}, steps=[step],
-                        output={"dir": str(tmp_path / "out")}, run={"cache": None, "progress": False})
+    pipeline = Pipeline(
+        input={"path": str(tmp_path / "in.jsonl")},
+        steps=[step],
+        output={"dir": str(tmp_path / "out")},
+        run={"cache": None, "progress": False},
+    )
     gateway = Gateway(REGISTRY, backends={"m": ScriptedBackend(reply)})
     LocalExecutor(pipeline, registry=REGISTRY, gateway=gateway).run_sync()
     out = read_jsonl(tmp_path / "out" / "data.jsonl")
-    assert [(r["rewrite_type"], r["input"]) for r in out] == [("paraphrase", "egg boiling, how?"), ("tone", "yo, eggs?")]
+    assert [(r["rewrite_type"], r["input"]) for r in out] == [
+        ("paraphrase", "egg boiling, how?"),
+        ("tone", "yo, eggs?"),
+    ]
     assert step.counters["dropped:unchanged"] == 1 and step.counters["dropped:duplicate"] == 1
     assert step.counters["dropped:blank"] == 1 and step.counters["dropped:over_type_quota"] == 1
     assert step.counters["cases_returned"] == 6 and step.counters["cases_out"] == 2
@@ -127,15 +179,17 @@ def test_min_cases_fails_the_record_with_the_raw_reply(tmp_path):
     def reply(messages, schema):
         return json.dumps({"cases": [{"type": "paraphrase", "input": "how to boil an egg"}]})  # unchanged only
 
-    summary, _, out, failures = run(tmp_path, [{"id": "a", "input": "how to boil an egg"}],
-                                    {"prompt": "en/rewrite"}, reply)
+    summary, _, out, failures = run(
+        tmp_path, [{"id": "a", "input": "how to boil an egg"}], {"prompt": "en/rewrite"}, reply
+    )
     assert out == [] and summary.failed == 1
     assert "0 usable rewritten case(s) of 1" in failures[0]["error"] and failures[0]["raw"] == reply(None, None)
 
 
 def test_missing_or_non_text_field_is_an_input_error_naming_it(tmp_path):
-    summary, backend, out, failures = run(tmp_path, [{"id": "a", "question": "q"}, {"id": "b", "input": ["x"]}],
-                                          {"prompt": "en/rewrite"}, rewriter)
+    summary, backend, out, failures = run(
+        tmp_path, [{"id": "a", "question": "q"}, {"id": "b", "input": ["x"]}], {"prompt": "en/rewrite"}, rewriter
+    )
     assert backend.calls == [] and summary.bad_input == 2 and summary.failed == 0
     assert "field 'input'" in failures[0]["error"] and "in.jsonl:1" in failures[0]["error"]
     assert "field 'input': a list, not text" in failures[1]["error"]

@@ -3,6 +3,7 @@
 Real second processes throughout: an in-process second lock would share the first one's process and prove
 nothing about what another terminal or a cron job sees.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ from tests.mock_openai.server import spawn_mock_server
 from tests.scripted_backend import ScriptedBackend
 
 REPO = Path(__file__).resolve().parent.parent
-REGISTRY = ModelRegistry.from_dict({"models": {
-    "m": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 4}}}, "test")
+REGISTRY = ModelRegistry.from_dict(
+    {"models": {"m": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 4}}}, "test"
+)
 
 
 def child_env() -> dict[str, str]:
@@ -48,10 +50,13 @@ def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """Another process holding the lock of tmp_path/out (it prints 'held' once it has it), killed at the end."""
-    code = ("import sys, time; from pathlib import Path; from joydataforge.engine.lock import FolderLock; "
-            "FolderLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(300)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], stdout=subprocess.PIPE, text=True,
-                            env=child_env())
+    code = (
+        "import sys, time; from pathlib import Path; from joydataforge.engine.lock import FolderLock; "
+        "FolderLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(300)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "out")], stdout=subprocess.PIPE, text=True, env=child_env()
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
         yield proc
@@ -62,24 +67,30 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 def write_inputs(tmp_path: Path, n: int) -> None:
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "input": f"question {i}"}) + "\n"
-                                               for i in range(n)), "utf-8")
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{i}", "input": f"question {i}"}) + "\n" for i in range(n)), "utf-8"
+    )
 
 
 def pipeline_file(tmp_path: Path, base_url: str, concurrency: int = 2) -> Path:
     (tmp_path / "models.yaml").write_text(
-        f"models:\n  mock:\n    backend: openai\n    model: mock\n    base_url: {base_url}\n"
-        "    max_concurrency: 4\n", "utf-8")
+        f"models:\n  mock:\n    backend: openai\n    model: mock\n    base_url: {base_url}\n    max_concurrency: 4\n",
+        "utf-8",
+    )
     path = tmp_path / "pipeline.yaml"
-    path.write_text("input: {path: in.jsonl}\nmodels: models.yaml\n"
-                    "steps:\n  - generate: {model: mock, prompt: en/answer}\n"
-                    f"output: {{dir: out}}\nrun: {{concurrency: {concurrency}, cache: null}}\n", "utf-8")
+    path.write_text(
+        "input: {path: in.jsonl}\nmodels: models.yaml\n"
+        "steps:\n  - generate: {model: mock, prompt: en/answer}\n"
+        f"output: {{dir: out}}\nrun: {{concurrency: {concurrency}, cache: null}}\n",
+        "utf-8",
+    )
     return path
 
 
 def joyforge(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "joydataforge", *args], capture_output=True, text=True,
-                          timeout=120, env=child_env())
+    return subprocess.run(
+        [sys.executable, "-m", "joydataforge", *args], capture_output=True, text=True, timeout=120, env=child_env()
+    )
 
 
 def test_second_run_fails_at_once_naming_folder_and_pid_and_touches_nothing(tmp_path, holder):
@@ -104,9 +115,14 @@ def test_kill_9_leaves_no_stale_lock(tmp_path, holder):
 
 def test_in_process_run_refused_while_another_process_holds_the_folder(tmp_path, holder):
     write_inputs(tmp_path, 2)
-    pipeline = Pipeline.from_dict({"input": {"path": str(tmp_path / "in.jsonl")},
-                                   "steps": [{"generate": {"model": "m"}}], "output": {"dir": str(tmp_path / "out")},
-                                   "run": {"cache": None, "progress": False}})
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.jsonl")},
+            "steps": [{"generate": {"model": "m"}}],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False},
+        }
+    )
     backend = ScriptedBackend()
     executor = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends={"m": backend}))
     with pytest.raises(FolderBusy, match=f"pid {holder.pid}"):
@@ -123,8 +139,14 @@ def test_two_real_runs_on_one_folder_write_every_record_once(tmp_path):
     server = spawn_mock_server(latency=0.05)
     try:
         write_inputs(tmp_path, n)
-        command = [sys.executable, "-m", "joydataforge", "run", str(pipeline_file(tmp_path, server.url)),
-                   "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "joydataforge",
+            "run",
+            str(pipeline_file(tmp_path, server.url)),
+            "--no-progress",
+        ]
         first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env())
         lock_file = tmp_path / "out" / LOCK_NAME
         wait_for(lambda: lock_file.exists() and lock_file.read_text().strip() == str(first.pid), "the first run's lock")
@@ -148,9 +170,14 @@ def test_ray_executor_takes_the_lock_before_starting_ray(tmp_path, holder):
     if ray.is_initialized():
         pytest.skip("an outer Ray instance is running; this test checks that none is started")
     write_inputs(tmp_path, 2)
-    pipeline = Pipeline.from_dict({"input": {"path": str(tmp_path / "in.jsonl")},
-                                   "steps": [{"generate": {"model": "m"}}], "output": {"dir": str(tmp_path / "out")},
-                                   "run": {"cache": None, "progress": False, "executor": "ray"}})
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.jsonl")},
+            "steps": [{"generate": {"model": "m"}}],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False, "executor": "ray"},
+        }
+    )
     with pytest.raises(FolderBusy, match=f"pid {holder.pid}"):
         RayExecutor(pipeline, registry=REGISTRY).run_sync()
     assert not ray.is_initialized()

@@ -1,4 +1,5 @@
 """Selection: k-center greedy against a plain reference traversal, random selection, subset metrics."""
+
 from __future__ import annotations
 
 import math

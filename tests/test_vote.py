@@ -1,5 +1,6 @@
 """Vote and vote-then-cascade with scripted replies per model: every aggregation rule, tie, quorum
 (int and fraction), weights, failed voters, all-failed, cascade gating, cascade failure."""
+
 import asyncio
 import json
 
@@ -17,18 +18,32 @@ from joydataforge.prompts.renderer import PromptLibrary
 from tests.scripted_backend import ScriptedBackend
 
 NAMES = ["a", "b", "c", "d", "e", "strong"]
-REGISTRY = ModelRegistry.from_dict({"models": {
-    n: {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 4, "max_retries": 0,
-        "json_retries": 1} for n in NAMES}}, "test")
+REGISTRY = ModelRegistry.from_dict(
+    {
+        "models": {
+            n: {
+                "backend": "openai",
+                "base_url": "http://127.0.0.1:1/v1",
+                "max_concurrency": 4,
+                "max_retries": 0,
+                "json_retries": 1,
+            }
+            for n in NAMES
+        }
+    },
+    "test",
+)
 LABELS = ["drug", "other", "bmi"]
 
 
 def says(label, reason="r"):
     """A backend that always answers ``label`` (or a raw string when ``label`` starts with 'RAW:')."""
+
     def reply(messages, schema):
         if label.startswith("RAW:"):
             return label[4:]
         return json.dumps({"label": label, "reason": f"{reason}:{label}"})
+
     return ScriptedBackend(reply)
 
 
@@ -54,6 +69,7 @@ RECORD = {"id": "r1", "input": "can I take ibuprofen?"}
 
 
 # --- the pure rules ---------------------------------------------------------------------------------
+
 
 def test_unanimous_majority_has_agreement_one():
     result = aggregate({"a": "x", "b": "x", "c": "x"}, {"a": 1, "b": 1, "c": 1})
@@ -132,6 +148,7 @@ def test_bad_quorums_are_config_errors(bad):
 
 # --- the vote step ----------------------------------------------------------------------------------
 
+
 def test_vote_step_records_every_answer_and_the_aggregate():
     step = Vote(["a", "b", "c"], "en/vote_label", options={"labels": LABELS})
     backends = {"a": says("drug"), "b": says("other"), "c": says("drug")}
@@ -171,8 +188,9 @@ def test_failed_voter_is_recorded_with_raw_and_does_not_vote():
 def test_empty_label_is_a_failed_voter_not_a_winner():
     backends = {"a": says(""), "b": says(""), "c": says("other")}
     schema = {"type": "object", "properties": {"label": {"type": "string"}, "reason": {"type": "string"}}}
-    out = run_step(Vote(["a", "b", "c"], "en/vote_label", quorum=1, schema=schema, options={"labels": []}),
-                   RECORD, backends)
+    out = run_step(
+        Vote(["a", "b", "c"], "en/vote_label", quorum=1, schema=schema, options={"labels": []}), RECORD, backends
+    )
     assert out["vote"]["label"] == "other" and out["vote"]["failed_voters"] == ["a", "b"]
     assert "no label" in out["votes"]["a"]["error"]
 
@@ -188,8 +206,9 @@ def test_all_voters_failing_fails_the_record_with_the_raws():
 
 def test_seed_fields_match_the_seed_output_shape():
     backends = {"a": says("drug"), "b": says("drug"), "c": says("other")}
-    out = run_step(Vote(["a", "b", "c"], "en/vote_label", seed_fields=True, options={"labels": LABELS}),
-                   RECORD, backends)
+    out = run_step(
+        Vote(["a", "b", "c"], "en/vote_label", seed_fields=True, options={"labels": LABELS}), RECORD, backends
+    )
     assert out["a_label"] == "drug" and out["c_reason"] == "r:other"
     assert out["label_vote"] == "drug" and out["reason_vote"] == "majority"
 
@@ -209,34 +228,41 @@ def test_on_no_majority_drop_and_fail():
         run_step(fail, RECORD, backends)
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"models": []}, "models: must have at least 1 item(s)"),
-    ({"models": ["a", "a"]}, "models: a model may vote only once"),
-    ({"models": ["a", "b"], "weights": {"z": 1}}, "weights: names models that do not vote: ['z']"),
-    ({"models": ["a", "b"], "weights": {"a": 0}}, "weights.a: must be > 0"),
-    ({"models": ["a", "b"], "quorum": 3}, "quorum: 3 can never be reached"),
-    ({"models": ["a", "b"], "on_no_majority": "guess"}, "on_no_majority: must be one of"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"models": []}, "models: must have at least 1 item(s)"),
+        ({"models": ["a", "a"]}, "models: a model may vote only once"),
+        ({"models": ["a", "b"], "weights": {"z": 1}}, "weights: names models that do not vote: ['z']"),
+        ({"models": ["a", "b"], "weights": {"a": 0}}, "weights.a: must be > 0"),
+        ({"models": ["a", "b"], "quorum": 3}, "quorum: 3 can never be reached"),
+        ({"models": ["a", "b"], "on_no_majority": "guess"}, "on_no_majority: must be one of"),
+    ],
+)
 def test_vote_config_errors(settings, message):
     assert config_error("vote", settings).startswith(f"pipeline.yaml: steps[0] (vote).{message}")
 
 
 # --- cascade ----------------------------------------------------------------------------------------
 
+
 def voted(backends, quorum=None):
-    return run_step(Vote(["a", "b", "c"], "en/vote_label", quorum=quorum, options={"labels": LABELS}),
-                    RECORD, backends)
+    return run_step(Vote(["a", "b", "c"], "en/vote_label", quorum=quorum, options={"labels": LABELS}), RECORD, backends)
 
 
 def test_cascade_gates_by_label_list_and_keeps_the_vote():
     record = voted({"a": says("drug"), "b": says("drug"), "c": says("other")})
     strong = says("other", reason="strong")
-    step = Cascade("strong", "en/cascade_label", gate_labels=["drug"],
-                   options={"labels": LABELS, "show_votes": True})
+    step = Cascade("strong", "en/cascade_label", gate_labels=["drug"], options={"labels": LABELS, "show_votes": True})
     out = run_step(step, record, {"strong": strong})
     assert out["label"] == "other" and out["reason"] == "strong:other" and out["label_source"] == "cascade"
-    assert out["cascade"] == {"gated": True, "because": "label:drug", "model": "strong", "label": "other",
-                              "changed": True}
+    assert out["cascade"] == {
+        "gated": True,
+        "because": "label:drug",
+        "model": "strong",
+        "label": "other",
+        "changed": True,
+    }
     assert out["vote"]["label"] == "drug" and out["votes"]["a"]["label"] == "drug"
     # the stronger model saw the votes as context
     assert "- drug: r:drug" in strong.calls[0]["messages"][-1]["content"]
@@ -266,7 +292,11 @@ def test_cascade_gates_no_quorum_and_tie_only_when_asked():
 
     step = Cascade("strong", "en/cascade_label", gate_no_quorum=True, gate_tie=True, options={"labels": LABELS})
     assert run_step(step, no_quorum, {"strong": says("bmi")})["cascade"] == {
-        "gated": True, "because": "no_quorum", "model": "strong", "label": "bmi"}  # no "changed": no label to change
+        "gated": True,
+        "because": "no_quorum",
+        "model": "strong",
+        "label": "bmi",
+    }  # no "changed": no label to change
     assert run_step(step, tie, {"strong": says("bmi")})["label"] == "bmi"
     assert step.counters["gated:no_quorum"] == 1 and step.counters["gated:tie"] == 1
 
@@ -281,15 +311,17 @@ def test_cascade_failure_fails_the_record_with_raw():
 
 def test_cascade_failure_keep_vote_is_marked():
     record = voted({"a": says("drug"), "b": says("drug"), "c": says("other")})
-    step = Cascade("strong", "en/cascade_label", gate_labels=["drug"], on_cascade_failure="keep_vote",
-                   options={"labels": LABELS})
+    step = Cascade(
+        "strong", "en/cascade_label", gate_labels=["drug"], on_cascade_failure="keep_vote", options={"labels": LABELS}
+    )
     out = run_step(step, record, {"strong": says("RAW:garbage")})
     assert out["label"] == "drug" and out["label_source"] == "vote_kept_after_cascade_failure"
     assert out["cascade"]["raw"] == "garbage" and "error" in out["cascade"]
     # nothing to keep after a tie: still a failure
     tie = voted({"a": says("drug"), "b": says("other"), "c": says("bmi")})
-    gate_tie = Cascade("strong", "en/cascade_label", gate_tie=True, on_cascade_failure="keep_vote",
-                       options={"labels": LABELS})
+    gate_tie = Cascade(
+        "strong", "en/cascade_label", gate_tie=True, on_cascade_failure="keep_vote", options={"labels": LABELS}
+    )
     with pytest.raises(StepError):
         run_step(gate_tie, tie, {"strong": says("RAW:garbage")})
 
@@ -303,16 +335,23 @@ def test_cascade_without_a_vote_names_the_field():
 
 def test_cascade_config_errors():
     assert config_error("cascade", {"model": "strong"}).startswith(
-        "pipeline.yaml: steps[0] (cascade).gate_labels: nothing would be gated")
+        "pipeline.yaml: steps[0] (cascade).gate_labels: nothing would be gated"
+    )
     assert config_error("cascade", {"model": "strong", "gate_tie": True, "on_cascade_failure": "ignore"}).startswith(
-        "pipeline.yaml: steps[0] (cascade).on_cascade_failure: must be one of")
+        "pipeline.yaml: steps[0] (cascade).on_cascade_failure: must be one of"
+    )
 
 
 # --- through the executor: counters in the summary, failures in failures.jsonl ----------------------
 
+
 def test_vote_cascade_pipeline_counts_gated_and_passed(tmp_path):
-    records = [{"id": "q1", "input": "DRUG dosage"}, {"id": "q2", "input": "OTHER hello"},
-               {"id": "q3", "input": "SPLIT what"}, {"id": "q4", "input": "BROKEN"}]
+    records = [
+        {"id": "q1", "input": "DRUG dosage"},
+        {"id": "q2", "input": "OTHER hello"},
+        {"id": "q3", "input": "SPLIT what"},
+        {"id": "q4", "input": "BROKEN"},
+    ]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     def voter(name):
@@ -323,15 +362,29 @@ def test_vote_cascade_pipeline_counts_gated_and_passed(tmp_path):
             if "SPLIT" in text:
                 return json.dumps({"label": {"a": "drug", "b": "other", "c": "bmi"}[name], "reason": name})
             return json.dumps({"label": "drug" if "DRUG" in text else "other", "reason": name})
+
         return ScriptedBackend(reply)
 
     strong = ScriptedBackend(lambda m, s: json.dumps({"label": "drug", "reason": "confirmed"}))
-    pipeline = Pipeline.from_dict({
-        "input": {"path": str(tmp_path / "in.jsonl")},
-        "steps": [{"vote": {"models": ["a", "b", "c"], "prompt": "en/vote_label", "options": {"labels": LABELS}}},
-                  {"cascade": {"model": "strong", "prompt": "en/cascade_label", "gate_labels": ["drug"],
-                               "gate_tie": True, "options": {"labels": LABELS}}}],
-        "output": {"dir": str(tmp_path / "out")}, "run": {"cache": None, "progress": False}})
+    pipeline = Pipeline.from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.jsonl")},
+            "steps": [
+                {"vote": {"models": ["a", "b", "c"], "prompt": "en/vote_label", "options": {"labels": LABELS}}},
+                {
+                    "cascade": {
+                        "model": "strong",
+                        "prompt": "en/cascade_label",
+                        "gate_labels": ["drug"],
+                        "gate_tie": True,
+                        "options": {"labels": LABELS},
+                    }
+                },
+            ],
+            "output": {"dir": str(tmp_path / "out")},
+            "run": {"cache": None, "progress": False},
+        }
+    )
     backends = {"a": voter("a"), "b": voter("b"), "c": voter("c"), "strong": strong}
     summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends=backends)).run_sync()
     out = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "data.jsonl").read_text().splitlines())}
@@ -347,10 +400,15 @@ def test_vote_cascade_pipeline_counts_gated_and_passed(tmp_path):
 
 def test_vote_and_cascade_as_python_objects(tmp_path):
     (tmp_path / "in.jsonl").write_text(json.dumps(RECORD) + "\n")
-    pipeline = Pipeline(input={"path": str(tmp_path / "in.jsonl")},
-                        steps=[Vote(["a", "b", "c"], "en/vote_label", quorum=0.5, options={"labels": LABELS}),
-                               Cascade("strong", "en/cascade_label", gate_labels=["drug"], options={"labels": LABELS})],
-                        output={"dir": str(tmp_path / "out")}, run={"cache": None, "progress": False})
+    pipeline = Pipeline(
+        input={"path": str(tmp_path / "in.jsonl")},
+        steps=[
+            Vote(["a", "b", "c"], "en/vote_label", quorum=0.5, options={"labels": LABELS}),
+            Cascade("strong", "en/cascade_label", gate_labels=["drug"], options={"labels": LABELS}),
+        ],
+        output={"dir": str(tmp_path / "out")},
+        run={"cache": None, "progress": False},
+    )
     backends = {"a": says("drug"), "b": says("drug"), "c": says("other"), "strong": says("bmi")}
     summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends=backends)).run_sync()
     out = json.loads((tmp_path / "out" / "data.jsonl").read_text())

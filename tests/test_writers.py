@@ -1,4 +1,5 @@
 """Writers: durable appends, crash repair for resume, strict reading back, JSONL -> Parquet."""
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,14 @@ def records(n: int, start: int = 0) -> list[dict]:
 
 # --- JsonlAppender ---------------------------------------------------------------------------------
 
+
 def test_appender_writes_utf8_unescaped_one_record_per_line(tmp_path):
     path = tmp_path / "out" / "o.jsonl"  # the folder is created
     with JsonlAppender(path) as writer:
         writer.write(records(2))
         writer.write([{"id": "multi", "input": "一\n二"}])
     raw = path.read_bytes()
-    assert "问题0".encode("utf-8") in raw and b"\\u" not in raw
+    assert "问题0".encode() in raw and b"\\u" not in raw
     assert raw.count(b"\n") == 3  # the newline inside a value is escaped
     assert [r["id"] for r in read_jsonl(path)] == ["r0", "r1", "multi"]
 
@@ -111,6 +113,7 @@ def test_appender_completes_a_last_line_that_only_lacks_its_newline(tmp_path):
 
 # --- repair_tail -----------------------------------------------------------------------------------
 
+
 def test_repair_tail_cuts_a_torn_last_line(tmp_path):
     path = tmp_path / "o.jsonl"
     with JsonlAppender(path) as writer:
@@ -126,10 +129,12 @@ def test_repair_tail_cuts_a_torn_last_line(tmp_path):
 def test_repair_tail_drops_uncommitted_records_only_at_the_tail(tmp_path):
     path = tmp_path / "o.jsonl"
     lines = [
-        {"id": "r0", "batch": 1}, {"id": "r1", "batch": 1, "commit": True},
+        {"id": "r0", "batch": 1},
+        {"id": "r1", "batch": 1, "commit": True},
         {"id": "r2", "batch": 2},  # uncommitted but followed by a committed line: stays
         {"id": "r3", "batch": 2, "commit": True},
-        {"id": "r4", "batch": 3}, {"id": "r5", "batch": 3},  # batch 3 never committed
+        {"id": "r4", "batch": 3},
+        {"id": "r5", "batch": 3},  # batch 3 never committed
     ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"id": "r6", "ba', encoding="utf-8")
     removed = repair_tail(path, keep=lambda record: record.get("commit", False))
@@ -169,7 +174,7 @@ def test_a_kill_9_mid_run_is_repaired_and_loses_no_written_record(tmp_path):
     path = tmp_path / "o.jsonl"
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / 'src')!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "src")!r})
         from joydataforge.io.writers import JsonlAppender
         writer = JsonlAppender({str(path)!r}, fsync_every=None)
         i = 0
@@ -190,6 +195,7 @@ def test_a_kill_9_mid_run_is_repaired_and_loses_no_written_record(tmp_path):
 
 # --- read_jsonl ------------------------------------------------------------------------------------
 
+
 def test_read_jsonl_is_strict_and_names_the_line(tmp_path):
     path = tmp_path / "o.jsonl"
     path.write_text('{"id": 1}\n\n{"id": 2\n', encoding="utf-8")
@@ -201,12 +207,19 @@ def test_read_jsonl_is_strict_and_names_the_line(tmp_path):
 
 # --- Parquet ---------------------------------------------------------------------------------------
 
+
 def test_jsonl_to_parquet_round_trip_keeps_nested_history(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     src = tmp_path / "o.jsonl"
     rows = [
-        {"id": "a", "input": "你好", "history": [["问", "答"], ["再问", "再答"]], "score": 1, "label": {"name": "BMI", "reason": "…"}},
+        {
+            "id": "a",
+            "input": "你好",
+            "history": [["问", "答"], ["再问", "再答"]],
+            "score": 1,
+            "label": {"name": "BMI", "reason": "…"},
+        },
         {"id": "b", "input": "再见", "history": [], "score": 2.5},
         {"id": "c", "input": "三", "history": [["x", "y"]], "score": None, "label": {"name": "药品", "reason": "r"}},
     ]

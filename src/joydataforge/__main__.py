@@ -1,4 +1,5 @@
 """``python -m joydataforge`` is the ``joyforge`` command."""
+
 from .cli import main
 
 main()

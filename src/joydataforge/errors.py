@@ -1,4 +1,5 @@
 """Error types that tell the user exactly where a problem is and what to change."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,12 +64,19 @@ class StepError(JoyForgeError):
         super().__init__(message)
 
 
-class EndpointDown(ModelError):
+class EndpointDown(JoyForgeError):
     """A model's endpoint is declared down (its circuit breaker opened): the run stops cleanly, resumable.
 
     Raised for the call that opened the breaker and, at once, for every later call to that model. The record
     whose call raised it is not finished: it gets no ledger line and is redone when the run is resumed.
+    Deliberately not a :class:`ModelError`: steps that record a failed call and go on (a voter that failed,
+    a judge that failed) must not turn "the endpoint is down" into a finished record with degraded content.
     """
+
+    def __init__(self, message: str, *, model: str | None = None, raw: str | None = None):
+        super().__init__(message)
+        self.model = model
+        self.raw = raw
 
 
 class RunStopped(JoyForgeError):

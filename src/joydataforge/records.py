@@ -3,6 +3,7 @@
 A record is a plain dict. The query lives in ``input`` and earlier turns in ``history``; the seed data
 stores history in three shapes, and every step wants one, so :func:`normalize_history` converts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,11 +16,17 @@ from typing import Any
 Message = dict[str, str]
 
 _ROLE_PREFIX = re.compile(
-    r"^\s*(用户|助手|user|assistant|User|Assistant|USER|ASSISTANT|human|Human|gpt|系统|system)\s*[:：]\s*")
+    r"^\s*(用户|助手|user|assistant|User|Assistant|USER|ASSISTANT|human|Human|gpt|系统|system)\s*[:：]\s*"
+)
 _ROLE_NAMES = {
-    "用户": "user", "user": "user", "human": "user",
-    "助手": "assistant", "assistant": "assistant", "gpt": "assistant",
-    "系统": "system", "system": "system",
+    "用户": "user",
+    "user": "user",
+    "human": "user",
+    "助手": "assistant",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "系统": "system",
+    "system": "system",
 }
 
 
@@ -67,7 +74,7 @@ def _split_role(line: str) -> tuple[str | None, str]:
     match = _ROLE_PREFIX.match(line)
     if not match:
         return None, line.strip()
-    return _ROLE_NAMES.get(match.group(1).lower(), _ROLE_NAMES.get(match.group(1), "user")), line[match.end():].strip()
+    return _ROLE_NAMES.get(match.group(1).lower(), _ROLE_NAMES.get(match.group(1), "user")), line[match.end() :].strip()
 
 
 def normalize_history(history: Any) -> list[Message]:
@@ -126,8 +133,10 @@ def history_problem(history: Any) -> str | None:
         first = next(line for line in history.splitlines() if line.strip())
         if _ROLE_PREFIX.match(first):
             return None
-        return ("text whose first line names no speaker ('user:', '用户:', ...); write history as a list of "
-                "[user, assistant] pairs or {role, content} messages")
+        return (
+            "text whose first line names no speaker ('user:', '用户:', ...); write history as a list of "
+            "[user, assistant] pairs or {role, content} messages"
+        )
     if isinstance(history, list):
         try:
             normalize_history(history)

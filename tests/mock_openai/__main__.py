@@ -16,8 +16,9 @@ from .server import MockApp, MockOptions, start_site
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.mock_openai",
-                                     description="Mock OpenAI-compatible server for tests and benchmarks.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.mock_openai", description="Mock OpenAI-compatible server for tests and benchmarks."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed as 'PORT <n>')")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each model request")
@@ -28,8 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-last", type=int, default=50, help="request bodies kept for /_stats")
     parser.add_argument("--model", action="append", default=None, help="served model id (repeatable)")
     parser.add_argument("--error-retry-after", default=None, help="Retry-After header of the random failures")
-    parser.add_argument("--engine", choices=("aiohttp", "raw"), default="aiohttp",
-                        help="HTTP engine: aiohttp.web (default) or the lean asyncio protocol")
+    parser.add_argument(
+        "--engine",
+        choices=("aiohttp", "raw"),
+        default="aiohttp",
+        help="HTTP engine: aiohttp.web (default) or the lean asyncio protocol",
+    )
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU core")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's loop even if uvloop is installed")
     return parser.parse_args(argv)
@@ -37,10 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     """Serve until SIGTERM/SIGINT, then shut down cleanly (pending requests are cancelled)."""
-    options = MockOptions(latency=args.latency, error_rate=args.error_rate, error_status=args.error_status,
-                          seed=args.seed, dimension=args.dimension, keep_last=args.keep_last,
-                          models=tuple(args.model or MockOptions().models),
-                          error_retry_after=args.error_retry_after)
+    options = MockOptions(
+        latency=args.latency,
+        error_rate=args.error_rate,
+        error_status=args.error_status,
+        seed=args.seed,
+        dimension=args.dimension,
+        keep_last=args.keep_last,
+        models=tuple(args.model or MockOptions().models),
+        error_retry_after=args.error_retry_after,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before PORT, so a parent may stop us at once
@@ -60,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_uvloop:
         try:  # optional: faster when present, never required
             import uvloop  # type: ignore[import-not-found]
+
             uvloop.install()
         except ImportError:
             pass

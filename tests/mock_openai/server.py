@@ -244,9 +244,14 @@ class DirectiveError(ValueError):
 
 
 _CONVERTERS: dict[str, Any] = {
-    "status": int, "times": int, "delay": float, "retry_after": str, "reply": str,
-    "finish_reason": str, "id": str,
-    **{flag: str for flag in ("malformed_json", "invalid_schema", "drop", "hang")},
+    "status": int,
+    "times": int,
+    "delay": float,
+    "retry_after": str,
+    "reply": str,
+    "finish_reason": str,
+    "id": str,
+    **dict.fromkeys(("malformed_json", "invalid_schema", "drop", "hang"), str),
 }
 
 
@@ -369,8 +374,10 @@ def _minimal_number(schema: dict[str, Any], integer: bool) -> int | float:
         value = schema["minimum"]
     exclusive = schema.get("exclusiveMinimum")
     if isinstance(exclusive, (int, float)) and not isinstance(exclusive, bool):
-        value = max(value, exclusive + (1 if integer else 1e-6)) if "minimum" in schema else (
-            exclusive + (1 if integer else 1e-6)
+        value = (
+            max(value, exclusive + (1 if integer else 1e-6))
+            if "minimum" in schema
+            else (exclusive + (1 if integer else 1e-6))
         )
     elif exclusive is True:
         value = value + (1 if integer else 1e-6)
@@ -456,8 +463,7 @@ def _minimal_array(schema: dict[str, Any], root: dict[str, Any], depth: int) -> 
     items = [minimal_instance(s, root, depth + 1) for s in prefix[:count]]
     item_schema = schema.get("items", {})
     while len(items) < count:
-        items.append(minimal_instance(item_schema if isinstance(item_schema, dict) else {},
-                                      root, depth + 1))
+        items.append(minimal_instance(item_schema if isinstance(item_schema, dict) else {}, root, depth + 1))
     return items
 
 
@@ -532,9 +538,7 @@ DROP = Reply(0, b"")
 def error_body(status: int, message: str) -> bytes:
     """An OpenAI-style error object, so clients exercise their real error parsing."""
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return json.dumps(
-        {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
-    ).encode()
+    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": str(status)}}).encode()
 
 
 class MockApp:
@@ -557,8 +561,7 @@ class MockApp:
             ("POST", "/_config"): self.config,
         }
 
-    async def handle(self, method: str, path: str, body: bytes,
-                     headers: Mapping[str, str] | None = None) -> Reply:
+    async def handle(self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:
         """Route one request; unknown paths get OpenAI-style 404s, wrong methods 405s.
 
         Model requests are counted and recorded here, with their headers and arrival/answer times
@@ -575,13 +578,11 @@ class MockApp:
             return await handler(body, None)
         return await self._model_call(handler, route, body, headers)
 
-    async def _model_call(self, handler: Any, route: str, body: bytes,
-                          headers: Mapping[str, str] | None) -> Reply:
+    async def _model_call(self, handler: Any, route: str, body: bytes, headers: Mapping[str, str] | None) -> Reply:
         state = self.state
         state.total += 1
         state.by_endpoint[route] += 1
-        entry: dict[str, Any] = {"endpoint": route, "body": None, "headers": headers,
-                                 "received": time.monotonic()}
+        entry: dict[str, Any] = {"endpoint": route, "body": None, "headers": headers, "received": time.monotonic()}
         state.last.append(entry)
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
@@ -663,14 +664,19 @@ class MockApp:
         if blocked is not None:
             return blocked
         choices, completion_tokens = self._choices(body, self._content(body, clean, effect), effect, chat=True)
-        return self._reply(200, json.dumps({
-            "id": self._next_id("chatcmpl"),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model") or self.state.options.models[0],
-            "choices": choices,
-            "usage": _usage(prompt_tokens, completion_tokens),
-        }).encode())
+        return self._reply(
+            200,
+            json.dumps(
+                {
+                    "id": self._next_id("chatcmpl"),
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model") or self.state.options.models[0],
+                    "choices": choices,
+                    "usage": _usage(prompt_tokens, completion_tokens),
+                }
+            ).encode(),
+        )
 
     async def completions(self, raw: bytes, entry: dict[str, Any]) -> Reply:
         """``/v1/completions``: raw text completion (Magpie needs it); ``"echo: <prompt>"``."""
@@ -687,18 +693,24 @@ class MockApp:
         choices: list[dict[str, Any]] = []
         completion_tokens = 0
         for clean in cleaned:
-            some, tokens = self._choices(body, self._content(body, clean, effect), effect,
-                                         chat=False, start=len(choices))
+            some, tokens = self._choices(
+                body, self._content(body, clean, effect), effect, chat=False, start=len(choices)
+            )
             choices.extend(some)
             completion_tokens += tokens
-        return self._reply(200, json.dumps({
-            "id": self._next_id("cmpl"),
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": body.get("model") or self.state.options.models[0],
-            "choices": choices,
-            "usage": _usage(sum(word_count(p) for p in prompts), completion_tokens),
-        }).encode())
+        return self._reply(
+            200,
+            json.dumps(
+                {
+                    "id": self._next_id("cmpl"),
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": body.get("model") or self.state.options.models[0],
+                    "choices": choices,
+                    "usage": _usage(sum(word_count(p) for p in prompts), completion_tokens),
+                }
+            ).encode(),
+        )
 
     async def embeddings(self, raw: bytes, entry: dict[str, Any]) -> Reply:
         """``/v1/embeddings``: hash-derived unit vectors, so similarity tests are reproducible."""
@@ -716,18 +728,24 @@ class MockApp:
             return blocked
         dim = int(body.get("dimensions") or self.state.options.dimension)
         tokens = sum(word_count(t) for t in texts)
-        return self._reply(200, json.dumps({
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": embedding_vector(t, dim)}
-                     for i, t in enumerate(texts)],
-            "model": body.get("model") or self.state.options.models[0],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }).encode())
+        return self._reply(
+            200,
+            json.dumps(
+                {
+                    "object": "list",
+                    "data": [
+                        {"object": "embedding", "index": i, "embedding": embedding_vector(t, dim)}
+                        for i, t in enumerate(texts)
+                    ],
+                    "model": body.get("model") or self.state.options.models[0],
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                }
+            ).encode(),
+        )
 
     async def models(self, raw: bytes, entry: dict[str, Any]) -> Reply:
         """``/v1/models``: what ``joyforge models check`` and clients probe first."""
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "mock"}
-                for m in self.state.options.models]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "mock"} for m in self.state.options.models]
         return self._reply(200, json.dumps({"object": "list", "data": data}).encode())
 
     # ---- control endpoints (not counted in the stats) --------------------------------------
@@ -773,25 +791,36 @@ class MockApp:
             return json.dumps({"echo": clean}, ensure_ascii=False)
         return json.dumps(minimal_instance(schema), ensure_ascii=False)
 
-    def _choices(self, body: dict[str, Any], content: str, effect: Effect | None,
-                 chat: bool, start: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def _choices(
+        self, body: dict[str, Any], content: str, effect: Effect | None, chat: bool, start: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
         """``n`` identical choices (the mock is deterministic), truncated to ``max_tokens`` words."""
         n = int(body.get("n") or 1)
         text, cut = truncate(content, body.get("max_tokens", body.get("max_completion_tokens")))
         finish = (effect.finish_reason if effect is not None and effect.finish_reason else None) or (
-            "length" if cut else "stop")
+            "length" if cut else "stop"
+        )
         if chat:
-            choices = [{"index": start + i, "message": {"role": "assistant", "content": text},
-                        "logprobs": None, "finish_reason": finish} for i in range(n)]
+            choices = [
+                {
+                    "index": start + i,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+                for i in range(n)
+            ]
         else:
-            choices = [{"index": start + i, "text": text, "logprobs": None,
-                        "finish_reason": finish} for i in range(n)]
+            choices = [{"index": start + i, "text": text, "logprobs": None, "finish_reason": finish} for i in range(n)]
         return choices, word_count(text) * n
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -808,8 +837,7 @@ def aiohttp_app(mock: MockApp) -> web.Application:
             if request.transport is not None:
                 request.transport.abort()  # the client sees a disconnect, not a status
             return web.Response(status=500)  # never reaches the client: the socket is gone
-        return web.Response(status=reply.status, body=reply.payload, content_type=JSON_CT,
-                            headers=reply.headers)
+        return web.Response(status=reply.status, body=reply.payload, content_type=JSON_CT, headers=reply.headers)
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", endpoint)
@@ -883,8 +911,7 @@ class RawHTTP(asyncio.Protocol):
         if request is not None:
             self.task = asyncio.get_running_loop().create_task(self._serve(*request))
 
-    async def _serve(self, method: str, path: str, body: bytes, headers: dict[str, str],
-                     keep_alive: bool) -> None:
+    async def _serve(self, method: str, path: str, body: bytes, headers: dict[str, str], keep_alive: bool) -> None:
         try:
             reply = await self.mock.handle(method, path, body, headers)
         except Exception as exc:  # never leave a client waiting on a mock bug
@@ -932,7 +959,7 @@ class RawHTTP(asyncio.Protocol):
             if len(buf) < start + length:
                 self._maybe_continue(headers)
                 return None
-            body, consumed = bytes(buf[start:start + length]), start + length
+            body, consumed = bytes(buf[start : start + length]), start + length
         del buf[:consumed]
         self.continued = False
         connection = headers.get("connection", "").lower()
@@ -975,12 +1002,12 @@ def decode_chunked(buf: bytearray, start: int) -> tuple[bytes, int] | None:
             raise BadRequest("bad chunk size") from None
         if size == 0:
             trailer_end = buf.find(b"\r\n\r\n", eol)
-            if buf[eol:eol + 4] == b"\r\n\r\n":
+            if buf[eol : eol + 4] == b"\r\n\r\n":
                 return bytes(body), eol + 4
             return (bytes(body), trailer_end + 4) if trailer_end >= 0 else None
         if len(buf) < eol + 2 + size + 2:
             return None
-        body += buf[eol + 2:eol + 2 + size]
+        body += buf[eol + 2 : eol + 2 + size]
         pos = eol + 2 + size + 2
 
 
@@ -990,8 +1017,10 @@ def encode_response(reply: Reply, keep_alive: bool) -> bytes:
         phrase = HTTPStatus(reply.status).phrase
     except ValueError:
         phrase = "Unknown"
-    head = (f"HTTP/1.1 {reply.status} {phrase}\r\nServer: mock-openai\r\nContent-Type: {JSON_CT}\r\n"
-            f"Content-Length: {len(reply.payload)}\r\n")
+    head = (
+        f"HTTP/1.1 {reply.status} {phrase}\r\nServer: mock-openai\r\nContent-Type: {JSON_CT}\r\n"
+        f"Content-Length: {len(reply.payload)}\r\n"
+    )
     if reply.headers:
         head += "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
     if not keep_alive:
@@ -1002,8 +1031,7 @@ def encode_response(reply: Reply, keep_alive: bool) -> bytes:
 async def _start_raw(mock: MockApp, host: str, port: int) -> tuple[Any, int]:
     loop = asyncio.get_running_loop()
     connections: set[RawHTTP] = set()
-    server = await loop.create_server(lambda: RawHTTP(mock, connections), host, port,
-                                      backlog=2048, reuse_address=True)
+    server = await loop.create_server(lambda: RawHTTP(mock, connections), host, port, backlog=2048, reuse_address=True)
 
     async def stop() -> None:
         server.close()
@@ -1017,8 +1045,7 @@ async def _start_raw(mock: MockApp, host: str, port: int) -> tuple[Any, int]:
 ENGINES = {"aiohttp": _start_aiohttp, "raw": _start_raw}
 
 
-async def start_site(mock: MockApp, host: str = "127.0.0.1", port: int = 0,
-                     engine: str = "aiohttp") -> tuple[Any, int]:
+async def start_site(mock: MockApp, host: str = "127.0.0.1", port: int = 0, engine: str = "aiohttp") -> tuple[Any, int]:
     """Bind and start serving; returns (``async stop()``, the port actually bound)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -1045,8 +1072,7 @@ class MockServer:
     sharing its event loop, so a client that blocks its loop cannot stall the server.
     """
 
-    def __init__(self, options: MockOptions, host: str = "127.0.0.1", port: int = 0,
-                 engine: str = "aiohttp") -> None:
+    def __init__(self, options: MockOptions, host: str = "127.0.0.1", port: int = 0, engine: str = "aiohttp") -> None:
         self.mock = MockApp(options)
         self.host = host
         self.engine = engine
@@ -1065,7 +1091,8 @@ class MockServer:
         asyncio.set_event_loop(self._loop)
         try:
             self._stop, self.port = self._loop.run_until_complete(
-                start_site(self.mock, self.host, self.port, self.engine))
+                start_site(self.mock, self.host, self.port, self.engine)
+            )
         except BaseException as exc:  # reported to the starting thread
             self._error = exc
             self._loop.close()
@@ -1098,8 +1125,10 @@ class MockServer:
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` on the server's loop, so state is never touched from two threads at once."""
+
         async def run() -> Any:
             return fn(*args, **kwargs)
+
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
 
     def stats(self) -> dict[str, Any]:
@@ -1127,8 +1156,9 @@ class MockServer:
         self.close()
 
 
-def start_mock_server(latency: float = 0.0, *, host: str = "127.0.0.1", port: int = 0,
-                      engine: str = "aiohttp", **options: Any) -> MockServer:
+def start_mock_server(
+    latency: float = 0.0, *, host: str = "127.0.0.1", port: int = 0, engine: str = "aiohttp", **options: Any
+) -> MockServer:
     """Start an in-process mock server; ``options`` are the fields of :class:`MockOptions`.
 
     ``engine="aiohttp"`` (default) is the robust one; ``"raw"`` is the lean asyncio protocol.
@@ -1144,8 +1174,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def _http_json(method: str, url: str, payload: dict[str, Any] | None = None) -> Any:
     """Tiny blocking HTTP helper for the control endpoints (stdlib only, no client library)."""
     data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": JSON_CT})
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": JSON_CT})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
@@ -1200,9 +1229,20 @@ class MockProcess:
 
 def cli_args(options: MockOptions) -> list[str]:
     """The ``python -m tests.mock_openai`` flags that reproduce ``options``."""
-    args = ["--latency", repr(options.latency), "--error-rate", repr(options.error_rate),
-            "--error-status", str(options.error_status), "--seed", str(options.seed),
-            "--dimension", str(options.dimension), "--keep-last", str(options.keep_last)]
+    args = [
+        "--latency",
+        repr(options.latency),
+        "--error-rate",
+        repr(options.error_rate),
+        "--error-status",
+        str(options.error_status),
+        "--seed",
+        str(options.seed),
+        "--dimension",
+        str(options.dimension),
+        "--keep-last",
+        str(options.keep_last),
+    ]
     for model in options.models:
         args += ["--model", model]
     if options.error_retry_after:
@@ -1210,16 +1250,34 @@ def cli_args(options: MockOptions) -> list[str]:
     return args
 
 
-def spawn_mock_server(latency: float = 0.0, *, host: str = "127.0.0.1", port: int = 0,
-                      engine: str = "aiohttp", cpu: int | None = None, python: str | None = None,
-                      startup_timeout: float = 30.0, **options: Any) -> MockProcess:
+def spawn_mock_server(
+    latency: float = 0.0,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    engine: str = "aiohttp",
+    cpu: int | None = None,
+    python: str | None = None,
+    startup_timeout: float = 30.0,
+    **options: Any,
+) -> MockProcess:
     """Start ``python -m tests.mock_openai`` and wait for its ``PORT <n>`` line.
 
     ``cpu`` pins the child to one core (Linux), so a benchmark client on the other core measures
     itself, not a fight over cores.
     """
-    cmd = [python or sys.executable, "-m", "tests.mock_openai", "--host", host, "--port", str(port),
-           "--engine", engine, *cli_args(_options(latency=latency, **options))]
+    cmd = [
+        python or sys.executable,
+        "-m",
+        "tests.mock_openai",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--engine",
+        engine,
+        *cli_args(_options(latency=latency, **options)),
+    ]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
     env = dict(os.environ)

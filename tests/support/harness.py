@@ -4,6 +4,7 @@ Tests of every method need the same few things: a model registry whose models ne
 :class:`StepContext` whose gateway answers from test backends, a step run on one record, a pipeline run on a
 few records with its outputs read back. Written once here so a change to the engine changes one file of tests.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,13 +28,24 @@ CLOSED_PORT_URL = "http://127.0.0.1:1/v1"  # never reached: test backends answer
 
 def registry_of(names: Iterable[str], **fields: Any) -> ModelRegistry:
     """Models that answer through test backends: no retries to wait out, one JSON retry."""
-    body = {"backend": "openai", "base_url": CLOSED_PORT_URL, "max_concurrency": 4, "max_retries": 0,
-            "json_retries": 1, **fields}
+    body = {
+        "backend": "openai",
+        "base_url": CLOSED_PORT_URL,
+        "max_concurrency": 4,
+        "max_retries": 0,
+        "json_retries": 1,
+        **fields,
+    }
     return ModelRegistry.from_dict({"models": {name: dict(body) for name in names}}, "test")
 
 
-def step_context(backends: Mapping[str, Backend], *, registry: ModelRegistry | None = None, seed: int = 0,
-                 prompts: PromptLibrary | None = None) -> StepContext:
+def step_context(
+    backends: Mapping[str, Backend],
+    *,
+    registry: ModelRegistry | None = None,
+    seed: int = 0,
+    prompts: PromptLibrary | None = None,
+) -> StepContext:
     registry = registry or registry_of(backends)
     return StepContext(Gateway(registry, backends=dict(backends)), prompts or PromptLibrary(), seed=seed)
 
@@ -65,16 +77,20 @@ class RunResult:
 
 def make_pipeline(tmp_path: Path, steps: list[Any], **sections: Mapping[str, Any]) -> Pipeline:
     """A pipeline over ``tmp_path/in.jsonl`` writing to ``tmp_path/out``, no cache, no progress bar."""
-    data: dict[str, Any] = {"input": {"path": str(tmp_path / "in.jsonl")}, "steps": steps,
-                            "output": {"dir": str(tmp_path / "out")},
-                            "run": {"cache": None, "progress": False, "concurrency": 8}}
+    data: dict[str, Any] = {
+        "input": {"path": str(tmp_path / "in.jsonl")},
+        "steps": steps,
+        "output": {"dir": str(tmp_path / "out")},
+        "run": {"cache": None, "progress": False, "concurrency": 8},
+    }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return Pipeline.from_dict(data)
 
 
-def run_pipeline(pipeline: Pipeline, backends: Mapping[str, Backend], *, registry: ModelRegistry | None = None,
-                 **executor: Any) -> RunResult:
+def run_pipeline(
+    pipeline: Pipeline, backends: Mapping[str, Backend], *, registry: ModelRegistry | None = None, **executor: Any
+) -> RunResult:
     registry = registry or registry_of(backends)
     gateway = Gateway(registry, backends=dict(backends))
     summary = LocalExecutor(pipeline, registry=registry, gateway=gateway, **executor).run_sync()
@@ -83,8 +99,20 @@ def run_pipeline(pipeline: Pipeline, backends: Mapping[str, Backend], *, registr
     return RunResult(summary, read_jsonl(out / "data.jsonl"), read_jsonl(out / "failures.jsonl"), out)
 
 
-def run_records(tmp_path: Path, records: Iterable[Mapping[str, Any]], steps: list[Any],
-                backends: Mapping[str, Backend], **sections: Mapping[str, Any]) -> RunResult:
+def run_records(
+    tmp_path: Path,
+    records: Iterable[Mapping[str, Any]],
+    steps: list[Any],
+    backends: Mapping[str, Backend],
+    **sections: Mapping[str, Any],
+) -> RunResult:
     """Write ``records`` as the input, run ``steps`` over them, read the outputs back."""
     write_jsonl(tmp_path / "in.jsonl", records)
     return run_pipeline(make_pipeline(tmp_path, steps, **sections), backends)
+
+
+def assert_run_finished(result: Any, out: Path) -> None:
+    """A ``joyforge run`` on a real model finished: its exit status is its summary's verdict, 0 (all done) or 3
+    (some records failed, as a small model's replies may)."""
+    summary = json.loads((out / "summary.json").read_text("utf-8"))
+    assert result.exit_code == summary["exit_status"] and result.exit_code in (0, 3), result.output

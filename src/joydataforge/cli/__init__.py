@@ -3,6 +3,7 @@
 Errors reach the user as one line (the path at fault and what to do); the traceback only with
 ``joyforge --debug``. Exit statuses are :class:`~joydataforge.errors.ExitCode` (``joyforge run --help``).
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,6 +20,9 @@ from .magpie import magpie_command
 from .models import models_group
 from .prompts import prompts_group
 from .run import run_command
+from .schema import schema_command
+from .steps import steps_group
+from .validate import validate_command
 
 _options = {"debug": False}  # set by the group's --debug, read by main() once the command has raised
 
@@ -35,14 +39,27 @@ def cli(debug: bool) -> None:
     Clean:        joyforge dedup DATA -o OUT  |  joyforge select DATA -n 100 -o OUT
     Models:       joyforge models list | joyforge models check smollm2
     Prompts:      joyforge prompts list | joyforge prompts show zh/intent_cdss
+    Check:        joyforge validate PIPELINE | joyforge steps list | joyforge steps show KIND | joyforge schema
 
     The embedded default model (SmolLM2-135M-Instruct, in-process) needs no server and no key.
     """
     _options["debug"] = debug
 
 
-for command in (run_command, eval_command, dedup_command, select_command, dialogue_split_command, evol_group,
-                magpie_command, models_group, prompts_group):
+for command in (
+    run_command,
+    eval_command,
+    dedup_command,
+    select_command,
+    dialogue_split_command,
+    evol_group,
+    magpie_command,
+    models_group,
+    prompts_group,
+    steps_group,
+    validate_command,
+    schema_command,
+):
     cli.add_command(command)
 
 

@@ -1,4 +1,5 @@
 """``joyforge dialogue-split``: sample labelled dialogue turns into train/test sets per label."""
+
 from __future__ import annotations
 
 import click
@@ -19,22 +20,39 @@ def _test_size(value: str) -> float:
 @click.command("dialogue-split")
 @click.argument("data", type=click.Path(exists=True))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="folder for the split files")
-@click.option("--test-size", default="0.2", show_default=True,
-              help="per label: a count (10) or a fraction (0.2) of the sampled turns")
+@click.option(
+    "--test-size",
+    default="0.2",
+    show_default=True,
+    help="per label: a count (10) or a fraction (0.2) of the sampled turns",
+)
 @click.option("--per-label-cap", type=int, default=None, help="at most this many turns per label")
-@click.option("--per-record-cap", type=int, default=None,
-              help="at most this many turns per dialogue and label")
+@click.option("--per-record-cap", type=int, default=None, help="at most this many turns per dialogue and label")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--label-field", default="label", show_default=True)
 @click.option("--group-field", default="dialog_id", show_default=True, help="what 'record' means for --per-record-cap")
 @click.option("--labels", default=None, help="comma-separated labels to keep (default: all)")
-@click.option("--by-dialogue/--by-turn", default=False, show_default=True,
-              help="keep each dialogue's turns on one side (no train/test leakage through shared context); "
-                   "--by-turn samples turns one by one as the seed project did")
+@click.option(
+    "--by-dialogue/--by-turn",
+    default=False,
+    show_default=True,
+    help="keep each dialogue's turns on one side (no train/test leakage through shared context); "
+    "--by-turn samples turns one by one as the seed project did",
+)
 @click.option("--xlsx/--no-xlsx", default=True, show_default=True, help="also write test.xlsx, one sheet per label")
-def dialogue_split_command(data: str, out_dir: str, test_size: str, per_label_cap: int | None,
-                           per_record_cap: int | None, seed: int, label_field: str, group_field: str,
-                           labels: str | None, by_dialogue: bool, xlsx: bool) -> None:
+def dialogue_split_command(
+    data: str,
+    out_dir: str,
+    test_size: str,
+    per_label_cap: int | None,
+    per_record_cap: int | None,
+    seed: int,
+    label_field: str,
+    group_field: str,
+    labels: str | None,
+    by_dialogue: bool,
+    xlsx: bool,
+) -> None:
     """Split DATA (a dialogue_intent output: file or folder) into train and test sets per label.
 
     \b
@@ -44,12 +62,28 @@ def dialogue_split_command(data: str, out_dir: str, test_size: str, per_label_ca
     """
     size = _test_size(test_size)
     wanted = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
-    result = split_records(read_labelled(data), test_size=size, per_label_cap=per_label_cap,
-                           per_record_cap=per_record_cap, seed=seed, label_field=label_field,
-                           group_field=group_field, labels=wanted, by_dialogue=by_dialogue)
-    settings = {"data": data, "test_size": size, "per_label_cap": per_label_cap, "per_record_cap": per_record_cap,
-                "seed": seed, "label_field": label_field, "group_field": group_field, "labels": wanted,
-                "by_dialogue": by_dialogue}
+    result = split_records(
+        read_labelled(data),
+        test_size=size,
+        per_label_cap=per_label_cap,
+        per_record_cap=per_record_cap,
+        seed=seed,
+        label_field=label_field,
+        group_field=group_field,
+        labels=wanted,
+        by_dialogue=by_dialogue,
+    )
+    settings = {
+        "data": data,
+        "test_size": size,
+        "per_label_cap": per_label_cap,
+        "per_record_cap": per_record_cap,
+        "seed": seed,
+        "label_field": label_field,
+        "group_field": group_field,
+        "labels": wanted,
+        "by_dialogue": by_dialogue,
+    }
     summary = write_split(result, out_dir, xlsx=xlsx, settings=settings)
     click.echo(f"{'label':12} {'available':>9} {'train':>6} {'test':>5}")
     for label, counts in summary["labels"].items():
@@ -57,5 +91,7 @@ def dialogue_split_command(data: str, out_dir: str, test_size: str, per_label_ca
     dropped = ", ".join(f"{k}: {v}" for k, v in summary["dropped"].items()) or "none"
     click.echo(f"train {summary['train']}, test {summary['test']}; left out: {dropped}; written to {out_dir}")
     if result.shared_dialogues:
-        click.echo(f"note: {result.shared_dialogues} dialogues have turns in both train and test (their context "
-                   "is shared); --by-dialogue keeps each dialogue on one side")
+        click.echo(
+            f"note: {result.shared_dialogues} dialogues have turns in both train and test (their context "
+            "is shared); --by-dialogue keeps each dialogue on one side"
+        )

@@ -5,13 +5,15 @@ command with its file and line unless ``--skip-bad``), how they name text fields
 repeated or comma-separated), and how they get embeddings (``--embedder``). The measuring is done by
 :mod:`joydataforge.evaluate`; this module only parses options, reads, writes and prints.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 import numpy as np
@@ -125,6 +127,7 @@ async def _embed_texts(texts: Sequence[str], embedder: Any) -> np.ndarray:
     from ..evaluate.embeddings import embed_records
 
     with _console().status(f"embedding {len(texts):,} texts with {embedder.identity}") as status:
+
         def progress(done: int) -> None:
             status.update(f"embedding: {done:,}/{len(texts):,} texts with {embedder.identity}")
 
@@ -152,8 +155,15 @@ def _gateway_vectors(texts: Sequence[str], name: str, models_file: str | None, c
     return asyncio.run(run()), f"model:{name}"
 
 
-def resolve_vectors(records: Sequence[Record], texts: Sequence[str], spec: str, *, models_file: str | None = None,
-                    cache: bool = True, data_path: str | None = None) -> tuple[np.ndarray | None, str | None]:
+def resolve_vectors(
+    records: Sequence[Record],
+    texts: Sequence[str],
+    spec: str,
+    *,
+    models_file: str | None = None,
+    cache: bool = True,
+    data_path: str | None = None,
+) -> tuple[np.ndarray | None, str | None]:
     """Vectors for the records per ``--embedder`` (see :data:`EMBEDDER_HELP`), and a name for them."""
     from ..evaluate.embeddings import load_vectors, vectors_from_records
 
@@ -186,8 +196,9 @@ def resolve_vectors(records: Sequence[Record], texts: Sequence[str], spec: str, 
         raise BadInput(f"--embedder {spec}: {exc}") from None
 
 
-def resolve_entities(records: Sequence[Record], texts: Sequence[str], spec: str,
-                     models_file: str | None) -> tuple[list[dict[str, list[str]]] | None, str | None]:
+def resolve_entities(
+    records: Sequence[Record], texts: Sequence[str], spec: str, models_file: str | None
+) -> tuple[list[dict[str, list[str]]] | None, str | None]:
     """Entity maps per ``--entities``: ``fields`` (``None``: the metrics read the records' fields), or an extractor."""
     from ..evaluate import entities as ent
 
@@ -239,33 +250,84 @@ def _summary_table(title: str, columns: Sequence[tuple[str, dict[str, Any]]]) ->
 
 # --- eval ------------------------------------------------------------------------------------------
 
+
 @click.command("eval")
 @click.argument("data", type=click.Path())
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False),
-              help="Write the metrics JSON here (default: print it, unless --report is given).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here.")
-@click.option("--text-field", "text_fields", multiple=True,
-              help="Field(s) that make a record's text, repeated or comma-separated (default: input).")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False),
+    help="Write the metrics JSON here (default: print it, unless --report is given).",
+)
+@click.option(
+    "--report", "report_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here."
+)
+@click.option(
+    "--text-field",
+    "text_fields",
+    multiple=True,
+    help="Field(s) that make a record's text, repeated or comma-separated (default: input).",
+)
 @click.option("--embedder", default="auto", show_default=True, help=EMBEDDER_HELP)
-@click.option("--entity-fields", "entity_fields", multiple=True,
-              help="List fields holding entities, field name = entity type (default: every list-of-strings field "
-                   "that is not a text or label field).")
-@click.option("--entities", "entities_spec", default="fields", show_default=True,
-              help="Where entities come from: 'fields', 'offline' (jieba for Chinese), 'jieba', 'model:NAME' (LLM), 'none'.")
-@click.option("--label-field", "label_fields", multiple=True,
-              help="Label/tag fields to count (default: label, tag, task_label, intent... when present).")
-@click.option("--color-by", "colour_field", help="Field that colours the embedding map (default: the first label field).")
-@click.option("--threshold", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Jaccard similarity from which two records are near-duplicates.")
-@click.option("--top-clusters", default=10, show_default=True, type=click.IntRange(0), help="Duplicate clusters shown in the report.")
+@click.option(
+    "--entity-fields",
+    "entity_fields",
+    multiple=True,
+    help="List fields holding entities, field name = entity type (default: every list-of-strings field "
+    "that is not a text or label field).",
+)
+@click.option(
+    "--entities",
+    "entities_spec",
+    default="fields",
+    show_default=True,
+    help="Where entities come from: 'fields', 'offline' (jieba for Chinese), 'jieba', 'model:NAME' (LLM), 'none'.",
+)
+@click.option(
+    "--label-field",
+    "label_fields",
+    multiple=True,
+    help="Label/tag fields to count (default: label, tag, task_label, intent... when present).",
+)
+@click.option(
+    "--color-by", "colour_field", help="Field that colours the embedding map (default: the first label field)."
+)
+@click.option(
+    "--threshold",
+    default=0.8,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Jaccard similarity from which two records are near-duplicates.",
+)
+@click.option(
+    "--top-clusters",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Duplicate clusters shown in the report.",
+)
 @click.option("--title", help="Report title (default: the data's file name).")
 @click.option("--models", "models_file", help="A models.yaml merged over the built-in models (for model:NAME).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
 @click.option("--skip-bad", is_flag=True, help="Leave out records that cannot be read instead of stopping.")
-def eval_command(data: str, output: str | None, report_path: str | None, text_fields: tuple[str, ...], embedder: str,
-                 entity_fields: tuple[str, ...], entities_spec: str, label_fields: tuple[str, ...],
-                 colour_field: str | None, threshold: float, top_clusters: int, title: str | None,
-                 models_file: str | None, no_cache: bool, skip_bad: bool) -> None:
+def eval_command(
+    data: str,
+    output: str | None,
+    report_path: str | None,
+    text_fields: tuple[str, ...],
+    embedder: str,
+    entity_fields: tuple[str, ...],
+    entities_spec: str,
+    label_fields: tuple[str, ...],
+    colour_field: str | None,
+    threshold: float,
+    top_clusters: int,
+    title: str | None,
+    models_file: str | None,
+    no_cache: bool,
+    skip_bad: bool,
+) -> None:
     """Measure DATA: sizes, lengths, labels, near-duplicates, Vendi score, entity diversity.
 
     \b
@@ -279,8 +341,9 @@ def eval_command(data: str, output: str | None, report_path: str | None, text_fi
     fields = split_fields(text_fields)
     check_fields(records, fields, "--text-field")
     texts = _texts(records, fields)
-    vectors, vector_source = resolve_vectors(records, texts, embedder, models_file=models_file, cache=not no_cache,
-                                             data_path=data)
+    vectors, vector_source = resolve_vectors(
+        records, texts, embedder, models_file=models_file, cache=not no_cache, data_path=data
+    )
     entity_maps, entity_source = resolve_entities(records, texts, entities_spec, models_file)
     options = EvalOptions(
         text_fields=fields,
@@ -290,9 +353,14 @@ def eval_command(data: str, output: str | None, report_path: str | None, text_fi
         top_clusters=top_clusters,
     )
     try:
-        evaluation = evaluate_records(records, options, vectors=vectors, embedder=vector_source,
-                                      entity_maps=entity_maps,
-                                      entity_source=entity_source)
+        evaluation = evaluate_records(
+            records,
+            options,
+            vectors=vectors,
+            embedder=vector_source,
+            entity_maps=entity_maps,
+            entity_source=entity_source,
+        )
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     evaluation.metrics = {"data": str(data), "bad_records": len(bad), **evaluation.metrics}
@@ -304,8 +372,14 @@ def eval_command(data: str, output: str | None, report_path: str | None, text_fi
         Path(output).write_text(text + "\n", encoding="utf-8")
         console.print(f"metrics: {output}")
     if report_path:
-        write_report(report_path, evaluation, title=title or f"Dataset report: {Path(data).name}", source=str(data),
-                     colour_field=colour_field, top_clusters=top_clusters)
+        write_report(
+            report_path,
+            evaluation,
+            title=title or f"Dataset report: {Path(data).name}",
+            source=str(data),
+            colour_field=colour_field,
+            top_clusters=top_clusters,
+        )
         console.print(f"report: {report_path}")
     if not output and not report_path:
         click.echo(text)
@@ -313,27 +387,67 @@ def eval_command(data: str, output: str | None, report_path: str | None, text_fi
 
 # --- dedup -----------------------------------------------------------------------------------------
 
+
 @click.command("dedup")
 @click.argument("data", type=click.Path())
-@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="Where the kept records go (JSONL).")
-@click.option("--threshold", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Estimated Jaccard similarity from which two records are near-duplicates.")
-@click.option("--fields", "fields", multiple=True, help="Field(s) to compare, comma-separated or repeated (default: input).")
-@click.option("--policy", type=click.Choice(["first", "longest", "tag"]), default="first", show_default=True,
-              help="Per cluster: keep the first record, keep the longest, or keep all and tag them (cluster_id, duplicate_of).")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where the kept records go (JSONL).",
+)
+@click.option(
+    "--threshold",
+    default=0.8,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Estimated Jaccard similarity from which two records are near-duplicates.",
+)
+@click.option(
+    "--fields", "fields", multiple=True, help="Field(s) to compare, comma-separated or repeated (default: input)."
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["first", "longest", "tag"]),
+    default="first",
+    show_default=True,
+    help="Per cluster: keep the first record, keep the longest, or keep all and tag them (cluster_id, duplicate_of).",
+)
 @click.option("--reference", type=click.Path(), help="Earlier data: records of DATA that duplicate it are removed too.")
-@click.option("--removed", "removed_path", type=click.Path(dir_okay=False),
-              help="Also write the removed records here, each with duplicate_of and cluster_id.")
+@click.option(
+    "--removed",
+    "removed_path",
+    type=click.Path(dir_okay=False),
+    help="Also write the removed records here, each with duplicate_of and cluster_id.",
+)
 @click.option("--num-perm", default=128, show_default=True, type=click.IntRange(16), help="MinHash permutations.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Processes for the signatures.")
 @click.option("--seed", default=1, show_default=True, type=int, help="Picks the hash functions.")
 @click.option("--skip-bad", is_flag=True, help="Leave out records that cannot be read instead of stopping.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="ray: signatures, LSH bands and verification as Ray tasks (the cluster of RAY_ADDRESS, else a "
-                   "local one); the same result.")
-def dedup_command(data: str, output: str, threshold: float, fields: tuple[str, ...], policy: str, reference: str | None,
-                  removed_path: str | None, num_perm: int, workers: int, seed: int, skip_bad: bool,
-                  executor: str) -> None:
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: signatures, LSH bands and verification as Ray tasks (the cluster of RAY_ADDRESS, else a "
+    "local one); the same result.",
+)
+def dedup_command(
+    data: str,
+    output: str,
+    threshold: float,
+    fields: tuple[str, ...],
+    policy: str,
+    reference: str | None,
+    removed_path: str | None,
+    num_perm: int,
+    workers: int,
+    seed: int,
+    skip_bad: bool,
+    executor: str,
+) -> None:
     """Remove near-duplicate records of DATA (MinHash + LSH) and write the rest to -o.
 
     \b
@@ -347,9 +461,17 @@ def dedup_command(data: str, output: str, threshold: float, fields: tuple[str, .
     check_fields(records, names, "--fields")
     reference_records = read_dataset(reference, skip_bad=skip_bad, what="--reference")[0] if reference else None
     try:
-        result = deduplicate(records, text_fields=list(names), threshold=threshold, policy=policy,  # type: ignore[arg-type]
-                             reference=reference_records, workers=workers, num_perm=num_perm, seed=seed,
-                             clusterer=_ray_clusterer() if executor == "ray" else None)
+        result = deduplicate(
+            records,
+            text_fields=list(names),
+            threshold=threshold,
+            policy=policy,  # type: ignore[arg-type]
+            reference=reference_records,
+            workers=workers,
+            num_perm=num_perm,
+            seed=seed,
+            clusterer=_ray_clusterer() if executor == "ray" else None,
+        )
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     write_jsonl(output, result.kept)
@@ -357,13 +479,18 @@ def dedup_command(data: str, output: str, threshold: float, fields: tuple[str, .
         write_jsonl(removed_path, result.removed)
     stats = result.stats
     table = Table(title=f"dedup: {Path(data).name}", show_header=False, title_justify="left")
-    rows = [("records in", stats["records_in"]), ("reference records", stats["reference_records"]),
-            ("kept", stats["kept"]), ("removed", stats["removed"]),
-            ("  of which duplicates of reference", stats["removed_as_reference_duplicates"]),
-            ("clusters", stats["clusters"]), ("largest cluster", stats["largest_cluster"]),
-            ("empty texts", stats["empty_texts"]),
-            ("threshold / permutations", f"{threshold} / {num_perm} ({stats['bands']} bands x {stats['rows']} rows)"),
-            ("time", f"{stats['seconds']:.2f}s ({stats['docs_per_second'] or 0:,.0f} docs/s)")]
+    rows = [
+        ("records in", stats["records_in"]),
+        ("reference records", stats["reference_records"]),
+        ("kept", stats["kept"]),
+        ("removed", stats["removed"]),
+        ("  of which duplicates of reference", stats["removed_as_reference_duplicates"]),
+        ("clusters", stats["clusters"]),
+        ("largest cluster", stats["largest_cluster"]),
+        ("empty texts", stats["empty_texts"]),
+        ("threshold / permutations", f"{threshold} / {num_perm} ({stats['bands']} bands x {stats['rows']} rows)"),
+        ("time", f"{stats['seconds']:.2f}s ({stats['docs_per_second'] or 0:,.0f} docs/s)"),
+    ]
     if policy == "tag":
         rows.insert(3, ("tagged as duplicates", sum(1 for r in result.kept if r.get("duplicate_of") is not None)))
     for label, value in rows:
@@ -381,30 +508,60 @@ def _ray_clusterer() -> Any:
 
 # --- select ----------------------------------------------------------------------------------------
 
+
 @click.command("select")
 @click.argument("data", type=click.Path())
 @click.option("-n", "count", required=True, type=click.IntRange(1), help="How many records to select.")
-@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="Where the selection goes (JSONL).")
-@click.option("--method", type=click.Choice(["kcenter", "random"]), default="kcenter", show_default=True,
-              help="k-center greedy (farthest-point traversal on the embeddings) or a seeded random sample.")
+@click.option(
+    "-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="Where the selection goes (JSONL)."
+)
+@click.option(
+    "--method",
+    type=click.Choice(["kcenter", "random"]),
+    default="kcenter",
+    show_default=True,
+    help="k-center greedy (farthest-point traversal on the embeddings) or a seeded random sample.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="First pick (kcenter) or the draw (random).")
 @click.option("--text-field", "text_fields", multiple=True, help="Field(s) to embed and measure (default: input).")
 @click.option("--embedder", default="auto", show_default=True, help=EMBEDDER_HELP)
 @click.option("--entity-fields", "entity_fields", multiple=True, help="List fields holding entities (default: auto).")
 @click.option("--label-field", "label_fields", multiple=True, help="Label/tag fields to compare (default: auto).")
-@click.option("--keep", "keep_path", type=click.Path(),
-              help="Records selected earlier (any readable file): the new picks are the farthest from them; "
-                   "they are not written again.")
-@click.option("--order", type=click.Choice(["input", "pick"]), default="input", show_default=True,
-              help="Write the selection in input order, or in the order k-center picked it (most diverse first).")
+@click.option(
+    "--keep",
+    "keep_path",
+    type=click.Path(),
+    help="Records selected earlier (any readable file): the new picks are the farthest from them; "
+    "they are not written again.",
+)
+@click.option(
+    "--order",
+    type=click.Choice(["input", "pick"]),
+    default="input",
+    show_default=True,
+    help="Write the selection in input order, or in the order k-center picked it (most diverse first).",
+)
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False), help="Write both metric sets as JSON here.")
 @click.option("--models", "models_file", help="A models.yaml merged over the built-in models (for model:NAME).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
 @click.option("--skip-bad", is_flag=True, help="Leave out records that cannot be read instead of stopping.")
-def select_command(data: str, count: int, output: str, method: str, seed: int, text_fields: tuple[str, ...],
-                   embedder: str, entity_fields: tuple[str, ...], label_fields: tuple[str, ...], keep_path: str | None,
-                   order: str,
-                   metrics_path: str | None, models_file: str | None, no_cache: bool, skip_bad: bool) -> None:
+def select_command(
+    data: str,
+    count: int,
+    output: str,
+    method: str,
+    seed: int,
+    text_fields: tuple[str, ...],
+    embedder: str,
+    entity_fields: tuple[str, ...],
+    label_fields: tuple[str, ...],
+    keep_path: str | None,
+    order: str,
+    metrics_path: str | None,
+    models_file: str | None,
+    no_cache: bool,
+    skip_bad: bool,
+) -> None:
     """Select -n records of DATA that keep the most diversity, and compare their metrics with the full set's.
 
     \b
@@ -422,41 +579,64 @@ def select_command(data: str, count: int, output: str, method: str, seed: int, t
     # earlier picks go after the data, embedded the same way, and count as already selected
     everything = records + kept_before
     texts = _texts(everything, fields)
-    all_vectors, vector_source = resolve_vectors(everything, texts, embedder, models_file=models_file,
-                                                 cache=not no_cache, data_path=data)
+    all_vectors, vector_source = resolve_vectors(
+        everything, texts, embedder, models_file=models_file, cache=not no_cache, data_path=data
+    )
     vectors = None if all_vectors is None else all_vectors[:n]
     if method == "kcenter" and all_vectors is None:
-        raise BadInput("--method kcenter needs embeddings: choose an --embedder (or install the local model), "
-                       "or use --method random")
+        raise BadInput(
+            "--method kcenter needs embeddings: choose an --embedder (or install the local model), "
+            "or use --method random"
+        )
     if count > n:
         _console().print(f"[yellow]-n {count} is more than the {n} records: selecting all of them[/]")
     already = list(range(n, len(everything))) or None
     space = np.zeros((len(everything), 1)) if all_vectors is None else all_vectors
     try:
-        picked = select(space, count, method="k_center" if method == "kcenter" else "random", seed=seed,
-                        already_selected=already)
+        picked = select(
+            space, count, method="k_center" if method == "kcenter" else "random", seed=seed, already_selected=already
+        )
     except ValueError as exc:  # e.g. a zero vector, which has no cosine distance
         raise BadInput(f"--embedder {embedder}: {exc}") from None
     picked = picked[picked < n]  # never the earlier picks themselves
     ordered = [int(i) for i in (picked if order == "pick" else np.sort(picked))]
     write_jsonl(output, [records[i] for i in ordered])
 
-    options = EvalOptions(text_fields=fields, label_fields=split_fields(label_fields) if label_fields else None,
-                          entity_fields=split_fields(entity_fields) if entity_fields else None)
+    options = EvalOptions(
+        text_fields=fields,
+        label_fields=split_fields(label_fields) if label_fields else None,
+        entity_fields=split_fields(entity_fields) if entity_fields else None,
+    )
     full = evaluate_records(records, options, vectors=vectors, embedder=vector_source).metrics
-    subset = evaluate_records([records[i] for i in ordered], options,
-                              vectors=None if vectors is None else vectors[ordered], embedder=vector_source).metrics
+    subset = evaluate_records(
+        [records[i] for i in ordered],
+        options,
+        vectors=None if vectors is None else vectors[ordered],
+        embedder=vector_source,
+    ).metrics
     if vectors is not None and ordered:
         radius = coverage_radius(vectors, ordered)
         subset["coverage_radius"] = radius
     console = _console()
-    console.print(_summary_table(f"select ({method}, seed {seed}): {len(ordered):,} of {len(records):,} records",
-                                 [("full set", full), ("selected", subset)]))
+    console.print(
+        _summary_table(
+            f"select ({method}, seed {seed}): {len(ordered):,} of {len(records):,} records",
+            [("full set", full), ("selected", subset)],
+        )
+    )
     if vectors is not None and ordered:
-        console.print(f"coverage radius (largest cosine distance from a record to its nearest selected one; lower "
-                      f"covers better): {subset['coverage_radius']:.4f}")
+        console.print(
+            f"coverage radius (largest cosine distance from a record to its nearest selected one; lower "
+            f"covers better): {subset['coverage_radius']:.4f}"
+        )
     if metrics_path:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        payload = {"method": method, "seed": seed, "selected_rows": [i + 1 for i in ordered], "full": full, "selected": subset}
+        payload = {
+            "method": method,
+            "seed": seed,
+            "selected_rows": [i + 1 for i in ordered],
+            "full": full,
+            "selected": subset,
+        }
         Path(metrics_path).write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     console.print(f"output: {output}")

@@ -1,4 +1,5 @@
 """``joyforge models``: see and try the configured models."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,16 @@ def list_models(models_file: str | None) -> None:
         table.add_column(column)
     for name in registry.names():
         m = registry.get(name)
-        table.add_row(name, m.backend, m.model, m.endpoint if m.base_url or m.model_path else "", m.api_key_env or "-",
-                      str(m.max_concurrency), str(m.requests_per_minute or "-"), str(m.tokens_per_minute or "-"))
+        table.add_row(
+            name,
+            m.backend,
+            m.model,
+            m.endpoint if m.base_url or m.model_path else "",
+            m.api_key_env or "-",
+            str(m.max_concurrency),
+            str(m.requests_per_minute or "-"),
+            str(m.tokens_per_minute or "-"),
+        )
     Console().print(table)
 
 
@@ -55,8 +64,10 @@ def check_model(name: str, models_file: str | None, prompt: str) -> None:
             seconds = time.perf_counter() - started
         finally:
             await gateway.close()
-        click.echo(f"model {name}: OK in {seconds:.2f}s, {reply.usage.prompt_tokens} prompt + "
-                   f"{reply.usage.completion_tokens} completion tokens")
+        click.echo(
+            f"model {name}: OK in {seconds:.2f}s, {reply.usage.prompt_tokens} prompt + "
+            f"{reply.usage.completion_tokens} completion tokens"
+        )
         click.echo(f"reply: {reply.text.strip()}")
 
     asyncio.run(probe())

@@ -1,4 +1,5 @@
 """``joyforge prompts``: the built-in prompt library."""
+
 from __future__ import annotations
 
 import click
@@ -30,4 +31,5 @@ def show_prompt(name: str) -> None:
     click.echo(f"--- user ---\n{template.user}")
     if template.schema:
         import json
+
         click.echo(f"--- schema ---\n{json.dumps(template.schema, ensure_ascii=False, indent=2)}")

@@ -1,4 +1,5 @@
 """``joyforge run``: run a pipeline file, resumably, and exit with the run's verdict (see EXIT_STATUS)."""
+
 from __future__ import annotations
 
 import os
@@ -34,11 +35,16 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 120)
     table = Table(title="run summary", show_header=False, title_justify="left")
     rows = [
-        ("records in", summary.records_in), ("records out", summary.records_out),
-        ("inputs done", summary.inputs_done), ("filtered", summary.filtered),
-        ("failed (see failures.jsonl)", summary.failed), ("bad input lines", summary.bad_input),
-        ("skipped (done earlier)", summary.skipped), ("cache hits", summary.cache_hits),
-        ("tokens", f"{summary.tokens:,}"), ("time", f"{summary.seconds:.1f}s"),
+        ("records in", summary.records_in),
+        ("records out", summary.records_out),
+        ("inputs done", summary.inputs_done),
+        ("filtered", summary.filtered),
+        ("failed (see failures.jsonl)", summary.failed),
+        ("bad input lines", summary.bad_input),
+        ("skipped (done earlier)", summary.skipped),
+        ("cache hits", summary.cache_hits),
+        ("tokens", f"{summary.tokens:,}"),
+        ("time", f"{summary.seconds:.1f}s"),
     ]
     if summary.cost:
         rows.append(("cost", f"{summary.cost:.4f}"))
@@ -46,13 +52,35 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         table.add_row(label, str(value))
     console.print(table)
     models = Table(title="models", title_justify="left")
-    for column in ("model", "calls", "cached", "retries", "errors", "invalid", "prompt tok", "completion tok",
-                   "mean latency"):
+    for column in (
+        "model",
+        "calls",
+        "cached",
+        "retries",
+        "errors",
+        "invalid",
+        "prompt tok",
+        "completion tok",
+        "mean latency",
+    ):
         models.add_column(column)
     for name, usage in summary.models.items():
-        models.add_row(name, *(str(usage[k]) for k in ("calls", "cache_hits", "retries", "errors", "invalid_replies",
-                                                         "prompt_tokens", "completion_tokens")),
-                       f"{usage['mean_latency']:.3f}s")
+        models.add_row(
+            name,
+            *(
+                str(usage[k])
+                for k in (
+                    "calls",
+                    "cache_hits",
+                    "retries",
+                    "errors",
+                    "invalid_replies",
+                    "prompt_tokens",
+                    "completion_tokens",
+                )
+            ),
+            f"{usage['mean_latency']:.3f}s",
+        )
     if summary.models:
         console.print(models)
     counters = {name: stats for name, stats in summary.steps.items() if stats}
@@ -82,24 +110,45 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
 @click.option("--order", type=click.Choice(["input", "completion"]), help="Output order.")
 @click.option("--retry-failed", is_flag=True, help="Redo records that failed in an earlier run of this folder.")
 @click.option("--overwrite", is_flag=True, help="Start afresh: delete this folder's earlier output first.")
-@click.option("--max-failures", metavar="N|P%",
-              help="Stop early (exit 5, resumable) once more than N records failed, or more than P% of the records "
-                   "finished (overrides run.max_failures).")
+@click.option(
+    "--max-failures",
+    metavar="N|P%",
+    help="Stop early (exit 5, resumable) once more than N records failed, or more than P% of the records "
+    "finished (overrides run.max_failures).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs and CI).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), help="Where records run (overrides run.executor).")
-@click.option("--address", help="Ray cluster to join ('auto', 'ray://HOST:10001'); default: RAY_ADDRESS, "
-                                "else a local one.")
-def run_command(pipeline_file: str, output_dir: str | None, start: int | None, limit: int | None,
-                concurrency: int | None, models_file: str | None, order: str | None, retry_failed: bool,
-                overwrite: bool, max_failures: str | None, no_progress: bool, executor: str | None,
-                address: str | None) -> None:
+@click.option(
+    "--address", help="Ray cluster to join ('auto', 'ray://HOST:10001'); default: RAY_ADDRESS, else a local one."
+)
+def run_command(
+    pipeline_file: str,
+    output_dir: str | None,
+    start: int | None,
+    limit: int | None,
+    concurrency: int | None,
+    models_file: str | None,
+    order: str | None,
+    retry_failed: bool,
+    overwrite: bool,
+    max_failures: str | None,
+    no_progress: bool,
+    executor: str | None,
+    address: str | None,
+) -> None:
     """Run PIPELINE_FILE (YAML). Re-running the same command resumes where it stopped.
 
     One run at a time per output folder: a second one exits at once (status 2) naming the pid that holds it.
     """
     overrides: dict[str, Any] = {}
-    for key, value in (("input.start", start), ("input.limit", limit), ("run.concurrency", concurrency),
-                       ("output.order", order), ("run.executor", executor), ("run.max_failures", max_failures)):
+    for key, value in (
+        ("input.start", start),
+        ("input.limit", limit),
+        ("run.concurrency", concurrency),
+        ("output.order", order),
+        ("run.executor", executor),
+        ("run.max_failures", max_failures),
+    ):
         if value is not None:
             overrides[key] = value
     if retry_failed:
@@ -115,8 +164,9 @@ def run_command(pipeline_file: str, output_dir: str | None, start: int | None, l
         sys.exit(int(code))
 
 
-def execute(pipeline: Pipeline, *, overwrite: bool = False, progress: bool | None = None,
-            address: str | None = None) -> ExitCode:
+def execute(
+    pipeline: Pipeline, *, overwrite: bool = False, progress: bool | None = None, address: str | None = None
+) -> ExitCode:
     """Run ``pipeline``, print its summary and one line of verdict, and return the exit status.
 
     Errors that stop a run before it starts (configuration, files, the folder's lock) propagate: the
@@ -127,8 +177,10 @@ def execute(pipeline: Pipeline, *, overwrite: bool = False, progress: bool | Non
     summaries: list[RunSummary] = []
     if pipeline.run.executor == "ray":
         from ..engine.ray_executor import RayExecutor
-        runner: LocalExecutor = RayExecutor(pipeline, overwrite=overwrite, progress=progress, address=address,
-                                            on_summary=summaries.append)
+
+        runner: LocalExecutor = RayExecutor(
+            pipeline, overwrite=overwrite, progress=progress, address=address, on_summary=summaries.append
+        )
     else:
         runner = LocalExecutor(pipeline, overwrite=overwrite, progress=progress, on_summary=summaries.append)
     try:
@@ -165,8 +217,7 @@ def verdict_lines(summary: RunSummary, pipeline: Pipeline) -> list[str]:
     failures = os.path.join(summary.output_dir, "failures.jsonl")
     if code == ExitCode.SOME_FAILED:
         total = summary.failed_total + summary.succeeded_total
-        lines.append(f"{summary.failed_total} of {total} records failed: see {failures} "
-                     "(--retry-failed redoes them)")
+        lines.append(f"{summary.failed_total} of {total} records failed: see {failures} (--retry-failed redoes them)")
     elif code == ExitCode.ALL_FAILED:
         lines.append(f"no record succeeded: all {summary.failed_total} failed, see {failures}")
     return lines

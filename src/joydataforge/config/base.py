@@ -5,6 +5,7 @@ typed, ranged, every field described, defaults in the class. The config is plain
 pipeline file validates against, what the run fingerprint, the Ray executor, ``joyforge steps show``, the
 JSON Schema and the reference pages in ``docs/`` are made from. The step that runs records is built from it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,9 +32,14 @@ class StepConfig(BaseModel):
     example: ClassVar[dict[str, Any]] = {}
     """A minimal working setting of this kind, shown by ``joyforge steps show`` and in the reference."""
 
-    name: str | None = Field(default=None, min_length=1, description=(
-        "This step's name in counters, provenance (`_meta.calls[].step`) and error messages; "
-        "defaults to the kind. Give two steps of one kind different names."))
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "This step's name in counters, provenance (`_meta.calls[].step`) and error messages; "
+            "defaults to the kind. Give two steps of one kind different names."
+        ),
+    )
 
     _written: dict[str, Any] | None = PrivateAttr(default=None)
     _step_class_path: str | None = PrivateAttr(default=None)
@@ -60,8 +66,10 @@ class StepConfig(BaseModel):
     def from_python(cls, args: Sequence[Any], kwargs: Mapping[str, Any], *, where: str) -> "StepConfig":
         """The Python API: positional arguments are the kind's ``positional`` settings, in order."""
         if len(args) > len(cls.positional):
-            raise ConfigError(f"{where}: takes at most {len(cls.positional)} positional setting(s) "
-                              f"({', '.join(cls.positional) or 'none'}), got {len(args)}")
+            raise ConfigError(
+                f"{where}: takes at most {len(cls.positional)} positional setting(s) "
+                f"({', '.join(cls.positional) or 'none'}), got {len(args)}"
+            )
         settings = dict(zip(cls.positional, args))
         twice = sorted(set(settings) & set(kwargs))
         if twice:
@@ -90,14 +98,26 @@ class PromptedConfig(StepConfig):
     positional: ClassVar[tuple[str, ...]] = ("model", "prompt")
 
     model: str = Field(min_length=1, description="Named model (from models.yaml) that answers.")
-    prompt: str = Field(min_length=1, description=(
-        "Prompt template: a built-in name (`answer`, `zh/answer`; `joyforge prompts list`) or the path of a "
-        "YAML prompt file, relative to the pipeline file."))
-    options: dict[str, Any] = Field(default_factory=dict, description=(
-        "Extra values the template reads as `options.NAME` (label sets, instructions); record fields are "
-        "read from the record."))
-    params: dict[str, Any] = Field(default_factory=dict, description=(
-        "Sampling parameters for this step's calls (`temperature`, `max_tokens`, ...), over the model's own."))
+    prompt: str = Field(
+        min_length=1,
+        description=(
+            "Prompt template: a built-in name (`answer`, `zh/answer`; `joyforge prompts list`) or the path of a "
+            "YAML prompt file, relative to the pipeline file."
+        ),
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Extra values the template reads as `options.NAME` (label sets, instructions); record fields are "
+            "read from the record."
+        ),
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Sampling parameters for this step's calls (`temperature`, `max_tokens`, ...), over the model's own."
+        ),
+    )
 
     def model_names(self) -> list[str]:
         return [self.model]

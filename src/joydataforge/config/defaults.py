@@ -3,6 +3,7 @@
 A number here is a default a user can change in a file or on the command line; changing it here changes
 it everywhere it applies (run settings, model settings, commands, the generated reference).
 """
+
 from __future__ import annotations
 
 RECORDS_IN_FLIGHT = 32

@@ -3,9 +3,9 @@
 Only configs are imported here, never the steps that run them: a pipeline file validates (and ``joyforge
 schema`` or ``validate`` answer) without loading the engine or any model code.
 """
+
 from __future__ import annotations
 
-from .base import StepConfig
 from ..methods.critique.config import CritiqueReviseConfig
 from ..methods.dedup.config import MinHashDedupConfig
 from ..methods.dialogue.config import DialogueIntentConfig, IntentBinaryConfig
@@ -17,10 +17,26 @@ from ..methods.magpie.config import MagpieInstructionConfig, MagpieResponseConfi
 from ..methods.rewrite.config import RewriteConfig
 from ..methods.seedless.config import SeedlessConfig
 from ..methods.vote.config import CascadeConfig, VoteConfig
+from .base import StepConfig
 
 BUILTIN_CONFIGS: dict[str, type[StepConfig]] = {
-    config.kind: config for config in (
-        GenerateConfig, LabelConfig, MinHashDedupConfig, VoteConfig, CascadeConfig, JointConfig,
-        CritiqueReviseConfig, EvolInstructConfig, RewriteConfig, SeedlessConfig, DialogueIntentConfig,
-        IntentBinaryConfig, MagpieInstructionConfig, MagpieResponseConfig, MagpieTagConfig, PreferencePairsConfig)
+    config.kind: config
+    for config in (
+        GenerateConfig,
+        LabelConfig,
+        MinHashDedupConfig,
+        VoteConfig,
+        CascadeConfig,
+        JointConfig,
+        CritiqueReviseConfig,
+        EvolInstructConfig,
+        RewriteConfig,
+        SeedlessConfig,
+        DialogueIntentConfig,
+        IntentBinaryConfig,
+        MagpieInstructionConfig,
+        MagpieResponseConfig,
+        MagpieTagConfig,
+        PreferencePairsConfig,
+    )
 }

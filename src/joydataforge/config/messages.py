@@ -4,6 +4,7 @@ A user who writes ``rounds: two`` must read ``pipeline.yaml: steps[2] (critique_
 integer (got 'two')``, never Python's exception text. Everything that turns a :class:`ValidationError` into
 text for a user goes through :func:`describe_errors`.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -15,17 +16,52 @@ from pydantic import BaseModel, ValidationError
 
 # What a value of each type is called, for "must be X (got Y)".
 _TYPE_WORDS = {
-    "int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "list": "a list",
-    "dict": "a mapping", "none": "null", "tuple": "a list", "set": "a list", "model": "a mapping",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "list": "a list",
+    "dict": "a mapping",
+    "none": "null",
+    "tuple": "a list",
+    "set": "a list",
+    "model": "a mapping",
 }
 _TYPE_OF_ERROR = {
-    "int_type": "int", "int_parsing": "int", "int_from_float": "int", "float_type": "float",
-    "float_parsing": "float", "string_type": "str", "bool_type": "bool", "bool_parsing": "bool",
-    "list_type": "list", "dict_type": "dict", "none_required": "none", "tuple_type": "tuple", "set_type": "set",
-    "model_type": "model", "model_attributes_type": "model", "mapping_type": "dict",
+    "int_type": "int",
+    "int_parsing": "int",
+    "int_from_float": "int",
+    "float_type": "float",
+    "float_parsing": "float",
+    "string_type": "str",
+    "bool_type": "bool",
+    "bool_parsing": "bool",
+    "list_type": "list",
+    "dict_type": "dict",
+    "none_required": "none",
+    "tuple_type": "tuple",
+    "set_type": "set",
+    "model_type": "model",
+    "model_attributes_type": "model",
+    "mapping_type": "dict",
 }
-_UNION_TAGS = {"int", "float", "str", "bool", "list", "dict", "none", "tuple", "set", "literal", "constrained-str",
-               "constrained-int", "constrained-float", "is-instance", "json-or-python"}
+_UNION_TAGS = {
+    "int",
+    "float",
+    "str",
+    "bool",
+    "list",
+    "dict",
+    "none",
+    "tuple",
+    "set",
+    "literal",
+    "constrained-str",
+    "constrained-int",
+    "constrained-float",
+    "is-instance",
+    "json-or-python",
+}
 _COMPARISONS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
@@ -110,8 +146,9 @@ def _nested_model(model: type[BaseModel] | None, loc: Sequence[Any]) -> type[Bas
     return model
 
 
-def describe_errors(exc: ValidationError, where: str, known: Sequence[str] = (),
-                    model: type[BaseModel] | None = None) -> list[str]:
+def describe_errors(
+    exc: ValidationError, where: str, known: Sequence[str] = (), model: type[BaseModel] | None = None
+) -> list[str]:
     """One line per problem: ``<where>.<field>: <what is wrong> (got <value>)``.
 
     Errors of one field that come from the members of a union (``models`` may be a list or a mapping) are

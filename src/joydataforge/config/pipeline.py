@@ -3,6 +3,7 @@
 YAML (for the CLI) and Python (for the library) build the same :class:`Pipeline`. The YAML is validated
 before anything heavy is imported, and every error names the setting to change.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -23,53 +24,123 @@ class InputConfig(BaseModel):
     """Where records come from: a file or a folder of files, and which part of it to read."""
 
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(description=(
-        "The input: a JSONL, JSON, CSV, Parquet, XLSX or YAML (taxonomy) file, or a folder of them (read in name "
-        "order); relative to the pipeline file."))
-    start: int = Field(default=0, ge=0, description=(
-        "Skip this many records first (the seed's `threshold_low`); bad lines count as records."))
-    limit: int | None = Field(default=None, ge=0, description=(
-        "Read at most this many records (after `start`); null reads to the end."))
-    encoding: str | None = Field(default=None, description=(
-        "Text encoding of JSONL, JSON and CSV files (`utf-8`, `gb18030`, ...); null detects it."))
+    path: str = Field(
+        description=(
+            "The input: a JSONL, JSON, CSV, Parquet, XLSX or YAML (taxonomy) file, or a folder of them (read in name "
+            "order); relative to the pipeline file."
+        )
+    )
+    start: int = Field(
+        default=0,
+        ge=0,
+        description=("Skip this many records first (the seed's `threshold_low`); bad lines count as records."),
+    )
+    limit: int | None = Field(
+        default=None, ge=0, description=("Read at most this many records (after `start`); null reads to the end.")
+    )
+    encoding: str | None = Field(
+        default=None,
+        description=("Text encoding of JSONL, JSON and CSV files (`utf-8`, `gb18030`, ...); null detects it."),
+    )
     sheet: str | None = Field(default=None, description="XLSX: the sheet to read; null reads the first.")
-    id_field: str = Field(default="id", description=(
-        "Field holding a record's own id; a record without one gets a hash of its content. Repeated ids get "
-        "`#2`, `#3`... in input order."))
-    on_bad_record: Literal["skip", "stop"] = Field(default="skip", description=(
-        "A line that cannot be read: `skip` records it in failures.jsonl (file and line) and goes on; `stop` "
-        "ends the run there."))
+    id_field: str = Field(
+        default="id",
+        description=(
+            "Field holding a record's own id; a record without one gets a hash of its content. Repeated ids get "
+            "`#2`, `#3`... in input order."
+        ),
+    )
+    on_bad_record: Literal["skip", "stop"] = Field(
+        default="skip",
+        description=(
+            "A line that cannot be read, or a record whose fields a step needs are missing or of the wrong type: "
+            "`skip` records it in failures.jsonl (file, line, field) and goes on; `stop` ends the run there "
+            "(exit status 2)."
+        ),
+    )
 
 
 class OutputConfig(BaseModel):
     """Where results go: the run folder and the file formats written into it."""
 
     model_config = ConfigDict(extra="forbid")
-    dir: str = Field(default="out", description=(
-        "The run folder (data, failures, ledger, summary), relative to the pipeline file; `joyforge run -o` "
-        "overrides it. Re-running into it resumes."))
-    formats: list[Literal["jsonl", "parquet"]] = Field(default_factory=lambda: ["jsonl"], description=(
-        "Files to write: `jsonl` always (`data.jsonl`), plus `parquet` (`data.parquet`, made at the end)."))
-    order: Literal["input", "completion"] = Field(default="input", description=(
-        "`input`: outputs in input order, whatever the order they finish in; `completion`: as they finish."))
+    dir: str = Field(
+        default="out",
+        description=(
+            "The run folder (data, failures, ledger, summary), relative to the pipeline file; `joyforge run -o` "
+            "overrides it. Re-running into it resumes."
+        ),
+    )
+    formats: list[Literal["jsonl", "parquet"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description=(
+            "Files to write: `jsonl` always (`data.jsonl`), plus `parquet` (`data.parquet`, made at the end)."
+        ),
+    )
+    order: Literal["input", "completion"] = Field(
+        default="input",
+        description=(
+            "`input`: outputs in input order, whatever the order they finish in; `completion`: as they finish."
+        ),
+    )
 
 
 class RunConfig(BaseModel):
+    """How a run behaves; every setting but ``seed`` may change between a run and its resume."""
+
     model_config = ConfigDict(extra="forbid")
-    concurrency: int = Field(default=defaults.RECORDS_IN_FLIGHT, ge=1, description="records in flight at once")
-    seed: int = defaults.SEED
-    cache: str | None = Field(default=defaults.CACHE_PATH, description="call cache file; null disables")
-    language: Literal["en", "zh"] = "en"
-    prompts_dir: str | None = None
-    retry_failed: bool = False
-    progress: bool = True
-    executor: Literal["local", "ray"] = Field(default="local",
-                                              description="ray: run on a Ray cluster (pip install joydataforge[ray])")
-    max_failures: int | str | None = Field(default=None, description=(
-        "Stop the run early (cleanly, resumable, exit status 5) when records keep failing: `N` once more than N "
-        "records failed in this run, `P%` once more than P percent of the records it finished failed (judged "
-        "from 20 finished records on); bad input lines do not count. null: never. `joyforge run --max-failures` "
-        "overrides it."))
+    concurrency: int = Field(
+        default=defaults.RECORDS_IN_FLIGHT,
+        ge=1,
+        description=(
+            "Records in flight at once (each model's own max_concurrency still caps its requests). Unset with an "
+            "in-process vLLM model: that model's max_concurrency, so its batches fill."
+        ),
+    )
+    seed: int = Field(
+        default=defaults.SEED,
+        description=(
+            "The run seed: every record draws its samples from (seed, step, record id), so a run repeats itself "
+            "whatever the concurrency. Part of the run's fingerprint."
+        ),
+    )
+    cache: str | None = Field(
+        default=defaults.CACHE_PATH,
+        description=(
+            "The persistent call cache (SQLite), relative to the pipeline file: a call already paid for is never paid "
+            "again, across runs. null: no cache."
+        ),
+    )
+    language: Literal["en", "zh"] = Field(
+        default="en",
+        description=(
+            "Language of the built-in prompts a step names without a language folder (`answer` -> `en/answer`)."
+        ),
+    )
+    prompts_dir: str | None = Field(
+        default=None, description=("A folder searched first for prompt files, to override built-in prompts by name.")
+    )
+    retry_failed: bool = Field(
+        default=False,
+        description=("Redo the records that failed in an earlier run of this output folder (`--retry-failed`)."),
+    )
+    progress: bool = Field(default=True, description="Show a progress bar (off in logs: `--no-progress`).")
+    executor: Literal["local", "ray"] = Field(
+        default="local",
+        description=(
+            "Where records run: `local` (asyncio in this process) or `ray` (a Ray cluster; "
+            "pip install joydataforge[ray]). The same steps either way."
+        ),
+    )
+    max_failures: int | str | None = Field(
+        default=None,
+        description=(
+            "Stop the run early (cleanly, resumable, exit status 5) when records keep failing: `N` once more than N "
+            "records failed in this run, `P%` once more than P percent of the records it finished failed (judged "
+            "from 20 finished records on); bad input lines do not count. null: never. `joyforge run --max-failures` "
+            "overrides it."
+        ),
+    )
 
     @field_validator("max_failures", mode="before")
     @classmethod
@@ -95,22 +166,33 @@ class Pipeline(BaseModel):
     steps (``Generate("m")``), which are run as they are."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    name: str = Field(default="pipeline", min_length=1, description=(
-        "The pipeline's name: shown in logs and the summary, and stamped on every record's provenance."))
+    name: str = Field(
+        default="pipeline",
+        min_length=1,
+        description=("The pipeline's name: shown in logs and the summary, and stamped on every record's provenance."),
+    )
     input: InputConfig = Field(description="Where records come from.")
-    steps: list[Any] = Field(min_length=1, description=(
-        "The steps records pass through, in order: `- kind: {settings}` (`joyforge steps list`)."))
+    steps: list[Any] = Field(
+        min_length=1,
+        description=("The steps records pass through, in order: `- kind: {settings}` (`joyforge steps list`)."),
+    )
     output: OutputConfig = Field(default_factory=OutputConfig, description="What the run writes, and where.")
     run: RunConfig = Field(default_factory=RunConfig, description="How the run behaves: concurrency, seed, cache.")
-    models: str | None = Field(default=None, description=(
-        "A models.yaml merged over the built-in one (relative to the pipeline file)."))
-    base_dir: str = Field(default=".", description=(
-        "The folder relative paths are resolved from: the pipeline file's own folder (not a setting of the file)."))
+    models: str | None = Field(
+        default=None, description=("A models.yaml merged over the built-in one (relative to the pipeline file).")
+    )
+    base_dir: str = Field(
+        default=".",
+        description=(
+            "The folder relative paths are resolved from: the pipeline file's own folder (not a setting of the file)."
+        ),
+    )
 
     @field_validator("steps")
     @classmethod
     def _steps_are_steps(cls, steps: list[Any]) -> list[Any]:
         from ..engine.step import Step
+
         for i, step in enumerate(steps):
             if not isinstance(step, (StepConfig, Step)):
                 raise SettingError(f"steps[{i}]", f"a step config or a Step, not {type(step).__name__}")
@@ -120,6 +202,7 @@ class Pipeline(BaseModel):
     def step_configs(self) -> list[StepConfig]:
         """Every step's settings, also of steps handed in built (the Python API)."""
         from ..engine.step import Step
+
         return [s.config if isinstance(s, Step) else s for s in self.steps]
 
     def resolve(self, path: str | None) -> Path | None:
@@ -141,13 +224,16 @@ class Pipeline(BaseModel):
         return cls.from_dict(data, source=str(file), base_dir=str(file.parent), overrides=overrides)
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "<pipeline>", base_dir: str = ".",
-                  overrides: dict[str, Any] | None = None) -> "Pipeline":
+    def from_dict(
+        cls, data: Any, *, source: str = "<pipeline>", base_dir: str = ".", overrides: dict[str, Any] | None = None
+    ) -> "Pipeline":
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: a pipeline is a mapping with input:, steps: and output:")
         data = dict(data)
         if "base_dir" in data:
-            raise ConfigError(f"{source}: base_dir: unknown setting (paths in a pipeline file are relative to the file)")
+            raise ConfigError(
+                f"{source}: base_dir: unknown setting (paths in a pipeline file are relative to the file)"
+            )
         for dotted, value in (overrides or {}).items():
             section, _, key = dotted.partition(".")
             data.setdefault(section, {})
@@ -177,14 +263,17 @@ class Pipeline(BaseModel):
 def _config_class(kind: str, where: str) -> type[StepConfig]:
     if "." in kind:  # a plugin named by its class path: importing it is the only way to learn its settings
         from ..engine.registry import import_step_class
+
         return import_step_class(kind, where).Config
     try:
         return BUILTIN_CONFIGS[kind]
     except KeyError:
         close = difflib.get_close_matches(kind, list(BUILTIN_CONFIGS), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"{where}: unknown step kind '{kind}' ({hint}known: {', '.join(sorted(BUILTIN_CONFIGS))}; "
-                          "`joyforge steps list` describes them)") from None
+        raise ConfigError(
+            f"{where}: unknown step kind '{kind}' ({hint}known: {', '.join(sorted(BUILTIN_CONFIGS))}; "
+            "`joyforge steps list` describes them)"
+        ) from None
 
 
 def step_config(item: Any, where: str) -> StepConfig:
@@ -197,8 +286,9 @@ def step_config(item: Any, where: str) -> StepConfig:
         if settings is None:
             settings = {}
         if not isinstance(settings, dict):
-            raise ConfigError(f"{where} ({kind}): the settings of a step are a mapping "
-                              f"(write '- {kind}: {{setting: value, ...}}')")
+            raise ConfigError(
+                f"{where} ({kind}): the settings of a step are a mapping (write '- {kind}: {{setting: value, ...}}')"
+            )
     else:
         raise ConfigError(f"{where}: write a step as '- generate: {{model: ..., prompt: ...}}'")
     if not isinstance(kind, str) or not kind:

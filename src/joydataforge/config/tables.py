@@ -6,6 +6,7 @@ settings: the names are what the model must choose from, the texts are the guida
 given without a text takes the built-in one when there is one. Config validators call
 :func:`named_table` so that a setting of the wrong shape is reported against that setting.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -16,6 +16,7 @@ record that could not finish gets no ledger line (it is redone on resume), the s
 :class:`~joydataforge.errors.RunStopped` (or :class:`BadInputStop`) is raised after it. The folder is held
 by an OS lock for the whole run (:mod:`.lock`), so a second run on it fails at once.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -117,7 +118,7 @@ class FailureBudget:
         percent = float(self.limit.rstrip("%"))
         needed = MIN_FINISHED_FOR_RATE if self.total is None else min(MIN_FINISHED_FOR_RATE, self.total)
         if finished >= max(needed, 1) and failed * 100 > percent * finished:
-            return (f"{failed} of the {finished} records finished failed, more than --max-failures {self.limit}")
+            return f"{failed} of the {finished} records finished failed, more than --max-failures {self.limit}"
         return None
 
 
@@ -157,6 +158,7 @@ def split_steps(steps: list[Step]) -> tuple[list[Step], list[Step]]:
 
 async def _read_batches(items: Iterator[SourceItem]) -> AsyncIterator[list[SourceItem]]:
     """File reading and parsing happen in a worker thread, a batch at a time, off the event loop."""
+
     def next_batch() -> list[SourceItem]:
         batch = []
         for item in items:
@@ -177,9 +179,16 @@ Settle = Callable[[bool], Awaitable[None]]
 
 
 class LocalExecutor:
-    def __init__(self, pipeline: Pipeline, *, registry: ModelRegistry | None = None, gateway: Gateway | None = None,
-                 overwrite: bool = False, progress: bool | None = None,
-                 on_summary: Callable[[RunSummary], None] | None = None):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        registry: ModelRegistry | None = None,
+        gateway: Gateway | None = None,
+        overwrite: bool = False,
+        progress: bool | None = None,
+        on_summary: Callable[[RunSummary], None] | None = None,
+    ):
         self.pipeline = pipeline
         self.steps = built_steps(pipeline.steps)
         self.registry = registry or self._registry()
@@ -246,8 +255,12 @@ class LocalExecutor:
             for step in self.steps:
                 step.check(ctx)  # unknown models, missing prompts, bad schemas: before any record is read
             _widen_for_batching_engines(pipeline, self.steps, gateway.registry)
-            state = RunState.open(out_dir, pipeline_fingerprint(pipeline, self.steps),
-                                  retry_failed=pipeline.run.retry_failed, overwrite=self.overwrite)
+            state = RunState.open(
+                out_dir,
+                pipeline_fingerprint(pipeline, self.steps),
+                retry_failed=pipeline.run.retry_failed,
+                overwrite=self.overwrite,
+            )
             self.summary = RunSummary(output_dir=str(out_dir), repaired_lines=state.repaired_lines)
             self._intake_log = _IntakeLog()
             with _young_generation(50 * 4 * pipeline.run.concurrency):
@@ -287,8 +300,9 @@ class LocalExecutor:
         if self.on_summary:
             self.on_summary(summary)
 
-    def _new_committer(self, ctx: StepContext, state: RunState, window: asyncio.Semaphore,
-                       total: int | None) -> "_Committer":
+    def _new_committer(
+        self, ctx: StepContext, state: RunState, window: asyncio.Semaphore, total: int | None
+    ) -> "_Committer":
         progress = RunProgress(total, enabled=self.show_progress, gateway=ctx.gateway)
         budget = FailureBudget.of(self.pipeline.run.max_failures, total)
         return _Committer(state, self.pipeline.output.order == "input", self.summary, window, progress, budget)
@@ -338,8 +352,15 @@ class LocalExecutor:
 
         return await self._drive(ctx, state, committer, sequential, feed, settle)
 
-    async def _drive(self, ctx: StepContext, state: RunState, committer: "_Committer", sequential: list[Step],
-                     feed: Feed, settle: Settle) -> JoyForgeError | None:
+    async def _drive(
+        self,
+        ctx: StepContext,
+        state: RunState,
+        committer: "_Committer",
+        sequential: list[Step],
+        feed: Feed,
+        settle: Settle,
+    ) -> JoyForgeError | None:
         """Read and feed records, wait for those in flight, commit; how every run ends, normally or early.
 
         Shared by the local and the Ray executor, which differ only in ``feed`` (where records go) and
@@ -372,8 +393,15 @@ class LocalExecutor:
         request = committer.stop_request
         return request.error() if request is not None else None
 
-    async def _intake(self, ctx: StepContext, state: RunState, committer: "_Committer", sequential: list[Step],
-                      feed: Feed, log: _IntakeLog) -> None:
+    async def _intake(
+        self,
+        ctx: StepContext,
+        state: RunState,
+        committer: "_Committer",
+        sequential: list[Step],
+        feed: Feed,
+        log: _IntakeLog,
+    ) -> None:
         """Read the window, skip what is done, report bad input, run the sequential steps in input order,
         and hand every record that needs the concurrent steps to ``feed``, until the end or a stop.
 
@@ -413,8 +441,9 @@ class LocalExecutor:
                     await feed(log.seq, source_id, outcome_or_record, item.location)
                 log.seq += 1
 
-    async def _intake_bad_line(self, state: RunState, committer: "_Committer", item: SourceItem,
-                               log: _IntakeLog) -> None:
+    async def _intake_bad_line(
+        self, state: RunState, committer: "_Committer", item: SourceItem, log: _IntakeLog
+    ) -> None:
         """A line the reader could not turn into a record: reported once (its location is its id), or a stop."""
         if state.is_done(str(item.location)):  # reported by an earlier run already
             self.summary.skipped += 1
@@ -426,19 +455,22 @@ class LocalExecutor:
         committer.put(_bad_input(log.seq, item))
         log.seq += 1
 
-    async def _skip_done(self, sequential: list[Step], source_id: str, item: SourceItem, ctx: StepContext,
-                         progress: RunProgress) -> None:
+    async def _skip_done(
+        self, sequential: list[Step], source_id: str, item: SourceItem, ctx: StepContext, progress: RunProgress
+    ) -> None:
         self.summary.skipped += 1
         progress.advance_skipped()
         if sequential:
             # Stateful filters must see done records too, or a resumed dedup would forget everything
             # before the crash. Their verdict was committed already.
             assert item.record is not None
-            await self._sequential(sequential, -1, source_id, with_source_id(item.record, source_id), item.location,
-                                   ctx)
+            await self._sequential(
+                sequential, -1, source_id, with_source_id(item.record, source_id), item.location, ctx
+            )
 
-    async def _sequential(self, steps: list[Step], seq: int, source_id: str, record: Record, location: Location,
-                          ctx: StepContext) -> Outcome | Record:
+    async def _sequential(
+        self, steps: list[Step], seq: int, source_id: str, record: Record, location: Location, ctx: StepContext
+    ) -> Outcome | Record:
         """Order-sensitive steps (streaming dedup) run here, one record at a time, in input order."""
         for step in steps:
             bad = _field_error(step, record)
@@ -455,8 +487,9 @@ class LocalExecutor:
             record = results[0]
         return record
 
-    async def _through(self, steps: list[Step], seq: int, source_id: str, record: Record, location: Location,
-                       ctx: StepContext) -> Outcome:
+    async def _through(
+        self, steps: list[Step], seq: int, source_id: str, record: Record, location: Location, ctx: StepContext
+    ) -> Outcome:
         """Run one input record through the concurrent steps; fan-out multiplies records as it goes.
 
         Before a step sees a record, the fields it reads are checked (:func:`_field_error`): a bad record
@@ -478,8 +511,9 @@ class LocalExecutor:
                 return Outcome(seq, source_id, "filtered")
         return Outcome(seq, source_id, "ok", _finalise(current, source_id, record))
 
-    def _outcome_of_error(self, seq: int, source_id: str, record: Record, location: Location, step: str,
-                          exc: Exception) -> Outcome:
+    def _outcome_of_error(
+        self, seq: int, source_id: str, record: Record, location: Location, step: str, exc: Exception
+    ) -> Outcome:
         """A dead model leaves the record unfinished and stops the run; bad input follows ``on_bad_record``;
         anything else is a failed record."""
         down = _endpoint_down(exc)
@@ -489,8 +523,9 @@ class LocalExecutor:
             return self._bad_record(seq, source_id, record, location, step, exc)
         return _failure(seq, source_id, record, location, step, exc)
 
-    def _bad_record(self, seq: int, source_id: str, record: Record, location: Location, step: str,
-                    error: InputError) -> Outcome:
+    def _bad_record(
+        self, seq: int, source_id: str, record: Record, location: Location, step: str, error: InputError
+    ) -> Outcome:
         if error.location is None:
             error.location = location
         if self.pipeline.input.on_bad_record == "stop":
@@ -555,8 +590,9 @@ async def _settle(tasks: set[asyncio.Task[None]], cancel: bool) -> None:
                     raise result
 
 
-async def _wind_down(reading: asyncio.Task[None], commit_task: asyncio.Task[None], committer: "_Committer",
-                     settle: Settle) -> None:
+async def _wind_down(
+    reading: asyncio.Task[None], commit_task: asyncio.Task[None], committer: "_Committer", settle: Settle
+) -> None:
     """Stop reading, cancel the records in flight, commit what is ready, and let the committer end."""
     reading.cancel()
     await asyncio.gather(reading, return_exceptions=True)
@@ -619,8 +655,16 @@ def _failure(seq: int, source_id: str, record: Record, location: Location, step:
         exc.location = location
     raw = getattr(exc, "raw", None)
     record = _as_given(record)
-    failure = {"id": source_id, "source_id": source_id, "step": step, "error_type": type(exc).__name__,
-               "error": str(exc), "raw": raw, "location": str(location), "record": record}
+    failure = {
+        "id": source_id,
+        "source_id": source_id,
+        "step": step,
+        "error_type": type(exc).__name__,
+        "error": str(exc),
+        "raw": raw,
+        "location": str(location),
+        "record": record,
+    }
     if not isinstance(exc, (InputError, ModelError, StepError, JoyForgeError)):
         failure["traceback"] = "".join(traceback.format_exception(exc, limit=-3))
     return Outcome(seq, source_id, "failed", failure=failure)
@@ -641,8 +685,16 @@ def _as_given(record: Record) -> Record:
 def _bad_input(seq: int, item: SourceItem) -> Outcome:
     error = item.error
     source_id = f"{item.location}"
-    failure = {"id": source_id, "source_id": source_id, "step": "read", "error_type": type(error).__name__,
-               "error": str(error), "raw": None, "location": str(item.location), "record": None}
+    failure = {
+        "id": source_id,
+        "source_id": source_id,
+        "step": "read",
+        "error_type": type(error).__name__,
+        "error": str(error),
+        "raw": None,
+        "location": str(item.location),
+        "record": None,
+    }
     return Outcome(seq, source_id, "bad_input", failure=failure)
 
 
@@ -653,8 +705,15 @@ class _Committer:
     ``on_bad_record: stop``) or the failure budget; the feeder reads it before each record.
     """
 
-    def __init__(self, state: RunState, ordered: bool, summary: RunSummary, window: asyncio.Semaphore,
-                 progress: RunProgress, budget: FailureBudget | None = None):
+    def __init__(
+        self,
+        state: RunState,
+        ordered: bool,
+        summary: RunSummary,
+        window: asyncio.Semaphore,
+        progress: RunProgress,
+        budget: FailureBudget | None = None,
+    ):
         self.state = state
         self.ordered = ordered
         self.summary = summary
@@ -714,8 +773,10 @@ class _Committer:
             _write_lines(self.failures, failures)
             crash_point("failures-written")
         if finished:
-            _write_lines(self.ledger, [{"id": o.source_id, "status": "failed" if o.status == "bad_input" else o.status}
-                                       for o in finished])
+            _write_lines(
+                self.ledger,
+                [{"id": o.source_id, "status": "failed" if o.status == "bad_input" else o.status} for o in finished],
+            )
             crash_point("ledger-written")
 
     async def loop(self) -> None:

@@ -10,6 +10,7 @@ The pid written into the file is only there to name the holder in the message; i
 The lock file is never deleted: removing it while another process waits on its descriptor would let two
 processes hold locks on two different files of the same name.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,10 @@ class FolderBusy(JoyForgeError):
         self.folder = folder
         self.pid = pid
         holder = f"pid {pid}" if pid is not None else "pid unknown"
-        super().__init__(f"{folder} is in use by another joyforge run ({holder}); wait for it to end, "
-                         "or write to another output folder (-o)")
+        super().__init__(
+            f"{folder} is in use by another joyforge run ({holder}); wait for it to end, "
+            "or write to another output folder (-o)"
+        )
 
 
 class FolderLock:
@@ -100,8 +103,9 @@ class FolderLock:
     def __enter__(self) -> "FolderLock":
         return self.acquire()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
 

@@ -1,4 +1,5 @@
 """A live progress line: records done, rate, ETA, tokens, failures. Quiet when disabled or not a terminal."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -20,10 +21,17 @@ class RunProgress:
         self.total = total
         if enabled:
             self._progress = Progress(
-                TextColumn("[bold]forging"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:>7} rec/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), TextColumn("{task.fields[extra]}"),
-                console=console or Console(stderr=True), transient=False, refresh_per_second=4,
+                TextColumn("[bold]forging"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>7} rec/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[extra]}"),
+                console=console or Console(stderr=True),
+                transient=False,
+                refresh_per_second=4,
             )
 
     def __enter__(self) -> "RunProgress":
@@ -48,5 +56,9 @@ class RunProgress:
         hits = sum(u.cache_hits for u in self.gateway.usage.values())
         task = self._progress.tasks[0]
         rate = f"{task.speed:.1f}" if task.speed else "-"
-        self._progress.update(self._task, completed=done, rate=rate,
-                              extra=f"tokens {tokens:,}  cached {hits:,}  failed {summary.failed + summary.bad_input}")
+        self._progress.update(
+            self._task,
+            completed=done,
+            rate=rate,
+            extra=f"tokens {tokens:,}  cached {hits:,}  failed {summary.failed + summary.bad_input}",
+        )

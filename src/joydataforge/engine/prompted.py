@@ -1,4 +1,5 @@
 """What steps that render a prompt for a model share: the template, and the provenance of each call."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -13,8 +14,13 @@ if TYPE_CHECKING:
 
 def call_meta(step: str, model: str, completion: "Completion") -> dict[str, Any]:
     """What each output keeps about the call that made it: enough to trace cost, small enough to ship."""
-    return {"step": step, "model": model, "prompt_tokens": completion.usage.prompt_tokens,
-            "completion_tokens": completion.usage.completion_tokens, "cached": completion.cached}
+    return {
+        "step": step,
+        "model": model,
+        "prompt_tokens": completion.usage.prompt_tokens,
+        "completion_tokens": completion.usage.completion_tokens,
+        "cached": completion.cached,
+    }
 
 
 def add_call_meta(record: Record, meta: dict[str, Any]) -> None:

@@ -24,16 +24,18 @@ Vendi: the score depends on the data only through ``K/n``'s spectrum, i.e. throu
 ``embed`` function is given: embeddings computed where the data lies); the driver adds the d x d sums.
 Exact, not an approximation.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..text.clusters import UnionFind
 from ..text.lsh import DEDUP_WEIGHTS, LSHIndex, Pairs
 from ..text.minhash import MinHasher
-from ..text.clusters import UnionFind
 from ..text.minhash_dedup import ClusterResult, DedupResult, TextFields, deduplicate
 from ..text.vendi import Order, VendiAccumulator
 from .ray_executor import _require_ray
@@ -90,8 +92,15 @@ def _bands_task(window: int, n: int, blocks: int, *arrays: np.ndarray) -> np.nda
     return np.unique(np.concatenate(lefts).astype(np.int64) * n + np.concatenate(rights))
 
 
-def _verify_task(threshold: float, left: np.ndarray, right: np.ndarray, left_first: int, right_first: int,
-                 left_sigs: np.ndarray, right_sigs: np.ndarray) -> np.ndarray:
+def _verify_task(
+    threshold: float,
+    left: np.ndarray,
+    right: np.ndarray,
+    left_first: int,
+    right_first: int,
+    left_sigs: np.ndarray,
+    right_sigs: np.ndarray,
+) -> np.ndarray:
     """Stage 3: which pairs reach the threshold, by :meth:`LSHIndex.verify`'s estimate."""
     estimate = (left_sigs[left - left_first] == right_sigs[right - right_first]).mean(axis=1)
     return estimate >= threshold
@@ -121,8 +130,12 @@ def ray_near_duplicate_clusters(
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     started = time.perf_counter()
     hasher = hasher or MinHasher()
-    index = LSHIndex(threshold, hasher.num_perm, false_positive_weight=false_positive_weight,
-                     false_negative_weight=false_negative_weight)
+    index = LSHIndex(
+        threshold,
+        hasher.num_perm,
+        false_positive_weight=false_positive_weight,
+        false_negative_weight=false_negative_weight,
+    )
     reference_texts = list(reference) if reference is not None else []
     all_texts = reference_texts + list(texts)
     n = len(all_texts)
@@ -132,12 +145,15 @@ def ray_near_duplicate_clusters(
     starts = list(range(0, n, block_size))
     signatures_remote = ray.remote(num_returns=2 + len(groups))(_signatures_task)
     hasher_ref, index_ref = ray.put(hasher), ray.put(index)
-    blocks = [signatures_remote.remote(hasher_ref, index_ref, all_texts[s:s + block_size], groups) for s in starts]
+    blocks = [signatures_remote.remote(hasher_ref, index_ref, all_texts[s : s + block_size], groups) for s in starts]
     empties = [block[1] for block in blocks]
     bands_remote = ray.remote(_bands_task)
-    packed_parts = ray.get([bands_remote.remote(index.window, n, len(blocks), *empties,
-                                                *[block[2 + g] for block in blocks])
-                            for g in range(len(groups))])
+    packed_parts = ray.get(
+        [
+            bands_remote.remote(index.window, n, len(blocks), *empties, *[block[2 + g] for block in blocks])
+            for g in range(len(groups))
+        ]
+    )
     packed = np.unique(np.concatenate(packed_parts)) if packed_parts else np.zeros(0, np.int64)
     candidates = Pairs(packed // max(n, 1), packed % max(n, 1))
 
@@ -150,8 +166,17 @@ def ray_near_duplicate_clusters(
     futures, members = [], []
     for part in np.split(order, cuts) if len(order) else []:
         lb, rb = int(left_block[part[0]]), int(right_block[part[0]])
-        futures.append(verify_remote.remote(threshold, candidates.left[part], candidates.right[part],
-                                            starts[lb], starts[rb], blocks[lb][0], blocks[rb][0]))
+        futures.append(
+            verify_remote.remote(
+                threshold,
+                candidates.left[part],
+                candidates.right[part],
+                starts[lb],
+                starts[rb],
+                blocks[lb][0],
+                blocks[rb][0],
+            )
+        )
         members.append(part)
     keep = np.zeros(len(candidates), dtype=bool)
     for part, ok in zip(members, ray.get(futures)):
@@ -160,19 +185,40 @@ def ray_near_duplicate_clusters(
     sets.union_pairs(candidates.left[keep].tolist(), candidates.right[keep].tolist())
     empty = np.concatenate(ray.get(empties)) if empties else np.zeros(0, bool)
     return ClusterResult(
-        roots=sets.roots(), empty=empty, lengths=lengths, n_reference=len(reference_texts),
-        candidate_pairs=len(candidates), verified_pairs=int(keep.sum()), bands=index.bands, rows=index.rows,
-        index_bytes=n * (hasher.num_perm * 4 + index.bands * 8 + 1), seconds=time.perf_counter() - started)
+        roots=sets.roots(),
+        empty=empty,
+        lengths=lengths,
+        n_reference=len(reference_texts),
+        candidate_pairs=len(candidates),
+        verified_pairs=int(keep.sum()),
+        bands=index.bands,
+        rows=index.rows,
+        index_bytes=n * (hasher.num_perm * 4 + index.bands * 8 + 1),
+        seconds=time.perf_counter() - started,
+    )
 
 
-def ray_deduplicate(records: Iterable[Record], text_fields: TextFields = "input", threshold: float = 0.8,
-                    policy: str = "first", reference: Iterable[Record] | None = None, **options: Any) -> DedupResult:
+def ray_deduplicate(
+    records: Iterable[Record],
+    text_fields: TextFields = "input",
+    threshold: float = 0.8,
+    policy: str = "first",
+    reference: Iterable[Record] | None = None,
+    **options: Any,
+) -> DedupResult:
     """:func:`~joydataforge.text.minhash_dedup.deduplicate` with the clustering done on Ray.
 
     Same arguments and the same :class:`DedupResult` (kept, removed, clusters, stats) as the local one.
     """
-    return deduplicate(records, text_fields, threshold, policy, reference,  # type: ignore[arg-type]
-                       clusterer=ray_near_duplicate_clusters, **options)
+    return deduplicate(
+        records,
+        text_fields,
+        threshold,
+        policy,
+        reference,  # type: ignore[arg-type]
+        clusterer=ray_near_duplicate_clusters,
+        **options,
+    )
 
 
 def _vendi_task(block: Any, embed: Callable[[Sequence[str]], np.ndarray] | None, normalize: bool) -> VendiAccumulator:
@@ -180,9 +226,13 @@ def _vendi_task(block: Any, embed: Callable[[Sequence[str]], np.ndarray] | None,
     return VendiAccumulator().add(vectors, normalize=normalize)
 
 
-def ray_vendi_scores(blocks: Iterable[Any], orders: Iterable[Order] = (1, 2, "inf"), *,
-                     embed: Callable[[Sequence[str]], np.ndarray] | None = None,
-                     normalize: bool = True) -> dict[str, float]:
+def ray_vendi_scores(
+    blocks: Iterable[Any],
+    orders: Iterable[Order] = (1, 2, "inf"),
+    *,
+    embed: Callable[[Sequence[str]], np.ndarray] | None = None,
+    normalize: bool = True,
+) -> dict[str, float]:
     """Vendi scores of the union of ``blocks`` (arrays of vectors, or lists of texts with ``embed``).
 
     Each block is added into its own accumulator by a Ray task (embedding its texts there when ``embed``

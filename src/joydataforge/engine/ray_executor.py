@@ -37,6 +37,7 @@ Caveat, as on any cluster: steps that keep state across records (a near-duplicat
 concurrent step) see only their worker's records. Order-sensitive filters are ``sequential`` steps, and
 those run on the driver, exactly as locally.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -69,8 +70,9 @@ def _require_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ConfigError("the Ray executor needs Ray: pip install 'joydataforge[ray]' "
-                          "(or run with --executor local)") from None
+        raise ConfigError(
+            "the Ray executor needs Ray: pip install 'joydataforge[ray]' (or run with --executor local)"
+        ) from None
     return ray
 
 
@@ -125,6 +127,8 @@ class StepWorker:
             now = {f.name: getattr(usage, f.name) for f in dataclass_fields(ModelUsage)}
             before = self._reported_usage.get(name, {})
             delta[name] = {k: v - before.get(k, 0) for k, v in now.items()}
+            if usage.structured_output is not None:  # a mode, not a count: the latest one wins
+                delta[name]["structured_output"] = usage.structured_output
             self._reported_usage[name] = now
         return delta
 
@@ -155,7 +159,10 @@ def _merge_usage(target: dict[str, ModelUsage], delta: dict[str, dict[str, float
     for name, values in delta.items():
         usage = target.setdefault(name, ModelUsage())
         for key, value in values.items():
-            setattr(usage, key, getattr(usage, key) + value)
+            if key == "structured_output":
+                usage.structured_output = value
+            else:
+                setattr(usage, key, getattr(usage, key) + value)
 
 
 class _Pool:
@@ -184,8 +191,10 @@ class _Pool:
         except self.ray.exceptions.RayError as exc:
             # Ray restarts a killed worker and re-runs its batch by itself; this is what is left when
             # even that failed. The records are kept as failures (``--retry-failed`` redoes them).
-            outcomes = [_failure(seq, source_id, record, location, "executor", exc)
-                        for seq, source_id, record, location in batch]
+            outcomes = [
+                _failure(seq, source_id, record, location, "executor", exc)
+                for seq, source_id, record, location in batch
+            ]
         finally:
             self.free.put_nowait(worker)
         for outcome in outcomes:
@@ -208,9 +217,18 @@ class RayExecutor(LocalExecutor):
     """Runs a pipeline on a Ray cluster (``address``: ``auto``, ``ray://host:10001``, or ``None`` for a
     local one started for this run). Same arguments, files and summary as :class:`LocalExecutor`."""
 
-    def __init__(self, pipeline: Pipeline, *, registry: ModelRegistry | None = None, overwrite: bool = False,
-                 progress: bool | None = None, on_summary: Callable[[RunSummary], None] | None = None,
-                 address: str | None = None, workers: int | None = None, worker_cpus: float = 1.0):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        registry: ModelRegistry | None = None,
+        overwrite: bool = False,
+        progress: bool | None = None,
+        on_summary: Callable[[RunSummary], None] | None = None,
+        address: str | None = None,
+        workers: int | None = None,
+        worker_cpus: float = 1.0,
+    ):
         super().__init__(pipeline, registry=registry, overwrite=overwrite, progress=progress, on_summary=on_summary)
         self.address = address
         self.num_workers = workers
@@ -229,8 +247,7 @@ class RayExecutor(LocalExecutor):
         ray = _require_ray()
         started_here = not ray.is_initialized()
         if started_here:
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         self.limits_name = f"joyforge-limits-{uuid.uuid4().hex[:12]}"
         self.limits_actor = start_limits_actor(self.registry, self.limits_name)
         pipeline = self.pipeline
@@ -259,11 +276,16 @@ class RayExecutor(LocalExecutor):
             count = max(1, min(cpus, concurrency))
         per_worker = math.ceil(concurrency / count)
         # SPREAD: one worker per node first, so that a cluster's model traffic leaves from all its machines.
-        remote = ray.remote(StepWorker).options(num_cpus=self.worker_cpus, max_restarts=-1, max_task_retries=-1,
-                                                max_concurrency=max(8, 4 * BATCHES_PER_WORKER),
-                                                scheduling_strategy="SPREAD")
-        self.workers = [remote.remote(self._pipeline_blob, self.limits_name, f"worker-{i}",
-                                      per_worker) for i in range(count)]
+        remote = ray.remote(StepWorker).options(
+            num_cpus=self.worker_cpus,
+            max_restarts=-1,
+            max_task_retries=-1,
+            max_concurrency=max(8, 4 * BATCHES_PER_WORKER),
+            scheduling_strategy="SPREAD",
+        )
+        self.workers = [
+            remote.remote(self._pipeline_blob, self.limits_name, f"worker-{i}", per_worker) for i in range(count)
+        ]
         return self.workers
 
     async def _stop_workers(self, ray: Any) -> None:
@@ -317,8 +339,13 @@ class RayExecutor(LocalExecutor):
         return await self._drive(ctx, state, committer, sequential, feed, settle)
 
 
-def run_on_ray(pipeline: Pipeline | str | Path, *, address: str | None = None, overwrite: bool = False,
-               progress: bool | None = None) -> RunSummary:
+def run_on_ray(
+    pipeline: Pipeline | str | Path,
+    *,
+    address: str | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> RunSummary:
     """Library entry point: ``run_on_ray("pipeline.yaml", address="auto")``."""
     if not isinstance(pipeline, Pipeline):
         pipeline = Pipeline.from_yaml(pipeline)

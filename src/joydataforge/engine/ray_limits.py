@@ -24,6 +24,7 @@ with its holder, ``worker-3#<incarnation>``. A restarted worker (same name, new 
 :meth:`LimitsActor.retire_others`, which gives back what its dead incarnations held and refuses them the
 grants they were still waiting for when they died.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -136,14 +137,18 @@ class LimitsActor:
 
     def stats(self) -> dict[str, Any]:
         """Slots granted now and at most, per model."""
-        return {"in_use": {m: s.in_use for m, s in self._slots.items()},
-                "peak": {m: s.peak for m, s in self._slots.items()}}
+        return {
+            "in_use": {m: s.in_use for m, s in self._slots.items()},
+            "peak": {m: s.peak for m, s in self._slots.items()},
+        }
 
 
 def limits_of(registry: ModelRegistry) -> dict[str, tuple[int, float | None, float | None]]:
     """Each model's (max_concurrency, requests/min, tokens/min): all the actor needs to know."""
-    return {name: (config.max_concurrency, config.requests_per_minute, config.tokens_per_minute)
-            for name, config in registry.models.items()}
+    return {
+        name: (config.max_concurrency, config.requests_per_minute, config.tokens_per_minute)
+        for name, config in registry.models.items()
+    }
 
 
 class _LeasedSlots:
@@ -151,9 +156,9 @@ class _LeasedSlots:
 
     def __init__(self, actor: Any, model: str, holder: str):
         self.actor, self.model, self.holder = actor, model, holder
-        self.held = 0      # slots granted to this worker
-        self.busy = 0      # of which in use by a call
-        self.waiting = 0   # calls of this worker waiting for a slot
+        self.held = 0  # slots granted to this worker
+        self.busy = 0  # of which in use by a call
+        self.waiting = 0  # calls of this worker waiting for a slot
         self.contended = False
         self.changed = asyncio.Condition()
         self._fetch: asyncio.Task[None] | None = None

@@ -4,6 +4,7 @@ Built-in kinds are listed here; users add their own with ``@register_step`` or b
 pipeline file (``- my_package.my_module.MyStep: {...}``). A pipeline holds configs (plain data); the
 executors build steps from them with :func:`build_step`, on whichever machine runs the records.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,9 +26,27 @@ from ..methods.seedless.step import Seedless
 from ..methods.vote.step import Cascade, Vote
 from .step import Step
 
-BUILTIN_STEPS: dict[str, type[Step]] = {cls.kind: cls for cls in (
-    Generate, Label, MinHashDedupStep, Vote, Cascade, Joint, CritiqueRevise, EvolInstruct, Rewrite, Seedless,
-    DialogueIntent, IntentBinaryCheck, MagpieInstruction, MagpieResponse, MagpieTag, PreferencePairs)}
+BUILTIN_STEPS: dict[str, type[Step]] = {
+    cls.kind: cls
+    for cls in (
+        Generate,
+        Label,
+        MinHashDedupStep,
+        Vote,
+        Cascade,
+        Joint,
+        CritiqueRevise,
+        EvolInstruct,
+        Rewrite,
+        Seedless,
+        DialogueIntent,
+        IntentBinaryCheck,
+        MagpieInstruction,
+        MagpieResponse,
+        MagpieTag,
+        PreferencePairs,
+    )
+}
 
 
 def register_step(cls: type[Step]) -> type[Step]:

@@ -21,6 +21,7 @@ that the next open removes. ``run.json`` (the pipeline's fingerprint) is replace
 The folder must be locked (:mod:`.lock`) by the caller before :meth:`RunState.open`: two processes
 repairing and appending to the same files would undo each other.
 """
+
 from __future__ import annotations
 
 import errno
@@ -252,8 +253,7 @@ class RunState:
             crash_point("compacted-at-end")
 
     @classmethod
-    def open(cls, folder: Path, fingerprint: str, *, retry_failed: bool = False,
-             overwrite: bool = False) -> "RunState":
+    def open(cls, folder: Path, fingerprint: str, *, retry_failed: bool = False, overwrite: bool = False) -> "RunState":
         """Read and repair the folder (see the module docstring); the caller holds its lock."""
         folder.mkdir(parents=True, exist_ok=True)
         for stray in folder.glob("*.tmp"):
@@ -269,15 +269,15 @@ class RunState:
             if previous != fingerprint and (folder / LEDGER).exists():
                 raise ConfigError(
                     f"{folder} holds the output of a different pipeline (its steps or settings changed). "
-                    "Use another output folder, or --overwrite to start this one afresh.")
+                    "Use another output folder, or --overwrite to start this one afresh."
+                )
         state.status = _read_ledger(state.ledger)
         state.resumed = bool(state.status)
         status = state.status
         if state.data.exists():
             state.repaired_lines += repair_tail(state.data, lambda r: status.get(source_of(r) or "") == "ok")
         if state.failures.exists():
-            state.repaired_lines += repair_tail(state.failures,
-                                                lambda r: status.get(source_of(r) or "") == "failed")
+            state.repaired_lines += repair_tail(state.failures, lambda r: status.get(source_of(r) or "") == "failed")
             if compact_failures(state.failures, status):
                 crash_point("compacted-at-open")
         if retry_failed:

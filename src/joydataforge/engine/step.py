@@ -4,6 +4,7 @@ Steps never open files or sockets. Everything they need from the outside (a mode
 random generator, counters) comes from the :class:`StepContext` the executor hands them, which is what
 lets the local and the Ray executor run the very same step objects.
 """
+
 from __future__ import annotations
 
 import abc
@@ -65,15 +66,19 @@ class Step(abc.ABC):
             cls.kind = cls.Config.kind
         elif "kind" in cls.__dict__ and cls.Config is StepConfig:
             # A step without settings of its own (only ``name``) needs no Config class written out.
-            cls.Config = type(f"{cls.__name__}Config", (StepConfig,),
-                              {"kind": cls.kind, "__module__": cls.__module__, "__doc__": cls.__doc__})
+            cls.Config = type(
+                f"{cls.__name__}Config",
+                (StepConfig,),
+                {"kind": cls.kind, "__module__": cls.__module__, "__doc__": cls.__doc__},
+            )
 
     def __init__(self, *args: Any, **settings: Any):
         if len(args) == 1 and not settings and isinstance(args[0], StepConfig):
             config = args[0]
             if not isinstance(config, self.Config):
-                raise ConfigError(f"step '{self.kind}' is built from a {self.Config.__name__}, "
-                                  f"not a {type(config).__name__}")
+                raise ConfigError(
+                    f"step '{self.kind}' is built from a {self.Config.__name__}, not a {type(config).__name__}"
+                )
         else:
             config = self.Config.from_python(args, settings, where=f"step '{self.kind}'")
         self.config = config
@@ -81,7 +86,7 @@ class Step(abc.ABC):
         self.counters: Counter[str] = Counter()
         self.setup()
 
-    def setup(self) -> None:
+    def setup(self) -> None:  # noqa: B027  (optional hook: most steps derive nothing)
         """Derive working state from ``self.config`` (parsed tables, helper objects). Settings are already valid."""
 
     def settings(self) -> dict[str, Any]:
@@ -133,6 +138,7 @@ def source_id_of(record: Record) -> str:
     if isinstance(meta, dict) and meta.get("source_id"):
         return str(meta["source_id"])
     from ..records import record_id
+
     return record_id(record)
 
 

@@ -1,4 +1,5 @@
 """What a run did, in numbers: shown at the end, written to ``summary.json``, and the run's exit status."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -11,21 +12,21 @@ BAD_RECORDS_LISTED = 20  # summary.json names this many bad records; failures.js
 
 @dataclass
 class RunSummary:
-    records_in: int = 0        # records read in the window, good or bad
-    records_out: int = 0       # output records written (a step may emit several per input)
-    inputs_done: int = 0       # input records that produced output
-    filtered: int = 0          # input records that a step dropped on purpose
-    failed: int = 0            # input records whose steps failed; kept in failures.jsonl
-    bad_input: int = 0         # unreadable lines and records with a missing or mistyped field; in failures.jsonl
-    skipped: int = 0           # already done by an earlier run (resume)
-    repaired_lines: int = 0    # torn or uncommitted lines cut from the output tail on resume
+    records_in: int = 0  # records read in the window, good or bad
+    records_out: int = 0  # output records written (a step may emit several per input)
+    inputs_done: int = 0  # input records that produced output
+    filtered: int = 0  # input records that a step dropped on purpose
+    failed: int = 0  # input records whose steps failed; kept in failures.jsonl
+    bad_input: int = 0  # unreadable lines and records with a missing or mistyped field; in failures.jsonl
+    skipped: int = 0  # already done by an earlier run (resume)
+    repaired_lines: int = 0  # torn or uncommitted lines cut from the output tail on resume
     seconds: float = 0.0
     models: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, Any] = field(default_factory=dict)
     output_dir: str = ""
     bad_records: list[str] = field(default_factory=list)  # "file:line field 'x': reason", the first few
-    stopped: str = ""          # why the run stopped before its end (one line); "" when it ran to its end
-    stop_kind: str = ""        # "stopped" (resumable: exit 5) or "bad_input" (on_bad_record: stop: exit 2)
+    stopped: str = ""  # why the run stopped before its end (one line); "" when it ran to its end
+    stop_kind: str = ""  # "stopped" (resumable: exit 5) or "bad_input" (on_bad_record: stop: exit 2)
     totals: dict[str, int] = field(default_factory=dict)  # the folder's records by status after this run
 
     @property
@@ -67,6 +68,7 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(cache_hits=self.cache_hits, tokens=self.tokens, cost=round(self.cost, 6),
-                    exit_status=int(self.exit_code()))
+        data.update(
+            cache_hits=self.cache_hits, tokens=self.tokens, cost=round(self.cost, 6), exit_status=int(self.exit_code())
+        )
         return data

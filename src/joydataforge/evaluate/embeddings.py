@@ -37,6 +37,7 @@ texts and 10x faster on long ones (E5 windows texts over 512 tokens: 0.3 vs 3.4 
 characters). So the default is :class:`UseMultilingualEmbedder`; :class:`E5SmallEmbedder` stays
 available for retrieval-style uses where its ranking quality matters more than the absolute cosine.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,14 +46,13 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..records import record_text
-
-from ..records import canonical_json
+from ..records import canonical_json, record_text
 
 DEFAULT_EMBEDDER = "use-multilingual-v3"
 
@@ -92,7 +92,9 @@ def _as_matrix(vectors: Any, expected_rows: int, source: str) -> np.ndarray:
     except ValueError as exc:
         raise ValueError(f"{source} returned vectors of different lengths: {exc}") from None
     if matrix.ndim != 2 or matrix.shape[0] != expected_rows:
-        raise ValueError(f"{source} returned shape {matrix.shape} for {expected_rows} texts; expected ({expected_rows}, dim)")
+        raise ValueError(
+            f"{source} returned shape {matrix.shape} for {expected_rows} texts; expected ({expected_rows}, dim)"
+        )
     return matrix
 
 
@@ -131,7 +133,7 @@ class _LocalModelEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         parts = []
         for start in range(0, len(texts), self.batch_size):
-            parts.append(await asyncio.to_thread(self._encode_locked, texts[start:start + self.batch_size]))
+            parts.append(await asyncio.to_thread(self._encode_locked, texts[start : start + self.batch_size]))
         return np.concatenate(parts, axis=0)
 
     def embed_sync(self, texts: Sequence[str]) -> np.ndarray:
@@ -141,6 +143,7 @@ class _LocalModelEmbedder:
 
 def _package_version(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(name)
     except PackageNotFoundError:
@@ -223,10 +226,13 @@ class GatewayEmbedder:
     retries and call cache still apply underneath.
     """
 
-    def __init__(self, client: EmbeddingClient, *, identity: str | None = None, batch_size: int = 64,
-                 concurrency: int = 4):
+    def __init__(
+        self, client: EmbeddingClient, *, identity: str | None = None, batch_size: int = 64, concurrency: int = 4
+    ):
         if not callable(getattr(client, "embed", None)):
-            raise TypeError(f"{type(client).__name__} has no embed(texts) method; pass a model client such as gateway.model('name')")
+            raise TypeError(
+                f"{type(client).__name__} has no embed(texts) method; pass a model client such as gateway.model('name')"
+            )
         if batch_size < 1 or concurrency < 1:
             raise ValueError("batch_size and concurrency must be >= 1")
         self.client = client
@@ -255,7 +261,7 @@ class GatewayEmbedder:
         starts = range(0, len(texts), self.batch_size)
 
         async def one(start: int) -> np.ndarray:
-            batch = texts[start:start + self.batch_size]
+            batch = texts[start : start + self.batch_size]
             async with gate:
                 vectors = await self.client.embed(batch)
             return _as_matrix(vectors, len(batch), f"embedding model '{self.identity}'")
@@ -296,7 +302,7 @@ class EmbeddingCache:
         unique = list(dict.fromkeys(hashes))
         with self._lock:
             for start in range(0, len(unique), 500):
-                part = unique[start:start + 500]
+                part = unique[start : start + 500]
                 marks = ",".join("?" * len(part))
                 rows = self._conn.execute(
                     f"SELECT text_hash, dim, vector FROM vectors WHERE embedder = ? AND text_hash IN ({marks})",
@@ -364,8 +370,11 @@ class CachedEmbedder:
             return await self.inner.embed([])
         identity = self.inner.identity
         hashes = [text_hash(t) for t in texts]
-        found = await asyncio.to_thread(self.cache.get_many, identity, hashes) if len(texts) > 2000 \
+        found = (
+            await asyncio.to_thread(self.cache.get_many, identity, hashes)
+            if len(texts) > 2000
             else self.cache.get_many(identity, hashes)
+        )
         todo: dict[str, str] = {}
         for text, key in zip(texts, hashes):
             if key not in found and key not in todo:
@@ -380,7 +389,9 @@ class CachedEmbedder:
             found.update(new)
         dims = {found[k].shape[0] for k in hashes}
         if len(dims) > 1:
-            raise ValueError(f"cache holds vectors of sizes {sorted(dims)} for embedder '{identity}'; delete {self.cache.path}")
+            raise ValueError(
+                f"cache holds vectors of sizes {sorted(dims)} for embedder '{identity}'; delete {self.cache.path}"
+            )
         return np.stack([found[k] for k in hashes]).astype(np.float32, copy=False)
 
 
@@ -405,9 +416,14 @@ def make_embedder(name: str = DEFAULT_EMBEDDER, **options: Any) -> Embedder:
 TextOf = Callable[[dict[str, Any]], str]
 
 
-async def embed_records(records: Sequence[dict[str, Any]], embedder: Embedder, *,
-                        text: Sequence[str] | TextOf = ("input",), batch_size: int = 1024,
-                        progress: Callable[[int], None] | None = None) -> np.ndarray:
+async def embed_records(
+    records: Sequence[dict[str, Any]],
+    embedder: Embedder,
+    *,
+    text: Sequence[str] | TextOf = ("input",),
+    batch_size: int = 1024,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """Embed records (in order) and return an (n, d) float32 array.
 
     ``text`` is the fields to embed (see :func:`record_text`) or a function record -> text.
@@ -419,7 +435,7 @@ async def embed_records(records: Sequence[dict[str, Any]], embedder: Embedder, *
     parts = []
     done = 0
     for start in range(0, len(texts), batch_size):
-        batch = texts[start:start + batch_size]
+        batch = texts[start : start + batch_size]
         parts.append(_as_matrix(await embedder.embed(batch), len(batch), f"embedder '{embedder.identity}'"))
         done += len(batch)
         if progress is not None:
@@ -438,7 +454,9 @@ def vectors_from_records(records: Sequence[dict[str, Any]], field: str) -> np.nd
             raise ValueError(f"record {index} (id {record.get('id')!r}) has no vector in field '{field}'")
         rows.append(value)
         if len(value) != len(rows[0]):
-            raise ValueError(f"record {index} has a {len(value)}-d vector in '{field}', record 0 a {len(rows[0])}-d one")
+            raise ValueError(
+                f"record {index} has a {len(value)}-d vector in '{field}', record 0 a {len(rows[0])}-d one"
+            )
     if not rows:
         return np.zeros((0, 0), dtype=np.float32)
     return np.asarray(rows, dtype=np.float32)

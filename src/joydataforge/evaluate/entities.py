@@ -26,6 +26,7 @@ mentions differ), inverse Simpson ``1 / sum p^2`` (the effective number of equal
 entities), unique counts, and per type the coverage: the fraction of records with at least one
 entity of that type.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,16 +35,43 @@ import re
 import threading
 import unicodedata
 from collections import Counter
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 EntityMap = dict[str, list[str]]
 """One record's entities: type -> mentions, in the order found."""
 
-DEFAULT_EXCLUDE: frozenset[str] = frozenset({
-    "id", "input", "query", "target", "output", "response", "instruction", "history", "messages",
-    "conversations", "dialogs", "diaglog_id", "system", "prompt", "chosen", "rejected", "rewrite_query",
-    "task_label", "tag", "tags", "label", "labels", "score", "valid", "embedding", "embeddings", "entities",
-})
+DEFAULT_EXCLUDE: frozenset[str] = frozenset(
+    {
+        "id",
+        "input",
+        "query",
+        "target",
+        "output",
+        "response",
+        "instruction",
+        "history",
+        "messages",
+        "conversations",
+        "dialogs",
+        "diaglog_id",
+        "system",
+        "prompt",
+        "chosen",
+        "rejected",
+        "rewrite_query",
+        "task_label",
+        "tag",
+        "tags",
+        "label",
+        "labels",
+        "score",
+        "valid",
+        "embedding",
+        "embeddings",
+        "entities",
+    }
+)
 """Fields that are never entity types when fields are detected automatically: texts, dialogue
 structure, labels (measured as labels, not entities), scores and vectors."""
 
@@ -76,17 +104,26 @@ def _mentions_of(value: Any, field: str) -> list[str]:
             elif isinstance(item, (int, float)) and not isinstance(item, bool):
                 out.append(str(item))
             elif item is not None:
-                raise ValueError(f"field '{field}' holds a {type(item).__name__} in its list; entity fields hold strings")
+                raise ValueError(
+                    f"field '{field}' holds a {type(item).__name__} in its list; entity fields hold strings"
+                )
         return out
-    raise ValueError(f"field '{field}' holds a {type(value).__name__}; entity fields hold a string or a list of strings")
+    raise ValueError(
+        f"field '{field}' holds a {type(value).__name__}; entity fields hold a string or a list of strings"
+    )
 
 
 def _is_entity_list(value: Any) -> bool:
     return isinstance(value, list) and len(value) > 0 and all(isinstance(v, str) for v in value)
 
 
-def entities_from_fields(record: Mapping[str, Any], *, include: Iterable[str] | None = None,
-                         exclude: Iterable[str] | None = None, casefold: bool = True) -> EntityMap:
+def entities_from_fields(
+    record: Mapping[str, Any],
+    *,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    casefold: bool = True,
+) -> EntityMap:
     """A record's entities from its fields; the field name is the entity type.
 
     ``include`` names the entity fields; a string value there is one entity. Without it, every
@@ -112,8 +149,13 @@ def entities_from_fields(record: Mapping[str, Any], *, include: Iterable[str] | 
     return entities
 
 
-def entities_from_records(records: Iterable[Mapping[str, Any]], *, include: Iterable[str] | None = None,
-                          exclude: Iterable[str] | None = None, casefold: bool = True) -> list[EntityMap]:
+def entities_from_records(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    casefold: bool = True,
+) -> list[EntityMap]:
     """:func:`entities_from_fields` for every record, in order."""
     include = list(include) if include is not None else None
     exclude = list(exclude) if exclude is not None else None
@@ -121,6 +163,7 @@ def entities_from_records(records: Iterable[Mapping[str, Any]], *, include: Iter
 
 
 # --- metrics -------------------------------------------------------------------------------------
+
 
 def count_diversity(counts: Mapping[Any, int]) -> dict[str, float]:
     """Diversity of a frequency table (entities, types, or labels and tags).
@@ -202,6 +245,7 @@ def entity_metrics(entity_maps: Sequence[Mapping[str, Sequence[str]]], *, top_k:
 
 # --- extractors ----------------------------------------------------------------------------------
 
+
 @runtime_checkable
 class EntityExtractor(Protocol):
     """Finds the entities of one text. ``identity`` names the extractor and its settings."""
@@ -212,8 +256,13 @@ class EntityExtractor(Protocol):
     async def extract(self, text: str) -> EntityMap: ...
 
 
-async def extract_entities(texts: Sequence[str], extractor: EntityExtractor, *, concurrency: int = 8,
-                           progress: Callable[[int], None] | None = None) -> list[EntityMap]:
+async def extract_entities(
+    texts: Sequence[str],
+    extractor: EntityExtractor,
+    *,
+    concurrency: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> list[EntityMap]:
     """Run ``extractor`` over ``texts`` with at most ``concurrency`` in flight; results in input order."""
     gate = asyncio.Semaphore(max(1, concurrency))
     done = 0
@@ -252,7 +301,7 @@ ENTITY_PROMPT = (
     "Extract the named entities from the text below (it may be Chinese or English).\n"
     "{types}"
     "Copy each mention exactly as it appears in the text; do not translate, explain or invent.\n"
-    "Reply with JSON: {{\"entities\": [{{\"type\": \"...\", \"text\": \"...\"}}]}}; an empty list if there are none.\n\n"
+    'Reply with JSON: {{"entities": [{{"type": "...", "text": "..."}}]}}; an empty list if there are none.\n\n'
     "Text:\n{text}"
 )
 """Default prompt; ``{types}`` becomes a line listing the allowed types (or nothing), ``{text}`` the text."""
@@ -271,8 +320,16 @@ class LLMEntityExtractor:
     against a model that invents or translates entities.
     """
 
-    def __init__(self, client: Any, *, types: Sequence[str] | None = None, prompt: str = ENTITY_PROMPT,
-                 require_in_text: bool = True, casefold: bool = True, name: str | None = None):
+    def __init__(
+        self,
+        client: Any,
+        *,
+        types: Sequence[str] | None = None,
+        prompt: str = ENTITY_PROMPT,
+        require_in_text: bool = True,
+        casefold: bool = True,
+        name: str | None = None,
+    ):
         method = getattr(client, "chat_json", None)
         if callable(method):
             self._call: ChatJson = method
@@ -303,7 +360,11 @@ class LLMEntityExtractor:
         wanted = {t.casefold(): t for t in self.types} if self.types else None
         entities: EntityMap = {}
         for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("text"), str) or not isinstance(item.get("type"), str):
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("text"), str)
+                or not isinstance(item.get("type"), str)
+            ):
                 continue
             etype = item["type"].strip()
             if wanted is not None:
@@ -331,8 +392,9 @@ class JiebaEntityExtractor:
     worker thread; jieba loads its dictionary (~1 s) on first use.
     """
 
-    def __init__(self, *, tags: Mapping[str, str] = JIEBA_TYPES, nouns: bool = False, min_length: int = 2,
-                 casefold: bool = True):
+    def __init__(
+        self, *, tags: Mapping[str, str] = JIEBA_TYPES, nouns: bool = False, min_length: int = 2, casefold: bool = True
+    ):
         self.tags = dict(tags)
         if nouns:
             self.tags.setdefault("n", "NOUN")
@@ -354,8 +416,10 @@ class JiebaEntityExtractor:
                     import jieba
                     import jieba.posseg
                 except ImportError:
-                    raise ImportError("the Chinese entity extractor needs jieba: pip install jieba "
-                                      "(or pip install 'joydataforge[entities]')") from None
+                    raise ImportError(
+                        "the Chinese entity extractor needs jieba: pip install jieba "
+                        "(or pip install 'joydataforge[entities]')"
+                    ) from None
                 jieba.setLogLevel(logging.WARNING)
                 self._posseg = jieba.posseg
             pairs = list(self._posseg.cut(text))
@@ -393,7 +457,9 @@ class SpacyEntityExtractor:
         try:
             import spacy
         except ImportError:
-            raise ImportError(f"SpacyEntityExtractor needs spaCy and the '{self.model}' pipeline package installed") from None
+            raise ImportError(
+                f"SpacyEntityExtractor needs spaCy and the '{self.model}' pipeline package installed"
+            ) from None
         try:
             return spacy.load(self.model)
         except OSError:
@@ -428,8 +494,13 @@ class OfflineEntityExtractor:
     A text counts as Chinese when at least ``cjk_share`` of its letters are CJK ideographs.
     """
 
-    def __init__(self, *, chinese: JiebaEntityExtractor | None = None, other: EntityExtractor | None = None,
-                 cjk_share: float = 0.2):
+    def __init__(
+        self,
+        *,
+        chinese: JiebaEntityExtractor | None = None,
+        other: EntityExtractor | None = None,
+        cjk_share: float = 0.2,
+    ):
         self.chinese = chinese or JiebaEntityExtractor()
         self.other = other
         self.cjk_share = cjk_share

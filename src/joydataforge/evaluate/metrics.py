@@ -9,12 +9,14 @@ models: records and (optionally) their vectors come in, numbers go out.
 :class:`DatasetEvaluation` also keeps what the report needs beyond the numbers (the clusters' member
 indices, the vectors, the texts) so the report does not recompute anything.
 """
+
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +113,9 @@ def length_unit(name: str) -> str:
     return "turns" if name == "history" else "chars"
 
 
-def collect_lengths(records: Sequence[Record], texts: Sequence[str], text_fields: Sequence[str]) -> dict[str, list[int]]:
+def collect_lengths(
+    records: Sequence[Record], texts: Sequence[str], text_fields: Sequence[str]
+) -> dict[str, list[int]]:
     """Lengths per measured quantity, each over the records that have it.
 
     Keyed by field name: ``text`` is the joined text the other metrics use; then each text field
@@ -175,7 +179,9 @@ def label_distribution(records: Sequence[Record], name: str, top: int) -> dict[s
     }
 
 
-def near_duplicate_stats(texts: Sequence[str], threshold: float, num_perm: int) -> tuple[dict[str, Any], list[list[int]]]:
+def near_duplicate_stats(
+    texts: Sequence[str], threshold: float, num_perm: int
+) -> tuple[dict[str, Any], list[list[int]]]:
     """MinHash near-duplicate clusters over the texts, and their summary.
 
     Returns the summary and the clusters (record indices, earliest first) ordered largest first.
@@ -234,10 +240,15 @@ def entity_maps_of(records: Sequence[Record], fields: Sequence[str] | None) -> l
     return entities_from_records(records, include=None if fields is None else list(fields))
 
 
-def evaluate_records(records: Sequence[Record], options: EvalOptions = EvalOptions(), *,
-                     vectors: np.ndarray | None = None, embedder: str | None = None,
-                     entity_maps: Sequence[dict[str, list[str]]] | None = None,
-                     entity_source: str | None = None) -> DatasetEvaluation:
+def evaluate_records(
+    records: Sequence[Record],
+    options: EvalOptions = EvalOptions(),
+    *,
+    vectors: np.ndarray | None = None,
+    embedder: str | None = None,
+    entity_maps: Sequence[dict[str, list[str]]] | None = None,
+    entity_source: str | None = None,
+) -> DatasetEvaluation:
     """Compute the full metric set of ``records``.
 
     ``vectors`` (one row per record) enable the Vendi score and the map; ``embedder`` says where they
@@ -266,11 +277,20 @@ def evaluate_records(records: Sequence[Record], options: EvalOptions = EvalOptio
         metrics["semantic"] = {"embedder": embedder, **semantic_stats(vectors, options.vendi_orders)}
     if entity_maps is None and (options.entity_fields is None or options.entity_fields):
         entity_maps = entity_maps_of(records, options.entity_fields)
-        entity_source = "fields: " + (", ".join(options.entity_fields) if options.entity_fields else "auto (list-valued fields)")
+        entity_source = "fields: " + (
+            ", ".join(options.entity_fields) if options.entity_fields else "auto (list-valued fields)"
+        )
     if entity_maps is not None:
         metrics["entities"] = {"source": entity_source, **entity_stats(entity_maps, options.top_values)}
-    return DatasetEvaluation(metrics=_jsonable(metrics), records=records, texts=texts, clusters=clusters,
-                             vectors=vectors, lengths=lengths, label_fields=labels)
+    return DatasetEvaluation(
+        metrics=_jsonable(metrics),
+        records=records,
+        texts=texts,
+        clusters=clusters,
+        vectors=vectors,
+        lengths=lengths,
+        label_fields=labels,
+    )
 
 
 def _field_presence(records: Sequence[Record]) -> dict[str, int]:

@@ -14,6 +14,7 @@ The 2-D map is a PCA projection (numpy SVD of the centred, unit-length embedding
 deterministic, so the same data always draws the same map, at the cost of squashing structure that
 t-SNE/UMAP would separate. The page says so and gives the variance the two axes explain.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -92,7 +93,7 @@ def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     points = x @ components.T
     if points.shape[1] < 2:
         points = np.hstack([points, np.zeros((points.shape[0], 2 - points.shape[1]))])
-    variance = s ** 2
+    variance = s**2
     total = float(variance.sum()) or 1.0
     shares = [float(v / total) for v in variance[:2]] + [0.0, 0.0]
     return points, (shares[0], shares[1])
@@ -122,7 +123,7 @@ def map_colour_field(evaluation: DatasetEvaluation, requested: str | None = None
 
 
 def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _top_groups(labels: list[str], keep: int) -> list[str]:
@@ -135,13 +136,14 @@ def _top_groups(labels: list[str], keep: int) -> list[str]:
         counts[label] = counts.get(label, 0) + 1
     if len(counts) <= keep:
         return labels
-    top = set(sorted(counts, key=lambda g: (-counts[g], g))[:keep - 1])
+    top = set(sorted(counts, key=lambda g: (-counts[g], g))[: keep - 1])
     other = f"(other: {len(counts) - len(top)} values)"
     return [label if label in top else other for label in labels]
 
 
-def embedding_map(evaluation: DatasetEvaluation, colour_field: str | None, *, max_points: int = MAX_MAP_POINTS,
-                  seed: int = 0) -> dict[str, Any] | None:
+def embedding_map(
+    evaluation: DatasetEvaluation, colour_field: str | None, *, max_points: int = MAX_MAP_POINTS, seed: int = 0
+) -> dict[str, Any] | None:
     """The map's SVG, legend and caption facts; a seeded sample of ``max_points`` records when larger."""
     vectors = evaluation.vectors
     if vectors is None or len(vectors) == 0:
@@ -160,8 +162,9 @@ def embedding_map(evaluation: DatasetEvaluation, colour_field: str | None, *, ma
         counts[g] = counts.get(g, 0) + 1
     legend = [{"group": g, "colour": colours[g], "count": counts[g]} for g in colours]
     return {
-        "svg": Markup(charts.scatter(points, groups, tips, colours,
-                                    axis_labels=(f"PC1 ({var1:.0%})", f"PC2 ({var2:.0%})"))),
+        "svg": Markup(
+            charts.scatter(points, groups, tips, colours, axis_labels=(f"PC1 ({var1:.0%})", f"PC2 ({var2:.0%})"))
+        ),
         "legend": legend,
         "field": colour_field,
         "shown": len(index),
@@ -176,79 +179,165 @@ def metric_rows(metrics: dict[str, Any]) -> list[MetricRow]:
     n = metrics.get("records", 0)
     rows.append(MetricRow("Size", "records", fmt(n), "Records read from the input (bad lines are not counted)."))
     if metrics.get("bad_records"):
-        rows.append(MetricRow("Size", "bad records skipped", fmt(metrics["bad_records"]),
-                              "Lines or rows that could not be read (broken JSON, wrong type) and were left out with "
-                              "--skip-bad. Run without it to see the first one's file and line."))
+        rows.append(
+            MetricRow(
+                "Size",
+                "bad records skipped",
+                fmt(metrics["bad_records"]),
+                "Lines or rows that could not be read (broken JSON, wrong type) and were left out with "
+                "--skip-bad. Run without it to see the first one's file and line.",
+            )
+        )
     dup = metrics.get("near_duplicates")
     if dup:
         rows += [
-            MetricRow("Near-duplicates", "near-duplicate records", f"{fmt(dup['duplicates'])} ({pct(dup['duplicate_ratio'])})",
-                      "Records that are near copies of an earlier record: their word (English) or character "
-                      f"(Chinese) n-grams overlap by an estimated Jaccard similarity of at least {dup['threshold']}. "
-                      "`joyforge dedup` would remove them. Lower is cleaner; a few percent is common in synthetic data."),
-            MetricRow("Near-duplicates", "duplicate clusters", fmt(dup["clusters"]),
-                      f"Groups of records linked by near-duplicate pairs (largest: {fmt(dup['largest_cluster'])} records). "
-                      "A large cluster usually means one prompt or template produced the same answer many times."),
-            MetricRow("Near-duplicates", "exact duplicates", fmt(dup["exact_duplicates"]),
-                      "Records whose text is identical to an earlier one after collapsing whitespace."),
+            MetricRow(
+                "Near-duplicates",
+                "near-duplicate records",
+                f"{fmt(dup['duplicates'])} ({pct(dup['duplicate_ratio'])})",
+                "Records that are near copies of an earlier record: their word (English) or character "
+                f"(Chinese) n-grams overlap by an estimated Jaccard similarity of at least {dup['threshold']}. "
+                "`joyforge dedup` would remove them. Lower is cleaner; a few percent is common in synthetic data.",
+            ),
+            MetricRow(
+                "Near-duplicates",
+                "duplicate clusters",
+                fmt(dup["clusters"]),
+                f"Groups of records linked by near-duplicate pairs (largest: {fmt(dup['largest_cluster'])} records). "
+                "A large cluster usually means one prompt or template produced the same answer many times.",
+            ),
+            MetricRow(
+                "Near-duplicates",
+                "exact duplicates",
+                fmt(dup["exact_duplicates"]),
+                "Records whose text is identical to an earlier one after collapsing whitespace.",
+            ),
         ]
     sem = metrics.get("semantic")
     if sem:
         vendi = sem["vendi"]
-        rows.append(MetricRow("Meaning", "Vendi score (q=1)", fmt(vendi.get("q=1")),
-                              f"The effective number of different meanings among the {fmt(sem['vectors'])} records: 1 if "
-                              "they all say the same thing, the record count if every one is unrelated to the others. "
-                              "It is exp(Shannon entropy, natural log) of the eigenvalues of the cosine-similarity "
-                              f"matrix of the embeddings ({sem.get('embedder') or 'embeddings'}, {sem['dim']}-d). Higher is more diverse."))
+        rows.append(
+            MetricRow(
+                "Meaning",
+                "Vendi score (q=1)",
+                fmt(vendi.get("q=1")),
+                f"The effective number of different meanings among the {fmt(sem['vectors'])} records: 1 if "
+                "they all say the same thing, the record count if every one is unrelated to the others. "
+                "It is exp(Shannon entropy, natural log) of the eigenvalues of the cosine-similarity "
+                f"matrix of the embeddings ({sem.get('embedder') or 'embeddings'}, {sem['dim']}-d). Higher is more diverse.",
+            )
+        )
         if "q=2" in vendi:
-            rows.append(MetricRow("Meaning", "Vendi score (q=2)", fmt(vendi["q=2"]),
-                                  "The same count with more weight on the dominant themes (inverse sum of squared "
-                                  "eigenvalues); always at most q=1. A big gap to q=1 means many rare themes next to a few big ones."))
+            rows.append(
+                MetricRow(
+                    "Meaning",
+                    "Vendi score (q=2)",
+                    fmt(vendi["q=2"]),
+                    "The same count with more weight on the dominant themes (inverse sum of squared "
+                    "eigenvalues); always at most q=1. A big gap to q=1 means many rare themes next to a few big ones.",
+                )
+            )
         if "q=inf" in vendi:
-            rows.append(MetricRow("Meaning", "Vendi score (q=∞)", fmt(vendi["q=inf"]),
-                                  "The most conservative count: 1 / the largest eigenvalue. Close to 1 means one theme dominates the dataset."))
-        rows.append(MetricRow("Meaning", "Vendi score per record", fmt(sem.get("vendi_per_record")),
-                              "Vendi (q=1) divided by the number of records, for comparing datasets of different sizes: "
-                              "near 1 every record is its own topic, near 0 most records repeat a few meanings."))
+            rows.append(
+                MetricRow(
+                    "Meaning",
+                    "Vendi score (q=∞)",
+                    fmt(vendi["q=inf"]),
+                    "The most conservative count: 1 / the largest eigenvalue. Close to 1 means one theme dominates the dataset.",
+                )
+            )
+        rows.append(
+            MetricRow(
+                "Meaning",
+                "Vendi score per record",
+                fmt(sem.get("vendi_per_record")),
+                "Vendi (q=1) divided by the number of records, for comparing datasets of different sizes: "
+                "near 1 every record is its own topic, near 0 most records repeat a few meanings.",
+            )
+        )
     ents = metrics.get("entities")
     if ents and not ents["entities"]["total"]:
-        rows.append(MetricRow("Entities", "entities", "none found",
-                              f"No entity mentions from {ents.get('source') or 'the records'}. Name the list fields that "
-                              "hold entities with --entity-fields, or extract them with --entities offline (jieba, "
-                              "Chinese) or --entities model:NAME (an LLM)."))
+        rows.append(
+            MetricRow(
+                "Entities",
+                "entities",
+                "none found",
+                f"No entity mentions from {ents.get('source') or 'the records'}. Name the list fields that "
+                "hold entities with --entity-fields, or extract them with --entities offline (jieba, "
+                "Chinese) or --entities model:NAME (an LLM).",
+            )
+        )
     elif ents:
         e = ents["entities"]
         rows += [
-            MetricRow("Entities", "entity mentions / unique entities", f"{fmt(e['total'])} / {fmt(e['unique'])}",
-                      f"Named things (drugs, diseases, people...) the records mention, from {ents.get('source') or 'the records'}. "
-                      "The same text counts as one entity whatever its type."),
-            MetricRow("Entities", "records with entities", f"{fmt(ents['records_with_entities'])} ({pct(ents['coverage'])})",
-                      "Share of records that mention at least one entity."),
-            MetricRow("Entities", "entity entropy", f"{fmt(e['shannon_entropy_nats'])} nats",
-                      "Shannon entropy (natural log) of the entity frequencies: 0 if one entity is all there is, "
-                      "ln(unique) if all are equally frequent. Higher is more varied."),
-            MetricRow("Entities", "entity Gini-Simpson", fmt(e["gini_simpson"]),
-                      "1 − Σp²: the chance that two random mentions name different entities. Near 1 is diverse."),
-            MetricRow("Entities", "entity inverse Simpson", fmt(e["inverse_simpson"]),
-                      "1 / Σp²: the effective number of equally common entities."),
-            MetricRow("Entities", "entity types", fmt(ents["types"]["unique"]),
-                      f"Kinds of entity found; their entropy is {fmt(ents['types']['shannon_entropy_nats'])} nats and "
-                      "their coverage (share of records with at least one) is in the entities section."),
+            MetricRow(
+                "Entities",
+                "entity mentions / unique entities",
+                f"{fmt(e['total'])} / {fmt(e['unique'])}",
+                f"Named things (drugs, diseases, people...) the records mention, from {ents.get('source') or 'the records'}. "
+                "The same text counts as one entity whatever its type.",
+            ),
+            MetricRow(
+                "Entities",
+                "records with entities",
+                f"{fmt(ents['records_with_entities'])} ({pct(ents['coverage'])})",
+                "Share of records that mention at least one entity.",
+            ),
+            MetricRow(
+                "Entities",
+                "entity entropy",
+                f"{fmt(e['shannon_entropy_nats'])} nats",
+                "Shannon entropy (natural log) of the entity frequencies: 0 if one entity is all there is, "
+                "ln(unique) if all are equally frequent. Higher is more varied.",
+            ),
+            MetricRow(
+                "Entities",
+                "entity Gini-Simpson",
+                fmt(e["gini_simpson"]),
+                "1 − Σp²: the chance that two random mentions name different entities. Near 1 is diverse.",
+            ),
+            MetricRow(
+                "Entities",
+                "entity inverse Simpson",
+                fmt(e["inverse_simpson"]),
+                "1 / Σp²: the effective number of equally common entities.",
+            ),
+            MetricRow(
+                "Entities",
+                "entity types",
+                fmt(ents["types"]["unique"]),
+                f"Kinds of entity found; their entropy is {fmt(ents['types']['shannon_entropy_nats'])} nats and "
+                "their coverage (share of records with at least one) is in the entities section.",
+            ),
         ]
     for name, dist in metrics.get("labels", {}).items():
-        rows.append(MetricRow("Labels", f"{name}: distinct values", fmt(dist["unique"]),
-                              f"Different values of `{name}` ({fmt(dist['records_with_value'])} records have one). "
-                              f"Entropy {fmt(dist['shannon_entropy_nats'])} nats, inverse Simpson {fmt(dist['inverse_simpson'])} "
-                              "(the effective number of equally common values): a low value next to many distinct ones "
-                              "means a few labels dominate."))
+        rows.append(
+            MetricRow(
+                "Labels",
+                f"{name}: distinct values",
+                fmt(dist["unique"]),
+                f"Different values of `{name}` ({fmt(dist['records_with_value'])} records have one). "
+                f"Entropy {fmt(dist['shannon_entropy_nats'])} nats, inverse Simpson {fmt(dist['inverse_simpson'])} "
+                "(the effective number of equally common values): a low value next to many distinct ones "
+                "means a few labels dominate.",
+            )
+        )
     for name, stats in metrics.get("lengths", {}).items():
         if stats.get("count"):
-            advice = ("Records without earlier turns are single-turn; a dataset meant to teach dialogue needs many with."
-                      if stats.get("unit") == "turns" else
-                      "Very short texts are often truncated or empty generations; a long tail may exceed the training context.")
-            rows.append(MetricRow("Lengths", f"{name} ({stats.get('unit', 'chars')})", f"median {fmt(stats['median'])}, p90 {fmt(stats['p90'])}",
-                                  f"Over {fmt(stats['count'])} records: min {fmt(stats['min'])}, mean {fmt(stats['mean'])}, "
-                                  f"max {fmt(stats['max'])}. {advice}"))
+            advice = (
+                "Records without earlier turns are single-turn; a dataset meant to teach dialogue needs many with."
+                if stats.get("unit") == "turns"
+                else "Very short texts are often truncated or empty generations; a long tail may exceed the training context."
+            )
+            rows.append(
+                MetricRow(
+                    "Lengths",
+                    f"{name} ({stats.get('unit', 'chars')})",
+                    f"median {fmt(stats['median'])}, p90 {fmt(stats['p90'])}",
+                    f"Over {fmt(stats['count'])} records: min {fmt(stats['min'])}, mean {fmt(stats['mean'])}, "
+                    f"max {fmt(stats['max'])}. {advice}",
+                )
+            )
     return rows
 
 
@@ -285,15 +374,17 @@ def duplicate_clusters(evaluation: DatasetEvaluation, limit: int) -> list[dict[s
             text = evaluation.texts[i]
             shown = _clip(text, CLUSTER_TEXT_CHARS)
             segments = [(shown, "same")] if rank == 0 else diff_segments(kept_text, shown)
-            items.append({
-                "row": i + 1,
-                "identical": rank > 0 and text == evaluation.texts[members[0]],
-                "id": record.get("id"),
-                "kept": rank == 0,
-                "segments": segments,
-                "clipped": len(text) > CLUSTER_TEXT_CHARS,
-                "chars": len(text),
-            })
+            items.append(
+                {
+                    "row": i + 1,
+                    "identical": rank > 0 and text == evaluation.texts[members[0]],
+                    "id": record.get("id"),
+                    "kept": rank == 0,
+                    "segments": segments,
+                    "clipped": len(text) > CLUSTER_TEXT_CHARS,
+                    "chars": len(text),
+                }
+            )
         out.append({"size": len(members), "members": items})
     return out
 
@@ -304,8 +395,9 @@ def _label_charts(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         items = [(value, count) for value, count in dist["top"]]
         if dist.get("other"):
             items.append((f"(other {fmt(dist['unique'] - len(dist['top']))} values)", dist["other"]))
-        charts_out.append({"field": name, "dist": dist,
-                           "svg": Markup(charts.bar_chart(items, label=f"{name} distribution"))})
+        charts_out.append(
+            {"field": name, "dist": dist, "svg": Markup(charts.bar_chart(items, label=f"{name} distribution"))}
+        )
     return charts_out
 
 
@@ -326,25 +418,41 @@ def _entity_charts(metrics: dict[str, Any]) -> dict[str, Any] | None:
         return None
     per_type = []
     for etype, stats in sorted(ents["per_type"].items(), key=lambda kv: (-kv[1]["total"], kv[0])):
-        per_type.append({"type": etype, "stats": stats,
-                         "svg": Markup(charts.bar_chart([(t, c) for t, c in stats["top"][:10]],
-                                                        label=f"{etype} entities", colour="#59a14f"))})
+        per_type.append(
+            {
+                "type": etype,
+                "stats": stats,
+                "svg": Markup(
+                    charts.bar_chart(
+                        [(t, c) for t, c in stats["top"][:10]], label=f"{etype} entities", colour="#59a14f"
+                    )
+                ),
+            }
+        )
     return {
-        "types_svg": Markup(charts.bar_chart([(t, c) for t, c in ents["types"]["top"]], label="entity types",
-                                             colour="#f28e2b")),
-        "top_svg": Markup(charts.bar_chart([(t, c) for t, c in ents["entities"]["top"]], label="entities",
-                                           colour="#59a14f")),
+        "types_svg": Markup(
+            charts.bar_chart([(t, c) for t, c in ents["types"]["top"]], label="entity types", colour="#f28e2b")
+        ),
+        "top_svg": Markup(
+            charts.bar_chart([(t, c) for t, c in ents["entities"]["top"]], label="entities", colour="#59a14f")
+        ),
         "per_type": per_type,
     }
 
 
-def render_report(evaluation: DatasetEvaluation, *, title: str, source: str | None = None,
-                  colour_field: str | None = None, top_clusters: int = 10, max_map_points: int = MAX_MAP_POINTS,
-                  generated: _dt.datetime | None = None) -> str:
+def render_report(
+    evaluation: DatasetEvaluation,
+    *,
+    title: str,
+    source: str | None = None,
+    colour_field: str | None = None,
+    top_clusters: int = 10,
+    max_map_points: int = MAX_MAP_POINTS,
+    generated: _dt.datetime | None = None,
+) -> str:
     """The report page as one HTML string."""
     metrics = evaluation.metrics
-    env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                      keep_trailing_newline=True)
+    env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["fmt"] = fmt
     env.filters["pct"] = pct
     env.filters["code"] = inline_code

@@ -17,17 +17,21 @@ the work.
 Cosine distance is handled as the Euclidean distance between unit vectors, ``sqrt(2 - 2 cos)``,
 which orders records exactly as ``1 - cos`` does.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager, Hashable, Literal, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any, Literal
 
 import numpy as np
 
-from .entities import count_diversity, entity_metrics
 from ..text.vendi import VendiAccumulator
+from .entities import count_diversity, entity_metrics
 
 Metric = Literal["cosine", "euclidean"]
+
 
 def _prepare(x: np.ndarray, metric: Metric) -> tuple[np.ndarray, np.ndarray]:
     """float32 rows (unit rows for cosine) and their squared norms."""
@@ -57,9 +61,16 @@ def _check_indices(indices: Sequence[int] | np.ndarray | None, n: int, what: str
     return np.unique(arr)
 
 
-def k_center_greedy(x: np.ndarray, k: int, *, metric: Metric = "cosine", seed: int = 0,
-                    start: int | None = None, already_selected: Sequence[int] | np.ndarray | None = None,
-                    block_rows: int = 2048) -> np.ndarray:
+def k_center_greedy(
+    x: np.ndarray,
+    k: int,
+    *,
+    metric: Metric = "cosine",
+    seed: int = 0,
+    start: int | None = None,
+    already_selected: Sequence[int] | np.ndarray | None = None,
+    block_rows: int = 2048,
+) -> np.ndarray:
     """Indices of ``k`` records chosen by farthest-point traversal, in the order they were picked.
 
     Without ``already_selected`` the first pick is ``start``, or a record drawn with ``seed``; the
@@ -179,7 +190,7 @@ class _LazyTraversal:
             return
         split = self.n - size - 1
         part = np.argpartition(self.bound, split)
-        self.pool = part[split + 1:]
+        self.pool = part[split + 1 :]
         self.floor = float(self.bound[part[split]])
 
     def farthest(self) -> int:
@@ -196,7 +207,7 @@ class _LazyTraversal:
                 else:
                     split = pool.size - batch - 1
                     part = np.argpartition(self.bound[pool], split)
-                    top = pool[part[split + 1:]]
+                    top = pool[part[split + 1 :]]
                     rest = max(float(self.bound[pool[part[split]]]), self.floor)
                 stale = top[self.seen[top] < self.count]
                 if stale.size:
@@ -211,8 +222,9 @@ class _LazyTraversal:
             self.pool = None
 
 
-def random_selection(n: int, k: int, *, seed: int = 0,
-                     already_selected: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+def random_selection(
+    n: int, k: int, *, seed: int = 0, already_selected: Sequence[int] | np.ndarray | None = None
+) -> np.ndarray:
     """``k`` distinct record indices drawn uniformly with ``seed``, none of ``already_selected``.
 
     The baseline every diverse selection should beat; the same seed gives the same draw.
@@ -225,8 +237,15 @@ def random_selection(n: int, k: int, *, seed: int = 0,
     return np.random.default_rng(seed).choice(pool, size=k, replace=False).astype(np.int64)
 
 
-def select(x: np.ndarray, k: int, *, method: Literal["k_center", "random"] = "k_center", metric: Metric = "cosine",
-           seed: int = 0, already_selected: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+def select(
+    x: np.ndarray,
+    k: int,
+    *,
+    method: Literal["k_center", "random"] = "k_center",
+    metric: Metric = "cosine",
+    seed: int = 0,
+    already_selected: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
     """Dispatch by name, for configs and the command line: ``k_center`` (default) or ``random``."""
     if method in ("k_center", "k-center", "kcenter"):
         return k_center_greedy(x, k, metric=metric, seed=seed, already_selected=already_selected)
@@ -246,17 +265,23 @@ def coverage_radius(x: np.ndarray, indices: Sequence[int] | np.ndarray, *, metri
     data, sq = _prepare(x, metric)
     worst = np.full(data.shape[0], np.inf, dtype=np.float32)
     for start in range(0, idx.size, 256):
-        part = idx[start:start + 256]
+        part = idx[start : start + 256]
         d2 = sq[:, None] - 2.0 * (data @ data[part].T) + sq[part][None, :]
         worst = np.minimum(worst, np.sqrt(np.maximum(d2, 0.0)).min(axis=1))
     radius = float(worst.max())
     return radius * radius / 2.0 if metric == "cosine" else radius
 
 
-def subset_metrics(x: np.ndarray | None, indices: Sequence[int] | np.ndarray, *,
-                   entity_maps: Sequence[Mapping[str, Sequence[str]]] | None = None,
-                   labels: Sequence[Hashable] | None = None, n: int | None = None,
-                   orders: Sequence[Any] = (1,), top_k: int = 20) -> dict[str, dict[str, Any]]:
+def subset_metrics(
+    x: np.ndarray | None,
+    indices: Sequence[int] | np.ndarray,
+    *,
+    entity_maps: Sequence[Mapping[str, Sequence[str]]] | None = None,
+    labels: Sequence[Hashable] | None = None,
+    n: int | None = None,
+    orders: Sequence[Any] = (1,),
+    top_k: int = 20,
+) -> dict[str, dict[str, Any]]:
     """Metrics of the selected records next to the full set's: ``{"full": {...}, "selected": {...}}``.
 
     Each side has ``records``, and where the inputs are given: ``vendi`` (Vendi scores of the
@@ -264,7 +289,15 @@ def subset_metrics(x: np.ndarray | None, indices: Sequence[int] | np.ndarray, *,
     ``entity_maps``, one per record) and ``labels`` (:func:`count_diversity` of ``labels``, one
     hashable per record, e.g. a task label). ``n`` is the record count when ``x`` is ``None``.
     """
-    total = len(x) if x is not None else len(entity_maps) if entity_maps is not None else len(labels) if labels is not None else n
+    total = (
+        len(x)
+        if x is not None
+        else len(entity_maps)
+        if entity_maps is not None
+        else len(labels)
+        if labels is not None
+        else n
+    )
     if total is None:
         raise ValueError("give embeddings, entity maps, labels or n")
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)

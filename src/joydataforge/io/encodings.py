@@ -11,6 +11,7 @@ UTF-16/32 (recognised by their BOM) are refused with a clear message: their newl
 bytes wide, which the byte-level line splitting of the JSONL reader cannot handle, and they are rare
 enough in training data that converting the file is the better answer.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -81,7 +82,7 @@ def resolve_encoding(path: str | Path, encoding: str | None) -> str:
 
 def describe_decode_error(error: UnicodeDecodeError, encoding: str) -> str:
     """A message that shows the offending bytes and what to try instead."""
-    bad = error.object[error.start:error.end][:8]
+    bad = error.object[error.start : error.end][:8]
     hint = "gb18030" if encoding.replace("_", "-").startswith("utf") else "utf-8"
     return (
         f"bytes {bad.hex(' ')} at byte {error.start + 1} of the line are not valid {encoding} "

@@ -25,13 +25,15 @@ A record without the output field, or without its input, is an error naming the 
 the seed's ``"target": ""`` -- is skipped (the function returns ``None``) and counted, because an
 empty answer is not a training example.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from ..errors import InputError
 from ..records import Message, normalize_history
@@ -160,8 +162,14 @@ def export_file(
         raise ValueError(f"export to .jsonl, .json or .parquet, not {suffix or destination.name!r}")
     exporter = FORMATS[fmt]
     fields = ExportFields(
-        input=input_field, output=output_field, history=history_field, system=system_field,
-        system_prompt=system_prompt, chosen=chosen_field, rejected=rejected_field, keep=tuple(keep_fields),
+        input=input_field,
+        output=output_field,
+        history=history_field,
+        system=system_field,
+        system_prompt=system_prompt,
+        chosen=chosen_field,
+        rejected=rejected_field,
+        keep=tuple(keep_fields),
     )
     report = ExportReport()
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +214,7 @@ def export_file(
 
 
 # --- the dialogue of a record ----------------------------------------------------------------------
+
 
 def _dialogue(record: dict[str, Any], fields: ExportFields, *, user_first: bool) -> tuple[str | None, list[Message]]:
     """The system prompt and the turns up to and including the user's last one (the input)."""
@@ -256,6 +265,13 @@ def _kept(record: dict[str, Any], fields: ExportFields) -> dict[str, Any]:
 
 
 __all__ = [
-    "DEFAULT_FIELDS", "ExportFields", "ExportReport", "FORMATS", "export_file",
-    "to_alpaca", "to_openai", "to_sharegpt", "to_trl_preference",
+    "DEFAULT_FIELDS",
+    "ExportFields",
+    "ExportReport",
+    "FORMATS",
+    "export_file",
+    "to_alpaca",
+    "to_openai",
+    "to_sharegpt",
+    "to_trl_preference",
 ]

@@ -28,6 +28,7 @@ A CSV or XLSX cell that holds JSON (say, a ``history`` column written as ``[["hi
 a string: spreadsheets have no lists, and guessing which strings were meant as JSON would silently
 change data. Decode such a column in a step if you need it.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -36,8 +37,9 @@ import datetime as _dt
 import decimal
 import json
 import zipfile
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterable, Iterator
+from typing import Any
 
 from ..errors import InputError, Location
 from .encodings import describe_decode_error, resolve_encoding
@@ -115,7 +117,8 @@ def input_files(path: str | Path) -> list[Path]:
         raise InputError("no such file or folder", Location(str(root)))
     if root.is_dir():
         files = [
-            file for file in root.rglob("*")
+            file
+            for file in root.rglob("*")
             if file.is_file()
             and file.suffix.lower() in _READERS
             and not any(part.startswith((".", "~$")) for part in file.relative_to(root).parts)
@@ -128,7 +131,9 @@ def input_files(path: str | Path) -> list[Path]:
     return [root]
 
 
-def _windowed(files: list[Path], start: int, limit: int | None, encoding: str | None, sheet: str | None) -> Iterator[SourceItem]:
+def _windowed(
+    files: list[Path], start: int, limit: int | None, encoding: str | None, sheet: str | None
+) -> Iterator[SourceItem]:
     to_skip, left = start, limit
     if left == 0:
         return
@@ -151,6 +156,7 @@ def _windowed(files: list[Path], start: int, limit: int | None, encoding: str | 
 
 
 # --- JSONL -----------------------------------------------------------------------------------------
+
 
 def _read_jsonl(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
     """Stream a JSONL file line by line in binary, so memory does not grow with the file.
@@ -190,6 +196,7 @@ def _parse_json_line(raw: bytes, codec: str, location: Location) -> SourceItem:
 
 # --- JSON ------------------------------------------------------------------------------------------
 
+
 def _read_json(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
     """A JSON array of objects, one object, or JSONL under a ``.json`` name (the seed has such files).
 
@@ -205,12 +212,19 @@ def _read_json(path: Path, encoding: str | None, sheet: str | None, skip: int) -
         text = data.decode(codec)
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        return (yield from _one_error(Location(name), f"line {line} of the file: {describe_decode_error(error, codec)}", skip))
+        return (
+            yield from _one_error(
+                Location(name), f"line {line} of the file: {describe_decode_error(error, codec)}", skip
+            )
+        )
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        return (yield from _one_error(
-            Location(name), f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", skip))
+        return (
+            yield from _one_error(
+                Location(name), f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", skip
+            )
+        )
     del data, text
     elements = value if isinstance(value, list) else [value]
     skipped = min(skip, len(elements))
@@ -323,6 +337,7 @@ def _read_csv(path: Path, encoding: str | None, sheet: str | None, skip: int) ->
 
 # --- XLSX ------------------------------------------------------------------------------------------
 
+
 def _read_xlsx(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
     """The first sheet (or ``sheet``) of a workbook; its first non-empty row is the header.
 
@@ -368,6 +383,7 @@ def _read_xlsx(path: Path, encoding: str | None, sheet: str | None, skip: int) -
 
 # --- CSV and XLSX rows -----------------------------------------------------------------------------
 
+
 def _header_problem(header: list[str]) -> str | None:
     named = [cell.strip() for cell in header if cell.strip()]
     duplicates = sorted({cell for cell in named if named.count(cell) > 1})
@@ -390,6 +406,7 @@ def _row_item(header: list[str], values: list[Any], location: Location) -> Sourc
 
 
 # --- Parquet ---------------------------------------------------------------------------------------
+
 
 def _read_parquet(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
     """Read row group by row group in small batches; row groups before the window are not read."""
@@ -441,6 +458,7 @@ def _parquet_json_columns(metadata: dict[bytes, bytes] | None) -> list[str]:
 
 # --- shared ----------------------------------------------------------------------------------------
 
+
 def _jsonable(value: Any) -> Any:
     """Turn the non-JSON values Parquet and Excel produce into JSON ones, so every record can be
     written back as JSONL and hashed for its id."""
@@ -477,7 +495,14 @@ def _bad(location: Location, message: str, field: str | None = None) -> SourceIt
 
 
 def _kind(value: Any) -> str:
-    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+    names = {
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 

@@ -2,6 +2,7 @@
 
 Its own module because every reader yields it (files, folders, taxonomies) and the executor consumes it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -20,11 +20,13 @@ want flat records (one per topic); this is the one place that knows the tree. :f
 follows the readers' protocol (items after ``skip``, with the YAML line of each topic as location),
 so the readers can serve ``.yaml`` input with it; :func:`load_taxonomy` returns the records directly.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any
 
 import yaml
 
@@ -71,8 +73,10 @@ def topic_record(item: Any, defaults: dict[str, Any], where: str) -> dict[str, A
     topic = item.get("topic")
     if not isinstance(topic, str) or not topic.strip():
         raise ValueError(f"{where}: 'topic' must be a non-empty string")
-    record: dict[str, Any] = {"id": str(item.get("id") or _SLUG.sub("-", topic.strip().lower()).strip("-")),
-                              "topic": topic.strip()}
+    record: dict[str, Any] = {
+        "id": str(item.get("id") or _SLUG.sub("-", topic.strip().lower()).strip("-")),
+        "topic": topic.strip(),
+    }
     subtopics = _flatten(item.get("subtopics"), where)
     if subtopics:
         record["subtopics"] = subtopics
@@ -88,8 +92,9 @@ def topic_record(item: Any, defaults: dict[str, Any], where: str) -> dict[str, A
     return record
 
 
-def read_taxonomy(path: Path, encoding: str | None = None, sheet: str | None = None,
-                  skip: int = 0) -> Generator[SourceItem, None, int]:
+def read_taxonomy(
+    path: Path, encoding: str | None = None, sheet: str | None = None, skip: int = 0
+) -> Generator[SourceItem, None, int]:
     """Yield one topic record per topic after the first ``skip``; returns how many were skipped.
 
     A file that is not a taxonomy at all is one error item; a bad topic is an error item at its line.
@@ -110,8 +115,9 @@ def read_taxonomy(path: Path, encoding: str | None = None, sheet: str | None = N
         topics_node = next(v for k, v in root.value if k.value == "topics")  # type: ignore[union-attr]
     else:
         if not skip:
-            yield SourceItem(where, None,
-                             InputError("a taxonomy is a list of topics or a mapping with 'topics:'", where))
+            yield SourceItem(
+                where, None, InputError("a taxonomy is a list of topics or a mapping with 'topics:'", where)
+            )
         return 0
     unknown = set(data) - {"topics", *_DEFAULT_KEYS}
     if unknown and not skip:

@@ -6,14 +6,16 @@ cost at most the records in flight. :class:`JsonlAppender` writes each batch wit
 on an ``O_APPEND`` descriptor (no user-space buffer that a kill could lose in part) and fsyncs on a
 timer; :func:`repair_tail` cuts whatever a crash left torn or uncommitted at the end.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..errors import InputError, JoyForgeError, Location
 from .readers import PARQUET_META_KEY
@@ -200,6 +202,7 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
 
 # --- Parquet -----------------------------------------------------------------------------------------
 
+
 def jsonl_to_parquet(jsonl_path: str | Path, parquet_path: str | Path, *, batch_size: int = 10_000) -> int:
     """Convert a JSONL file to Parquet in two streaming passes; return the number of rows written.
 
@@ -287,7 +290,9 @@ def _has_empty_struct(data_type: Any) -> bool:
     import pyarrow as pa
 
     if pa.types.is_struct(data_type):
-        return data_type.num_fields == 0 or any(_has_empty_struct(data_type.field(i).type) for i in range(data_type.num_fields))
+        return data_type.num_fields == 0 or any(
+            _has_empty_struct(data_type.field(i).type) for i in range(data_type.num_fields)
+        )
     if pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_fixed_size_list(data_type):
         return _has_empty_struct(data_type.value_type)
     return False

@@ -9,6 +9,7 @@ such failures in a row the model is declared down: the call at hand and every la
 the run cleanly (finished records kept, the rest redone on resume). Any success resets the count, so a
 flaky but living server never trips it.
 """
+
 from __future__ import annotations
 
 from ..errors import EndpointDown
@@ -41,8 +42,10 @@ class CircuitBreaker:
         self.failures += 1
         if self.reason is None and self.failures >= self.threshold:
             what = " ".join(what.split())
-            self.reason = (f"model '{self.model}' declared down: {self.failures} requests in a row to "
-                           f"{self.endpoint} failed (last: {what})")
+            self.reason = (
+                f"model '{self.model}' declared down: {self.failures} requests in a row to "
+                f"{self.endpoint} failed (last: {what})"
+            )
         self.check()
 
     def succeeded(self) -> None:

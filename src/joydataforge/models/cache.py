@@ -5,6 +5,7 @@ in batches, so hundreds of concurrent calls never block the event loop on disk I
 of everything that determines a reply (see :meth:`ModelClient._key`); keys and secrets are never part
 of it, and nothing but the reply and its token counts is stored.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -77,5 +78,6 @@ class CallCache:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
         self._executor.submit(_close).result()
         self._executor.shutdown(wait=True)

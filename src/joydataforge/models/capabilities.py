@@ -4,6 +4,7 @@ Steps, executors and commands ask ``registry.get(name).capabilities`` ("can it g
 batch whatever is in flight?") instead of testing ``backend == "vllm"``. Known from the config alone, so
 checks before a run never import a backend.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,21 +40,52 @@ class ModelCapabilities:
 def capabilities_of(config: "ModelConfig") -> ModelCapabilities:
     backend = config.backend
     if backend == "openai":
-        return ModelCapabilities(chat=True, raw_completion=True, embeddings=True, rewards=True, native_n=True,
-                                 own_chat_template=False, chat_template_file=True, batches_in_flight=False,
-                                 repetition_penalty_param="repetition_penalty")
+        return ModelCapabilities(
+            chat=True,
+            raw_completion=True,
+            embeddings=True,
+            rewards=True,
+            native_n=True,
+            own_chat_template=False,
+            chat_template_file=True,
+            batches_in_flight=False,
+            repetition_penalty_param="repetition_penalty",
+        )
     if backend == "llamacpp":
         # A llama.cpp chat format named in chat_template replaces the GGUF's own Jinja template.
-        return ModelCapabilities(chat=True, raw_completion=True, embeddings=True, rewards=False, native_n=False,
-                                 own_chat_template=not config.chat_template, chat_template_file=False,
-                                 batches_in_flight=False,
-                                 repetition_penalty_param="repeat_penalty")
+        return ModelCapabilities(
+            chat=True,
+            raw_completion=True,
+            embeddings=True,
+            rewards=False,
+            native_n=False,
+            own_chat_template=not config.chat_template,
+            chat_template_file=False,
+            batches_in_flight=False,
+            repetition_penalty_param="repeat_penalty",
+        )
     if backend == "vllm":
-        return ModelCapabilities(chat=True, raw_completion=True, embeddings=True, rewards=True, native_n=True,
-                                 own_chat_template=True, chat_template_file=True, batches_in_flight=True,
-                                 repetition_penalty_param="repetition_penalty")
+        return ModelCapabilities(
+            chat=True,
+            raw_completion=True,
+            embeddings=True,
+            rewards=True,
+            native_n=True,
+            own_chat_template=True,
+            chat_template_file=True,
+            batches_in_flight=True,
+            repetition_penalty_param="repetition_penalty",
+        )
     if backend == "transformers":
-        return ModelCapabilities(chat=False, raw_completion=False, embeddings=False, rewards=True, native_n=False,
-                                 own_chat_template=True, chat_template_file=False, batches_in_flight=False,
-                                 repetition_penalty_param="repetition_penalty")
+        return ModelCapabilities(
+            chat=False,
+            raw_completion=False,
+            embeddings=False,
+            rewards=True,
+            native_n=False,
+            own_chat_template=True,
+            chat_template_file=False,
+            batches_in_flight=False,
+            repetition_penalty_param="repetition_penalty",
+        )
     raise ValueError(f"unknown backend {backend!r}")

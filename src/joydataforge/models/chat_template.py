@@ -5,6 +5,7 @@ completion methods (Magpie) must write the template's text themselves, and the t
 from the model: the GGUF file's ``tokenizer.chat_template`` metadata, or the ``tokenizer_config.json``
 of the model a server runs. This module only finds and loads that text; rendering it is the caller's job.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,10 +58,17 @@ def load_chat_template_file(path: str | Path) -> ChatTemplateSource:
         named = {item.get("name"): item.get("template") for item in template if isinstance(item, dict)}
         template = named.get("default")
         if template is None:
-            raise ConfigError(f"{file}: field 'chat_template' lists templates {sorted(map(str, named))} "
-                              "but none named 'default'")
+            raise ConfigError(
+                f"{file}: field 'chat_template' lists templates {sorted(map(str, named))} but none named 'default'"
+            )
     if not isinstance(template, str) or not template.strip():
-        raise ConfigError(f"{file}: field 'chat_template' is missing or not a string; newer models keep it in "
-                          "a separate chat_template.jinja file: pass that file instead")
-    return ChatTemplateSource(template, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")),
-                              origin=f"tokenizer config: {file}")
+        raise ConfigError(
+            f"{file}: field 'chat_template' is missing or not a string; newer models keep it in "
+            "a separate chat_template.jinja file: pass that file instead"
+        )
+    return ChatTemplateSource(
+        template,
+        _token_text(config.get("bos_token")),
+        _token_text(config.get("eos_token")),
+        origin=f"tokenizer config: {file}",
+    )

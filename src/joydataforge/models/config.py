@@ -4,6 +4,7 @@ Configs validate without importing any backend (DataDesigner's rule), so ``joyfo
 pipeline check work on a machine where llama-cpp-python is not installed. Keys never live in files:
 a model names the *environment variable* that holds its key.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -43,8 +44,20 @@ def _looks_like_key(value: str) -> bool:
 
 
 # Query parameters that carry a key (Google's ?key=, Azure Functions' ?code=, many gateways' ?api_key=).
-_KEY_QUERY_NAMES = {"key", "api_key", "apikey", "api-key", "access_token", "token", "auth", "secret", "password",
-                    "code", "sig", "signature"}
+_KEY_QUERY_NAMES = {
+    "key",
+    "api_key",
+    "apikey",
+    "api-key",
+    "access_token",
+    "token",
+    "auth",
+    "secret",
+    "password",
+    "code",
+    "sig",
+    "signature",
+}
 _USE_ENV = "keys never go in models.yaml; put the key in an environment variable and name that variable in api_key_env"
 
 
@@ -94,57 +107,93 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     name: str = Field(description="The model's name, as steps refer to it (the key under `models:`).")
-    backend: BackendName = Field(description=(
-        "How it is reached: `openai` (any OpenAI-compatible server: vLLM, SGLang, llama.cpp server, Ollama, "
-        "hosted APIs), `llamacpp` (a GGUF run in-process), `vllm` (vLLM in-process, GPU), `transformers` "
-        "(a local reward model)."))
-    model: str = Field(default="", description="model id sent to the server; for llamacpp a label; for vllm the "
-                       "Hugging Face id or local folder it loads")
+    backend: BackendName = Field(
+        description=(
+            "How it is reached: `openai` (any OpenAI-compatible server: vLLM, SGLang, llama.cpp server, Ollama, "
+            "hosted APIs), `llamacpp` (a GGUF run in-process), `vllm` (vLLM in-process, GPU), `transformers` "
+            "(a local reward model)."
+        )
+    )
+    model: str = Field(
+        default="",
+        description="model id sent to the server; for llamacpp a label; for vllm the "
+        "Hugging Face id or local folder it loads",
+    )
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(default=None, description="name of the environment variable holding the key")
-    model_path: str | None = Field(default=None, description="llamacpp: a GGUF path, or 'smollm2' for the bundled "
-                                   "model; vllm: a local model folder (else model is loaded)")
+    model_path: str | None = Field(
+        default=None,
+        description="llamacpp: a GGUF path, or 'smollm2' for the bundled "
+        "model; vllm: a local model folder (else model is loaded)",
+    )
     chat_template: str | None = Field(
-        default=None, description="llamacpp: a llama-cpp-python chat format overriding the GGUF's; openai: the "
+        default=None,
+        description="llamacpp: a llama-cpp-python chat format overriding the GGUF's; openai: the "
         "path of the served model's tokenizer_config.json or .jinja chat template (raw-completion methods need it); "
-        "vllm: such a file, used instead of the tokenizer's own template")
+        "vllm: such a file, used instead of the tokenizer's own template",
+    )
     n_ctx: int = Field(default=2048, ge=1, description="llamacpp: context window in tokens (prompt + reply).")
-    n_threads: int | None = Field(default=None, ge=1, description=(
-        "llamacpp: CPU threads for inference; unset: llama.cpp's choice."))
-    max_concurrency: int = Field(default=defaults.MODEL_MAX_CONCURRENCY, ge=1,
-                                 description="requests in flight to this model at once")
-    requests_per_minute: float | None = Field(default=None, gt=0, description=(
-        "Rate limit in requests per minute (a token bucket); unset: none."))
-    tokens_per_minute: float | None = Field(default=None, gt=0, description=(
-        "Rate limit in tokens per minute (prompt + completion, estimated before the call); unset: none."))
+    n_threads: int | None = Field(
+        default=None, ge=1, description=("llamacpp: CPU threads for inference; unset: llama.cpp's choice.")
+    )
+    max_concurrency: int = Field(
+        default=defaults.MODEL_MAX_CONCURRENCY, ge=1, description="requests in flight to this model at once"
+    )
+    requests_per_minute: float | None = Field(
+        default=None, gt=0, description=("Rate limit in requests per minute (a token bucket); unset: none.")
+    )
+    tokens_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description=("Rate limit in tokens per minute (prompt + completion, estimated before the call); unset: none."),
+    )
     timeout: float = Field(default=120.0, gt=0, description="Seconds one request may take before it is retried.")
-    max_retries: int = Field(default=5, ge=0, description=(
-        "Retries of a call after a transient error (429, 5xx, a dropped connection), with backoff."))
+    max_retries: int = Field(
+        default=5,
+        ge=0,
+        description=("Retries of a call after a transient error (429, 5xx, a dropped connection), with backoff."),
+    )
     breaker_threshold: int = Field(
-        default=5, ge=0, description="failed requests in a row (connection errors, replies that are not a model "
+        default=5,
+        ge=0,
+        description="failed requests in a row (connection errors, replies that are not a model "
         "API's: an HTML page, JSON without choices; a refused key; a missing path or model), retries included, "
         "after which this model is declared down and the run stops, resumable; any success resets the count; "
-        "0: never declared down")
+        "0: never declared down",
+    )
     max_retry_after: float = Field(
-        default=300.0, ge=0, description="longest Retry-After (seconds) worth waiting for; a server asking for "
-        "more (an exhausted daily quota) fails the call at once, so the record is kept for --retry-failed")
-    json_retries: int = Field(default=2, ge=0, description=(
-        "Re-asks when a reply that must be JSON does not parse or does not match its schema."))
-    structured_output: Literal["json_schema", "json_object", "none"] = Field(default="json_schema", description=(
-        "How JSON replies are requested: a schema the server enforces, any JSON object, or only the prompt. "
-        "A server that refuses json_schema is stepped down to json_object once (said in the summary)."))
+        default=300.0,
+        ge=0,
+        description="longest Retry-After (seconds) worth waiting for; a server asking for "
+        "more (an exhausted daily quota) fails the call at once, so the record is kept for --retry-failed",
+    )
+    json_retries: int = Field(
+        default=2,
+        ge=0,
+        description=("Re-asks when a reply that must be JSON does not parse or does not match its schema."),
+    )
+    structured_output: Literal["json_schema", "json_object", "none"] = Field(
+        default="json_schema",
+        description=(
+            "How JSON replies are requested: a schema the server enforces, any JSON object, or only the prompt. "
+            "A server that refuses json_schema is stepped down to json_object once (said in the summary)."
+        ),
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="default generation parameters")
     engine_args: dict[str, Any] = Field(
-        default_factory=dict, description="vllm: keyword arguments of vllm.LLM (tensor_parallel_size, "
-        "gpu_memory_utilization, max_model_len, dtype, quantization, ...)")
+        default_factory=dict,
+        description="vllm: keyword arguments of vllm.LLM (tensor_parallel_size, "
+        "gpu_memory_utilization, max_model_len, dtype, quantization, ...)",
+    )
     pricing: Pricing | None = Field(default=None, description="Price per million tokens, for cost in the summary.")
 
     @field_validator("api_key_env")
     @classmethod
     def _env_name_not_key(cls, value: str | None) -> str | None:
         if value and _looks_like_key(value):
-            raise ValueError("api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
-                             "never the key")
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key"
+            )
         return value
 
     @field_validator("base_url")
@@ -194,8 +243,13 @@ class ModelConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """What makes two configs give the same replies; part of every cache key (never the key itself)."""
-        identity = {"backend": self.backend, "model": self.model, "base_url": self.base_url,
-                    "model_path": self.model_path, "chat_template": self.chat_template}
+        identity = {
+            "backend": self.backend,
+            "model": self.model,
+            "base_url": self.base_url,
+            "model_path": self.model_path,
+            "chat_template": self.chat_template,
+        }
         if self.engine_args:  # quantization, dtype, max_model_len... change the replies
             identity["engine_args"] = self.engine_args
         return identity
@@ -203,8 +257,20 @@ class ModelConfig(BaseModel):
 
 _SETTINGS = [name for name in field_names(ModelConfig) if name != "name"]  # what a user may write
 # What a sampling setting written at the top of a model (instead of under params:) is most likely meant to be.
-_GENERATION_PARAMS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "seed",
-                      "stop", "presence_penalty", "frequency_penalty", "repetition_penalty", "n")
+_GENERATION_PARAMS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "n",
+)
 
 
 def _misplaced_params(body: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
@@ -215,8 +281,10 @@ def _misplaced_params(body: dict[str, Any], where: str) -> tuple[dict[str, Any],
     for key, value in body.items():
         close = difflib.get_close_matches(str(key), _GENERATION_PARAMS, n=1, cutoff=0.8)
         if key not in _SETTINGS and close:
-            problems.append(f"{where}.{key}: not a setting of a model; generation parameters go under params: "
-                            f"(params: {{{close[0]}: {shown(value)}}})")
+            problems.append(
+                f"{where}.{key}: not a setting of a model; generation parameters go under params: "
+                f"(params: {{{close[0]}: {shown(value)}}})"
+            )
         else:
             rest[key] = value
     return rest, problems

@@ -5,6 +5,7 @@ threads or retries. Determinism: every call carries a ``sample`` index, and the 
 from the call's cache key, so the same pipeline over the same data asks the same questions and (where
 the backend honours seeds) gets the same answers.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,15 +42,19 @@ def create_backend(config: ModelConfig) -> Backend:
     """Backends are imported only when a model is used, so configs validate without their libraries."""
     if config.backend == "openai":
         from .backends.openai_compat import OpenAICompatBackend
+
         return OpenAICompatBackend(config)
     if config.backend == "llamacpp":
         from .backends.llamacpp import LlamaCppBackend
+
         return LlamaCppBackend(config)
     if config.backend == "transformers":
         from .reward import TransformersRewardBackend
+
         return TransformersRewardBackend(config)
     if config.backend == "vllm":
         from .backends.vllm_offline import VLLMBackend
+
         return VLLMBackend(config)
     raise ModelError(f"model '{config.name}': unknown backend '{config.backend}'")
 
@@ -57,14 +62,14 @@ def create_backend(config: ModelConfig) -> Backend:
 class ModelClient:
     """One named model as steps see it."""
 
-    def __init__(self, config: ModelConfig, backend: Backend, cache: CallCache | None, retry: RetryPolicy,
-                 usage: ModelUsage):
+    def __init__(
+        self, config: ModelConfig, backend: Backend, cache: CallCache | None, retry: RetryPolicy, usage: ModelUsage
+    ):
         self.config = config
         self.name = config.name
         self.backend = backend
         self.cache = cache
-        self.retry = RetryPolicy(max_retries=config.max_retries, base_delay=retry.base_delay,
-                                 max_delay=retry.max_delay)
+        self.retry = RetryPolicy(max_retries=config.max_retries, base_delay=retry.base_delay, max_delay=retry.max_delay)
         self.usage = usage
         self.limits = ModelLimits(config.max_concurrency, config.requests_per_minute, config.tokens_per_minute)
         self._identity = config.identity()
@@ -108,12 +113,29 @@ class ModelClient:
         self._schema_cache[id(schema)] = (copy.deepcopy(schema), text)
         return text
 
-    async def _call(self, verb: str, payload: Any, params: dict[str, Any], *, schema: dict[str, Any] | None = None,
-                    sample: int = 0, attempt: int = 0) -> Completion:
+    async def _call(
+        self,
+        verb: str,
+        payload: Any,
+        params: dict[str, Any],
+        *,
+        schema: dict[str, Any] | None = None,
+        sample: int = 0,
+        attempt: int = 0,
+    ) -> Completion:
         return (await self._call_n(verb, payload, params, 1, schema=schema, sample=sample, attempt=attempt))[0]
 
-    async def _call_n(self, verb: str, payload: Any, params: dict[str, Any], n: int, *,
-                      schema: dict[str, Any] | None = None, sample: int = 0, attempt: int = 0) -> list[Completion]:
+    async def _call_n(
+        self,
+        verb: str,
+        payload: Any,
+        params: dict[str, Any],
+        n: int,
+        *,
+        schema: dict[str, Any] | None = None,
+        sample: int = 0,
+        attempt: int = 0,
+    ) -> list[Completion]:
         """One backend request for ``n`` samples (``n > 1``: raw completions only), cached as one entry.
 
         ``n`` joins the key only when above 1, so a single sample shares its cache entry with
@@ -178,9 +200,13 @@ class ModelClient:
                     raise ModelError(f"{exc} (gave up after {tries + 1} tries)", model=self.name, raw=exc.raw) from None
                 if exc.retry_after is not None and exc.retry_after > self.config.max_retry_after:
                     self.usage.errors += 1
-                    raise ModelError(f"{exc} (the server asks to wait {exc.retry_after:.0f}s, more than this model's "
-                                     f"max_retry_after of {self.config.max_retry_after:.0f}s: giving up now; run "
-                                     "again later with --retry-failed)", model=self.name, raw=exc.raw) from None
+                    raise ModelError(
+                        f"{exc} (the server asks to wait {exc.retry_after:.0f}s, more than this model's "
+                        f"max_retry_after of {self.config.max_retry_after:.0f}s: giving up now; run "
+                        "again later with --retry-failed)",
+                        model=self.name,
+                        raw=exc.raw,
+                    ) from None
                 self.usage.retries += 1
                 await asyncio.sleep(self.retry.delay(tries, exc.retry_after, self._jitter))
                 tries += 1
@@ -217,8 +243,9 @@ class ModelClient:
     async def chat(self, messages: Messages, *, sample: int = 0, **params: Any) -> Completion:
         return await self._call("chat", messages, self._params(params), sample=sample)
 
-    async def chat_json(self, messages: Messages, schema: dict[str, Any], *, sample: int = 0,
-                        **params: Any) -> tuple[Any, Completion]:
+    async def chat_json(
+        self, messages: Messages, schema: dict[str, Any], *, sample: int = 0, **params: Any
+    ) -> tuple[Any, Completion]:
         """A reply parsed and validated against ``schema``; invalid replies are retried with new samples.
 
         After ``json_retries`` retries the last raw reply travels inside :class:`ValidationFailed`, so the
@@ -277,8 +304,9 @@ class ModelClient:
             batch = [texts[i] for i in missing]
             (fresh, tokens), seconds = await self._with_retries(lambda: self.backend.embed_with_usage(batch))
             if len(fresh) != len(batch):  # zip would silently misalign vectors and texts
-                raise ModelError(f"model '{self.name}': {len(fresh)} embeddings for {len(batch)} texts",
-                                 model=self.name)
+                raise ModelError(
+                    f"model '{self.name}': {len(fresh)} embeddings for {len(batch)} texts", model=self.name
+                )
             if tokens is None:  # the backend does not count: about four characters a token
                 tokens = sum(len(text) // 4 for text in batch)
             self.usage.record(tokens, 0, seconds, self.config.pricing)
@@ -304,7 +332,7 @@ class ModelClient:
         scores: list[float | None] = await self._cached(keys, "r")
         missing = [i for i, s in enumerate(scores) if s is None]
         size = max(1, self.backend.reward_batch_size)
-        chunks = [missing[k:k + size] for k in range(0, len(missing), size)]
+        chunks = [missing[k : k + size] for k in range(0, len(missing), size)]
 
         async def score(chunk: list[int]) -> None:
             batch = [conversations[i] for i in chunk]
@@ -316,8 +344,9 @@ class ModelClient:
 
             fresh, seconds = await self._with_retries(call_backend)
             if len(fresh) != len(batch):
-                raise ModelError(f"model '{self.name}': {len(fresh)} reward scores for {len(batch)} conversations",
-                                 model=self.name)
+                raise ModelError(
+                    f"model '{self.name}': {len(fresh)} reward scores for {len(batch)} conversations", model=self.name
+                )
             self.limits.after_call(tokens, tokens)
             self.usage.record(tokens, 0, seconds, self.config.pricing)
             for i, value in zip(chunk, fresh):
@@ -340,8 +369,13 @@ def _estimate_tokens(payload: Any, params: dict[str, Any], n: int = 1) -> int:
 class Gateway:
     """All models of one run, created on first use, closed together."""
 
-    def __init__(self, registry: ModelRegistry, cache: CallCache | None = None, retry: RetryPolicy | None = None,
-                 backends: dict[str, Backend] | None = None):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        cache: CallCache | None = None,
+        retry: RetryPolicy | None = None,
+        backends: dict[str, Backend] | None = None,
+    ):
         """``backends`` supplies ready backend objects by model name (custom backends, test doubles);
         the rest are created from their config on first use."""
         self.registry = registry

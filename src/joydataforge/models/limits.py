@@ -3,6 +3,7 @@
 Token limits need the cost of a call before it is made; we reserve an estimate (prompt characters / 4 +
 ``max_tokens``) and settle the difference when the usage comes back, so bursts cannot overshoot for long.
 """
+
 from __future__ import annotations
 
 import asyncio

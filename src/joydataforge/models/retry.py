@@ -1,4 +1,5 @@
 """When and how long to wait before trying a failed call again."""
+
 from __future__ import annotations
 
 import random
@@ -13,7 +14,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Exponential backoff with full jitter (spreads a thundering herd); never less than Retry-After."""
-        backoff = rng.uniform(0, min(self.max_delay, self.base_delay * (2 ** attempt)))
+        backoff = rng.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
         if retry_after is not None:
             # The server said when; a little jitter keeps many waiting clients from returning at once.
             return retry_after + rng.uniform(0, 0.1 * retry_after + 0.05)

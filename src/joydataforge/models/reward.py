@@ -14,6 +14,7 @@ Two ways to reach one, both behind the gateway's ``reward`` verb (cache, limits,
 
 A conversation is a list of chat messages that ends with the assistant turn being scored.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,12 +39,17 @@ def check_conversation(conversation: Any, index: int) -> Messages:
     if not isinstance(conversation, list) or not conversation:
         raise ModelError(f"reward: item {index} must be a non-empty list of chat messages")
     for message in conversation:
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
             raise ModelError(f"reward: item {index} has a message without string 'role' and 'content': {message!r}")
     if conversation[-1]["role"] != "assistant":
-        raise ModelError(f"reward: item {index} must end with the assistant message to score, "
-                         f"not a '{conversation[-1]['role']}' message")
+        raise ModelError(
+            f"reward: item {index} must end with the assistant message to score, "
+            f"not a '{conversation[-1]['role']}' message"
+        )
     return conversation
 
 
@@ -76,18 +82,28 @@ def parse_pooling_reply(data: Any, model: str) -> float:
     try:
         value = data["data"][0]["data"]
     except (KeyError, IndexError, TypeError):
-        raise ModelError(f"model '{model}': pooling reply without data[0].data: {json.dumps(data)[:200]}",
-                         model=model, raw=json.dumps(data)) from None
+        raise ModelError(
+            f"model '{model}': pooling reply without data[0].data: {json.dumps(data)[:200]}",
+            model=model,
+            raw=json.dumps(data),
+        ) from None
     if isinstance(value, list) and value and isinstance(value[-1], list):
         value = value[-1]
     if isinstance(value, list):
         if len(value) != 1:
-            raise ModelError(f"model '{model}': pooling reply has {len(value)} values per input; a reward model "
-                             "returns one (num_labels=1)", model=model, raw=json.dumps(data)[:2000])
+            raise ModelError(
+                f"model '{model}': pooling reply has {len(value)} values per input; a reward model "
+                "returns one (num_labels=1)",
+                model=model,
+                raw=json.dumps(data)[:2000],
+            )
         value = value[0]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ModelError(f"model '{model}': pooling reply holds {value!r}, not a finite number",
-                         model=model, raw=json.dumps(data)[:2000])
+        raise ModelError(
+            f"model '{model}': pooling reply holds {value!r}, not a finite number",
+            model=model,
+            raw=json.dumps(data)[:2000],
+        )
     return float(value)
 
 
@@ -108,8 +124,9 @@ def _import_torch_transformers() -> tuple[Any, Any]:
         import torch
         import transformers
     except ImportError:
-        raise ConfigError("backend 'transformers' needs torch and transformers: "
-                          "pip install 'joydataforge[reward]'") from None
+        raise ConfigError(
+            "backend 'transformers' needs torch and transformers: pip install 'joydataforge[reward]'"
+        ) from None
     return torch, transformers
 
 
@@ -129,14 +146,18 @@ class TransformersRewardBackend(Backend):
             raise ConfigError(f"model '{config.name}': backend 'transformers' needs model_path (the model folder)")
         unknown = set(config.params) - _LOAD_KEYS
         if unknown:
-            raise ConfigError(f"model '{config.name}': unknown params {sorted(unknown)} for backend 'transformers' "
-                              f"(accepted: {', '.join(sorted(_LOAD_KEYS))})")
+            raise ConfigError(
+                f"model '{config.name}': unknown params {sorted(unknown)} for backend 'transformers' "
+                f"(accepted: {', '.join(sorted(_LOAD_KEYS))})"
+            )
         dtype = config.params.get("dtype", "float32")
         if dtype not in _DTYPES:
             raise ConfigError(f"model '{config.name}': params.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         batch_size = config.params.get("batch_size", 8)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"model '{config.name}': params.batch_size must be a positive integer, got {batch_size!r}")
+            raise ConfigError(
+                f"model '{config.name}': params.batch_size must be a positive integer, got {batch_size!r}"
+            )
         self.config = config
         self.path = str(Path(config.model_path).expanduser())
         self.dtype = dtype
@@ -145,10 +166,19 @@ class TransformersRewardBackend(Backend):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
         self._loaded: tuple[Any, Any, Any, str | None] | None = None  # torch, model, tokenizer, template
 
-    async def chat(self, messages: Messages, params: dict[str, Any], *,
-                   json_schema: dict[str, Any] | None = None, seed: int | None = None) -> Completion:
-        raise ModelError(f"model '{self.config.name}' is a reward model (backend 'transformers'): it scores "
-                         "conversations with reward(), it does not chat", model=self.config.name)
+    async def chat(
+        self,
+        messages: Messages,
+        params: dict[str, Any],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
+        raise ModelError(
+            f"model '{self.config.name}' is a reward model (backend 'transformers'): it scores "
+            "conversations with reward(), it does not chat",
+            model=self.config.name,
+        )
 
     def _load(self) -> tuple[Any, Any, Any, str | None]:
         """Load once, on the worker thread (seconds to minutes for a real model)."""
@@ -163,10 +193,13 @@ class TransformersRewardBackend(Backend):
                 major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
                 dtype_key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
                 model = transformers.AutoModelForSequenceClassification.from_pretrained(
-                    self.path, **{dtype_key: getattr(torch, self.dtype)})
+                    self.path, **{dtype_key: getattr(torch, self.dtype)}
+                )
             except (OSError, ValueError) as exc:
-                raise ModelError(f"model '{self.config.name}': cannot load a sequence-classification model from "
-                                 f"{self.path}: {exc}", model=self.config.name) from None
+                raise ModelError(
+                    f"model '{self.config.name}': cannot load a sequence-classification model from {self.path}: {exc}",
+                    model=self.config.name,
+                ) from None
             model.to(device)
             model.eval()
             if tokenizer.pad_token_id is not None and model.config.pad_token_id is None:
@@ -176,18 +209,22 @@ class TransformersRewardBackend(Backend):
             if self.config.chat_template:
                 template = load_chat_template_file(self.config.chat_template).template
             elif not getattr(tokenizer, "chat_template", None):
-                raise ModelError(f"model '{self.config.name}': the tokenizer in {self.path} has no chat template; "
-                                 "set chat_template (a tokenizer_config.json or .jinja file) in models.yaml",
-                                 model=self.config.name)
+                raise ModelError(
+                    f"model '{self.config.name}': the tokenizer in {self.path} has no chat template; "
+                    "set chat_template (a tokenizer_config.json or .jinja file) in models.yaml",
+                    model=self.config.name,
+                )
             self._loaded = (torch, model, tokenizer, template)
         return self._loaded
 
     def _encode(self, tokenizer: Any, template: str | None, conversation: Messages) -> list[int]:
         ids = conversation_token_ids(tokenizer, template, conversation)
         if len(ids) > self.config.n_ctx:
-            raise ModelError(f"model '{self.config.name}': a conversation of {len(ids)} tokens is longer than "
-                             f"n_ctx={self.config.n_ctx}; raise n_ctx (up to the model's limit)",
-                             model=self.config.name)
+            raise ModelError(
+                f"model '{self.config.name}': a conversation of {len(ids)} tokens is longer than "
+                f"n_ctx={self.config.n_ctx}; raise n_ctx (up to the model's limit)",
+                model=self.config.name,
+            )
         return ids
 
     def _score_sync(self, conversations: list[Messages]) -> list[float]:
@@ -197,7 +234,7 @@ class TransformersRewardBackend(Backend):
         step = self.reward_batch_size if tokenizer.pad_token_id is not None else 1
         scores: list[float] = []
         for start in range(0, len(encoded), step):
-            chunk = encoded[start:start + step]
+            chunk = encoded[start : start + step]
             batch = tokenizer.pad({"input_ids": chunk}, return_tensors="pt")
             batch = {k: v.to(model.device) for k, v in batch.items()}
             with torch.no_grad():
@@ -206,8 +243,11 @@ class TransformersRewardBackend(Backend):
             if values is None:
                 values = output.logits
                 if values.shape[-1] != 1:
-                    raise ModelError(f"model '{self.config.name}' has {values.shape[-1]} labels; a reward model has "
-                                     "one (num_labels=1)", model=self.config.name)
+                    raise ModelError(
+                        f"model '{self.config.name}' has {values.shape[-1]} labels; a reward model has "
+                        "one (num_labels=1)",
+                        model=self.config.name,
+                    )
             scores.extend(float(v) for v in values.float().reshape(len(chunk), -1)[:, 0].tolist())
         return scores
 

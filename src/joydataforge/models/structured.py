@@ -3,6 +3,7 @@
 Small models wrap JSON in prose or code fences; servers without grammar support may too. We take the
 first complete JSON value in the reply, then validate it against the step's schema.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,6 +46,7 @@ def parse_and_validate(text: str, schema: dict[str, Any], model: str) -> Any:
     if errors:
         first = errors[0]
         where = "/".join(str(p) for p in first.path) or "(root)"
-        raise ValidationFailed(f"model '{model}': reply does not match the schema at {where}: {first.message}",
-                               model=model, raw=text)
+        raise ValidationFailed(
+            f"model '{model}': reply does not match the schema at {where}: {first.message}", model=model, raw=text
+        )
     return value

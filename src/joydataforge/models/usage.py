@@ -1,4 +1,5 @@
 """Per-model accounting: calls, cache hits, tokens, latency, cost. Shown at the end of every run."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

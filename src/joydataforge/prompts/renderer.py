@@ -9,6 +9,7 @@ Templates see each record field by name, plus ``record`` (the whole record), ``h
 settings, e.g. the label list). The record fields a template needs are found by parsing it, so a missing
 field is reported before any model is called.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ def _to_json(value: Any, indent: int | None = None) -> str:
 
 
 def _make_env() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
-                                        trim_blocks=True, lstrip_blocks=True)
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False, trim_blocks=True, lstrip_blocks=True
+    )
     env.filters["to_json"] = _to_json
     return env
 
@@ -99,8 +101,9 @@ class PromptTemplate:
             except Exception as exc:  # jsonschema.SchemaError: report it as a config problem with the path
                 raise ConfigError(f"{self.source}: invalid JSON schema: {exc}") from None
 
-    def render(self, record: dict[str, Any], options: dict[str, Any] | None = None,
-               location: Any = None) -> list[dict[str, str]]:
+    def render(
+        self, record: dict[str, Any], options: dict[str, Any] | None = None, location: Any = None
+    ) -> list[dict[str, str]]:
         """Chat messages for one record; a missing field raises InputError naming it."""
         missing = sorted(f for f in self.required_fields - OPTIONAL_FIELDS if f not in record)
         if missing:
@@ -109,10 +112,14 @@ class PromptTemplate:
             history = normalize_history(record.get("history"))
         except TypeError as exc:
             raise InputError(str(exc), location, "history") from None
-        context = {f: None for f in OPTIONAL_FIELDS}
+        context = dict.fromkeys(OPTIONAL_FIELDS)
         context.update(record)
-        context.update(record=record, history_messages=history, history_text=history_as_text(history) if history else "",
-                       options=options or {})
+        context.update(
+            record=record,
+            history_messages=history,
+            history_text=history_as_text(history) if history else "",
+            options=options or {},
+        )
         try:
             messages: list[dict[str, str]] = []
             if self._system is not None:
@@ -135,9 +142,15 @@ class PromptTemplate:
         unknown = set(data) - {"system", "user", "schema", "include_history", "description"}
         if unknown:
             raise ConfigError(f"{source}: unknown keys {sorted(unknown)}")
-        return cls(name=name, source=source, user=data["user"], system=data.get("system"),
-                   schema=data.get("schema"), include_history=bool(data.get("include_history", False)),
-                   description=data.get("description", ""))
+        return cls(
+            name=name,
+            source=source,
+            user=data["user"],
+            system=data.get("system"),
+            schema=data.get("schema"),
+            include_history=bool(data.get("include_history", False)),
+            description=data.get("description", ""),
+        )
 
 
 class PromptLibrary:

@@ -9,9 +9,10 @@ The root of each set is always its smallest id. Ids are assigned in input order 
 first), so the root is the earliest record of the cluster: exactly the one "keep first" keeps, and the
 one a streaming filter saw first.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

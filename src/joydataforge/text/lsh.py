@@ -25,6 +25,7 @@ texts with equal keys sit next to each other in input order. Every pair within a
 text is paired with the ``window - 1`` texts before it and with the group's first text, which keeps the
 work linear while still connecting the whole group when its members really are near-duplicates.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,8 +45,11 @@ weights give (0.40). :func:`optimal_bands` itself keeps datasketch's equal weigh
 _ROW_MULT = mix64(np.arange(1, 257, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
 
 
-def error_areas(threshold: float, bands: np.ndarray, rows: np.ndarray, points: int = 1001) -> tuple[np.ndarray, np.ndarray]:
+def error_areas(
+    threshold: float, bands: np.ndarray, rows: np.ndarray, points: int = 1001
+) -> tuple[np.ndarray, np.ndarray]:
     """FP and FN areas for arrays of (bands, rows), by the trapezoid rule on ``points`` nodes each."""
+
     def area(lo: float, hi: float, false_negative: bool) -> np.ndarray:
         if hi <= lo:
             return np.zeros(len(bands))
@@ -131,7 +135,7 @@ class RowStore:
                 continue
             block, start = self.blocks[-1], self.starts[-1]
             take = min(len(rows) - done, start + len(block) - self.size)
-            block[self.size - start: self.size - start + take] = rows[done: done + take]
+            block[self.size - start : self.size - start + take] = rows[done : done + take]
             self.size += take
             done += take
 
@@ -296,8 +300,8 @@ class LSHIndex:
         values: list[np.ndarray] = []
         sigs = self._signatures
         for start in range(0, len(pairs), block):
-            left = pairs.left[start: start + block]
-            right = pairs.right[start: start + block]
+            left = pairs.left[start : start + block]
+            right = pairs.right[start : start + block]
             estimate = (sigs.take(left) == sigs.take(right)).mean(axis=1)
             ok = estimate >= self.threshold
             keep.append(np.flatnonzero(ok) + start)

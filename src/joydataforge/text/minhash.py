@@ -20,11 +20,12 @@ Signatures are ``uint32`` arrays of shape ``[n_texts, num_perm]``. A text withou
 only punctuation) gets the all-``0xFFFFFFFF`` row and is reported by :meth:`MinHasher.empty_rows`,
 since two such rows would otherwise look identical.
 """
+
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -82,7 +83,9 @@ class MinHasher:
     def shingle(self, texts: Sequence[str]) -> ShingleBatch:
         return shingle_hashes(texts, self.spec)
 
-    def signatures(self, texts: Sequence[str] | Iterable[str], *, chunk_size: int = 2048, workers: int = 1) -> np.ndarray:
+    def signatures(
+        self, texts: Sequence[str] | Iterable[str], *, chunk_size: int = 2048, workers: int = 1
+    ) -> np.ndarray:
         """Signatures of ``texts`` as a ``uint32`` array ``[len(texts), num_perm]``.
 
         Texts are processed ``chunk_size`` at a time, so temporary memory does not grow with the
@@ -93,7 +96,9 @@ class MinHasher:
             return np.zeros((0, self.num_perm), dtype=np.uint32)
         return np.concatenate(parts)
 
-    def iter_signatures(self, texts: Iterable[str], *, chunk_size: int = 2048, workers: int = 1) -> Iterator[np.ndarray]:
+    def iter_signatures(
+        self, texts: Iterable[str], *, chunk_size: int = 2048, workers: int = 1
+    ) -> Iterator[np.ndarray]:
         """Signatures chunk by chunk, in input order; memory stays flat however long ``texts`` is."""
         chunks = _batched(texts, chunk_size)
         if workers <= 1:

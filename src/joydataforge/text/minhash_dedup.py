@@ -13,19 +13,21 @@ With a ``reference`` dataset (earlier outputs), reference records are indexed fi
 any input record in a cluster that contains a reference record is a duplicate of that (earliest)
 reference record, whatever the policy.
 """
+
 from __future__ import annotations
 
 import time
 from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from ..records import IdAssigner, TextFields, record_text
+from .clusters import UnionFind, clusters_from_roots
 from .lsh import DEDUP_WEIGHTS, LSHIndex
 from .minhash import MinHasher
-from .clusters import UnionFind, clusters_from_roots
 from .shingles import Mode
 
 Record = dict[str, Any]
@@ -63,8 +65,12 @@ def near_duplicate_clusters(
     """Cluster texts by estimated Jaccard similarity >= ``threshold``; texts are read in chunks."""
     started = time.perf_counter()
     hasher = hasher or MinHasher()
-    index = LSHIndex(threshold, hasher.num_perm, false_positive_weight=false_positive_weight,
-                     false_negative_weight=false_negative_weight)
+    index = LSHIndex(
+        threshold,
+        hasher.num_perm,
+        false_positive_weight=false_positive_weight,
+        false_negative_weight=false_negative_weight,
+    )
     lengths = array("q")  # 8 bytes per text, not a Python int object each
 
     def measured(items: Iterable[str]) -> Iterator[str]:

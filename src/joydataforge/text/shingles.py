@@ -24,12 +24,14 @@ strings; used by tests, by exact-Jaccard checks and to feed other libraries) and
 :func:`shingle_hashes` (a whole batch at once with numpy, returning 32-bit shingle hashes; what
 :class:`~joydataforge.text.minhash.MinHasher` uses). Tests check that they agree.
 """
+
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -91,12 +93,14 @@ def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 hard[code] = True
             elif folded != char:
                 fold[code] = ord(folded)
-        upper = np.fromiter((chr(c).isalnum() for c in range(_TABLE_LIMIT, size)), dtype=bool, count=size - _TABLE_LIMIT)
+        upper = np.fromiter(
+            (chr(c).isalnum() for c in range(_TABLE_LIMIT, size)), dtype=bool, count=size - _TABLE_LIMIT
+        )
         alnum[_TABLE_LIMIT:] = upper
         hard[0xE0000:0xE1000] = True  # tags and variation selectors
         hard[0x03A3] = True  # capital sigma: lower() depends on whether it ends a word
         for low, high in _HANGUL_JAMO:
-            hard[low: high + 1] = True
+            hard[low : high + 1] = True
         classes = alnum.astype(np.uint8)
         for low, high in _CJK_RANGES:
             block = slice(low, high + 1)
@@ -192,15 +196,23 @@ def shingle_set(text: str, spec: ShingleSpec = ShingleSpec()) -> set[str]:
     n = spec.size(kind)
     if len(toks) <= n:
         return {" ".join(toks)}
-    return {" ".join(toks[i:i + n]) for i in range(len(toks) - n + 1)}
+    return {" ".join(toks[i : i + n]) for i in range(len(toks) - n + 1)}
 
 
 # ---------------------------------------------------------------- the vectorised batch path
 
 _M = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial token hash
 _NGRAM_MULT = np.array(
-    [0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD,
-     0xC4CEB9FE1A85EC53, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9, 0x2127599BF4325C37],
+    [
+        0xC2B2AE3D27D4EB4F,
+        0x165667B19E3779F9,
+        0xD6E8FEB86659FD93,
+        0xFF51AFD7ED558CCD,
+        0xC4CEB9FE1A85EC53,
+        0x94D049BB133111EB,
+        0xBF58476D1CE4E5B9,
+        0x2127599BF4325C37,
+    ],
     dtype=np.uint64,
 )
 _powers = np.ones(1, np.uint64)
@@ -319,7 +331,10 @@ def shingle_hashes(texts: Sequence[str], spec: ShingleSpec = ShingleSpec()) -> S
     token_of_char = np.cumsum(starts_mask, dtype=np.int32) - 1
     inside = is_letter & (token_of_char >= 0)
     offset_in_token = np.arange(len(codes), dtype=np.int32) - starts[np.maximum(token_of_char, 0)]
-    weighted = codes.astype(np.uint64) * _powers_of_m(int(offset_in_token.max(initial=0)) + 1)[np.where(inside, offset_in_token, 0)]
+    weighted = (
+        codes.astype(np.uint64)
+        * _powers_of_m(int(offset_in_token.max(initial=0)) + 1)[np.where(inside, offset_in_token, 0)]
+    )
     weighted[~inside] = 0
     token_hash = np.add.reduceat(weighted, starts)
     token_hash = mix64(token_hash + (ends - starts).astype(np.uint64))

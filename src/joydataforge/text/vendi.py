@@ -24,10 +24,11 @@ are noise (a rank-d matrix of size n > d has n - d true zeros that come out as +
 not change ``q >= 1`` scores, but for ``q < 1`` they would each add ``(1e-17)^q``, which is why
 this module and the n x n ``vendi-score`` package can disagree for ``q < 1`` when ``n > d``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def hill_number(p: np.ndarray, q: Order = 1) -> float:
         return float(1.0 / p.max())
     if order == 0:
         return float(p.size)
-    return float(np.exp(np.log(np.sum(p ** order)) / (1.0 - order)))
+    return float(np.exp(np.log(np.sum(p**order)) / (1.0 - order)))
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -189,8 +190,14 @@ class VendiAccumulator:
         self.total_weight = 0.0
         self.count = 0
 
-    def add(self, chunk: np.ndarray, *, weights: np.ndarray | None = None, normalize: bool = True,
-            chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "VendiAccumulator":
+    def add(
+        self,
+        chunk: np.ndarray,
+        *,
+        weights: np.ndarray | None = None,
+        normalize: bool = True,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ) -> "VendiAccumulator":
         """Add the records of ``chunk`` (m x d); ``weights`` gives each a mass (default 1 each).
 
         Large chunks are processed ``chunk_rows`` rows at a time so that the float64 copy made for
@@ -213,14 +220,14 @@ class VendiAccumulator:
                 raise ValueError("weights must be finite and >= 0")
         assert self.gram is not None
         for start in range(0, m, chunk_rows):
-            part = chunk[start:start + chunk_rows]
+            part = chunk[start : start + chunk_rows]
             part = unit_rows(part) if normalize else np.asarray(part, dtype=np.float64)
             if weights is None:
                 # x.T @ x on the same buffer lets numpy use the symmetric rank-k update (half the flops)
                 self.gram += part.T @ part
                 self.total_weight += part.shape[0]
             else:
-                w = w_all[start:start + chunk_rows]
+                w = w_all[start : start + chunk_rows]
                 scaled = part * np.sqrt(w)[:, None]
                 self.gram += scaled.T @ scaled
                 self.total_weight += float(w.sum())
@@ -270,8 +277,9 @@ def _order_label(q: Order) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def vendi_scores(x: np.ndarray, orders: Iterable[Order] = (1, 2, "inf"), *, normalize: bool = True,
-                 weights: np.ndarray | None = None) -> dict[str, float]:
+def vendi_scores(
+    x: np.ndarray, orders: Iterable[Order] = (1, 2, "inf"), *, normalize: bool = True, weights: np.ndarray | None = None
+) -> dict[str, float]:
     """Several orders of the Vendi score from one eigendecomposition, keyed ``q=1``, ``q=2``..."""
     spectrum = vendi_spectrum(x, normalize=normalize, weights=weights)
     return {f"q={_order_label(q)}": hill_number(spectrum, q) for q in orders}

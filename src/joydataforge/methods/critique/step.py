@@ -8,6 +8,7 @@ to the final answer can be audited or turned into preference pairs (draft vs rev
 ``rounds`` critiques without approval the last revision is the answer, marked ``approved: false`` (it
 was never critiqued); ``on_not_approved`` can drop or fail it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,8 +55,10 @@ class CritiqueRevise(Step):
         schema = self.prompt(ctx, self.critique_prompt).schema
         props = (schema or {}).get("properties", {})
         if not {"issues", "verdict"} <= set(props):
-            raise ConfigError(f"step '{self.name}': the critique prompt '{self.critique_prompt}' needs a schema "
-                              "with 'issues' and 'verdict' properties")
+            raise ConfigError(
+                f"step '{self.name}': the critique prompt '{self.critique_prompt}' needs a schema "
+                "with 'issues' and 'verdict' properties"
+            )
 
     def approves(self, critique: dict[str, Any]) -> bool:
         """The verdict decides; with ``approve_score`` the score decides instead (critics, small ones
@@ -84,8 +87,9 @@ class CritiqueRevise(Step):
             answer = answer.strip()
         else:
             self.counters["drafts"] += 1
-            answer = await self._write(ctx, self.prompt(ctx, self.draft_prompt).render(record, self.options),
-                                       out, "draft")
+            answer = await self._write(
+                ctx, self.prompt(ctx, self.draft_prompt).render(record, self.options), out, "draft"
+            )
         history: list[dict[str, Any]] = []
         approved = False
         critic_template = self.prompt(ctx, self.critique_prompt)
@@ -93,35 +97,49 @@ class CritiqueRevise(Step):
             self.counters["critiques"] += 1
             messages = critic_template.render(record, {**self.options, "answer": answer, "round": number})
             try:
-                critique, completion = await ctx.model(self.critic).chat_json(messages, critic_template.schema,
-                                                                              **self.critic_params)
+                critique, completion = await ctx.model(self.critic).chat_json(
+                    messages, critic_template.schema, **self.critic_params
+                )
             except ModelError as exc:
                 self.counters["critique_failures"] += 1
-                raise StepError(f"step '{self.name}': critique round {number} by '{self.critic}' failed: {exc}",
-                                raw=exc.raw) from None
+                raise StepError(
+                    f"step '{self.name}': critique round {number} by '{self.critic}' failed: {exc}", raw=exc.raw
+                ) from None
             add_call_meta(out, {**call_meta(self.name, self.critic, completion), "role": f"critique#{number}"})
             approved = self.approves(critique)
-            entry: dict[str, Any] = {"round": number, "answer": answer, "critique": critique,
-                                     "approved": approved, "revision": None}
+            entry: dict[str, Any] = {
+                "round": number,
+                "answer": answer,
+                "critique": critique,
+                "approved": approved,
+                "revision": None,
+            }
             history.append(entry)
             if approved:
                 self.counters[f"approved_round:{number}"] += 1
                 break
             self.counters["revisions"] += 1
             revise_options = {**self.options, "answer": answer, "critique": critique, "round": number}
-            answer = await self._write(ctx, self.prompt(ctx, self.revise_prompt).render(record, revise_options),
-                                       out, f"revision#{number}")
+            answer = await self._write(
+                ctx, self.prompt(ctx, self.revise_prompt).render(record, revise_options), out, f"revision#{number}"
+            )
             entry["revision"] = answer
 
-        summary = {"approved": approved, "rounds": len(history), "stopped": "approved" if approved else "max_rounds",
-                   "author": self.model, "critic": self.critic}
+        summary = {
+            "approved": approved,
+            "rounds": len(history),
+            "stopped": "approved" if approved else "max_rounds",
+            "author": self.model,
+            "critic": self.critic,
+        }
         if not approved:
             self.counters["not_approved"] += 1
             if self.on_not_approved == "drop":
                 return None
             if self.on_not_approved == "fail":
-                raise StepError(f"step '{self.name}': not approved after {self.rounds} round(s)",
-                                raw=str(history[-1]["critique"]))
+                raise StepError(
+                    f"step '{self.name}': not approved after {self.rounds} round(s)", raw=str(history[-1]["critique"])
+                )
         out[self.output_field] = answer
         out[self.rounds_field] = history
         out[self.summary_field] = summary

@@ -1,4 +1,5 @@
 """Settings of the streaming near-duplicate filter (``minhash_dedup``)."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -24,11 +25,14 @@ def banding_problem(threshold: float, num_perm: int) -> str | None:
     if num_perm <= MAX_BAND_ROWS:
         return None
     from ...text.lsh import LSHIndex
+
     try:
         LSHIndex(threshold, num_perm)
     except ValueError as exc:
-        return (f"too long for threshold {threshold}: the LSH bands it needs are too wide ({exc}); "
-                f"lower num_perm or threshold (got {num_perm})")
+        return (
+            f"too long for threshold {threshold}: the LSH bands it needs are too wide ({exc}); "
+            f"lower num_perm or threshold (got {num_perm})"
+        )
     return None
 
 
@@ -46,31 +50,74 @@ class MinHashDedupConfig(StepConfig):
 
     kind: ClassVar[str] = "minhash_dedup"
     positional: ClassVar[tuple[str, ...]] = (
-        "threshold", "num_perm", "fields", "ngram", "policy", "seed", "mode", "id_field", "name")
+        "threshold",
+        "num_perm",
+        "fields",
+        "ngram",
+        "policy",
+        "seed",
+        "mode",
+        "id_field",
+        "name",
+    )
     summary: ClassVar[str] = "drop (or tag) near-duplicates of earlier records (MinHash LSH, keeps the first)"
     example: ClassVar[dict[str, Any]] = {"fields": ["input"], "threshold": 0.8}
 
-    threshold: float = Field(default=0.8, gt=0.0, le=1.0, strict=True, description=(
-        "Estimated Jaccard similarity (of the records' shingle sets) from which two records are "
-        "near-duplicates."))
-    num_perm: int = Field(default=128, ge=1, strict=True, description=(
-        "MinHash signature length: the similarity estimate's standard error shrinks as 1/sqrt(num_perm) "
-        "(about 0.035 at similarity 0.8 with 128)."))
-    fields: str | list[str] = Field(default_factory=lambda: ["input"], description=(
-        "The field (one name) or fields (a list, e.g. `[input, history]`) whose text is compared; a missing "
-        "field counts as empty text."))
-    ngram: int | None = Field(default=None, ge=1, strict=True, description=(
-        "Shingle size in tokens; null: 3 for word shingles, 4 for character shingles."))
-    policy: Literal["first", "tag"] = Field(default="first", description=(
-        "`first`: drop a duplicate, keeping the first record of its cluster; `tag`: keep every record, "
-        "with `cluster_id` and `duplicate_of`."))
-    seed: int = Field(default=1, strict=True, description=(
-        "Picks the MinHash hash functions; equal seeds give equal results on every machine."))
-    mode: Literal["auto", "word", "char"] = Field(default="auto", description=(
-        "Shingles: `word` (word n-grams, for space-separated languages), `char` (character n-grams, for "
-        "Chinese and Japanese) or `auto` (per record, by its share of CJK characters)."))
-    id_field: str = Field(default="id", min_length=1, description=(
-        "Field holding a record's id, which `duplicate_of` and `cluster_id` refer to."))
+    threshold: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        strict=True,
+        description=(
+            "Estimated Jaccard similarity (of the records' shingle sets) from which two records are near-duplicates."
+        ),
+    )
+    num_perm: int = Field(
+        default=128,
+        ge=1,
+        strict=True,
+        description=(
+            "MinHash signature length: the similarity estimate's standard error shrinks as 1/sqrt(num_perm) "
+            "(about 0.035 at similarity 0.8 with 128)."
+        ),
+    )
+    fields: str | list[str] = Field(
+        default_factory=lambda: ["input"],
+        description=(
+            "The field (one name) or fields (a list, e.g. `[input, history]`) whose text is compared; a missing "
+            "field counts as empty text."
+        ),
+    )
+    ngram: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description=("Shingle size in tokens; null: 3 for word shingles, 4 for character shingles."),
+    )
+    policy: Literal["first", "tag"] = Field(
+        default="first",
+        description=(
+            "`first`: drop a duplicate, keeping the first record of its cluster; `tag`: keep every record, "
+            "with `cluster_id` and `duplicate_of`."
+        ),
+    )
+    seed: int = Field(
+        default=1,
+        strict=True,
+        description=("Picks the MinHash hash functions; equal seeds give equal results on every machine."),
+    )
+    mode: Literal["auto", "word", "char"] = Field(
+        default="auto",
+        description=(
+            "Shingles: `word` (word n-grams, for space-separated languages), `char` (character n-grams, for "
+            "Chinese and Japanese) or `auto` (per record, by its share of CJK characters)."
+        ),
+    )
+    id_field: str = Field(
+        default="id",
+        min_length=1,
+        description=("Field holding a record's id, which `duplicate_of` and `cluster_id` refer to."),
+    )
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -88,10 +135,14 @@ class MinHashDedupConfig(StepConfig):
     @classmethod
     def _streaming_policy(cls, value: Any) -> Any:
         if value == "longest":
-            raise SettingError("policy", (
-                "'longest' needs the whole dataset; a streaming step can only use 'first' or 'tag'. Use "
-                "`joyforge dedup DATA -o OUT --policy longest` (or joydataforge.text.minhash_dedup.deduplicate) "
-                "instead"))
+            raise SettingError(
+                "policy",
+                (
+                    "'longest' needs the whole dataset; a streaming step can only use 'first' or 'tag'. Use "
+                    "`joyforge dedup DATA -o OUT --policy longest` (or joydataforge.text.minhash_dedup.deduplicate) "
+                    "instead"
+                ),
+            )
         return value
 
     @model_validator(mode="after")

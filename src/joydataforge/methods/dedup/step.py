@@ -15,6 +15,7 @@ Streaming cannot keep the longest record (it would have to take back records alr
 ``policy: longest`` is refused with a pointer to ``joyforge dedup``. Batch and stream agree except
 where a later record bridges two clusters that were separate when their records went by.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -1,5 +1,6 @@
 """Settings of the dialogue intent pipeline: ``dialogue_intent`` (label every user turn of a dialogue in one
 call) and ``intent_binary`` (a yes/no check of a coarse label by a second model)."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -22,10 +23,14 @@ CDSS_LABELS: dict[str, str] = {
 class LabelSetConfig(PromptedConfig):
     """Settings shared by the steps that work with a set of intent labels."""
 
-    labels: list[str] | dict[str, str | None] | None = Field(default=None, description=(
-        "The intent labels, at least two: a mapping name -> description shown to the model, or a list of "
-        "names (a CDSS label among them gets its built-in description, any other none). Default: the seed's "
-        "CDSS labels BMI / 孕期孕周 / 药品 / 其他 with their descriptions."))
+    labels: list[str] | dict[str, str | None] | None = Field(
+        default=None,
+        description=(
+            "The intent labels, at least two: a mapping name -> description shown to the model, or a list of "
+            "names (a CDSS label among them gets its built-in description, any other none). Default: the seed's "
+            "CDSS labels BMI / 孕期孕周 / 药品 / 其他 with their descriptions."
+        ),
+    )
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -55,35 +60,82 @@ class DialogueIntentConfig(LabelSetConfig):
 
     kind: ClassVar[str] = "dialogue_intent"
     summary: ClassVar[str] = "label every user turn of a dialogue in one call; one record per user turn"
-    example: ClassVar[dict[str, Any]] = {"model": "smollm2-dialogue", "prompt": "zh/dialogue_intent",
-                                         "dialog_id_field": "diaglog_id"}
+    example: ClassVar[dict[str, Any]] = {
+        "model": "smollm2-dialogue",
+        "prompt": "zh/dialogue_intent",
+        "dialog_id_field": "diaglog_id",
+    }
 
-    prompt: str = Field(default="dialogue_intent", min_length=1, description=(
-        "Prompt template: a built-in name (`dialogue_intent` in the run's language, `zh/dialogue_intent`) "
-        "or the path of a YAML prompt file, relative to the pipeline file."))
-    dialog_field: str = Field(default="dialogs", min_length=1, description=(
-        "Field holding the dialogue: `用户:`/`助手:` lines in one string, or a list of messages."))
-    dialog_id_field: str | None = Field(default=None, min_length=1, description=(
-        "Field holding the dialogue's id (a record without it fails). Default: `dialog_id` or the seed's "
-        "`diaglog_id`, whichever the record has, else a hash of the dialogue."))
-    history_rounds: int | None = Field(default=4, ge=0, strict=True, description=(
-        "How many rounds (a user line the assistant answers directly) of history each turn keeps; "
-        "null keeps every earlier line. The seed used 4."))
-    history_format: Literal["text", "messages"] = Field(default="text", description=(
-        "`text`: the seed's history string, one `用户: ...`/`助手: ...` line per message; "
-        "`messages`: a list of `{role, content}`."))
-    check_content: bool = Field(default=True, strict=True, description=(
-        "Reject a reply whose `content` for a turn is not that turn's text (whitespace and a role prefix "
-        "aside)."))
-    pin_turns: bool = Field(default=True, strict=True, description=(
-        "Pin each reply item's index and content in the JSON schema, so a grammar-constrained backend cannot "
-        "misalign turns; false leaves them free and checks alignment after parsing."))
-    retries: int = Field(default=2, ge=0, strict=True, description=(
-        "New samples asked after a reply that does not line up with the user turns (0: one attempt only)."))
-    reason_max_chars: int | None = Field(default=None, ge=1, strict=True, description=(
-        "Longest `reason` the schema allows, in characters; null: no limit."))
-    keep_fields: list[str] = Field(default_factory=list, description=(
-        "Fields of the dialogue record copied onto every turn record (e.g. `[time]`)."))
+    prompt: str = Field(
+        default="dialogue_intent",
+        min_length=1,
+        description=(
+            "Prompt template: a built-in name (`dialogue_intent` in the run's language, `zh/dialogue_intent`) "
+            "or the path of a YAML prompt file, relative to the pipeline file."
+        ),
+    )
+    dialog_field: str = Field(
+        default="dialogs",
+        min_length=1,
+        description=("Field holding the dialogue: `用户:`/`助手:` lines in one string, or a list of messages."),
+    )
+    dialog_id_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Field holding the dialogue's id (a record without it fails). Default: `dialog_id` or the seed's "
+            "`diaglog_id`, whichever the record has, else a hash of the dialogue."
+        ),
+    )
+    history_rounds: int | None = Field(
+        default=4,
+        ge=0,
+        strict=True,
+        description=(
+            "How many rounds (a user line the assistant answers directly) of history each turn keeps; "
+            "null keeps every earlier line. The seed used 4."
+        ),
+    )
+    history_format: Literal["text", "messages"] = Field(
+        default="text",
+        description=(
+            "`text`: the seed's history string, one `用户: ...`/`助手: ...` line per message; "
+            "`messages`: a list of `{role, content}`."
+        ),
+    )
+    check_content: bool = Field(
+        default=True,
+        strict=True,
+        description=(
+            "Reject a reply whose `content` for a turn is not that turn's text (whitespace and a role prefix aside)."
+        ),
+    )
+    pin_turns: bool = Field(
+        default=True,
+        strict=True,
+        description=(
+            "Pin each reply item's index and content in the JSON schema, so a grammar-constrained backend cannot "
+            "misalign turns; false leaves them free and checks alignment after parsing."
+        ),
+    )
+    retries: int = Field(
+        default=2,
+        ge=0,
+        strict=True,
+        description=(
+            "New samples asked after a reply that does not line up with the user turns (0: one attempt only)."
+        ),
+    )
+    reason_max_chars: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description=("Longest `reason` the schema allows, in characters; null: no limit."),
+    )
+    keep_fields: list[str] = Field(
+        default_factory=list,
+        description=("Fields of the dialogue record copied onto every turn record (e.g. `[time]`)."),
+    )
 
 
 class IntentBinaryConfig(LabelSetConfig):
@@ -97,20 +149,39 @@ class IntentBinaryConfig(LabelSetConfig):
 
     kind: ClassVar[str] = "intent_binary"
     summary: ClassVar[str] = "a second model checks each record's coarse label with a yes/no question"
-    example: ClassVar[dict[str, Any]] = {"model": "smollm2-judge", "prompt": "zh/dialogue_intent_binary",
-                                         "on_reject": "relabel"}
+    example: ClassVar[dict[str, Any]] = {
+        "model": "smollm2-judge",
+        "prompt": "zh/dialogue_intent_binary",
+        "on_reject": "relabel",
+    }
 
-    prompt: str = Field(default="dialogue_intent_binary", min_length=1, description=(
-        "Prompt template: a built-in name (`dialogue_intent_binary` in the run's language, "
-        "`zh/dialogue_intent_binary`) or the path of a YAML prompt file, relative to the pipeline file."))
-    labels: list[str] | dict[str, str | None] | None = Field(default=None, description=(
-        "Label descriptions shown to the model with the label it checks: a list of names or a mapping "
-        "name -> description (at least two). Default: the seed's CDSS labels with their descriptions."))
+    prompt: str = Field(
+        default="dialogue_intent_binary",
+        min_length=1,
+        description=(
+            "Prompt template: a built-in name (`dialogue_intent_binary` in the run's language, "
+            "`zh/dialogue_intent_binary`) or the path of a YAML prompt file, relative to the pipeline file."
+        ),
+    )
+    labels: list[str] | dict[str, str | None] | None = Field(
+        default=None,
+        description=(
+            "Label descriptions shown to the model with the label it checks: a list of names or a mapping "
+            "name -> description (at least two). Default: the seed's CDSS labels with their descriptions."
+        ),
+    )
     label_field: str = Field(default="label", min_length=1, description="Field holding the coarse label.")
-    check_labels: list[str] | None = Field(default=None, description=(
-        "Only records with one of these coarse labels are checked; null checks every record."))
-    on_reject: Literal["tag", "drop", "relabel"] = Field(default="tag", description=(
-        "What a \"no\" does: `tag` keeps the record (binary_match: false), `drop` drops it, `relabel` sets the "
-        "label to `fallback_label` and keeps the coarse one in `coarse_label`."))
-    fallback_label: str = Field(default="其他", description=(
-        "The label a rejected record gets with `on_reject: relabel`."))
+    check_labels: list[str] | None = Field(
+        default=None,
+        description=("Only records with one of these coarse labels are checked; null checks every record."),
+    )
+    on_reject: Literal["tag", "drop", "relabel"] = Field(
+        default="tag",
+        description=(
+            'What a "no" does: `tag` keeps the record (binary_match: false), `drop` drops it, `relabel` sets the '
+            "label to `fallback_label` and keeps the coarse one in `coarse_label`."
+        ),
+    )
+    fallback_label: str = Field(
+        default="其他", description=("The label a rejected record gets with `on_reject: relabel`.")
+    )

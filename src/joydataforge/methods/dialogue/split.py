@@ -20,15 +20,17 @@ Written by :func:`write_split`: ``train.jsonl``, ``test.jsonl``, ``train/<label>
 ``test/<label>.jsonl``, ``test.xlsx`` (one sheet per label, for human review) and ``split.json``
 (settings and counts). Within each file records keep their input order.
 """
+
 from __future__ import annotations
 
 import json
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ...errors import ConfigError, InputError
 from ...io.readers import iter_records
@@ -66,10 +68,18 @@ def _test_count(test_size: float, available: int) -> int:
     return min(available, int(test_size))
 
 
-def split_records(records: Iterable[Record], *, test_size: float = 0.2, per_label_cap: int | None = None,
-                  per_record_cap: int | None = None, seed: int = 0, label_field: str = "label",
-                  group_field: str = "dialog_id", labels: Sequence[str] | None = None,
-                  by_dialogue: bool = False) -> SplitResult:
+def split_records(
+    records: Iterable[Record],
+    *,
+    test_size: float = 0.2,
+    per_label_cap: int | None = None,
+    per_record_cap: int | None = None,
+    seed: int = 0,
+    label_field: str = "label",
+    group_field: str = "dialog_id",
+    labels: Sequence[str] | None = None,
+    by_dialogue: bool = False,
+) -> SplitResult:
     """Split labelled records into train and test sets (see the module docstring for the rules).
 
     ``by_dialogue`` keeps each dialogue's turns on one side (no leakage through shared context) at the cost
@@ -131,8 +141,8 @@ def split_records(records: Iterable[Record], *, test_size: float = 0.2, per_labe
     if by_dialogue:
         train, test = _assign_dialogues(selected, quotas, group_field, rng)
     else:
-        train = [r for label in selected for r in selected[label][quotas[label]:]]
-        test = [r for label in selected for r in selected[label][:quotas[label]]]
+        train = [r for label in selected for r in selected[label][quotas[label] :]]
+        test = [r for label in selected for r in selected[label][: quotas[label]]]
     in_test = Counter(r["_label"] for r in test)
     for label, members in selected.items():
         counts[label].update(train=len(members) - in_test[label], test=in_test[label])
@@ -147,8 +157,9 @@ def _dialogue(record: Record, group_field: str) -> str:
     return str(record.get(group_field, record.get("id")))
 
 
-def _assign_dialogues(selected: dict[str, list[Record]], quotas: dict[str, int], group_field: str,
-                      rng: random.Random) -> tuple[list[Record], list[Record]]:
+def _assign_dialogues(
+    selected: dict[str, list[Record]], quotas: dict[str, int], group_field: str, rng: random.Random
+) -> tuple[list[Record], list[Record]]:
     """Whole dialogues to one side, so no test turn has its own dialogue's other turns in training.
 
     Dialogues are visited in a seeded order; one goes to test while it helps a label that is still short
@@ -194,7 +205,7 @@ def _sheet_names(labels: Iterable[str]) -> dict[str, str]:
         name, k = base, 2
         while name.casefold() in taken:
             suffix = f"~{k}"
-            name, k = base[:31 - len(suffix)] + suffix, k + 1
+            name, k = base[: 31 - len(suffix)] + suffix, k + 1
         taken.add(name.casefold())
         names[label] = name
     return names
@@ -236,8 +247,9 @@ def _write_jsonl(path: Path, records: Iterable[Record]) -> int:
     return n
 
 
-def write_split(result: SplitResult, out_dir: str | Path, *, xlsx: bool = True,
-                settings: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_split(
+    result: SplitResult, out_dir: str | Path, *, xlsx: bool = True, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write the split (files listed in the module docstring); returns what ``split.json`` holds."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,10 +262,18 @@ def write_split(result: SplitResult, out_dir: str | Path, *, xlsx: bool = True,
         for label, records in sorted(result.by_label(split).items()):
             _write_jsonl(folder / f"{_file_name(label)}.jsonl", records)
     if xlsx:
-        write_xlsx(out / "test.xlsx", {label: [_clean(r) for r in records]
-                                       for label, records in sorted(result.by_label("test").items())})
-    summary = {"settings": settings or {}, "labels": result.counts, "dropped": dict(result.dropped),
-               "train": len(result.train), "test": len(result.test), "shared_dialogues": result.shared_dialogues}
+        write_xlsx(
+            out / "test.xlsx",
+            {label: [_clean(r) for r in records] for label, records in sorted(result.by_label("test").items())},
+        )
+    summary = {
+        "settings": settings or {},
+        "labels": result.counts,
+        "dropped": dict(result.dropped),
+        "train": len(result.train),
+        "test": len(result.test),
+        "shared_dialogues": result.shared_dialogues,
+    }
     (out / "split.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", "utf-8")
     return summary
 

@@ -19,6 +19,7 @@ History: each output turn gets the dialogue lines before it, back to the user li
 built. Turns are located by position, never by searching their text, so a line
 that occurs twice ("好的") gets the history of its own occurrence.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,8 +57,9 @@ def history_before(messages: list[Message], position: int, rounds: int | None) -
     """
     if rounds is not None and rounds <= 0:
         return []
-    starts = [i for i in range(position - 1)
-              if messages[i]["role"] == "user" and messages[i + 1]["role"] == "assistant"]
+    starts = [
+        i for i in range(position - 1) if messages[i]["role"] == "user" and messages[i + 1]["role"] == "assistant"
+    ]
     start = 0 if rounds is None or len(starts) <= rounds else starts[-rounds]
     return messages[start:position]
 
@@ -86,6 +88,7 @@ def _pinned_text(text: str) -> dict[str, Any]:
 def _same_text(reply: str, turn: str) -> bool:
     def norm(text: str) -> str:
         return "".join(_PREFIX.sub("", text).split()).casefold()
+
     return norm(reply) == norm(turn)
 
 
@@ -135,15 +138,31 @@ class DialogueIntent(PromptedStep):
         required = ["index", "label", "reason", "content"]
         array: dict[str, Any] = {"type": "array", "minItems": n_turns, "maxItems": n_turns}
         if self.pin_turns:
-            array["prefixItems"] = [{"type": "object", "required": required,
-                                     "properties": {"index": {"const": t}, "label": label, "reason": reason,
-                                                    "content": _pinned_text(text)}}
-                                    for t, text in enumerate(turns, start=1)]
+            array["prefixItems"] = [
+                {
+                    "type": "object",
+                    "required": required,
+                    "properties": {
+                        "index": {"const": t},
+                        "label": label,
+                        "reason": reason,
+                        "content": _pinned_text(text),
+                    },
+                }
+                for t, text in enumerate(turns, start=1)
+            ]
             array["items"] = False
         else:
-            array["items"] = {"type": "object", "required": required,
-                              "properties": {"index": {"type": "integer", "minimum": 1, "maximum": n_turns},
-                                             "label": label, "reason": reason, "content": {"type": "string"}}}
+            array["items"] = {
+                "type": "object",
+                "required": required,
+                "properties": {
+                    "index": {"type": "integer", "minimum": 1, "maximum": n_turns},
+                    "label": label,
+                    "reason": reason,
+                    "content": {"type": "string"},
+                },
+            }
         return {"type": "object", "properties": {"turns": array}, "required": ["turns"]}
 
     def dialog_id(self, record: Record, messages: list[Message]) -> str:
@@ -153,8 +172,9 @@ class DialogueIntent(PromptedStep):
             if value not in (None, ""):
                 return str(value)
         if self.dialog_id_field:
-            raise InputError(f"step '{self.name}': the dialogue id field is missing or empty", None,
-                             self.dialog_id_field)
+            raise InputError(
+                f"step '{self.name}': the dialogue id field is missing or empty", None, self.dialog_id_field
+            )
         return content_hash([[m["role"], m["content"]] for m in messages], 8)
 
     async def run(self, record: Record, ctx: StepContext) -> list[Record]:
@@ -182,9 +202,15 @@ class DialogueIntent(PromptedStep):
             answer = turns[t]
             history = history_before(messages, position, self.history_rounds)
             out: Record = {key: copy.deepcopy(record[key]) for key in self.keep_fields if key in record}
-            out.update(id=f"{dialog_id}:{t}", dialog_id=dialog_id, turn_index=t, input=messages[position]["content"],
-                       history=history_text(history) if self.history_format == "text" else history,
-                       label=answer["label"], reason=answer["reason"])
+            out.update(
+                id=f"{dialog_id}:{t}",
+                dialog_id=dialog_id,
+                turn_index=t,
+                input=messages[position]["content"],
+                history=history_text(history) if self.history_format == "text" else history,
+                label=answer["label"],
+                reason=answer["reason"],
+            )
             out["_meta"] = copy.deepcopy(record.get("_meta") or {})
             add_call_meta(out, dict(meta))
             outputs.append(out)
@@ -193,15 +219,27 @@ class DialogueIntent(PromptedStep):
         self.counters["turns"] += len(outputs)
         return outputs
 
-    async def _label(self, ctx: StepContext, view: Record, messages: list[Message],
-                     positions: list[int]) -> tuple[dict[int, dict[str, Any]], Any]:
+    async def _label(
+        self, ctx: StepContext, view: Record, messages: list[Message], positions: list[int]
+    ) -> tuple[dict[int, dict[str, Any]], Any]:
         """One call per dialogue; a mismatching reply is asked again with a new sample."""
         turn_of = {p: t for t, p in enumerate(positions, start=1)}
-        lines = [{"index": turn_of.get(i), "role": m["role"], "speaker": _ROLE_TEXT.get(m["role"], m["role"]),
-                  "content": m["content"]} for i, m in enumerate(messages)]
-        options = {**self.options, "turns": lines, "n_turns": len(positions),
-                   "labels": [{"name": k, "description": v} for k, v in self.labels.items()],
-                   "reason_max_chars": self.reason_max_chars}
+        lines = [
+            {
+                "index": turn_of.get(i),
+                "role": m["role"],
+                "speaker": _ROLE_TEXT.get(m["role"], m["role"]),
+                "content": m["content"],
+            }
+            for i, m in enumerate(messages)
+        ]
+        options = {
+            **self.options,
+            "turns": lines,
+            "n_turns": len(positions),
+            "labels": [{"name": k, "description": v} for k, v in self.labels.items()],
+            "reason_max_chars": self.reason_max_chars,
+        }
         rendered = self.template(ctx).render(view, options)
         schema = self.schema([messages[p]["content"] for p in positions])
         model = ctx.model(self.model)
@@ -221,8 +259,9 @@ class DialogueIntent(PromptedStep):
                 return {item["index"]: item for item in value["turns"]}, completion
             self.counters[f"rejected:{problem.split(':')[0]}"] += 1
             raw = completion.text
-        raise StepError(f"step '{self.name}': no usable labelling after {self.retries + 1} attempt(s): {problem}",
-                        raw=raw)
+        raise StepError(
+            f"step '{self.name}': no usable labelling after {self.retries + 1} attempt(s): {problem}", raw=raw
+        )
 
     def _mismatch(self, items: list[dict[str, Any]], messages: list[Message], positions: list[int]) -> str:
         """Why a schema-valid reply does not line up with the user turns ('' when it does)."""
@@ -236,8 +275,9 @@ class DialogueIntent(PromptedStep):
             for item in items:
                 turn = messages[positions[item["index"] - 1]]["content"]
                 if not _same_text(item["content"], turn):
-                    return (f"content_mismatch: turn {item['index']} is {turn[:40]!r}, "
-                            f"reply says {item['content'][:40]!r}")
+                    return (
+                        f"content_mismatch: turn {item['index']} is {turn[:40]!r}, reply says {item['content'][:40]!r}"
+                    )
         return ""
 
 
@@ -250,9 +290,11 @@ class IntentBinaryCheck(PromptedStep):
 
     Config = IntentBinaryConfig
     config: IntentBinaryConfig
-    SCHEMA: dict[str, Any] = {"type": "object",
-                              "properties": {"match": {"type": "boolean"}, "reason": {"type": "string"}},
-                              "required": ["match", "reason"]}
+    SCHEMA: dict[str, Any] = {
+        "type": "object",
+        "properties": {"match": {"type": "boolean"}, "reason": {"type": "string"}},
+        "required": ["match", "reason"],
+    }
 
     def setup(self) -> None:
         super().setup()

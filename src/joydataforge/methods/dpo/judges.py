@@ -15,6 +15,7 @@ A judgement that fails (the call failed, or the reply never validated) is record
 raw reply and leaves the score to the other judges; with no judge left the candidate has no score
 (``None``), never a zero.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,19 +30,27 @@ from ...prompts.renderer import PromptTemplate
 
 
 def pairwise_schema(rationale_chars: int = 300) -> dict[str, Any]:
-    return {"type": "object",
-            "properties": {"rationale": {"type": "string", "maxLength": rationale_chars},
-                           "winner": {"type": "string", "enum": ["A", "B", "tie"]}},
-            "required": ["rationale", "winner"]}
+    return {
+        "type": "object",
+        "properties": {
+            "rationale": {"type": "string", "maxLength": rationale_chars},
+            "winner": {"type": "string", "enum": ["A", "B", "tie"]},
+        },
+        "required": ["rationale", "winner"],
+    }
 
 
 def pointwise_schema(aspects: dict[str, str], low: int, high: int, rationale_chars: int = 200) -> dict[str, Any]:
     """One object per aspect, rationale first (the judge reasons, then scores), score bounded to the scale.
     The rationale's length is bounded too, so a small judge cannot ramble past its token budget."""
-    item = {"type": "object",
-            "properties": {"rationale": {"type": "string", "maxLength": rationale_chars},
-                           "score": {"type": "integer", "minimum": low, "maximum": high}},
-            "required": ["rationale", "score"]}
+    item = {
+        "type": "object",
+        "properties": {
+            "rationale": {"type": "string", "maxLength": rationale_chars},
+            "score": {"type": "integer", "minimum": low, "maximum": high},
+        },
+        "required": ["rationale", "score"],
+    }
     return {"type": "object", "properties": dict.fromkeys(aspects, item), "required": list(aspects)}
 
 
@@ -71,7 +80,7 @@ class JudgeRun:
     """What a scoring pass produced for one record."""
 
     scores: list[float | None]
-    judgements: list[list[dict[str, Any]]]           # per candidate: per-judge entries (or errors)
+    judgements: list[list[dict[str, Any]]]  # per candidate: per-judge entries (or errors)
     calls: list[dict[str, Any]] = field(default_factory=list)  # _meta.calls entries
     verdicts: dict[tuple[int, int], float | None] = field(default_factory=dict)  # pairwise: (i, j), i < j
     pair_records: list[dict[str, Any]] = field(default_factory=list)  # pairwise: per pair, per judge
@@ -87,9 +96,14 @@ def _sign(value: float) -> int:
     return (value > 0) - (value < 0)
 
 
-async def _ask(ctx: StepContext, judge: Judge, messages: list[dict[str, str]], schema: dict[str, Any],
-               params: dict[str, Any], step: str
-               ) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
+async def _ask(
+    ctx: StepContext,
+    judge: Judge,
+    messages: list[dict[str, str]],
+    schema: dict[str, Any],
+    params: dict[str, Any],
+    step: str,
+) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
     """(value, entry, call meta); on failure value is None and entry holds the error and raw reply."""
     try:
         value, completion = await ctx.model(judge.model).chat_json(messages, schema, sample=judge.sample, **params)
@@ -98,17 +112,28 @@ async def _ask(ctx: StepContext, judge: Judge, messages: list[dict[str, str]], s
     return value, {"judge": judge.label}, {**call_meta(step, judge.model, completion), "role": f"judge:{judge.label}"}
 
 
-async def judge_pointwise(ctx: StepContext, template: PromptTemplate, record: Record, texts: list[str | None],
-                          judges: list[Judge], aspects: dict[str, str], scale: tuple[int, int],
-                          options: dict[str, Any], params: dict[str, Any], step: str,
-                          rationale_chars: int = 200) -> JudgeRun:
+async def judge_pointwise(
+    ctx: StepContext,
+    template: PromptTemplate,
+    record: Record,
+    texts: list[str | None],
+    judges: list[Judge],
+    aspects: dict[str, str],
+    scale: tuple[int, int],
+    options: dict[str, Any],
+    params: dict[str, Any],
+    step: str,
+    rationale_chars: int = 200,
+) -> JudgeRun:
     schema = pointwise_schema(aspects, *scale, rationale_chars)
     shown_aspects = [{"name": name, "description": text} for name, text in aspects.items()]
     jobs: list[tuple[int, Judge]] = [(i, j) for i, text in enumerate(texts) if text is not None for j in judges]
 
     async def one(i: int, judge: Judge) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
-        messages = template.render(record, {**options, "aspects": shown_aspects, "scale_min": scale[0],
-                                            "scale_max": scale[1], "response": texts[i]})
+        messages = template.render(
+            record,
+            {**options, "aspects": shown_aspects, "scale_min": scale[0], "scale_max": scale[1], "response": texts[i]},
+        )
         return await _ask(ctx, judge, messages, schema, params, step)
 
     results = await asyncio.gather(*(one(i, j) for i, j in jobs))
@@ -139,14 +164,23 @@ async def judge_pointwise(ctx: StepContext, template: PromptTemplate, record: Re
     return run
 
 
-async def judge_pairwise(ctx: StepContext, template: PromptTemplate, record: Record, texts: list[str | None],
-                         judges: list[Judge], options: dict[str, Any], params: dict[str, Any], step: str,
-                         rationale_chars: int = 300) -> JudgeRun:
+async def judge_pairwise(
+    ctx: StepContext,
+    template: PromptTemplate,
+    record: Record,
+    texts: list[str | None],
+    judges: list[Judge],
+    options: dict[str, Any],
+    params: dict[str, Any],
+    step: str,
+    rationale_chars: int = 300,
+) -> JudgeRun:
     schema = pairwise_schema(rationale_chars)
     usable = [i for i, t in enumerate(texts) if t is not None]
     pairs = list(itertools.combinations(usable, 2))
-    jobs: list[tuple[int, int, Judge, bool]] = [(i, j, judge, swapped) for i, j in pairs for judge in judges
-                                                for swapped in (False, True)]
+    jobs: list[tuple[int, int, Judge, bool]] = [
+        (i, j, judge, swapped) for i, j in pairs for judge in judges for swapped in (False, True)
+    ]
 
     async def one(i: int, j: int, judge: Judge, swapped: bool):
         a, b = (j, i) if swapped else (i, j)
@@ -195,8 +229,14 @@ async def judge_pairwise(ctx: StepContext, template: PromptTemplate, record: Rec
         run.scores[i] = sum(wins[i]) / len(wins[i]) if wins[i] else None
     for record_ in run.pair_records:
         for side in ("a", "b"):
-            run.judgements[record_[side]].append({"vs": record_["b" if side == "a" else "a"], "verdict": (
-                record_["verdict"] if side == "a" or record_["verdict"] is None else -record_["verdict"])})
+            run.judgements[record_[side]].append(
+                {
+                    "vs": record_["b" if side == "a" else "a"],
+                    "verdict": (
+                        record_["verdict"] if side == "a" or record_["verdict"] is None else -record_["verdict"]
+                    ),
+                }
+            )
     return run
 
 

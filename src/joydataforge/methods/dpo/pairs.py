@@ -21,6 +21,7 @@ A pair (chosen ``c``, rejected ``r``) is kept when, in this order:
    per doubling of length: a chosen answer twice as long as the rejected one must win by ``λ`` more than
    the margin. Only a longer chosen answer is penalised (a shorter one that wins is no length effect).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,9 +51,16 @@ def length_adjusted_gap(gap: float, chosen_length: int, rejected_length: int, le
     return gap - length_penalty * math.log2(ratio) if ratio > 1 else gap
 
 
-def pair_verdict(scores: Sequence[float | None], chosen: int, rejected: int, *, margin: float = 0.0,
-                 verdict: Verdict | None = None, lengths: Sequence[int] | None = None,
-                 length_penalty: float = 0.0) -> str | None:
+def pair_verdict(
+    scores: Sequence[float | None],
+    chosen: int,
+    rejected: int,
+    *,
+    margin: float = 0.0,
+    verdict: Verdict | None = None,
+    lengths: Sequence[int] | None = None,
+    length_penalty: float = 0.0,
+) -> str | None:
     """``None`` when (chosen, rejected) is a valid pair, else the drop reason (see the module doc)."""
     s_c, s_r = scores[chosen], scores[rejected]
     if s_c is None or s_r is None:
@@ -75,9 +83,16 @@ def pair_verdict(scores: Sequence[float | None], chosen: int, rejected: int, *, 
     return None
 
 
-def select_pairs(scores: Sequence[float | None], rule: str, *, margin: float = 0.0, rng: random.Random | None = None,
-                 verdict: Verdict | None = None, lengths: Sequence[int] | None = None,
-                 length_penalty: float = 0.0) -> Selection:
+def select_pairs(
+    scores: Sequence[float | None],
+    rule: str,
+    *,
+    margin: float = 0.0,
+    rng: random.Random | None = None,
+    verdict: Verdict | None = None,
+    lengths: Sequence[int] | None = None,
+    length_penalty: float = 0.0,
+) -> Selection:
     """Apply ``rule`` to one record's candidate scores. Fewer than two scored candidates give no pair
     (the caller decides whether that is a failure; it is not a drop reason of the rules)."""
     if rule not in RULES:
@@ -86,8 +101,12 @@ def select_pairs(scores: Sequence[float | None], rule: str, *, margin: float = 0
     selection = Selection()
     if len(scored) < 2:
         return selection
-    check = lambda c, r: pair_verdict(scores, c, r, margin=margin, verdict=verdict, lengths=lengths,  # noqa: E731
-                                      length_penalty=length_penalty)
+
+    def check(chosen: int, rejected: int) -> str | None:
+        return pair_verdict(
+            scores, chosen, rejected, margin=margin, verdict=verdict, lengths=lengths, length_penalty=length_penalty
+        )
+
     # Highest score first; among equal scores the lower index first (stable sort), for both ends.
     ranked = sorted(scored, key=lambda i: -scores[i])  # type: ignore[operator]
     best = ranked[0]
@@ -114,7 +133,7 @@ def select_pairs(scores: Sequence[float | None], rule: str, *, margin: float = 0
                     break
     else:
         for a_pos, a in enumerate(scored):
-            for b in scored[a_pos + 1:]:
+            for b in scored[a_pos + 1 :]:
                 s_a, s_b = scores[a], scores[b]
                 chosen, rejected = (a, b) if s_a >= s_b else (b, a)  # type: ignore[operator]
                 reason = check(chosen, rejected)

@@ -21,6 +21,7 @@ made and dropped by reason, the chosen-minus-rejected length difference, and agr
 (``judge_agreement``: the share of candidate pairs two judges order the same way) and, for pairwise
 judging, between the two orders (``order_agreement``: the share of judgements that did not flip).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,8 +52,7 @@ class PreferencePairs(Step):
         self.models = list(config.models)
         self.samples = config.samples
         # None: one set of samples at each model's own temperature.
-        self.temperatures: list[float | None] = (list(config.temperatures) if config.temperatures is not None
-                                                 else [None])
+        self.temperatures: list[float | None] = list(config.temperatures) if config.temperatures is not None else [None]
         self.prompt_ref = config.prompt
         self.params = dict(config.params)
         self.judge_prompt_ref = config.judge_prompt_ref()
@@ -79,11 +79,15 @@ class PreferencePairs(Step):
         for judge in self.judges:
             can = ctx.gateway.registry.get(judge).capabilities
             if self.scorer == "reward" and not can.rewards:
-                raise ConfigError(f"step '{self.name}': judge '{judge}' cannot give reward scores (a chat model); "
-                                  "scorer 'reward' needs a reward model")
+                raise ConfigError(
+                    f"step '{self.name}': judge '{judge}' cannot give reward scores (a chat model); "
+                    "scorer 'reward' needs a reward model"
+                )
             if self.scorer != "reward" and not can.chat:
-                raise ConfigError(f"step '{self.name}': judge '{judge}' cannot chat (a reward model); scorer "
-                                  f"'{self.scorer}' needs a chat model that answers in JSON; use scorer: reward")
+                raise ConfigError(
+                    f"step '{self.name}': judge '{judge}' cannot chat (a reward model); scorer "
+                    f"'{self.scorer}' needs a chat model that answers in JSON; use scorer: reward"
+                )
         if self.models:
             self.prompt(ctx, self.prompt_ref)
         if self.judge_prompt_ref and self.scorer != "reward":
@@ -91,9 +95,10 @@ class PreferencePairs(Step):
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = dict(self.counters)
-        for name, agree, compared in (("judge_agreement", "agreement:judge_pairs_agree",
-                                       "agreement:judge_pairs_compared"),
-                                      ("order_agreement", "agreement:orders_consistent", "agreement:orders_compared")):
+        for name, agree, compared in (
+            ("judge_agreement", "agreement:judge_pairs_agree", "agreement:judge_pairs_compared"),
+            ("order_agreement", "agreement:orders_consistent", "agreement:orders_compared"),
+        ):
             if self.counters[compared]:
                 stats[name] = round(self.counters[agree] / self.counters[compared], 4)
         if self.counters["pairs_made"]:
@@ -105,21 +110,27 @@ class PreferencePairs(Step):
     def _record_candidates(self, record: Record) -> list[dict[str, Any]]:
         if not self.candidates_field or self.candidates_field not in record:
             if not self.models:
-                raise InputError("the record has no candidates and the step generates none (models is empty)",
-                                 field=self.candidates_field)
+                raise InputError(
+                    "the record has no candidates and the step generates none (models is empty)",
+                    field=self.candidates_field,
+                )
             return []
         given = record[self.candidates_field]
         if not isinstance(given, list):
-            raise InputError(f"must be a list of candidate answers, not {type(given).__name__}",
-                             field=self.candidates_field)
+            raise InputError(
+                f"must be a list of candidate answers, not {type(given).__name__}", field=self.candidates_field
+            )
         found = []
         for k, item in enumerate(given):
             text = item.get("text", item.get("content")) if isinstance(item, dict) else item
             if not isinstance(text, str):
-                raise InputError(f"item {k} must be a string (or an object with 'text'), not {type(item).__name__}",
-                                 field=self.candidates_field)
-            extra = ({key: v for key, v in item.items() if key not in ("text", "content")}
-                     if isinstance(item, dict) else {})
+                raise InputError(
+                    f"item {k} must be a string (or an object with 'text'), not {type(item).__name__}",
+                    field=self.candidates_field,
+                )
+            extra = (
+                {key: v for key, v in item.items() if key not in ("text", "content")} if isinstance(item, dict) else {}
+            )
             found.append({"origin": "record", "position": k, **extra, "text": text})
         return found
 
@@ -150,8 +161,11 @@ class PreferencePairs(Step):
         results = await asyncio.gather(*(one(*job) for job in jobs))
         # Role names the candidate by its place among the generated ones (model, temperature and sample
         # are in its provenance), so two temperatures' sample 0 stay apart.
-        calls = [{**call_meta(self.name, e["model"], c), "role": f"candidate#{k}"}
-                 for k, (e, c) in enumerate(results) if c is not None]
+        calls = [
+            {**call_meta(self.name, e["model"], c), "role": f"candidate#{k}"}
+            for k, (e, c) in enumerate(results)
+            if c is not None
+        ]
         self.counters["generate_calls"] += len(jobs)
         return [e for e, _ in results], calls
 
@@ -193,13 +207,31 @@ class PreferencePairs(Step):
 
     async def _score(self, record: Record, texts: list[str | None], ctx: StepContext) -> JudgeRun:
         if self.scorer == "pointwise":
-            return await judge_pointwise(ctx, self.prompt(ctx, self.judge_prompt_ref), record, texts,  # type: ignore[arg-type]
-                                         self._judges, self.aspects, self.scale, self.options, self.judge_params,
-                                         self.name, self.rationale_chars)
+            return await judge_pointwise(
+                ctx,
+                self.prompt(ctx, self.judge_prompt_ref),
+                record,
+                texts,  # type: ignore[arg-type]
+                self._judges,
+                self.aspects,
+                self.scale,
+                self.options,
+                self.judge_params,
+                self.name,
+                self.rationale_chars,
+            )
         if self.scorer == "pairwise":
-            return await judge_pairwise(ctx, self.prompt(ctx, self.judge_prompt_ref), record, texts,  # type: ignore[arg-type]
-                                        self._judges, self.options, self.judge_params, self.name,
-                                        self.rationale_chars)
+            return await judge_pairwise(
+                ctx,
+                self.prompt(ctx, self.judge_prompt_ref),
+                record,
+                texts,  # type: ignore[arg-type]
+                self._judges,
+                self.options,
+                self.judge_params,
+                self.name,
+                self.rationale_chars,
+            )
         run = JudgeRun(scores=[None] * len(texts), judgements=[[] for _ in texts])
         usable = [i for i, t in enumerate(texts) if t is not None]
         prompt = self._prompt_messages(record)
@@ -207,7 +239,8 @@ class PreferencePairs(Step):
         run.calls_made = len(usable)
         try:
             values = await ctx.model(model).reward(
-                [prompt + [{"role": "assistant", "content": texts[i]}] for i in usable], **self.judge_params)
+                [prompt + [{"role": "assistant", "content": texts[i]}] for i in usable], **self.judge_params
+            )
         except ModelError as exc:
             run.failures = len(usable)
             for i in usable:
@@ -227,8 +260,10 @@ class PreferencePairs(Step):
         if conversational:
             return messages, True
         if len(messages) > 1:
-            raise StepError(f"step '{self.name}': trl_format 'standard' cannot carry the record's history or system "
-                            "prompt; use 'conversational' or 'auto'")
+            raise StepError(
+                f"step '{self.name}': trl_format 'standard' cannot carry the record's history or system "
+                "prompt; use 'conversational' or 'auto'"
+            )
         return record["input"], False
 
     def _base(self, record: Record) -> Record:
@@ -239,8 +274,17 @@ class PreferencePairs(Step):
             kept["_meta"] = record["_meta"]
         return kept
 
-    def _pair_record(self, record: Record, prompt: Any, conversational: bool, candidates: list[dict[str, Any]],
-                     run: JudgeRun, chosen: int, rejected: int, calls: list[dict[str, Any]]) -> Record:
+    def _pair_record(
+        self,
+        record: Record,
+        prompt: Any,
+        conversational: bool,
+        candidates: list[dict[str, Any]],
+        run: JudgeRun,
+        chosen: int,
+        rejected: int,
+        calls: list[dict[str, Any]],
+    ) -> Record:
         def source(i: int) -> dict[str, Any]:
             return {"index": i, **{k: v for k, v in candidates[i].items() if k != "text"}}
 
@@ -256,10 +300,14 @@ class PreferencePairs(Step):
             prompt=prompt,
             chosen=[{"role": "assistant", "content": text_c}] if conversational else text_c,
             rejected=[{"role": "assistant", "content": text_r}] if conversational else text_r,
-            score_chosen=run.scores[chosen], score_rejected=run.scores[rejected],
-            rationale_chosen=rationale(chosen), rationale_rejected=rationale(rejected),
-            source_chosen=source(chosen), source_rejected=source(rejected),
-            length_chosen=len(text_c.strip()), length_rejected=len(text_r.strip()),
+            score_chosen=run.scores[chosen],
+            score_rejected=run.scores[rejected],
+            rationale_chosen=rationale(chosen),
+            rationale_rejected=rationale(rejected),
+            source_chosen=source(chosen),
+            source_rejected=source(rejected),
+            length_chosen=len(text_c.strip()),
+            length_rejected=len(text_r.strip()),
             length_diff=len(text_c.strip()) - len(text_r.strip()),
             dpo={"scorer": self.scorer, "rule": self.rule, "judges": self.judges, "candidates": len(candidates)},
         )
@@ -279,15 +327,20 @@ class PreferencePairs(Step):
         need = 1 if self.output == "scores" else self.min_candidates
         if usable < need:
             self.counters["too_few_candidates"] += 1
-            raise StepError(f"step '{self.name}': {usable} usable candidate(s) of {len(candidates)}, need {need}",
-                            raw=json.dumps(candidates, ensure_ascii=False)[:20000])
+            raise StepError(
+                f"step '{self.name}': {usable} usable candidate(s) of {len(candidates)}, need {need}",
+                raw=json.dumps(candidates, ensure_ascii=False)[:20000],
+            )
         run = await self._score(record, texts, ctx)
         calls += run.calls
-        for key, value in (("judge_calls", run.calls_made), ("judge_failures", run.failures),
-                           ("agreement:judge_pairs_compared", run.judge_pairs_compared),
-                           ("agreement:judge_pairs_agree", run.judge_pairs_agree),
-                           ("agreement:orders_compared", run.orders_compared),
-                           ("agreement:orders_consistent", run.orders_consistent)):
+        for key, value in (
+            ("judge_calls", run.calls_made),
+            ("judge_failures", run.failures),
+            ("agreement:judge_pairs_compared", run.judge_pairs_compared),
+            ("agreement:judge_pairs_agree", run.judge_pairs_agree),
+            ("agreement:orders_compared", run.orders_compared),
+            ("agreement:orders_consistent", run.orders_consistent),
+        ):
             if value:  # a pointwise run has no order agreement: leave it out rather than report 0 of 0
                 self.counters[key] += value
         scored = sum(s is not None for s in run.scores)
@@ -296,9 +349,11 @@ class PreferencePairs(Step):
         if scored < need:
             self.counters["too_few_scored"] += 1
             failures = [j for per in run.judgements for j in per if "error" in j]
-            raise StepError(f"step '{self.name}': {scored} candidate(s) scored of {usable}, need {need}; "
-                            f"{len(failures)} judgement(s) failed, first: {failures[0]['error'] if failures else '-'}",
-                            raw=json.dumps(failures, ensure_ascii=False)[:20000])
+            raise StepError(
+                f"step '{self.name}': {scored} candidate(s) scored of {usable}, need {need}; "
+                f"{len(failures)} judgement(s) failed, first: {failures[0]['error'] if failures else '-'}",
+                raw=json.dumps(failures, ensure_ascii=False)[:20000],
+            )
 
         if self.output == "scores":
             out = self._base(record)
@@ -315,9 +370,15 @@ class PreferencePairs(Step):
 
         lengths = [len(t.strip()) if t is not None else 0 for t in texts]
         verdict = (lambda c, r: direct_verdict(run, c, r)) if self.scorer == "pairwise" else None
-        selection = select_pairs(run.scores, self.rule, margin=self.margin, verdict=verdict, lengths=lengths,
-                                 length_penalty=self.length_penalty,
-                                 rng=ctx.rng(source_id_of(record), self.name))
+        selection = select_pairs(
+            run.scores,
+            self.rule,
+            margin=self.margin,
+            verdict=verdict,
+            lengths=lengths,
+            length_penalty=self.length_penalty,
+            rng=ctx.rng(source_id_of(record), self.name),
+        )
         for reason, count in selection.dropped.items():
             self.counters[f"dropped:{reason}"] += count
         if not selection.pairs:
@@ -327,11 +388,15 @@ class PreferencePairs(Step):
         outputs = []
         for k, (chosen, rejected) in enumerate(selection.pairs):
             # The calls are paid once per record: the first pair carries them, so token sums stay true.
-            outputs.append(self._pair_record(record, prompt, conversational, candidates, run, chosen, rejected,
-                                             calls if k == 0 else []))
+            outputs.append(
+                self._pair_record(
+                    record, prompt, conversational, candidates, run, chosen, rejected, calls if k == 0 else []
+                )
+            )
             diff = lengths[chosen] - lengths[rejected]
             self.counters["pairs_made"] += 1
             self.counters["length:diff_sum"] += diff
-            self.counters["length:chosen_longer" if diff > 0 else "length:chosen_shorter" if diff < 0
-                          else "length:same"] += 1
+            self.counters[
+                "length:chosen_longer" if diff > 0 else "length:chosen_shorter" if diff < 0 else "length:same"
+            ] += 1
         return outputs

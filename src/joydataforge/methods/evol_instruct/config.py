@@ -1,4 +1,5 @@
 """Settings of ``evol_instruct``: the models of each role, the evolution, the elimination rules, the output."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, get_args
@@ -21,7 +22,6 @@ DEFAULT_CHILDREN = 3
 """Children per operation and parent when ``children`` does not say (the seed's number)."""
 
 
-
 def _number_or_table(value: Any) -> str | None:
     return "dict" if isinstance(value, dict) else "int" if isinstance(value, (int, float)) else None
 
@@ -30,8 +30,11 @@ def _number_or_table(value: Any) -> str | None:
 # the table is said about the table alone (not also as "must be an integer"), and anything else in one line.
 Children = Annotated[
     Annotated[Count, Tag("int")] | Annotated[dict[OperationName, Count], Tag("dict")],
-    Discriminator(_number_or_table, custom_error_type="value_error", custom_error_context={
-        "error": "must be a number or a mapping {operation: number}"}),
+    Discriminator(
+        _number_or_table,
+        custom_error_type="value_error",
+        custom_error_context={"error": "must be a number or a mapping {operation: number}"},
+    ),
 ]
 
 
@@ -60,75 +63,151 @@ class EvolInstructConfig(StepConfig):
 
     kind: ClassVar[str] = "evol_instruct"
     positional: ClassVar[tuple[str, ...]] = ("model",)
-    summary: ClassVar[str] = ("Evol-Instruct: evolve each query over rounds into harder and rarer ones, "
-                              "weeded by the paper's elimination rules and judged for difficulty")
-    example: ClassVar[dict[str, Any]] = {"model": "smollm2", "judge_model": "smollm2-greedy",
-                                         "answer_model": "smollm2", "language": "en",
-                                         "domain": "medicine and health", "operations": ["redirect", "breadth"],
-                                         "children": 2}
+    summary: ClassVar[str] = (
+        "Evol-Instruct: evolve each query over rounds into harder and rarer ones, "
+        "weeded by the paper's elimination rules and judged for difficulty"
+    )
+    example: ClassVar[dict[str, Any]] = {
+        "model": "smollm2",
+        "judge_model": "smollm2-greedy",
+        "answer_model": "smollm2",
+        "language": "en",
+        "domain": "medicine and health",
+        "operations": ["redirect", "breadth"],
+        "children": 2,
+    }
 
     model: str = Field(min_length=1, description="Named model that evolves the instructions.")
-    judge_model: str | None = Field(default=None, min_length=1, description=(
-        "Named model that judges validity and difficulty; defaults to `model`."))
-    equal_model: str | None = Field(default=None, min_length=1, description=(
-        "Named model that checks a child for no information gain over its parent (the `equal` rule); "
-        "defaults to the judge model."))
-    answer_model: str | None = Field(default=None, min_length=1, description=(
-        "Named model that answers every surviving child: the `unanswerable` rule, and `answer`/`target` in "
-        "the output. Unset: children are not answered and that rule does not apply."))
-    language: Literal["en", "zh"] = Field(default="en", description=(
-        "Language of the built-in prompts (`<language>/evol_depth`, `evol_redirect`, `evol_breadth`, "
-        "`evol_equal`, `evol_judge`, `answer`)."))
-    domain: str = Field(default="", description=(
-        "The domain named in every prompt (`medicine and health`, `Python programming`)."))
-    rounds: StrictInt = Field(default=2, ge=1, description=(
-        "Rounds of evolution; a tree stops early when a round carries no valid child."))
-    sample_size: StrictInt = Field(default=3, ge=1, description=(
-        "Instructions sampled from the pool per round (seeded per record) and evolved."))
-    operations: list[OperationName] = Field(default_factory=lambda: list(OPERATION_NAMES), min_length=1,
-                                            description=(
-        "Operations applied to each sampled instruction: `constraints`, `deepen`, `concretize`, `reasoning`, "
-        "`complicate_input` and `redirect` (in depth), `breadth`. Default: all; the seed used `redirect` and "
-        "`breadth`."))
-    children: Children = Field(default=DEFAULT_CHILDREN, description=(
-        "Children each operation asks for per parent: one number, or `{operation: number}` (operations "
-        f"left out ask for {DEFAULT_CHILDREN})."))
-    top_fraction: StrictFloat = Field(default=0.2, gt=0, le=1, description=(
-        "Share of a round's valid children carried into the next round, best score first (at least one "
-        "when any is valid)."))
-    eliminate: list[EliminationRule] = Field(default_factory=lambda: list(ELIMINATION_RULES), description=(
-        "Elimination rules that apply: `equal` (no information gain over the parent, asked of a model), "
-        "`leak` (the evolving prompt's words or text), `unanswerable` (the answering model refuses or says "
-        "nothing), `duplicate` (near-duplicate of an instruction in the tree). Default: all four."))
-    duplicate_threshold: StrictFloat = Field(default=0.7, gt=0, le=1, description=(
-        "Jaccard similarity of shingles (0-1] at which two instructions of a tree are duplicates."))
-    refusal_max_words: StrictInt = Field(default=80, ge=1, description=(
-        "A reply shorter than this many words (a CJK character is a word) that apologises or declines is a "
-        "refusal; the paper's 80."))
-    leak_phrases: list[str] = Field(default_factory=list, description=(
-        "Phrases that mark a leaked prompt, on top of the built-in ones (`#Rewritten Prompt#`, `给定的提示`...)."))
-    judge_root: bool = Field(default=True, description=(
-        "Judge the root query too, so round 0 has a score to compare the rounds with."))
-    judge_retries: StrictInt = Field(default=2, ge=0, description=(
-        "New samples asked when a judgement cannot be used, before it is recorded as failed."))
-    use_history: bool = Field(default=True, description=(
-        "Show the root record's `history` to the evolving model as context."))
-    output: Literal["nested", "flat"] = Field(default="nested", description=(
-        "`nested`: the input record with every round's children (the seed's shape); `flat`: one record per "
-        "kept instruction, with lineage in `evol`."))
-    output_field: str = Field(default="wizard_llm_querys", min_length=1, description=(
-        "Field of the rounds in `nested` output."))
-    prompts: dict[PromptRole, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict, description=(
-        "Prompts to use instead of the built-in ones, by role: `depth`, `redirect`, `breadth`, `equal`, "
-        "`judge`, `answer` (a built-in name or a YAML prompt file)."))
-    params: dict[str, Any] = Field(default_factory=dict, description=(
-        "Sampling parameters of the evolving calls (`max_tokens`, ...)."))
-    judge_params: dict[str, Any] = Field(default_factory=dict, description=(
-        "Sampling parameters of the judging and equal-check calls."))
-    answer_params: dict[str, Any] = Field(default_factory=dict, description=(
-        "Sampling parameters of the answering calls."))
-    options: dict[str, Any] = Field(default_factory=dict, description=(
-        "Extra values custom prompts read as `options.NAME`."))
+    judge_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description=("Named model that judges validity and difficulty; defaults to `model`."),
+    )
+    equal_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Named model that checks a child for no information gain over its parent (the `equal` rule); "
+            "defaults to the judge model."
+        ),
+    )
+    answer_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Named model that answers every surviving child: the `unanswerable` rule, and `answer`/`target` in "
+            "the output. Unset: children are not answered and that rule does not apply."
+        ),
+    )
+    language: Literal["en", "zh"] = Field(
+        default="en",
+        description=(
+            "Language of the built-in prompts (`<language>/evol_depth`, `evol_redirect`, `evol_breadth`, "
+            "`evol_equal`, `evol_judge`, `answer`)."
+        ),
+    )
+    domain: str = Field(
+        default="", description=("The domain named in every prompt (`medicine and health`, `Python programming`).")
+    )
+    rounds: StrictInt = Field(
+        default=2, ge=1, description=("Rounds of evolution; a tree stops early when a round carries no valid child.")
+    )
+    sample_size: StrictInt = Field(
+        default=3, ge=1, description=("Instructions sampled from the pool per round (seeded per record) and evolved.")
+    )
+    operations: list[OperationName] = Field(
+        default_factory=lambda: list(OPERATION_NAMES),
+        min_length=1,
+        description=(
+            "Operations applied to each sampled instruction: `constraints`, `deepen`, `concretize`, `reasoning`, "
+            "`complicate_input` and `redirect` (in depth), `breadth`. Default: all; the seed used `redirect` and "
+            "`breadth`."
+        ),
+    )
+    children: Children = Field(
+        default=DEFAULT_CHILDREN,
+        description=(
+            "Children each operation asks for per parent: one number, or `{operation: number}` (operations "
+            f"left out ask for {DEFAULT_CHILDREN})."
+        ),
+    )
+    top_fraction: StrictFloat = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description=(
+            "Share of a round's valid children carried into the next round, best score first (at least one "
+            "when any is valid)."
+        ),
+    )
+    eliminate: list[EliminationRule] = Field(
+        default_factory=lambda: list(ELIMINATION_RULES),
+        description=(
+            "Elimination rules that apply: `equal` (no information gain over the parent, asked of a model), "
+            "`leak` (the evolving prompt's words or text), `unanswerable` (the answering model refuses or says "
+            "nothing), `duplicate` (near-duplicate of an instruction in the tree). Default: all four."
+        ),
+    )
+    duplicate_threshold: StrictFloat = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        description=("Jaccard similarity of shingles (0-1] at which two instructions of a tree are duplicates."),
+    )
+    refusal_max_words: StrictInt = Field(
+        default=80,
+        ge=1,
+        description=(
+            "A reply shorter than this many words (a CJK character is a word) that apologises or declines is a "
+            "refusal; the paper's 80."
+        ),
+    )
+    leak_phrases: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Phrases that mark a leaked prompt, on top of the built-in ones (`#Rewritten Prompt#`, `给定的提示`...)."
+        ),
+    )
+    judge_root: bool = Field(
+        default=True, description=("Judge the root query too, so round 0 has a score to compare the rounds with.")
+    )
+    judge_retries: StrictInt = Field(
+        default=2,
+        ge=0,
+        description=("New samples asked when a judgement cannot be used, before it is recorded as failed."),
+    )
+    use_history: bool = Field(
+        default=True, description=("Show the root record's `history` to the evolving model as context.")
+    )
+    output: Literal["nested", "flat"] = Field(
+        default="nested",
+        description=(
+            "`nested`: the input record with every round's children (the seed's shape); `flat`: one record per "
+            "kept instruction, with lineage in `evol`."
+        ),
+    )
+    output_field: str = Field(
+        default="wizard_llm_querys", min_length=1, description=("Field of the rounds in `nested` output.")
+    )
+    prompts: dict[PromptRole, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict,
+        description=(
+            "Prompts to use instead of the built-in ones, by role: `depth`, `redirect`, `breadth`, `equal`, "
+            "`judge`, `answer` (a built-in name or a YAML prompt file)."
+        ),
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description=("Sampling parameters of the evolving calls (`max_tokens`, ...).")
+    )
+    judge_params: dict[str, Any] = Field(
+        default_factory=dict, description=("Sampling parameters of the judging and equal-check calls.")
+    )
+    answer_params: dict[str, Any] = Field(
+        default_factory=dict, description=("Sampling parameters of the answering calls.")
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description=("Extra values custom prompts read as `options.NAME`.")
+    )
 
     def judge_model_name(self) -> str:
         """The judging model: ``judge_model``, else the evolving model."""
@@ -147,9 +226,15 @@ class EvolInstructConfig(StepConfig):
     def prompt_refs(self) -> dict[str, str]:
         """The prompt of each role: the built-in one of ``language`` unless ``prompts`` names another."""
         language = self.language
-        return {"depth": f"{language}/evol_depth", "redirect": f"{language}/evol_redirect",
-                "breadth": f"{language}/evol_breadth", "equal": f"{language}/evol_equal",
-                "judge": f"{language}/evol_judge", "answer": f"{language}/answer", **self.prompts}
+        return {
+            "depth": f"{language}/evol_depth",
+            "redirect": f"{language}/evol_redirect",
+            "breadth": f"{language}/evol_breadth",
+            "equal": f"{language}/evol_equal",
+            "judge": f"{language}/evol_judge",
+            "answer": f"{language}/answer",
+            **self.prompts,
+        }
 
     def model_names(self) -> list[str]:
         names = [self.model, self.judge_model_name()]

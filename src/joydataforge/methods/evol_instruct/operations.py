@@ -27,6 +27,7 @@ Elimination (WizardLM section 3.3, "Elimination Evolving"): a child is dropped w
 3. copies words of the evolving prompt itself ("#Rewritten Prompt#", "given prompt"...): :func:`leaked_phrase`;
 4. is a near-duplicate of an instruction already in the tree: :class:`TreeIndex`.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,23 +52,42 @@ class Operation:
     new_label: bool = False  # the reply names the child's category (the seed's ``changeType``)
 
 
-OPERATIONS: dict[str, Operation] = {op.name: op for op in (
-    Operation("constraints", "depth", "evol_depth"),
-    Operation("deepen", "depth", "evol_depth"),
-    Operation("concretize", "depth", "evol_depth"),
-    Operation("reasoning", "depth", "evol_depth"),
-    Operation("complicate_input", "depth", "evol_depth"),
-    Operation("redirect", "depth", "evol_redirect", new_label=True),
-    Operation("breadth", "breadth", "evol_breadth"),
-)}
+OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in (
+        Operation("constraints", "depth", "evol_depth"),
+        Operation("deepen", "depth", "evol_depth"),
+        Operation("concretize", "depth", "evol_depth"),
+        Operation("reasoning", "depth", "evol_depth"),
+        Operation("complicate_input", "depth", "evol_depth"),
+        Operation("redirect", "depth", "evol_redirect", new_label=True),
+        Operation("breadth", "breadth", "evol_breadth"),
+    )
+}
 
 # ---------------------------------------------------------------- leaks of the evolving prompt
 
 DEFAULT_LEAK_PHRASES: tuple[str, ...] = (
-    "#the given prompt#", "#given prompt#", "#rewritten prompt#", "#created prompt#",
-    "given prompt", "rewritten prompt", "created prompt", "the given instruction", "rewritten instruction",
-    "#给定的提示#", "#重写后的提示#", "#创建的提示#", "给定的提示", "重写后的提示", "创建的提示",
-    "给定的指令", "改写后的指令", "原始指令", "#category#", "#分类#",
+    "#the given prompt#",
+    "#given prompt#",
+    "#rewritten prompt#",
+    "#created prompt#",
+    "given prompt",
+    "rewritten prompt",
+    "created prompt",
+    "the given instruction",
+    "rewritten instruction",
+    "#给定的提示#",
+    "#重写后的提示#",
+    "#创建的提示#",
+    "给定的提示",
+    "重写后的提示",
+    "创建的提示",
+    "给定的指令",
+    "改写后的指令",
+    "原始指令",
+    "#category#",
+    "#分类#",
 )
 _SPACES = re.compile(r"\s+")
 
@@ -96,14 +116,31 @@ def copied_from_prompt(instruction: str, prompt_text: str, min_chars: int = 8) -
 # ---------------------------------------------------------------- unanswerable instructions
 
 REFUSAL_MARKERS: tuple[str, ...] = (
-    "sorry", "apologize", "apologise", "i cannot", "i can't", "i can not", "i am unable", "i'm unable",
-    "unable to answer", "cannot answer", "as an ai",
-    "抱歉", "对不起", "无法回答", "不能回答", "我无法", "我不能", "很遗憾", "无法提供",
+    "sorry",
+    "apologize",
+    "apologise",
+    "i cannot",
+    "i can't",
+    "i can not",
+    "i am unable",
+    "i'm unable",
+    "unable to answer",
+    "cannot answer",
+    "as an ai",
+    "抱歉",
+    "对不起",
+    "无法回答",
+    "不能回答",
+    "我无法",
+    "我不能",
+    "很遗憾",
+    "无法提供",
 )
 STOP_WORDS: frozenset[str] = frozenset(
     "a an the and or but of to in on at for with is are was were be been it this that these those i you he she "
     "we they me my your yes no ok okay not so as by from do does did have has had will would can could "
-    "的 了 吗 呢 吧 啊 是 和 与 在 有 我 你 他 她 它 这 那 就 也 都 而 及 嗯 哦 好".split())
+    "的 了 吗 呢 吧 啊 是 和 与 在 有 我 你 他 她 它 这 那 就 也 都 而 及 嗯 哦 好".split()
+)
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
@@ -136,6 +173,7 @@ def is_unanswerable(answer: str, max_words: int = 80, markers: Iterable[str] = R
 
 
 # ---------------------------------------------------------------- near-duplicates in the tree
+
 
 class TreeIndex:
     """The instructions of one evolution tree, for near-duplicate checks.
@@ -236,6 +274,7 @@ def parse_verdict(reply: Any) -> bool:
 
 # ---------------------------------------------------------------- selection
 
+
 def carry_count(n_valid: int, top_fraction: float) -> int:
     """How many valid children go on to the next round: ``floor(n * p)``, but at least one if any is valid.
 
@@ -251,4 +290,4 @@ def select_top(candidates: Sequence[dict[str, Any]], top_fraction: float) -> lis
     """The valid candidates to carry on: highest score first; ties keep generation order (stable sort)."""
     valid = [c for c in candidates if c.get("valid") == 1 and isinstance(c.get("score"), int)]
     ranked = sorted(valid, key=lambda c: -c["score"])
-    return ranked[:carry_count(len(valid), top_fraction)]
+    return ranked[: carry_count(len(valid), top_fraction)]

@@ -14,11 +14,13 @@ judged, valid and carried on, and computes over that round's *valid* instruction
 Vectors come from any :class:`~joydataforge.evaluate.embeddings.Embedder` (the offline default is the
 multilingual USE model; the CLI also takes a served model); without one the Vendi columns are empty.
 """
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,10 +52,17 @@ class RoundStats:
         return self.vendi / len(self.texts) if self.vendi is not None and self.texts else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "generated": self.generated, "eliminated": dict(self.eliminated),
-                "judged": self.judged, "valid": self.valid, "carried": self.carried,
-                "mean_score": _round(self.mean_score), "vendi": _round(self.vendi),
-                "vendi_per_item": _round(self.vendi_per_item)}
+        return {
+            "round": self.round,
+            "generated": self.generated,
+            "eliminated": dict(self.eliminated),
+            "judged": self.judged,
+            "valid": self.valid,
+            "carried": self.carried,
+            "mean_score": _round(self.mean_score),
+            "vendi": _round(self.vendi),
+            "vendi_per_item": _round(self.vendi_per_item),
+        }
 
 
 def _round(value: float | None) -> float | None:
@@ -74,8 +83,10 @@ def collect_rounds(records: Iterable[Record], field_name: str = "wizard_llm_quer
         elif isinstance(record.get("evol"), dict):
             _add_flat(record, at, seen_roots)
         else:
-            raise ValueError(f"record {record.get('id')!r} is not evol_instruct output "
-                             f"(no '{field_name}' list and no 'evol' lineage)")
+            raise ValueError(
+                f"record {record.get('id')!r} is not evol_instruct output "
+                f"(no '{field_name}' list and no 'evol' lineage)"
+            )
     return [rounds[k] for k in sorted(rounds)]
 
 
@@ -137,13 +148,14 @@ def add_vendi(stats: Sequence[RoundStats], vectors: np.ndarray) -> None:
         raise ValueError(f"{len(vectors)} vectors for {expected} instructions")
     start = 0
     for s in stats:
-        rows = vectors[start:start + len(s.texts)]
+        rows = vectors[start : start + len(s.texts)]
         start += len(s.texts)
         s.vendi = vendi_score(rows) if len(rows) else None
 
 
-async def evol_report(records: Iterable[Record], embedder: Any | None = None,
-                      field_name: str = "wizard_llm_querys") -> list[RoundStats]:
+async def evol_report(
+    records: Iterable[Record], embedder: Any | None = None, field_name: str = "wizard_llm_querys"
+) -> list[RoundStats]:
     """The per-round report; ``embedder`` (an :class:`~joydataforge.evaluate.embeddings.Embedder`) adds Vendi."""
     stats = collect_rounds(records, field_name)
     texts = all_texts(stats)
@@ -154,15 +166,19 @@ async def evol_report(records: Iterable[Record], embedder: Any | None = None,
 
 def format_report(stats: Sequence[RoundStats]) -> str:
     """A plain-text table (for logs and tests; the CLI prints a rich one)."""
-    header = f"{'round':>5} {'generated':>9} {'eliminated':>10} {'judged':>6} {'valid':>5} {'carried':>7} " \
-             f"{'mean score':>10} {'vendi':>7} {'vendi/n':>7}"
+    header = (
+        f"{'round':>5} {'generated':>9} {'eliminated':>10} {'judged':>6} {'valid':>5} {'carried':>7} "
+        f"{'mean score':>10} {'vendi':>7} {'vendi/n':>7}"
+    )
     lines = [header]
     for s in stats:
         mean = f"{s.mean_score:.1f}" if s.mean_score is not None else "-"
         vendi = f"{s.vendi:.2f}" if s.vendi is not None else "-"
         per = f"{s.vendi_per_item:.3f}" if s.vendi_per_item is not None else "-"
-        lines.append(f"{s.round:>5} {s.generated:>9} {sum(s.eliminated.values()):>10} {s.judged:>6} {s.valid:>5} "
-                     f"{s.carried:>7} {mean:>10} {vendi:>7} {per:>7}")
+        lines.append(
+            f"{s.round:>5} {s.generated:>9} {sum(s.eliminated.values()):>10} {s.judged:>6} {s.valid:>5} "
+            f"{s.carried:>7} {mean:>10} {vendi:>7} {per:>7}"
+        )
     reasons = Counter()
     for s in stats:
         reasons.update(s.eliminated)

@@ -22,6 +22,7 @@ entry per round with ``l_depth_instructions`` and ``l_breadth_instructions``: ``
 out one record per kept instruction, ``input`` (+ ``target`` when answered) and ``evol`` lineage, ready
 for :mod:`joydataforge.io.exports`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -68,8 +69,9 @@ def root_instruction(record: Record) -> tuple[str, str]:
         value = record.get(name)
         if isinstance(value, str) and value.strip():
             return value.strip(), name
-    raise InputError("the record has no text to evolve: 'rewrite_query' and 'input' are missing or empty",
-                     field="input")
+    raise InputError(
+        "the record has no text to evolve: 'rewrite_query' and 'input' are missing or empty", field="input"
+    )
 
 
 @dataclass
@@ -97,22 +99,38 @@ class Node:
         self.eliminated, self.detail, self.raw = reason, detail, raw
 
     def lineage(self) -> dict[str, Any]:
-        return {"id": self.id, "parent_id": self.parent.id if self.parent else None, "round": self.round,
-                "operation": self.operation, "kind": self.kind}
+        return {
+            "id": self.id,
+            "parent_id": self.parent.id if self.parent else None,
+            "round": self.round,
+            "operation": self.operation,
+            "kind": self.kind,
+        }
 
     def as_candidate(self) -> dict[str, Any]:
         """The seed's candidate shape, plus lineage (and the answer when there is one)."""
-        out = {"instruction": self.instruction, "task_label": self.task_label, "score": self.score,
-               "valid": self.valid, "pre_query": self.parent.instruction if self.parent else None,
-               **self.lineage(), "selected": self.selected}
+        out = {
+            "instruction": self.instruction,
+            "task_label": self.task_label,
+            "score": self.score,
+            "valid": self.valid,
+            "pre_query": self.parent.instruction if self.parent else None,
+            **self.lineage(),
+            "selected": self.selected,
+        }
         if self.answer is not None:
             out["answer"] = self.answer
         return out
 
     def as_eliminated(self) -> dict[str, Any]:
-        out = {"instruction": self.instruction, "task_label": self.task_label,
-               "pre_query": self.parent.instruction if self.parent else None, **self.lineage(),
-               "eliminated": self.eliminated, "detail": self.detail}
+        out = {
+            "instruction": self.instruction,
+            "task_label": self.task_label,
+            "pre_query": self.parent.instruction if self.parent else None,
+            **self.lineage(),
+            "eliminated": self.eliminated,
+            "detail": self.detail,
+        }
         if self.raw is not None:
             out["raw"] = self.raw
         if self.answer is not None:
@@ -183,8 +201,10 @@ class EvolInstruct(Step):
             schema = copy.deepcopy(self.template(ctx, role).schema)
             items = (schema or {}).get("properties", {}).get("instructions")
             if not isinstance(items, dict) or items.get("type") != "array":
-                raise ConfigError(f"step '{self.name}': prompt '{self.prompt_refs[role]}' needs a schema with an "
-                                  "'instructions' array (of strings, or of objects with 'instruction')")
+                raise ConfigError(
+                    f"step '{self.name}': prompt '{self.prompt_refs[role]}' needs a schema with an "
+                    "'instructions' array (of strings, or of objects with 'instruction')"
+                )
             items["minItems"] = 1
             items["maxItems"] = self.children[op.name]
             self._schemas[op.name] = schema
@@ -228,17 +248,25 @@ class EvolInstruct(Step):
                 self.counters["stopped_no_valid_child"] += 1
                 break
         errors_total = sum(len(r["errors"]) for r in rounds_out)
-        if errors_total and not any(r["l_depth_instructions"] or r["l_breadth_instructions"]
-                                    or r["l_eliminated_instructions"] for r in rounds_out):
+        if errors_total and not any(
+            r["l_depth_instructions"] or r["l_breadth_instructions"] or r["l_eliminated_instructions"]
+            for r in rounds_out
+        ):
             first = rounds_out[0]["errors"][0]
-            raise StepError(f"step '{self.name}': every evolution call failed; first: {first['error']}",
-                            raw=first.get("raw"))
+            raise StepError(
+                f"step '{self.name}': every evolution call failed; first: {first['error']}", raw=first.get("raw")
+            )
         if self.output == "flat":
             return [self._flat(node, root) for node in kept]
         out = dict(record)
-        out["wizard_root"] = {**root.lineage(), "instruction": root.instruction, "task_label": root.task_label,
-                              "valid": root.valid, "score": root.score,
-                              **({"judge_error": root.detail} if root.detail else {})}
+        out["wizard_root"] = {
+            **root.lineage(),
+            "instruction": root.instruction,
+            "task_label": root.task_label,
+            "valid": root.valid,
+            "score": root.score,
+            **({"judge_error": root.detail} if root.detail else {}),
+        }
         out["wizard_round_cnt"] = len(rounds_out)
         out[self.output_field] = rounds_out
         meta = dict(out.get("_meta") or {})
@@ -246,8 +274,16 @@ class EvolInstruct(Step):
         out["_meta"] = meta
         return out
 
-    async def _round(self, round_no: int, root_id: str, parents: list[Node], record: Record, tree: TreeIndex,
-                     ctx: StepContext, calls: list[dict[str, Any]]) -> tuple[dict[str, Any], list[Node], list[Node]]:
+    async def _round(
+        self,
+        round_no: int,
+        root_id: str,
+        parents: list[Node],
+        record: Record,
+        tree: TreeIndex,
+        ctx: StepContext,
+        calls: list[dict[str, Any]],
+    ) -> tuple[dict[str, Any], list[Node], list[Node]]:
         """One round: evolve every sampled parent with every operation, weed, judge, select.
 
         Returns the round's entry of the nested output, all its children, and the ones carried on.
@@ -264,14 +300,26 @@ class EvolInstruct(Step):
                 continue
             for instruction, label in items:
                 node_id = f"{root_id}:r{round_no}.{len(children) + 1}"
-                children.append(Node(node_id, instruction, label if label is not None else parent.task_label,
-                                     round_no, op.name, op.kind, parent, prompt_text=prompt_text))
+                children.append(
+                    Node(
+                        node_id,
+                        instruction,
+                        label if label is not None else parent.task_label,
+                        round_no,
+                        op.name,
+                        op.kind,
+                        parent,
+                        prompt_text=prompt_text,
+                    )
+                )
         for child in children:  # cheap rules first, in generation order, so results never depend on timing
             self._local_checks(child, tree)
         await asyncio.gather(*(self._assess(child, ctx) for child in children if child.eliminated is None))
         judged = [c for c in children if c.eliminated is None]
-        carried = [item["node"] for item in
-                   select_top([{"valid": c.valid, "score": c.score, "node": c} for c in judged], self.top_fraction)]
+        carried = [
+            item["node"]
+            for item in select_top([{"valid": c.valid, "score": c.score, "node": c} for c in judged], self.top_fraction)
+        ]
         for node in carried:
             node.selected = True
         for child in children:
@@ -290,15 +338,21 @@ class EvolInstruct(Step):
 
     # ------------------------------------------------------------ one parent, one operation
 
-    async def _evolve(self, parent: Node, op: Operation, record: Record, ctx: StepContext
-                      ) -> tuple[list[tuple[str, Any]], dict[str, Any] | None, dict[str, Any] | None, str]:
+    async def _evolve(
+        self, parent: Node, op: Operation, record: Record, ctx: StepContext
+    ) -> tuple[list[tuple[str, Any]], dict[str, Any] | None, dict[str, Any] | None, str]:
         """``(children as (instruction, new label or None), call meta, error, prompt text)`` for one call.
 
         The prompt text (system and user, with the parent's instruction and history cut out) lets the
         leak rule catch children copied from the prompt itself, e.g. its worked example."""
-        values = {"instruction": parent.instruction, "labels": labels_of(parent.task_label),
-                  "operation": op.name, "count": self.children[op.name], "domain": self.domain,
-                  "language": self.language}
+        values = {
+            "instruction": parent.instruction,
+            "labels": labels_of(parent.task_label),
+            "operation": op.name,
+            "count": self.children[op.name],
+            "domain": self.domain,
+            "language": self.language,
+        }
         if parent.parent is None and self.use_history and record.get("history") is not None:
             values["history"] = record["history"]
         messages = self.template(ctx, self._role_of(op)).render(values, self.options)
@@ -308,8 +362,9 @@ class EvolInstruct(Step):
                 prompt_text = prompt_text.replace(message["content"], " ")
         self.counters["evolve_calls"] += 1
         try:
-            value, completion = await ctx.model(self.model).chat_json(messages, self.evolve_schema(ctx, op),
-                                                                       **self.params)
+            value, completion = await ctx.model(self.model).chat_json(
+                messages, self.evolve_schema(ctx, op), **self.params
+            )
         except ModelError as exc:
             self.counters["evolve_failures"] += 1
             return [], None, {"error": str(exc), "raw": exc.raw}, prompt_text
@@ -319,8 +374,9 @@ class EvolInstruct(Step):
                 items.append((item.strip(), None))
             elif isinstance(item, dict) and isinstance(item.get("instruction"), str):
                 label = item.get("task_label") if op.new_label else None
-                items.append((item["instruction"].strip(), label.strip() if isinstance(label, str) and label.strip()
-                              else None))
+                items.append(
+                    (item["instruction"].strip(), label.strip() if isinstance(label, str) and label.strip() else None)
+                )
         return items, call_meta(self.name, self.model, completion), None, prompt_text
 
     # ------------------------------------------------------------ elimination and judging
@@ -356,10 +412,12 @@ class EvolInstruct(Step):
         if "equal" in self.rules:
             messages = self.template(ctx, "equal").render(
                 {"parent": child.parent.instruction, "instruction": child.instruction, "domain": self.domain},
-                self.options)
+                self.options,
+            )
             try:
                 value, completion = await ctx.model(self.equal_model).chat_json(
-                    messages, self.template(ctx, "equal").schema, **self.judge_params)
+                    messages, self.template(ctx, "equal").schema, **self.judge_params
+                )
                 child.calls.append(call_meta(self.name, self.equal_model, completion))
                 if parse_verdict(value):
                     child.eliminate("no_information_gain", "judged equal to its parent")
@@ -371,8 +429,9 @@ class EvolInstruct(Step):
                 child.eliminate("equal_check_failed", str(exc), completion.text)
                 return
         if self.answer_model:
-            messages = self.template(ctx, "answer").render({"input": child.instruction, "domain": self.domain},
-                                                           self.options)
+            messages = self.template(ctx, "answer").render(
+                {"input": child.instruction, "domain": self.domain}, self.options
+            )
             try:
                 completion = await ctx.model(self.answer_model).chat(messages, **self.answer_params)
             except ModelError as exc:
@@ -398,7 +457,8 @@ class EvolInstruct(Step):
             self.counters["judge_calls"] += 1
             try:
                 value, completion = await ctx.model(self.judge_model).chat_json(
-                    messages, template.schema, sample=attempt, **self.judge_params)
+                    messages, template.schema, sample=attempt, **self.judge_params
+                )
             except ModelError as exc:
                 error, raw = str(exc), exc.raw
                 continue
@@ -433,10 +493,24 @@ class EvolInstruct(Step):
         out: Record = {"id": node.id, "input": node.instruction}
         if node.answer is not None:
             out["target"] = node.answer
-        out.update({"task_label": node.task_label, "score": node.score, "valid": node.valid, "evol": {
-            "root_id": root.id, "parent_id": node.parent.id, "round": node.round, "operation": node.operation,
-            "kind": node.kind, "selected": node.selected, "root_input": root.instruction,
-            "parent_input": node.parent.instruction, "root_score": root.score, "root_valid": root.valid}})
+        out.update(
+            {
+                "task_label": node.task_label,
+                "score": node.score,
+                "valid": node.valid,
+                "evol": {
+                    "root_id": root.id,
+                    "parent_id": node.parent.id,
+                    "round": node.round,
+                    "operation": node.operation,
+                    "kind": node.kind,
+                    "selected": node.selected,
+                    "root_input": root.instruction,
+                    "parent_input": node.parent.instruction,
+                    "root_score": root.score,
+                    "root_valid": root.valid,
+                },
+            }
+        )
         out["_meta"] = {"calls": list(node.calls)}
         return out
-

@@ -1,4 +1,5 @@
 """Settings of single-model synthesis: ``generate`` (free text) and ``label`` (JSON checked against a schema)."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -19,9 +20,14 @@ class GenerateConfig(PromptedConfig):
     summary: ClassVar[str] = "one model answers each record; the reply goes to a field (the seed's default method)"
     example: ClassVar[dict[str, Any]] = {"model": "smollm2", "prompt": "zh/answer", "output_field": "target"}
 
-    prompt: str = Field(default="answer", min_length=1, description=(
-        "Prompt template: a built-in name (`answer`, `zh/answer`; `joyforge prompts list`) or the path of a "
-        "YAML prompt file, relative to the pipeline file."))
+    prompt: str = Field(
+        default="answer",
+        min_length=1,
+        description=(
+            "Prompt template: a built-in name (`answer`, `zh/answer`; `joyforge prompts list`) or the path of a "
+            "YAML prompt file, relative to the pipeline file."
+        ),
+    )
     output_field: str = Field(default="target", min_length=1, description="Field that receives the reply.")
 
 
@@ -37,10 +43,21 @@ class LabelConfig(PromptedConfig):
     summary: ClassVar[str] = "one model answers in JSON checked against the prompt's schema ({label, reason})"
     example: ClassVar[dict[str, Any]] = {"model": "smollm2", "prompt": "zh/intent_cdss"}
 
-    prompt: str = Field(default="label", min_length=1, description=(
-        "Prompt template with a JSON schema: a built-in name (`label`, `zh/intent_cdss`) or a YAML prompt file."))
-    output_field: str | None = Field(default=None, min_length=1, description=(
-        "Store the whole JSON reply under this field; when unset its keys go to the top level of the record."))
+    prompt: str = Field(
+        default="label",
+        min_length=1,
+        description=(
+            "Prompt template with a JSON schema: a built-in name (`label`, `zh/intent_cdss`) or a YAML prompt file."
+        ),
+    )
+    output_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Store the whole JSON reply under this field; when unset its keys go to the top level of the record."
+        ),
+    )
     prefix: str = Field(default="", description="Prefix for the reply's keys at the top level (`gpt_` -> `gpt_label`).")
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema", description=(
-        "A JSON schema to use instead of the prompt's own."))
+    schema_: dict[str, Any] | None = Field(
+        default=None, alias="schema", description=("A JSON schema to use instead of the prompt's own.")
+    )

@@ -3,14 +3,15 @@
 ``generate`` stores free text in a field; ``label`` asks for JSON that must match the prompt's schema
 (e.g. ``{label, reason}``) and stores its keys. Both render a prompt file with the record's fields.
 """
+
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from ...errors import ConfigError, StepError
 from ...engine.prompted import PromptedStep, add_call_meta, call_meta
 from ...engine.step import Record, StepContext
+from ...errors import ConfigError, StepError
 from .config import GenerateConfig, LabelConfig
 
 
@@ -60,7 +61,9 @@ class Label(PromptedStep):
         if self._schema is None:
             schema = copy.deepcopy(self.schema_override or self.template(ctx).schema)
             if schema is None:
-                raise ConfigError(f"step '{self.name}': prompt '{self.prompt_ref}' has no schema; add one or pass schema:")
+                raise ConfigError(
+                    f"step '{self.name}': prompt '{self.prompt_ref}' has no schema; add one or pass schema:"
+                )
             labels = self.options.get("labels")
             if labels:
                 label_prop = schema.get("properties", {}).get("label")

@@ -1,4 +1,5 @@
 """Settings of joint synthesis (``joint``): several models draft, one fuses the drafts or picks the best."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
@@ -32,44 +33,92 @@ class JointConfig(StepConfig):
     kind: ClassVar[str] = "joint"
     positional: ClassVar[tuple[str, ...]] = ("drafters", "fuser")
     summary: ClassVar[str] = "several models draft an answer; one model fuses the drafts or picks the best"
-    example: ClassVar[dict[str, Any]] = {"drafters": ["smollm2-cool", "smollm2-warm", "smollm2-hot"],
-                                         "fuser": "smollm2-judge", "draft_prompt": "zh/answer",
-                                         "fuse_prompt": "zh/joint_fuse"}
+    example: ClassVar[dict[str, Any]] = {
+        "drafters": ["smollm2-cool", "smollm2-warm", "smollm2-hot"],
+        "fuser": "smollm2-judge",
+        "draft_prompt": "zh/answer",
+        "fuse_prompt": "zh/joint_fuse",
+    }
 
-    drafters: list[ModelName] = Field(min_length=1, description=(
-        "Named models (from models.yaml) that draft, in order. Repeat a name for more samples of one model "
-        "(its k-th occurrence asks for sample k, a distinct cached sample of the same prompt)."))
+    drafters: list[ModelName] = Field(
+        min_length=1,
+        description=(
+            "Named models (from models.yaml) that draft, in order. Repeat a name for more samples of one model "
+            "(its k-th occurrence asks for sample k, a distinct cached sample of the same prompt)."
+        ),
+    )
     fuser: str = Field(min_length=1, description="Named model that fuses the drafts or picks the best one.")
-    mode: Literal["fuse", "pick"] = Field(default="fuse", description=(
-        "`fuse`: the fuser writes the final answer from the drafts; `pick`: it chooses the best draft, "
-        "which becomes the final answer unchanged."))
-    draft_prompt: str = Field(default="answer", min_length=1, description=(
-        "Prompt every drafter answers: a built-in name (`answer`, `zh/answer`) or a YAML prompt file. With a "
-        "JSON schema the drafts (and a fused answer) are JSON values."))
-    fuse_prompt: str = Field(default="joint_fuse", min_length=1, description=(
-        "Prompt of the fuser in `fuse` mode; it reads the drafts as `options.drafts`."))
-    pick_prompt: str = Field(default="joint_pick", min_length=1, description=(
-        "Prompt of the fuser in `pick` mode; its schema needs a `best` property (the 1-based draft number)."))
-    min_drafts: int = Field(default=2, ge=1, strict=True, description=(
-        "Successful drafts needed, at most the number of drafters (at least 2 for `pick`); fewer fail the record."))
+    mode: Literal["fuse", "pick"] = Field(
+        default="fuse",
+        description=(
+            "`fuse`: the fuser writes the final answer from the drafts; `pick`: it chooses the best draft, "
+            "which becomes the final answer unchanged."
+        ),
+    )
+    draft_prompt: str = Field(
+        default="answer",
+        min_length=1,
+        description=(
+            "Prompt every drafter answers: a built-in name (`answer`, `zh/answer`) or a YAML prompt file. With a "
+            "JSON schema the drafts (and a fused answer) are JSON values."
+        ),
+    )
+    fuse_prompt: str = Field(
+        default="joint_fuse",
+        min_length=1,
+        description=("Prompt of the fuser in `fuse` mode; it reads the drafts as `options.drafts`."),
+    )
+    pick_prompt: str = Field(
+        default="joint_pick",
+        min_length=1,
+        description=(
+            "Prompt of the fuser in `pick` mode; its schema needs a `best` property (the 1-based draft number)."
+        ),
+    )
+    min_drafts: int = Field(
+        default=2,
+        ge=1,
+        strict=True,
+        description=(
+            "Successful drafts needed, at most the number of drafters (at least 2 for `pick`); fewer fail the record."
+        ),
+    )
     output_field: str = Field(default="target", min_length=1, description="Field that receives the final answer.")
-    drafts_field: str = Field(default="drafts", min_length=1, description=(
-        "Field that receives every draft (or the drafter's error and raw reply), in drafter order."))
-    joint_field: str = Field(default="joint", min_length=1, description=(
-        "Field that receives how the final answer was made: `{mode, fuser, used_drafts}` (+ `best, model, "
-        "reason` for `pick`)."))
-    options: dict[str, Any] = Field(default_factory=dict, description=(
-        "Extra values every prompt reads as `options.NAME`; the fuser's prompt also gets `options.drafts`."))
-    draft_params: dict[str, Any] = Field(default_factory=dict, description=(
-        "Sampling parameters for the drafters' calls (`temperature`, `max_tokens`, ...), over each model's own."))
-    fuse_params: dict[str, Any] = Field(default_factory=dict, description=(
-        "Sampling parameters for the fuser's call, over the model's own."))
+    drafts_field: str = Field(
+        default="drafts",
+        min_length=1,
+        description=("Field that receives every draft (or the drafter's error and raw reply), in drafter order."),
+    )
+    joint_field: str = Field(
+        default="joint",
+        min_length=1,
+        description=(
+            "Field that receives how the final answer was made: `{mode, fuser, used_drafts}` (+ `best, model, "
+            "reason` for `pick`)."
+        ),
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Extra values every prompt reads as `options.NAME`; the fuser's prompt also gets `options.drafts`."
+        ),
+    )
+    draft_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Sampling parameters for the drafters' calls (`temperature`, `max_tokens`, ...), over each model's own."
+        ),
+    )
+    fuse_params: dict[str, Any] = Field(
+        default_factory=dict, description=("Sampling parameters for the fuser's call, over the model's own.")
+    )
 
     @model_validator(mode="after")
     def _enough_drafters(self) -> "JointConfig":
         if self.min_drafts > len(self.drafters):
-            raise SettingError("min_drafts", f"must be at most the number of drafters ({len(self.drafters)}) "
-                                             f"(got {self.min_drafts})")
+            raise SettingError(
+                "min_drafts", f"must be at most the number of drafters ({len(self.drafters)}) (got {self.min_drafts})"
+            )
         if self.mode == "pick" and self.min_drafts < 2:
             raise SettingError("min_drafts", "mode 'pick' needs min_drafts >= 2 (picking from one draft is no choice)")
         return self

@@ -11,6 +11,7 @@ and raw reply; at least ``min_drafts`` drafts must succeed, or the record fails.
   shown to it. The schema bounds ``best`` to the drafts shown, so an out-of-range number is re-asked by
   the gateway and, if it persists, fails the record; it is never clamped or replaced by the first draft.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,9 +25,11 @@ from ...errors import ConfigError, ModelError, StepError
 from ...models.backends.base import Completion
 from .config import JointConfig
 
-PICK_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"best": {"type": "integer", "minimum": 1},
-                                                                "reason": {"type": "string"}},
-                               "required": ["best", "reason"]}
+PICK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"best": {"type": "integer", "minimum": 1}, "reason": {"type": "string"}},
+    "required": ["best", "reason"],
+}
 
 
 class Joint(Step):
@@ -59,18 +62,21 @@ class Joint(Step):
         self.prompt(ctx, self.draft_prompt)
         final = self.prompt(ctx, self.final_prompt)
         if self.mode == "pick" and final.schema is not None and "best" not in final.schema.get("properties", {}):
-            raise ConfigError(f"step '{self.name}': the pick prompt '{self.final_prompt}' needs a 'best' property "
-                              "in its schema")
+            raise ConfigError(
+                f"step '{self.name}': the pick prompt '{self.final_prompt}' needs a 'best' property in its schema"
+            )
 
-    async def _draft(self, model: str, sample: int, messages: list[dict[str, str]],
-                     schema: dict[str, Any] | None, ctx: StepContext) -> tuple[dict[str, Any], Completion | None]:
+    async def _draft(
+        self, model: str, sample: int, messages: list[dict[str, str]], schema: dict[str, Any] | None, ctx: StepContext
+    ) -> tuple[dict[str, Any], Completion | None]:
         """One draft, or the drafter's failure with its error and raw reply; never raises ModelError."""
         self.counters["draft_calls"] += 1
         entry: dict[str, Any] = {"model": model, "sample": sample}
         try:
             if schema is not None:
-                value, completion = await ctx.model(model).chat_json(messages, schema, sample=sample,
-                                                                     **self.draft_params)
+                value, completion = await ctx.model(model).chat_json(
+                    messages, schema, sample=sample, **self.draft_params
+                )
                 return {**entry, "value": value}, completion
             completion = await ctx.model(model).chat(messages, sample=sample, **self.draft_params)
         except ModelError as exc:
@@ -96,8 +102,10 @@ class Joint(Step):
         self.counters["drafts_failed"] += len(drafts) - len(good)
         if len(good) < self.min_drafts:
             self.counters["too_few_drafts"] += 1
-            raise StepError(f"step '{self.name}': {len(good)} of {len(drafts)} drafts succeeded, "
-                            f"min_drafts is {self.min_drafts}", raw=json.dumps(drafts, ensure_ascii=False))
+            raise StepError(
+                f"step '{self.name}': {len(good)} of {len(drafts)} drafts succeeded, min_drafts is {self.min_drafts}",
+                raw=json.dumps(drafts, ensure_ascii=False),
+            )
 
         out = dict(record)
         for (model, sample), (_, completion) in zip(((d["model"], d["sample"]) for d in drafts), results):
@@ -117,8 +125,9 @@ class Joint(Step):
                 best = value.get("best")
                 if isinstance(best, bool) or not isinstance(best, int) or not 1 <= best <= len(shown):
                     # The schema already bounds it; this guards a backend or schema override that does not.
-                    raise StepError(f"step '{self.name}': pick {best!r} is not a draft number 1..{len(shown)}",
-                                    raw=completion.text)
+                    raise StepError(
+                        f"step '{self.name}': pick {best!r} is not a draft number 1..{len(shown)}", raw=completion.text
+                    )
                 index = good[best - 1]
                 final: Any = shown[best - 1]
                 joint.update(best=index, model=drafts[index]["model"], reason=value.get("reason"))
@@ -130,8 +139,9 @@ class Joint(Step):
                 completion = await fuser.chat(final_messages, **self.fuse_params)
                 final = completion.text.strip()
                 if not final:
-                    raise StepError(f"step '{self.name}': fuser '{self.fuser}' returned an empty reply",
-                                    raw=completion.text)
+                    raise StepError(
+                        f"step '{self.name}': fuser '{self.fuser}' returned an empty reply", raw=completion.text
+                    )
         except ModelError as exc:
             self.counters["fuse_failures"] += 1
             raise StepError(f"step '{self.name}': {self.mode} by '{self.fuser}' failed: {exc}", raw=exc.raw) from None

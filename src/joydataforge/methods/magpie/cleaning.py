@@ -10,6 +10,7 @@ Exact and near-duplicate removal needs every earlier instruction, so it is not h
 streaming ``minhash_dedup`` step between instructions and responses, and :func:`exact_key` is the
 normalisation used to count exact duplicates.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,17 @@ from dataclasses import dataclass, field
 from .config import CleaningConfig
 from .language import detect_language
 
-DROP_REASONS = ("truncated", "empty", "no_text", "too_short", "too_long", "repetitive", "assistant_voice",
-                "not_a_request", "language")
+DROP_REASONS = (
+    "truncated",
+    "empty",
+    "no_text",
+    "too_short",
+    "too_long",
+    "repetitive",
+    "assistant_voice",
+    "not_a_request",
+    "language",
+)
 
 # Template tokens that must never be part of an instruction: <|im_end|>, <end_of_turn>, [/INST], <｜User｜>.
 _SPECIAL_TOKEN = re.compile(r"<\|[^<>|\s]{1,40}\|>|<(?:start|end)_of_turn>|\[/?INST\]|<｜[^<>]{1,40}｜>|</s>")
@@ -33,12 +43,15 @@ _ANSWER_START = re.compile(
     r"|(?:The answer is|The correct answer is|Correct answer:)",
 )
 
-_LABEL_WORDS_EN = (r"Question|Task|Instruction|Instructions|Prompt|Original Prompt|Query|Request|Problem|User|Human|"
-                   r"Input|Scenario|Situation|Context|Challenge|Description|Exercise|Q")
+_LABEL_WORDS_EN = (
+    r"Question|Task|Instruction|Instructions|Prompt|Original Prompt|Query|Request|Problem|User|Human|"
+    r"Input|Scenario|Situation|Context|Challenge|Description|Exercise|Q"
+)
 _LEAKED_PREFIXES = [
     re.compile(r"^#{1,6}\s+"),  # markdown header
-    re.compile(rf"^\*{{0,2}}(?:{_LABEL_WORDS_EN})(?:\s*\d+)?\s*(?:[:：]\s*\*{{0,2}}|\*{{0,2}}\s*[:：])\s*",
-               re.IGNORECASE),
+    re.compile(
+        rf"^\*{{0,2}}(?:{_LABEL_WORDS_EN})(?:\s*\d+)?\s*(?:[:：]\s*\*{{0,2}}|\*{{0,2}}\s*[:：])\s*", re.IGNORECASE
+    ),
     re.compile(rf"^\*\*(?:{_LABEL_WORDS_EN})(?:\s*\d+)?\*\*\s*", re.IGNORECASE),
     re.compile(r"^\*{0,2}(?:问题|任务|指令|用户|提问|题目|请求|输入|问)\s*\d*\s*\*{0,2}\s*[:：]\s*"),
     re.compile(r"^(?:\d{1,3}\s*[.)、．](?!\d)|[(（]\d{1,3}[)）]|#\d{1,3}|[-*•]\s)\s*"),  # numbering, bullets
@@ -55,7 +68,8 @@ _ASSISTANT_VOICE = re.compile(
     re.IGNORECASE,
 )
 
-_REQUEST_START_EN = frozenset("""
+_REQUEST_START_EN = frozenset(
+    """
 what how why when where which who whom whose can could would should is are am do does did will may might shall
 was were have has had explain describe write create list give tell generate provide summarize summarise translate
 solve calculate compute find design develop implement compare analyze analyse suggest recommend rewrite edit
@@ -64,14 +78,19 @@ optimise improve name predict estimate brainstorm help imagine suppose consider 
 expand paraphrase correct proofread review check build construct derive factor sort count extract rank rate
 discuss elaborate argue critique assess choose pick draw sketch code program refactor answer complete fill
 continue finish use apply propose offer please
-""".split())
-_REQUEST_CUES_EN = re.compile(r"\b(?:please|help me|can you|could you|would you|i need|i want|i'd like|i would like|"
-                              r"looking for|how to|how do|tell me|show me|give me|"
-                              r"any (?:tips|advice|ideas|suggestions))\b",
-                              re.IGNORECASE)
-_REQUEST_CUES_ZH = re.compile(r"吗|呢|什么|怎么|怎样|如何|为什么|为何|哪|多少|几[个种次天岁]|是否|请|"
-                              r"帮我|帮忙|能否|能不能|可以|可否|写|给出|解释|介绍|翻译|计算|求|设计|列出|列举|总结|分析|比较|推荐|"
-                              r"告诉我|生成|描述|说明|建议")
+""".split()
+)
+_REQUEST_CUES_EN = re.compile(
+    r"\b(?:please|help me|can you|could you|would you|i need|i want|i'd like|i would like|"
+    r"looking for|how to|how do|tell me|show me|give me|"
+    r"any (?:tips|advice|ideas|suggestions))\b",
+    re.IGNORECASE,
+)
+_REQUEST_CUES_ZH = re.compile(
+    r"吗|呢|什么|怎么|怎样|如何|为什么|为何|哪|多少|几[个种次天岁]|是否|请|"
+    r"帮我|帮忙|能否|能不能|可以|可否|写|给出|解释|介绍|翻译|计算|求|设计|列出|列举|总结|分析|比较|推荐|"
+    r"告诉我|生成|描述|说明|建议"
+)
 _WORD = re.compile(r"[A-Za-z\u00c0-\u024f0-9']+|[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
 
@@ -98,8 +117,12 @@ class CleaningRules:
     def from_config(cls, config: CleaningConfig) -> CleaningRules:
         """The rules a step's ``cleaning`` setting asks for."""
         languages = None if config.languages is None else tuple(str(x) for x in config.languages)
-        return cls(min_units=config.min_units, max_units=config.max_units, languages=languages,
-                   require_request=config.require_request)
+        return cls(
+            min_units=config.min_units,
+            max_units=config.max_units,
+            languages=languages,
+            require_request=config.require_request,
+        )
 
 
 @dataclass
@@ -132,7 +155,7 @@ def cut_leaked_answer(text: str) -> str:
     """The question without the answer (or next speaker) the model went on to write."""
     for match in _ANSWER_START.finditer(text):
         if match.start() > 0:  # a label at the very start is a leaked prefix, not an answer
-            return text[:match.start()]
+            return text[: match.start()]
     return text
 
 
@@ -181,8 +204,7 @@ def exact_key(text: str) -> str:
     return " ".join("".join(c if c.isalnum() else " " for c in text).split())
 
 
-def clean_instruction(raw: str, finish_reason: str | None = None,
-                      rules: CleaningRules = CleaningRules()) -> Cleaned:
+def clean_instruction(raw: str, finish_reason: str | None = None, rules: CleaningRules = CleaningRules()) -> Cleaned:
     """Repair what can be repaired, then apply the filters in :data:`DROP_REASONS` order."""
     edits: list[str] = []
 

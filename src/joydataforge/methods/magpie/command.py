@@ -8,6 +8,7 @@ part, and a duplicate's answer is waste -- so the command runs two pipelines, bo
 Each stage's pipeline is written next to its output (``OUT/*.yaml``), so ``joyforge run`` can redo or extend
 it by hand. Re-running the same command resumes; a larger ``-n`` adds slots.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,9 @@ def records_in_flight(config: "ModelConfig", concurrency: int | None) -> int:
     return config.max_concurrency if config.capabilities.batches_in_flight else COMMAND_RECORDS_IN_FLIGHT
 
 
-def instruction_params(config: "ModelConfig", *, temperature: float, top_p: float, max_tokens: int,
-                       repetition_penalty: float | None = None) -> dict[str, Any]:
+def instruction_params(
+    config: "ModelConfig", *, temperature: float, top_p: float, max_tokens: int, repetition_penalty: float | None = None
+) -> dict[str, Any]:
     """Sampling parameters of the instruction calls, the repetition penalty under the backend's own name."""
     params: dict[str, Any] = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
     if repetition_penalty is not None:
@@ -55,51 +57,95 @@ def instruction_params(config: "ModelConfig", *, temperature: float, top_p: floa
     return params
 
 
-def build_pipelines(out: Path, *, model: str, n: int, template: str = "auto", system: str | None = None,
-                    control_task: str | None = None, language: str | None = None, turns: int = 1,
-                    response_model: str | None = None, tag: bool = False, tag_model: str | None = None,
-                    min_quality: str | None = None, samples: int = 1, attempts: int = 1, samples_per_call: int = 1,
-                    instruction_params: dict[str, Any] | None = None, response_params: dict[str, Any] | None = None,
-                    dedup_threshold: float | None = 0.8, responses: bool = True, seed: int = 0,
-                    concurrency: int = COMMAND_RECORDS_IN_FLIGHT, models_file: str | None = None,
-                    cache: str | None = "default",
-                    progress: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def build_pipelines(
+    out: Path,
+    *,
+    model: str,
+    n: int,
+    template: str = "auto",
+    system: str | None = None,
+    control_task: str | None = None,
+    language: str | None = None,
+    turns: int = 1,
+    response_model: str | None = None,
+    tag: bool = False,
+    tag_model: str | None = None,
+    min_quality: str | None = None,
+    samples: int = 1,
+    attempts: int = 1,
+    samples_per_call: int = 1,
+    instruction_params: dict[str, Any] | None = None,
+    response_params: dict[str, Any] | None = None,
+    dedup_threshold: float | None = 0.8,
+    responses: bool = True,
+    seed: int = 0,
+    concurrency: int = COMMAND_RECORDS_IN_FLIGHT,
+    models_file: str | None = None,
+    cache: str | None = "default",
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The two pipelines (as the dicts a YAML file would hold) that ``joyforge magpie`` runs.
 
     The second is ``None`` without ``responses``. ``cache="default"`` puts the call cache in the output folder.
     """
     out = out.resolve()
-    run: dict[str, Any] = {"seed": seed, "concurrency": concurrency, "progress": progress,
-                           "cache": str(out / ".joyforge-cache" / "calls.sqlite") if cache == "default" else cache}
+    run: dict[str, Any] = {
+        "seed": seed,
+        "concurrency": concurrency,
+        "progress": progress,
+        "cache": str(out / ".joyforge-cache" / "calls.sqlite") if cache == "default" else cache,
+    }
     if language in ("en", "zh"):
         run["language"] = language  # the judges' prompts in that language
     common: dict[str, Any] = {"run": run}
     if models_file:
         common["models"] = os.path.abspath(models_file)
-    magpie: dict[str, Any] = {"model": model, "template": template, "samples": samples, "attempts": attempts,
-                              "params": dict(instruction_params or {})}
+    magpie: dict[str, Any] = {
+        "model": model,
+        "template": template,
+        "samples": samples,
+        "attempts": attempts,
+        "params": dict(instruction_params or {}),
+    }
     if samples_per_call != 1:
         magpie["samples_per_call"] = samples_per_call
     for key, value in (("system", system), ("control_task", control_task), ("language", language)):
         if value:
             magpie[key] = value
-    instructions = {"name": "magpie-instructions", "input": {"path": str(out / "slots.jsonl"), "limit": n},
-                    "steps": [{"magpie": magpie}], "output": {"dir": str(out / "instructions")}, **common}
+    instructions = {
+        "name": "magpie-instructions",
+        "input": {"path": str(out / "slots.jsonl"), "limit": n},
+        "steps": [{"magpie": magpie}],
+        "output": {"dir": str(out / "instructions")},
+        **common,
+    }
     if not responses:
         return instructions, None
     steps: list[dict[str, Any]] = []
     if dedup_threshold:
         steps.append({"minhash_dedup": {"fields": "input", "threshold": dedup_threshold}})
-    steps.append({"magpie_response": {"model": response_model or model, "turns": turns,
-                                      **({"instruction_model": model} if turns > 1 else {}),
-                                      "params": dict(response_params or {})}})
+    steps.append(
+        {
+            "magpie_response": {
+                "model": response_model or model,
+                "turns": turns,
+                **({"instruction_model": model} if turns > 1 else {}),
+                "params": dict(response_params or {}),
+            }
+        }
+    )
     if tag or min_quality:
         tagger: dict[str, Any] = {"model": tag_model or response_model or model}
         if min_quality:
-            tagger["keep"] = {"input_quality": QUALITY[QUALITY.index(min_quality):]}
+            tagger["keep"] = {"input_quality": QUALITY[QUALITY.index(min_quality) :]}
         steps.append({"magpie_tag": tagger})
-    conversations = {"name": "magpie-conversations", "input": {"path": str(out / "instructions" / "data.jsonl")},
-                     "steps": steps, "output": {"dir": str(out / "conversations")}, **common}
+    conversations = {
+        "name": "magpie-conversations",
+        "input": {"path": str(out / "instructions" / "data.jsonl")},
+        "steps": steps,
+        "output": {"dir": str(out / "conversations")},
+        **common,
+    }
     return instructions, conversations
 
 
@@ -142,13 +188,13 @@ def drop_hint(stats: Mapping[str, Any]) -> str | None:
         return None
     hints = {
         "language": "most instructions came in another language than --language asked for: small models (the "
-                    "embedded SmolLM2-135M) write almost only English; use a model trained on that language, "
-                    "e.g. a Qwen2.5 server or vLLM model via --models",
+        "embedded SmolLM2-135M) write almost only English; use a model trained on that language, "
+        "e.g. a Qwen2.5 server or vLLM model via --models",
         "truncated": "most instructions hit --max-tokens before the end of the user turn: raise --max-tokens",
         "not_a_request": "most drafts are not requests: try --temperature 0.7-0.9, a --system prompt or "
-                         "--control-task, or a larger model",
+        "--control-task, or a larger model",
         "assistant_voice": "most drafts speak as the assistant: the pre-query template may not match the model; "
-                           "check --template (auto reads the model's own chat template)",
+        "check --template (auto reads the model's own chat template)",
     }
     return hints.get(reason, f"most draws were dropped as {reason}; see the table above")
 

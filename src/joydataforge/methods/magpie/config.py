@@ -4,6 +4,7 @@ Plain data, checked without the engine or any model: ``joyforge validate`` repor
 before a model is loaded. What needs the run (the model's chat template, prompt files) is checked by the
 steps' ``check``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -22,8 +23,10 @@ TagName = Literal["task_category", "input_quality", "difficulty"]
 # tag -> (prompt name, {reply key: record field})
 TAGS: dict[str, tuple[str, dict[str, str]]] = {
     "task_category": ("magpie_task_category", {"primary_tag": "task_category", "other_tags": "other_task_categories"}),
-    "input_quality": ("magpie_input_quality", {"input_quality": "input_quality",
-                                               "explanation": "input_quality_explanation"}),
+    "input_quality": (
+        "magpie_input_quality",
+        {"input_quality": "input_quality", "explanation": "input_quality_explanation"},
+    ),
     "difficulty": ("magpie_difficulty", {"difficulty": "difficulty", "intent": "intent", "knowledge": "knowledge"}),
 }
 
@@ -38,16 +41,30 @@ class CleaningConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_units: int = Field(default=3, ge=0, description=(
-        "Shortest instruction kept, in units: words, each CJK character counting as one. Shorter ones are "
-        "dropped as `too_short`."))
-    max_units: int = Field(default=600, ge=1, description=(
-        "Longest instruction kept, in the same units; longer ones are dropped as `too_long`."))
-    languages: list[str] | None = Field(default=None, description=(
-        "Keep only instructions detected as one of these languages (`[zh]`; a single code may be written "
-        "as a string); unset keeps all. The detected language is recorded either way."))
-    require_request: bool = Field(default=True, description=(
-        "Drop instructions that ask nothing (no question mark, no request wording) as `not_a_request`."))
+    min_units: int = Field(
+        default=3,
+        ge=0,
+        description=(
+            "Shortest instruction kept, in units: words, each CJK character counting as one. Shorter ones are "
+            "dropped as `too_short`."
+        ),
+    )
+    max_units: int = Field(
+        default=600,
+        ge=1,
+        description=("Longest instruction kept, in the same units; longer ones are dropped as `too_long`."),
+    )
+    languages: list[str] | None = Field(
+        default=None,
+        description=(
+            "Keep only instructions detected as one of these languages (`[zh]`; a single code may be written "
+            "as a string); unset keeps all. The detected language is recorded either way."
+        ),
+    )
+    require_request: bool = Field(
+        default=True,
+        description=("Drop instructions that ask nothing (no question mark, no request wording) as `not_a_request`."),
+    )
 
     @field_validator("languages", mode="before")
     @classmethod
@@ -57,8 +74,10 @@ class CleaningConfig(BaseModel):
     @model_validator(mode="after")
     def _bounds_in_order(self) -> "CleaningConfig":
         if self.max_units < self.min_units:
-            raise SettingError("cleaning.max_units", f"must be >= min_units ({self.min_units}), else every "
-                               f"instruction is dropped (got {self.max_units})")
+            raise SettingError(
+                "cleaning.max_units",
+                f"must be >= min_units ({self.min_units}), else every instruction is dropped (got {self.max_units})",
+            )
         return self
 
 
@@ -99,46 +118,89 @@ class MagpieInstructionConfig(StepConfig):
 
     kind: ClassVar[str] = "magpie"
     positional: ClassVar[tuple[str, ...]] = (
-        "model", "template", "system", "control_task", "language", "samples", "attempts", "cleaning", "on_drop",
-        "output_field", "params", "samples_per_call")
+        "model",
+        "template",
+        "system",
+        "control_task",
+        "language",
+        "samples",
+        "attempts",
+        "cleaning",
+        "on_drop",
+        "output_field",
+        "params",
+        "samples_per_call",
+    )
     summary: ClassVar[str] = "a chat model writes instructions from nothing but its pre-query template (Magpie)"
     example: ClassVar[dict[str, Any]] = {"model": "smollm2", "template": "auto", "attempts": 2}
 
-    model: str = Field(min_length=1, description=(
-        "Named model (from models.yaml) that writes the instructions; it must continue raw text."))
-    template: str = Field(default="auto", description=(
-        "The chat template the pre-query comes from: `auto` (the model's own: a GGUF's, a tokenizer's, or the "
-        "file its models.yaml entry names), a built-in family (`chatml`, `llama3.1`, `qwen2.5`, ...), or the "
-        "path of a tokenizer_config.json / .jinja file, relative to the pipeline file. Empty means `auto`."))
-    system: str | None = Field(default=None, description=(
-        "System prompt placed before the user turn: it steers what the model asks about."))
-    control_task: ControlTask | None = Field(default=None, description=(
-        "A built-in system prompt that steers towards one kind of task: `math`, `code` or `translation` "
-        "(in `language` when there is a version in it). Not together with `system`."))
-    language: str | None = Field(default=None, description=(
-        "Keep only instructions in this language (a code such as `zh`); also picks the control task's language "
-        "and, with no other system prompt, a steering one where there is one (`zh`). Several languages go "
-        "in `cleaning.languages`."))
-    samples: int = Field(default=1, ge=1, description=(
-        "Instructions written per slot (outputs per input record)."))
-    attempts: int = Field(default=1, ge=1, description=(
-        "Draws per instruction until one passes the filters; 1 draws once."))
-    samples_per_call: int = Field(default=1, ge=1, description=(
-        "Instructions drawn per request: above 1, a slot's `samples` are drawn in groups of up to this many "
-        "through the server's `n`, so the pre-query is processed once per group (matters only with "
-        "`samples > 1`); 1 makes one call per draw."))
-    cleaning: CleaningConfig | None = Field(default=None, description=(
-        "What an instruction must be to be kept, a mapping of: `min_units` (default 3) and `max_units` (600), "
-        "its length in words, each CJK character counting as one; `languages` (keep only these, e.g. `[zh]`; "
-        "default: `language` when set, else all); `require_request` (true: drop what asks nothing)."))
-    on_drop: Literal["drop", "keep"] = Field(default="drop", description=(
-        "`drop` removes instructions that fail the filters; `keep` passes them on with `magpie.drop` set to "
-        "the reason (for inspection)."))
+    model: str = Field(
+        min_length=1,
+        description=("Named model (from models.yaml) that writes the instructions; it must continue raw text."),
+    )
+    template: str = Field(
+        default="auto",
+        description=(
+            "The chat template the pre-query comes from: `auto` (the model's own: a GGUF's, a tokenizer's, or the "
+            "file its models.yaml entry names), a built-in family (`chatml`, `llama3.1`, `qwen2.5`, ...), or the "
+            "path of a tokenizer_config.json / .jinja file, relative to the pipeline file. Empty means `auto`."
+        ),
+    )
+    system: str | None = Field(
+        default=None, description=("System prompt placed before the user turn: it steers what the model asks about.")
+    )
+    control_task: ControlTask | None = Field(
+        default=None,
+        description=(
+            "A built-in system prompt that steers towards one kind of task: `math`, `code` or `translation` "
+            "(in `language` when there is a version in it). Not together with `system`."
+        ),
+    )
+    language: str | None = Field(
+        default=None,
+        description=(
+            "Keep only instructions in this language (a code such as `zh`); also picks the control task's language "
+            "and, with no other system prompt, a steering one where there is one (`zh`). Several languages go "
+            "in `cleaning.languages`."
+        ),
+    )
+    samples: int = Field(default=1, ge=1, description=("Instructions written per slot (outputs per input record)."))
+    attempts: int = Field(
+        default=1, ge=1, description=("Draws per instruction until one passes the filters; 1 draws once.")
+    )
+    samples_per_call: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Instructions drawn per request: above 1, a slot's `samples` are drawn in groups of up to this many "
+            "through the server's `n`, so the pre-query is processed once per group (matters only with "
+            "`samples > 1`); 1 makes one call per draw."
+        ),
+    )
+    cleaning: CleaningConfig | None = Field(
+        default=None,
+        description=(
+            "What an instruction must be to be kept, a mapping of: `min_units` (default 3) and `max_units` (600), "
+            "its length in words, each CJK character counting as one; `languages` (keep only these, e.g. `[zh]`; "
+            "default: `language` when set, else all); `require_request` (true: drop what asks nothing)."
+        ),
+    )
+    on_drop: Literal["drop", "keep"] = Field(
+        default="drop",
+        description=(
+            "`drop` removes instructions that fail the filters; `keep` passes them on with `magpie.drop` set to "
+            "the reason (for inspection)."
+        ),
+    )
     output_field: str = Field(default="input", min_length=1, description="Field that receives the instruction.")
-    params: dict[str, Any] = Field(default_factory=dict, description=(
-        "Sampling parameters of the instruction calls, over the defaults temperature 1.0, top_p 1.0, "
-        "max_tokens 128 and the model's own (`repeat_penalty` for llama.cpp, `repetition_penalty` for "
-        "servers and vLLM). `stop` is not allowed: it comes from the chat template."))
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Sampling parameters of the instruction calls, over the defaults temperature 1.0, top_p 1.0, "
+            "max_tokens 128 and the model's own (`repeat_penalty` for llama.cpp, `repetition_penalty` for "
+            "servers and vLLM). `stop` is not allowed: it comes from the chat template."
+        ),
+    )
 
     @field_validator("template", mode="before")
     @classmethod
@@ -149,8 +211,9 @@ class MagpieInstructionConfig(StepConfig):
     @classmethod
     def _one_language(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
-            raise ValueError(f"must be one language code such as zh (got {shown(value)}); a list goes in "
-                             "cleaning.languages")
+            raise ValueError(
+                f"must be one language code such as zh (got {shown(value)}); a list goes in cleaning.languages"
+            )
         return value
 
     @field_validator("params", mode="before")
@@ -171,8 +234,9 @@ class MagpieInstructionConfig(StepConfig):
     @model_validator(mode="after")
     def _one_system_prompt(self) -> "MagpieInstructionConfig":
         if self.system and self.control_task:
-            raise SettingError("control_task", "give system or control_task, not both (control_task is a "
-                               "built-in system prompt)")
+            raise SettingError(
+                "control_task", "give system or control_task, not both (control_task is a built-in system prompt)"
+            )
         return self
 
     def model_names(self) -> list[str]:
@@ -193,30 +257,62 @@ class MagpieResponseConfig(StepConfig):
 
     kind: ClassVar[str] = "magpie_response"
     positional: ClassVar[tuple[str, ...]] = (
-        "model", "turns", "instruction_model", "template", "params", "instruction_params", "cleaning", "input_field",
-        "output_field")
+        "model",
+        "turns",
+        "instruction_model",
+        "template",
+        "params",
+        "instruction_params",
+        "cleaning",
+        "input_field",
+        "output_field",
+    )
     summary: ClassVar[str] = "answers Magpie instructions; with turns > 1 the instruction model writes follow-ups"
     example: ClassVar[dict[str, Any]] = {"model": "smollm2-greedy", "params": {"max_tokens": 96}}
 
-    model: str = Field(min_length=1, description=(
-        "Named model that answers (the instruction model or another); the backend applies its chat template."))
+    model: str = Field(
+        min_length=1,
+        description=(
+            "Named model that answers (the instruction model or another); the backend applies its chat template."
+        ),
+    )
     turns: int = Field(default=1, ge=1, description="User/assistant turns in each conversation, the first included.")
-    instruction_model: str | None = Field(default=None, min_length=1, description=(
-        "Model that writes the follow-up instructions (turns > 1); unset: the one that wrote the record's "
-        "first instruction (its `magpie.model`)."))
-    template: str | None = Field(default=None, description=(
-        "Chat template of the follow-up instructions, as in the `magpie` step; unset: the first "
-        "instruction's (`magpie.template_spec`), else `auto`."))
-    params: dict[str, Any] = Field(default_factory=dict, description=(
-        "Sampling parameters of the answers (`max_tokens`, `temperature`, ...), over the model's own."))
-    instruction_params: dict[str, Any] | None = Field(default=None, description=(
-        "Sampling parameters of the follow-up instructions; unset: those the first instruction was drawn "
-        "with (`magpie.params`). `stop` is not allowed: it comes from the chat template."))
-    cleaning: CleaningConfig | None = Field(default=None, description=(
-        "Filters of the follow-up instructions (`min_units`, `max_units`, `languages`, `require_request`, as "
-        "in the `magpie` step); unset: the defaults with the first instruction's language filter."))
-    input_field: str = Field(default="input", min_length=1, description=(
-        "Field holding the instruction; receives the last user turn."))
+    instruction_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Model that writes the follow-up instructions (turns > 1); unset: the one that wrote the record's "
+            "first instruction (its `magpie.model`)."
+        ),
+    )
+    template: str | None = Field(
+        default=None,
+        description=(
+            "Chat template of the follow-up instructions, as in the `magpie` step; unset: the first "
+            "instruction's (`magpie.template_spec`), else `auto`."
+        ),
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description=("Sampling parameters of the answers (`max_tokens`, `temperature`, ...), over the model's own."),
+    )
+    instruction_params: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "Sampling parameters of the follow-up instructions; unset: those the first instruction was drawn "
+            "with (`magpie.params`). `stop` is not allowed: it comes from the chat template."
+        ),
+    )
+    cleaning: CleaningConfig | None = Field(
+        default=None,
+        description=(
+            "Filters of the follow-up instructions (`min_units`, `max_units`, `languages`, `require_request`, as "
+            "in the `magpie` step); unset: the defaults with the first instruction's language filter."
+        ),
+    )
+    input_field: str = Field(
+        default="input", min_length=1, description=("Field holding the instruction; receives the last user turn.")
+    )
     output_field: str = Field(default="target", min_length=1, description="Field that receives the last answer.")
 
     @field_validator("params", mode="before")
@@ -253,18 +349,31 @@ class MagpieTagConfig(StepConfig):
     example: ClassVar[dict[str, Any]] = {"model": "smollm2-greedy", "tags": ["task_category", "input_quality"]}
 
     model: str = Field(min_length=1, description="Named model that judges (it answers in JSON).")
-    tags: list[TagName] = Field(default_factory=lambda: list(TAGS), min_length=1, description=(
-        "Which judges to ask: any of `task_category`, `input_quality`, `difficulty` (one call each)."))
-    keep: dict[str, list[str]] = Field(default_factory=dict, description=(
-        "Keep only records whose tag field has one of these values, e.g. `{input_quality: [good, excellent]}` "
-        "(a single value may be written as a string); the fields must be ones the tags write."))
-    prompts: dict[TagName, str] = Field(default_factory=dict, description=(
-        "A tag's prompt instead of the built-in one, e.g. `{difficulty: my_difficulty.yaml}` (a built-in name "
-        "or a YAML prompt file with a schema, relative to the pipeline file)."))
-    params: dict[str, Any] = Field(default_factory=dict, description=(
-        "Sampling parameters of the judge calls, over the model's own."))
-    input_field: str = Field(default="input", min_length=1, description=(
-        "Field judged when the record has no `messages`."))
+    tags: list[TagName] = Field(
+        default_factory=lambda: list(TAGS),
+        min_length=1,
+        description=("Which judges to ask: any of `task_category`, `input_quality`, `difficulty` (one call each)."),
+    )
+    keep: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "Keep only records whose tag field has one of these values, e.g. `{input_quality: [good, excellent]}` "
+            "(a single value may be written as a string); the fields must be ones the tags write."
+        ),
+    )
+    prompts: dict[TagName, str] = Field(
+        default_factory=dict,
+        description=(
+            "A tag's prompt instead of the built-in one, e.g. `{difficulty: my_difficulty.yaml}` (a built-in name "
+            "or a YAML prompt file with a schema, relative to the pipeline file)."
+        ),
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description=("Sampling parameters of the judge calls, over the model's own.")
+    )
+    input_field: str = Field(
+        default="input", min_length=1, description=("Field judged when the record has no `messages`.")
+    )
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -291,8 +400,11 @@ class MagpieTagConfig(StepConfig):
         fields = {field for tag in self.tags for field in TAGS[tag][1].values()}
         bad = sorted(set(self.keep) - fields)
         if bad:
-            raise SettingError("keep", f"names fields {bad} that the tags {list(self.tags)} do not produce "
-                               f"(they produce: {', '.join(sorted(fields))})")
+            raise SettingError(
+                "keep",
+                f"names fields {bad} that the tags {list(self.tags)} do not produce "
+                f"(they produce: {', '.join(sorted(fields))})",
+            )
         return self
 
     def model_names(self) -> list[str]:

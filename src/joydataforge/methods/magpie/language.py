@@ -9,18 +9,21 @@ apart). Other scripts get their script's name (``cyrillic``, ``arabic``...); not
 Chinese characters count one each and Latin letters count per *word*: a Han character carries about a
 word's meaning, so "用Python写一个排序函数" is Chinese although it holds six Latin letters.
 """
+
 from __future__ import annotations
 
 import re
 
 _LATIN_WORD = re.compile(r"[A-Za-z\u00c0-\u024f]+")
-_ENGLISH = frozenset("""
+_ENGLISH = frozenset(
+    """
 a about above after all also am an and any are as at be because been before being below between both but by
 can could did do does doing down during each few for from further had has have having he her here hers him his
 how i if in into is it its just me more most my no nor not now of off on once only or other our out over own
 please same she should so some such than that the their them then there these they this those through to too
 under until up very was we were what when where which while who whom why will with would you your
-""".split())
+""".split()
+)
 
 _RANGES: list[tuple[str, tuple[tuple[int, int], ...]]] = [
     ("kana", ((0x3040, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9F))),

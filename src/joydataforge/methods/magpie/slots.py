@@ -6,6 +6,7 @@ a ledger line per record, per-record seeds. So a run of N instructions reads N *
 questions (cache hits), and a resumed run skips finished slots. Growing N keeps the first slots' ids, so
 ``-n 1000`` after ``-n 100`` in the same folder writes only the 900 new ones.
 """
+
 from __future__ import annotations
 
 import json

@@ -15,6 +15,7 @@ Three steps, meant to run with dedup between the first two (instructions are che
 - ``magpie_tag``: the Magpie paper's judge prompts (task category, input quality, difficulty) through
   ``chat_json``; the tags become fields, and ``keep`` filters on them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -133,8 +134,10 @@ class MagpieInstruction(Step):
         config = ctx.gateway.registry.get(self.model)
         capabilities = config.capabilities
         if not capabilities.raw_completion:
-            raise ConfigError(f"step '{self.name}': model '{self.model}' ({config.backend} backend) cannot continue "
-                              "raw text, which writing instructions from a pre-query template needs")
+            raise ConfigError(
+                f"step '{self.name}': model '{self.model}' ({config.backend} backend) cannot continue "
+                "raw text, which writing instructions from a pre-query template needs"
+            )
         spec = self.template.strip()
         if spec.lower() != "auto":
             if "/" not in spec and not spec.endswith((".json", ".jinja", ".j2")):
@@ -144,9 +147,11 @@ class MagpieInstruction(Step):
         # overrides it, a vLLM tokenizer's), or the template file its models.yaml entry names.
         known = capabilities.own_chat_template or (capabilities.chat_template_file and bool(config.chat_template))
         if not known and guess_family(config.chat_template, config.model, config.model_path, config.name) is None:
-            raise ConfigError(f"step '{self.name}': cannot tell the chat template of model '{self.model}' "
-                              f"({config.backend} backend, model '{config.model}'): set template: to one of "
-                              f"{', '.join(TABLE)}, or to the path of its tokenizer_config.json / .jinja file")
+            raise ConfigError(
+                f"step '{self.name}': cannot tell the chat template of model '{self.model}' "
+                f"({config.backend} backend, model '{config.model}'): set template: to one of "
+                f"{', '.join(TABLE)}, or to the path of its tokenizer_config.json / .jinja file"
+            )
 
     async def chat_format(self, ctx: StepContext) -> ChatFormat:
         return await self._formats.get(ctx, self.model, self.template)
@@ -160,8 +165,15 @@ class MagpieInstruction(Step):
             self.counters[f"dropped:{cleaned.drop}"] += 1
         return cleaned
 
-    async def _draw_each(self, ctx: StepContext, record: Record, client: ModelClient, pre_query: str,
-                         stops: list[str], rules: CleaningRules) -> list[_Draw]:
+    async def _draw_each(
+        self,
+        ctx: StepContext,
+        record: Record,
+        client: ModelClient,
+        pre_query: str,
+        stops: list[str],
+        rules: CleaningRules,
+    ) -> list[_Draw]:
         """One call per draw: each sample ``k`` tries until it passes or its ``attempts`` are spent. The
         samples of a slot draw at the same time (a server answers them in parallel); their sample indexes,
         hence their seeds and cache keys, do not depend on the order the replies come back in."""
@@ -177,8 +189,15 @@ class MagpieInstruction(Step):
 
         return list(await asyncio.gather(*(one(k) for k in range(self.samples))))
 
-    async def _draw_grouped(self, ctx: StepContext, record: Record, client: ModelClient, pre_query: str,
-                            stops: list[str], rules: CleaningRules) -> list[_Draw]:
+    async def _draw_grouped(
+        self,
+        ctx: StepContext,
+        record: Record,
+        client: ModelClient,
+        pre_query: str,
+        stops: list[str],
+        rules: CleaningRules,
+    ) -> list[_Draw]:
         """Rounds of grouped draws: each round asks for the samples still without an instruction, up to
         ``samples_per_call`` per request (a round's requests at once). A group is named by its first sample
         and the round, so its cache key and seed are stable across runs."""
@@ -188,11 +207,14 @@ class MagpieInstruction(Step):
         for attempt in range(self.attempts):
             if not pending:
                 break
-            groups = [pending[i:i + size] for i in range(0, len(pending), size)]
+            groups = [pending[i : i + size] for i in range(0, len(pending), size)]
             samples = [_sample_index(ctx, record, self.name, group[0], attempt) for group in groups]
-            replies = await asyncio.gather(*(client.complete_n(pre_query, len(group), sample=sample, stop=stops,
-                                                               **self.params)
-                                             for group, sample in zip(groups, samples)))
+            replies = await asyncio.gather(
+                *(
+                    client.complete_n(pre_query, len(group), sample=sample, stop=stops, **self.params)
+                    for group, sample in zip(groups, samples)
+                )
+            )
             pending = []
             for group, sample, completions in zip(groups, samples, replies):
                 self.counters["requests"] += 1
@@ -211,7 +233,8 @@ class MagpieInstruction(Step):
         draw = self._draw_each if self.samples_per_call == 1 else self._draw_grouped
         outputs: list[Record] = []
         for k, (sample, attempt, completion, cleaned, choice, n) in enumerate(
-                await draw(ctx, record, client, pre_query, list(fmt.stops), rules)):
+            await draw(ctx, record, client, pre_query, list(fmt.stops), rules)
+        ):
             if not cleaned.kept and self.on_drop == "drop":
                 continue
             out = dict(record)
@@ -224,11 +247,20 @@ class MagpieInstruction(Step):
                 out["system"] = self.system
             out["language"] = cleaned.language
             out["magpie"] = {
-                "model": self.model, "template": fmt.name, "template_spec": self.template,
-                "template_origin": fmt.origin, "pre_query": pre_query, "stops": list(fmt.stops),
-                "control_task": self.control_task, "language_filter": list(rules.languages or []) or None,
-                "params": {**client.config.params, **self.params}, "sample": sample, "attempt": attempt,
-                "finish_reason": completion.finish_reason, "raw": completion.text, "edits": cleaned.edits,
+                "model": self.model,
+                "template": fmt.name,
+                "template_spec": self.template,
+                "template_origin": fmt.origin,
+                "pre_query": pre_query,
+                "stops": list(fmt.stops),
+                "control_task": self.control_task,
+                "language_filter": list(rules.languages or []) or None,
+                "params": {**client.config.params, **self.params},
+                "sample": sample,
+                "attempt": attempt,
+                "finish_reason": completion.finish_reason,
+                "raw": completion.text,
+                "edits": cleaned.edits,
             }
             if self.samples_per_call > 1:
                 out["magpie"].update(samples_per_call=self.samples_per_call, n=n, choice=choice)
@@ -282,21 +314,27 @@ class MagpieResponse(Step):
             raise StepError(f"model '{self.model}' returned an empty reply", raw=completion.text)
         return completion.text.strip()
 
-    async def _follow_up(self, ctx: StepContext, record: Record, messages: list[dict[str, str]], turn: int,
-                         out: Record) -> str | None:
+    async def _follow_up(
+        self, ctx: StepContext, record: Record, messages: list[dict[str, str]], turn: int, out: Record
+    ) -> str | None:
         provenance = record.get("magpie") if isinstance(record.get("magpie"), dict) else {}
         model = self.instruction_model or provenance.get("model")
         spec = self.template or provenance.get("template_spec") or "auto"
         if not model:
             raise StepError(f"step '{self.name}': turns > 1 needs instruction_model (the record has no magpie.model)")
         fmt = await self._formats.get(ctx, model, spec)
-        params = self.instruction_params if self.instruction_params is not None else \
-            {k: v for k, v in (provenance.get("params") or DEFAULT_INSTRUCTION_PARAMS).items() if k != "stop"}
-        rules = self.rules or CleaningRules(languages=tuple(provenance["language_filter"])
-                                            if provenance.get("language_filter") else None)
+        params = (
+            self.instruction_params
+            if self.instruction_params is not None
+            else {k: v for k, v in (provenance.get("params") or DEFAULT_INSTRUCTION_PARAMS).items() if k != "stop"}
+        )
+        rules = self.rules or CleaningRules(
+            languages=tuple(provenance["language_filter"]) if provenance.get("language_filter") else None
+        )
         rules = CleaningRules(**{**rules.__dict__, "stops": fmt.stops})
-        completion = await ctx.model(model).complete(fmt.prefix(messages), stop=list(fmt.stops),
-                                                     sample=_sample_index(ctx, record, self.name, turn), **params)
+        completion = await ctx.model(model).complete(
+            fmt.prefix(messages), stop=list(fmt.stops), sample=_sample_index(ctx, record, self.name, turn), **params
+        )
         add_call_meta(out, call_meta(self.name, model, completion))
         cleaned = clean_instruction(completion.text, completion.finish_reason, rules)
         if not cleaned.kept:
@@ -310,7 +348,7 @@ class MagpieResponse(Step):
         if not isinstance(instruction, str) or not instruction.strip():
             raise StepError(f"step '{self.name}': field '{self.input_field}' is missing or empty")
         system = record.get("system")
-        messages = ([{"role": "system", "content": system}] if isinstance(system, str) and system else [])
+        messages = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
         messages.append({"role": "user", "content": instruction})
         out = dict(record)
         messages.append({"role": "assistant", "content": await self._answer(ctx, messages, out)})

@@ -12,6 +12,7 @@ applies); tests check that the table agrees with derivation from each family's r
 The leading BOS token is left out of every prefix: llama.cpp, vLLM and SGLang add it themselves when
 they tokenize a completion prompt, and a second BOS degrades the output.
 """
+
 from __future__ import annotations
 
 import abc
@@ -98,8 +99,9 @@ class JinjaChatFormat(ChatFormat):
         try:
             # bos_token renders empty: the backend adds BOS when it tokenizes (see the module docstring).
             # Stripping the BOS text afterwards would be wrong for SmolLM2, whose BOS is <|im_start|>.
-            return self._template.render(messages=list(messages), add_generation_prompt=True, bos_token="",
-                                         eos_token=self.source.eos_token)
+            return self._template.render(
+                messages=list(messages), add_generation_prompt=True, bos_token="", eos_token=self.source.eos_token
+            )
         except TemplateRenderError:
             raise
         except Exception as exc:  # a template may fail in many ways (TypeError on odd content, ...)
@@ -111,8 +113,10 @@ class JinjaChatFormat(ChatFormat):
             return self._render(conversation)
         except TemplateRenderError as first:
             if not conversation or conversation[0]["role"] != "system":
-                raise TemplateRenderError(f"{self.origin}: the chat template refused the conversation "
-                                          f"(roles {[m['role'] for m in conversation]}): {first}") from None
+                raise TemplateRenderError(
+                    f"{self.origin}: the chat template refused the conversation "
+                    f"(roles {[m['role'] for m in conversation]}): {first}"
+                ) from None
             # Templates without a system role (Gemma 2) get it the way Gemma 3 does it natively: as the
             # opening paragraph of the first user message.
             system, rest = conversation[0]["content"], conversation[1:]
@@ -120,30 +124,35 @@ class JinjaChatFormat(ChatFormat):
             try:
                 return self._render(rest)
             except TemplateRenderError as second:
-                raise TemplateRenderError(f"{self.origin}: the chat template refused the conversation: {second}") \
-                    from None
+                raise TemplateRenderError(
+                    f"{self.origin}: the chat template refused the conversation: {second}"
+                ) from None
 
     def prefix(self, messages: Sequence[Message] = ()) -> str:
         text = self._render_with_sentinel(messages)
         count = text.count(SENTINEL)
         if count != 1:
-            raise TemplateRenderError(f"{self.origin}: the chat template shows the user's message {count} times, "
-                                      "so the prefix before it is ambiguous")
-        return text[:text.index(SENTINEL)]
+            raise TemplateRenderError(
+                f"{self.origin}: the chat template shows the user's message {count} times, "
+                "so the prefix before it is ambiguous"
+            )
+        return text[: text.index(SENTINEL)]
 
     @property
     def stops(self) -> tuple[str, ...]:
         if self._stops is None:
             text = self._render_with_sentinel([])
-            after = text[text.index(SENTINEL) + len(SENTINEL):]
+            after = text[text.index(SENTINEL) + len(SENTINEL) :]
             found = _SPECIAL.findall(after)
             if not found and after.strip():
                 found = [after.strip().splitlines()[0].strip()]  # plain-text markers ("ASSISTANT:")
             if self.source.eos_token:
                 found.append(self.source.eos_token)
             if not found:
-                raise TemplateRenderError(f"{self.origin}: nothing follows the user's message in the chat template, "
-                                          "so the end of a user turn cannot be recognised")
+                raise TemplateRenderError(
+                    f"{self.origin}: nothing follows the user's message in the chat template, "
+                    "so the end of a user turn cannot be recognised"
+                )
             self._stops = tuple(dict.fromkeys(found))
         return self._stops
 
@@ -196,76 +205,135 @@ class TableChatFormat(ChatFormat):
                 raise TemplateRenderError(f"table format '{self.name}': unsupported role '{message['role']}'")
             parts.append(piece.replace("{content}", self._content(message["content"])))
         text = "".join(parts)
-        return text[:text.index(SENTINEL)]
+        return text[: text.index(SENTINEL)]
 
 
 _CHATML_STOPS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>")
-_LLAMA31_SYSTEM = ("<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
-                   "Today Date: 26 Jul 2024\n\n{content}<|eot_id|>")
+_LLAMA31_SYSTEM = (
+    "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+    "Today Date: 26 Jul 2024\n\n{content}<|eot_id|>"
+)
 
 
 def _chatml(name: str, default_system: str | None = None) -> TableChatFormat:
-    return TableChatFormat(name, user="<|im_start|>user\n{content}<|im_end|>\n",
-                           assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
-                           system="<|im_start|>system\n{content}<|im_end|>\n", stops_=_CHATML_STOPS,
-                           default_system=default_system)
+    return TableChatFormat(
+        name,
+        user="<|im_start|>user\n{content}<|im_end|>\n",
+        assistant="<|im_start|>assistant\n{content}<|im_end|>\n",
+        system="<|im_start|>system\n{content}<|im_end|>\n",
+        stops_=_CHATML_STOPS,
+        default_system=default_system,
+    )
 
 
 def _llama3(name: str, system: str) -> TableChatFormat:
-    return TableChatFormat(name, user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
-                           assistant="<|start_header_id|>assistant<|end_header_id|>\n\n{content}<|eot_id|>",
-                           system=system, default_system="" if "Cutting" in system else None, trim=True,
-                           stops_=("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|end_of_text|>"))
+    return TableChatFormat(
+        name,
+        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+        assistant="<|start_header_id|>assistant<|end_header_id|>\n\n{content}<|eot_id|>",
+        system=system,
+        default_system="" if "Cutting" in system else None,
+        trim=True,
+        stops_=("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|end_of_text|>"),
+    )
 
 
 def _gemma(name: str) -> TableChatFormat:
-    return TableChatFormat(name, user="<start_of_turn>user\n{content}<end_of_turn>\n",
-                           assistant="<start_of_turn>model\n{content}<end_of_turn>\n", system=None, trim=True,
-                           stops_=("<end_of_turn>", "<start_of_turn>", "<eos>"))
+    return TableChatFormat(
+        name,
+        user="<start_of_turn>user\n{content}<end_of_turn>\n",
+        assistant="<start_of_turn>model\n{content}<end_of_turn>\n",
+        system=None,
+        trim=True,
+        stops_=("<end_of_turn>", "<start_of_turn>", "<eos>"),
+    )
 
 
 def _phi3(name: str) -> TableChatFormat:
-    return TableChatFormat(name, user="<|user|>\n{content}<|end|>\n", assistant="<|assistant|>\n{content}<|end|>\n",
-                           system="<|system|>\n{content}<|end|>\n",
-                           stops_=("<|end|>", "<|assistant|>", "<|user|>", "<|endoftext|>"))
+    return TableChatFormat(
+        name,
+        user="<|user|>\n{content}<|end|>\n",
+        assistant="<|assistant|>\n{content}<|end|>\n",
+        system="<|system|>\n{content}<|end|>\n",
+        stops_=("<|end|>", "<|assistant|>", "<|user|>", "<|endoftext|>"),
+    )
 
 
-TABLE: dict[str, TableChatFormat] = {f.name: f for f in (
-    _chatml("chatml"),
-    _chatml("smollm2", "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
-    _chatml("qwen2", "You are a helpful assistant."),
-    _chatml("qwen2.5", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
-    _chatml("qwen3"),
-    TableChatFormat("yi", user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
-                    assistant="{content}<|im_end|>\n", system="{content}", stops_=_CHATML_STOPS),
-    _llama3("llama3", "<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>"),
-    _llama3("llama3.1", _LLAMA31_SYSTEM),
-    _llama3("llama3.2", _LLAMA31_SYSTEM),
-    _llama3("llama3.3", _LLAMA31_SYSTEM),
-    _gemma("gemma2"),
-    _gemma("gemma3"),
-    _phi3("phi3"),
-    _phi3("phi3.5"),
-    TableChatFormat("phi4", user="<|im_start|>user<|im_sep|>{content}<|im_end|>",
-                    assistant="<|im_start|>assistant<|im_sep|>{content}<|im_end|>",
-                    system="<|im_start|>system<|im_sep|>{content}<|im_end|>",
-                    stops_=("<|im_end|>", "<|im_start|>", "<|endoftext|>")),
-    TableChatFormat("mistral", user="[INST] {content}[/INST]", assistant=" {content}</s>", system=None, fold="last",
-                    stops_=("[/INST]", "[INST]", "</s>")),
-    TableChatFormat("deepseek", user="<｜User｜>{content}", assistant="<｜Assistant｜>{content}<｜end▁of▁sentence｜>",
-                    system="{content}", stops_=("<｜Assistant｜>", "<｜User｜>", "<｜end▁of▁sentence｜>")),
-    TableChatFormat("glm4", start="[gMASK]<sop>", user="<|user|>\n{content}", assistant="<|assistant|>\n{content}",
-                    system="<|system|>\n{content}", stops_=("<|assistant|>", "<|user|>", "<|observation|>",
-                                                            "<|endoftext|>")),
-)}
+TABLE: dict[str, TableChatFormat] = {
+    f.name: f
+    for f in (
+        _chatml("chatml"),
+        _chatml("smollm2", "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+        _chatml("qwen2", "You are a helpful assistant."),
+        _chatml("qwen2.5", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
+        _chatml("qwen3"),
+        TableChatFormat(
+            "yi",
+            user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
+            assistant="{content}<|im_end|>\n",
+            system="{content}",
+            stops_=_CHATML_STOPS,
+        ),
+        _llama3("llama3", "<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>"),
+        _llama3("llama3.1", _LLAMA31_SYSTEM),
+        _llama3("llama3.2", _LLAMA31_SYSTEM),
+        _llama3("llama3.3", _LLAMA31_SYSTEM),
+        _gemma("gemma2"),
+        _gemma("gemma3"),
+        _phi3("phi3"),
+        _phi3("phi3.5"),
+        TableChatFormat(
+            "phi4",
+            user="<|im_start|>user<|im_sep|>{content}<|im_end|>",
+            assistant="<|im_start|>assistant<|im_sep|>{content}<|im_end|>",
+            system="<|im_start|>system<|im_sep|>{content}<|im_end|>",
+            stops_=("<|im_end|>", "<|im_start|>", "<|endoftext|>"),
+        ),
+        TableChatFormat(
+            "mistral",
+            user="[INST] {content}[/INST]",
+            assistant=" {content}</s>",
+            system=None,
+            fold="last",
+            stops_=("[/INST]", "[INST]", "</s>"),
+        ),
+        TableChatFormat(
+            "deepseek",
+            user="<｜User｜>{content}",
+            assistant="<｜Assistant｜>{content}<｜end▁of▁sentence｜>",
+            system="{content}",
+            stops_=("<｜Assistant｜>", "<｜User｜>", "<｜end▁of▁sentence｜>"),
+        ),
+        TableChatFormat(
+            "glm4",
+            start="[gMASK]<sop>",
+            user="<|user|>\n{content}",
+            assistant="<|assistant|>\n{content}",
+            system="<|system|>\n{content}",
+            stops_=("<|assistant|>", "<|user|>", "<|observation|>", "<|endoftext|>"),
+        ),
+    )
+}
 
 # Model ids and file names -> table entry; the more specific patterns first.
 _FAMILY_PATTERNS: list[tuple[str, str]] = [
-    (r"llama[-_ ]?3\.3", "llama3.3"), (r"llama[-_ ]?3\.2", "llama3.2"), (r"llama[-_ ]?3\.1", "llama3.1"),
-    (r"llama[-_ ]?3", "llama3"), (r"qwen[-_ ]?3", "qwen3"), (r"qwen[-_ ]?2[._]5|qwq", "qwen2.5"),
-    (r"qwen[-_ ]?2", "qwen2"), (r"gemma[-_ ]?3", "gemma3"), (r"gemma[-_ ]?2", "gemma2"), (r"phi[-_ ]?4", "phi4"),
-    (r"phi[-_ ]?3[._]5", "phi3.5"), (r"phi[-_ ]?3", "phi3"), (r"mistral|mixtral|ministral", "mistral"),
-    (r"deepseek", "deepseek"), (r"glm[-_ ]?4", "glm4"), (r"(^|[/_ -])yi[-_ ]", "yi"), (r"smollm", "smollm2"),
+    (r"llama[-_ ]?3\.3", "llama3.3"),
+    (r"llama[-_ ]?3\.2", "llama3.2"),
+    (r"llama[-_ ]?3\.1", "llama3.1"),
+    (r"llama[-_ ]?3", "llama3"),
+    (r"qwen[-_ ]?3", "qwen3"),
+    (r"qwen[-_ ]?2[._]5|qwq", "qwen2.5"),
+    (r"qwen[-_ ]?2", "qwen2"),
+    (r"gemma[-_ ]?3", "gemma3"),
+    (r"gemma[-_ ]?2", "gemma2"),
+    (r"phi[-_ ]?4", "phi4"),
+    (r"phi[-_ ]?3[._]5", "phi3.5"),
+    (r"phi[-_ ]?3", "phi3"),
+    (r"mistral|mixtral|ministral", "mistral"),
+    (r"deepseek", "deepseek"),
+    (r"glm[-_ ]?4", "glm4"),
+    (r"(^|[/_ -])yi[-_ ]", "yi"),
+    (r"smollm", "smollm2"),
     (r"chatml", "chatml"),
 ]
 
@@ -281,8 +349,10 @@ def table_format(name: str) -> TableChatFormat:
     for key, fmt in TABLE.items():
         if _normal(key) == wanted:
             return fmt
-    raise ConfigError(f"unknown chat template '{name}' (built in: {', '.join(TABLE)}; or 'auto', or the path of "
-                      "a tokenizer_config.json / .jinja file)")
+    raise ConfigError(
+        f"unknown chat template '{name}' (built in: {', '.join(TABLE)}; or 'auto', or the path of "
+        "a tokenizer_config.json / .jinja file)"
+    )
 
 
 def guess_family(*hints: str | None) -> str | None:
@@ -301,8 +371,9 @@ def _looks_like_path(spec: str) -> bool:
     return "/" in spec or "\\" in spec or spec.endswith((".json", ".jinja", ".j2"))
 
 
-def resolve_format(spec: str, source: ChatTemplateSource | None = None, hints: Sequence[str | None] = (),
-                   base_dir: str | Path = ".") -> ChatFormat:
+def resolve_format(
+    spec: str, source: ChatTemplateSource | None = None, hints: Sequence[str | None] = (), base_dir: str | Path = "."
+) -> ChatFormat:
     """Pick the chat format for ``spec``: ``auto``, a table name, or a template file.
 
     ``auto`` derives from ``source`` (the model's own template) and checks the derivation on a first
@@ -326,11 +397,14 @@ def resolve_format(spec: str, source: ChatTemplateSource | None = None, hints: S
     family = guess_family(*hints)
     if family is None:
         shown = ", ".join(h for h in hints if h) or "no name"
-        raise ConfigError(f"cannot tell the chat template of the model ({shown}): {problem}. Pass template: with "
-                          f"one of {', '.join(TABLE)}, or the path of its tokenizer_config.json / .jinja file")
+        raise ConfigError(
+            f"cannot tell the chat template of the model ({shown}): {problem}. Pass template: with "
+            f"one of {', '.join(TABLE)}, or the path of its tokenizer_config.json / .jinja file"
+        )
     fmt = TABLE[family]
-    return TableChatFormat(**{**fmt.__dict__, "origin": f"built-in table '{family}' (guessed from the model name; "
-                                                        f"{problem})"})
+    return TableChatFormat(
+        **{**fmt.__dict__, "origin": f"built-in table '{family}' (guessed from the model name; {problem})"}
+    )
 
 
 def _checked(fmt: JinjaChatFormat) -> JinjaChatFormat:

@@ -1,4 +1,5 @@
 """Settings of case rewrite / augmentation (``rewrite``): one record in, several rewritten cases out."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -34,35 +35,79 @@ class RewriteConfig(PromptedConfig):
 
     kind: ClassVar[str] = "rewrite"
     summary: ClassVar[str] = "rewrite each record into several cases of named types (paraphrase, persona, ...)"
-    example: ClassVar[dict[str, Any]] = {"model": "smollm2-rewriter", "prompt": "zh/rewrite",
-                                         "types": ["paraphrase", "persona"]}
+    example: ClassVar[dict[str, Any]] = {
+        "model": "smollm2-rewriter",
+        "prompt": "zh/rewrite",
+        "types": ["paraphrase", "persona"],
+    }
 
-    prompt: str = Field(default="rewrite", min_length=1, description=(
-        "Prompt template: a built-in name (`rewrite` in the run's language, `zh/rewrite`) or the path of a "
-        "YAML prompt file, relative to the pipeline file."))
-    fields: str | list[str] = Field(default_factory=lambda: ["input"], description=(
-        "The record fields each case rewrites (and must contain, as non-empty text): one name or a list. "
-        "Not `type`, `id`, `parent_id`, `rewrite_type`, nor a name starting with `_`."))
-    types: list[str] | dict[str, str | None] | None = Field(default=None, description=(
-        "The rewrite types: a mapping name -> instruction shown to the model, or a list of names (a built-in "
-        "type among them gets its built-in instruction, any other none). Default: paraphrase, persona, "
-        "detail, tone."))
-    per_type: int = Field(default=1, ge=1, strict=True, description=(
-        "Cases asked per type; also the most cases of one type that are kept."))
-    max_cases: int | None = Field(default=None, ge=1, strict=True, description=(
-        "The most cases kept per record (the reply's schema allows no more); default: number of types "
-        "times `per_type`."))
-    min_cases: int = Field(default=1, ge=1, strict=True, description=(
-        "A record with fewer usable cases fails (kept in failures.jsonl with the raw reply)."))
-    drop_fields: list[str] = Field(default_factory=list, description=(
-        "Parent fields not copied to the cases, e.g. `[target]` when an answer no longer fits the "
-        "rewritten question."))
-    max_chars: int | None = Field(default=None, ge=1, strict=True, description=(
-        "Longest rewritten field the schema allows, in characters (keeps a small model's JSON within "
-        "`max_tokens`); null: no limit."))
-    show_fields: list[str] | None = Field(default=None, description=(
-        "Send only these fields of the record to the model (must include `fields`); default: the whole "
-        "record. Long histories can overflow a small model's context."))
+    prompt: str = Field(
+        default="rewrite",
+        min_length=1,
+        description=(
+            "Prompt template: a built-in name (`rewrite` in the run's language, `zh/rewrite`) or the path of a "
+            "YAML prompt file, relative to the pipeline file."
+        ),
+    )
+    fields: str | list[str] = Field(
+        default_factory=lambda: ["input"],
+        description=(
+            "The record fields each case rewrites (and must contain, as non-empty text): one name or a list. "
+            "Not `type`, `id`, `parent_id`, `rewrite_type`, nor a name starting with `_`."
+        ),
+    )
+    types: list[str] | dict[str, str | None] | None = Field(
+        default=None,
+        description=(
+            "The rewrite types: a mapping name -> instruction shown to the model, or a list of names (a built-in "
+            "type among them gets its built-in instruction, any other none). Default: paraphrase, persona, "
+            "detail, tone."
+        ),
+    )
+    per_type: int = Field(
+        default=1,
+        ge=1,
+        strict=True,
+        description=("Cases asked per type; also the most cases of one type that are kept."),
+    )
+    max_cases: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description=(
+            "The most cases kept per record (the reply's schema allows no more); default: number of types "
+            "times `per_type`."
+        ),
+    )
+    min_cases: int = Field(
+        default=1,
+        ge=1,
+        strict=True,
+        description=("A record with fewer usable cases fails (kept in failures.jsonl with the raw reply)."),
+    )
+    drop_fields: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Parent fields not copied to the cases, e.g. `[target]` when an answer no longer fits the "
+            "rewritten question."
+        ),
+    )
+    max_chars: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description=(
+            "Longest rewritten field the schema allows, in characters (keeps a small model's JSON within "
+            "`max_tokens`); null: no limit."
+        ),
+    )
+    show_fields: list[str] | None = Field(
+        default=None,
+        description=(
+            "Send only these fields of the record to the model (must include `fields`); default: the whole "
+            "record. Long histories can overflow a small model's context."
+        ),
+    )
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -73,8 +118,9 @@ class RewriteConfig(PromptedConfig):
     @classmethod
     def _fields_are_rewritable(cls, fields: list[str]) -> list[str]:  # a list: see _one_or_more_fields
         if not fields or not all(name and not name.startswith("_") for name in fields):
-            raise SettingError("fields", f"must be one or more record field names, none starting with '_' "
-                                         f"(got {shown(fields)})")
+            raise SettingError(
+                "fields", f"must be one or more record field names, none starting with '_' (got {shown(fields)})"
+            )
         reserved = RESERVED_FIELDS & set(fields)
         if reserved:
             raise SettingError("fields", f"cannot include {shown(sorted(reserved))} (the step sets them)")
@@ -93,11 +139,12 @@ class RewriteConfig(PromptedConfig):
     def _cases_and_fields_agree(self) -> "RewriteConfig":
         if self.min_cases > self.case_cap():
             source = "" if self.max_cases is not None else ", the number of types times per_type"
-            raise SettingError("min_cases", f"must be <= max_cases ({self.case_cap()}{source}) "
-                                            f"(got {self.min_cases})")
+            raise SettingError("min_cases", f"must be <= max_cases ({self.case_cap()}{source}) (got {self.min_cases})")
         if self.show_fields is not None and not set(self.fields) <= set(self.show_fields):
-            raise SettingError("show_fields", f"must include the fields to rewrite {shown(self.fields)} "
-                                              f"(got {shown(self.show_fields)})")
+            raise SettingError(
+                "show_fields",
+                f"must include the fields to rewrite {shown(self.fields)} (got {shown(self.show_fields)})",
+            )
         return self
 
     def type_table(self) -> dict[str, str]:

@@ -15,6 +15,7 @@ empty output. Each kept case becomes its own record: the parent's fields, the re
 ``rewrite_type``, ``parent_id`` and an id ``<parent_id>:rw<k>`` (set here, not by the executor, so that
 rewriting records that are themselves fan-out children still gives unique, traceable ids).
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,29 +57,43 @@ class Rewrite(PromptedStep):
         text: dict[str, Any] = {"type": "string", "minLength": 1}
         if self.max_chars:
             text["maxLength"] = self.max_chars
-        case = {"type": "object",
-                "properties": {"type": {"type": "string", "enum": list(self.types)},
-                               **{f: dict(text) for f in self.fields}},
-                "required": ["type", *self.fields]}
-        return {"type": "object",
-                "properties": {"cases": {"type": "array", "items": case, "minItems": 1, "maxItems": self.max_cases}},
-                "required": ["cases"]}
+        case = {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": list(self.types)},
+                **{f: dict(text) for f in self.fields},
+            },
+            "required": ["type", *self.fields],
+        }
+        return {
+            "type": "object",
+            "properties": {"cases": {"type": "array", "items": case, "minItems": 1, "maxItems": self.max_cases}},
+            "required": ["cases"],
+        }
 
     def required_fields(self) -> set[str]:
         return super().required_fields() | set(self.fields)
 
     def _render_options(self) -> dict[str, Any]:
-        return {**self.options, "types": [{"name": k, "description": v} for k, v in self.types.items()],
-                "fields": self.fields, "per_type": self.per_type, "max_cases": self.max_cases,
-                "max_chars": self.max_chars}
+        return {
+            **self.options,
+            "types": [{"name": k, "description": v} for k, v in self.types.items()],
+            "fields": self.fields,
+            "per_type": self.per_type,
+            "max_cases": self.max_cases,
+            "max_chars": self.max_chars,
+        }
 
     async def run(self, record: Record, ctx: StepContext) -> list[Record]:
         for field in self.fields:
             if not isinstance(record.get(field), str):
                 problem = "is missing" if field not in record else f"must be text, not {type(record[field]).__name__}"
                 raise InputError(f"step '{self.name}': field to rewrite {problem}", None, field)
-        view = {k: v for k, v in record.items() if not k.startswith("_") and k != "id"
-                and (self.show_fields is None or k in self.show_fields)}
+        view = {
+            k: v
+            for k, v in record.items()
+            if not k.startswith("_") and k != "id" and (self.show_fields is None or k in self.show_fields)
+        }
         messages = self.template(ctx).render(view, self._render_options())
         value, completion = await ctx.model(self.model).chat_json(messages, self.schema, **self.params)
         self.counters["calls"] += 1
@@ -87,8 +102,11 @@ class Rewrite(PromptedStep):
         kept = self._usable(record, cases)
         if len(kept) < self.min_cases:
             self.counters["records_too_few_cases"] += 1
-            raise StepError(f"step '{self.name}': {len(kept)} usable rewritten case(s) of {len(cases)} returned, "
-                            f"min_cases is {self.min_cases}", raw=completion.text)
+            raise StepError(
+                f"step '{self.name}': {len(kept)} usable rewritten case(s) of {len(cases)} returned, "
+                f"min_cases is {self.min_cases}",
+                raw=completion.text,
+            )
         parent_id = str(record.get("id") or source_id_of(record))
         meta = call_meta(self.name, self.model, completion)
         outputs = []

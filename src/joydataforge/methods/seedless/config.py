@@ -1,4 +1,5 @@
 """Settings of generation without seed data (``seedless``): topics in, N generated records per topic out."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -34,40 +35,88 @@ class SeedlessConfig(PromptedConfig):
 
     kind: ClassVar[str] = "seedless"
     summary: ClassVar[str] = "generate N records per input topic without seed data, with diversity controls and dedup"
-    example: ClassVar[dict[str, Any]] = {"model": "smollm2-writer", "prompt": "en/seedless", "n_per_topic": 3,
-                                         "personas": ["a student", "a nurse"]}
+    example: ClassVar[dict[str, Any]] = {
+        "model": "smollm2-writer",
+        "prompt": "en/seedless",
+        "n_per_topic": 3,
+        "personas": ["a student", "a nurse"],
+    }
 
-    prompt: str = Field(default="seedless", min_length=1, description=(
-        "Prompt template: a built-in name (`seedless` in the run's language, `en/seedless`) or the path of a "
-        "YAML prompt file, relative to the pipeline file."))
-    n_per_topic: int = Field(default=5, ge=1, strict=True, description=(
-        "Records generated per topic; a topic's own `n` overrides it."))
+    prompt: str = Field(
+        default="seedless",
+        min_length=1,
+        description=(
+            "Prompt template: a built-in name (`seedless` in the run's language, `en/seedless`) or the path of a "
+            "YAML prompt file, relative to the pipeline file."
+        ),
+    )
+    n_per_topic: int = Field(
+        default=5, ge=1, strict=True, description=("Records generated per topic; a topic's own `n` overrides it.")
+    )
     per_call: int = Field(default=1, ge=1, strict=True, description="Records asked for in one model call.")
-    fields: str | list[str] = Field(default_factory=lambda: ["input"], description=(
-        "What each generated record holds (one name or a list), each a non-empty text; add a `generate` step "
-        "to answer them. Not a name starting with `_`, nor one the step sets (`topic`, `subtopics`, "
-        "`personas`, `difficulties`, `n`, `persona`, `difficulty`, `id`)."))
-    personas: list[str] | None = Field(default=None, description=(
-        "Who asks: one is drawn per call; a topic's own `personas` override them. Default: none."))
-    difficulties: list[str] | None = Field(default=None, description=(
-        "How hard: one is drawn per call; a topic's own `difficulties` override them. Default: none."))
-    subtopics_per_call: int = Field(default=1, ge=1, strict=True, description=(
-        "How many of the topic's sub-topics are drawn for each call."))
-    max_calls: int | None = Field(default=None, ge=1, strict=True, description=(
-        "Call budget per topic, calls that gave duplicates included; default: twice the calls N records need."))
-    dedup: Literal["minhash", "exact", "none"] = Field(default="minhash", description=(
-        "How generated records are deduplicated before they are kept: `minhash` (near-duplicates, plus "
-        "exact matches of normalised text), `exact` (normalised text only) or `none`."))
-    dedup_scope: Literal["topic", "run"] = Field(default="topic", description=(
-        "`topic`: within each topic's records (deterministic and resume-safe); `run`: also across the topics "
-        "of this run in this process (\"first\" then means first to finish; for an exact cross-topic pass run "
-        "`minhash_dedup` over the output afterwards)."))
-    threshold: float = Field(default=0.7, gt=0.0, le=1.0, strict=True, description=(
-        "Estimated Jaccard similarity from which two generated records are near-duplicates (`dedup: minhash`)."))
-    num_perm: int = Field(default=128, ge=1, strict=True, description=(
-        "MinHash signature length (`dedup: minhash`); the estimate's error shrinks as 1/sqrt(num_perm)."))
-    max_chars: int | None = Field(default=None, ge=1, strict=True, description=(
-        "Longest generated field the schema allows, in characters; null: no limit."))
+    fields: str | list[str] = Field(
+        default_factory=lambda: ["input"],
+        description=(
+            "What each generated record holds (one name or a list), each a non-empty text; add a `generate` step "
+            "to answer them. Not a name starting with `_`, nor one the step sets (`topic`, `subtopics`, "
+            "`personas`, `difficulties`, `n`, `persona`, `difficulty`, `id`)."
+        ),
+    )
+    personas: list[str] | None = Field(
+        default=None,
+        description=("Who asks: one is drawn per call; a topic's own `personas` override them. Default: none."),
+    )
+    difficulties: list[str] | None = Field(
+        default=None,
+        description=("How hard: one is drawn per call; a topic's own `difficulties` override them. Default: none."),
+    )
+    subtopics_per_call: int = Field(
+        default=1, ge=1, strict=True, description=("How many of the topic's sub-topics are drawn for each call.")
+    )
+    max_calls: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description=(
+            "Call budget per topic, calls that gave duplicates included; default: twice the calls N records need."
+        ),
+    )
+    dedup: Literal["minhash", "exact", "none"] = Field(
+        default="minhash",
+        description=(
+            "How generated records are deduplicated before they are kept: `minhash` (near-duplicates, plus "
+            "exact matches of normalised text), `exact` (normalised text only) or `none`."
+        ),
+    )
+    dedup_scope: Literal["topic", "run"] = Field(
+        default="topic",
+        description=(
+            "`topic`: within each topic's records (deterministic and resume-safe); `run`: also across the topics "
+            'of this run in this process ("first" then means first to finish; for an exact cross-topic pass run '
+            "`minhash_dedup` over the output afterwards)."
+        ),
+    )
+    threshold: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=1.0,
+        strict=True,
+        description=(
+            "Estimated Jaccard similarity from which two generated records are near-duplicates (`dedup: minhash`)."
+        ),
+    )
+    num_perm: int = Field(
+        default=128,
+        ge=1,
+        strict=True,
+        description=("MinHash signature length (`dedup: minhash`); the estimate's error shrinks as 1/sqrt(num_perm)."),
+    )
+    max_chars: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description=("Longest generated field the schema allows, in characters; null: no limit."),
+    )
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -78,8 +127,9 @@ class SeedlessConfig(PromptedConfig):
     @classmethod
     def _fields_are_free(cls, fields: list[str]) -> list[str]:  # a list: see _one_or_more_fields
         if not fields or not all(name and not name.startswith("_") for name in fields):
-            raise SettingError("fields", f"must be one or more field names, none starting with '_' "
-                                         f"(got {shown(fields)})")
+            raise SettingError(
+                "fields", f"must be one or more field names, none starting with '_' (got {shown(fields)})"
+            )
         clash = STEP_FIELDS & set(fields)
         if clash:
             raise SettingError("fields", f"cannot include {shown(sorted(clash))} (the step sets them)")

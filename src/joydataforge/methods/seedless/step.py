@@ -31,6 +31,7 @@ up with extra calls (up to ``max_calls`` per topic) until the topic has its N re
 A topic that yields fewer than N usable records within its call budget keeps what it got
 (``short_topics`` counts them); a topic that yields none fails with the last raw reply.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -118,8 +119,9 @@ class Seedless(PromptedStep):
         self.threshold = float(config.threshold)
         self.num_perm = config.num_perm
         self.max_chars = config.max_chars
-        self._run_index = (NearDuplicateIndex(self.threshold, self.num_perm, self.dedup)
-                           if self.dedup_scope == "run" else None)
+        self._run_index = (
+            NearDuplicateIndex(self.threshold, self.num_perm, self.dedup) if self.dedup_scope == "run" else None
+        )
 
     def required_fields(self) -> set[str]:
         return {"topic"}
@@ -129,23 +131,29 @@ class Seedless(PromptedStep):
         if self.max_chars:
             text["maxLength"] = self.max_chars
         item = {"type": "object", "properties": {f: dict(text) for f in self.fields}, "required": list(self.fields)}
-        return {"type": "object",
-                "properties": {"records": {"type": "array", "items": item, "minItems": 1, "maxItems": count}},
-                "required": ["records"]}
+        return {
+            "type": "object",
+            "properties": {"records": {"type": "array", "items": item, "minItems": 1, "maxItems": count}},
+            "required": ["records"],
+        }
 
     def _topic(self, record: Record) -> dict[str, Any]:
         where = f"step '{self.name}'"
         topic = record.get("topic")
         if not isinstance(topic, str) or not topic.strip():
-            raise InputError(f"{where}: every input record is a topic and needs a non-empty text 'topic'", None,
-                             "topic")
+            raise InputError(
+                f"{where}: every input record is a topic and needs a non-empty text 'topic'", None, "topic"
+            )
         n = record.get("n", self.n_per_topic)
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise InputError(f"{where}: 'n' must be a non-negative integer", None, "n")
-        return {"topic": topic.strip(), "n": n,
-                "subtopics": _choices(record.get("subtopics"), where, "subtopics"),
-                "personas": _choices(record.get("personas"), where, "personas") or self.personas,
-                "difficulties": _choices(record.get("difficulties"), where, "difficulties") or self.difficulties}
+        return {
+            "topic": topic.strip(),
+            "n": n,
+            "subtopics": _choices(record.get("subtopics"), where, "subtopics"),
+            "personas": _choices(record.get("personas"), where, "personas") or self.personas,
+            "difficulties": _choices(record.get("difficulties"), where, "difficulties") or self.difficulties,
+        }
 
     async def run(self, record: Record, ctx: StepContext) -> list[Record]:
         spec = self._topic(record)
@@ -166,8 +174,10 @@ class Seedless(PromptedStep):
             wave = min(math.ceil(missing / self.per_call), budget - calls)
             # Draw every call's controls before awaiting anything: the draws stay in call order.
             plans = [self._plan(spec, rng, min(self.per_call, missing - i * self.per_call), kept) for i in range(wave)]
-            results = await asyncio.gather(*(self._call(ctx, record, spec, plan, calls + i)
-                                             for i, plan in enumerate(plans)), return_exceptions=True)
+            results = await asyncio.gather(
+                *(self._call(ctx, record, spec, plan, calls + i) for i, plan in enumerate(plans)),
+                return_exceptions=True,
+            )
             calls += wave
             for plan, result in zip(plans, results):
                 if isinstance(result, BaseException):
@@ -183,18 +193,26 @@ class Seedless(PromptedStep):
                     if rejected:
                         self.counters[rejected] += 1
                         continue
-                    out = {**base, "topic": spec["topic"], **{f: item[f].strip() for f in self.fields},
-                           "subtopics": plan["subtopics"], "persona": plan["persona"],
-                           "difficulty": plan["difficulty"], "id": f"{topic_id}:g{len(kept)}"}
+                    out = {
+                        **base,
+                        "topic": spec["topic"],
+                        **{f: item[f].strip() for f in self.fields},
+                        "subtopics": plan["subtopics"],
+                        "persona": plan["persona"],
+                        "difficulty": plan["difficulty"],
+                        "id": f"{topic_id}:g{len(kept)}",
+                    }
                     out["_meta"] = copy.deepcopy(record.get("_meta") or {})
                     add_call_meta(out, dict(meta))
                     kept.append(out)
         self.counters["calls"] += calls
         self.counters["generated"] += len(kept)
         if not kept:
-            raise StepError(f"step '{self.name}': topic {spec['topic']!r} gave no usable record in {calls} call(s)"
-                            + (f"; last error: {last_error}" if last_error else ""),
-                            raw=last_error.raw if last_error else None)
+            raise StepError(
+                f"step '{self.name}': topic {spec['topic']!r} gave no usable record in {calls} call(s)"
+                + (f"; last error: {last_error}" if last_error else ""),
+                raw=last_error.raw if last_error else None,
+            )
         if len(kept) < n:
             self.counters["short_topics"] += 1
         return kept
@@ -202,21 +220,25 @@ class Seedless(PromptedStep):
     def _plan(self, spec: dict[str, Any], rng: Any, count: int, kept: list[Record]) -> dict[str, Any]:
         subtopics = spec["subtopics"]
         k = min(self.subtopics_per_call, len(subtopics))
-        return {"count": count,
-                "subtopics": sorted(rng.sample(subtopics, k), key=subtopics.index) if k else [],
-                "persona": rng.choice(spec["personas"]) if spec["personas"] else None,
-                "difficulty": rng.choice(spec["difficulties"]) if spec["difficulties"] else None,
-                # Top-up calls see a few records already kept, so the model steers away from them.
-                "avoid": [record_text(r, self.fields) for r in kept[-5:]]}
+        return {
+            "count": count,
+            "subtopics": sorted(rng.sample(subtopics, k), key=subtopics.index) if k else [],
+            "persona": rng.choice(spec["personas"]) if spec["personas"] else None,
+            "difficulty": rng.choice(spec["difficulties"]) if spec["difficulties"] else None,
+            # Top-up calls see a few records already kept, so the model steers away from them.
+            "avoid": [record_text(r, self.fields) for r in kept[-5:]],
+        }
 
-    async def _call(self, ctx: StepContext, record: Record, spec: dict[str, Any], plan: dict[str, Any],
-                    sample: int) -> tuple[list[dict[str, Any]], Any]:
+    async def _call(
+        self, ctx: StepContext, record: Record, spec: dict[str, Any], plan: dict[str, Any], sample: int
+    ) -> tuple[list[dict[str, Any]], Any]:
         view = {k: v for k, v in record.items() if not k.startswith("_")}
         view["topic"] = spec["topic"]
         options = {**self.options, **plan, "fields": self.fields, "max_chars": self.max_chars}
         messages = self.template(ctx).render(view, options)
-        value, completion = await ctx.model(self.model).chat_json(messages, self.schema(plan["count"]),
-                                                                 sample=sample, **self.params)
+        value, completion = await ctx.model(self.model).chat_json(
+            messages, self.schema(plan["count"]), sample=sample, **self.params
+        )
         return value["records"], completion
 
     def _rejected(self, item: dict[str, Any], local: NearDuplicateIndex) -> str | None:

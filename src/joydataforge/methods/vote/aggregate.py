@@ -12,6 +12,7 @@ fractional quorum, so a failure can make a quorum harder to reach but never easi
 quorum 2/3, one failure and one dissent leave 1/3 and no quorum, where dividing by the valid votes would
 have crowned a single model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -40,10 +41,10 @@ class VoteResult:
 
     outcome: str
     label: str | None
-    agreement: float          # share of the valid (weighted) votes that went to the top label(s)
-    support: float            # weight behind the top label
-    required: float           # weight the quorum asked for
-    strict: bool              # True: support must exceed ``required`` (majority rule); False: reach it
+    agreement: float  # share of the valid (weighted) votes that went to the top label(s)
+    support: float  # weight behind the top label
+    required: float  # weight the quorum asked for
+    strict: bool  # True: support must exceed ``required`` (majority rule); False: reach it
     counts: dict[str, float]  # label -> weight, most first
     voters: int
     valid: int
@@ -51,11 +52,17 @@ class VoteResult:
     tied: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"label": self.label, "outcome": self.outcome, "agreement": round(self.agreement, 4),
-                               "support": _number(self.support),
-                               "required": f"{'>' if self.strict else '>='}{_number(self.required)}",
-                               "counts": {k: _number(v) for k, v in self.counts.items()},
-                               "voters": self.voters, "valid": self.valid, "failed_voters": list(self.failed)}
+        out: dict[str, Any] = {
+            "label": self.label,
+            "outcome": self.outcome,
+            "agreement": round(self.agreement, 4),
+            "support": _number(self.support),
+            "required": f"{'>' if self.strict else '>='}{_number(self.required)}",
+            "counts": {k: _number(v) for k, v in self.counts.items()},
+            "voters": self.voters,
+            "valid": self.valid,
+            "failed_voters": list(self.failed),
+        }
         if self.tied:
             out["tied"] = list(self.tied)
         return out
@@ -65,8 +72,9 @@ def _number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else round(value, 4)
 
 
-def aggregate(labels: Mapping[str, str | None], weights: Mapping[str, float],
-              quorum: int | float | None = None) -> VoteResult:
+def aggregate(
+    labels: Mapping[str, str | None], weights: Mapping[str, float], quorum: int | float | None = None
+) -> VoteResult:
     """Aggregate ``labels`` (model -> label, ``None`` for a failed voter) into one :class:`VoteResult`.
 
     Callers must not pass an all-failed vote: there is nothing to aggregate, and the vote step turns it
@@ -88,8 +96,16 @@ def aggregate(labels: Mapping[str, str | None], weights: Mapping[str, float],
     top = max(counts.values())
     leaders = [label for label, weight in ordered.items() if abs(weight - top) < 1e-9]
     required, strict = required_support(quorum, total)
-    common = {"agreement": top / valid_weight, "support": top, "required": required, "strict": strict,
-              "counts": ordered, "voters": len(labels), "valid": len(labels) - len(failed), "failed": failed}
+    common = {
+        "agreement": top / valid_weight,
+        "support": top,
+        "required": required,
+        "strict": strict,
+        "counts": ordered,
+        "voters": len(labels),
+        "valid": len(labels) - len(failed),
+        "failed": failed,
+    }
     if len(leaders) > 1:
         return VoteResult(outcome=TIE, label=None, tied=leaders, **common)
     reached = top > required + 1e-9 if strict else top + 1e-9 >= required

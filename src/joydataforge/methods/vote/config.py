@@ -1,4 +1,5 @@
 """Settings of multi-model voting (``vote``) and of sending the votes that matter to a stronger model (``cascade``)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -28,8 +29,11 @@ def _voters_form(value: Any) -> str | None:
 Voters = Annotated[
     Annotated[list[ModelName], Field(min_length=1), Tag("list")]
     | Annotated[dict[ModelName, Weight], Field(min_length=1), Tag("dict")],
-    Discriminator(_voters_form, custom_error_type="voters_form",
-                  custom_error_message="must be a list of model names or a mapping name -> weight"),
+    Discriminator(
+        _voters_form,
+        custom_error_type="voters_form",
+        custom_error_message="must be a list of model names or a mapping name -> weight",
+    ),
 ]
 
 
@@ -94,38 +98,83 @@ class VoteConfig(StepConfig):
     kind: ClassVar[str] = "vote"
     positional: ClassVar[tuple[str, ...]] = ("models", "prompt")
     summary: ClassVar[str] = "several models label each record; the weighted majority, its agreement and every answer"
-    example: ClassVar[dict[str, Any]] = {"models": ["smollm2-cool", "smollm2-warm", "smollm2-hot"],
-                                         "prompt": "zh/intent_cdss"}
+    example: ClassVar[dict[str, Any]] = {
+        "models": ["smollm2-cool", "smollm2-warm", "smollm2-hot"],
+        "prompt": "zh/intent_cdss",
+    }
 
-    models: Voters = Field(description=(
-        "Named models (from models.yaml) that vote, each once: a list of names, or a mapping name -> weight "
-        "(`{gpt: 2, glm: 1}`) as a shorthand for names plus `weights`. For a second vote by one model add a "
-        "named variant in models.yaml."))
-    prompt: str = Field(default="vote_label", min_length=1, description=(
-        "Prompt template every voter answers, with a JSON schema that has a `label` property: a built-in name "
-        "(`vote_label`, `zh/intent_cdss`) or the path of a YAML prompt file, relative to the pipeline file."))
-    quorum: int | float | None = Field(default=None, description=(
-        "Weight the winning label needs. Unset: more than half of all voters' weight (2 of 3, 3 of 4). "
-        "An integer: at least that many (weighted) votes. A fraction in (0, 1]: that share of all voters' "
-        "weight, failed voters included (a failure makes the quorum harder to reach, never easier)."))
-    weights: dict[ModelName, Weight] | None = Field(default=None, description=(
-        "Weight of each voter's vote, a positive number; voters not listed weigh 1. Every name must be a voter."))
-    output_field: str = Field(default="vote", min_length=1, description=(
-        "Field that receives the aggregate `{label, outcome, agreement, support, required, counts, ...}`."))
-    votes_field: str = Field(default="votes", min_length=1, description=(
-        "Field that receives every voter's answer (or its error and raw reply), by model name."))
-    seed_fields: bool = Field(default=False, description=(
-        "Also write the seed's flat fields: `<model>_label`, `<model>_reason`, `label_vote`, `reason_vote`."))
-    on_no_majority: Literal["keep", "drop", "fail"] = Field(default="keep", description=(
-        "What a tie or a missed quorum does to the record: `keep` it with that outcome and label null (a later "
-        "`cascade` can resolve it), `drop` it (counted as `dropped:<outcome>`), or `fail` it (failures.jsonl)."))
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema", description=(
-        "A JSON schema to use instead of the prompt's own; it must have a `label` property."))
-    options: dict[str, Any] = Field(default_factory=dict, description=(
-        "Extra values the template reads as `options.NAME`; `options.labels` restricts every voter's `label` "
-        "to that list (the schema's enum)."))
-    params: dict[str, Any] = Field(default_factory=dict, description=(
-        "Sampling parameters for every voter's call (`temperature`, `max_tokens`, ...), over each model's own."))
+    models: Voters = Field(
+        description=(
+            "Named models (from models.yaml) that vote, each once: a list of names, or a mapping name -> weight "
+            "(`{gpt: 2, glm: 1}`) as a shorthand for names plus `weights`. For a second vote by one model add a "
+            "named variant in models.yaml."
+        )
+    )
+    prompt: str = Field(
+        default="vote_label",
+        min_length=1,
+        description=(
+            "Prompt template every voter answers, with a JSON schema that has a `label` property: a built-in name "
+            "(`vote_label`, `zh/intent_cdss`) or the path of a YAML prompt file, relative to the pipeline file."
+        ),
+    )
+    quorum: int | float | None = Field(
+        default=None,
+        description=(
+            "Weight the winning label needs. Unset: more than half of all voters' weight (2 of 3, 3 of 4). "
+            "An integer: at least that many (weighted) votes. A fraction in (0, 1]: that share of all voters' "
+            "weight, failed voters included (a failure makes the quorum harder to reach, never easier)."
+        ),
+    )
+    weights: dict[ModelName, Weight] | None = Field(
+        default=None,
+        description=(
+            "Weight of each voter's vote, a positive number; voters not listed weigh 1. Every name must be a voter."
+        ),
+    )
+    output_field: str = Field(
+        default="vote",
+        min_length=1,
+        description=(
+            "Field that receives the aggregate `{label, outcome, agreement, support, required, counts, ...}`."
+        ),
+    )
+    votes_field: str = Field(
+        default="votes",
+        min_length=1,
+        description=("Field that receives every voter's answer (or its error and raw reply), by model name."),
+    )
+    seed_fields: bool = Field(
+        default=False,
+        description=(
+            "Also write the seed's flat fields: `<model>_label`, `<model>_reason`, `label_vote`, `reason_vote`."
+        ),
+    )
+    on_no_majority: Literal["keep", "drop", "fail"] = Field(
+        default="keep",
+        description=(
+            "What a tie or a missed quorum does to the record: `keep` it with that outcome and label null (a later "
+            "`cascade` can resolve it), `drop` it (counted as `dropped:<outcome>`), or `fail` it (failures.jsonl)."
+        ),
+    )
+    schema_: dict[str, Any] | None = Field(
+        default=None,
+        alias="schema",
+        description=("A JSON schema to use instead of the prompt's own; it must have a `label` property."),
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Extra values the template reads as `options.NAME`; `options.labels` restricts every voter's `label` "
+            "to that list (the schema's enum)."
+        ),
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Sampling parameters for every voter's call (`temperature`, `max_tokens`, ...), over each model's own."
+        ),
+    )
 
     @field_validator("quorum", mode="before")
     @classmethod
@@ -139,8 +188,11 @@ class VoteConfig(StepConfig):
         voters = self.voters()
         duplicates = sorted({m for m in voters if voters.count(m) > 1})
         if duplicates:
-            raise SettingError("models", f"a model may vote only once, {duplicates} listed twice "
-                                         "(add a named variant in models.yaml for a second voter)")
+            raise SettingError(
+                "models",
+                f"a model may vote only once, {duplicates} listed twice "
+                "(add a named variant in models.yaml for a second voter)",
+            )
         check_reachable(self.quorum, self.voter_weights())
         return self
 
@@ -176,32 +228,68 @@ class CascadeConfig(LabelConfig):
 
     kind: ClassVar[str] = "cascade"
     summary: ClassVar[str] = "after a vote, a stronger model relabels the records whose vote matters (a label, ties)"
-    example: ClassVar[dict[str, Any]] = {"model": "smollm2-judge", "prompt": "zh/cascade_label",
-                                         "gate_labels": ["药品"], "gate_tie": True}
+    example: ClassVar[dict[str, Any]] = {
+        "model": "smollm2-judge",
+        "prompt": "zh/cascade_label",
+        "gate_labels": ["药品"],
+        "gate_tie": True,
+    }
 
     model: str = Field(min_length=1, description="Named model (from models.yaml), the stronger one, that decides.")
-    prompt: str = Field(default="cascade_label", min_length=1, description=(
-        "Prompt template with a JSON schema that has a `label` property: a built-in name (`cascade_label`, "
-        "`zh/cascade_label`) or the path of a YAML prompt file, relative to the pipeline file."))
-    gate_labels: list[str] | None = Field(default=None, description=(
-        "Vote labels that send a record to the model when they win a majority (`[药品]`)."))
+    prompt: str = Field(
+        default="cascade_label",
+        min_length=1,
+        description=(
+            "Prompt template with a JSON schema that has a `label` property: a built-in name (`cascade_label`, "
+            "`zh/cascade_label`) or the path of a YAML prompt file, relative to the pipeline file."
+        ),
+    )
+    gate_labels: list[str] | None = Field(
+        default=None, description=("Vote labels that send a record to the model when they win a majority (`[药品]`).")
+    )
     gate_tie: bool = Field(default=False, description="Also send records whose vote ended in a tie.")
     gate_no_quorum: bool = Field(default=False, description="Also send records whose vote missed the quorum.")
-    vote_field: str = Field(default="vote", min_length=1, description=(
-        "Field holding the vote's aggregate (the vote step's `output_field`)."))
-    votes_field: str = Field(default="votes", min_length=1, description=(
-        "Field holding the voters' answers (the vote step's `votes_field`), shown to the prompt as `options.votes`."))
-    cascade_field: str = Field(default="cascade", min_length=1, description=(
-        "Field that receives `{gated, because, model, label, changed}`: whether and why the record was sent."))
-    on_cascade_failure: Literal["fail", "keep_vote"] = Field(default="fail", description=(
-        "A failed call or an answer without a label: `fail` the record (failures.jsonl, with the raw reply), or "
-        "`keep_vote`: keep a majority label, marked `label_source: vote_kept_after_cascade_failure`."))
-    options: dict[str, Any] = Field(default_factory=dict, description=(
-        "Extra values the template reads as `options.NAME`: `labels` restricts the model's `label` to that list, "
-        "`show_votes` (built-in prompts) shows the voters' answers; the step adds `vote` and `votes`."))
-    output_field: str | None = Field(default=None, min_length=1, description=(
-        "Store the model's whole JSON reply under this field (the final label as `{label}` for passed records); "
-        "when unset its keys go to the top level of the record."))
+    vote_field: str = Field(
+        default="vote",
+        min_length=1,
+        description=("Field holding the vote's aggregate (the vote step's `output_field`)."),
+    )
+    votes_field: str = Field(
+        default="votes",
+        min_length=1,
+        description=(
+            "Field holding the voters' answers (the vote step's `votes_field`), shown to the prompt as `options.votes`."
+        ),
+    )
+    cascade_field: str = Field(
+        default="cascade",
+        min_length=1,
+        description=(
+            "Field that receives `{gated, because, model, label, changed}`: whether and why the record was sent."
+        ),
+    )
+    on_cascade_failure: Literal["fail", "keep_vote"] = Field(
+        default="fail",
+        description=(
+            "A failed call or an answer without a label: `fail` the record (failures.jsonl, with the raw reply), or "
+            "`keep_vote`: keep a majority label, marked `label_source: vote_kept_after_cascade_failure`."
+        ),
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Extra values the template reads as `options.NAME`: `labels` restricts the model's `label` to that list, "
+            "`show_votes` (built-in prompts) shows the voters' answers; the step adds `vote` and `votes`."
+        ),
+    )
+    output_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Store the model's whole JSON reply under this field (the final label as `{label}` for passed records); "
+            "when unset its keys go to the top level of the record."
+        ),
+    )
 
     @model_validator(mode="after")
     def _gates_something(self) -> "CascadeConfig":

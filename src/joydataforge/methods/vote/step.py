@@ -10,6 +10,7 @@ If every voter fails the record fails: there is nothing to aggregate, and an emp
 and optionally ties and no-quorum outcomes) go to a stronger model with its own prompt; the others pass
 without a call. The stronger model's answer becomes the final label; the vote stays on the record.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -49,8 +50,16 @@ class Vote(Step):
         self.params = dict(config.params)
         # One Label step holds the prompt and the schema (with options.labels as the enum): the same rules
         # as a single-model label, asked of every voter.
-        self._labeler = Label(LabelConfig(model=self.models[0], prompt=config.prompt, schema=config.schema_,
-                                          options=config.options, params=config.params, name=self.name))
+        self._labeler = Label(
+            LabelConfig(
+                model=self.models[0],
+                prompt=config.prompt,
+                schema=config.schema_,
+                options=config.options,
+                params=config.params,
+                name=self.name,
+            )
+        )
 
     @property
     def options(self) -> dict[str, Any]:
@@ -65,8 +74,9 @@ class Vote(Step):
     def required_fields(self) -> set[str]:
         return self._labeler.required_fields()
 
-    async def _ask(self, model: str, messages: list[dict[str, str]], schema: dict[str, Any],
-                   ctx: StepContext) -> tuple[dict[str, Any], Completion | None]:
+    async def _ask(
+        self, model: str, messages: list[dict[str, str]], schema: dict[str, Any], ctx: StepContext
+    ) -> tuple[dict[str, Any], Completion | None]:
         """One voter's answer, or its failure with the error and the raw reply; never raises ModelError."""
         self.counters["calls"] += 1
         try:
@@ -92,8 +102,9 @@ class Vote(Step):
             errors = "; ".join(f"{m}: {a['error']}" for m, a in votes.items())
             raise StepError(f"step '{self.name}': every voter failed ({errors})", raw=raw)
 
-        result = aggregate({m: a.get("label") if "error" not in a else None for m, a in votes.items()},
-                           self.weights, self.quorum)
+        result = aggregate(
+            {m: a.get("label") if "error" not in a else None for m, a in votes.items()}, self.weights, self.quorum
+        )
         self.counters[f"outcome:{result.outcome}"] += 1
         if result.outcome == MAJORITY:
             self.counters[f"label:{result.label}"] += 1
@@ -102,8 +113,10 @@ class Vote(Step):
                 self.counters[f"dropped:{result.outcome}"] += 1
                 return None
             if self.on_no_majority == "fail":
-                raise StepError(f"step '{self.name}': vote ended in {result.outcome} "
-                                f"(counts {result.as_dict()['counts']})", raw=json.dumps(votes, ensure_ascii=False))
+                raise StepError(
+                    f"step '{self.name}': vote ended in {result.outcome} (counts {result.as_dict()['counts']})",
+                    raw=json.dumps(votes, ensure_ascii=False),
+                )
 
         out = dict(record)
         out[self.votes_field] = votes
@@ -162,8 +175,7 @@ class Cascade(Label):
     async def run(self, record: Record, ctx: StepContext) -> Record:
         vote = record.get(self.vote_field)
         if not isinstance(vote, dict) or "outcome" not in vote:
-            raise InputError(f"step '{self.name}' needs a vote result (run a 'vote' step first)", None,
-                             self.vote_field)
+            raise InputError(f"step '{self.name}' needs a vote result (run a 'vote' step first)", None, self.vote_field)
         out = dict(record)
         because = self.gate(vote)
         if because is None:
@@ -189,12 +201,18 @@ class Cascade(Label):
             self.counters["cascade_failures"] += 1
             if self.on_cascade_failure == "keep_vote" and vote.get("outcome") == MAJORITY:
                 self.counters["kept_vote_after_failure"] += 1
-                out[self.cascade_field] = {"gated": True, "because": because, "model": self.model,
-                                           "error": str(exc), "raw": exc.raw}
+                out[self.cascade_field] = {
+                    "gated": True,
+                    "because": because,
+                    "model": self.model,
+                    "error": str(exc),
+                    "raw": exc.raw,
+                }
                 self._final(out, vote.get("label"), "vote_kept_after_cascade_failure")
                 return out
-            raise StepError(f"step '{self.name}': cascade to '{self.model}' failed ({because}): {exc}",
-                            raw=exc.raw) from None
+            raise StepError(
+                f"step '{self.name}': cascade to '{self.model}' failed ({because}): {exc}", raw=exc.raw
+            ) from None
 
         value = {**value, "label": label.strip()}
         out[self.cascade_field] = {"gated": True, "because": because, "model": self.model, "label": value["label"]}

@@ -3,6 +3,7 @@
 Backends know how to reach one kind of model and nothing else: caching, rate limits, retries and
 accounting live in the gateway, so a new backend is one small class.
 """
+
 from __future__ import annotations
 
 import abc
@@ -38,13 +39,23 @@ class Completion:
     latency: float = 0.0
 
     def to_cache(self) -> dict[str, Any]:
-        return {"text": self.text, "pt": self.usage.prompt_tokens, "ct": self.usage.completion_tokens,
-                "fr": self.finish_reason, "m": self.model}
+        return {
+            "text": self.text,
+            "pt": self.usage.prompt_tokens,
+            "ct": self.usage.completion_tokens,
+            "fr": self.finish_reason,
+            "m": self.model,
+        }
 
     @classmethod
     def from_cache(cls, data: dict[str, Any]) -> "Completion":
-        return cls(text=data["text"], usage=Usage(data.get("pt", 0), data.get("ct", 0)),
-                   finish_reason=data.get("fr"), model=data.get("m", ""), cached=True)
+        return cls(
+            text=data["text"],
+            usage=Usage(data.get("pt", 0), data.get("ct", 0)),
+            finish_reason=data.get("fr"),
+            model=data.get("m", ""),
+            cached=True,
+        )
 
 
 class TransientError(ModelError):
@@ -55,8 +66,16 @@ class TransientError(ModelError):
     gateway's circuit breaker counts, so a dead endpoint stops a run instead of failing every record slowly.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None,
-                 model: str | None = None, raw: str | None = None, endpoint_fault: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        model: str | None = None,
+        raw: str | None = None,
+        endpoint_fault: str | None = None,
+    ):
         super().__init__(message, model=model, raw=raw, retryable=True)
         self.retry_after = retry_after
         self.status = status
@@ -71,8 +90,15 @@ class FatalError(ModelError):
     "not supported"), so the gateway's circuit breaker counts it like a connection error.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, model: str | None = None, raw: str | None = None,
-                 endpoint_fault: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        model: str | None = None,
+        raw: str | None = None,
+        endpoint_fault: str | None = None,
+    ):
         super().__init__(message, model=model, raw=raw, retryable=False)
         self.status = status
         self.endpoint_fault = endpoint_fault
@@ -106,14 +132,21 @@ class Backend(abc.ABC):
         return "grammar" if self.supports_grammar else "none"
 
     @abc.abstractmethod
-    async def chat(self, messages: Messages, params: dict[str, Any], *,
-                   json_schema: dict[str, Any] | None = None, seed: int | None = None) -> Completion: ...
+    async def chat(
+        self,
+        messages: Messages,
+        params: dict[str, Any],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> Completion: ...
 
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
         raise ModelError(f"{type(self).__name__} does not offer raw text completion")
 
-    async def complete_n(self, prompt: str, params: dict[str, Any], n: int, *,
-                         seed: int | None = None) -> list[Completion]:
+    async def complete_n(
+        self, prompt: str, params: dict[str, Any], n: int, *, seed: int | None = None
+    ) -> list[Completion]:
         """``n`` independent samples of one prompt (seeds ``seed``, ``seed + 1``, ...).
 
         This fallback makes ``n`` calls at once; backends that can share the prompt's work between samples

@@ -4,6 +4,7 @@ A ``Llama`` object is not safe to call from two threads at once, so each model o
 and calls queue on it; the event loop only awaits. Structured replies are grammar-constrained: llama.cpp
 turns the JSON schema into a GBNF grammar, so even a 135M model returns parseable JSON.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,17 +19,25 @@ from ..config import ModelConfig
 from .base import Backend, Completion, Messages, Usage
 from .smollm2 import resolve_model_path
 
-_CHAT_KEYS = {"temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "presence_penalty",
-              "frequency_penalty", "repeat_penalty", "logit_bias"}
+_CHAT_KEYS = {
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "logit_bias",
+}
 
 
 def _import_llama() -> Any:
     try:
         import llama_cpp
     except ImportError:
-        raise ConfigError(
-            "the llamacpp backend needs llama-cpp-python: pip install 'joydataforge[embedded]'"
-        ) from None
+        raise ConfigError("the llamacpp backend needs llama-cpp-python: pip install 'joydataforge[embedded]'") from None
     return llama_cpp
 
 
@@ -48,13 +57,14 @@ class _LoadedModel:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
 
     @classmethod
-    def get(cls, path: str, n_ctx: int, n_threads: int | None, embedding: bool,
-            chat_format: str | None) -> "_LoadedModel":
+    def get(
+        cls, path: str, n_ctx: int, n_threads: int | None, embedding: bool, chat_format: str | None
+    ) -> "_LoadedModel":
         key = (path, n_ctx, n_threads, embedding, chat_format)
         with cls._lock:
             if key not in cls._loaded:
                 llama_cpp = _import_llama()
-                kwargs: dict[str, Any] = dict(model_path=path, n_ctx=n_ctx, verbose=False, embedding=embedding)
+                kwargs: dict[str, Any] = {"model_path": path, "n_ctx": n_ctx, "verbose": False, "embedding": embedding}
                 if n_threads:
                     kwargs["n_threads"] = n_threads
                 if chat_format:
@@ -75,8 +85,9 @@ class LlamaCppBackend(Backend):
         self.path = str(resolve_model_path(config.model_path))
 
     def _loaded(self, embedding: bool = False) -> _LoadedModel:
-        return _LoadedModel.get(self.path, self.config.n_ctx, self.config.n_threads, embedding,
-                                self.config.chat_template)
+        return _LoadedModel.get(
+            self.path, self.config.n_ctx, self.config.n_threads, embedding, self.config.chat_template
+        )
 
     def _llama(self, embedding: bool = False) -> Any:
         return self._loaded(embedding).llama
@@ -94,8 +105,9 @@ class LlamaCppBackend(Backend):
             raise ModelError(f"llamacpp backend: unsupported generation parameters {sorted(unknown)}")
         return {k: v for k, v in params.items() if k in _CHAT_KEYS}
 
-    def _chat_sync(self, messages: Messages, params: dict[str, Any], schema: dict[str, Any] | None,
-                   seed: int | None) -> Completion:
+    def _chat_sync(
+        self, messages: Messages, params: dict[str, Any], schema: dict[str, Any] | None, seed: int | None
+    ) -> Completion:
         kwargs = self._params(params)
         if schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": schema}
@@ -108,13 +120,22 @@ class LlamaCppBackend(Backend):
             raise ModelError(f"model '{self.config.name}': {exc}", model=self.config.name) from None
         choice = data["choices"][0]
         usage = data.get("usage") or {}
-        return Completion(text=choice["message"].get("content") or "",
-                          usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
-                          finish_reason=choice.get("finish_reason"), model=self.config.model,
-                          latency=time.perf_counter() - started)
+        return Completion(
+            text=choice["message"].get("content") or "",
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            finish_reason=choice.get("finish_reason"),
+            model=self.config.model,
+            latency=time.perf_counter() - started,
+        )
 
-    async def chat(self, messages: Messages, params: dict[str, Any], *,
-                   json_schema: dict[str, Any] | None = None, seed: int | None = None) -> Completion:
+    async def chat(
+        self,
+        messages: Messages,
+        params: dict[str, Any],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
         return await self._in_worker(self._chat_sync, messages, params, json_schema, seed)
 
     def _complete_sync(self, prompt: str, params: dict[str, Any], seed: int | None) -> Completion:
@@ -127,9 +148,12 @@ class LlamaCppBackend(Backend):
             raise ModelError(f"model '{self.config.name}': {exc}", model=self.config.name) from None
         choice = data["choices"][0]
         usage = data.get("usage") or {}
-        return Completion(text=choice.get("text") or "",
-                          usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
-                          finish_reason=choice.get("finish_reason"), model=self.config.model)
+        return Completion(
+            text=choice.get("text") or "",
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            finish_reason=choice.get("finish_reason"),
+            model=self.config.model,
+        )
 
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
         return await self._in_worker(self._complete_sync, prompt, params, seed)
@@ -140,8 +164,9 @@ class LlamaCppBackend(Backend):
             sample.usage.prompt_tokens = 0
         return samples
 
-    async def complete_n(self, prompt: str, params: dict[str, Any], n: int, *,
-                         seed: int | None = None) -> list[Completion]:
+    async def complete_n(
+        self, prompt: str, params: dict[str, Any], n: int, *, seed: int | None = None
+    ) -> list[Completion]:
         """The samples run back to back on the model's thread: llama.cpp keeps the prompt's KV cache between
         calls that share a prefix, so only the first sample pays for evaluating the prompt."""
         return await self._in_worker(self._complete_n_sync, prompt, params, n, seed)
@@ -155,8 +180,12 @@ class LlamaCppBackend(Backend):
         def token_text(token_id: int) -> str:
             return llama._model.token_get_text(token_id) if token_id >= 0 else ""
 
-        return ChatTemplateSource(template, token_text(llama.token_bos()), token_text(llama.token_eos()),
-                                  origin=f"gguf metadata tokenizer.chat_template: {self.path}")
+        return ChatTemplateSource(
+            template,
+            token_text(llama.token_bos()),
+            token_text(llama.token_eos()),
+            origin=f"gguf metadata tokenizer.chat_template: {self.path}",
+        )
 
     async def chat_template(self) -> ChatTemplateSource | None:
         """The GGUF's ``tokenizer.chat_template``; ``None`` when ``chat_template`` in models.yaml overrides
@@ -166,10 +195,13 @@ class LlamaCppBackend(Backend):
         return await self._in_worker(self._chat_template_sync)
 
     async def reward(self, conversations: list[Messages], params: dict[str, Any]) -> list[float]:
-        raise ModelError(f"model '{self.config.name}': the llamacpp backend cannot score rewards (a GGUF chat model "
-                         "has no reward head); use a reward model with backend: transformers, one served by "
-                         "vLLM (backend: openai, POST /pooling), or vLLM in-process (backend: vllm, engine_args: "
-                         "{runner: pooling})", model=self.config.name)
+        raise ModelError(
+            f"model '{self.config.name}': the llamacpp backend cannot score rewards (a GGUF chat model "
+            "has no reward head); use a reward model with backend: transformers, one served by "
+            "vLLM (backend: openai, POST /pooling), or vLLM in-process (backend: vllm, engine_args: "
+            "{runner: pooling})",
+            model=self.config.name,
+        )
 
     def _embed_sync(self, texts: list[str]) -> tuple[list[list[float]], int | None]:
         data = self._llama(embedding=True).create_embedding(texts)

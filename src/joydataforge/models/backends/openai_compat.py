@@ -7,6 +7,7 @@ each differently: transient (retried with backoff: 429, 5xx, timeouts, dropped c
 once: a retry would get the same answer) and, across both, endpoint faults (nothing usable answered: a
 closed port, an HTML login page, JSON without ``choices``, a refused key), which the circuit breaker counts.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,14 @@ _TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524}
 _ENDPOINT_STATUS = {401, 403, 404, 405, 501}
 # Words of a server error that no retry can change (llama.cpp's 501 "not supported", vLLM's "does not
 # support Embeddings API", a NotImplementedError surfacing as a 500). Such a reply fails at once.
-_CANNOT_SUCCEED = ("not supported", "does not support", "doesn't support", "not implemented",
-                   "notimplementederror", "method not allowed")
+_CANNOT_SUCCEED = (
+    "not supported",
+    "does not support",
+    "doesn't support",
+    "not implemented",
+    "notimplementederror",
+    "method not allowed",
+)
 # A connection that takes longer than this is not coming (a firewall dropping packets, a wrong host).
 CONNECT_TIMEOUT = 10.0
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -134,7 +141,8 @@ def describe_connection_error(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "connection closed without a reply"
     if isinstance(exc, (aiohttp.ClientConnectionResetError, ConnectionResetError)) or (
-            isinstance(exc, OSError) and exc.errno == errno.ECONNRESET):
+        isinstance(exc, OSError) and exc.errno == errno.ECONNRESET
+    ):
         return "connection reset"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "reply cut short"
@@ -164,16 +172,20 @@ class OpenAICompatBackend(Backend):
     async def _session_get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=max(1, self.config.max_concurrency), ttl_dns_cache=300)
-            timeout = aiohttp.ClientTimeout(total=self.config.timeout,
-                                            sock_connect=min(self.config.timeout, CONNECT_TIMEOUT))
+            timeout = aiohttp.ClientTimeout(
+                total=self.config.timeout, sock_connect=min(self.config.timeout, CONNECT_TIMEOUT)
+            )
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers(), timeout=timeout,
+                connector=connector,
+                headers=self._headers(),
+                timeout=timeout,
                 json_serialize=lambda obj: json.dumps(obj, ensure_ascii=False),
             )
         return self._session
 
-    async def _post(self, path: str, body: dict[str, Any], *, base: str | None = None,
-                    expect: str | None = None) -> dict[str, Any]:
+    async def _post(
+        self, path: str, body: dict[str, Any], *, base: str | None = None, expect: str | None = None
+    ) -> dict[str, Any]:
         """POST ``body``; the reply's JSON, or the failure sorted (see the module docstring).
 
         ``expect`` names the key every reply of this endpoint has (``choices``, ``data``): a reply without it
@@ -188,21 +200,27 @@ class OpenAICompatBackend(Backend):
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except aiohttp.ConnectionTimeoutError:
             seconds = min(self.config.timeout, CONNECT_TIMEOUT)
-            raise TransientError(f"model '{name}': connection failed: no connection within {seconds:g}s", model=name,
-                                 endpoint_fault=f"no connection within {seconds:g}s") from None
+            raise TransientError(
+                f"model '{name}': connection failed: no connection within {seconds:g}s",
+                model=name,
+                endpoint_fault=f"no connection within {seconds:g}s",
+            ) from None
         except asyncio.TimeoutError:
             raise TransientError(f"model '{name}': no reply within {self.config.timeout}s", model=name) from None
         except aiohttp.InvalidURL as exc:
-            raise FatalError(f"model '{name}': base_url is not a valid URL ({exc})", model=name,
-                             endpoint_fault="invalid URL") from None
+            raise FatalError(
+                f"model '{name}': base_url is not a valid URL ({exc})", model=name, endpoint_fault="invalid URL"
+            ) from None
         except aiohttp.ClientError as exc:
             what = describe_connection_error(exc)
-            raise TransientError(f"model '{name}': connection failed: {what} ({exc})", model=name,
-                                 endpoint_fault=what) from None
+            raise TransientError(
+                f"model '{name}': connection failed: {what} ({exc})", model=name, endpoint_fault=what
+            ) from None
         return self._reply(path, status, content_type, _decode(payload, charset), retry_after, expect)
 
-    def _reply(self, path: str, status: int, content_type: str, text: str, retry_after: float | None,
-               expect: str | None) -> dict[str, Any]:
+    def _reply(
+        self, path: str, status: int, content_type: str, text: str, retry_after: float | None, expect: str | None
+    ) -> dict[str, Any]:
         name = self.config.name
         data = _json_or_none(text)
         if data is None:
@@ -211,20 +229,32 @@ class OpenAICompatBackend(Backend):
             if status >= 400 and status not in _TRANSIENT_STATUS:
                 raise FatalError(message, status=status, model=name, raw=text, endpoint_fault=what)
             # A rate-limit page (a CDN's 429) says "slow down", not "nothing is there": retried, never counted.
-            raise TransientError(message, status=status, model=name, raw=text, retry_after=retry_after,
-                                 endpoint_fault=None if status == 429 else what)
+            raise TransientError(
+                message,
+                status=status,
+                model=name,
+                raw=text,
+                retry_after=retry_after,
+                endpoint_fault=None if status == 429 else what,
+            )
         if status >= 400:
             raise self._http_error(path, status, text, data, retry_after)
         if expect is not None and not (isinstance(data, dict) and expect in data):
             if error_text(data) is not None:  # an error sent with status 200 (some proxies, vLLM's embeddings)
                 raise self._http_error(path, _embedded_status(data), text, data, retry_after, sent_as_200=True)
             what = f"JSON without '{expect}'"
-            raise TransientError(f"model '{name}': {path} did not answer like a model API: {what}: {_short(text, 200)}",
-                                 status=status, model=name, raw=text, endpoint_fault=what)
+            raise TransientError(
+                f"model '{name}': {path} did not answer like a model API: {what}: {_short(text, 200)}",
+                status=status,
+                model=name,
+                raw=text,
+                endpoint_fault=what,
+            )
         return data
 
-    def _http_error(self, path: str, status: int, text: str, data: Any, retry_after: float | None,
-                    sent_as_200: bool = False) -> ModelError:
+    def _http_error(
+        self, path: str, status: int, text: str, data: Any, retry_after: float | None, sent_as_200: bool = False
+    ) -> ModelError:
         """An error the server answered in its API's words: transient, or fatal when no retry can help."""
         name = self.config.name
         said = error_text(data) or text
@@ -234,10 +264,12 @@ class OpenAICompatBackend(Backend):
         if status in _TRANSIENT_STATUS and not cannot_succeed:
             return TransientError(message, status=status, model=name, raw=text, retry_after=retry_after)
         if status in (401, 403):
-            key = (f"the key from the environment variable {self.config.api_key_env} was refused"
-                   if self.config.api_key_env else "no key was sent: name the variable holding it in api_key_env")
-            return FatalError(f"{message} ({key})", status=status, model=name, raw=text,
-                              endpoint_fault=f"{how}, {key}")
+            key = (
+                f"the key from the environment variable {self.config.api_key_env} was refused"
+                if self.config.api_key_env
+                else "no key was sent: name the variable holding it in api_key_env"
+            )
+            return FatalError(f"{message} ({key})", status=status, model=name, raw=text, endpoint_fault=f"{how}, {key}")
         hint = ""
         if status == 404:
             hint = f" (is base_url right, and does the server serve model '{self.config.model}'?)"
@@ -249,8 +281,14 @@ class OpenAICompatBackend(Backend):
         usage = data.get("usage") or {}
         return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
-    async def chat(self, messages: Messages, params: dict[str, Any], *,
-                   json_schema: dict[str, Any] | None = None, seed: int | None = None) -> Completion:
+    async def chat(
+        self,
+        messages: Messages,
+        params: dict[str, Any],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
         body: dict[str, Any] = {"model": self.config.model, "messages": messages, **params}
         if seed is not None and "seed" not in body:
             body["seed"] = seed
@@ -267,10 +305,17 @@ class OpenAICompatBackend(Backend):
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise TransientError(f"model '{self.config.name}': reply without choices: {str(data)[:200]}",
-                                 model=self.config.name, raw=json.dumps(data)) from None
-        return Completion(text=text, usage=self._usage(data), finish_reason=choice.get("finish_reason"),
-                          model=data.get("model", self.config.model))
+            raise TransientError(
+                f"model '{self.config.name}': reply without choices: {str(data)[:200]}",
+                model=self.config.name,
+                raw=json.dumps(data),
+            ) from None
+        return Completion(
+            text=text,
+            usage=self._usage(data),
+            finish_reason=choice.get("finish_reason"),
+            model=data.get("model", self.config.model),
+        )
 
     def _step_down(self, used: str, refusal: ModelError, said: str) -> StructuredOutputRefused:
         """The server refused our way of asking for structured output (some answer 400, some 500): step down
@@ -286,7 +331,11 @@ class OpenAICompatBackend(Backend):
         return StructuredOutputRefused(
             f"model '{self.config.name}': {self.config.endpoint} refused response_format {used} (HTTP {status}: "
             f"{_short(said, 120)}); asking with {asking} from now on, every reply still checked against the schema",
-            used=used, now=now, model=self.config.name, raw=refusal.raw)
+            used=used,
+            now=now,
+            model=self.config.name,
+            raw=refusal.raw,
+        )
 
     def _response_format(self, schema: dict[str, Any]) -> dict[str, Any]:
         if self._schema_mode == "json_schema":
@@ -296,8 +345,9 @@ class OpenAICompatBackend(Backend):
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
         return (await self._completions(prompt, params, 1, seed))[0]
 
-    async def complete_n(self, prompt: str, params: dict[str, Any], n: int, *,
-                         seed: int | None = None) -> list[Completion]:
+    async def complete_n(
+        self, prompt: str, params: dict[str, Any], n: int, *, seed: int | None = None
+    ) -> list[Completion]:
         """One request with ``n`` (vLLM and SGLang process the prompt once for all samples). A server that
         ignores ``n`` (some llama.cpp builds, Ollama) returns fewer choices: the rest are asked for one by one."""
         got = await self._completions(prompt, params, n, seed)
@@ -320,15 +370,22 @@ class OpenAICompatBackend(Backend):
         except (KeyError, TypeError, AttributeError):
             choices, texts = [], []
         if not choices:
-            raise TransientError(f"model '{self.config.name}': completion without choices", model=self.config.name,
-                                 raw=json.dumps(data))
+            raise TransientError(
+                f"model '{self.config.name}': completion without choices", model=self.config.name, raw=json.dumps(data)
+            )
         # The server counts tokens per request: the prompt once, completion tokens for all samples together.
         usage = self._usage(data)
         share, extra = divmod(usage.completion_tokens, len(choices))
         model = data.get("model", self.config.model)
-        return [Completion(text=text, finish_reason=choice.get("finish_reason"), model=model,
-                           usage=Usage(usage.prompt_tokens if i == 0 else 0, share + (extra if i == 0 else 0)))
-                for i, (choice, text) in enumerate(zip(choices, texts))]
+        return [
+            Completion(
+                text=text,
+                finish_reason=choice.get("finish_reason"),
+                model=model,
+                usage=Usage(usage.prompt_tokens if i == 0 else 0, share + (extra if i == 0 else 0)),
+            )
+            for i, (choice, text) in enumerate(zip(choices, texts))
+        ]
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         return (await self.embed_with_usage(texts))[0]
@@ -339,8 +396,11 @@ class OpenAICompatBackend(Backend):
             rows = sorted(data["data"], key=lambda item: item.get("index", 0))
             vectors = [list(map(float, row["embedding"])) for row in rows]
         except (KeyError, TypeError, ValueError):
-            raise ModelError(f"model '{self.config.name}': malformed embeddings reply", model=self.config.name,
-                             raw=json.dumps(data)[:2000]) from None
+            raise ModelError(
+                f"model '{self.config.name}': malformed embeddings reply",
+                model=self.config.name,
+                raw=json.dumps(data)[:2000],
+            ) from None
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         tokens = usage.get("prompt_tokens", usage.get("total_tokens"))
         return vectors, int(tokens) if isinstance(tokens, (int, float)) else None
@@ -350,8 +410,12 @@ class OpenAICompatBackend(Backend):
         from ..reward import POOLING_PATH, parse_pooling_reply, pooling_request, server_root
 
         root = server_root(self.base_url)
-        replies = await asyncio.gather(*(self._post(POOLING_PATH, pooling_request(self.config.model, c, params),
-                                                    base=root, expect="data") for c in conversations))
+        replies = await asyncio.gather(
+            *(
+                self._post(POOLING_PATH, pooling_request(self.config.model, c, params), base=root, expect="data")
+                for c in conversations
+            )
+        )
         return [parse_pooling_reply(data, self.config.name) for data in replies]
 
     async def chat_template(self) -> ChatTemplateSource | None:

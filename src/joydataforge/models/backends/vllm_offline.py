@@ -10,6 +10,7 @@ one request at a time, so a single over-long prompt fails alone and never takes 
 vLLM is an optional extra (``pip install 'joydataforge[vllm]'``, Linux + NVIDIA GPU); nothing else in the
 package imports it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,12 +28,24 @@ from ..config import ModelConfig
 from .base import Backend, Completion, Messages, Usage
 
 # Our parameter names -> vLLM SamplingParams fields. ``repeat_penalty`` is llama.cpp's spelling.
-_PARAM_NAMES = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
-                "max_tokens": "max_tokens", "min_tokens": "min_tokens", "stop": "stop",
-                "stop_token_ids": "stop_token_ids", "presence_penalty": "presence_penalty",
-                "frequency_penalty": "frequency_penalty", "repetition_penalty": "repetition_penalty",
-                "repeat_penalty": "repetition_penalty", "seed": "seed", "ignore_eos": "ignore_eos",
-                "skip_special_tokens": "skip_special_tokens", "logit_bias": "logit_bias"}
+_PARAM_NAMES = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "max_tokens": "max_tokens",
+    "min_tokens": "min_tokens",
+    "stop": "stop",
+    "stop_token_ids": "stop_token_ids",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repetition_penalty": "repetition_penalty",
+    "repeat_penalty": "repetition_penalty",
+    "seed": "seed",
+    "ignore_eos": "ignore_eos",
+    "skip_special_tokens": "skip_special_tokens",
+    "logit_bias": "logit_bias",
+}
 BATCH_WINDOW_S = 0.005  # how long the first request of a batch waits for company
 
 
@@ -40,18 +53,30 @@ def import_vllm() -> Any:
     try:
         import vllm
     except ImportError:
-        raise ConfigError("the vllm backend needs vLLM (Linux with an NVIDIA GPU): pip install 'joydataforge[vllm]'; "
-                          "or serve the model with `vllm serve` and use backend: openai") from None
+        raise ConfigError(
+            "the vllm backend needs vLLM (Linux with an NVIDIA GPU): pip install 'joydataforge[vllm]'; "
+            "or serve the model with `vllm serve` and use backend: openai"
+        ) from None
     return vllm
 
 
-def sampling_params(vllm: Any, params: dict[str, Any], *, n: int = 1, seed: int | None = None,
-                    json_schema: dict[str, Any] | None = None, model: str = "") -> Any:
+def sampling_params(
+    vllm: Any,
+    params: dict[str, Any],
+    *,
+    n: int = 1,
+    seed: int | None = None,
+    json_schema: dict[str, Any] | None = None,
+    model: str = "",
+) -> Any:
     """Our generation parameters as a ``vllm.SamplingParams``; unknown names are an error, not ignored."""
     unknown = sorted(set(params) - set(_PARAM_NAMES) - {"n"})
     if unknown:
-        raise ModelError(f"model '{model}': the vllm backend does not know generation parameters {unknown} "
-                         f"(known: {', '.join(sorted(_PARAM_NAMES))})", model=model)
+        raise ModelError(
+            f"model '{model}': the vllm backend does not know generation parameters {unknown} "
+            f"(known: {', '.join(sorted(_PARAM_NAMES))})",
+            model=model,
+        )
     kwargs = {_PARAM_NAMES[k]: v for k, v in params.items() if k in _PARAM_NAMES and v is not None}
     kwargs["n"] = n
     if seed is not None and "seed" not in kwargs:
@@ -126,7 +151,7 @@ class _Engine:
             if self.llm is None and self.load_error is None:
                 try:
                     self._load()
-                except BaseException as exc:  # noqa: BLE001 - every waiting caller must hear why
+                except BaseException as exc:
                     self.load_error = exc
             if self.load_error is not None:
                 for request in batch:
@@ -138,7 +163,7 @@ class _Engine:
     def _run(self, group: list[_Request]) -> None:
         try:
             outputs = self._call(group)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if len(group) == 1:
                 group[0].future.set_exception(exc)
                 return
@@ -157,8 +182,9 @@ class _Engine:
         if first.kind == "generate":
             outputs = self.llm.generate([r.payload for r in group], params, use_tqdm=False)
         else:
-            outputs = self.llm.chat([r.payload for r in group], params, use_tqdm=False,
-                                    chat_template=first.chat_template)
+            outputs = self.llm.chat(
+                [r.payload for r in group], params, use_tqdm=False, chat_template=first.chat_template
+            )
         if len(outputs) != len(group):
             raise ModelError(f"vLLM returned {len(outputs)} outputs for {len(group)} prompts")
         return list(outputs)
@@ -184,9 +210,12 @@ class VLLMBackend(Backend):
         self.config = config
         self.model = config.model_path or config.model
         if not self.model:
-            raise ConfigError(f"model '{config.name}': the vllm backend needs model (a Hugging Face id or a local folder)")
+            raise ConfigError(
+                f"model '{config.name}': the vllm backend needs model (a Hugging Face id or a local folder)"
+            )
         self._template_file: ChatTemplateSource | None = (
-            load_chat_template_file(config.chat_template) if config.chat_template else None)
+            load_chat_template_file(config.chat_template) if config.chat_template else None
+        )
 
     @property
     def _template_text(self) -> str | None:
@@ -205,8 +234,9 @@ class VLLMBackend(Backend):
         except Exception as exc:
             name = self.config.name
             if exc is engine.load_error:
-                raise ConfigError(f"model '{name}': vLLM could not load '{self.model}': {type(exc).__name__}: "
-                                  f"{exc}") from None
+                raise ConfigError(
+                    f"model '{name}': vLLM could not load '{self.model}': {type(exc).__name__}: {exc}"
+                ) from None
             raise ModelError(f"model '{name}': vLLM: {type(exc).__name__}: {exc}", model=name) from None
 
     async def _submit_pooling(self, request: _Request, hint: str) -> Any:
@@ -220,27 +250,42 @@ class VLLMBackend(Backend):
                 raise
             raise ModelError(f"{exc} ({hint})", model=self.config.name) from None
 
-    def _sampling(self, params: dict[str, Any], n: int, seed: int | None,
-                  json_schema: dict[str, Any] | None = None) -> Any:
+    def _sampling(
+        self, params: dict[str, Any], n: int, seed: int | None, json_schema: dict[str, Any] | None = None
+    ) -> Any:
         return sampling_params(import_vllm(), params, n=n, seed=seed, json_schema=json_schema, model=self.config.name)
 
     def _completions(self, output: Any) -> list[Completion]:
         prompt_tokens = len(getattr(output, "prompt_token_ids", None) or [])
-        return [Completion(text=sample.text, finish_reason=sample.finish_reason, model=self.config.model or self.model,
-                           usage=Usage(prompt_tokens if i == 0 else 0, len(sample.token_ids or [])))
-                for i, sample in enumerate(output.outputs)]
+        return [
+            Completion(
+                text=sample.text,
+                finish_reason=sample.finish_reason,
+                model=self.config.model or self.model,
+                usage=Usage(prompt_tokens if i == 0 else 0, len(sample.token_ids or [])),
+            )
+            for i, sample in enumerate(output.outputs)
+        ]
 
-    async def chat(self, messages: Messages, params: dict[str, Any], *,
-                   json_schema: dict[str, Any] | None = None, seed: int | None = None) -> Completion:
-        request = _Request("chat", list(messages), self._sampling(params, 1, seed, json_schema),
-                           chat_template=self._template_text)
+    async def chat(
+        self,
+        messages: Messages,
+        params: dict[str, Any],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
+        request = _Request(
+            "chat", list(messages), self._sampling(params, 1, seed, json_schema), chat_template=self._template_text
+        )
         return self._completions(await self._submit(request))[0]
 
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
         return (await self.complete_n(prompt, params, 1, seed=seed))[0]
 
-    async def complete_n(self, prompt: str, params: dict[str, Any], n: int, *,
-                         seed: int | None = None) -> list[Completion]:
+    async def complete_n(
+        self, prompt: str, params: dict[str, Any], n: int, *, seed: int | None = None
+    ) -> list[Completion]:
         """``SamplingParams.n``: vLLM prefills the prompt once and forks its KV cache for the samples."""
         return self._completions(await self._submit(_Request("generate", prompt, self._sampling(params, n, seed))))
 
@@ -260,7 +305,8 @@ class VLLMBackend(Backend):
         outputs = await self._submit_pooling(
             _Request("call", lambda llm: llm.embed(batch, use_tqdm=False)),
             "load an embedding model, or give this model engine_args: {runner: pooling, convert: embed}: a model "
-            "loaded for generation cannot embed")
+            "loaded for generation cannot embed",
+        )
         vectors = [[float(x) for x in output.outputs.embedding] for output in outputs]
         return vectors, sum(len(getattr(output, "prompt_token_ids", None) or []) for output in outputs)
 
@@ -270,8 +316,10 @@ class VLLMBackend(Backend):
         chat template writes the special tokens, so the text is tokenized without adding them again."""
         unknown = sorted(set(params) - {"use_activation"})
         if unknown:
-            raise ModelError(f"model '{self.config.name}': the vllm backend's reward takes only use_activation, "
-                             f"not {unknown}", model=self.config.name)
+            raise ModelError(
+                f"model '{self.config.name}': the vllm backend's reward takes only use_activation, not {unknown}",
+                model=self.config.name,
+            )
         template = self._template_text
         use_activation = bool(params.get("use_activation", False))
         name = self.config.name
@@ -281,21 +329,29 @@ class VLLMBackend(Backend):
 
             tokenizer = llm.get_tokenizer()
             if template is None and not getattr(tokenizer, "chat_template", None):
-                raise ModelError(f"model '{name}': the tokenizer has no chat template; set chat_template (a "
-                                 "tokenizer_config.json or .jinja file) in models.yaml", model=name)
-            prompts = [{"prompt_token_ids": conversation_token_ids(tokenizer, template, conversation)}
-                       for conversation in conversations]
+                raise ModelError(
+                    f"model '{name}': the tokenizer has no chat template; set chat_template (a "
+                    "tokenizer_config.json or .jinja file) in models.yaml",
+                    model=name,
+                )
+            prompts = [
+                {"prompt_token_ids": conversation_token_ids(tokenizer, template, conversation)}
+                for conversation in conversations
+            ]
             return llm.classify(prompts, use_tqdm=False, pooling_params=_pooling_params(use_activation))
 
         outputs = await self._submit_pooling(
             _Request("call", score),
-            "reward scores need a sequence-classification reward model loaded with engine_args: {runner: pooling}")
+            "reward scores need a sequence-classification reward model loaded with engine_args: {runner: pooling}",
+        )
         scores = []
         for output in outputs:
             values = list(output.outputs.probs)
             if len(values) != 1:
-                raise ModelError(f"model '{name}': {len(values)} scores per conversation; a reward model has one "
-                                 "(num_labels=1)", model=name)
+                raise ModelError(
+                    f"model '{name}': {len(values)} scores per conversation; a reward model has one (num_labels=1)",
+                    model=name,
+                )
             scores.append(float(values[0]))
         return scores
 
@@ -314,6 +370,9 @@ def _tokenizer_template(llm: Any) -> ChatTemplateSource | None:
     template = getattr(tokenizer, "chat_template", None)
     if not isinstance(template, str) or not template:
         return None
-    return ChatTemplateSource(template, getattr(tokenizer, "bos_token", None) or "",
-                              getattr(tokenizer, "eos_token", None) or "",
-                              origin=f"vLLM tokenizer chat_template: {getattr(tokenizer, 'name_or_path', '')}")
+    return ChatTemplateSource(
+        template,
+        getattr(tokenizer, "bos_token", None) or "",
+        getattr(tokenizer, "eos_token", None) or "",
+        origin=f"vLLM tokenizer chat_template: {getattr(tokenizer, 'name_or_path', '')}",
+    )
