@@ -11,38 +11,16 @@ from openpyxl import load_workbook
 
 from joydataforge.cli.dialogue import dialogue_split_command
 from joydataforge.config.pipeline import Pipeline
-from joydataforge.engine.local import LocalExecutor
 from joydataforge.errors import ConfigError
 from joydataforge.methods.dialogue.split import split_records, write_split
 from joydataforge.methods.dialogue.step import DialogueIntent, IntentBinaryCheck, dialogue_messages, history_before
-from joydataforge.models.config import ModelRegistry
-from joydataforge.models.gateway import Gateway
 from tests.scripted_backend import ScriptedBackend
+from tests.support.harness import read_jsonl, registry_of, write_jsonl
+from tests.support.harness import run_pipeline as harness_run_pipeline
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-REGISTRY = ModelRegistry.from_dict(
-    {
-        "models": {
-            "m": {
-                "backend": "openai",
-                "base_url": "http://127.0.0.1:1/v1",
-                "max_concurrency": 4,
-                "max_retries": 0,
-                "json_retries": 0,
-            },
-        }
-    },
-    "test",
-)
+REGISTRY = registry_of(["m"], json_retries=0)
 TURN = re.compile(r"^\[(\d+)\] 用户: (.*)$", re.M)
-
-
-def write_jsonl(path: Path, records) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
-
-
-def read_jsonl(path: Path):
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines()] if path.exists() else []
 
 
 def rule_label(text: str) -> str:
@@ -74,7 +52,7 @@ def run_pipeline(tmp_path: Path, records, steps, reply, out: str = "out", concur
         run={"cache": None, "progress": False, "concurrency": concurrency},
     )
     backend = ScriptedBackend(reply)
-    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends={"m": backend})).run_sync()
+    summary = harness_run_pipeline(pipeline, {"m": backend}, registry=REGISTRY).summary
     return summary, backend, read_jsonl(tmp_path / out / "data.jsonl"), read_jsonl(tmp_path / out / "failures.jsonl")
 
 

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from joydataforge.config.pipeline import Pipeline
-from joydataforge.engine.local import LocalExecutor
 from joydataforge.errors import ConfigError
 from joydataforge.methods.dpo.step import PreferencePairs
 from joydataforge.models.backends.base import Backend, Completion, Usage
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from tests.scripted_backend import ScriptedBackend
+from tests.support.harness import make_pipeline, run_pipeline, write_jsonl
 
 NAMES = ["gen1", "gen2", "judge1", "judge2", "rm"]
 REGISTRY = ModelRegistry.from_dict(
@@ -32,15 +31,6 @@ REGISTRY = ModelRegistry.from_dict(
     "test",
 )
 ASPECTS = ["helpfulness", "correctness", "harmlessness", "instruction_following"]
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
-    return path
-
-
-def read_jsonl(path: Path):
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines()] if path.exists() else []
 
 
 def answer_of(messages) -> str:
@@ -98,17 +88,8 @@ class ScriptedReward(Backend):
 def run(tmp_path: Path, records, step: dict, backends: dict[str, Backend]):
     tmp_path.mkdir(parents=True, exist_ok=True)
     write_jsonl(tmp_path / "in.jsonl", records)
-    pipeline = Pipeline.from_dict(
-        {
-            "input": {"path": str(tmp_path / "in.jsonl")},
-            "steps": [{"dpo": step}],
-            "output": {"dir": str(tmp_path / "out")},
-            "run": {"cache": None, "progress": False, "concurrency": 4},
-        }
-    )
-    gateway = Gateway(REGISTRY, backends=backends)
-    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=gateway).run_sync()
-    return summary, read_jsonl(tmp_path / "out" / "data.jsonl"), read_jsonl(tmp_path / "out" / "failures.jsonl")
+    result = run_pipeline(make_pipeline(tmp_path, [{"dpo": step}], run={"concurrency": 4}), backends, registry=REGISTRY)
+    return result.summary, result.data, result.failures
 
 
 def test_pointwise_two_judges_averaged_best_vs_worst(tmp_path):

@@ -30,26 +30,12 @@ from joydataforge.methods.evol_instruct.operations import (
 )
 from joydataforge.methods.evol_instruct.step import EvolInstruct, labels_of
 from joydataforge.models.backends.base import Completion
-from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from joydataforge.prompts.renderer import PromptLibrary
 from tests.scripted_backend import ScriptedBackend
+from tests.support.harness import registry_of
 
-REGISTRY = ModelRegistry.from_dict(
-    {
-        "models": {
-            name: {
-                "backend": "openai",
-                "base_url": "http://127.0.0.1:1/v1",
-                "max_concurrency": 16,
-                "max_retries": 0,
-                "json_retries": 0,
-            }
-            for name in ("m", "judge", "answerer")
-        }
-    },
-    "test",
-)
+REGISTRY = registry_of(("m", "judge", "answerer"), max_concurrency=16, json_retries=0)
 
 OPS = {
     "Add one more constraint": "constraints",

@@ -1,7 +1,6 @@
 """The local executor with a scripted backend: order, fan-out, failures, bad input, resume, windows."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,41 +12,13 @@ from joydataforge.errors import ConfigError, JoyForgeError
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from tests.scripted_backend import ScriptedBackend, echo_reply
+from tests.support.harness import make_pipeline, read_jsonl, registry_of, run_pipeline, write_jsonl
 
-REGISTRY = ModelRegistry.from_dict(
-    {
-        "models": {
-            "m": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 8, "max_retries": 2},
-        }
-    },
-    "test",
-)
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
-    return path
-
-
-def read_jsonl(path: Path):
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines()] if path.exists() else []
-
-
-def make_pipeline(tmp_path: Path, steps, **sections) -> Pipeline:
-    data = {
-        "input": {"path": str(tmp_path / "in.jsonl")},
-        "steps": steps,
-        "output": {"dir": str(tmp_path / "out")},
-        "run": {"cache": None, "progress": False, "concurrency": 8},
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
-    return Pipeline.from_dict(data)
+REGISTRY = registry_of(["m"], max_concurrency=8, max_retries=2, json_retries=2)
 
 
 def run(pipeline: Pipeline, backend: ScriptedBackend, **kwargs):
-    gateway = Gateway(REGISTRY, backends={"m": backend})
-    return LocalExecutor(pipeline, registry=REGISTRY, gateway=gateway, **kwargs).run_sync()
+    return run_pipeline(pipeline, {"m": backend}, registry=REGISTRY, **kwargs).summary
 
 
 def test_generate_keeps_fields_order_and_metadata(tmp_path):

@@ -1,37 +1,22 @@
 """Joint synthesis (fuse, pick) and critique-and-revise with scripted replies per model."""
 
-import asyncio
 import json
 
 import pytest
 
 from joydataforge.config.pipeline import Pipeline
-from joydataforge.engine.local import LocalExecutor
 from joydataforge.engine.step import StepContext
 from joydataforge.errors import ConfigError, StepError
 from joydataforge.methods.critique.step import CritiqueRevise
 from joydataforge.methods.joint.step import Joint
-from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from joydataforge.prompts.renderer import PromptLibrary
 from tests.scripted_backend import ScriptedBackend
+from tests.support.harness import registry_of, run_pipeline
+from tests.support.harness import run_step as harness_run_step
 
 NAMES = ["a", "b", "c", "fuser", "author", "critic"]
-REGISTRY = ModelRegistry.from_dict(
-    {
-        "models": {
-            n: {
-                "backend": "openai",
-                "base_url": "http://127.0.0.1:1/v1",
-                "max_concurrency": 4,
-                "max_retries": 0,
-                "json_retries": 1,
-            }
-            for n in NAMES
-        }
-    },
-    "test",
-)
+REGISTRY = registry_of(NAMES)
 RECORD = {"id": "r1", "input": "How do I boil an egg?"}
 
 
@@ -47,9 +32,7 @@ def config_error(kind, settings):
 
 
 def run_step(step, record, backends):
-    ctx = StepContext(Gateway(REGISTRY, backends=backends), PromptLibrary())
-    step.check(ctx)
-    return asyncio.run(step.run(record, ctx))
+    return harness_run_step(step, record, backends, registry=REGISTRY)
 
 
 def sequence(*replies):
@@ -303,7 +286,7 @@ def test_joint_and_critique_from_yaml_through_the_executor(tmp_path):
         "author": author(),
         "critic": sequence(critique("revise"), critique("approve", 9, [])),
     }
-    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends=backends)).run_sync()
+    summary = run_pipeline(pipeline, backends, registry=REGISTRY).summary
     out = [json.loads(x) for x in (tmp_path / "out" / "data.jsonl").read_text().splitlines()]
     failures = [json.loads(x) for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
     assert summary.records_out == 1 and summary.failed == 1 and failures[0]["id"] == "r2"

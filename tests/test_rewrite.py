@@ -9,32 +9,11 @@ from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
 from joydataforge.errors import ConfigError
 from joydataforge.methods.rewrite.step import Rewrite
-from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from tests.scripted_backend import ScriptedBackend
+from tests.support.harness import read_jsonl, registry_of, run_pipeline, write_jsonl
 
-REGISTRY = ModelRegistry.from_dict(
-    {
-        "models": {
-            "m": {
-                "backend": "openai",
-                "base_url": "http://127.0.0.1:1/v1",
-                "max_concurrency": 4,
-                "max_retries": 0,
-                "json_retries": 1,
-            },
-        }
-    },
-    "test",
-)
-
-
-def write_jsonl(path: Path, records) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
-
-
-def read_jsonl(path: Path):
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines()] if path.exists() else []
+REGISTRY = registry_of(["m"])
 
 
 def run(tmp_path: Path, records, step: dict, reply) -> tuple:
@@ -48,7 +27,7 @@ def run(tmp_path: Path, records, step: dict, reply) -> tuple:
         }
     )
     backend = ScriptedBackend(reply)
-    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends={"m": backend})).run_sync()
+    summary = run_pipeline(pipeline, {"m": backend}, registry=REGISTRY).summary
     return (
         summary,
         backend,

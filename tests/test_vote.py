@@ -7,32 +7,15 @@ import json
 import pytest
 
 from joydataforge.config.pipeline import Pipeline
-from joydataforge.engine.local import LocalExecutor
-from joydataforge.engine.step import StepContext
 from joydataforge.errors import ConfigError, InputError, StepError
 from joydataforge.methods.vote.aggregate import aggregate
 from joydataforge.methods.vote.step import Cascade, Vote
-from joydataforge.models.config import ModelRegistry
-from joydataforge.models.gateway import Gateway
-from joydataforge.prompts.renderer import PromptLibrary
 from tests.scripted_backend import ScriptedBackend
+from tests.support.harness import registry_of, run_pipeline, step_context
+from tests.support.harness import run_step as harness_run_step
 
 NAMES = ["a", "b", "c", "d", "e", "strong"]
-REGISTRY = ModelRegistry.from_dict(
-    {
-        "models": {
-            n: {
-                "backend": "openai",
-                "base_url": "http://127.0.0.1:1/v1",
-                "max_concurrency": 4,
-                "max_retries": 0,
-                "json_retries": 1,
-            }
-            for n in NAMES
-        }
-    },
-    "test",
-)
+REGISTRY = registry_of(NAMES)
 LABELS = ["drug", "other", "bmi"]
 
 
@@ -48,8 +31,8 @@ def says(label, reason="r"):
 
 
 def context(backends):
-    gateway = Gateway(REGISTRY, backends=backends)
-    return StepContext(gateway, PromptLibrary()), gateway
+    ctx = step_context(backends, registry=REGISTRY)
+    return ctx, ctx.gateway
 
 
 def config_error(kind, settings):
@@ -60,9 +43,7 @@ def config_error(kind, settings):
 
 
 def run_step(step, record, backends):
-    ctx, _ = context(backends)
-    step.check(ctx)
-    return asyncio.run(step.run(record, ctx))
+    return harness_run_step(step, record, backends, registry=REGISTRY)
 
 
 RECORD = {"id": "r1", "input": "can I take ibuprofen?"}
@@ -386,7 +367,7 @@ def test_vote_cascade_pipeline_counts_gated_and_passed(tmp_path):
         }
     )
     backends = {"a": voter("a"), "b": voter("b"), "c": voter("c"), "strong": strong}
-    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends=backends)).run_sync()
+    summary = run_pipeline(pipeline, backends, registry=REGISTRY).summary
     out = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "data.jsonl").read_text().splitlines())}
     failures = [json.loads(x) for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
     assert summary.records_out == 3 and summary.failed == 1
@@ -410,6 +391,6 @@ def test_vote_and_cascade_as_python_objects(tmp_path):
         run={"cache": None, "progress": False},
     )
     backends = {"a": says("drug"), "b": says("drug"), "c": says("other"), "strong": says("bmi")}
-    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=Gateway(REGISTRY, backends=backends)).run_sync()
+    summary = run_pipeline(pipeline, backends, registry=REGISTRY).summary
     out = json.loads((tmp_path / "out" / "data.jsonl").read_text())
     assert summary.records_out == 1 and out["vote"]["label"] == "drug" and out["label"] == "bmi"
