@@ -112,7 +112,8 @@ def run_records(
 
 
 def assert_run_finished(result: Any, out: Path) -> None:
-    """A ``joyforge run`` on a real model finished: its exit status is its summary's verdict, 0 (all done) or 3
-    (some records failed, as a small model's replies may)."""
+    """A ``joyforge run`` on a real model ran to its end: its exit status is its summary's verdict, 0 (all done),
+    3 (some records failed) or 4 (none succeeded: a 135M model's replies may all fail on a one-record run). What
+    a test expects of the records it asserts itself."""
     summary = json.loads((out / "summary.json").read_text("utf-8"))
-    assert result.exit_code == summary["exit_status"] and result.exit_code in (0, 3), result.output
+    assert result.exit_code == summary["exit_status"] and result.exit_code in (0, 3, 4), result.output
