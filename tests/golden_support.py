@@ -71,7 +71,8 @@ LLAMACPP_ONLY_KEYS = ("model_path", "n_ctx", "n_threads", "chat_template")
 # Keys whose values are wall-clock measurements: present in summary.json only, never in records (checked
 # by running every example twice and diffing, see record.py --check).
 SUMMARY_DROP = ("seconds", "output_dir")
-MODEL_USAGE_DROP = ("mean_latency", "latency_total")
+SEED_TOKEN = "<SEED>"
+MODEL_USAGE_DROP = ("mean_latency", "latency_total", "concurrency")  # timings; the adaptive limit follows them
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,11 +256,23 @@ def write_models_file(path: Path, base_url: str, template: Path = MODELS_TEMPLAT
 # --------------------------------------------------------------------------------------------------
 
 
+def _text_checks_off(step: dict) -> None:
+    """``text_checks: false`` on a step (short or long form) whose kind has that setting."""
+    from joydataforge.config.kinds import BUILTIN_CONFIGS
+
+    kind, settings = (step["kind"], step) if "kind" in step else next(iter(step.items()))
+    config = BUILTIN_CONFIGS.get(kind)
+    if config is not None and "text_checks" in config.model_fields and isinstance(settings, dict):
+        settings.setdefault("text_checks", False)
+
+
 def prepare_work(work: Path, examples: Path = EXAMPLES) -> Path:
     """Copy the examples folder into ``work/examples`` with the call cache off in every pipeline copy.
 
     Only the copies change: never write into examples/. The cache is off so that every run calls the
-    (mock) model and a second run in the same folder cannot answer from the first.
+    (mock) model and a second run in the same folder cannot answer from the first. Text checks are off: the
+    mock echoes its prompt (scaffolding, by the checks' rules) and answers schemas with one-letter strings,
+    which would send every generated text down the failure path; the checks have tests of their own.
     """
     target = work / "examples"
     shutil.copytree(examples, target, ignore=shutil.ignore_patterns(".joyforge-cache", "__pycache__"))
@@ -267,6 +280,8 @@ def prepare_work(work: Path, examples: Path = EXAMPLES) -> Path:
         path = target / f"{stem}.yaml"
         data = yaml.safe_load(path.read_text("utf-8"))
         data.setdefault("run", {})["cache"] = None
+        for step in data.get("steps") or []:
+            _text_checks_off(step)
         path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), "utf-8")
     (work / "out").mkdir(exist_ok=True)
     return target
@@ -380,12 +395,24 @@ def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _without_call_seeds(record: Any) -> Any:
+    """A call's seed in its provenance is derived from the call's identity, which holds the mock's base URL: a
+    new port each run. The replies do not depend on it (the stand-in's do, and they are compared)."""
+    if isinstance(record, dict):
+        meta = record.get("_meta")
+        if isinstance(meta, dict):
+            for call in meta.get("calls") or []:
+                if isinstance(call, dict) and isinstance(call.get("params"), dict) and "seed" in call["params"]:
+                    call["params"]["seed"] = SEED_TOKEN
+    return record
+
+
 def normalise_jsonl(text: str, work: Path, base_url: str) -> str:
     """Each line parsed, normalised and re-serialised (key order kept: it is part of the output)."""
     lines = []
     for line in text.splitlines():
         if line.strip():
-            lines.append(_dump(normalise_value(json.loads(line), str(work), base_url)))
+            lines.append(_dump(_without_call_seeds(normalise_value(json.loads(line), str(work), base_url))))
     return "".join(x + "\n" for x in lines)
 
 
@@ -484,7 +511,9 @@ def diff_message(
     """What differs, per file: for JSONL the changed fields of each changed line (records are long single
     lines, so a text diff alone hides where they differ), then a unified diff cut to ``limit`` lines."""
     where = where or f"tests/fixtures/golden/{stem}/"
-    parts = [f"example {stem}: output differs from {where} (recorded with the pre-refactor code at 19ad789)"]
+    parts = [
+        f"example {stem}: output differs from {where} (re-record on purpose only: tests/fixtures/golden/record.py)"
+    ]
     for name in sorted(set(expected) | set(actual)):
         old, new = expected.get(name), actual.get(name)
         if old == new:

@@ -39,7 +39,7 @@ def error_of(settings: dict) -> str:
         ({"threshold": 1.5}, ".threshold: must be <= 1 (got 1.5)"),
         ({"num_perm": 0}, ".num_perm: must be >= 1 (got 0)"),
         ({"ngram": 0}, ".ngram: must be >= 1 (got 0)"),
-        ({"mode": "chars"}, ".mode: must be one of 'auto', 'word' or 'char' (got 'chars')"),
+        ({"mode": "chars"}, ".mode: must be one of 'mixed', 'auto', 'word' or 'char' (got 'chars')"),
         ({"policy": "last"}, ".policy: must be one of 'first' or 'tag' (got 'last')"),
         (
             {"policy": "longest"},
@@ -53,7 +53,7 @@ def error_of(settings: dict) -> str:
         (
             {"field": "input"},
             ".field: unknown setting (did you mean 'fields'? known: fields, id_field, mode, name, "
-            "ngram, num_perm, policy, seed, threshold)",
+            "ngram, num_perm, policy, reference, seed, threshold)",
         ),
         # cross-field: the LSH bands follow from threshold and num_perm together
         (

@@ -78,7 +78,7 @@ def test_dialogue_intent_setting_errors(settings, message):
         (
             {**MODEL, "fallback": "其他"},
             ".fallback: unknown setting (did you mean 'fallback_label'? known: check_labels, "
-            "fallback_label, label_field, labels, model, name, on_reject, options, params, "
+            "fallback_label, label_field, label_prompts, labels, model, name, on_reject, options, params, "
             "prompt)",
         ),
     ],

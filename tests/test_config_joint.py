@@ -41,8 +41,8 @@ def error_of(settings: dict) -> str:
         (
             {**DRAFT, "fuse_param": {}},
             ".fuse_param: unknown setting (did you mean 'fuse_params'? known: draft_params, "
-            "draft_prompt, drafters, drafts_field, fuse_params, fuse_prompt, fuser, joint_field, "
-            "min_drafts, mode, name, options, output_field, pick_prompt)",
+            "draft_prompt, drafters, drafts_field, fuse_params, fuse_prompt, fuser, joint_field, keep_reasoning, "
+            "min_drafts, mode, name, options, output_field, pick_order, pick_prompt, text_checks)",
         ),
         # cross-field checks
         ({**DRAFT, "min_drafts": 4}, ".min_drafts: must be at most the number of drafters (3) (got 4)"),

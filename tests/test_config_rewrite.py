@@ -57,7 +57,7 @@ def error_of(settings: dict) -> str:
             {**MODEL, "type": ["paraphrase"]},
             ".type: unknown setting (did you mean 'types'? known: drop_fields, fields, "
             "max_cases, max_chars, min_cases, model, name, options, params, per_type, "
-            "prompt, show_fields, types)",
+            "prompt, show_fields, text_checks, types)",
         ),
         # cross-field checks
         (
@@ -115,4 +115,4 @@ def test_the_python_api_takes_the_old_positional_form():
 def test_the_example_and_the_reference_example_validate():
     assert RewriteConfig.from_settings(RewriteConfig.example, where="example").model_names() == ["smollm2-rewriter"]
     rewrite = Pipeline.from_yaml(EXAMPLES / "rewrite.yaml").steps[0]
-    assert isinstance(rewrite, RewriteConfig) and list(rewrite.type_table()) == ["paraphrase", "persona", "detail"]
+    assert isinstance(rewrite, RewriteConfig) and list(rewrite.type_table()) == ["问句药名替换", "表达润色"]

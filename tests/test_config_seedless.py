@@ -59,7 +59,7 @@ def error_of(settings: dict) -> str:
             ".threshhold: unknown setting (did you mean 'threshold'? known: dedup, "
             "dedup_scope, difficulties, fields, max_calls, max_chars, model, n_per_topic, "
             "name, num_perm, options, params, per_call, personas, prompt, "
-            "subtopics_per_call, threshold)",
+            "subtopics_per_call, text_checks, threshold)",
         ),
         # cross-field: an LSH index cannot band this signature length at this threshold
         (

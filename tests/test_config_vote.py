@@ -49,7 +49,7 @@ VOTERS = {"models": ["a", "b", "c"]}
             {**VOTERS, "quorom": 2},
             "(vote).quorom: unknown setting (did you mean 'quorum'? known: models, name, "
             "on_no_majority, options, output_field, params, prompt, quorum, schema, seed_fields, "
-            "votes_field, weights)",
+            "verifiers, votes_field, weights)",
         ),
         # cross-field checks
         ({**VOTERS, "quorum": 4}, "(vote).quorum: 4 can never be reached by voters of total weight 3"),
@@ -99,18 +99,33 @@ STRONG = {"model": "strong", "gate_tie": True}
         ({**STRONG, "cascade_field": ""}, "(cascade).cascade_field: must not be empty"),
         ({"gate_tie": True}, "(cascade).model: required setting is missing"),
         (
-            {**STRONG, "gate": ["drug"]},
-            "(cascade).gate: unknown setting (did you mean 'gate_tie'? known: cascade_field, "
-            "gate_labels, gate_no_quorum, gate_tie, model, name, on_cascade_failure, options, "
-            "output_field, params, prefix, prompt, schema, vote_field, votes_field)",
+            {**STRONG, "gate_ties": True},
+            "(cascade).gate_ties: unknown setting (did you mean 'gate_tie'? known: cascade_field, gate, "
+            "gate_labels, gate_no_quorum, gate_on_failed_verify, gate_tie, keep_reasoning, model, name, on_cascade_failure, "
+            "options, "
+            "output_field, params, prefix, prompt, schema, seed_fields, verify_field, vote_field, votes_field)",
         ),
+        ({**STRONG, "gate": ["drug"]}, "(cascade).gate: must be one of 'vote' or 'all' (got [\"drug\"])"),
         (
             {"model": "strong"},
-            "(cascade).gate_labels: nothing would be gated; set gate_labels, gate_tie or gate_no_quorum",
+            "(cascade).gate_labels: nothing would be gated; set gate_labels, gate_tie, gate_no_quorum or "
+            "gate_on_failed_verify (or gate: all for every record)",
         ),
         (
             {"model": "strong", "gate_labels": []},
-            "(cascade).gate_labels: nothing would be gated; set gate_labels, gate_tie or gate_no_quorum",
+            "(cascade).gate_labels: an empty list gates nothing; to send every record to the model write gate: all",
+        ),
+        (
+            {"model": "strong", "gate": "all", "gate_labels": []},
+            "(cascade).gate_labels: has no effect with gate: all, which sends every record; remove one or the other",
+        ),
+        (
+            {"model": "strong", "gate": "all", "gate_tie": True},
+            "(cascade).gate_tie: has no effect with gate: all, which sends every record; remove one or the other",
+        ),
+        (
+            {**STRONG, "seed_fields": True, "output_field": "final"},
+            "(cascade).seed_fields: writes label and reason at the top level; leave output_field and prefix unset",
         ),
     ],
 )

@@ -65,8 +65,29 @@ def test_demo_pipeline_end_to_end(tmp_path):
     failures = (tmp_path / "demo" / "failures.jsonl").read_text("utf-8").splitlines()
     assert len(records) + len(failures) == 2
     for record in records:
-        assert record["target"] and record["label"] in {"BMI", "孕期孕周", "药品", "其他"}
+        assert record["label"] in {"药品", "孕期孕周", "BMI", "其他"}  # constrained to the demo's list
+        assert record["answer_en"].isascii() and len(record["answer_en"].split()) >= 3  # English words, not debris
     assert (tmp_path / "demo" / "data.parquet").exists()
+
+
+def test_show_demo_prints_the_records_and_the_way_to_chinese_answers(tmp_path):
+    """``make demo``'s last lines: each record's query, label, question and answer, then the real-model steps."""
+    import subprocess
+    import sys
+
+    (tmp_path / "data.jsonl").write_text(
+        json.dumps(
+            {"input": "咳嗽有痰可以喝吗", "input_en": "Cough?", "answer_en": "Take a syrup.", "label": "药品"},
+            ensure_ascii=False,
+        )
+        + "\n",
+        "utf-8",
+    )
+    out = subprocess.run(
+        [sys.executable, "examples/show_demo.py", str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "咳嗽有痰可以喝吗  ->  label: 药品" in out and "  A: Take a syrup." in out
+    assert "prompt: zh/answer" in out and "model: local-openai" in out and "vllm serve" in out
 
 
 def test_complete_n_runs_the_samples_back_to_back():

@@ -65,12 +65,12 @@ def test_rewrite_example(tmp_path):
         assert 1 <= len(records) == stats["cases_out"]
     for k, record in enumerate(records):
         assert record["parent_id"] == source["id"] and record["id"] == f"{source['id']}:rw{k}"
-        assert record["rewrite_type"] in {"paraphrase", "persona", "detail"}
+        assert record["rewrite_type"] in {"问句药名替换", "表达润色"}
         assert isinstance(record["input"], str) and record["input"].strip()
         assert "rewrite_answer" not in record and record["history"] == source["history"]
         assert isinstance(record["target"], str)  # answered by the generate step
         assert [c["step"] for c in record["_meta"]["calls"]] == ["rewrite", "generate"]
-    assert len(records) <= 3
+    assert len(records) <= 2
 
 
 def test_seedless_example(tmp_path):
@@ -79,7 +79,7 @@ def test_seedless_example(tmp_path):
     assert stats["calls"] <= 6
     subtopics = {"baking bread", "knife skills", "sauces", "meal prep", "grilling"}
     personas = {"a student", "a busy parent", "a nurse", "a software engineer"}
-    assert len(records) <= 3
+    assert len(records) <= 3  # n_per_topic
     for k, record in enumerate(records):
         assert record["id"] == f"cooking:g{k}" and record["topic"] == "home cooking"
         assert set(record["subtopics"]) <= subtopics and len(record["subtopics"]) == 1

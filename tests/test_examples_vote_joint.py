@@ -68,7 +68,9 @@ def test_vote_example(tmp_path):
     records, _, summary = run_example("vote", tmp_path / "vote", limit=2)
     for record in records:
         check_vote(record)
-        assert record["label_vote"] == record["vote"]["label"]
+        # The original's values: the majority label and "voted", or "" and "" without a majority.
+        assert record["label_vote"] == (record["vote"]["label"] or "")
+        assert record["reason_vote"] == ("voted" if record["vote"]["label"] else "")
     outcomes = sum(v for k, v in summary["steps"]["vote"].items() if k.startswith("outcome:"))
     assert outcomes == len(records)
 

@@ -214,7 +214,7 @@ def test_export_file_refuses_unknown_format_and_destination(tmp_path):
         export_file(src, tmp_path / "t.jsonl", "llama")
     with pytest.raises(ValueError, match=r"\.jsonl, \.json or \.parquet"):
         export_file(src, tmp_path / "t.csv", "openai")
-    assert set(FORMATS) == {"sharegpt", "openai", "alpaca", "trl", "trl-sft"}
+    assert {"sharegpt", "openai", "alpaca", "trl", "trl-sft", "openai-tools", "sharegpt-tools"} <= set(FORMATS)
 
 
 def test_seed_records_export_in_every_format(tmp_path):

@@ -1,4 +1,5 @@
-"""Every example pipeline still writes what the pre-refactor code (git 19ad789) wrote.
+"""Every example pipeline still writes what was recorded (first with the pre-refactor code, git 19ad789, which
+proved the settings-first refactor byte-identical; then once on purpose for issue 14's intended changes).
 
 Why: a refactor that moves steps, executors and the pipeline module must not change a single output
 record. tests/fixtures/golden/ holds the normalised outputs of each examples/*.yaml pipeline, recorded

@@ -67,7 +67,7 @@ def test_fuse_reads_all_drafts_and_keeps_them_with_their_model():
 
 def test_a_repeated_drafter_asks_for_distinct_samples():
     a = ScriptedBackend(lambda m, s: "same text")
-    out = run_step(Joint(["a", "a", "a"], "fuser", draft_prompt="en/answer"), RECORD, {"a": a, "fuser": text("F")})
+    out = run_step(Joint(["a", "a", "a"], "fuser", draft_prompt="en/answer"), RECORD, {"a": a, "fuser": text("FUSED")})
     assert [d["sample"] for d in out["drafts"]] == [0, 1, 2]
     assert len({c["seed"] for c in a.calls}) == 3  # each sample gets its own backend seed
 
@@ -89,7 +89,7 @@ def test_failed_drafters_are_recorded_and_min_drafts_enforced():
 def test_empty_fusion_fails_the_record():
     step = Joint(["a", "b"], "fuser", draft_prompt="en/answer")
     with pytest.raises(StepError, match="empty reply"):
-        run_step(step, RECORD, {"a": text("x"), "b": text("y"), "fuser": text("  ")})
+        run_step(step, RECORD, {"a": text("draft x"), "b": text("draft y"), "fuser": text("  ")})
 
 
 def test_structured_drafts_are_fused_into_a_validated_record():
@@ -116,7 +116,9 @@ def pick_backends(fuser):
 
 
 def test_pick_takes_the_chosen_draft_with_reason():
-    step = Joint(["a", "b", "c"], "fuser", mode="pick", draft_prompt="en/answer", pick_prompt="en/joint_pick")
+    step = Joint(
+        ["a", "b", "c"], "fuser", mode="pick", draft_prompt="en/answer", pick_prompt="en/joint_pick", pick_order="fixed"
+    )
     fuser = text(json.dumps({"best": 2, "reason": "clearer"}))
     out = run_step(step, RECORD, pick_backends(fuser))
     assert out["target"] == "draft B"
@@ -127,12 +129,13 @@ def test_pick_takes_the_chosen_draft_with_reason():
         "best": 1,
         "model": "b",
         "reason": "clearer",
+        "order": [0, 1, 2],
     }
     assert fuser.calls[0]["schema"]["properties"]["best"]["maximum"] == 3
 
 
 def test_pick_numbers_only_successful_drafts():
-    step = Joint(["a", "b", "c"], "fuser", mode="pick", draft_prompt="en/answer")
+    step = Joint(["a", "b", "c"], "fuser", mode="pick", draft_prompt="en/answer", pick_order="fixed")
     fuser = text(json.dumps({"best": 2, "reason": "ok"}))
     out = run_step(step, RECORD, {"a": text(""), "b": text("draft B"), "c": text("draft C"), "fuser": fuser})
     assert out["target"] == "draft C" and out["joint"]["best"] == 2 and out["joint"]["model"] == "c"
@@ -140,7 +143,7 @@ def test_pick_numbers_only_successful_drafts():
 
 def test_out_of_range_pick_is_retried():
     fuser = sequence(json.dumps({"best": 7, "reason": "?"}), json.dumps({"best": 3, "reason": "fine"}))
-    step = Joint(["a", "b", "c"], "fuser", mode="pick", draft_prompt="en/answer")
+    step = Joint(["a", "b", "c"], "fuser", mode="pick", draft_prompt="en/answer", pick_order="fixed")
     out = run_step(step, RECORD, pick_backends(fuser))
     assert out["target"] == "draft C" and len(fuser.calls) == 2
 

@@ -79,6 +79,7 @@ FORBIDDEN = {
     "joydataforge.methods": ("joydataforge.cli", "joydataforge.engine.local", "joydataforge.engine.ray_executor"),
     "joydataforge.engine": ("joydataforge.cli",),
     "joydataforge.evaluate": ("joydataforge.cli", "joydataforge.engine"),
+    "joydataforge.sandbox": ("joydataforge.engine", "joydataforge.methods", "joydataforge.cli", "joydataforge.models"),
 }
 
 

@@ -77,7 +77,9 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("spec", [ShingleSpec(), ShingleSpec("word", 2), ShingleSpec("char", 5), ShingleSpec(ngram=1)])
+@pytest.mark.parametrize(
+    "spec", [ShingleSpec(), ShingleSpec("auto"), ShingleSpec("word", 2), ShingleSpec("char", 5), ShingleSpec(ngram=1)]
+)
 def test_vectorised_shingles_agree_with_reference(spec):
     batch = shingle_hashes(TEXTS, spec)
     assert len(batch) == len(TEXTS)

@@ -69,7 +69,8 @@ def demo_copy(where: Path, server_url: str) -> Path:
     """examples/demo.yaml with its data, its `smollm2` pointed at the mock server; its own empty cache."""
     where.mkdir()
     shutil.copy(EXAMPLES / "demo.yaml", where / "demo.yaml")
-    shutil.copy(EXAMPLES / "wizard_seed.jsonl", where / "wizard_seed.jsonl")
+    shutil.copy(EXAMPLES / "demo_seed.jsonl", where / "demo_seed.jsonl")
+    shutil.copytree(EXAMPLES / "prompts", where / "prompts")
     (where / "models.yaml").write_text(
         f"models:\n  smollm2:\n    backend: openai\n    model: mock\n    base_url: {server_url}\n"
         "    max_concurrency: 4\n",

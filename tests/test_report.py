@@ -145,8 +145,29 @@ def test_pca_map_keeps_planar_geometry_and_is_stable() -> None:
 def test_diff_segments_mark_what_changed() -> None:
     segs = diff_segments("how often, and what dose", "how often and what max dose")
     assert "".join(p for p, kind in segs if kind != "gone") == "how often and what max dose"
-    assert (",", "gone") in segs and any(kind == "changed" and "max" in p for p, kind in segs)
+    # the comma is punctuation, which dedup ignores: only the inserted word is marked
+    assert segs == [("how often and what ", "same"), ("max", "changed"), (" dose", "same")]
     assert diff_segments("same", "same") == [("same", "same")]
+    segs = diff_segments("take two tablets daily", "take tablets daily")
+    assert ("two", "gone") in segs
+
+
+def test_diff_segments_ignore_what_dedup_ignores() -> None:
+    # case, punctuation, full-width forms and spacing: nothing to mark
+    for base, text in [
+        ("How OFTEN, and what dose?", "how often and what dose"),
+        ("请解释Python中的装饰器。", "请解释 ＰＹＴＨＯＮ 中的装饰器！"),
+        ("Café,  naïve!", "cafe\u0301 NAÏVE"),
+    ]:
+        segs = diff_segments(base, text)
+        assert [kind for _, kind in segs] == ["same"], (base, text, segs)
+        assert "".join(p for p, _ in segs) == text
+    # a changed word inside Chinese text is marked, the punctuation around it is not
+    segs = diff_segments("请解释Python中的装饰器。", "请解释Java中的装饰器！")
+    assert segs == [("请解释", "same"), ("Java", "changed"), ("中的装饰器！", "same")]
+    # with character shingles every letter is a token
+    segs = diff_segments("colour", "color", mode="char")
+    assert ("u", "gone") in segs and all(kind != "changed" for _, kind in segs)
 
 
 def test_histogram_bins_hold_every_value() -> None:
@@ -270,3 +291,31 @@ def test_lengths_in_the_json_say_their_unit(instructions: list[dict]) -> None:
     m = evaluate_records(instructions, EvalOptions(text_fields=("input", "history"))).metrics
     assert m["lengths"]["text"]["unit"] == "chars" and m["lengths"]["history"]["unit"] == "turns"
     assert m["lengths"]["input"]["max"] == max(len(r["input"]) for r in instructions)
+
+
+# --- near-duplicate clusters in the report -----------------------------------------------------------
+
+
+def _pairs_page() -> str:
+    records = _records("pairs.jsonl")  # five pairs, each differing in one word plus case/punctuation
+    evaluation = evaluate_records(records, EvalOptions())
+    return render_report(evaluation, title="pairs", generated=None)
+
+
+def test_near_duplicate_card_counts_records_in_clusters() -> None:
+    page = _pairs_page()
+    card = re.search(r'<div class="k">Near-duplicates</div>.*?<div class="d">(.*?)</div>', page, re.S)
+    assert card is not None
+    assert "10 records in 5 clusters" in card.group(1) and "5 to remove" in card.group(1)
+    assert "5 records in 5 clusters" not in page
+
+
+def test_cluster_diffs_mark_only_the_changed_words() -> None:
+    page = _pairs_page()
+    texts = re.findall(r'<div class="text">(.*?)</div>', page, re.S)
+    assert len(texts) == 10
+    marked = [m for text in texts for m in re.findall(r"<mark>(.*?)</mark>", text)]
+    # one changed word per pair; case, punctuation, spacing and full-width letters are never marked
+    assert sorted(marked) == sorted(["tea", "after", "事项", "方", "three"]), marked
+    assert not any('class="gone"' in text for text in texts)  # nothing dedup compares is missing
+    assert page.count("same words") == 0 and page.count("near-duplicate</span>") == 5

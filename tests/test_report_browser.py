@@ -152,8 +152,13 @@ PIXELS_JS = """
 """
 
 
-async def _inspect(html: Path, *, legend: bool = True, screenshot: bool = True) -> dict[str, Any]:
-    """Load ``html`` in headless Chromium and report console errors, requests, figures and a screenshot."""
+async def _inspect(
+    html: Path, *, legend: bool = True, screenshot: bool = True, probe: str | None = None
+) -> dict[str, Any]:
+    """Load ``html`` in headless Chromium and report console errors, requests, figures and a screenshot.
+
+    ``probe``: one more expression evaluated in the page, its value returned as ``out["probe"]``.
+    """
     import aiohttp
 
     profile = tempfile.mkdtemp(prefix="joyforge-chromium-")
@@ -209,6 +214,8 @@ async def _inspect(html: Path, *, legend: bool = True, screenshot: bool = True) 
                 out["figures"] = await tools.evaluate(FIGURES_JS, session)
                 if legend:
                     out["legend"] = await tools.evaluate(LEGEND_JS, session)
+                if probe:
+                    out["probe"] = await tools.evaluate(probe, session)
                 if screenshot:
                     layout = await tools.send("Page.getLayoutMetrics", session=session)
                     size = layout.get("cssContentSize") or layout["contentSize"]
@@ -329,6 +336,36 @@ def test_report_screenshot_is_a_full_non_blank_page(tmp_path: Path) -> None:
     assert pixels["differ"] > 0.05 and pixels["colours"] > 20, pixels
     assert seen["figures"]["clusters"] == 3  # the planted near-duplicates
     assert seen["exceptions"] == [] and seen["console_errors"] == []
+
+
+DUPLICATES_JS = """
+(() => {
+  const card = [...document.querySelectorAll('.card')].find(c => c.querySelector('.k').textContent === 'Near-duplicates');
+  const texts = [...document.querySelectorAll('.cluster .member .text')];
+  return {card: card ? card.querySelector('.d').innerText : null,
+          clusters: document.querySelectorAll('.cluster').length,
+          members: texts.length,
+          marked: texts.flatMap(t => [...t.querySelectorAll('mark')].map(m => m.innerText)),
+          gone: texts.reduce((n, t) => n + t.querySelectorAll('.gone').length, 0),
+          markHeights: texts.flatMap(t => [...t.querySelectorAll('mark')].map(m => m.getBoundingClientRect().height))};
+})()
+"""
+
+
+def test_near_duplicate_card_and_diffs_as_rendered(tmp_path: Path) -> None:
+    """Five pairs (10 records): the card counts 10 records in 5 clusters, and only the changed words are marked,
+    not the case, punctuation, spacing and full-width letters that dedup ignores."""
+    records, _ = read_dataset(str(FIXTURES / "pairs.jsonl"), skip_bad=False)
+    evaluation = evaluate_records(records, EvalOptions())
+    html = write_report(tmp_path / "pairs.html", evaluation, title="pairs")
+    seen = inspect(html, legend=False, screenshot=False, probe=DUPLICATES_JS)
+    assert seen["exceptions"] == [] and seen["console_errors"] == [], seen
+    shown = seen["probe"]
+    assert shown["card"].startswith("10 records in 5 clusters"), shown["card"]
+    assert shown["clusters"] == 5 and shown["members"] == 10
+    assert sorted(shown["marked"]) == sorted(["tea", "after", "事项", "方", "three"]), shown["marked"]
+    assert shown["gone"] == 0
+    assert all(height > 0 for height in shown["markHeights"])  # drawn, not just present
 
 
 def test_the_harness_sees_script_errors_and_blank_pages(tmp_path: Path) -> None:

@@ -202,3 +202,22 @@ def test_a_missing_input_and_a_missing_models_file_are_problems(tmp_path: Path) 
     assert len(problems) == 2, result.output
     assert problems[0].startswith(f"{path}: models: models file not found: ")
     assert problems[1].startswith(f"{path}: input.path: no such file or folder: ")
+
+
+def test_a_budget_the_run_cannot_keep_is_a_problem(tmp_path: Path, listener: socket.socket) -> None:
+    path = write_case(
+        tmp_path,
+        listener.getsockname()[1],
+        [{"generate": {"model": "mock", "prompt": "zh/answer"}}],
+        [{"id": "a", "input": "hi"}],
+    )
+    pipeline = yaml.safe_load(path.read_text("utf-8"))
+    pipeline["run"] = {"budget": {"tokens": 1000, "models": {"nosuch": {"tokens": 10}}}}
+    path.write_text(yaml.safe_dump(pipeline, sort_keys=False), "utf-8")
+    result = invoke(str(path))
+    assert result.exit_code == 1
+    problems = result.stdout.strip().splitlines()
+    assert problems == [
+        f"{path}: run.budget.models: 'nosuch' is not a model of this run (known: " + problems[0].split("(known: ")[1]
+    ]
+    assert connections(listener) == 0

@@ -22,8 +22,24 @@ from joydataforge.engine.local import LocalExecutor
 from joydataforge.methods.magpie.slots import write_slots
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
+from tests.support.logs import release_captured_handlers
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+# vLLM configures its "vllm" logger when first imported: a handler on sys.stdout, which under pytest is the
+# capture stream. Its engines shut down at interpreter exit, after pytest closed that stream, and each
+# message then printed a page of "--- Logging error --- ... I/O operation on closed file". Left
+# unconfigured, vLLM's records go to the root logger (pytest's log capture during the tests, stderr's
+# last-resort handler at exit). Set before the first `import vllm` (in _device); a value given explicitly wins.
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_logging_to_closed_streams():
+    """Should vLLM have been imported with its logging configured anyway (the variable set to 1, or another
+    module imported vLLM first), detach its handlers from pytest's capture streams before they are closed."""
+    yield
+    release_captured_handlers("vllm")
 
 
 def _device() -> str | None:
@@ -176,3 +192,57 @@ def test_reward_scores_agree_with_the_transformers_backend(tmp_path):
 
     ours, reference = asyncio.run(go())
     assert ours == pytest.approx(reference, abs=1e-4) and len(set(ours)) > 1
+
+
+def test_batch_files_run_by_vllms_offline_batch_runner(models, mock_server, tmp_path):
+    """``joyforge run --batch`` writes OpenAI batch files that vLLM's own offline runner (``python -m
+    vllm.entrypoints.openai.run_batch``) consumes, and collects its output: the provider is the mock server,
+    whose batch is completed with the lines vLLM wrote from the very file the run uploaded."""
+    import subprocess
+    import sys
+
+    from joydataforge.engine.batches import BatchPending
+
+    model = models.get("v").model
+    if not os.path.isdir(model):
+        pytest.skip("vLLM's batch runner needs a model folder (JOYFORGE_VLLM_TEST_MODEL, as `make test-vllm` sets)")
+    mock_server.configure(batch_delay=1e9)  # the mock never answers this batch itself: vLLM does
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{i}", "input": f"Name a fruit that is {c}."}) + "\n" for i, c in enumerate("ry"))
+    )
+    (tmp_path / "models.yaml").write_text(
+        f"models:\n  b:\n    backend: openai\n    model: {model}\n    base_url: {mock_server.url}\n"
+        "    params: {max_tokens: 24}\n"
+    )
+    (tmp_path / "pipeline.yaml").write_text(
+        "input: {path: in.jsonl}\nmodels: models.yaml\nsteps:\n  - generate: {model: b, prompt: en/answer}\n"
+        "output: {dir: out}\nrun: {cache: cache.sqlite, progress: false}\n"
+    )
+
+    def run() -> object:
+        return LocalExecutor(Pipeline.from_yaml(str(tmp_path / "pipeline.yaml")), batch=True).run_sync()
+
+    with pytest.raises(BatchPending, match=r"batch \S+ submitted \(2 requests\)"):
+        run()
+    batch = json.loads((tmp_path / "out" / "batches.json").read_text())["batches"][0]
+    uploaded = mock_server.mock.batches.contents[batch["input_file_id"]]
+    (tmp_path / "vllm_in.jsonl").write_bytes(uploaded)
+    memory = "0.3" if _device() == "cuda" else "0.15"
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(tmp_path / "vllm_in.jsonl")]
+    command += ["-o", str(tmp_path / "vllm_out.jsonl"), "--model", model, "--max-model-len", "2048"]
+    command += ["--enforce-eager", "--seed", "0", "--gpu-memory-utilization", memory]
+    if _device() == "cpu":
+        command += ["--max-num-batched-tokens", "65536"]  # seeded requests, see the fixture
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ})
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = [json.loads(line) for line in (tmp_path / "vllm_out.jsonl").read_text().splitlines()]
+    assert {line["response"]["status_code"] for line in written} == {200}
+    mock_server.finish_batch(batch["batch_id"], (tmp_path / "vllm_out.jsonl").read_bytes())
+
+    summary = run()
+    assert summary.inputs_done == 2 and mock_server.stats()["total"] == 0  # no live call
+    by_key = {line["custom_id"]: line["response"]["body"]["choices"][0]["message"]["content"] for line in written}
+    sent = {json.loads(line)["custom_id"] for line in uploaded.splitlines()}
+    rows = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text().splitlines()]
+    assert sorted(r["target"] for r in rows) == sorted(by_key[k].strip() for k in sent)
+    assert all(r["target"] and r["_meta"]["calls"][0]["model_id"] == model for r in rows)

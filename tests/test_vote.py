@@ -191,7 +191,19 @@ def test_seed_fields_match_the_seed_output_shape():
         Vote(["a", "b", "c"], "en/vote_label", seed_fields=True, options={"labels": LABELS}), RECORD, backends
     )
     assert out["a_label"] == "drug" and out["c_reason"] == "r:other"
-    assert out["label_vote"] == "drug" and out["reason_vote"] == "majority"
+    assert out["a_scores"] == [] and out["a_res"] == []  # the original's values for a plain {label, reason}
+    assert out["label_vote"] == "drug" and out["reason_vote"] == "voted"  # the original's word, not our outcome
+
+
+def test_seed_fields_without_a_majority_are_empty_never_the_first_label():
+    backends = {"a": says("drug"), "b": says("other"), "c": says("RAW:no json")}
+    out = run_step(
+        Vote(["a", "b", "c"], "en/vote_label", seed_fields=True, options={"labels": LABELS}), RECORD, backends
+    )
+    assert out["vote"]["outcome"] == "tie"
+    assert (out["label_vote"], out["reason_vote"]) == ("", "")
+    # A failed voter: what the original wrote once its retries ran out (no `_res`).
+    assert (out["c_label"], out["c_reason"], out["c_scores"]) == ("", "", []) and "c_res" not in out
 
 
 def test_weights_given_as_a_models_mapping():

@@ -90,6 +90,38 @@ class RunStopped(JoyForgeError):
         self.reason = reason
 
 
+class BudgetExceeded(RunStopped):
+    """A model call would take the run past ``run.budget``: it is not made, and the run stops cleanly (exit 5).
+
+    Raised by the gateway when a call's reservation (its prompt tokens, its completion up to ``max_tokens``,
+    priced) would cross a limit; the executor treats it like :class:`EndpointDown`: the record is unfinished
+    (no ledger line, redone on resume), no more records are started, those in flight finish. Not a
+    :class:`ModelError`, so steps that tolerate a failed call cannot turn "out of budget" into a finished
+    record with degraded content. The fields say which limit: ``measure`` (``cost`` or ``tokens``), ``model``
+    (``None`` for the limit of the whole run), the ``limit`` and what was ``spent`` under it so far.
+    """
+
+    def __init__(
+        self, reason: str, *, measure: str = "cost", limit: float = 0.0, spent: float = 0.0, model: str | None = None
+    ):
+        super().__init__(reason)
+        self.measure = measure
+        self.limit = limit
+        self.spent = spent
+        self.model = model
+
+    def detail(self) -> dict[str, object]:
+        """The fields as plain data (they travel back from Ray workers inside a stop request)."""
+        return {"measure": self.measure, "limit": self.limit, "spent": self.spent, "model": self.model}
+
+    def __reduce__(self) -> tuple[object, ...]:  # pickled with its fields, not only the message
+        return (_budget_exceeded, (self.reason, self.detail()))
+
+
+def _budget_exceeded(reason: str, detail: dict[str, object]) -> BudgetExceeded:
+    return BudgetExceeded(reason, **detail)  # type: ignore[arg-type]
+
+
 class ExitCode(IntEnum):
     """What ``joyforge`` exits with, so scripts and CI can tell a run's verdict (README, ``--help``)."""
 

@@ -1,7 +1,7 @@
 """Records: stable ids and one normal form for dialogue history.
 
 A record is a plain dict. The query lives in ``input`` and earlier turns in ``history``; the seed data
-stores history in three shapes, and every step wants one, so :func:`normalize_history` converts.
+stores history in four shapes, and every step wants one, so :func:`normalize_history` converts.
 """
 
 from __future__ import annotations
@@ -80,9 +80,11 @@ def _split_role(line: str) -> tuple[str | None, str]:
 def normalize_history(history: Any) -> list[Message]:
     """Return history as ``[{role, content}, ...]`` whatever shape it came in.
 
-    Accepted: a list of ``[user, assistant]`` pairs, a list of ``{role, content}`` messages, or the seed's
-    newline-joined ``用户: ...`` / ``助手: ...`` string (consecutive lines of one speaker stay separate
-    messages, as they were in the dialogue). ``None`` and ``""`` mean no history.
+    Accepted: a list of ``[user, assistant]`` pairs, a list of ``{role, content}`` messages, a list of the
+    original's rounds ``{round, user_query, response}`` (``agent_intent/examples.json``; taken in list
+    order, an empty ``response`` adds no assistant message, as in a pair), or the seed's newline-joined
+    ``用户: ...`` / ``助手: ...`` string (consecutive lines of one speaker stay separate messages, as they
+    were in the dialogue). ``None`` and ``""`` mean no history.
     """
     if history is None or history == "" or history == []:
         return []
@@ -102,11 +104,16 @@ def normalize_history(history: Any) -> list[Message]:
         raise TypeError(f"history must be a list or a string, not {type(history).__name__}")
     messages = []
     for index, item in enumerate(history):
-        if isinstance(item, dict):
+        if isinstance(item, dict) and "user_query" in item:
+            messages.extend(_round_messages(index, item))
+        elif isinstance(item, dict):
             role = item.get("role")
             content = item.get("content")
             if not isinstance(role, str) or not isinstance(content, str):
-                raise TypeError(f"history[{index}] must have string 'role' and 'content'")
+                raise TypeError(
+                    f"history[{index}] must have string 'role' and 'content' "
+                    "(or 'user_query' and 'response', the original's rounds)"
+                )
             messages.append({"role": _ROLE_NAMES.get(role.lower(), role), "content": content})
         elif isinstance(item, (list, tuple)):
             if len(item) not in (1, 2) or not all(isinstance(x, str) for x in item):
@@ -116,6 +123,24 @@ def normalize_history(history: Any) -> list[Message]:
                 messages.append({"role": "assistant", "content": item[1]})
         else:
             raise TypeError(f"history[{index}] must be a pair or a message, not {type(item).__name__}")
+    return messages
+
+
+def _round_messages(index: int, item: dict[str, Any]) -> list[Message]:
+    """One round of the original's ``[{round, user_query, response}]`` history as messages.
+
+    ``round`` is the original's 1-based counter; it is not used to reorder (the list order is the
+    dialogue's), but a non-integer one means the item is something else, so it is refused.
+    """
+    query, response = item.get("user_query"), item.get("response")
+    round_number = item.get("round")
+    if not isinstance(query, str) or not (response is None or isinstance(response, str)):
+        raise TypeError(f"history[{index}] must have a string 'user_query' and a string 'response'")
+    if round_number is not None and (isinstance(round_number, bool) or not isinstance(round_number, int)):
+        raise TypeError(f"history[{index}] 'round' must be an integer, not {_kind(round_number)}")
+    messages = [{"role": "user", "content": query}]
+    if response:
+        messages.append({"role": "assistant", "content": response})
     return messages
 
 
@@ -135,7 +160,7 @@ def history_problem(history: Any) -> str | None:
             return None
         return (
             "text whose first line names no speaker ('user:', '用户:', ...); write history as a list of "
-            "[user, assistant] pairs or {role, content} messages"
+            "[user, assistant] pairs, {role, content} messages or {round, user_query, response} rounds"
         )
     if isinstance(history, list):
         try:
@@ -143,7 +168,10 @@ def history_problem(history: Any) -> str | None:
         except TypeError as exc:
             return str(exc)
         return None
-    return f"{_kind(history)}, not a list of [user, assistant] pairs or {{role, content}} messages"
+    return (
+        f"{_kind(history)}, not a list of [user, assistant] pairs, {{role, content}} messages "
+        "or {round, user_query, response} rounds"
+    )
 
 
 def field_problem(name: str, value: Any) -> str | None:
@@ -220,7 +248,8 @@ def record_text(record: dict[str, Any], fields: "TextFields" = "input") -> str:
 
     ``fields`` is a field name, a list of names (their texts joined by newlines, e.g. ``["input",
     "history"]``) or a function of the record. ``history`` in any of its shapes (``[user, assistant]``
-    pairs, ``{role, content}`` messages, a newline-joined ``用户:/助手:`` string) contributes the
+    pairs, ``{role, content}`` messages, ``{round, user_query, response}`` rounds, a newline-joined
+    ``用户:/助手:`` string) contributes the
     message contents only, so the same dialogue in two shapes gives the same text. Missing fields count
     as empty.
     """

@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-last", type=int, default=50, help="request bodies kept for /_stats")
     parser.add_argument("--model", action="append", default=None, help="served model id (repeatable)")
     parser.add_argument("--error-retry-after", default=None, help="Retry-After header of the random failures")
+    parser.add_argument("--capacity", type=int, default=0, help="requests served at once; the rest queue (0: no limit)")
+    parser.add_argument("--quota-rps", type=float, default=0.0, help="request quota refilled per second (0: none)")
+    parser.add_argument("--quota-burst", type=float, default=0.0, help="quota bucket size (0: one second's worth)")
+    parser.add_argument("--no-quota-headers", action="store_true", help="answer 429s without the x-ratelimit-* headers")
     parser.add_argument(
         "--engine",
         choices=("aiohttp", "raw"),
@@ -51,6 +55,10 @@ async def serve(args: argparse.Namespace) -> None:
         keep_last=args.keep_last,
         models=tuple(args.model or MockOptions().models),
         error_retry_after=args.error_retry_after,
+        capacity=args.capacity,
+        quota_rps=args.quota_rps,
+        quota_burst=args.quota_burst,
+        quota_headers=not args.no_quota_headers,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

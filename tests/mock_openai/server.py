@@ -15,6 +15,10 @@ Endpoints (all JSON, shaped like OpenAI's):
 - ``POST /v1/embeddings``        deterministic unit vectors from a SHA-256 of each text
   (``dimensions`` in the request overrides the server's dimension, default 8).
 - ``GET  /v1/models``            the served model ids.
+- ``/v1/files`` and ``/v1/batches``  OpenAI's batch API (upload, content download; create, retrieve, list with
+  metadata, cancel): a batch completes ``batch_delay`` seconds after its creation, its requests answered
+  by the endpoints above (directives included, so some can fail), its results out of order
+  (``batch_order``), some expired (``batch_expire_after``). See :mod:`tests.mock_openai.batches`.
 - ``GET  /_stats``               ``total``, ``by_endpoint``, ``by_status`` (keys are strings:
   ``"200"``, ``"429"``, ..., ``"drop"``, ``"hang"``), ``directives`` (hits per directive string),
   ``in_flight`` and ``max_in_flight`` (model requests being served now / at most since the last
@@ -46,6 +50,19 @@ the prompt (completions) or an input text (embeddings)::
     [[mock:drop]]                               close the connection without any response
     [[mock:hang]]                               never answer (for client timeout tests)
     [[mock:finish_reason=length]]               override the finish reason
+    [[mock:bad_tool_args]]                      tool calls (see below) get arguments that break the schema
+    [[mock:think=field]]                        a thinking model's reply: the trace in reasoning_content
+                                                (think=reasoning: in reasoning; tags: <think>..</think> in the
+                                                content; close: only </think>; cut: <think> never closed)
+
+Tool calls: a chat request with ``tools`` (and ``tool_choice`` other than ``"none"``) whose last message
+is not a tool result is answered with ``tool_calls`` (``finish_reason: "tool_calls"``, content null): one
+call for each tool whose name appears in the last user message, in the tools' order (the first tool if
+none does), arguments the minimal instance of the tool's ``parameters`` schema, ids ``call_`` + a hash of
+the conversation and the call's place (the same request gets the same ids). After tool results (the last
+message has role ``tool``), or with ``tool_choice: "none"`` or a ``reply=`` directive, the reply is text:
+``answer: `` followed by the contents of the trailing tool messages joined with ``; `` (or the usual echo,
+or the directive's reply).
 
 ``times=N`` counts per directive string (the text between ``[[mock:`` and ``]]``): the N first
 requests carrying that exact string are affected, later ones are served normally. Without ``times``
@@ -59,6 +76,22 @@ Server options (constructor, CLI, ``/_config``): ``latency`` seconds added to ev
 ``error_status`` (default 500, with ``Retry-After: error_retry_after`` if set), drawn from
 ``random.Random(seed)`` (``reset()`` restarts it), ``dimension`` of embeddings, ``keep_last``
 request bodies kept for ``/_stats``, ``models`` served. Directive effects come before random errors.
+
+A finite server, for concurrency control (``bench/adaptive.py``, ``tests/test_adaptive*.py``):
+
+- ``capacity`` (0: unlimited): model requests served at once, like an inference server's batch. Up to
+  ``capacity`` requests in flight each take ``latency`` (flat); beyond it the others wait in a FIFO
+  queue for a free place, so latency rises with the requests in flight (``capacity / latency`` requests
+  a second at most, whatever the client sends). ``/_stats`` adds ``queued`` (waiting now) and
+  ``max_queued``.
+- ``quota_rps`` (0: none) and ``quota_burst`` (0: one second's worth): a request quota, a token bucket
+  refilled at ``quota_rps`` a second holding at most ``quota_burst``, taken at arrival (before the
+  queue). A request that finds it empty gets an immediate 429 with ``Retry-After`` (whole seconds,
+  at least 1, as RFC 9110 wants) and ``retry-after-ms`` (exact, as OpenAI and Azure send it). With
+  ``quota_headers`` (default on) every model reply, 200 or 429, carries OpenAI's
+  ``x-ratelimit-limit-requests`` (the bucket size), ``x-ratelimit-remaining-requests`` (whole
+  requests left after this one) and ``x-ratelimit-reset-requests`` (time until the bucket is full
+  again, e.g. ``0.250s``). ``reset()`` refills the bucket.
 
 Two HTTP engines serve the same :class:`MockApp`: ``aiohttp`` (default, a complete HTTP/1.1
 server) and ``raw`` (a bare asyncio protocol: keep-alive, pipelining, chunked bodies; about half the
@@ -96,10 +129,13 @@ from typing import Any
 
 from aiohttp import web
 
+from .batches import MockBatches
+
 JSON_CT = "application/json"
 DIRECTIVE_RE = re.compile(r"\[\[mock:(.*?)\]\]", re.DOTALL)
 DIRECTIVE_MARK = "[[mock:"
 DEFAULT_MODEL = "mock-model"
+BATCH_PATHS = ("/v1/files", "/v1/batches")
 MODEL_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -126,6 +162,42 @@ class MockOptions:
     keep_last: int = 50
     models: tuple[str, ...] = (DEFAULT_MODEL,)
     error_retry_after: str | None = None
+    capacity: int = 0
+    quota_rps: float = 0.0
+    quota_burst: float = 0.0
+    quota_headers: bool = True
+    batch_delay: float = 0.0  # seconds before a batch completes (tests/mock_openai/batches.py)
+    batch_expire_after: int = -1  # a batch expires after answering this many requests; -1: never
+    batch_order: str = "shuffled"  # or "input": the order of a batch's output and error lines
+
+
+class Quota:
+    """A server-side request quota: a token bucket taken at arrival, answered in OpenAI's header dialect."""
+
+    def __init__(self, rps: float, burst: float) -> None:
+        self.rps = rps
+        self.size = burst if burst > 0 else max(1.0, rps)
+        self.level = self.size
+        self.updated = time.monotonic()
+
+    def admit(self) -> tuple[bool, dict[str, str]]:
+        """Take one request's worth; (admitted, the headers of its reply)."""
+        now = time.monotonic()
+        self.level = min(self.size, self.level + (now - self.updated) * self.rps)
+        self.updated = now
+        admitted = self.level >= 1.0
+        if admitted:
+            self.level -= 1.0
+        headers = {
+            "x-ratelimit-limit-requests": str(int(self.size)),
+            "x-ratelimit-remaining-requests": str(int(self.level)),
+            "x-ratelimit-reset-requests": f"{(self.size - self.level) / self.rps:.3f}s",
+        }
+        if not admitted:
+            wait = (1.0 - self.level) / self.rps
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+        return admitted, headers
 
 
 @dataclass
@@ -141,20 +213,39 @@ class MockState:
     total: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    queued: int = 0
+    max_queued: int = 0
+    quota: Quota | None = field(init=False, default=None)
+    places: asyncio.Semaphore | None = field(init=False, default=None)  # ``capacity`` requests served at once
+    batch_calls: collections.Counter = field(default_factory=collections.Counter)  # calls to /v1/files, /v1/batches
+    batch_requests: int = 0  # requests answered through batches (not counted in ``total``)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.options.seed)
         self.last = collections.deque(maxlen=self.options.keep_last)
+        self._new_quota()
+        self._new_places()
+
+    def _new_quota(self) -> None:
+        opts = self.options
+        self.quota = Quota(opts.quota_rps, opts.quota_burst) if opts.quota_rps > 0 else None
+
+    def _new_places(self) -> None:
+        self.places = asyncio.Semaphore(self.options.capacity) if self.options.capacity > 0 else None
 
     def reset(self) -> None:
         """Forget everything counted so far, including directive ``times`` counters and the RNG."""
         self.by_endpoint.clear()
         self.by_status.clear()
         self.directive_hits.clear()
+        self.batch_calls.clear()
+        self.batch_requests = 0
         self.last = collections.deque(maxlen=self.options.keep_last)
         self.rng = random.Random(self.options.seed)
         self.total = 0
         self.max_in_flight = self.in_flight
+        self.max_queued = self.queued
+        self._new_quota()
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy, safe to hand to another thread."""
@@ -165,7 +256,11 @@ class MockState:
             "directives": dict(self.directive_hits),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "queued": self.queued,
+            "max_queued": self.max_queued,
             "last_requests": [_entry_copy(e) for e in self.last],
+            "batch_api": dict(self.batch_calls),
+            "batch_requests": self.batch_requests,
             "options": {
                 "latency": self.options.latency,
                 "error_rate": self.options.error_rate,
@@ -175,6 +270,13 @@ class MockState:
                 "keep_last": self.options.keep_last,
                 "models": list(self.options.models),
                 "error_retry_after": self.options.error_retry_after,
+                "capacity": self.options.capacity,
+                "quota_rps": self.options.quota_rps,
+                "quota_burst": self.options.quota_burst,
+                "quota_headers": self.options.quota_headers,
+                "batch_delay": self.options.batch_delay,
+                "batch_expire_after": self.options.batch_expire_after,
+                "batch_order": self.options.batch_order,
             },
         }
 
@@ -190,6 +292,10 @@ class MockState:
             self.rng = random.Random(self.options.seed)
         if "keep_last" in changes:
             self.last = collections.deque(self.last, maxlen=self.options.keep_last)
+        if {"quota_rps", "quota_burst"} & set(changes):
+            self._new_quota()
+        if "capacity" in changes:  # requests already waiting finish on the old places
+            self._new_places()
 
 
 def _entry_copy(entry: dict[str, Any]) -> dict[str, Any]:
@@ -217,9 +323,11 @@ class Effect:
     drop: bool = False
     hang: bool = False
     finish_reason: str | None = None
+    bad_tool_args: bool = False
+    think: str | None = None
 
 
-_FLAGS = ("malformed_json", "invalid_schema", "drop", "hang")
+_FLAGS = ("malformed_json", "invalid_schema", "drop", "hang", "bad_tool_args")
 
 
 def parse_directive(spec: str) -> dict[str, str]:
@@ -251,7 +359,8 @@ _CONVERTERS: dict[str, Any] = {
     "reply": str,
     "finish_reason": str,
     "id": str,
-    **dict.fromkeys(("malformed_json", "invalid_schema", "drop", "hang"), str),
+    "think": lambda value: THINK_MODES[value],
+    **dict.fromkeys(("malformed_json", "invalid_schema", "drop", "hang", "bad_tool_args"), str),
 }
 
 
@@ -263,7 +372,7 @@ def check_directive(spec: str, parsed: dict[str, str]) -> None:
             raise DirectiveError(f"unknown key {key!r} in [[mock:{spec}]]; known: {', '.join(_CONVERTERS)}")
         try:
             convert(value)
-        except ValueError:
+        except (ValueError, KeyError):
             raise DirectiveError(f"bad value {value!r} for {key!r} in [[mock:{spec}]]") from None
 
 
@@ -280,6 +389,8 @@ def _apply(effect: Effect, parsed: dict[str, str]) -> None:
             effect.reply = value
         elif key == "finish_reason":
             effect.finish_reason = value
+        elif key == "think":
+            effect.think = value
         elif key in _FLAGS:
             setattr(effect, key, True)
         # times is handled by the caller; id only keeps the counters of different tests apart.
@@ -560,6 +671,7 @@ class MockApp:
             ("POST", "/_reset"): self.reset,
             ("POST", "/_config"): self.config,
         }
+        self.batches = MockBatches(self)
 
     async def handle(self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:
         """Route one request; unknown paths get OpenAI-style 404s, wrong methods 405s.
@@ -569,6 +681,8 @@ class MockApp:
         check keys, ``Retry-After`` waits and concurrency limits without a proxy.
         """
         route = path.partition("?")[0]
+        if route.startswith(BATCH_PATHS):
+            return await self.batches.handle(method, path, body, headers)
         handler = self.routes.get((method, route))
         if handler is None:
             if any(p == route for _, p in self.routes):
@@ -586,17 +700,44 @@ class MockApp:
         state.last.append(entry)
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        quota_headers: dict[str, str] | None = None
         try:
-            reply = await handler(body, entry)
+            admitted = True
+            if state.quota is not None:
+                admitted, quota_headers = state.quota.admit()
+            if not admitted:
+                reply = self._reply(429, error_body(429, "mock quota exceeded"), dict(quota_headers or {}))
+            elif state.places is not None:
+                reply = await self._served_in_place(state.places, handler, body, entry)
+            else:
+                reply = await handler(body, entry)
         except DirectiveError as exc:
             reply = self._reply(400, error_body(400, str(exc)))
         except Exception as exc:  # a mock bug must answer, not leave the client waiting
             reply = self._reply(500, error_body(500, f"mock server error: {exc!r}"))
         finally:
             state.in_flight -= 1
+        if quota_headers and state.options.quota_headers and reply is not DROP:
+            reply.headers = {**quota_headers, **(reply.headers or {})}
+        elif reply is not DROP and reply.headers and not state.options.quota_headers:
+            reply.headers = {k: v for k, v in reply.headers.items() if not k.startswith("x-ratelimit-")} or None
         entry["answered"] = time.monotonic()
         entry["status"] = "drop" if reply is DROP else reply.status
         return reply
+
+    async def _served_in_place(self, places: asyncio.Semaphore, handler: Any, body: bytes, entry: Any) -> Reply:
+        """Wait (FIFO) for one of ``capacity`` places, then serve: the finite server's queue."""
+        state = self.state
+        state.queued += 1
+        state.max_queued = max(state.max_queued, state.queued)
+        try:
+            await places.acquire()
+        finally:
+            state.queued -= 1
+        try:
+            return await handler(body, entry)
+        finally:
+            places.release()
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -663,7 +804,20 @@ class MockApp:
         blocked = await self._gate(effect)
         if blocked is not None:
             return blocked
-        choices, completion_tokens = self._choices(body, self._content(body, clean, effect), effect, chat=True)
+        calls = tool_calls_for(body, messages, clean, effect)
+        scripted = effect is not None and effect.reply is not None
+        content = tool_answer(body, messages) if body.get("tools") and calls is None and not scripted else None
+        choices, completion_tokens = self._choices(
+            body, content if content is not None else self._content(body, clean, effect), effect, chat=True
+        )
+        if calls is not None:
+            for choice in choices:
+                choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
+                choice["finish_reason"] = "tool_calls"
+            completion_tokens = sum(word_count(c["function"]["arguments"]) for c in calls) * len(choices)
+        usage = _usage(prompt_tokens, completion_tokens)
+        if calls is None and effect is not None and effect.think is not None:
+            usage = _thinking(choices, effect.think, clean, usage)
         return self._reply(
             200,
             json.dumps(
@@ -673,7 +827,7 @@ class MockApp:
                     "created": int(time.time()),
                     "model": body.get("model") or self.state.options.models[0],
                     "choices": choices,
-                    "usage": _usage(prompt_tokens, completion_tokens),
+                    "usage": usage,
                 }
             ).encode(),
         )
@@ -815,6 +969,76 @@ class MockApp:
         return choices, word_count(text) * n
 
 
+def tool_calls_for(
+    body: dict[str, Any], messages: list[dict[str, Any]], last_user: str, effect: Effect | None
+) -> list[dict[str, Any]] | None:
+    """The tool calls a request with ``tools`` gets, or None when it gets text (see the module doc)."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    if not tools or body.get("tool_choice") == "none" or messages[-1].get("role") == "tool":
+        return None
+    if effect is not None and effect.reply is not None:  # a scripted text reply wins: "the model used no tool"
+        return None
+    named = [t for t in tools if t["function"].get("name") and t["function"]["name"] in last_user] or tools[:1]
+    conversation = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+    calls = []
+    for k, tool in enumerate(named):
+        schema = tool["function"].get("parameters") or {"type": "object"}
+        arguments = (
+            violating_instance(schema) if effect is not None and effect.bad_tool_args else minimal_instance(schema)
+        )
+        calls.append(
+            {
+                "id": f"call_{conversation[:8]}{k}",
+                "type": "function",
+                "function": {"name": tool["function"]["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
+            }
+        )
+    return calls
+
+
+def tool_answer(body: dict[str, Any], messages: list[dict[str, Any]]) -> str | None:
+    """After tool results: ``answer: `` and the results, so a test sees they reached the model."""
+    results = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        results.append(content_text(message.get("content")))
+    return "answer: " + "; ".join(reversed(results)) if results else None
+
+
+THINK_MODES = {
+    "field": "reasoning_content beside the content, counted in completion_tokens_details (DeepSeek, vLLM)",
+    "reasoning": "reasoning beside the content, no token count (OpenRouter, Ollama)",
+    "tags": "<think>trace</think> before the content (Qwen3, R1 distills served raw)",
+    "close": "trace</think> before the content: the chat template opened the block",
+    "cut": "<think>trace and no answer: cut off while thinking",
+}
+
+
+def _thinking(choices: list[dict[str, Any]], mode: str, clean: str, usage: dict[str, Any]) -> dict[str, Any]:
+    """``[[mock:think=MODE]]``: answer like a thinking model (:data:`THINK_MODES`); the trace is ``thinking
+    about: <the user message>``, its words added to ``completion_tokens``."""
+    trace = f"thinking about: {clean.strip()}"
+    for choice in choices:
+        message, content = choice["message"], choice["message"].get("content") or ""
+        if mode == "field":
+            message["reasoning_content"] = trace
+        elif mode == "reasoning":
+            message["reasoning"] = trace
+        elif mode == "tags":
+            message["content"] = f"<think>\n{trace}\n</think>\n\n{content}"
+        elif mode == "close":
+            message["content"] = f"{trace}\n</think>\n\n{content}"
+        else:
+            message["content"] = f"<think>\n{trace}"
+    extra = word_count(trace) * len(choices)
+    usage = {**usage, "completion_tokens": usage["completion_tokens"] + extra}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    if mode == "field":
+        usage["completion_tokens_details"] = {"reasoning_tokens": extra}
+    return usage
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -832,7 +1056,7 @@ def aiohttp_app(mock: MockApp) -> web.Application:
     """One catch-all route that hands bytes to :meth:`MockApp.handle`; no middlewares (speed)."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        reply = await mock.handle(request.method, request.path, await request.read(), request.headers)
+        reply = await mock.handle(request.method, request.path_qs, await request.read(), request.headers)
         if reply is DROP:
             if request.transport is not None:
                 request.transport.abort()  # the client sees a disconnect, not a status
@@ -1143,6 +1367,10 @@ class MockServer:
         """Change latency, error_rate, error_status, seed, dimension, keep_last or models live."""
         self._call(self.mock.state.configure, **changes)
 
+    def finish_batch(self, batch_id: str, results: bytes) -> None:
+        """Complete a batch with results another engine made from its input file (:meth:`MockBatches.finish`)."""
+        self._call(self.mock.batches.finish, batch_id, results)
+
     def close(self) -> None:
         """Stop serving and join the thread; pending (e.g. ``hang``) requests are cancelled."""
         if self._thread.is_alive():
@@ -1247,6 +1475,12 @@ def cli_args(options: MockOptions) -> list[str]:
         args += ["--model", model]
     if options.error_retry_after:
         args += ["--error-retry-after", options.error_retry_after]
+    if options.capacity:
+        args += ["--capacity", str(options.capacity)]
+    if options.quota_rps:
+        args += ["--quota-rps", repr(options.quota_rps), "--quota-burst", repr(options.quota_burst)]
+    if not options.quota_headers:
+        args += ["--no-quota-headers"]
     return args
 
 

@@ -13,16 +13,21 @@ import click
 
 from .. import __version__
 from ..errors import ExitCode, JoyForgeError, RunStopped
+from .batches import batches_group
 from .dialogue import dialogue_split_command
 from .evaluate import dedup_command, eval_command, select_command
 from .evol import evol_group
+from .export import export_command
 from .magpie import magpie_command
 from .models import models_group
+from .plan import plan_command
 from .prompts import prompts_group
+from .push import push_command
 from .run import run_command
 from .schema import schema_command
 from .steps import steps_group
 from .validate import validate_command
+from .view import view_command
 
 _options = {"debug": False}  # set by the group's --debug, read by main() once the command has raised
 
@@ -36,10 +41,12 @@ def cli(debug: bool) -> None:
     \b
     Start with:   joyforge run examples/demo.yaml -o out/demo
     Evaluate:     joyforge eval out/demo/data.jsonl --report report.html
+    Share:        joyforge push out/demo OWNER/NAME   (a Hugging Face Hub dataset; token from HF_TOKEN)
     Clean:        joyforge dedup DATA -o OUT  |  joyforge select DATA -n 100 -o OUT
     Models:       joyforge models list | joyforge models check smollm2
     Prompts:      joyforge prompts list | joyforge prompts show zh/intent_cdss
     Check:        joyforge validate PIPELINE | joyforge steps list | joyforge steps show KIND | joyforge schema
+    View:         joyforge view out/demo | joyforge export out/demo train.jsonl --reviewed
 
     The embedded default model (SmolLM2-135M-Instruct, in-process) needs no server and no key.
     """
@@ -59,6 +66,11 @@ for command in (
     steps_group,
     validate_command,
     schema_command,
+    plan_command,
+    view_command,
+    export_command,
+    push_command,
+    batches_group,
 ):
     cli.add_command(command)
 

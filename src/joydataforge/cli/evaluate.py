@@ -18,11 +18,14 @@ from typing import Any
 import click
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import InputError
 from ..io.readers import iter_records
 from ..io.writers import dumps_line
+from ..text.shingles import MODES as SHINGLE_MODES
+from .terminal import make_console, plain
 
 Record = dict[str, Any]
 
@@ -34,6 +37,25 @@ EMBEDDER_HELP = (
 )
 
 
+SHINGLE_MODE_HELP = (
+    "How texts are cut into shingles: 'mixed' (every Han character and every run of other letters is a token, "
+    "the same for every record, so mixed Chinese/English text compares alike), 'word' (the same), 'char' "
+    "(every letter a token) or 'auto' (word or char per record by a 30% share of Han characters; the old default)."
+)
+
+
+def shingle_mode_option(command: Any) -> Any:
+    """``--shingle-mode``, shared by ``eval`` and ``dedup`` (the step's ``mode`` setting)."""
+    return click.option(
+        "--shingle-mode",
+        "shingle_mode",
+        type=click.Choice(SHINGLE_MODES),
+        default="mixed",
+        show_default=True,
+        help=SHINGLE_MODE_HELP,
+    )(command)
+
+
 class BadInput(click.ClickException):
     """A problem with the user's data or options; exit status 2 like the rest of ``joyforge``."""
 
@@ -41,7 +63,7 @@ class BadInput(click.ClickException):
 
 
 def _console() -> Console:
-    return Console(stderr=True)
+    return make_console(stderr=True)
 
 
 def split_fields(values: Sequence[str] | str | None, default: Sequence[str] = ("input",)) -> tuple[str, ...]:
@@ -69,8 +91,24 @@ def read_dataset(path: str, *, skip_bad: bool, what: str = "DATA") -> tuple[list
     except InputError as exc:
         raise BadInput(f"{what}: {exc}") from None
     if bad:
-        _console().print(f"[yellow]skipped {len(bad)} bad record(s) of {path}; first: {bad[0]}[/]")
+        _console().print(f"[yellow]skipped {len(bad)} bad record(s) of {escape(path)}; first: {escape(str(bad[0]))}[/]")
     return records, bad
+
+
+def read_references(paths: Sequence[str], *, skip_bad: bool) -> list[Record]:
+    """The records of every ``--reference`` (files or folders; an earlier run's folder gives its kept records).
+
+    Read by :mod:`joydataforge.io.reference`, like the ``minhash_dedup`` step's ``reference:`` setting.
+    """
+    from ..io.reference import read_reference
+
+    try:
+        records, bad = read_reference(list(paths), skip_bad=skip_bad)
+    except InputError as exc:
+        raise BadInput(f"--reference: {exc}\n(fix that record, or pass --skip-bad to leave bad records out)") from None
+    if bad:
+        _console().print(f"[yellow]skipped {len(bad)} bad reference record(s); first: {escape(str(bad[0]))}[/]")
+    return records
 
 
 def check_fields(records: Sequence[Record], fields: Sequence[str], option: str) -> None:
@@ -244,7 +282,7 @@ def _summary_table(title: str, columns: Sequence[tuple[str, dict[str, Any]]]) ->
         for key, value in summary_pairs(metrics):
             rows.setdefault(key, ["–"] * len(columns))[position] = value
     for key, values in rows.items():
-        table.add_row(key, *values)
+        table.add_row(plain(key), *(plain(v) for v in values))  # field names and labels print as written
     return table
 
 
@@ -307,6 +345,7 @@ def _summary_table(title: str, columns: Sequence[tuple[str, dict[str, Any]]]) ->
     type=click.IntRange(0),
     help="Duplicate clusters shown in the report.",
 )
+@shingle_mode_option
 @click.option("--title", help="Report title (default: the data's file name).")
 @click.option("--models", "models_file", help="A models.yaml merged over the built-in models (for model:NAME).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
@@ -323,6 +362,7 @@ def eval_command(
     colour_field: str | None,
     threshold: float,
     top_clusters: int,
+    shingle_mode: str,
     title: str | None,
     models_file: str | None,
     no_cache: bool,
@@ -348,6 +388,7 @@ def eval_command(
     options = EvalOptions(
         text_fields=fields,
         threshold=threshold,
+        shingle_mode=shingle_mode,
         label_fields=split_fields(label_fields) if label_fields else None,
         entity_fields=() if entities_spec == "none" else (split_fields(entity_fields) if entity_fields else None),
         top_clusters=top_clusters,
@@ -415,7 +456,14 @@ def eval_command(
     show_default=True,
     help="Per cluster: keep the first record, keep the longest, or keep all and tag them (cluster_id, duplicate_of).",
 )
-@click.option("--reference", type=click.Path(), help="Earlier data: records of DATA that duplicate it are removed too.")
+@click.option(
+    "--reference",
+    "references",
+    multiple=True,
+    type=click.Path(),
+    help="Earlier data (a file or folder; an earlier run's output folder gives its kept records; repeatable): "
+    "records of DATA that duplicate it are removed too.",
+)
 @click.option(
     "--removed",
     "removed_path",
@@ -423,6 +471,7 @@ def eval_command(
     help="Also write the removed records here, each with duplicate_of and cluster_id.",
 )
 @click.option("--num-perm", default=128, show_default=True, type=click.IntRange(16), help="MinHash permutations.")
+@shingle_mode_option
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Processes for the signatures.")
 @click.option("--seed", default=1, show_default=True, type=int, help="Picks the hash functions.")
 @click.option("--skip-bad", is_flag=True, help="Leave out records that cannot be read instead of stopping.")
@@ -440,9 +489,10 @@ def dedup_command(
     threshold: float,
     fields: tuple[str, ...],
     policy: str,
-    reference: str | None,
+    references: tuple[str, ...],
     removed_path: str | None,
     num_perm: int,
+    shingle_mode: str,
     workers: int,
     seed: int,
     skip_bad: bool,
@@ -459,7 +509,7 @@ def dedup_command(
     records, _ = read_dataset(data, skip_bad=skip_bad)
     names = split_fields(fields)
     check_fields(records, names, "--fields")
-    reference_records = read_dataset(reference, skip_bad=skip_bad, what="--reference")[0] if reference else None
+    reference_records = read_references(references, skip_bad=skip_bad) if references else None
     try:
         result = deduplicate(
             records,
@@ -469,6 +519,7 @@ def dedup_command(
             reference=reference_records,
             workers=workers,
             num_perm=num_perm,
+            mode=shingle_mode,  # type: ignore[arg-type]  # one of SHINGLE_MODES
             seed=seed,
             clusterer=_ray_clusterer() if executor == "ray" else None,
         )
@@ -489,15 +540,16 @@ def dedup_command(
         ("largest cluster", stats["largest_cluster"]),
         ("empty texts", stats["empty_texts"]),
         ("threshold / permutations", f"{threshold} / {num_perm} ({stats['bands']} bands x {stats['rows']} rows)"),
+        ("shingles", shingle_mode),
         ("time", f"{stats['seconds']:.2f}s ({stats['docs_per_second'] or 0:,.0f} docs/s)"),
     ]
     if policy == "tag":
         rows.insert(3, ("tagged as duplicates", sum(1 for r in result.kept if r.get("duplicate_of") is not None)))
     for label, value in rows:
-        table.add_row(label, f"{value:,}" if isinstance(value, int) else str(value))
+        table.add_row(plain(label), plain(f"{value:,}" if isinstance(value, int) else str(value)))
     console = _console()
     console.print(table)
-    console.print(f"output: {output}" + (f"; removed: {removed_path}" if removed_path else ""))
+    console.print(f"output: {output}" + (f"; removed: {removed_path}" if removed_path else ""), markup=False)
 
 
 def _ray_clusterer() -> Any:

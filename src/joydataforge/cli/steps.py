@@ -15,6 +15,7 @@ import click
 from ..config.base import StepConfig
 from ..config.describe import doc_of, example_yaml, settings_of
 from ..config.kinds import BUILTIN_CONFIGS
+from .terminal import echo_json
 
 WIDTH = 100
 
@@ -36,10 +37,15 @@ def steps_group() -> None:
 
 
 @steps_group.command("list")
-def list_command() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON (kind, summary) for programs.")
+def list_command(as_json: bool) -> None:
     """Every step kind, one line each."""
-    width = max(len(kind) for kind in BUILTIN_CONFIGS)
-    for kind in sorted(BUILTIN_CONFIGS):
+    kinds = sorted(BUILTIN_CONFIGS)
+    if as_json:
+        echo_json([{"kind": kind, "summary": BUILTIN_CONFIGS[kind].summary} for kind in kinds])
+        return
+    width = max(len(kind) for kind in kinds)
+    for kind in kinds:
         click.echo(f"{kind:<{width}}  {BUILTIN_CONFIGS[kind].summary}")
 
 

@@ -10,7 +10,10 @@ RECORDS_IN_FLIGHT = 32
 """``run.concurrency``: records in flight at once when nothing else says."""
 
 MODEL_MAX_CONCURRENCY = 16
-"""``max_concurrency`` of a served model: requests in flight to one endpoint."""
+"""``max_concurrency`` of a model with ``concurrency: fixed``: requests in flight to one endpoint."""
+
+ADAPTIVE_MAX_CONCURRENCY = 1024
+"""``max_concurrency`` of a model with adaptive concurrency (the default): the ceiling its limit may reach."""
 
 BATCHING_ENGINE_MAX_CONCURRENCY = 256
 """``max_concurrency`` of an in-process engine that batches whatever is in flight (vLLM)."""

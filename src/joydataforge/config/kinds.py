@@ -16,6 +16,8 @@ from ..methods.joint.config import JointConfig
 from ..methods.magpie.config import MagpieInstructionConfig, MagpieResponseConfig, MagpieTagConfig
 from ..methods.rewrite.config import RewriteConfig
 from ..methods.seedless.config import SeedlessConfig
+from ..methods.tool_dialogue.config import ToolDialogueConfig
+from ..methods.verify.config import VerifyConfig
 from ..methods.vote.config import CascadeConfig, VoteConfig
 from .base import StepConfig
 
@@ -38,5 +40,7 @@ BUILTIN_CONFIGS: dict[str, type[StepConfig]] = {
         MagpieResponseConfig,
         MagpieTagConfig,
         PreferencePairsConfig,
+        ToolDialogueConfig,
+        VerifyConfig,
     )
 }

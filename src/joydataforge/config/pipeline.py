@@ -85,6 +85,55 @@ class OutputConfig(BaseModel):
     )
 
 
+class LimitConfig(BaseModel):
+    """What one model may spend in a run: money, tokens, or both."""
+
+    model_config = ConfigDict(extra="forbid")
+    cost: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Money, in the currency of the model's prices (`pricing:` in models.yaml, else the price table: "
+            "docs/cost.md). null: no limit."
+        ),
+    )
+    tokens: int | None = Field(
+        default=None, ge=0, description="Prompt plus completion tokens, as the backend counts them. null: no limit."
+    )
+
+
+class BudgetConfig(LimitConfig):
+    """What a run may spend: money and/or tokens, in all and per model, counted from real usage over every run
+    of the output folder (a resume goes on from what earlier runs spent; cache hits are free). A call that could
+    cross a limit is not made: the run stops cleanly (exit status 5) and says how to go on with a larger budget."""
+
+    cost: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Money for the whole run, all models together (`joyforge run --budget` overrides it). null: no limit."
+        ),
+    )
+    tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Prompt plus completion tokens for the whole run, all models together (`--budget-tokens` overrides "
+            "it). null: no limit."
+        ),
+    )
+    models: dict[str, LimitConfig] = Field(
+        default_factory=dict,
+        description="Limits of single models, by name: `{gpt-4o: {cost: 3.0}, local: {tokens: 500000}}`.",
+    )
+
+    @property
+    def active(self) -> bool:
+        """Whether any limit is set."""
+        limits = [self, *self.models.values()]
+        return any(limit.cost is not None or limit.tokens is not None for limit in limits)
+
+
 class RunConfig(BaseModel):
     """How a run behaves; every setting but ``seed`` may change between a run and its resume."""
 
@@ -139,6 +188,17 @@ class RunConfig(BaseModel):
             "records failed in this run, `P%` once more than P percent of the records it finished failed (judged "
             "from 20 finished records on); bad input lines do not count. null: never. `joyforge run --max-failures` "
             "overrides it."
+        ),
+    )
+
+    budget: BudgetConfig = Field(
+        default_factory=BudgetConfig,
+        description=(
+            "What the run may spend (docs/cost.md, Budgets): `cost` (money) and/or `tokens` for the whole run, and "
+            "per model under `models` (`{cost: 5.0, tokens: 2000000, models: {gpt-4o: {cost: 3.0}}}`). Counted "
+            "from real usage over every run of the output folder; cache hits are free. A call that could cross a "
+            "limit is not made: the run stops cleanly (exit status 5), every finished record kept. Empty: no "
+            "limit. `joyforge run --budget COST` / `--budget-tokens N` override the run's limits."
         ),
     )
 
@@ -209,6 +269,10 @@ class Pipeline(BaseModel):
         """Relative paths in a pipeline file are relative to that file, not to the shell's directory."""
         if path is None:
             return None
+        from ..io.hub_files import HubPath, is_hub_path
+
+        if is_hub_path(path):  # hf://datasets/OWNER/NAME/...: a place on the Hub, not relative to anything
+            return HubPath(path)  # type: ignore[return-value]
         p = Path(path).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
 

@@ -40,6 +40,8 @@ GUIDES: dict[str, tuple[str, str]] = {
     "evol_instruct": ("Evol-Instruct", "../evol-instruct.md"),
     "magpie": ("Magpie", "../magpie.md"),
     "dpo": ("Preference data (DPO)", "../dpo.md"),
+    "verify": ("Verification", "../verify.md"),
+    "tool_dialogue": ("Tool-use trajectories", "../tool_dialogue.md"),
 }
 """The hand-written guide that explains each method with worked examples (how it behaves, not its settings)."""
 

@@ -10,9 +10,10 @@ input size. Every input record ends in exactly one ledger line (ok, filtered or 
 its outputs, which is what makes ``kill -9`` safe (see :mod:`.run_state`).
 
 A run can also end early, cleanly: a model declared down (:class:`~joydataforge.errors.EndpointDown`),
-``run.max_failures`` exceeded, a bad record under ``on_bad_record: stop``, Ctrl-C, or the disk refusing a
-write. Then feeding stops, the records in flight finish (Ctrl-C and write errors cancel them instead), a
-record that could not finish gets no ledger line (it is redone on resume), the summary is written, and
+a call that would cross ``run.budget`` (:class:`~joydataforge.errors.BudgetExceeded`), ``run.max_failures``
+exceeded, a bad record under ``on_bad_record: stop``, Ctrl-C, or the disk refusing a write. Then feeding
+stops, the records in flight finish (Ctrl-C and write errors cancel them instead), a record that could not
+finish gets no ledger line (it is redone on resume), the summary is written, and
 :class:`~joydataforge.errors.RunStopped` (or :class:`BadInputStop`) is raised after it. The folder is held
 by an OS lock for the whole run (:mod:`.lock`), so a second run on it fails at once.
 """
@@ -31,18 +32,39 @@ from pathlib import Path
 from typing import Any
 
 from ..config.pipeline import Pipeline
-from ..errors import EndpointDown, InputError, JoyForgeError, Location, ModelError, RunStopped, StepError
+from ..errors import (
+    BudgetExceeded,
+    ConfigError,
+    EndpointDown,
+    InputError,
+    JoyForgeError,
+    Location,
+    ModelError,
+    RunStopped,
+    StepError,
+)
 from ..io.readers import SourceItem, count_records, iter_records
 from ..io.writers import JsonlAppender, jsonl_to_parquet
+from ..models.batch import CallDeferred
+from ..models.budget import BudgetLedger, BudgetLimits, Spend, budget_problems, combined
 from ..models.cache import CallCache
 from ..models.config import ModelRegistry
 from ..models.gateway import Gateway
 from ..prompts.renderer import OPTIONAL_FIELDS, PromptLibrary
 from ..records import IdAssigner, canonical_json, field_problem
+from .batches import BatchRun
 from .lock import FolderLock
 from .progress import RunProgress
 from .registry import built_steps
-from .run_state import SUMMARY, RunState, atomic_write_json, crash_point, os_error_line, restore_order
+from .run_state import (
+    SUMMARY,
+    RunState,
+    atomic_write_json,
+    crash_point,
+    os_error_line,
+    restore_order,
+    write_spend,
+)
 from .step import Record, Step, StepContext, as_list, with_source_id
 from .summary import RunSummary
 
@@ -64,11 +86,16 @@ class BadInputStop(InputError):
 class StopRequest:
     """Why a record asks the run to stop; plain data, so it travels back from Ray workers."""
 
-    kind: str  # "stopped" (resumable, exit 5) or "bad_input" (on_bad_record: stop, exit 2)
+    kind: str  # "stopped" or "budget" (resumable, exit 5), or "bad_input" (on_bad_record: stop, exit 2)
     reason: str
+    detail: dict[str, Any] | None = None  # "budget": which limit (BudgetExceeded.detail())
 
     def error(self) -> JoyForgeError:
-        return BadInputStop(self.reason) if self.kind == "bad_input" else RunStopped(self.reason)
+        if self.kind == "bad_input":
+            return BadInputStop(self.reason)
+        if self.kind == "budget":
+            return BudgetExceeded(self.reason, **(self.detail or {}))
+        return RunStopped(self.reason)
 
 
 @dataclass
@@ -188,9 +215,14 @@ class LocalExecutor:
         overwrite: bool = False,
         progress: bool | None = None,
         on_summary: Callable[[RunSummary], None] | None = None,
+        batch: bool | None = False,
     ):
+        """``batch``: send every model's uncached calls through its provider's batch API (``joyforge run
+        --batch``; :mod:`.batches`), not only those of models with ``batch: true``; ``None``: no call through a
+        batch, not even theirs (a plan's pilot measures live calls)."""
         self.pipeline = pipeline
         self.steps = built_steps(pipeline.steps)
+        self.batch = batch
         self.registry = registry or self._registry()
         self._gateway = gateway
         self.overwrite = overwrite
@@ -199,6 +231,7 @@ class LocalExecutor:
         self.summary = RunSummary()
         self._lock: FolderLock | None = None
         self._intake_log = _IntakeLog()
+        self._provenance = _Provenance(pipeline, self.steps)
 
     def _registry(self) -> ModelRegistry:
         registry = ModelRegistry.load()
@@ -250,10 +283,12 @@ class LocalExecutor:
         cache_path = pipeline.resolve(pipeline.run.cache) if pipeline.run.cache else None
         cache = CallCache(cache_path) if cache_path is not None and self._gateway is None else None
         gateway = self._gateway or Gateway(self.registry, cache)
+        batches: BatchRun | None = None
         try:
             ctx = self._context(gateway)
             for step in self.steps:
                 step.check(ctx)  # unknown models, missing prompts, bad schemas: before any record is read
+            limits = self._budget_limits(gateway)
             _widen_for_batching_engines(pipeline, self.steps, gateway.registry)
             state = RunState.open(
                 out_dir,
@@ -261,11 +296,23 @@ class LocalExecutor:
                 retry_failed=pipeline.run.retry_failed,
                 overwrite=self.overwrite,
             )
+            if limits is not None:  # counted from what earlier runs of this folder spent
+                await gateway.use_budget(BudgetLedger(limits, state.spent_before))
             self.summary = RunSummary(output_dir=str(out_dir), repaired_lines=state.repaired_lines)
             self._intake_log = _IntakeLog()
-            with _young_generation(50 * 4 * pipeline.run.concurrency):
-                stop = await self._execute(ctx, state)
+            if self.batch is not None:
+                retry = pipeline.run.retry_failed
+                batches = BatchRun.open(out_dir, gateway, every_model=self.batch, retry_failed=retry)
+            # A batch still out stops the run before its pass; finished ones are collected into the cache first.
+            stop = await batches.before_pass() if batches is not None else None
+            if stop is None:
+                with _young_generation(50 * 4 * pipeline.run.concurrency):
+                    stop = await self._execute(ctx, state)
+                if batches is not None:  # the pass's deferred calls go out as batches
+                    stop = await batches.after_pass(stop)
         finally:
+            if batches is not None:
+                await batches.close()
             await gateway.close()
             if cache is not None:
                 cache.close()
@@ -273,6 +320,18 @@ class LocalExecutor:
         if stop is not None:
             raise stop
         return self.summary
+
+    def _budget_limits(self, gateway: Gateway) -> BudgetLimits | None:
+        """``run.budget`` as the ledger's limits, or ``None`` without one; a budget that cannot work (an unknown
+        model, a money limit over a model without a price) is a configuration error, said before any call."""
+        limits = BudgetLimits.of(self.pipeline.run.budget)
+        if not limits.active:
+            return None
+        used = {name for step in self.steps for name in step.model_names()}
+        problems = budget_problems(limits, gateway.registry, used)
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return limits
 
     def _close_run(self, state: RunState, gateway: Gateway, stop: JoyForgeError | None, started: float) -> None:
         """Tidy the folder, then fill in and write the summary, also for a run that stopped early."""
@@ -289,6 +348,10 @@ class LocalExecutor:
         summary.models = {name: usage.as_dict() for name, usage in gateway.usage.items()}
         summary.steps = {step.name: step.stats() for step in self.steps}
         summary.totals = state.totals()
+        spend = combined(state.spent_before, gateway.usage)  # kept for the next run's budget
+        if spend:
+            with contextlib.suppress(OSError):  # a full disk: the last commit's spend stays
+                write_spend(state.folder, spend, sync=True)
         if stop is not None:
             summary.stopped = stop.reason if isinstance(stop, RunStopped) else str(stop)
             summary.stop_kind = "bad_input" if isinstance(stop, BadInputStop) else "stopped"
@@ -305,7 +368,10 @@ class LocalExecutor:
     ) -> "_Committer":
         progress = RunProgress(total, enabled=self.show_progress, gateway=ctx.gateway)
         budget = FailureBudget.of(self.pipeline.run.max_failures, total)
-        return _Committer(state, self.pipeline.output.order == "input", self.summary, window, progress, budget)
+        committer = _Committer(state, self.pipeline.output.order == "input", self.summary, window, progress, budget)
+        usage = ctx.gateway.usage  # on Ray: the driver's, merged from the workers' before their outcomes arrive
+        committer.spend_now = lambda: combined(state.spent_before, usage)
+        return committer
 
     async def _count_input(self) -> int | None:
         cfg = self.pipeline.input
@@ -509,14 +575,19 @@ class LocalExecutor:
             current = produced
             if not current:
                 return Outcome(seq, source_id, "filtered")
-        return Outcome(seq, source_id, "ok", _finalise(current, source_id, record))
+        return Outcome(seq, source_id, "ok", _finalise(current, source_id, record, self._provenance, location))
 
     def _outcome_of_error(
         self, seq: int, source_id: str, record: Record, location: Location, step: str, exc: Exception
     ) -> Outcome:
         """A dead model leaves the record unfinished and stops the run; bad input follows ``on_bad_record``;
-        anything else is a failed record."""
+        anything else is a failed record. A call deferred to a provider batch leaves the record unfinished, and the
+        run goes on with the next record (:mod:`.batches`)."""
+        if _deferred(exc):
+            return Outcome(seq, source_id, "unfinished")
         down = _endpoint_down(exc)
+        if isinstance(down, BudgetExceeded):
+            return Outcome(seq, source_id, "unfinished", stop=StopRequest("budget", down.reason, down.detail()))
         if down is not None:
             return Outcome(seq, source_id, "unfinished", stop=StopRequest("stopped", str(down)))
         if isinstance(exc, InputError):
@@ -564,16 +635,29 @@ def _field_error(step: Step, record: Record) -> InputError | None:
     return None
 
 
-def _endpoint_down(exc: BaseException) -> EndpointDown | None:
-    """The EndpointDown behind ``exc``, also when a step wrapped it (``raise StepError(...) from exc``)."""
+def _endpoint_down(exc: BaseException) -> EndpointDown | BudgetExceeded | None:
+    """The EndpointDown (or BudgetExceeded: the run cannot go on either) behind ``exc``, also when a step
+    wrapped it (``raise StepError(...) from exc``)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, EndpointDown):
+        if isinstance(current, (EndpointDown, BudgetExceeded)):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def _deferred(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or was raised because of) a call deferred to a provider batch."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, CallDeferred):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 async def _settle(tasks: set[asyncio.Task[None]], cancel: bool) -> None:
@@ -633,7 +717,55 @@ def _young_generation(objects: int) -> Iterator[None]:
             gc.set_threshold(*old)
 
 
-def _finalise(outputs: list[Record], source_id: str, source: Record) -> list[Record]:
+class _Provenance:
+    """What every output record of a run is stamped with in ``_meta`` (docs/pipelines.md, "Provenance"):
+    ``pipeline`` (its name), ``task`` (the kind of the step that made the record: the one whose model call
+    is the record's last, else the last step) and ``from`` (where the input record was read: file and line,
+    the file relative to the input folder). The original's ``from``/``task`` stamps, made by the engine."""
+
+    def __init__(self, pipeline: Pipeline, steps: list[Step]):
+        self.pipeline = pipeline.name
+        self.kinds = {step.name: step.kind for step in steps}
+        self.last_kind = steps[-1].kind if steps else None
+        path = pipeline.resolve(pipeline.input.path)
+        self.input_dir = (path if path.is_dir() else path.parent).resolve() if path is not None else None
+        self._shown: dict[str, str] = {}  # file path -> as shown, resolved once per file
+
+    def task(self, meta: dict[str, Any]) -> str | None:
+        for call in reversed(meta.get("calls") or []):
+            kind = self.kinds.get(call.get("step")) if isinstance(call, dict) else None
+            if kind is not None:
+                return kind
+        return self.last_kind
+
+    def origin(self, location: Location | None) -> str | None:
+        if location is None:
+            return None
+        shown = self._shown.get(location.path)
+        if shown is None:
+            path = Path(location.path)
+            try:
+                shown = path.resolve().relative_to(self.input_dir).as_posix() if self.input_dir else path.name
+            except (ValueError, OSError):
+                shown = path.name
+            self._shown[location.path] = shown
+        return f"{shown}:{location.line}" if location.line is not None else shown
+
+    def stamp(self, meta: dict[str, Any], location: Location | None) -> None:
+        meta["pipeline"] = self.pipeline
+        meta["task"] = self.task(meta)
+        origin = self.origin(location)
+        if origin is not None:
+            meta["from"] = origin
+
+
+def _finalise(
+    outputs: list[Record],
+    source_id: str,
+    source: Record,
+    provenance: _Provenance | None = None,
+    location: Location | None = None,
+) -> list[Record]:
     """Give every output an id and its provenance; a single output keeps the input's id."""
     final = []
     for index, rec in enumerate(outputs):
@@ -645,6 +777,8 @@ def _finalise(outputs: list[Record], source_id: str, source: Record) -> list[Rec
             rec["id"] = f"{source_id}:{index}"
         meta = dict(rec.get("_meta") or {})
         meta["source_id"] = source_id
+        if provenance is not None:
+            provenance.stamp(meta, location)
         rec["_meta"] = meta
         final.append(rec)
     return final
@@ -729,6 +863,8 @@ class _Committer:
         self.data = JsonlAppender(state.data)
         self.failures = JsonlAppender(state.failures)
         self.ledger = JsonlAppender(state.ledger)
+        self.spend_now: Callable[[], dict[str, Spend]] | None = None  # what the folder's runs spent, now
+        self._spend_written: dict[str, Spend] | None = None
 
     def put(self, outcome: Outcome) -> None:
         if outcome.stop is not None:  # at once, not at commit: the feeder should not start another record
@@ -761,8 +897,12 @@ class _Committer:
             self.next_seq += len(ready)
         return ready
 
-    def _write(self, batch: list[Outcome]) -> None:
-        """Outputs, then failures, then the ledger: a record's ledger line is what commits it (run_state)."""
+    def _write(self, batch: list[Outcome], spend: dict[str, Spend] | None = None) -> None:
+        """The spend so far, outputs, then failures, then the ledger: a record's ledger line is what commits it
+        (run_state); the spend goes first, so a record committed is never one whose calls were forgotten."""
+        if spend and spend != self._spend_written:
+            write_spend(self.state.folder, spend)
+            self._spend_written = spend
         finished = [o for o in batch if o.status != "unfinished"]
         outputs = [rec for outcome in finished for rec in outcome.outputs]
         failures = [outcome.failure for outcome in finished if outcome.failure is not None]
@@ -786,7 +926,8 @@ class _Committer:
                 self.wakeup.clear()
                 batch = self._ready()
                 if batch:
-                    writing = asyncio.ensure_future(asyncio.to_thread(self._write, batch))
+                    spend = self.spend_now() if self.spend_now is not None else None  # read on the loop's thread
+                    writing = asyncio.ensure_future(asyncio.to_thread(self._write, batch, spend))
                     try:
                         await asyncio.shield(writing)
                     except asyncio.CancelledError:

@@ -1,4 +1,5 @@
-"""A live progress line: records done, rate, ETA, tokens, failures. Quiet when disabled or not a terminal."""
+"""A live progress line: records done, rate, ETA, tokens, failures, and each model's concurrency (its limit,
+its measured latency, its share of 429s). Quiet when disabled or not a terminal."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .summary import concurrency_text
 
 if TYPE_CHECKING:
     from ..models.gateway import Gateway
@@ -60,5 +63,15 @@ class RunProgress:
             self._task,
             completed=done,
             rate=rate,
-            extra=f"tokens {tokens:,}  cached {hits:,}  failed {summary.failed + summary.bad_input}",
+            extra=f"tokens {tokens:,}  cached {hits:,}  failed {summary.failed + summary.bad_input}"
+            + self._concurrency(),
         )
+
+    def _concurrency(self) -> str:
+        """``  m: limit 57 0.21s 429 0.3%`` per model that made requests (cached calls make none)."""
+        shown = [
+            f"  {name}: limit {concurrency_text(report, short=True)}"
+            for name, report in self.gateway.concurrency().items()
+            if report.get("requests")
+        ]
+        return "".join(shown)

@@ -23,6 +23,8 @@ from ..methods.joint.step import Joint
 from ..methods.magpie.step import MagpieInstruction, MagpieResponse, MagpieTag
 from ..methods.rewrite.step import Rewrite
 from ..methods.seedless.step import Seedless
+from ..methods.tool_dialogue.step import ToolDialogue
+from ..methods.verify.step import Verify
 from ..methods.vote.step import Cascade, Vote
 from .step import Step
 
@@ -45,6 +47,8 @@ BUILTIN_STEPS: dict[str, type[Step]] = {
         MagpieResponse,
         MagpieTag,
         PreferencePairs,
+        ToolDialogue,
+        Verify,
     )
 }
 

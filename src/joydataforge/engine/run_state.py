@@ -15,6 +15,11 @@ not committed and is removed by :meth:`RunState.open` before anything is appende
 and each one's old failure line stays until its new outcome is committed. A kill at any instant leaves
 every record in data.jsonl or failures.jsonl as its ledger says, never in neither and never twice
 (``tests/test_retry_failed_crash.py`` kills a run at each of these points, see :func:`crash_point`).
+
+``spend.json`` is what every run of the folder spent on model calls, by model (calls, tokens, cost): what
+``run.budget`` counts from on a resume. The committer replaces it (atomically) with each batch it commits,
+before the batch's lines, and the run replaces it once more at its end; a ``kill -9`` forgets at most the
+calls made since the last commit, most of which a resume finds in the call cache.
 Files are only ever replaced whole (``os.replace``), so a half-written replacement is a stray ``*.tmp``
 that the next open removes. ``run.json`` (the pipeline's fingerprint) is replaced atomically too.
 
@@ -37,14 +42,16 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io.writers import repair_tail
+from ..models.budget import Spend
 
 DATA = "data.jsonl"
 FAILURES = "failures.jsonl"
 LEDGER = "ledger.jsonl"
 RUN_INFO = "run.json"
 SUMMARY = "summary.json"
+SPEND = "spend.json"
 
-_REPLACED = (DATA, FAILURES, LEDGER, RUN_INFO, SUMMARY)
+_REPLACED = (DATA, FAILURES, LEDGER, RUN_INFO, SUMMARY, SPEND)
 CRASH_ENV = "JOYFORGE_TEST_CRASH_AT"
 _crash_hits: dict[str, int] = {}
 
@@ -64,13 +71,16 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_write_json(path: Path, value: Any) -> None:
+def atomic_write_json(path: Path, value: Any, *, sync: bool = True) -> None:
+    """Replace ``path`` with ``value`` as JSON, whole or not at all; ``sync=False`` skips the fsync (a
+    ``kill -9`` cannot tear it either way; only a power cut can lose the newest version)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(value, handle, ensure_ascii=False, indent=2)
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -94,6 +104,31 @@ def os_error_line(exc: OSError) -> str:
     if code == errno.EISDIR:
         return f"{path} is a folder, not a file"
     return f"{path}: {exc.strerror or exc}"
+
+
+def read_spend(folder: Path) -> dict[str, Spend]:
+    """What earlier runs of the folder spent, by model (``spend.json``); nothing when there is no such file."""
+    path = folder / SPEND
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return {name: Spend.from_dict(values) for name, values in data["models"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"{path}: not a spend file joyforge wrote ({exc}); fix or delete it (it is what run.budget counts "
+            "from: deleting it forgets what earlier runs of this folder spent)"
+        ) from None
+
+
+def write_spend(folder: Path, spend: dict[str, Spend], *, sync: bool = False) -> None:
+    """Replace ``spend.json`` with ``spend`` (every run of the folder, by model) and its totals."""
+    value = {
+        "models": {name: s.as_dict() for name, s in sorted(spend.items())},
+        "cost": round(sum(s.cost for s in spend.values()), 9),
+        "tokens": sum(s.tokens for s in spend.values()),
+    }
+    atomic_write_json(folder / SPEND, value, sync=sync)
 
 
 def _read_ledger(path: Path) -> dict[str, str]:
@@ -216,6 +251,7 @@ class RunState:
     resumed: bool = False
     repaired_lines: int = 0
     redone: int = 0  # records of ``redo`` committed anew in this run
+    spent_before: dict[str, Spend] = field(default_factory=dict)  # what earlier runs of the folder spent
 
     @property
     def data(self) -> Path:
@@ -282,5 +318,6 @@ class RunState:
                 crash_point("compacted-at-open")
         if retry_failed:
             state.redo = {i for i, s in status.items() if s == "failed"}
+        state.spent_before = read_spend(folder)
         atomic_write_json(info_path, {"fingerprint": fingerprint})
         return state

@@ -10,6 +10,24 @@ from ..errors import ExitCode
 BAD_RECORDS_LISTED = 20  # summary.json names this many bad records; failures.jsonl has them all
 
 
+def concurrency_text(report: dict[str, Any], *, short: bool = False) -> str:
+    """A model's concurrency in a few words: ``57 adaptive (8-64), 0.212s, 429s 0.3%``; ``short`` for the
+    progress bar: ``57 0.21s 429 0.3%``. ``report`` is what summary.json keeps under ``models.<name>.concurrency``."""
+    limit = report.get("limit", "?")
+    latency = float(report.get("latency") or 0.0)
+    share = float(report.get("rate_limited_share") or 0.0)
+    if short:
+        text = f"{limit}" + (f" {latency:.2f}s" if latency else "")
+        return text + (f" 429 {share:.1%}" if report.get("rate_limited") else "")
+    mode = report.get("mode", "")
+    text = f"{limit} {mode}"
+    if mode == "adaptive" and report.get("lowest") != report.get("highest"):
+        text += f" ({report.get('lowest')}-{report.get('highest')})"
+    if report.get("rate_limited"):
+        text += f", 429s {share:.1%}"
+    return text
+
+
 @dataclass
 class RunSummary:
     records_in: int = 0  # records read in the window, good or bad
@@ -21,7 +39,7 @@ class RunSummary:
     skipped: int = 0  # already done by an earlier run (resume)
     repaired_lines: int = 0  # torn or uncommitted lines cut from the output tail on resume
     seconds: float = 0.0
-    models: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)  # usage per model; "concurrency": its limit at the end
     steps: dict[str, Any] = field(default_factory=dict)
     output_dir: str = ""
     bad_records: list[str] = field(default_factory=list)  # "file:line field 'x': reason", the first few

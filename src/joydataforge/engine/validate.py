@@ -110,6 +110,10 @@ class _Parts:
     base_dir: Path
 
     def resolve(self, path: str) -> Path:
+        from ..io.hub_files import HubPath, is_hub_path
+
+        if is_hub_path(path):
+            return HubPath(path)  # type: ignore[return-value]
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
 
@@ -247,6 +251,15 @@ def _check_records(parts: _Parts, first: Step | None, limit: int, report: Valida
         report.add(f"{report.source}: input", str(exc))
 
 
+def _check_budget(parts: _Parts, registry: ModelRegistry, built: list[tuple[int, Step]], report: Validation) -> None:
+    """A budget over a model the run does not know, or in money over a model with no known price."""
+    from ..models.budget import BudgetLimits, budget_problems
+
+    used = {name for _, step in built for name in step.model_names()}
+    for problem in budget_problems(BudgetLimits.of(parts.run.budget), registry, used):
+        report.add(report.source, problem)
+
+
 def validate_pipeline(
     path: str | Path, *, models_file: str | None = None, records: int = RECORDS_CHECKED
 ) -> Validation:
@@ -260,6 +273,7 @@ def validate_pipeline(
     report.kinds = [config.kind for _, config in parts.steps]
     registry = _registry(parts, models_file, report)
     built = _check_steps(parts, registry, report)
+    _check_budget(parts, registry, built, report)
     first = next((step for index, step in built if index == 0), None)  # None: its problem is said already
     _check_records(parts, first, records, report)
     return report

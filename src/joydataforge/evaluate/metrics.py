@@ -49,6 +49,7 @@ class EvalOptions:
     text_fields: tuple[str, ...] = ("input",)
     threshold: float = 0.8
     num_perm: int = 128
+    shingle_mode: str = "mixed"  # see joydataforge.text.shingles: mixed, auto, word or char
     label_fields: tuple[str, ...] | None = None
     entity_fields: tuple[str, ...] | None = None
     vendi_orders: tuple[float | int | str, ...] = VENDI_ORDERS
@@ -180,7 +181,7 @@ def label_distribution(records: Sequence[Record], name: str, top: int) -> dict[s
 
 
 def near_duplicate_stats(
-    texts: Sequence[str], threshold: float, num_perm: int
+    texts: Sequence[str], threshold: float, num_perm: int, shingle_mode: str = "mixed"
 ) -> tuple[dict[str, Any], list[list[int]]]:
     """MinHash near-duplicate clusters over the texts, and their summary.
 
@@ -189,7 +190,8 @@ def near_duplicate_stats(
     """
     from ..text.minhash import MinHasher
 
-    result = near_duplicate_clusters(texts, threshold=threshold, hasher=MinHasher(num_perm=num_perm))
+    hasher = MinHasher(num_perm=num_perm, mode=shingle_mode)  # type: ignore[arg-type]  # checked by ShingleSpec
+    result = near_duplicate_clusters(texts, threshold=threshold, hasher=hasher)
     clusters = clusters_from_roots(result.roots)
     clusters.sort(key=lambda c: (-len(c), c[0]))
     exact: Counter[str] = Counter(" ".join(t.split()) for t in texts)
@@ -198,6 +200,7 @@ def near_duplicate_stats(
     summary = {
         "threshold": threshold,
         "num_perm": num_perm,
+        "shingle_mode": shingle_mode,
         "clusters": len(clusters),
         "records_in_clusters": sum(len(c) for c in clusters),
         "duplicates": duplicates,
@@ -272,7 +275,9 @@ def evaluate_records(
     }
     clusters: list[list[int]] = []
     if records:
-        metrics["near_duplicates"], clusters = near_duplicate_stats(texts, options.threshold, options.num_perm)
+        metrics["near_duplicates"], clusters = near_duplicate_stats(
+            texts, options.threshold, options.num_perm, options.shingle_mode
+        )
     if vectors is not None and len(records):
         metrics["semantic"] = {"embedder": embedder, **semantic_stats(vectors, options.vendi_orders)}
     if entity_maps is None and (options.entity_fields is None or options.entity_fields):

@@ -30,6 +30,7 @@ import numpy as np
 from jinja2 import Environment
 from markupsafe import Markup, escape
 
+from ..text.shingles import DEFAULT_MODE, token_spans
 from . import report_charts as charts
 from .metrics import DatasetEvaluation
 
@@ -173,6 +174,19 @@ def embedding_map(
     }
 
 
+SHINGLE_WORDS = {
+    "mixed": "3-token shingles (a token is a Han character or a word)",
+    "word": "3-token shingles (a token is a Han character or a word)",
+    "char": "4-character shingles",
+    "auto": "word shingles (English) or character shingles (Chinese, 30% Han characters or more)",
+}
+
+
+def shingle_words(near_duplicates: dict[str, Any]) -> str:
+    """How the near-duplicate metrics compared texts, in words (older metrics files lack the mode: ``auto``)."""
+    return SHINGLE_WORDS.get(str(near_duplicates.get("shingle_mode", "auto")), "shingles")
+
+
 def metric_rows(metrics: dict[str, Any]) -> list[MetricRow]:
     """The metrics table, each value with a sentence on what it means and which way is better."""
     rows: list[MetricRow] = []
@@ -195,15 +209,16 @@ def metric_rows(metrics: dict[str, Any]) -> list[MetricRow]:
                 "Near-duplicates",
                 "near-duplicate records",
                 f"{fmt(dup['duplicates'])} ({pct(dup['duplicate_ratio'])})",
-                "Records that are near copies of an earlier record: their word (English) or character "
-                f"(Chinese) n-grams overlap by an estimated Jaccard similarity of at least {dup['threshold']}. "
-                "`joyforge dedup` would remove them. Lower is cleaner; a few percent is common in synthetic data.",
+                f"Records that are near copies of an earlier record: their {shingle_words(dup)} overlap by an "
+                f"estimated Jaccard similarity of at least {dup['threshold']}. `joyforge dedup` would remove them "
+                "(every member of a cluster but one). Lower is cleaner; a few percent is common in synthetic data.",
             ),
             MetricRow(
                 "Near-duplicates",
                 "duplicate clusters",
                 fmt(dup["clusters"]),
-                f"Groups of records linked by near-duplicate pairs (largest: {fmt(dup['largest_cluster'])} records). "
+                f"Groups of records linked by near-duplicate pairs: {fmt(dup.get('records_in_clusters'))} records in "
+                f"{fmt(dup['clusters'])} clusters (largest: {fmt(dup['largest_cluster'])} records). "
                 "A large cluster usually means one prompt or template produced the same answer many times.",
             ),
             MetricRow(
@@ -341,23 +356,52 @@ def metric_rows(metrics: dict[str, Any]) -> list[MetricRow]:
     return rows
 
 
-def diff_segments(base: str, text: str) -> list[tuple[str, str]]:
+def diff_segments(base: str, text: str, mode: str = DEFAULT_MODE) -> list[tuple[str, str]]:
     """``text`` cut into ``(piece, kind)`` segments against ``base``, so the report can mark what changed.
 
-    ``kind`` is ``same``, ``changed`` (in ``text`` but not in ``base``) or ``gone`` (``piece`` is text of
-    ``base`` missing here). Near-duplicates differ in a word or two; pointing at those saves the reader
-    a game of spot-the-difference.
+    ``kind`` is ``same``, ``changed`` (a token of ``text`` that ``base`` lacks) or ``gone`` (``piece`` is text
+    of ``base`` missing here). Near-duplicates differ in a word or two; pointing at those saves the reader
+    a game of spot-the-difference. The comparison is made on dedup's own tokens in their normal form
+    (:func:`~joydataforge.text.shingles.token_spans`, for the shingle ``mode`` the clusters were found
+    with), so what dedup ignores -- case, full-width forms, punctuation, spacing -- is never marked.
     """
-    matcher = difflib.SequenceMatcher(None, base, text, autojunk=False)
-    segments: list[tuple[str, str]] = []
+    base_spans = token_spans(base, mode)  # type: ignore[arg-type]  # the mode the evaluation validated
+    spans = token_spans(text, mode)  # type: ignore[arg-type]
+    matcher = difflib.SequenceMatcher(None, [k for *_, k in base_spans], [k for *_, k in spans], autojunk=False)
+    changed = [False] * len(spans)
+    gone: dict[int, str] = {}  # token index of ``text`` -> base text missing just before it
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            segments.append((text[j1:j2], "same"))
+        if tag in ("replace", "insert"):
+            changed[j1:j2] = [True] * (j2 - j1)
         elif tag == "delete":
-            segments.append((base[i1:i2], "gone"))
+            gone[j1] = base[base_spans[i1][0] : base_spans[i2 - 1][1]]
+    segments: list[tuple[str, str]] = []
+
+    def add(piece: str, kind: str) -> None:
+        if not piece:
+            return
+        if segments and segments[-1][1] == kind and kind != "gone":
+            segments[-1] = (segments[-1][0] + piece, kind)
         else:
-            segments.append((text[j1:j2], "changed"))
+            segments.append((piece, kind))
+
+    position = 0
+    for j, (start, end, _) in enumerate(spans):
+        between = "changed" if changed[j] and j > 0 and changed[j - 1] else "same"
+        add(text[position:start], between)  # separators count as changed only inside a changed stretch
+        if j in gone:
+            add(gone[j], "gone")
+        add(text[start:end], "changed" if changed[j] else "same")
+        position = end
+    add(text[position:], "same")
+    if len(spans) in gone:
+        add(gone[len(spans)], "gone")
     return segments
+
+
+def same_tokens(base: str, text: str, mode: str = DEFAULT_MODE) -> bool:
+    """Whether the two texts differ only in what dedup ignores (case, punctuation, spacing, width)."""
+    return [k for *_, k in token_spans(base, mode)] == [k for *_, k in token_spans(text, mode)]  # type: ignore[arg-type]
 
 
 def duplicate_clusters(evaluation: DatasetEvaluation, limit: int) -> list[dict[str, Any]]:
@@ -365,6 +409,7 @@ def duplicate_clusters(evaluation: DatasetEvaluation, limit: int) -> list[dict[s
 
     Each duplicate's text comes as segments with the parts that differ from the kept record marked.
     """
+    mode = (evaluation.metrics.get("near_duplicates") or {}).get("shingle_mode", DEFAULT_MODE)
     out = []
     for members in evaluation.clusters[:limit]:
         items = []
@@ -373,11 +418,15 @@ def duplicate_clusters(evaluation: DatasetEvaluation, limit: int) -> list[dict[s
             record = evaluation.records[i]
             text = evaluation.texts[i]
             shown = _clip(text, CLUSTER_TEXT_CHARS)
-            segments = [(shown, "same")] if rank == 0 else diff_segments(kept_text, shown)
+            segments = [(shown, "same")] if rank == 0 else diff_segments(kept_text, shown, mode)
+            identical = rank > 0 and text == evaluation.texts[members[0]]
             items.append(
                 {
                     "row": i + 1,
-                    "identical": rank > 0 and text == evaluation.texts[members[0]],
+                    "identical": identical,
+                    "normalised_copy": rank > 0
+                    and not identical
+                    and same_tokens(evaluation.texts[members[0]], text, mode),
                     "id": record.get("id"),
                     "kept": rank == 0,
                     "segments": segments,
@@ -468,6 +517,7 @@ def render_report(
         lengths=_length_charts(evaluation),
         labels=_label_charts(metrics),
         clusters=duplicate_clusters(evaluation, top_clusters),
+        shingle_words=shingle_words(metrics.get("near_duplicates") or {}),
         entities=_entity_charts(metrics),
         map=embedding_map(evaluation, field, max_points=max_map_points),
         metrics_json=metrics_json,  # escaped by the template in <pre>

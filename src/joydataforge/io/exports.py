@@ -11,8 +11,19 @@ Formats (each also a function ``record -> dict | None`` for use in your own loop
   ``{"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}`` from the
   ``chosen``/``rejected`` fields.
 - ``trl-sft`` -- TRL's conversational SFT form, ``{"messages": [...]}`` (same as ``openai``).
+- ``openai-tools`` -- a tool-use trajectory (``tool_dialogue``'s ``messages`` and ``tools``) as OpenAI
+  messages: ``{"messages": [system?, user, assistant with tool_calls, tool with tool_call_id, ...,
+  assistant], "tools": [...]}``; tool-call arguments are JSON text, as OpenAI sends them.
+- ``sharegpt-tools`` -- the same in ShareGPT's function-calling shape as LLaMA-Factory reads it:
+  ``conversations`` with ``human``, ``function_call`` (``{"name", "arguments"}``, a list for parallel
+  calls), ``observation`` and ``gpt`` turns, and ``tools`` as a JSON string of the function objects.
 
-How a record becomes a dialogue: ``history`` in any of its three shapes (pairs, messages, the seed's
+Reasoning traces (docs/reasoning.md): the answer alone by default; with ``reasoning=True`` (``joyforge export
+--reasoning``) the trace kept beside it (``<output_field>_reasoning``) goes with it, as LLaMA-Factory reads
+thinking data (``<think>\ntrace\n</think>\n\nanswer`` in the assistant turn: sharegpt, openai, alpaca) and as
+TRL's chat templates of thinking models read it (``reasoning_content`` on the assistant message: trl-sft, trl).
+
+How a record becomes a dialogue: ``history`` in any of its four shapes (pairs, messages, rounds, the seed's
 ``用户: ...`` text; see :func:`~joydataforge.records.normalize_history`), then the ``input`` as the
 last user turn, then the output as the assistant's answer. Consecutive turns of one speaker are
 joined with a newline (chat templates require alternation; the seed's text dialogues often have two
@@ -53,6 +64,35 @@ class ExportFields:
     chosen: str = "chosen"
     rejected: str = "rejected"
     keep: tuple[str, ...] = ()  # fields copied as they are (e.g. "id", for tracing back to the input)
+    messages: str = "messages"  # a tool-use trajectory in OpenAI messages (openai-tools, sharegpt-tools)
+    tools: str = "tools"  # the trajectory's tool schemas
+    reasoning: bool = False  # write each answer's reasoning trace (``<field>_reasoning``) with it
+    think_tags: tuple[str, str] = ("<think>", "</think>")  # how a trace is written inside the content
+
+
+def _trace(record: dict[str, Any], name: str, fields: ExportFields) -> str | None:
+    """The reasoning trace kept beside the answer in ``name`` (``<name>_reasoning``), when traces are exported."""
+    if not fields.reasoning:
+        return None
+    trace = record.get(f"{name}_reasoning")
+    return trace.strip() if isinstance(trace, str) and trace.strip() else None
+
+
+def _with_think(answer: str, trace: str | None, fields: ExportFields) -> str:
+    """The answer with its trace before it in think tags, as LLaMA-Factory's reasoning templates (``qwen3``,
+    ``deepseekr1``) read an assistant turn: ``<think>\ntrace\n</think>\n\nanswer``."""
+    if trace is None:
+        return answer
+    return f"{fields.think_tags[0]}\n{trace}\n{fields.think_tags[1]}\n\n{answer}"
+
+
+def _assistant(answer: str, trace: str | None) -> dict[str, Any]:
+    """An assistant message for TRL: the trace in ``reasoning_content``, the key the chat templates of thinking
+    models (Qwen3, DeepSeek-R1) render into ``<think>`` blocks when TRL applies them."""
+    message: dict[str, Any] = {"role": "assistant", "content": answer}
+    if trace is not None:
+        message["reasoning_content"] = trace
+    return message
 
 
 DEFAULT_FIELDS = ExportFields()
@@ -66,7 +106,7 @@ def to_sharegpt(record: dict[str, Any], fields: ExportFields = DEFAULT_FIELDS) -
     system, turns = _dialogue(record, fields, user_first=True)
     conversation = [{"from": "system", "value": system}] if system else []
     conversation += [{"from": _SHAREGPT_ROLES[m["role"]], "value": m["content"]} for m in turns]
-    conversation.append({"from": "gpt", "value": output})
+    conversation.append({"from": "gpt", "value": _with_think(output, _trace(record, fields.output, fields), fields)})
     return _kept(record, fields) | {"conversations": conversation}
 
 
@@ -76,7 +116,20 @@ def to_openai(record: dict[str, Any], fields: ExportFields = DEFAULT_FIELDS) -> 
         return None
     system, turns = _dialogue(record, fields, user_first=False)
     messages = ([{"role": "system", "content": system}] if system else []) + turns
-    messages.append({"role": "assistant", "content": output})
+    messages.append(
+        {"role": "assistant", "content": _with_think(output, _trace(record, fields.output, fields), fields)}
+    )
+    return _kept(record, fields) | {"messages": messages}
+
+
+def to_trl_sft(record: dict[str, Any], fields: ExportFields = DEFAULT_FIELDS) -> dict[str, Any] | None:
+    """TRL's conversational SFT form; a trace goes in the assistant message's ``reasoning_content``."""
+    output = _output(record, fields.output)
+    if output is None:
+        return None
+    system, turns = _dialogue(record, fields, user_first=False)
+    messages = ([{"role": "system", "content": system}] if system else []) + turns
+    messages.append(_assistant(output, _trace(record, fields.output, fields)))
     return _kept(record, fields) | {"messages": messages}
 
 
@@ -86,6 +139,7 @@ def to_alpaca(record: dict[str, Any], fields: ExportFields = DEFAULT_FIELDS) -> 
         return None
     system, turns = _dialogue(record, fields, user_first=True)
     *earlier, last = turns
+    output = _with_think(output, _trace(record, fields.output, fields), fields)
     result: dict[str, Any] = {"instruction": last["content"], "input": "", "output": output}
     if system:
         result["system"] = system
@@ -103,9 +157,129 @@ def to_trl_preference(record: dict[str, Any], fields: ExportFields = DEFAULT_FIE
     prompt = ([{"role": "system", "content": system}] if system else []) + turns
     return _kept(record, fields) | {
         "prompt": prompt,
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
+        "chosen": [_assistant(chosen, _trace(record, fields.chosen, fields))],
+        "rejected": [_assistant(rejected, _trace(record, fields.rejected, fields))],
     }
+
+
+# --- tool-use trajectories -------------------------------------------------------------------------
+
+
+def to_openai_tools(record: dict[str, Any], fields: ExportFields = DEFAULT_FIELDS) -> dict[str, Any] | None:
+    """A trajectory as OpenAI messages with its tools; None when it has no final answer (not a training example)."""
+    messages = _trajectory(record, fields)
+    if messages is None:
+        return None
+    out: dict[str, Any] = {"messages": messages}
+    tools = _tools(record, fields)
+    if tools:
+        out["tools"] = tools
+    return _kept(record, fields) | out
+
+
+def to_sharegpt_tools(record: dict[str, Any], fields: ExportFields = DEFAULT_FIELDS) -> dict[str, Any] | None:
+    """A trajectory in ShareGPT's function-calling shape, as LLaMA-Factory's sharegpt converter reads it.
+
+    Turns alternate as LLaMA-Factory requires: ``human`` or ``observation``, then ``gpt`` or ``function_call``.
+    A round of several tool results is one ``observation``, joined the way LLaMA-Factory's own OpenAI converter
+    joins them (``\n</tool_response>\n<tool_response>\n``); words an assistant wrote beside its tool calls have
+    no place in a ``function_call`` turn and are left out.
+    """
+    messages = _trajectory(record, fields)
+    if messages is None:
+        return None
+    conversation: list[dict[str, str]] = []
+    results: list[str] = []
+    for message in messages:
+        role = message["role"]
+        if role == "tool":
+            results.append(message.get("content") or "")
+            continue
+        if results:
+            conversation.append({"from": "observation", "value": "\n</tool_response>\n<tool_response>\n".join(results)})
+            results = []
+        if role == "assistant" and message.get("tool_calls"):
+            calls = [
+                {"name": c["function"]["name"], "arguments": _arguments(c["function"].get("arguments"))}
+                for c in message["tool_calls"]
+            ]
+            value = calls[0] if len(calls) == 1 else calls
+            conversation.append({"from": "function_call", "value": json.dumps(value, ensure_ascii=False)})
+        else:
+            conversation.append({"from": _SHAREGPT_ROLES[role], "value": message.get("content") or ""})
+    out: dict[str, Any] = {"conversations": conversation}
+    tools = _tools(record, fields)
+    if tools:
+        out["tools"] = json.dumps([t.get("function", t) for t in tools], ensure_ascii=False)
+    return _kept(record, fields) | out
+
+
+def _trajectory(record: dict[str, Any], fields: ExportFields) -> list[dict[str, Any]] | None:
+    """The record's trajectory, checked: OpenAI roles, calls with names, results that name their call.
+
+    None when it does not end with a final answer (a trajectory ``tool_dialogue`` kept unfinished).
+    """
+    messages = record.get(fields.messages)
+    if not isinstance(messages, list) or not messages:
+        raise InputError("needs the trajectory as a non-empty list of messages", field=fields.messages)
+    known: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for k, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("system", "user", "assistant", "tool"):
+            raise InputError(f"message {k} has no OpenAI role (system, user, assistant, tool)", field=fields.messages)
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in known:
+                raise InputError(f"message {k}: a tool result for no earlier call ({call_id!r})", field=fields.messages)
+            out.append({"role": "tool", "tool_call_id": call_id, "content": _content(message)})
+        elif role == "assistant" and message.get("tool_calls"):
+            calls = []
+            for call in message["tool_calls"]:
+                function = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                    raise InputError(f"message {k}: a tool call without a function name", field=fields.messages)
+                known.add(call.get("id"))
+                arguments = function.get("arguments")
+                text = arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
+                calls.append(
+                    {
+                        "id": call.get("id"),
+                        "type": "function",
+                        "function": {"name": function["name"], "arguments": text},
+                    }
+                )
+            out.append({"role": "assistant", "content": message.get("content") or None, "tool_calls": calls})
+        else:
+            out.append({"role": role, "content": _content(message)})
+    last = out[-1]
+    if last["role"] != "assistant" or last.get("tool_calls") or not (last.get("content") or "").strip():
+        return None
+    return out
+
+
+def _content(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False) if content else ""
+
+
+def _arguments(arguments: Any) -> Any:
+    """Arguments as an object (LLaMA-Factory's function_call holds objects); text that does not parse stays text."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return arguments if arguments is not None else {}
+
+
+def _tools(record: dict[str, Any], fields: ExportFields) -> list[dict[str, Any]]:
+    tools = record.get(fields.tools)
+    if tools is None:
+        return []
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise InputError("must be a list of tool schemas", field=fields.tools)
+    return tools
 
 
 Exporter = Callable[[dict[str, Any], ExportFields], "dict[str, Any] | None"]
@@ -115,7 +289,9 @@ FORMATS: dict[str, Exporter] = {
     "openai": to_openai,
     "alpaca": to_alpaca,
     "trl": to_trl_preference,
-    "trl-sft": to_openai,
+    "trl-sft": to_trl_sft,
+    "openai-tools": to_openai_tools,
+    "sharegpt-tools": to_sharegpt_tools,
 }
 
 
@@ -127,7 +303,12 @@ class ExportReport:
     written: int = 0
     skipped: int = 0
     failed: int = 0
+    dropped: int = 0  # left out by ``transform`` (a review's rejections)
     errors: list[InputError] = field(default_factory=list)
+
+
+#: The format that writes each record as it is (after ``transform``): a reviewed copy of the data itself.
+RECORDS = "records"
 
 
 def export_file(
@@ -143,16 +324,25 @@ def export_file(
     chosen_field: str = "chosen",
     rejected_field: str = "rejected",
     keep_fields: tuple[str, ...] = (),
+    messages_field: str = "messages",
+    tools_field: str = "tools",
+    reasoning: bool = False,
     on_error: Literal["raise", "skip"] = "raise",
+    transform: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> ExportReport:
     """Export every record of ``src_jsonl`` (any format :func:`iter_records` reads) to ``dst`` in ``fmt``.
 
     ``dst`` ending in ``.jsonl`` gets JSON Lines, ``.json`` a JSON array, ``.parquet`` Parquet. The
     file is written under a temporary name and moved into place, so a failed export leaves no
     half-file. ``on_error="raise"`` stops at the first bad record with its file, line and field;
-    ``"skip"`` leaves it out and reports it.
+    ``"skip"`` leaves it out and reports it. ``transform`` sees each record first, in file order, and
+    returns the record to export or None to leave it out (``joyforge export --reviewed`` applies the human
+    review this way: :class:`~joydataforge.view.review.ReviewApplier`). ``fmt="records"`` writes the
+    records themselves. ``reasoning=True`` writes each answer's reasoning trace (``<output_field>_reasoning``,
+    ``chosen_reasoning``, ``rejected_reasoning``) with it: in ``<think>`` tags before the answer (sharegpt,
+    openai, alpaca) or as the assistant message's ``reasoning_content`` (trl-sft, trl).
     """
-    if fmt not in FORMATS:
+    if fmt not in FORMATS and fmt != RECORDS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(FORMATS)}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -160,7 +350,7 @@ def export_file(
     suffix = destination.suffix.lower()
     if suffix not in (".jsonl", ".json", ".parquet"):
         raise ValueError(f"export to .jsonl, .json or .parquet, not {suffix or destination.name!r}")
-    exporter = FORMATS[fmt]
+    exporter = _as_is if fmt == RECORDS else FORMATS[fmt]
     fields = ExportFields(
         input=input_field,
         output=output_field,
@@ -170,6 +360,9 @@ def export_file(
         chosen=chosen_field,
         rejected=rejected_field,
         keep=tuple(keep_fields),
+        messages=messages_field,
+        tools=tools_field,
+        reasoning=reasoning,
     )
     report = ExportReport()
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +377,11 @@ def export_file(
                 try:
                     if item.error is not None:
                         raise item.error
-                    exported = exporter(item.record, fields)
+                    record = item.record if transform is None else transform(item.record)
+                    if record is None:
+                        report.dropped += 1
+                        continue
+                    exported = exporter(record, fields)
                 except InputError as error:
                     if error.location is None:  # the exporters know the field, the reader the line
                         error = InputError(error.reason, item.location, error.field)
@@ -211,6 +408,10 @@ def export_file(
         temporary.unlink(missing_ok=True)
         lines_path.unlink(missing_ok=True)
     return report
+
+
+def _as_is(record: dict[str, Any], fields: ExportFields) -> dict[str, Any]:
+    return record
 
 
 # --- the dialogue of a record ----------------------------------------------------------------------
@@ -269,9 +470,12 @@ __all__ = [
     "ExportFields",
     "ExportReport",
     "FORMATS",
+    "RECORDS",
     "export_file",
     "to_alpaca",
     "to_openai",
+    "to_openai_tools",
     "to_sharegpt",
+    "to_sharegpt_tools",
     "to_trl_preference",
 ]

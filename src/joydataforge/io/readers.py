@@ -27,22 +27,29 @@ ISO strings; XLSX keeps numbers and booleans, dates become ISO strings; CSV valu
 A CSV or XLSX cell that holds JSON (say, a ``history`` column written as ``[["hi", "hello"]]``) stays
 a string: spreadsheets have no lists, and guessing which strings were meant as JSON would silently
 change data. Decode such a column in a step if you need it.
+
+Hub paths: ``hf://datasets/OWNER/NAME[@REVISION][/PATH]`` (a file, a folder, a glob, or the whole repo) is read
+like a local path, streamed from the Hugging Face Hub (see :mod:`.hub_files`); locations name the ``hf://``
+file. Counting a Hub JSONL file would mean reading it whole, so :func:`count_records` gives ``None`` for one.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime as _dt
 import decimal
+import io
 import json
 import zipfile
 from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import InputError, Location
 from .encodings import describe_decode_error, resolve_encoding
+from .hub_files import HubFile, hub_files, is_hub_path
 from .source import SourceItem
 from .taxonomy import read_taxonomy
 
@@ -53,9 +60,12 @@ PARQUET_META_KEY = b"joydataforge"
 _PARQUET_BATCH_ROWS = 1024  # rows can be long prompts: small batches keep memory flat
 
 
+# A local file, or a file on the Hugging Face Hub (read through the same readers).
+InputFile = Path | HubFile
+
 # A format reader yields the items after the first ``skip`` ones and returns how many it skipped, so a
 # folder can carry the rest of the window over to the next file.
-_Reader = Callable[[Path, "str | None", "str | None", int], Generator[SourceItem, None, int]]
+_Reader = Callable[[InputFile, "str | None", "str | None", int], Generator[SourceItem, None, int]]
 
 
 def iter_records(
@@ -105,13 +115,16 @@ def count_records(
     return total if limit is None else min(total, limit)
 
 
-def input_files(path: str | Path) -> list[Path]:
+def input_files(path: str | Path) -> list[InputFile]:
     """The files ``path`` stands for: itself, or the supported files of a folder in name order.
 
     Folders are walked recursively; files and folders whose name starts with ``.`` (``.DS_Store``,
     ``.ipynb_checkpoints``) or ``~$`` (Excel's lock files) are ignored, and so are files of other types
-    (a README beside the data), so that pointing at a data folder just works.
+    (a README beside the data), so that pointing at a data folder just works. An ``hf://`` path lists the
+    Hub's files by the same rules (:func:`~joydataforge.io.hub_files.hub_files`).
     """
+    if is_hub_path(path):
+        return list(hub_files(path, SUPPORTED_SUFFIXES))
     root = Path(path)
     if not root.exists():
         raise InputError("no such file or folder", Location(str(root)))
@@ -132,7 +145,7 @@ def input_files(path: str | Path) -> list[Path]:
 
 
 def _windowed(
-    files: list[Path], start: int, limit: int | None, encoding: str | None, sheet: str | None
+    files: list[InputFile], start: int, limit: int | None, encoding: str | None, sheet: str | None
 ) -> Iterator[SourceItem]:
     to_skip, left = start, limit
     if left == 0:
@@ -158,16 +171,18 @@ def _windowed(
 # --- JSONL -----------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
+def _read_jsonl(
+    path: InputFile, encoding: str | None, sheet: str | None, skip: int
+) -> Generator[SourceItem, None, int]:
     """Stream a JSONL file line by line in binary, so memory does not grow with the file.
 
     Splitting bytes on ``\\n`` is safe for UTF-8 and GB18030 alike: neither uses byte 0x0A inside a
     multi-byte character.
     """
-    codec = resolve_encoding(path, encoding)
+    codec = _encoding(path, encoding)
     name = str(path)
     skipped = 0
-    with open(path, "rb") as handle:
+    with _open(path) as handle:
         for number, raw in enumerate(handle, 1):
             if number == 1:
                 raw = raw.removeprefix(codecs.BOM_UTF8)  # whatever the codec: a BOM is never data
@@ -197,13 +212,13 @@ def _parse_json_line(raw: bytes, codec: str, location: Location) -> SourceItem:
 # --- JSON ------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
+def _read_json(path: InputFile, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
     """A JSON array of objects, one object, or JSONL under a ``.json`` name (the seed has such files).
 
     The array form is parsed whole (the standard library has no streaming parser); use JSONL for
     inputs too large for memory.
     """
-    codec = resolve_encoding(path, encoding)
+    codec = _encoding(path, encoding)
     if _looks_like_jsonl(path, codec):
         return (yield from _read_jsonl(path, codec, sheet, skip))
     name = str(path)
@@ -239,7 +254,7 @@ def _read_json(path: Path, encoding: str | None, sheet: str | None, skip: int) -
     return skipped
 
 
-def _looks_like_jsonl(path: Path, codec: str) -> bool:
+def _looks_like_jsonl(path: InputFile, codec: str) -> bool:
     """True when the file starts with a line that is a whole JSON object on its own.
 
     A pretty-printed object spans lines, so its first line (``{``) does not parse; JSONL's does. The
@@ -247,7 +262,7 @@ def _looks_like_jsonl(path: Path, codec: str) -> bool:
     JSONL and its bad line reported, instead of the whole file being one error.
     """
     tried = 0
-    with open(path, "rb") as handle:
+    with _open(path) as handle:
         for raw in handle:
             stripped = raw.strip().removeprefix(codecs.BOM_UTF8).strip()
             if not stripped:
@@ -270,13 +285,13 @@ def _looks_like_jsonl(path: Path, codec: str) -> bool:
 _CSV_FIELD_LIMIT = 2**31 - 1
 
 
-def _read_csv(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
+def _read_csv(path: InputFile, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
     """A CSV with a header row; every value is a string, empty cells are ``""``.
 
     Bytes are decoded line by line here rather than by ``open(encoding=...)`` so that a bad byte
     becomes an error on its record instead of an exception that ends the file.
     """
-    codec = resolve_encoding(path, encoding)
+    codec = _encoding(path, encoding)
     name = str(path)
     bad_lines: dict[int, str] = {}
     # Long prompts exceed the csv module's 128 KiB default field limit; the limit is process-wide.
@@ -293,7 +308,7 @@ def _read_csv(path: Path, encoding: str | None, sheet: str | None, skip: int) ->
 
     skipped = 0
     header: list[str] | None = None
-    with open(path, "rb") as handle:
+    with _open(path) as handle:
         reader = csv.reader(lines(handle))
         line_end = 0
         while True:
@@ -338,7 +353,7 @@ def _read_csv(path: Path, encoding: str | None, sheet: str | None, skip: int) ->
 # --- XLSX ------------------------------------------------------------------------------------------
 
 
-def _read_xlsx(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
+def _read_xlsx(path: InputFile, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
     """The first sheet (or ``sheet``) of a workbook; its first non-empty row is the header.
 
     Read-only mode streams rows from the zip instead of building the whole workbook in memory.
@@ -349,7 +364,8 @@ def _read_xlsx(path: Path, encoding: str | None, sheet: str | None, skip: int) -
 
     name = str(path)
     try:
-        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        source = io.BytesIO(path.read_bytes()) if isinstance(path, HubFile) else path  # a zip wants to seek
+        workbook = openpyxl.load_workbook(source, read_only=True, data_only=True)
     except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError) as error:
         return (yield from _one_error(Location(name), f"not a readable XLSX workbook: {error}", skip))
     try:
@@ -408,17 +424,22 @@ def _row_item(header: list[str], values: list[Any], location: Location) -> Sourc
 # --- Parquet ---------------------------------------------------------------------------------------
 
 
-def _read_parquet(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
+def _read_parquet(
+    path: InputFile, encoding: str | None, sheet: str | None, skip: int
+) -> Generator[SourceItem, None, int]:
     """Read row group by row group in small batches; row groups before the window are not read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     name = str(path)
+    remote = path.open(stream=False) if isinstance(path, HubFile) else None  # read by ranges: footer, then groups
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(remote if remote is not None else path)
     except (pa.ArrowException, OSError) as error:
+        if remote is not None:
+            remote.close()
         return (yield from _one_error(Location(name), f"not a readable Parquet file: {error}", skip))
-    with parquet:
+    with parquet, remote or contextlib.nullcontext():
         json_columns = _parquet_json_columns(parquet.schema_arrow.metadata)
         first_group, row = 0, 0
         metadata = parquet.metadata
@@ -506,15 +527,20 @@ def _kind(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _count_file(path: Path, encoding: str | None) -> int | None:
+def _count_file(path: InputFile, encoding: str | None) -> int | None:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
+            if isinstance(path, HubFile):
+                with path.open(stream=False) as remote:
+                    return pq.ParquetFile(remote).metadata.num_rows
             return pq.ParquetFile(path).metadata.num_rows
         except Exception:  # a broken file is reported by the reader; the count just gives up
             return None
+    if isinstance(path, HubFile):
+        return None  # counting lines would read the whole file over the network
     if suffix == ".json" and not _looks_like_jsonl(path, resolve_encoding(path, encoding)):
         return None
     if suffix in (".jsonl", ".ndjson", ".json"):
@@ -523,10 +549,19 @@ def _count_file(path: Path, encoding: str | None) -> int | None:
     return None
 
 
-def _read_yaml(path: Path, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
+def _read_yaml(path: InputFile, encoding: str | None, sheet: str | None, skip: int) -> Generator[SourceItem, None, int]:
     """A YAML input is a topic taxonomy (seedless generation): one record per topic, located at its line."""
 
-    return (yield from read_taxonomy(path, encoding, sheet, skip))
+    return (yield from read_taxonomy(path, encoding, sheet, skip))  # type: ignore[arg-type]  # HubFile reads text too
+
+
+def _open(path: InputFile) -> IO[bytes]:
+    """A binary stream of a local file or a Hub file (one GET, buffered)."""
+    return path.open() if isinstance(path, HubFile) else open(path, "rb")
+
+
+def _encoding(path: InputFile, encoding: str | None) -> str:
+    return path.encoding(encoding) if isinstance(path, HubFile) else resolve_encoding(path, encoding)
 
 
 def _supported() -> str:

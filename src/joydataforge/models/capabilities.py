@@ -35,6 +35,12 @@ class ModelCapabilities:
     """An in-process engine that batches whatever requests are in flight: more records in flight, fuller batches."""
     repetition_penalty_param: str
     """The name this backend gives the repetition penalty parameter."""
+    native_tools: bool = False
+    """Takes OpenAI's ``tools`` and answers ``tool_calls`` (``chat_tools``); else tool use is asked as JSON.
+    A server may still refuse them (llama.cpp without ``--jinja``): the call then says so."""
+    batch_api: bool = False
+    """Its calls can go through a provider batch API (OpenAI's files and batches endpoints, :mod:`.batch`);
+    whether this provider serves one is known only when a batch is submitted."""
 
 
 def capabilities_of(config: "ModelConfig") -> ModelCapabilities:
@@ -50,6 +56,8 @@ def capabilities_of(config: "ModelConfig") -> ModelCapabilities:
             chat_template_file=True,
             batches_in_flight=False,
             repetition_penalty_param="repetition_penalty",
+            native_tools=True,
+            batch_api=True,
         )
     if backend == "llamacpp":
         # A llama.cpp chat format named in chat_template replaces the GGUF's own Jinja template.

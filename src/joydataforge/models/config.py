@@ -23,6 +23,8 @@ from ..errors import ConfigError
 from .capabilities import ModelCapabilities, capabilities_of
 
 BackendName = Literal["openai", "llamacpp", "transformers", "vllm"]
+# In-process backends that serve one request at a time (one thread per model): concurrency is pinned there.
+_ONE_AT_A_TIME = ("llamacpp", "transformers")
 
 
 class Pricing(BaseModel):
@@ -31,6 +33,22 @@ class Pricing(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million prompt tokens.")
     output_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million completion tokens.")
+    batch_input_per_mtok: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Price of a million prompt tokens sent through the provider's batch API; unset: the price table's batch "
+            "discount for this model applied to `input_per_mtok`, where the table has one (`joyforge plan`)."
+        ),
+    )
+    batch_output_per_mtok: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Price of a million completion tokens from the provider's batch API; unset: the price table's batch "
+            "discount for this model applied to `output_per_mtok`, where the table has one."
+        ),
+    )
 
 
 _KEY_PREFIXES = ("sk-", "sk_", "hf_", "gsk_", "xai-", "AIza", "ghp_", "github_pat_", "r8_", "nvapi-", "pk-")
@@ -136,8 +154,26 @@ class ModelConfig(BaseModel):
     n_threads: int | None = Field(
         default=None, ge=1, description=("llamacpp: CPU threads for inference; unset: llama.cpp's choice.")
     )
+    concurrency: Literal["adaptive", "fixed"] = Field(
+        default="adaptive",
+        description=(
+            "How many requests go to this model at once. `adaptive`: found while the run goes, between 1 and "
+            "`max_concurrency`: raised while completed requests per second rise, cut on 429, 503, timeouts and "
+            "on latency that grows with no gain in throughput (the server queueing); Retry-After and the "
+            "x-ratelimit-* headers of hosted APIs are honoured (requests are paced to the budget the server "
+            "announces). `fixed`: exactly `max_concurrency`, as a pinned setting (a server shared with others, "
+            "a benchmark). Unless set: `adaptive`, except for the in-process `llamacpp` and `transformers` "
+            "backends, which serve one request at a time whatever the limit (`fixed`)."
+        ),
+    )
     max_concurrency: int = Field(
-        default=defaults.MODEL_MAX_CONCURRENCY, ge=1, description="requests in flight to this model at once"
+        default=defaults.ADAPTIVE_MAX_CONCURRENCY,
+        ge=1,
+        description=(
+            f"Most requests in flight to this model at once: the ceiling of adaptive concurrency "
+            f"({defaults.ADAPTIVE_MAX_CONCURRENCY} unless set; {defaults.BATCHING_ENGINE_MAX_CONCURRENCY} for "
+            f"vllm), or the exact number with `concurrency: fixed` ({defaults.MODEL_MAX_CONCURRENCY} unless set)."
+        ),
     )
     requests_per_minute: float | None = Field(
         default=None, gt=0, description=("Rate limit in requests per minute (a token bucket); unset: none.")
@@ -186,6 +222,40 @@ class ModelConfig(BaseModel):
         "gpu_memory_utilization, max_model_len, dtype, quantization, ...)",
     )
     pricing: Pricing | None = Field(default=None, description="Price per million tokens, for cost in the summary.")
+    reasoning: Literal["auto", "field", "tags", "none"] = Field(
+        default="auto",
+        description=(
+            "How a thinking model's reasoning trace is told from its answer (docs/reasoning.md). `auto`: the "
+            "server's `reasoning_content` / `reasoning` field and `<think>` blocks in the text; `field`: the server "
+            "field only; `tags`: the tags only; `none`: the reply is kept whole. The trace goes to "
+            "`<output_field>_reasoning`; the answer alone is parsed, judged and deduplicated."
+        ),
+    )
+    reasoning_tags: list[str] = Field(
+        default_factory=lambda: ["<think>", "</think>"],
+        min_length=2,
+        max_length=2,
+        description="The opening and closing tags of a trace inside the text (`[<think>, </think>]`).",
+    )
+    batch: bool = Field(
+        default=False,
+        description=(
+            "Send this model's calls through its provider's batch API (OpenAI's files and batches endpoints, served "
+            "by OpenAI and several compatible providers: about half the price, answers within 24 hours). A run then "
+            "gathers each stage's calls that are not in the cache into one batch, submits it and stops (exit status "
+            "5); re-running the same command collects the answers into the call cache and goes on "
+            "(docs/cost.md, Batch). `joyforge run --batch` does this for every model that can. openai backend only."
+        ),
+    )
+    batch_failed: Literal["retry_batch", "live", "fail"] = Field(
+        default="retry_batch",
+        description=(
+            "What becomes of a batched call the provider answered with an error, or did not answer before the batch "
+            "expired or was cancelled: `retry_batch` (into the next batch, at most 3 tries in all, then the call "
+            "fails), `live` (sent live by the next run, at the standard price), `fail` (the call fails: its record "
+            "goes to failures.jsonl; `--retry-failed` tries the batch again)."
+        ),
+    )
 
     @field_validator("api_key_env")
     @classmethod
@@ -204,6 +274,21 @@ class ModelConfig(BaseModel):
             raise ValueError(problem)
         return value
 
+    @field_validator("batch")
+    @classmethod
+    def _batch_needs_a_batch_api(cls, value: bool, info: ValidationInfo) -> bool:
+        backend = info.data.get("backend")
+        if value and backend != "openai":
+            raise ValueError(f"the {backend} backend has no batch API: batch works with the openai backend only")
+        return value
+
+    @field_validator("reasoning_tags")
+    @classmethod
+    def _two_tags(cls, value: list[str]) -> list[str]:
+        if any(not tag.strip() for tag in value) or value[0] == value[1]:
+            raise ValueError("reasoning_tags are two different, non-empty tags: [<opening>, <closing>]")
+        return value
+
     @field_validator("engine_args")
     @classmethod
     def _engine_args_for_vllm(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
@@ -215,10 +300,16 @@ class ModelConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _vllm_concurrency(self) -> "ModelConfig":
-        if self.capabilities.batches_in_flight and "max_concurrency" not in self.model_fields_set:
+    def _default_concurrency(self) -> "ModelConfig":
+        if "concurrency" not in self.model_fields_set and self.backend in _ONE_AT_A_TIME:
+            self.concurrency = "fixed"  # nothing to find: the model's one thread serves requests in turn
+        if "max_concurrency" in self.model_fields_set:
+            return self
+        if self.capabilities.batches_in_flight:
             # vLLM batches whatever is in flight: 16 requests would leave most of a GPU idle.
             self.max_concurrency = defaults.BATCHING_ENGINE_MAX_CONCURRENCY
+        elif self.concurrency == "fixed":
+            self.max_concurrency = defaults.MODEL_MAX_CONCURRENCY
         return self
 
     @property
@@ -252,6 +343,10 @@ class ModelConfig(BaseModel):
         }
         if self.engine_args:  # quantization, dtype, max_model_len... change the replies
             identity["engine_args"] = self.engine_args
+        if self.reasoning != "auto" or list(self.reasoning_tags) != ["<think>", "</think>"]:
+            # the cache stores replies split: another split must not read the old one (the default adds nothing,
+            # so caches made before reasoning traces existed stay valid)
+            identity["reasoning"] = [self.reasoning, list(self.reasoning_tags)]
         return identity
 
 

@@ -1,4 +1,4 @@
-"""The one door to every model: cache -> circuit breaker -> rate limit -> retry -> backend, with accounting.
+"""The one door to every model: cache -> budget -> circuit breaker -> rate limit -> retry -> backend, with accounting.
 
 Steps ask ``ctx.model("name")`` for a :class:`ModelClient` and call its verbs; they never see HTTP,
 threads or retries. Determinism: every call carries a ``sample`` index, and the backend seed is derived
@@ -13,24 +13,32 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
+from functools import cached_property
 from typing import Any, TypeVar
 
 from ..errors import EndpointDown, ModelError, ValidationFailed
 from ..records import canonical_json, content_hash
 from .backends.base import Backend, Completion, FatalError, Messages, StructuredOutputRefused, TransientError
+from .batch import BatchCollector
 from .breaker import CircuitBreaker
+from .budget import Budget, Hold, Spend
 from .cache import CallCache
 from .chat_template import ChatTemplateSource
 from .config import ModelConfig, ModelRegistry
 from .limits import ModelLimits
+from .prices import Price, price_of
+from .rate_headers import RateLimitInfo
 from .retry import RetryPolicy
-from .structured import parse_and_validate
+from .structured import parse_json_reply
+from .tokens import counter_for, estimate_text_tokens
 from .usage import ModelUsage
 
 T = TypeVar("T")
+DEFAULT_MAX_TOKENS = 256  # what a call without max_tokens is taken to reply at most, until a longer reply is seen
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +79,15 @@ class ModelClient:
         self.cache = cache
         self.retry = RetryPolicy(max_retries=config.max_retries, base_delay=retry.base_delay, max_delay=retry.max_delay)
         self.usage = usage
-        self.limits = ModelLimits(config.max_concurrency, config.requests_per_minute, config.tokens_per_minute)
+        self.limits = ModelLimits(
+            config.max_concurrency,
+            config.requests_per_minute,
+            config.tokens_per_minute,
+            adaptive=config.concurrency == "adaptive",
+            max_hold=config.max_retry_after,
+        )
+        if hasattr(backend, "on_rate_limits"):  # a server that announces its budget in reply headers
+            backend.on_rate_limits = self._rate_limits_seen
         self._identity = config.identity()
         self._identity_json = canonical_json(self._identity)
         self._schema_cache: dict[int, tuple[Any, str]] = {}
@@ -80,6 +96,15 @@ class ModelClient:
         self._chat_template_known = False
         self.breaker = CircuitBreaker(config.name, config.endpoint, config.breaker_threshold)
         self._modes_said: set[str] = set()
+        self.budget: Budget | None = None  # run.budget's ledger (models/budget.py), set by the gateway
+        self.deferral: BatchCollector | None = None  # a batched run's collector (models/batch.py), set by the gateway
+        self._prompt_ratio = 1.0  # the largest real / counted prompt tokens seen: raises later reservations
+        self._longest_reply = 0  # completion tokens of the longest reply to a call without max_tokens
+
+    @cached_property
+    def price(self) -> Price | None:
+        """What this model's tokens cost (:func:`.prices.price_of`); looked up at the first paid call."""
+        return price_of(self.config)
 
     def _params(self, overrides: dict[str, Any]) -> dict[str, Any]:
         params = dict(self.config.params)
@@ -142,48 +167,131 @@ class ModelClient:
         :meth:`complete` and older caches stay valid.
         """
         key = self._key(verb, payload, params if n == 1 else {**params, "n": n}, schema, sample, attempt)
+        seed = int(key[:8], 16)
         if self.cache is not None:
             hit = await self.cache.get(key)
             if hit is not None:
                 self.usage.cache_hits += 1
-                if n > 1:
-                    return [Completion.from_cache(item) for item in hit["choices"]]
-                return [Completion.from_cache(hit)]
-        seed = int(key[:8], 16)
+                cached = (
+                    [Completion.from_cache(item) for item in hit["choices"]] if n > 1 else [Completion.from_cache(hit)]
+                )
+                return self._stamped(cached, params, seed, sample, attempt)
+        if self.deferral is not None:  # a batched run: raises CallDeferred unless this call goes live
+            self.deferral.intercept(self, key, verb, payload, params, schema, n, seed)
         estimate = _estimate_tokens(payload, params, n)
+        hold = await self._reserve(payload, params, n)
 
         async def call_backend() -> list[Completion]:
             await self.limits.before_call(estimate)
             if verb == "chat":
                 return [await self.backend.chat(payload, params, json_schema=schema, seed=seed)]
+            if verb == "chat_tools":
+                messages, tools, choice = payload["messages"], payload["tools"], payload.get("tool_choice")
+                return [await self.backend.chat_tools(messages, tools, params, tool_choice=choice, seed=seed)]
             if n == 1:
                 return [await self.backend.complete(payload, params, seed=seed)]
             return await self.backend.complete_n(payload, params, n, seed=seed)
 
-        results, seconds = await self._with_retries(call_backend)
+        results, seconds = await self._paid(hold, call_backend)
         if len(results) != n:  # a misaligned group would pair samples with the wrong slots
+            self._unpaid(hold)
             raise ModelError(f"model '{self.name}': {len(results)} samples for n={n}", model=self.name)
         prompt_tokens = sum(r.usage.prompt_tokens for r in results)
         completion_tokens = sum(r.usage.completion_tokens for r in results)
+        self._spent(hold, prompt_tokens, completion_tokens, seconds, max_tokens=_max_tokens(params))
         for result in results:
             result.latency = seconds
         self.limits.after_call(estimate, prompt_tokens + completion_tokens)
-        self.usage.record(prompt_tokens, completion_tokens, seconds, self.config.pricing)
         if self.cache is not None:
             self.cache.put(key, {"choices": [r.to_cache() for r in results]} if n > 1 else results[0].to_cache())
-        return results
+        return self._stamped(results, params, seed, sample, attempt)
+
+    async def _reserve(self, payload: Any, params: dict[str, Any] | None, n: int = 1) -> tuple[Hold, int] | None:
+        """Reserve the most this call can cost under ``run.budget`` (raises BudgetExceeded when it cannot fit):
+        its prompt tokens as counted (times the worst undercount seen), its completion up to ``max_tokens``
+        per sample. Returns the hold and the prompt tokens counted, or ``None`` without a budget."""
+        if self.budget is None:
+            return None
+        counted, prompt, completion = self.reservation(payload, params, n)
+        price = self.price
+        cost = price.cost(prompt, completion) if price is not None else 0.0
+        hold = await self.budget.reserve(self.name, prompt + completion, cost)
+        return (hold, counted) if hold is not None else None
+
+    def reservation(self, payload: Any, params: dict[str, Any] | None, n: int = 1) -> tuple[int, int, int]:
+        """The most a call can take, as :meth:`_reserve` holds it under ``run.budget`` (and a provider batch is
+        checked against it: :mod:`.batch`): (prompt tokens counted, prompt tokens held, completion tokens held)."""
+        counted = self._prompt_tokens(payload)
+        prompt = math.ceil(counted * self._prompt_ratio)
+        if params is None:  # embeddings and reward scores: no reply tokens
+            completion = 0
+        else:
+            completion = n * (_max_tokens(params) or max(DEFAULT_MAX_TOKENS, self._longest_reply))
+        return counted, prompt, completion
+
+    def _prompt_tokens(self, payload: Any) -> int:
+        """A request's prompt tokens, with the model's tokenizer where there is one (:mod:`.tokens`)."""
+        if isinstance(payload, list) and payload and isinstance(payload[0], str):  # texts to embed
+            return sum(estimate_text_tokens(text) for text in payload)
+        counted = counter_for(self.config).prompt(payload)
+        if isinstance(payload, dict) and payload.get("tools"):  # the tools' schemas are read as prompt too
+            counted += estimate_text_tokens(canonical_json(payload["tools"]))
+        return counted
+
+    async def _paid(self, hold: tuple[Hold, int] | None, call: Callable[[], Awaitable[T]]) -> tuple[T, float]:
+        """:meth:`_with_retries`, giving the budget reservation back when the call fails or is cancelled."""
+        try:
+            return await self._with_retries(call)
+        except BaseException:
+            self._unpaid(hold)
+            raise
+
+    def _unpaid(self, hold: tuple[Hold, int] | None) -> None:
+        """The call failed: its budget reservation is given back."""
+        if hold is not None and self.budget is not None:
+            self.budget.release(hold[0])
+
+    def _spent(
+        self, hold: tuple[Hold, int] | None, prompt: int, completion: int, seconds: float, max_tokens: int | None
+    ) -> None:
+        """Count a call a backend answered, in the usage and (settling its reservation) in the budget."""
+        cost = self.usage.record(prompt, completion, seconds, self.price)
+        if hold is None or self.budget is None:
+            return
+        reserved, counted = hold
+        if counted > 0 and prompt > counted * self._prompt_ratio:
+            self._prompt_ratio = prompt / counted
+        if max_tokens is None:
+            self._longest_reply = max(self._longest_reply, completion)
+        self.budget.settle(reserved, Spend(1, prompt, completion, cost))
+
+    def _stamped(
+        self, completions: list[Completion], params: dict[str, Any], seed: int, sample: int, attempt: int
+    ) -> list[Completion]:
+        """Completions with what provenance needs from this call: the parameters as sent (the derived seed
+        included, unless the step set its own), the sample and attempt, the backend's model id (the
+        configured one when the backend named none)."""
+        sent = params if "seed" in params else {**params, "seed": seed}
+        for completion in completions:
+            completion.params = dict(sent)
+            completion.sample = sample
+            completion.attempt = attempt
+            if not completion.model:
+                completion.model = self.config.model
+        return completions
 
     async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> tuple[T, float]:
         """Run ``call`` under the concurrency limit, retrying transient failures; returns (result, seconds).
 
-        The backoff sleep happens outside the semaphore, so a model waiting out a 429 frees its slot. Every
+        The backoff sleep happens outside the slot, so a model waiting out a 429 frees its slot; how each try
+        ended is the slot's feedback to the model's concurrency limit (:mod:`.adaptive`). Every
         try first asks the circuit breaker, so once the model is declared down no call touches the network.
         """
         tries = 0
         while True:
             self.breaker.check()
             try:
-                async with self.limits.semaphore:
+                async with self.limits.slot():
                     self.breaker.check()  # it may have been declared down while this call waited for a slot
                     started = time.perf_counter()
                     result = await call()
@@ -221,6 +329,15 @@ class ModelClient:
                 self.breaker.succeeded()
                 return result, seconds
 
+    def _rate_limits_seen(self, info: RateLimitInfo) -> None:
+        """The backend read a reply's x-ratelimit-* headers: the model's limits pace by them. Looked up on
+        each reply, so limits swapped after creation (the Ray executor's cluster-wide ones) get them too."""
+        self.limits.observe(info)
+
+    def concurrency(self) -> dict[str, Any]:
+        """This model's concurrency now: mode, limit, ceiling, latency, 429 share (:mod:`.adaptive`)."""
+        return self.limits.report()
+
     def _count_fault(self, fault: str | None) -> None:
         """Tell the breaker about a request that found no working model API there; raises EndpointDown when
         that makes the model down (the failed request then counts as this model's error)."""
@@ -243,13 +360,38 @@ class ModelClient:
     async def chat(self, messages: Messages, *, sample: int = 0, **params: Any) -> Completion:
         return await self._call("chat", messages, self._params(params), sample=sample)
 
+    @property
+    def supports_tools(self) -> bool:
+        """Whether :meth:`chat_tools` reaches a backend that takes OpenAI's ``tools`` (else ask for JSON)."""
+        return self.backend.supports_tools
+
+    async def chat_tools(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        *,
+        tool_choice: str | None = None,
+        sample: int = 0,
+        **params: Any,
+    ) -> Completion:
+        """A chat turn with native tool calling: the model's calls are in the reply's ``tool_calls``.
+
+        Cached, limited and retried like :meth:`chat`; the tools and ``tool_choice`` are part of the key.
+        """
+        payload: dict[str, Any] = {"messages": messages, "tools": tools}
+        if tool_choice is not None:
+            payload["tool_choice"] = tool_choice
+        return await self._call("chat_tools", payload, self._params(params), sample=sample)
+
     async def chat_json(
         self, messages: Messages, schema: dict[str, Any], *, sample: int = 0, **params: Any
     ) -> tuple[Any, Completion]:
         """A reply parsed and validated against ``schema``; invalid replies are retried with new samples.
 
-        After ``json_retries`` retries the last raw reply travels inside :class:`ValidationFailed`, so the
-        failures file shows exactly what the model said.
+        The reply is read leniently first (raw control characters, prose or a fence around it, a cut-off
+        end, fixable syntax: :mod:`.structured`), so a re-ask is paid only for a reply that holds no usable
+        value. After ``json_retries`` retries the last raw reply travels inside :class:`ValidationFailed`,
+        so the failures file shows exactly what the model said.
         """
         merged = self._params(params)
         self.usage.structured_output = self.backend.structured_output
@@ -257,10 +399,15 @@ class ModelClient:
         for attempt in range(self.config.json_retries + 1):
             completion = await self._call("chat", messages, merged, schema=schema, sample=sample, attempt=attempt)
             try:
-                return parse_and_validate(completion.text, schema, self.name), completion
+                parsed = parse_json_reply(completion.text, schema, self.name)
             except ValidationFailed as exc:
                 self.usage.invalid_replies += 1
                 last = exc
+                continue
+            if parsed.how != "strict":  # read leniently or repaired: no re-ask paid, but counted and stamped
+                self.usage.repaired_replies += 1
+                completion.parsed = parsed.how
+            return parsed.value, completion
         assert last is not None
         raise ValidationFailed(f"{last} (after {self.config.json_retries + 1} attempts)", model=self.name, raw=last.raw)
 
@@ -302,14 +449,16 @@ class ModelClient:
         missing = [i for i, v in enumerate(vectors) if v is None]
         if missing:
             batch = [texts[i] for i in missing]
-            (fresh, tokens), seconds = await self._with_retries(lambda: self.backend.embed_with_usage(batch))
+            hold = await self._reserve(batch, None)
+            (fresh, tokens), seconds = await self._paid(hold, lambda: self.backend.embed_with_usage(batch))
+            if tokens is None:  # the backend does not count: about four characters a token
+                tokens = sum(len(text) // 4 for text in batch)
             if len(fresh) != len(batch):  # zip would silently misalign vectors and texts
+                self._unpaid(hold)
                 raise ModelError(
                     f"model '{self.name}': {len(fresh)} embeddings for {len(batch)} texts", model=self.name
                 )
-            if tokens is None:  # the backend does not count: about four characters a token
-                tokens = sum(len(text) // 4 for text in batch)
-            self.usage.record(tokens, 0, seconds, self.config.pricing)
+            self._spent(hold, tokens, 0, seconds, max_tokens=0)
             for i, vector in zip(missing, fresh):
                 vectors[i] = vector
                 if self.cache is not None:
@@ -342,13 +491,15 @@ class ModelClient:
                 await self.limits.before_call(tokens)
                 return await self.backend.reward(batch, merged)
 
-            fresh, seconds = await self._with_retries(call_backend)
+            hold = await self._reserve([m["content"] for c in batch for m in c], None)
+            fresh, seconds = await self._paid(hold, call_backend)
             if len(fresh) != len(batch):
+                self._unpaid(hold)
                 raise ModelError(
                     f"model '{self.name}': {len(fresh)} reward scores for {len(batch)} conversations", model=self.name
                 )
             self.limits.after_call(tokens, tokens)
-            self.usage.record(tokens, 0, seconds, self.config.pricing)
+            self._spent(hold, tokens, 0, seconds, max_tokens=0)
             for i, value in zip(chunk, fresh):
                 scores[i] = float(value)
                 if self.cache is not None:
@@ -358,12 +509,20 @@ class ModelClient:
         return [float(s) for s in scores if s is not None]
 
 
+def _max_tokens(params: dict[str, Any]) -> int | None:
+    """The reply's token limit the request sets, if any."""
+    value = params.get("max_tokens") or params.get("max_completion_tokens")
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
 def _estimate_tokens(payload: Any, params: dict[str, Any], n: int = 1) -> int:
+    if isinstance(payload, dict):  # chat_tools: the messages, and the tools' schemas the server also reads
+        return _estimate_tokens(payload["messages"], params, n) + len(canonical_json(payload["tools"])) // 4
     if isinstance(payload, str):
         chars = len(payload)
     else:
         chars = sum(len(m.get("content") or "") for m in payload)
-    return chars // 4 + n * int(params.get("max_tokens") or 256)
+    return chars // 4 + n * int(params.get("max_tokens") or DEFAULT_MAX_TOKENS)
 
 
 class Gateway:
@@ -384,6 +543,8 @@ class Gateway:
         self.usage: dict[str, ModelUsage] = {}
         self._clients: dict[str, ModelClient] = {}
         self._backends = dict(backends or {})
+        self.budget: Budget | None = None
+        self.deferral: BatchCollector | None = None
 
     def model(self, name: str) -> ModelClient:
         client = self._clients.get(name)
@@ -392,10 +553,34 @@ class Gateway:
             usage = self.usage.setdefault(name, ModelUsage())
             backend = self._backends.get(name) or create_backend(config)
             client = ModelClient(config, backend, self.cache, self.retry, usage)
+            client.budget = self.budget
+            if self.deferral is not None and self.deferral.takes(config):
+                client.deferral = self.deferral
             self._clients[name] = client
         return client
 
+    def defer_to(self, collector: BatchCollector | None) -> None:
+        """Batch the uncached calls of the models ``collector`` takes (a batched run: :mod:`.batch`); ``None``:
+        every call live again."""
+        self.deferral = collector
+        for client in self._clients.values():
+            client.deferral = collector if collector is not None and collector.takes(client.config) else None
+
+    async def use_budget(self, budget: Budget) -> None:
+        """Keep every uncached call of every model inside ``budget`` (``run.budget``: :mod:`.budget`)."""
+        self.budget = budget
+        for client in self._clients.values():
+            client.budget = budget
+
+    def concurrency(self) -> dict[str, dict[str, Any]]:
+        """Each model's concurrency now, by name (the progress bar shows it; :meth:`close` keeps it in the
+        model's usage, hence in summary.json)."""
+        return {name: client.concurrency() for name, client in self._clients.items()}
+
     async def close(self) -> None:
+        for name, report in self.concurrency().items():
+            if report and name in self.usage:
+                self.usage[name].concurrency = report
         for client in self._clients.values():
             await client.backend.close()
         if self.cache is not None:

@@ -1,11 +1,16 @@
-"""Per-model accounting: calls, cache hits, tokens, latency, cost. Shown at the end of every run."""
+"""Per-model accounting: calls, cache hits, tokens, latency, cost. Shown at the end of every run.
+
+A call's cost is :meth:`~joydataforge.models.prices.Price.cost` of its tokens at the model's price
+(:func:`~joydataforge.models.prices.price_of`: ``pricing:`` in models.yaml, else the price table), the same
+arithmetic ``joyforge plan`` and ``run.budget`` use, so the summary, the plan and the budget agree.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .config import Pricing
+from .prices import Price
 
 
 @dataclass
@@ -20,6 +25,7 @@ class ModelUsage:
     retries: int = 0
     errors: int = 0
     invalid_replies: int = 0
+    repaired_replies: int = 0  # JSON replies read leniently or repaired instead of re-asked
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_total: float = 0.0
@@ -27,14 +33,17 @@ class ModelUsage:
 
     def __post_init__(self) -> None:
         self.structured_output: str | None = None
+        self.concurrency: dict[str, Any] | None = None  # the model's limit at the end (models/adaptive.py)
 
-    def record(self, prompt_tokens: int, completion_tokens: int, latency: float, pricing: Pricing | None) -> None:
+    def record(self, prompt_tokens: int, completion_tokens: int, latency: float, price: Price | None) -> float:
+        """Count one call a backend answered; returns its cost (0 when the model has no known price)."""
+        cost = price.cost(prompt_tokens, completion_tokens) if price is not None else 0.0
         self.calls += 1
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         self.latency_total += latency
-        if pricing is not None:
-            self.cost += (prompt_tokens * pricing.input_per_mtok + completion_tokens * pricing.output_per_mtok) / 1e6
+        self.cost += cost
+        return cost
 
     @property
     def mean_latency(self) -> float:
@@ -47,4 +56,6 @@ class ModelUsage:
         data["cost"] = round(self.cost, 6)
         if self.structured_output is not None:
             data["structured_output"] = self.structured_output
+        if self.concurrency is not None:
+            data["concurrency"] = self.concurrency
         return data

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .shingles import Mode, ShingleBatch, ShingleSpec, shingle_hashes
+from .shingles import DEFAULT_MODE, Mode, ShingleBatch, ShingleSpec, shingle_hashes
 
 EMPTY = np.uint32(0xFFFFFFFF)
 _BLOCK = 8192  # shingles per broadcast block: num_perm x 8192 x 4 bytes = 4 MiB at 128 permutations
@@ -53,14 +53,15 @@ class MinHasher:
     Args:
         num_perm: signature length; the estimate's standard error shrinks as ``1/sqrt(num_perm)``.
         ngram: shingle size in tokens; ``None`` uses 3 for word shingles and 4 for character shingles.
-        mode: ``"auto"`` (per text, by its share of CJK characters), ``"word"`` or ``"char"``.
+        mode: ``"mixed"`` (default: Han characters and other words as tokens of one stream, for every text
+            alike), ``"auto"`` (per text, by its share of CJK characters; the old default), ``"word"`` or ``"char"``.
         seed: picks the hash functions; equal seeds give equal signatures on every machine.
         cjk_ratio: the CJK share from which ``auto`` uses character shingles.
     """
 
     num_perm: int = 128
     ngram: int | None = None
-    mode: Mode = "auto"
+    mode: Mode = DEFAULT_MODE
     seed: int = 1
     cjk_ratio: float = 0.3
     _a: np.ndarray = field(init=False, repr=False, compare=False)

@@ -28,7 +28,7 @@ from ..records import IdAssigner, TextFields, record_text
 from .clusters import UnionFind, clusters_from_roots
 from .lsh import DEDUP_WEIGHTS, LSHIndex
 from .minhash import MinHasher
-from .shingles import Mode
+from .shingles import DEFAULT_MODE, Mode
 
 Record = dict[str, Any]
 Policy = Literal["first", "longest", "tag"]
@@ -135,7 +135,7 @@ def deduplicate(
     *,
     num_perm: int = 128,
     ngram: int | None = None,
-    mode: Mode = "auto",
+    mode: Mode = DEFAULT_MODE,
     seed: int = 1,
     id_field: str = "id",
     chunk_size: int = 2048,

@@ -1,10 +1,18 @@
-"""Text normalisation and shingling for near-duplicate detection, in English and Chinese.
+"""Text normalisation and shingling for near-duplicate detection, in English, Chinese and both at once.
 
-Why two kinds of shingle: English separates words with spaces, so word n-grams capture "the same
-sentence with a word changed" well. Chinese (and Japanese) writes no spaces, so splitting on whitespace
-would turn a whole paragraph into one "word"; there character n-grams are the usual unit. Each record
-picks its kind by the share of CJK characters among its word characters (``mode="auto"``), or the
-caller fixes it (``"word"`` / ``"char"``).
+Why one token stream for every script: English separates words with spaces, so a word is the natural
+token; Chinese (and Japanese) writes no spaces, so splitting on whitespace would turn a whole paragraph
+into one "word", and the character is the natural token there. Mixed text (``请解释Python中的装饰器``,
+prompts that quote code, drug names or English terms) needs both at once, so the default ``mixed`` mode
+makes every Han/kana character a token and every run of other letters or digits a token, and takes
+n-grams over that one stream, the same way for every record. Two records that differ by one token thus
+share all shingles but the few that cover it, whatever their share of Han characters.
+
+The earlier default, ``auto``, chose per record between word shingles and character shingles by a 30%
+share of CJK characters; two near-identical records on either side of that cutoff got different kinds of
+shingle and shared none, so they were never matched (2.6% of one-token edits lost on mixed prompts, see
+``bench/mixed_shingles.py``). ``auto`` is kept for comparing with runs made before; ``word`` and ``char``
+fix the kind for every record.
 
 Normalisation, before any shingling: Unicode NFKC (full-width ``ＡＢＣ１２３`` and ``，`` become ASCII),
 lower case, and every character that is not a letter or digit (``str.isalnum``) -- ASCII and
@@ -13,11 +21,12 @@ becomes a separator. Two texts that differ only in case, punctuation or spacing 
 shingles.
 
 Tokens:
-  * ``word`` mode: a maximal run of non-CJK letters/digits is one token, and every CJK character is a
-    token by itself (so mixed text such as ``请解释Python中的装饰器`` still splits sensibly).
-  * ``char`` mode: every letter/digit is a token (separators are dropped).
-A shingle is ``n`` consecutive tokens of one record; a record with fewer than ``n`` tokens has one
-shingle made of all its tokens, so short records are still compared; an empty record has none.
+  * ``mixed`` and ``word`` modes: a maximal run of non-CJK letters/digits is one token, and every CJK
+    character is a token by itself. The two modes are the same shingling (``word`` is its older name).
+  * ``char`` mode: every letter/digit is a token (separators are dropped), Latin letters included.
+A shingle is ``n`` consecutive tokens of one record (``n`` = ``ngram``; by default 3, and 4 in ``char``
+mode); a record with fewer than ``n`` tokens has one shingle made of all its tokens, so short records are
+still compared; an empty record has none.
 
 Two implementations of the same definition live here: :func:`shingle_set` (readable, one text, Python
 strings; used by tests, by exact-Jaccard checks and to feed other libraries) and
@@ -35,11 +44,14 @@ from typing import Literal
 
 import numpy as np
 
-Mode = Literal["auto", "word", "char"]
+Mode = Literal["mixed", "auto", "word", "char"]
+MODES: tuple[str, ...] = ("mixed", "auto", "word", "char")
+DEFAULT_MODE: Mode = "mixed"
 
 DEFAULT_NGRAM = {"word": 3, "char": 4}
-"""Defaults sized for instruction-length records: one changed word in a 30-word English text, or one
-changed character in a 60-character Chinese text, keeps the Jaccard similarity above about 0.8."""
+"""Defaults sized for instruction-length records: one changed token (word or Han character) in a 30-token
+text keeps the Jaccard similarity of 3-token shingles above about 0.8; ``char`` mode, whose tokens are
+single letters, needs 4."""
 
 DEFAULT_CJK_RATIO = 0.3
 """``auto`` uses character shingles when at least this share of a record's letters are CJK."""
@@ -143,17 +155,23 @@ def cjk_ratio(text: str) -> float:
     return _ratio_of_normalized(normalize(text))
 
 
+def _mode_error(mode: object) -> str:
+    return f"shingle mode must be 'mixed', 'auto', 'word' or 'char', not {mode!r}"
+
+
 def _mode_of_normalized(norm: str, mode: Mode, ratio: float) -> Literal["word", "char"]:
     if mode == "auto":
         letters = len(norm) - norm.count(" ")
         return "char" if letters and _ratio_of_normalized(norm) >= ratio else "word"
+    if mode == "mixed":
+        return "word"  # the same tokens (see the module docstring)
     if mode not in ("word", "char"):
-        raise ValueError(f"shingle mode must be 'auto', 'word' or 'char', not {mode!r}")
+        raise ValueError(_mode_error(mode))
     return mode
 
 
 def choose_mode(text: str, mode: Mode = "auto", ratio: float = DEFAULT_CJK_RATIO) -> Literal["word", "char"]:
-    """``word`` or ``char`` for one text: ``auto`` looks at its share of CJK letters."""
+    """The token kind for one text: ``auto`` looks at its share of CJK letters; ``mixed`` is ``word``."""
     return _mode_of_normalized(normalize(text), mode, ratio)
 
 
@@ -168,17 +186,48 @@ def tokens(text: str, mode: Literal["word", "char"]) -> list[str]:
     return _tokens_of_normalized(normalize(text), mode)
 
 
+def token_spans(text: str, mode: Mode = DEFAULT_MODE) -> list[tuple[int, int, str]]:
+    """Each token of ``text`` as ``(start, end, normalised token)``, positions in the text as written.
+
+    What a reader is shown (the report's cluster diffs) must differ only where dedup sees a difference: the
+    tokens are those of :func:`tokens` (a Han/kana character, a run of other letters and digits, or every
+    letter in ``char`` mode), a combining mark stays with the character before it, and each token is
+    compared by its normal form, so case, full-width forms, punctuation and spacing never count.
+    """
+    by_char = (choose_mode(text, mode) if mode == "auto" else mode) == "char"
+    spans: list[tuple[int, int]] = []
+    run: int | None = None  # start of an open run of non-CJK letters (word tokens)
+    for i, char in enumerate(text):
+        if char.isalnum():
+            if by_char or _CJK_CHAR.match(char):
+                if run is not None:
+                    spans.append((run, i))
+                    run = None
+                spans.append((i, i + 1))
+            elif run is None:
+                run = i
+        elif unicodedata.category(char)[0] == "M" and (run is not None or (spans and spans[-1][1] == i)):
+            if run is None:
+                spans[-1] = (spans[-1][0], i + 1)
+        elif run is not None:
+            spans.append((run, i))
+            run = None
+    if run is not None:
+        spans.append((run, len(text)))
+    return [(start, end, normalize(text[start:end]).replace(" ", "")) for start, end in spans]
+
+
 @dataclass(frozen=True)
 class ShingleSpec:
     """How to shingle: mode, n-gram sizes per kind, and the CJK share that switches ``auto``."""
 
-    mode: Mode = "auto"
+    mode: Mode = DEFAULT_MODE
     ngram: int | None = None
     cjk_ratio: float = DEFAULT_CJK_RATIO
 
     def __post_init__(self) -> None:
-        if self.mode not in ("auto", "word", "char"):
-            raise ValueError(f"shingle mode must be 'auto', 'word' or 'char', not {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(_mode_error(self.mode))
         if self.ngram is not None and (not isinstance(self.ngram, int) or self.ngram < 1):
             raise ValueError(f"ngram must be a positive integer or None, not {self.ngram!r}")
 
@@ -304,7 +353,7 @@ def shingle_hashes(texts: Sequence[str], spec: ShingleSpec = ShingleSpec()) -> S
         letters = running[0, text_end] - running[0, text_begin]
         cjk = running[1, text_end] - running[1, text_begin]
         char_mode = (letters > 0) & (cjk >= spec.cjk_ratio * np.maximum(letters, 1))
-    else:
+    else:  # mixed, word, char: one kind for every text
         char_mode = np.full(n_texts, spec.mode == "char")
 
     # Token starts and ends (end = index one past the last character).

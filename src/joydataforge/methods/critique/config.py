@@ -7,6 +7,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from ...config.base import StepConfig
+from ...config.reasoning import keep_reasoning_field
+from ...config.text_checks import TextChecks, text_checks_field
 
 
 class CritiqueReviseConfig(StepConfig):
@@ -111,6 +113,10 @@ class CritiqueReviseConfig(StepConfig):
     critic_params: dict[str, Any] = Field(
         default_factory=dict, description=("Sampling parameters for the critic's calls, over the model's own.")
     )
+    text_checks: TextChecks = text_checks_field(
+        "the author's draft and each revision; one that fails fails the record, kept in failures.jsonl"
+    )
+    keep_reasoning: bool = keep_reasoning_field("`<output_field>_reasoning` (the trace of the final draft or revision)")
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys([self.model, self.critic]))

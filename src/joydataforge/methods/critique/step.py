@@ -11,12 +11,16 @@ was never critiqued); ``on_not_approved`` can drop or fail it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...engine.prompted import add_call_meta, call_meta
+from ...engine.prompted import add_call_meta, call_meta, reasoning_field
 from ...engine.step import Record, Step, StepContext
 from ...errors import ConfigError, ModelError, StepError
+from ...text.sanity import TextSanity
 from .config import CritiqueReviseConfig
+
+if TYPE_CHECKING:
+    from ...prompts.renderer import PromptTemplate
 
 
 class CritiqueRevise(Step):
@@ -46,6 +50,7 @@ class CritiqueRevise(Step):
         self.options = dict(config.options)
         self.params = dict(config.params)
         self.critic_params = dict(config.critic_params)
+        self.sanity = TextSanity(config.text_checks)
 
     def check(self, ctx: StepContext) -> None:
         super().check(ctx)
@@ -68,15 +73,31 @@ class CritiqueRevise(Step):
         score = critique.get("score")
         return isinstance(score, (int, float)) and not isinstance(score, bool) and score >= self.approve_score
 
-    async def _write(self, ctx: StepContext, messages: list[dict[str, str]], out: Record, role: str) -> str:
+    async def _write(
+        self,
+        ctx: StepContext,
+        template: PromptTemplate,
+        options: dict[str, Any],
+        record: Record,
+        out: Record,
+        role: str,
+    ) -> tuple[str, str | None]:
+        """The text (a draft or a revision) and the author's reasoning trace, if it gave one."""
+        messages = template.render(record, options)
         try:
             completion = await ctx.model(self.model).chat(messages, **self.params)
         except ModelError as exc:
             raise StepError(f"step '{self.name}': {role} by '{self.model}' failed: {exc}", raw=exc.raw) from None
         if not completion.text.strip():
             raise StepError(f"step '{self.name}': {role} by '{self.model}' is empty", raw=completion.text)
-        add_call_meta(out, {**call_meta(self.name, self.model, completion), "role": role})
-        return completion.text.strip()
+        problem = self.sanity.problem(completion.text.strip(), template)
+        if problem is not None:
+            self.counters[problem.counter] += 1
+            raise StepError(
+                f"step '{self.name}': {role} by '{self.model}' fails the text check {problem}", raw=completion.text
+            )
+        add_call_meta(out, {**call_meta(self.name, self.model, completion, template), "role": role})
+        return completion.text.strip(), completion.reasoning
 
     async def run(self, record: Record, ctx: StepContext) -> Record | None:
         out = dict(record)
@@ -84,11 +105,11 @@ class CritiqueRevise(Step):
             answer = record.get(self.answer_field)
             if not isinstance(answer, str) or not answer.strip():
                 raise StepError(f"step '{self.name}': field '{self.answer_field}' holds no answer to critique")
-            answer = answer.strip()
+            answer, trace = answer.strip(), None
         else:
             self.counters["drafts"] += 1
-            answer = await self._write(
-                ctx, self.prompt(ctx, self.draft_prompt).render(record, self.options), out, "draft"
+            answer, trace = await self._write(
+                ctx, self.prompt(ctx, self.draft_prompt), self.options, record, out, "draft"
             )
         history: list[dict[str, Any]] = []
         approved = False
@@ -105,7 +126,9 @@ class CritiqueRevise(Step):
                 raise StepError(
                     f"step '{self.name}': critique round {number} by '{self.critic}' failed: {exc}", raw=exc.raw
                 ) from None
-            add_call_meta(out, {**call_meta(self.name, self.critic, completion), "role": f"critique#{number}"})
+            add_call_meta(
+                out, {**call_meta(self.name, self.critic, completion, critic_template), "role": f"critique#{number}"}
+            )
             approved = self.approves(critique)
             entry: dict[str, Any] = {
                 "round": number,
@@ -120,8 +143,8 @@ class CritiqueRevise(Step):
                 break
             self.counters["revisions"] += 1
             revise_options = {**self.options, "answer": answer, "critique": critique, "round": number}
-            answer = await self._write(
-                ctx, self.prompt(ctx, self.revise_prompt).render(record, revise_options), out, f"revision#{number}"
+            answer, trace = await self._write(
+                ctx, self.prompt(ctx, self.revise_prompt), revise_options, record, out, f"revision#{number}"
             )
             entry["revision"] = answer
 
@@ -141,6 +164,8 @@ class CritiqueRevise(Step):
                     f"step '{self.name}': not approved after {self.rounds} round(s)", raw=str(history[-1]["critique"])
                 )
         out[self.output_field] = answer
+        if self.config.keep_reasoning and trace:  # the trace of the text that became the answer
+            out[reasoning_field(self.output_field)] = trace
         out[self.rounds_field] = history
         out[self.summary_field] = summary
         return out

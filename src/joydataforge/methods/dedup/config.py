@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -46,6 +47,13 @@ class MinHashDedupConfig(StepConfig):
     for a record that matches nothing). "First" means first in input order: the step sees records one at a
     time, in order, so it comes before the other steps of a pipeline. To keep the longest record of each
     cluster instead, deduplicate the finished dataset with ``joyforge dedup --policy longest``.
+
+    With ``reference`` (earlier outputs: files or folders, an earlier run's output folder included), the
+    reference records are indexed before the first input record, so an input record that is a near-duplicate
+    of one of them is dropped (or tagged with the reference record's id) and counted as
+    ``reference_duplicates``. Reference records themselves are never output. The reference is read again at
+    the start of every run, a resumed one included, and its content is part of the run's fingerprint: a
+    reference that changed since an interrupted run refuses to resume that run's folder.
     """
 
     kind: ClassVar[str] = "minhash_dedup"
@@ -106,11 +114,21 @@ class MinHashDedupConfig(StepConfig):
         strict=True,
         description=("Picks the MinHash hash functions; equal seeds give equal results on every machine."),
     )
-    mode: Literal["auto", "word", "char"] = Field(
-        default="auto",
+    mode: Literal["mixed", "auto", "word", "char"] = Field(
+        default="mixed",
         description=(
-            "Shingles: `word` (word n-grams, for space-separated languages), `char` (character n-grams, for "
-            "Chinese and Japanese) or `auto` (per record, by its share of CJK characters)."
+            "Shingles: `mixed` (every Han/kana character and every run of other letters or digits is a token, "
+            "one stream for every record, so Chinese, English and text mixing both compare alike), `word` (the "
+            "same; its older name), `char` (every letter a token, 4-grams) or `auto` (word or char per record "
+            "by a 30% share of CJK characters: the old default, kept for comparing with earlier runs)."
+        ),
+    )
+    reference: str | list[str] | None = Field(
+        default=None,
+        description=(
+            "Earlier outputs whose near-duplicates are dropped (or tagged) too: a file or folder (JSONL, "
+            "Parquet, any readable input; an earlier run's output folder gives its kept records), or a list of "
+            "them, relative to the pipeline file. Counted as `reference_records` and `reference_duplicates`."
         ),
     )
     id_field: str = Field(
@@ -130,6 +148,24 @@ class MinHashDedupConfig(StepConfig):
         if not fields:
             raise SettingError("fields", "must name at least one field (got [])")
         return fields
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _one_or_more_paths(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, (list, tuple)):  # the Python API may hand in pathlib paths
+            value = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+        elif isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        return one_or_more_names(value, "reference")
+
+    @field_validator("reference")
+    @classmethod
+    def _some_path(cls, paths: list[str] | None) -> list[str] | None:
+        if paths is not None and not paths:
+            raise SettingError("reference", "must name at least one file or folder (got []); leave it out for none")
+        return paths
 
     @field_validator("policy", mode="before")
     @classmethod

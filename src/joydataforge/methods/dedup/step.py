@@ -11,6 +11,13 @@ contain exactly the records before this one; the executor runs sequential steps 
 in input order. Every record is indexed, dropped ones included, so a later record that resembles only a
 dropped copy is recognised as a member of the same cluster, as in batch :func:`deduplicate`.
 
+Reference data (``reference:``, earlier outputs) is indexed before the first record, in :meth:`check`,
+which every executor calls before it reads the input. A resumed run rebuilds the same state: the
+reference is read again, and the executor feeds the records done before the crash through this step
+again (their verdicts are not committed twice). The reference's content joins the step's settings in
+the run fingerprint, so a reference that changed since the crash refuses to resume instead of silently
+giving another answer.
+
 Streaming cannot keep the longest record (it would have to take back records already passed on), so
 ``policy: longest`` is refused with a pointer to ``joyforge dedup``. Batch and stream agree except
 where a later record bridges two clusters that were separate when their records went by.
@@ -18,16 +25,40 @@ where a later record bridges two clusters that were separate when their records 
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections.abc import Iterable
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 from ...engine.step import Record, Step, StepContext
+from ...errors import ConfigError, InputError
+from ...io.reference import iter_reference
 from ...records import IdAssigner
 from ...text.clusters import UnionFind
 from ...text.lsh import LSHIndex
 from ...text.minhash import MinHasher
 from ...text.minhash_dedup import record_text
 from .config import MinHashDedupConfig
+
+_REFERENCE_CHUNK = 2048  # reference records hashed per batch: memory stays flat however large it is
+
+
+def resolve_reference(path: str, ctx: StepContext) -> Path:
+    """A relative reference path is relative to the pipeline file, like prompt files.
+
+    The run context knows the pipeline's folder only as the prompt library's search paths (its own
+    folder, after ``run.prompts_dir``); the first of them that holds ``path`` wins, and a path found
+    in none is taken against the last one (the pipeline's folder), so the error names where it looked.
+    """
+    written = Path(path).expanduser()
+    if written.is_absolute():
+        return written
+    bases = [Path(base) for base in getattr(ctx.prompts, "search_paths", None) or []]
+    for base in bases:
+        if (base / written).exists():
+            return base / written
+    return bases[-1] / written if bases else written
 
 
 class MinHashDedupStep(Step):
@@ -52,28 +83,59 @@ class MinHashDedupStep(Step):
         self._ids: list[str] = []
         self._assign_id = IdAssigner(config.id_field)
         self._n_reference = 0
+        self._reference_digest: str | None = None
+        self._reference_read = False  # the `reference:` files, read once (check may be called again)
 
     def required_fields(self) -> set[str]:
         return set()  # a missing field counts as empty text, like in batch dedup
 
+    def check(self, ctx: StepContext) -> None:
+        """Index the ``reference`` files before the run, so that a bad path stops it before any record."""
+        super().check(ctx)
+        if self.config.reference and not self._reference_read:
+            self._reference_read = True
+            paths = [resolve_reference(path, ctx) for path in self.config.reference]
+            try:
+                self.add_reference(iter_reference(paths))
+            except InputError as exc:
+                raise ConfigError(
+                    f"step '{self.name}': reference: {exc} (fix or remove that file, or leave it out of reference)"
+                ) from None
+
+    def settings(self) -> dict[str, Any]:
+        """The written settings, plus a digest of the reference's content once it is read (see the module)."""
+        written = super().settings()
+        if self._reference_digest is not None:
+            written["reference_content"] = self._reference_digest
+        return written
+
     def add_reference(self, records: Iterable[Record]) -> int:
         """Index earlier outputs before the run, so input records that duplicate them are dropped.
 
-        The caller (pipeline or CLI) reads the reference file; steps never open files themselves.
-        Returns the number of records indexed.
+        The caller (:meth:`check`, or a program) reads the records; they are hashed in chunks and not
+        kept, only their ids. Returns the number of records indexed.
         """
         if self._ids and self._n_reference != len(self._ids):
             raise RuntimeError("add_reference must be called before the first record is processed")
-        records = list(records)
         assign = IdAssigner(self._assign_id.id_field)
-        signatures = self.hasher.signatures([record_text(r, self.fields) for r in records])
-        for record in records:
-            self._ids.append(assign(record))
-            self._sets.add()
-        self.index.add(signatures)
+        digest = hashlib.blake2b(digest_size=16)
+        if self._reference_digest is not None:
+            digest.update(self._reference_digest.encode())
+        added = 0
+        iterator = iter(records)
+        while chunk := list(itertools.islice(iterator, _REFERENCE_CHUNK)):
+            texts = [record_text(r, self.fields) for r in chunk]
+            for record, text in zip(chunk, texts):
+                record_id = assign(record)
+                self._ids.append(record_id)
+                self._sets.add()
+                digest.update(f"{len(record_id)}:{record_id}{len(text)}:{text}".encode())
+            self.index.add(self.hasher.signatures(texts))
+            added += len(chunk)
         self._n_reference = len(self._ids)
-        self.counters["reference_records"] += len(records)
-        return len(records)
+        self._reference_digest = digest.hexdigest()
+        self.counters["reference_records"] += added
+        return added
 
     async def run(self, record: Record, ctx: StepContext) -> Record | None:
         self.counters["records_in"] += 1

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ...config.base import PromptedConfig
 from ...config.messages import SettingError, shown
 from ...config.tables import named_table
 
-#: The seed's CDSS intent labels with the guidance of the built-in ``zh/intent_cdss`` prompt.
+#: The original's CDSS intent labels with its rules (the ones the built-in ``zh/intent_cdss`` prompt states,
+#: in short): what a turn must itself contain to get the label. ``docs/original.md`` explains them;
+#: ``tests/test_fidelity_intent_cdss.py`` keeps this table and the prompt saying the same.
 CDSS_LABELS: dict[str, str] = {
-    "BMI": "询问或提供身高、体重、体重指数（BMI）、胖瘦相关的问题。",
-    "孕期孕周": "涉及怀孕阶段、孕周、预产期、备孕或孕期相关的问题。",
-    "药品": "咨询药品的用法用量、成分、药物禁忌、注意事项、能否使用某药等问题；单纯陈述用药效果属于其他。",
-    "其他": "不属于以上类别的内容，包括陈述、反馈、寒暄以及没有提出问题的句子。",
+    "BMI": "这句话本身同时给出了身高和体重；只有其一，或身高体重只在前文出现，都不算。",
+    "孕期孕周": "这句话本身给出了末次月经日期，且用户处于怀孕状态；日期只在前文出现或用户未怀孕，都不算。",
+    "药品": "这句话是一个问题，问某种药品的用法用量、成分、禁忌或注意事项；陈述句、询问购买/库存/价格的问题不算。",
+    "其他": "不属于以上类别的内容，包括寒暄、致谢、回答提问、描述症状。",
 }
 
 
@@ -144,7 +146,10 @@ class IntentBinaryConfig(LabelSetConfig):
     Meant for a sampled set (e.g. the test split of ``joyforge dialogue-split``): one yes/no call per
     record whose ``label_field`` is in ``check_labels``; other records pass unchanged (counted as
     ``skipped``). A checked record gets ``binary_match`` (true/false) and ``binary_reason``; a "no" then
-    follows ``on_reject``.
+    follows ``on_reject``. ``label_prompts`` gives a label its own check: the original's re-checks are
+    the built-in presets ``zh/intent_binary_pregnancy`` (孕期孕周: a last-menstrual-period date in the turn
+    itself, in four steps) and ``zh/intent_binary_drug`` (药品: the medicine must be named, in the turn or
+    the dialogue it refers to); English versions ``en/intent_binary_pregnancy``, ``en/intent_binary_drug``.
     """
 
     kind: ClassVar[str] = "intent_binary"
@@ -175,6 +180,14 @@ class IntentBinaryConfig(LabelSetConfig):
         default=None,
         description=("Only records with one of these coarse labels are checked; null checks every record."),
     )
+    label_prompts: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "A prompt per coarse label, used instead of `prompt` for records with that label: built-in names or "
+            "YAML files, e.g. the original's re-checks `{孕期孕周: zh/intent_binary_pregnancy, 药品: "
+            "zh/intent_binary_drug}`. Every label named must be one `check_labels` lets through."
+        ),
+    )
     on_reject: Literal["tag", "drop", "relabel"] = Field(
         default="tag",
         description=(
@@ -185,3 +198,28 @@ class IntentBinaryConfig(LabelSetConfig):
     fallback_label: str = Field(
         default="其他", description=("The label a rejected record gets with `on_reject: relabel`.")
     )
+
+    @field_validator("label_prompts")
+    @classmethod
+    def _named_prompts(cls, value: dict[str, str]) -> dict[str, str]:
+        for label, prompt in value.items():
+            if not label.strip() or not isinstance(prompt, str) or not prompt.strip():
+                raise SettingError(
+                    "label_prompts", f"must map each label to a prompt name or file (got {shown({label: prompt})})"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _prompts_for_checked_labels(self) -> "IntentBinaryConfig":
+        if self.check_labels is not None:
+            unused = [label for label in self.label_prompts if label not in self.check_labels]
+            if unused:
+                raise SettingError(
+                    "label_prompts",
+                    f"names labels that check_labels never lets through: {unused} (check_labels: {self.check_labels})",
+                )
+        return self
+
+    def prompt_refs(self) -> list[str]:
+        """Every prompt this step may render: the default one, then each label's own."""
+        return list(dict.fromkeys([self.prompt, *self.label_prompts.values()]))

@@ -196,7 +196,7 @@ class DialogueIntent(PromptedStep):
         self._labelled.add(dialog_id)
         view = {k: v for k, v in record.items() if not k.startswith("_")}
         turns, completion = await self._label(ctx, view, messages, positions)
-        meta = call_meta(self.name, self.model, completion)
+        meta = call_meta(self.name, self.model, completion, self.template(ctx))
         outputs = []
         for t, position in enumerate(positions, start=1):
             answer = turns[t]
@@ -285,7 +285,8 @@ class IntentBinaryCheck(PromptedStep):
     """The fine pass of coarse-then-fine labelling (settings: :class:`IntentBinaryConfig`).
 
     One yes/no call per record whose coarse label is to be checked, answered against :attr:`SCHEMA`;
-    the prompt sees the label and its description (``options.label``, ``options.description``).
+    the prompt (the label's own from ``label_prompts``, else ``prompt``) sees the label and its
+    description (``options.label``, ``options.description``).
     """
 
     Config = IntentBinaryConfig
@@ -304,9 +305,26 @@ class IntentBinaryCheck(PromptedStep):
         self.check_labels = set(check_labels) if check_labels is not None else None
         self.on_reject = self.config.on_reject
         self.fallback_label = self.config.fallback_label
+        self.label_prompts = dict(self.config.label_prompts)
+        self._label_templates: dict[str, Any] = {}
+
+    def check(self, ctx: StepContext) -> None:
+        super().check(ctx)
+        self._label_templates = {label: ctx.prompts.get(ref) for label, ref in self.label_prompts.items()}
+
+    def template_for(self, ctx: StepContext, label: str) -> Any:
+        """The prompt that checks ``label``: its own from ``label_prompts``, else the step's ``prompt``."""
+        if label in self.label_prompts:
+            if label not in self._label_templates:
+                self._label_templates[label] = ctx.prompts.get(self.label_prompts[label])
+            return self._label_templates[label]
+        return self.template(ctx)
 
     def required_fields(self) -> set[str]:
-        return super().required_fields() | {self.label_field}
+        fields = super().required_fields() | {self.label_field}
+        for template in self._label_templates.values():
+            fields |= template.required_fields
+        return fields
 
     async def run(self, record: Record, ctx: StepContext) -> Record | None:
         label = record.get(self.label_field)
@@ -316,11 +334,11 @@ class IntentBinaryCheck(PromptedStep):
             self.counters["skipped"] += 1
             return record
         options = {**self.options, "label": label, "description": self.labels.get(label, "")}
-        messages = self.template(ctx).render(record, options)
+        messages = self.template_for(ctx, label).render(record, options)
         value, completion = await ctx.model(self.model).chat_json(messages, self.SCHEMA, **self.params)
         out = {**record, "binary_match": value["match"], "binary_reason": value["reason"]}
         out["_meta"] = copy.deepcopy(record.get("_meta") or {})
-        add_call_meta(out, call_meta(self.name, self.model, completion))
+        add_call_meta(out, call_meta(self.name, self.model, completion, self.template_for(ctx, label)))
         self.counters["checked"] += 1
         if value["match"]:
             self.counters["confirmed"] += 1

@@ -8,6 +8,9 @@ from pydantic import Discriminator, Field, StrictFloat, StrictInt, Tag, field_va
 
 from ...config.base import StepConfig
 from ...config.messages import SettingError
+from ...config.reasoning import keep_reasoning_field
+from ...config.text_checks import TextChecks, text_checks_field
+from ..verify.config import RequireVerified, raise_first_problem
 
 Scorer = Literal["pointwise", "pairwise", "reward"]
 PairRule = Literal["best_vs_worst", "best_vs_random", "all_pairs"]
@@ -227,6 +230,22 @@ class PreferencePairsConfig(StepConfig):
     options: dict[str, Any] = Field(
         default_factory=dict, description=("Extra values the prompts read as `options.NAME`.")
     )
+    text_checks: TextChecks = text_checks_field(
+        "each generated candidate (not those given in the record); one that fails is skipped, never scored"
+    )
+    keep_reasoning: bool = keep_reasoning_field(
+        "each generated candidate's `reasoning` and the pair's `chosen_reasoning` / `rejected_reasoning`"
+    )
+    require_verified: RequireVerified | None = Field(
+        default=None,
+        description=(
+            "Pairs only where the chosen answer passes a check and the rejected one fails it: a `verify` check "
+            "(`{checker: math, reference_field: answer}`, run on every candidate) or `{verdicts_field: verify}` (an "
+            "earlier `verify` step's per-candidate verdicts). The rule picks the chosen among passing candidates and "
+            "the rejected among failing ones by score; the score checks still apply. Records with no passing or no "
+            "failing candidate make no pair (`dropped:no_passing_candidate`, `dropped:no_failing_candidate`)."
+        ),
+    )
 
     @field_validator("judges", mode="before")
     @classmethod
@@ -266,6 +285,8 @@ class PreferencePairsConfig(StepConfig):
                 "scorer 'reward' takes one reward model (reward scales of different "
                 f"models cannot be averaged), got {self.judges}",
             )
+        if self.require_verified is not None:
+            raise_first_problem(self.require_verified, references=True, prefix="require_verified.")
         if not self.models and not self.candidates_field:
             raise SettingError(
                 "candidates_field",

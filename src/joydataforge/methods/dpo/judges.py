@@ -103,13 +103,18 @@ async def _ask(
     schema: dict[str, Any],
     params: dict[str, Any],
     step: str,
+    template: PromptTemplate,
 ) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
     """(value, entry, call meta); on failure value is None and entry holds the error and raw reply."""
     try:
         value, completion = await ctx.model(judge.model).chat_json(messages, schema, sample=judge.sample, **params)
     except ModelError as exc:
         return None, {"judge": judge.label, "error": str(exc), "raw": exc.raw}, None
-    return value, {"judge": judge.label}, {**call_meta(step, judge.model, completion), "role": f"judge:{judge.label}"}
+    return (
+        value,
+        {"judge": judge.label},
+        {**call_meta(step, judge.model, completion, template), "role": f"judge:{judge.label}"},
+    )
 
 
 async def judge_pointwise(
@@ -134,7 +139,7 @@ async def judge_pointwise(
             record,
             {**options, "aspects": shown_aspects, "scale_min": scale[0], "scale_max": scale[1], "response": texts[i]},
         )
-        return await _ask(ctx, judge, messages, schema, params, step)
+        return await _ask(ctx, judge, messages, schema, params, step, template)
 
     results = await asyncio.gather(*(one(i, j) for i, j in jobs))
     run = JudgeRun(scores=[None] * len(texts), judgements=[[] for _ in texts])
@@ -185,7 +190,7 @@ async def judge_pairwise(
     async def one(i: int, j: int, judge: Judge, swapped: bool):
         a, b = (j, i) if swapped else (i, j)
         messages = template.render(record, {**options, "response_a": texts[a], "response_b": texts[b]})
-        return await _ask(ctx, judge, messages, schema, params, step)
+        return await _ask(ctx, judge, messages, schema, params, step, template)
 
     results = await asyncio.gather(*(one(*job) for job in jobs))
     run = JudgeRun(scores=[None] * len(texts), judgements=[[] for _ in texts])

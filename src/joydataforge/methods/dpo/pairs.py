@@ -20,6 +20,11 @@ A pair (chosen ``c``, rejected ``r``) is kept when, in this order:
    ``gap - λ·log2(len_c / len_r) >= margin`` and ``> 0`` -- else ``length_decided``. λ is in score points
    per doubling of length: a chosen answer twice as long as the rejected one must win by ``λ`` more than
    the margin. Only a longer chosen answer is penalised (a shorter one that wins is no length effect).
+
+With verified candidates (``dpo``'s ``require_verified``) the rule runs over two pools: the chosen comes from
+the candidates that passed the check (``chosen_from``), the rejected from those that failed it
+(``rejected_from``), and the checks above still apply to each pair. An empty pool makes no pair
+(``no_passing_candidate``, ``no_failing_candidate``).
 """
 
 from __future__ import annotations
@@ -92,15 +97,29 @@ def select_pairs(
     verdict: Verdict | None = None,
     lengths: Sequence[int] | None = None,
     length_penalty: float = 0.0,
+    chosen_from: set[int] | None = None,
+    rejected_from: set[int] | None = None,
 ) -> Selection:
     """Apply ``rule`` to one record's candidate scores. Fewer than two scored candidates give no pair
-    (the caller decides whether that is a failure; it is not a drop reason of the rules)."""
+    (the caller decides whether that is a failure; it is not a drop reason of the rules). ``chosen_from`` and
+    ``rejected_from``: the verified pools (see the module doc)."""
     if rule not in RULES:
         raise ValueError(f"unknown pair rule {rule!r} (known: {', '.join(RULES)})")
     scored = [i for i, s in enumerate(scores) if s is not None]
     selection = Selection()
     if len(scored) < 2:
         return selection
+    if chosen_from is not None or rejected_from is not None:
+        return _select_verified(
+            scores,
+            rule,
+            [i for i in scored if chosen_from is None or i in chosen_from],
+            [i for i in scored if rejected_from is None or i in rejected_from],
+            lambda c, r: pair_verdict(
+                scores, c, r, margin=margin, verdict=verdict, lengths=lengths, length_penalty=length_penalty
+            ),
+            rng,
+        )
 
     def check(chosen: int, rejected: int) -> str | None:
         return pair_verdict(
@@ -141,4 +160,50 @@ def select_pairs(
                     selection.pairs.append((chosen, rejected))
                 else:
                     selection.dropped[reason] += 1
+    return selection
+
+
+def _select_verified(
+    scores: Sequence[float | None],
+    rule: str,
+    winners: list[int],
+    losers: list[int],
+    check: Callable[[int, int], str | None],
+    rng: random.Random | None,
+) -> Selection:
+    """The rule over verified pools: the chosen from ``winners`` (passed), the rejected from ``losers`` (failed)."""
+    selection = Selection()
+    if not winners or not losers:
+        selection.dropped["no_passing_candidate" if not winners else "no_failing_candidate"] += 1
+        return selection
+    best = min(winners, key=lambda i: (-scores[i], i))  # type: ignore[operator]
+    if rule == "best_vs_worst":
+        worst = min((i for i in losers if i != best), key=lambda i: (scores[i], i))  # type: ignore[index]
+        reason = check(best, worst)
+        if reason is None:
+            selection.pairs.append((best, worst))
+        else:
+            selection.dropped[reason] += 1
+    elif rule == "best_vs_random":
+        reasons = {r: check(best, r) for r in losers if r != best}
+        eligible = [r for r, reason in reasons.items() if reason is None]
+        if eligible:
+            if rng is None:
+                raise ValueError("best_vs_random needs a seeded random generator")
+            selection.pairs.append((best, rng.choice(eligible)))
+        else:
+            found = set(reasons.values())
+            for reason in reversed(DROP_REASONS):
+                if reason in found:
+                    selection.dropped[reason] += 1
+                    break
+    else:
+        for chosen in winners:
+            for rejected in losers:
+                if chosen != rejected:
+                    reason = check(chosen, rejected)
+                    if reason is None:
+                        selection.pairs.append((chosen, rejected))
+                    else:
+                        selection.dropped[reason] += 1
     return selection

@@ -28,13 +28,15 @@ import asyncio
 import json
 from typing import Any
 
-from ...engine.prompted import add_call_meta, call_meta
+from ...engine.prompted import add_call_meta, call_meta, reasoning_field
 from ...engine.step import Record, Step, StepContext, source_id_of
 from ...errors import ConfigError, InputError, ModelError, StepError
 from ...records import normalize_history
+from ...text.sanity import TextSanity
 from .config import PreferencePairsConfig, aspect_descriptions
 from .judges import JudgeRun, direct_verdict, judge_pairwise, judge_pointwise, judges_from, pair_rationales
 from .pairs import select_pairs
+from .verified import CandidateVerification
 
 
 class PreferencePairs(Step):
@@ -69,7 +71,9 @@ class PreferencePairs(Step):
         self.keep_fields = list(config.keep_fields) if config.keep_fields is not None else None
         self.min_candidates = config.min_candidates
         self.options = dict(config.options)
+        self.sanity = TextSanity(config.text_checks)
         self._judges = judges_from(self.judges)
+        self.verification = CandidateVerification(config.require_verified) if config.require_verified else None
 
     # --- setup -------------------------------------------------------------------------------------
 
@@ -138,7 +142,8 @@ class PreferencePairs(Step):
         """Every model x temperature x sample, concurrently; failures are candidates with an error."""
         if not self.models:
             return [], []
-        messages = self.prompt(ctx, self.prompt_ref).render(record, self.options)
+        template = self.prompt(ctx, self.prompt_ref)
+        messages = template.render(record, self.options)
         jobs = []
         for model in self.models:
             for temperature in self.temperatures:
@@ -156,31 +161,45 @@ class PreferencePairs(Step):
                 completion = await ctx.model(model).chat(messages, sample=sample, **params)
             except ModelError as exc:
                 return {**entry, "error": str(exc), "raw": exc.raw}, None
-            return {**entry, "text": completion.text.strip()}, completion
+            entry["text"] = completion.text.strip()
+            if self.config.keep_reasoning and completion.reasoning:  # apart: judges read the text alone
+                entry["reasoning"] = completion.reasoning
+            return entry, completion
 
         results = await asyncio.gather(*(one(*job) for job in jobs))
         # Role names the candidate by its place among the generated ones (model, temperature and sample
         # are in its provenance), so two temperatures' sample 0 stay apart.
         calls = [
-            {**call_meta(self.name, e["model"], c), "role": f"candidate#{k}"}
+            {**call_meta(self.name, e["model"], c, template), "role": f"candidate#{k}"}
             for k, (e, c) in enumerate(results)
             if c is not None
         ]
         self.counters["generate_calls"] += len(jobs)
         return [e for e, _ in results], calls
 
-    def _usable(self, candidates: list[dict[str, Any]]) -> list[str | None]:
-        """The text to score per candidate, or ``None`` (failed, blank, or a repeat of an earlier text)."""
+    def _usable(self, candidates: list[dict[str, Any]], template: Any = None) -> list[str | None]:
+        """The text to score per candidate, or ``None`` (failed, blank, failing a text check, or a repeat of an
+        earlier text). The text checks judge generated candidates only: those given in the record are data."""
         seen: set[str] = set()
         texts: list[str | None] = []
         for candidate in candidates:
             text = candidate.get("text")
+            problem = (
+                self.sanity.problem(text.strip(), template)
+                if candidate.get("origin") == "generated" and isinstance(text, str) and text.strip()
+                else None
+            )
             if "error" in candidate:
                 self.counters["candidates_failed"] += 1
                 texts.append(None)
             elif not text or not text.strip():
                 candidate["skipped"] = "blank"
                 self.counters["candidates_blank"] += 1
+                texts.append(None)
+            elif problem is not None:
+                candidate["skipped"] = problem.counter
+                candidate["skipped_detail"] = problem.detail
+                self.counters[problem.counter] += 1
                 texts.append(None)
             elif text.strip() in seen:
                 candidate["skipped"] = "duplicate"
@@ -286,7 +305,16 @@ class PreferencePairs(Step):
         calls: list[dict[str, Any]],
     ) -> Record:
         def source(i: int) -> dict[str, Any]:
-            return {"index": i, **{k: v for k, v in candidates[i].items() if k != "text"}}
+            skip = ("text", "messages", "reasoning")
+            return {"index": i, **{k: v for k, v in candidates[i].items() if k not in skip}}
+
+        def side(i: int, text: str) -> Any:
+            # A candidate that is a whole trajectory (tool_dialogue's `messages`: assistant turns with tool calls,
+            # tool results, the answer) is that continuation in a conversational pair; judges read its text.
+            messages = candidates[i].get("messages")
+            if conversational and isinstance(messages, list) and messages:
+                return messages
+            return [{"role": "assistant", "content": text}] if conversational else text
 
         def rationale(i: int) -> list[dict[str, Any]]:
             if self.scorer == "pairwise":  # the judges' words on exactly this pair, in both orders
@@ -298,8 +326,8 @@ class PreferencePairs(Step):
         out.pop(self.candidates_field or "", None)
         out.update(
             prompt=prompt,
-            chosen=[{"role": "assistant", "content": text_c}] if conversational else text_c,
-            rejected=[{"role": "assistant", "content": text_r}] if conversational else text_r,
+            chosen=side(chosen, text_c),
+            rejected=side(rejected, text_r),
             score_chosen=run.scores[chosen],
             score_rejected=run.scores[rejected],
             rationale_chosen=rationale(chosen),
@@ -311,6 +339,9 @@ class PreferencePairs(Step):
             length_diff=len(text_c.strip()) - len(text_r.strip()),
             dpo={"scorer": self.scorer, "rule": self.rule, "judges": self.judges, "candidates": len(candidates)},
         )
+        for name, i in (("chosen", chosen), ("rejected", rejected)):
+            if candidates[i].get("reasoning"):  # each side's trace, for exports that train on it
+                out[reasoning_field(name)] = candidates[i]["reasoning"]
         if "_meta" in out:
             out["_meta"] = {**out["_meta"], "calls": list(out["_meta"].get("calls", []))}
         for meta in calls:
@@ -322,7 +353,7 @@ class PreferencePairs(Step):
         generated, calls = await self._generate(record, ctx)
         candidates += generated
         self.counters["candidates"] += len(candidates)
-        texts = self._usable(candidates)
+        texts = self._usable(candidates, self.prompt(ctx, self.prompt_ref) if self.models else None)
         usable = sum(t is not None for t in texts)
         need = 1 if self.output == "scores" else self.min_candidates
         if usable < need:
@@ -331,6 +362,8 @@ class PreferencePairs(Step):
                 f"step '{self.name}': {usable} usable candidate(s) of {len(candidates)}, need {need}",
                 raw=json.dumps(candidates, ensure_ascii=False)[:20000],
             )
+        # Verified before scoring: a record without its reference fails before any judge is paid.
+        pools = await self.verification.pools(record, candidates, texts, self.counters) if self.verification else {}
         run = await self._score(record, texts, ctx)
         calls += run.calls
         for key, value in (
@@ -359,7 +392,13 @@ class PreferencePairs(Step):
             out = self._base(record)
             out[self.candidates_field or "response_candidates"] = [c.get("text") for c in candidates]
             out[self.scores_field] = run.scores
-            out["candidate_sources"] = [{k: v for k, v in c.items() if k != "text"} for c in candidates]
+            out["candidate_sources"] = [
+                {k: v for k, v in c.items() if k not in ("text", "reasoning")} for c in candidates
+            ]
+            if any(c.get("reasoning") for c in candidates):  # each candidate's trace, in candidate order
+                out[reasoning_field(self.candidates_field or "response_candidates")] = [
+                    c.get("reasoning") for c in candidates
+                ]
             out["candidate_judgements"] = run.judgements
             if self.scorer == "pairwise":
                 out["pairwise_verdicts"] = run.pair_records
@@ -378,6 +417,7 @@ class PreferencePairs(Step):
             lengths=lengths,
             length_penalty=self.length_penalty,
             rng=ctx.rng(source_id_of(record), self.name),
+            **pools,
         )
         for reason, count in selection.dropped.items():
             self.counters[f"dropped:{reason}"] += count

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import Discriminator, Field, StrictFloat, StrictInt, Tag
+from pydantic import Discriminator, Field, StrictFloat, StrictInt, Tag, model_validator
 
 from ...config.base import StepConfig
+from ...config.messages import SettingError
+from ...config.reasoning import keep_reasoning_field
+from ...config.text_checks import TextChecks, text_checks_field
+from ..verify.config import EvolVerify, raise_first_problem
 
 OperationName = Literal["constraints", "deepen", "concretize", "reasoning", "complicate_input", "redirect", "breadth"]
 """The evolution operations, in the order they run (and are listed in :data:`.operations.OPERATIONS`)."""
@@ -168,6 +172,13 @@ class EvolInstructConfig(StepConfig):
             "Phrases that mark a leaked prompt, on top of the built-in ones (`#Rewritten Prompt#`, `给定的提示`...)."
         ),
     )
+    text_checks: TextChecks = text_checks_field(
+        "each evolved instruction (before any model judges it) and each answer; a child that fails one is "
+        "eliminated as `text_check`, with the rule in its detail"
+    )
+    keep_reasoning: bool = keep_reasoning_field(
+        "each answer's `answer_reasoning` (candidates) and `target_reasoning` (flat output); `answer_model` only"
+    )
     judge_root: bool = Field(
         default=True, description=("Judge the root query too, so round 0 has a score to compare the rounds with.")
     )
@@ -208,6 +219,22 @@ class EvolInstructConfig(StepConfig):
     options: dict[str, Any] = Field(
         default_factory=dict, description=("Extra values custom prompts read as `options.NAME`.")
     )
+    verify: EvolVerify | None = Field(
+        default=None,
+        description=(
+            "Eliminate children whose answer fails a check (`unverifiable`), e.g. `{checker: math}`: a final answer "
+            "that parses; with `samples: 3`, three answers that agree. The check runs on the answering model's "
+            "answer, so it needs `answer_model`; kept children get `verified`."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _verify_needs_answers(self) -> "EvolInstructConfig":
+        if self.verify is not None:
+            if self.answer_model is None:
+                raise SettingError("verify", "checks each child's answer: set answer_model")
+            raise_first_problem(self.verify, references=False, prefix="verify.")
+        return self
 
     def judge_model_name(self) -> str:
         """The judging model: ``judge_model``, else the evolving model."""

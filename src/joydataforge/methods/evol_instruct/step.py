@@ -35,6 +35,8 @@ from ...engine.step import Record, Step, StepContext, source_id_of
 from ...errors import ConfigError, InputError, ModelError, StepError
 from ...prompts.renderer import PromptTemplate
 from ...records import normalize_history
+from ...text.sanity import TextSanity
+from ..verify.verifier import Verifier
 from .config import EvolInstructConfig
 from .operations import (
     DEFAULT_LEAK_PHRASES,
@@ -88,10 +90,12 @@ class Node:
     valid: int | None = None
     score: int | None = None
     answer: str | None = None
+    answer_reasoning: str | None = None  # the answering model's trace, when kept (keep_reasoning)
     eliminated: str | None = None
     detail: str | None = None
     raw: str | None = None
     selected: bool = False
+    verified: dict[str, Any] | None = None  # the verify check's verdict on the answer, when one ran
     calls: list[dict[str, Any]] = field(default_factory=list)
     prompt_text: str = ""  # the evolving prompt minus the parent's own text, for the copy check (not output)
 
@@ -120,6 +124,10 @@ class Node:
         }
         if self.answer is not None:
             out["answer"] = self.answer
+        if self.answer_reasoning:
+            out["answer_reasoning"] = self.answer_reasoning
+        if self.verified is not None:
+            out["verified"] = self.verified
         return out
 
     def as_eliminated(self) -> dict[str, Any]:
@@ -135,6 +143,10 @@ class Node:
             out["raw"] = self.raw
         if self.answer is not None:
             out["answer"] = self.answer
+        if self.answer_reasoning:
+            out["answer_reasoning"] = self.answer_reasoning
+        if self.verified is not None:
+            out["verified"] = self.verified
         return out
 
 
@@ -166,6 +178,7 @@ class EvolInstruct(Step):
         self.duplicate_threshold = config.duplicate_threshold
         self.refusal_max_words = config.refusal_max_words
         self.leak_phrases = tuple(DEFAULT_LEAK_PHRASES) + tuple(config.leak_phrases)
+        self.sanity = TextSanity(config.text_checks)
         self.judge_root = config.judge_root
         self.judge_retries = config.judge_retries
         self.use_history = config.use_history
@@ -177,6 +190,8 @@ class EvolInstruct(Step):
         self.answer_params = dict(config.answer_params)
         self.options = dict(config.options)
         self._templates: dict[str, PromptTemplate] = {}
+        self.verifier = Verifier(config.verify, from_record=False) if config.verify is not None else None
+        self.verify_samples = config.verify.samples if config.verify is not None else 1
         self._schemas: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------ set-up
@@ -313,7 +328,7 @@ class EvolInstruct(Step):
                     )
                 )
         for child in children:  # cheap rules first, in generation order, so results never depend on timing
-            self._local_checks(child, tree)
+            self._local_checks(child, tree, self.template(ctx, self._role_of(OPERATIONS[child.operation])))
         await asyncio.gather(*(self._assess(child, ctx) for child in children if child.eliminated is None))
         judged = [c for c in children if c.eliminated is None]
         carried = [
@@ -355,7 +370,8 @@ class EvolInstruct(Step):
         }
         if parent.parent is None and self.use_history and record.get("history") is not None:
             values["history"] = record["history"]
-        messages = self.template(ctx, self._role_of(op)).render(values, self.options)
+        template = self.template(ctx, self._role_of(op))
+        messages = template.render(values, self.options)
         prompt_text = "\n".join(m["content"] for m in messages).replace(parent.instruction, " ")
         if "history" in values:
             for message in normalize_history(values["history"]):
@@ -377,12 +393,13 @@ class EvolInstruct(Step):
                 items.append(
                     (item["instruction"].strip(), label.strip() if isinstance(label, str) and label.strip() else None)
                 )
-        return items, call_meta(self.name, self.model, completion), None, prompt_text
+        return items, call_meta(self.name, self.model, completion, template), None, prompt_text
 
     # ------------------------------------------------------------ elimination and judging
 
-    def _local_checks(self, child: Node, tree: TreeIndex) -> None:
-        """The rules that need no model: empty, leaked prompt words, near-duplicate of the tree.
+    def _local_checks(self, child: Node, tree: TreeIndex, template: PromptTemplate) -> None:
+        """The rules that need no model: empty, leaked prompt words, the text checks (a bare number, JSON debris,
+        a loop, the evolving prompt's labels: ``template``), near-duplicate of the tree.
 
         A child that passes joins the tree at once, so a later sibling that repeats it is the duplicate,
         whatever the model checks later decide about the first one: the outcome depends on generation
@@ -399,12 +416,23 @@ class EvolInstruct(Step):
             if copied_from_prompt(child.instruction, child.prompt_text):
                 child.eliminate("leak", "copied from the evolving prompt's own text (e.g. its example)")
                 return
+        if self._fails_text_check(child, child.instruction, template, "instruction"):
+            return
         if "duplicate" in self.rules:
             found = tree.find(child.instruction)
             if found:
                 child.eliminate("duplicate", f"near-duplicate of {found[0]} (similarity {found[1]:.2f})")
                 return
         tree.add(child.id, child.instruction)
+
+    def _fails_text_check(self, child: Node, text: str, template: PromptTemplate, what: str) -> bool:
+        """Eliminate ``child`` as ``text_check`` when ``text`` (its instruction or its answer) fails a rule."""
+        problem = self.sanity.problem(text, template)
+        if problem is None:
+            return False
+        self.counters[problem.counter] += 1
+        child.eliminate("text_check", f"the {what} fails {problem.rule}: {problem.detail}")
+        return True
 
     async def _assess(self, child: Node, ctx: StepContext) -> None:
         """Equal check, answer (and unanswerable check), then judgement; stops at the first elimination."""
@@ -418,7 +446,7 @@ class EvolInstruct(Step):
                 value, completion = await ctx.model(self.equal_model).chat_json(
                     messages, self.template(ctx, "equal").schema, **self.judge_params
                 )
-                child.calls.append(call_meta(self.name, self.equal_model, completion))
+                child.calls.append(call_meta(self.name, self.equal_model, completion, self.template(ctx, "equal")))
                 if parse_verdict(value):
                     child.eliminate("no_information_gain", "judged equal to its parent")
                     return
@@ -437,16 +465,45 @@ class EvolInstruct(Step):
             except ModelError as exc:
                 child.eliminate("answer_failed", str(exc), exc.raw)
                 return
-            child.calls.append(call_meta(self.name, self.answer_model, completion))
+            child.calls.append(call_meta(self.name, self.answer_model, completion, self.template(ctx, "answer")))
             child.answer = completion.text.strip()
+            if self.config.keep_reasoning and completion.reasoning:
+                child.answer_reasoning = completion.reasoning
             if "unanswerable" in self.rules:
                 why = is_unanswerable(child.answer, self.refusal_max_words)
                 if why:
                     child.eliminate("unanswerable", f"the answering model's reply is a {why.replace('_', ' ')}")
                     return
+            if self._fails_text_check(child, child.answer, self.template(ctx, "answer"), "answer"):
+                return
+            if self.verifier is not None and not await self._verified(child, messages, ctx):
+                return
         await self._judge(child, ctx)
         if child.valid is None:
             child.eliminate("judge_failed", child.detail, child.raw)
+
+    async def _verified(self, child: Node, messages: list[dict[str, str]], ctx: StepContext) -> bool:
+        """The ``verify`` check on the child's answer (and, with ``samples``, on the agreement of more answers);
+        a child that fails it is eliminated as ``unverifiable``."""
+        assert self.verifier is not None and self.answer_model is not None and child.answer is not None
+        self.counters["verify_checks"] += 1
+        verdict = await self.verifier.verify(child.answer, {})
+        for sample in range(1, self.verify_samples if verdict.passed else 1):
+            try:
+                completion = await ctx.model(self.answer_model).chat(messages, sample=sample, **self.answer_params)
+            except ModelError as exc:
+                child.eliminate("answer_failed", str(exc), exc.raw)
+                return False
+            child.calls.append(call_meta(self.name, self.answer_model, completion, self.template(ctx, "answer")))
+            verdict = await self.verifier.agree(completion.text, child.answer)
+            if not verdict.passed:
+                verdict.reason = f"answer {sample + 1} of {self.verify_samples} disagrees: {verdict.reason}"
+                break
+        child.verified = verdict.as_dict()
+        if not verdict.passed:
+            child.eliminate("unverifiable", verdict.reason)
+            return False
+        return True
 
     async def _judge(self, node: Node, ctx: StepContext) -> None:
         """Validity and score, re-asked with a new sample when unusable; a final failure is recorded, never raised."""
@@ -462,7 +519,7 @@ class EvolInstruct(Step):
             except ModelError as exc:
                 error, raw = str(exc), exc.raw
                 continue
-            node.calls.append(call_meta(self.name, self.judge_model, completion))
+            node.calls.append(call_meta(self.name, self.judge_model, completion, template))
             try:
                 node.valid, node.score, capped = parse_judgement(value)
             except JudgingError as exc:
@@ -493,6 +550,8 @@ class EvolInstruct(Step):
         out: Record = {"id": node.id, "input": node.instruction}
         if node.answer is not None:
             out["target"] = node.answer
+        if node.answer_reasoning:
+            out["target_reasoning"] = node.answer_reasoning
         out.update(
             {
                 "task_label": node.task_label,
@@ -512,5 +571,7 @@ class EvolInstruct(Step):
                 },
             }
         )
+        if node.verified is not None:
+            out["verified"] = node.verified
         out["_meta"] = {"calls": list(node.calls)}
         return out

@@ -7,12 +7,15 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from ...config.base import PromptedConfig
+from ...config.reasoning import keep_reasoning_field
+from ...config.text_checks import TextChecks, text_checks_field
 
 
 class GenerateConfig(PromptedConfig):
     """One prompt, one model, one reply per record: the reply (stripped) goes to ``output_field``.
 
-    An empty reply fails the record (kept in failures.jsonl), it is never written as an empty answer.
+    An empty reply fails the record (kept in failures.jsonl), it is never written as an empty answer; so
+    does a reply that fails the ``text_checks`` (a bare number, JSON debris, a loop, the prompt's labels).
     """
 
     kind: ClassVar[str] = "generate"
@@ -29,6 +32,10 @@ class GenerateConfig(PromptedConfig):
         ),
     )
     output_field: str = Field(default="target", min_length=1, description="Field that receives the reply.")
+    text_checks: TextChecks = text_checks_field(
+        "the reply; a reply that fails one fails the record, kept in failures.jsonl"
+    )
+    keep_reasoning: bool = keep_reasoning_field()
 
 
 class LabelConfig(PromptedConfig):
@@ -60,4 +67,8 @@ class LabelConfig(PromptedConfig):
     prefix: str = Field(default="", description="Prefix for the reply's keys at the top level (`gpt_` -> `gpt_label`).")
     schema_: dict[str, Any] | None = Field(
         default=None, alias="schema", description=("A JSON schema to use instead of the prompt's own.")
+    )
+    keep_reasoning: bool = keep_reasoning_field(
+        "`<output_field>_reasoning` (without `output_field`: `<prefix>label_reasoning`); the JSON is read from the "
+        "answer alone"
     )

@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ...engine.prompted import PromptedStep, add_call_meta, call_meta
+from ...engine.prompted import PromptedStep, add_call_meta, call_meta, keep_reasoning
 from ...engine.step import Record, StepContext
 from ...errors import ConfigError, StepError
+from ...text.sanity import TextSanity
 from .config import GenerateConfig, LabelConfig
 
 
@@ -24,16 +25,24 @@ class Generate(PromptedStep):
     def setup(self) -> None:
         super().setup()
         self.output_field = self.config.output_field
+        self.sanity = TextSanity(self.config.text_checks)
 
     async def run(self, record: Record, ctx: StepContext) -> Record:
-        messages = self.template(ctx).render(record, self.options)
+        template = self.template(ctx)
+        messages = template.render(record, self.options)
         completion = await ctx.model(self.model).chat(messages, **self.params)
         if not completion.text.strip():
             self.counters["empty_replies"] += 1
-            raise StepError(f"model '{self.model}' returned an empty reply", raw=completion.text)
+            why = "an empty reply" if not completion.reasoning else "a reasoning trace but no answer"
+            raise StepError(f"model '{self.model}' returned {why}", raw=completion.text or completion.reasoning)
+        problem = self.sanity.problem(completion.text.strip(), template)
+        if problem is not None:
+            self.counters[problem.counter] += 1
+            raise StepError(f"step '{self.name}': the reply fails the text check {problem}", raw=completion.text)
         out = dict(record)
         out[self.output_field] = completion.text.strip()
-        add_call_meta(out, call_meta(self.name, self.model, completion))
+        keep_reasoning(out, self.output_field, completion, self.config.keep_reasoning)
+        add_call_meta(out, call_meta(self.name, self.model, completion, template))
         self.counters["generated"] += 1
         return out
 
@@ -78,7 +87,8 @@ class Label(PromptedStep):
         self.schema(ctx)
 
     async def run(self, record: Record, ctx: StepContext) -> Record:
-        messages = self.template(ctx).render(record, self.options)
+        template = self.template(ctx)
+        messages = template.render(record, self.options)
         value, completion = await ctx.model(self.model).chat_json(messages, self.schema(ctx), **self.params)
         out = dict(record)
         if self.output_field:
@@ -88,7 +98,8 @@ class Label(PromptedStep):
                 out[f"{self.prefix}{key}"] = item
         else:
             raise StepError(f"step '{self.name}': a non-object reply needs output_field", raw=completion.text)
-        add_call_meta(out, call_meta(self.name, self.model, completion))
+        keep_reasoning(out, self.output_field or f"{self.prefix}label", completion, self.config.keep_reasoning)
+        add_call_meta(out, call_meta(self.name, self.model, completion, template))
         if isinstance(value, dict) and "label" in value:
             self.counters[f"label:{value['label']}"] += 1
         return out

@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 
 from ...config.base import StepConfig
 from ...config.messages import SettingError
+from ...config.reasoning import keep_reasoning_field
+from ...config.text_checks import TextChecks, text_checks_field
 
 ModelName = Annotated[str, Field(min_length=1)]
 
@@ -23,11 +25,18 @@ class JointConfig(StepConfig):
       free text, or JSON when the draft prompt has a schema (drafts are then JSON values, not texts).
     - ``pick``: the fuser answers ``{best, reason}``, ``best`` the 1-based number of a draft as shown to it.
       An out-of-range number is re-asked and, if it persists, fails the record; it is never clamped.
+      Judges favour the candidate shown first, so by default (``pick_order: shuffle``) each record shows
+      the drafts in its own order, drawn from the run seed and the record's id; ``rotate`` asks once per
+      draft with the order rotated, so every draft is shown in every position once (as ``dpo``'s pairwise
+      judging asks both orders), and the draft picked most often wins.
 
     Output: ``output_field`` (default ``target``) holds the final answer; ``drafts_field`` (default
     ``drafts``) the list ``[{model, sample, text|value}]`` or ``[{model, sample, error, raw}]`` in drafter
     order; ``joint_field`` (default ``joint``) says how the final answer was made: ``{mode, fuser,
-    used_drafts}`` and, for ``pick``, ``best`` (index into the drafts list), ``model`` and ``reason``.
+    used_drafts}`` and, for ``pick``, ``best`` (index into the drafts list), ``model``, ``reason`` and
+    ``order`` (the drafts' indexes in the order shown); with ``rotate`` also ``rotations`` (each order
+    shown, with its pick and reason), ``picks`` (picks per draft, by index into the drafts list) and, when
+    the most picks are shared, ``tied`` (those drafts; the seeded generator chose among them).
     """
 
     kind: ClassVar[str] = "joint"
@@ -53,6 +62,14 @@ class JointConfig(StepConfig):
         description=(
             "`fuse`: the fuser writes the final answer from the drafts; `pick`: it chooses the best draft, "
             "which becomes the final answer unchanged."
+        ),
+    )
+    pick_order: Literal["shuffle", "fixed", "rotate"] = Field(
+        default="shuffle",
+        description=(
+            "Order the drafts are shown in for `pick`: `shuffle` (a seeded order per record, recorded in "
+            "`order`), `fixed` (drafter order), or `rotate` (one pick call per draft, each order rotated by one, "
+            "so every draft is shown in every position; the draft picked most often wins) to cancel position bias."
         ),
     )
     draft_prompt: str = Field(
@@ -111,6 +128,13 @@ class JointConfig(StepConfig):
     )
     fuse_params: dict[str, Any] = Field(
         default_factory=dict, description=("Sampling parameters for the fuser's call, over the model's own.")
+    )
+    text_checks: TextChecks = text_checks_field(
+        "each text draft (one that fails is a failed draft, never shown to the fuser) and the fused answer (one "
+        "that fails fails the record)"
+    )
+    keep_reasoning: bool = keep_reasoning_field(
+        "`<output_field>_reasoning` (the picked draft's or the fuser's) and each text draft's `reasoning`"
     )
 
     @model_validator(mode="after")

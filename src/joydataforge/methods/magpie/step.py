@@ -268,7 +268,8 @@ class MagpieInstruction(Step):
                 out["magpie"]["drop"] = cleaned.drop
             else:
                 self.counters["instructions"] += 1
-            add_call_meta(out, call_meta(self.name, self.model, completion))
+            # The pre-query template is this call's prompt: named by its chat format, hashed by its text.
+            add_call_meta(out, call_meta(self.name, self.model, completion, (f"pre_query:{fmt.name}", pre_query)))
             outputs.append(out)
         if self.samples == 1:
             return outputs[0] if outputs else None
@@ -423,7 +424,7 @@ class MagpieTag(Step):
         out = dict(record)
         for tag, (fields, completion) in zip(self.tags, results):
             out.update(fields)
-            add_call_meta(out, call_meta(self.name, self.model, completion))
+            add_call_meta(out, call_meta(self.name, self.model, completion, self._template(ctx, tag)))
             main = next(iter(TAGS[tag][1].values()))
             self.counters[f"{main}:{fields.get(main)}"] += 1
         for field, allowed in self.keep.items():

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from ...config.base import PromptedConfig
 from ...config.messages import SettingError, shown
 from ...config.tables import named_table, one_or_more_names
+from ...config.text_checks import TextChecks, text_checks_field
 
 #: Rewrite types used when the pipeline names none; a mapping from type name to the instruction shown
 #: to the model. Users pass their own list (names only) or mapping (names and instructions).
@@ -18,6 +19,44 @@ DEFAULT_TYPES: dict[str, str] = {
     "detail": "add concrete, plausible details or constraints that make the case more specific",
     "tone": "change the tone or register (formal/casual, terse/verbose, polite/impatient)",
 }
+
+#: The original JoyDataForge's domain rewrite types (its drug and pregnancy case-rewrite prompts), as
+#: presets a ``types`` list can name: Chinese names with Chinese instructions, English names with English
+#: ones. Not used unless named. ``docs/original.md`` says what the original asked for.
+DOMAIN_TYPES: dict[str, str] = {
+    "问句药名替换": (
+        "问句里写了具体药名时，把它换成一种同类药（作用和用途相近），问句的其余部分和历史对话随之调整，"
+        "让整条样本仍然合理。"
+    ),
+    "历史药名替换": (
+        "问句没有写药名、而是指代历史对话里提到的药时，把历史对话里的这种药换成一种同类药，用户当前的问句一字不改。"
+    ),
+    "末次月经日期改写": (
+        "改写末次月经日期：换成另一个合理的具体日期，或换一种写法（有无年份、“号”与“日”、数字与汉字），其余内容不变。"
+    ),
+    "怀孕状态改写": (
+        "换一种说法表达用户正在怀孕，多用隐含的说法（验孕结果、孕期反应），少用“我确定怀孕了”这种直说；日期不变。"
+    ),
+    "表达润色": "不改药名、末次月经日期和怀孕状态，只让表达更通顺自然。",
+    "drug_swap_query": (
+        "the query names a medicine: replace it with another medicine of the same class and use, and adjust "
+        "the rest of the case (the history included) so that it still makes sense"
+    ),
+    "drug_swap_history": (
+        "the query refers to a medicine named only in the history ('this one', 'it'): replace that medicine in "
+        "the history with one of the same class and use, and keep the query word for word"
+    ),
+    "lmp_date": (
+        "rewrite the date of the last menstrual period: another plausible date, or the same date written "
+        "another way (with or without the year, numeric or spelled out); change nothing else"
+    ),
+}
+
+#: Preset types that only make sense when the case rewrites this field too (they change the history).
+TYPE_NEEDS_FIELD: dict[str, str] = {"历史药名替换": "history", "drug_swap_history": "history"}
+
+#: Every type a ``types`` list can name and get an instruction for.
+BUILTIN_TYPES: dict[str, str] = {**DEFAULT_TYPES, **DOMAIN_TYPES}
 
 #: Fields every output case gets from the step, so a case cannot rewrite them.
 RESERVED_FIELDS = frozenset({"type", "id", "parent_id", "rewrite_type"})
@@ -61,7 +100,9 @@ class RewriteConfig(PromptedConfig):
         description=(
             "The rewrite types: a mapping name -> instruction shown to the model, or a list of names (a built-in "
             "type among them gets its built-in instruction, any other none). Default: paraphrase, persona, "
-            "detail, tone."
+            "detail, tone. Presets of the original's domain types: 问句药名替换, 历史药名替换 (needs `history` "
+            "in `fields`), 末次月经日期改写, 怀孕状态改写, 表达润色; in English drug_swap_query, drug_swap_history, "
+            "lmp_date."
         ),
     )
     per_type: int = Field(
@@ -108,6 +149,9 @@ class RewriteConfig(PromptedConfig):
             "record. Long histories can overflow a small model's context."
         ),
     )
+    text_checks: TextChecks = text_checks_field(
+        "each rewritten field of each case; a case that fails one is dropped and counted, like a blank one"
+    )
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -129,7 +173,7 @@ class RewriteConfig(PromptedConfig):
     @field_validator("types", mode="before")
     @classmethod
     def _type_set(cls, value: Any) -> Any:
-        table = named_table(value, DEFAULT_TYPES, "types", "instruction")
+        table = named_table(value, BUILTIN_TYPES if value is not None else DEFAULT_TYPES, "types", "instruction")
         if not table or any(not name.strip() for name in table):
             raise SettingError("types", f"must name at least one non-empty rewrite type (got {shown(value)})")
         # A mapping's instructions are taken as text (an empty one stays empty); a list stays names.
@@ -140,6 +184,11 @@ class RewriteConfig(PromptedConfig):
         if self.min_cases > self.case_cap():
             source = "" if self.max_cases is not None else ", the number of types times per_type"
             raise SettingError("min_cases", f"must be <= max_cases ({self.case_cap()}{source}) (got {self.min_cases})")
+        for name, field in TYPE_NEEDS_FIELD.items():
+            if name in self.type_table() and field not in self.fields:
+                raise SettingError(
+                    "types", f"'{name}' rewrites the {field}: add {field} to fields (got {shown(self.fields)})"
+                )
         if self.show_fields is not None and not set(self.fields) <= set(self.show_fields):
             raise SettingError(
                 "show_fields",
@@ -148,8 +197,10 @@ class RewriteConfig(PromptedConfig):
         return self
 
     def type_table(self) -> dict[str, str]:
-        """The rewrite types as ``name -> instruction``, in the order given."""
-        return named_table(self.types, DEFAULT_TYPES, "types", "instruction")
+        """The rewrite types as ``name -> instruction``, in the order given (a listed preset gets its text)."""
+        if self.types is None:
+            return dict(DEFAULT_TYPES)
+        return named_table(self.types, BUILTIN_TYPES, "types", "instruction")
 
     def case_cap(self) -> int:
         """The most cases kept per record: ``max_cases``, or the number of types times ``per_type``."""

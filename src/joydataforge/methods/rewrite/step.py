@@ -10,7 +10,8 @@ the raw reply in ``failures.jsonl``.
 
 Cases that pass the schema are still checked one by one, because a schema cannot say "different from
 the original" or "not the same as the case before": blank, unchanged, duplicate and over-quota cases
-are dropped and counted (``dropped:<reason>``). A record left with no usable case is a failure, not an
+are dropped and counted (``dropped:<reason>``), and so are cases that fail the shared text checks
+(``text_checks``: a bare number, JSON debris, a loop, the prompt's labels; ``text_check:<rule>``). A record left with no usable case is a failure, not an
 empty output. Each kept case becomes its own record: the parent's fields, the rewritten ones on top,
 ``rewrite_type``, ``parent_id`` and an id ``<parent_id>:rw<k>`` (set here, not by the executor, so that
 rewriting records that are themselves fan-out children still gives unique, traceable ids).
@@ -24,6 +25,7 @@ from typing import Any
 from ...engine.prompted import PromptedStep, add_call_meta, call_meta
 from ...engine.step import Record, StepContext, source_id_of
 from ...errors import InputError, StepError
+from ...text.sanity import TextSanity
 from .config import RewriteConfig
 
 
@@ -51,6 +53,7 @@ class Rewrite(PromptedStep):
         self.drop_fields = set(self.config.drop_fields)
         self.max_chars = self.config.max_chars
         self.show_fields = list(self.config.show_fields) if self.config.show_fields is not None else None
+        self.sanity = TextSanity(self.config.text_checks)
         self.schema = self._build_schema()
 
     def _build_schema(self) -> dict[str, Any]:
@@ -99,7 +102,7 @@ class Rewrite(PromptedStep):
         self.counters["calls"] += 1
         cases = value["cases"]
         self.counters["cases_returned"] += len(cases)
-        kept = self._usable(record, cases)
+        kept = self._usable(record, cases, self.template(ctx))
         if len(kept) < self.min_cases:
             self.counters["records_too_few_cases"] += 1
             raise StepError(
@@ -108,7 +111,7 @@ class Rewrite(PromptedStep):
                 raw=completion.text,
             )
         parent_id = str(record.get("id") or source_id_of(record))
-        meta = call_meta(self.name, self.model, completion)
+        meta = call_meta(self.name, self.model, completion, self.template(ctx))
         outputs = []
         for k, case in enumerate(kept):
             child = {key: copy.deepcopy(v) for key, v in record.items() if key not in self.drop_fields}
@@ -120,8 +123,9 @@ class Rewrite(PromptedStep):
         self.counters["cases_out"] += len(outputs)
         return outputs
 
-    def _usable(self, record: Record, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Cases that say something new: not blank, not the original, not a repeat, within the type quota."""
+    def _usable(self, record: Record, cases: list[dict[str, Any]], template: Any = None) -> list[dict[str, Any]]:
+        """Cases that say something new: not blank, passing the text checks (``text_check:<rule>``), not the
+        original, not a repeat, within the type quota."""
         original = tuple(_norm(record[f]) for f in self.fields)
         seen: set[tuple[str, ...]] = set()
         per_type: dict[str, int] = {}
@@ -130,8 +134,12 @@ class Rewrite(PromptedStep):
             case = {**case, **{f: case[f].strip() for f in self.fields}}
             key = tuple(_norm(case[f]) for f in self.fields)
             reason = None
+            problem = self.sanity.first_problem([case[f] for f in self.fields], template)
             if any(not any(ch.isalnum() for ch in v) for v in key):
                 reason = "blank"  # empty, or punctuation only
+            elif problem is not None:  # counted under the shared name, as every generating step does
+                self.counters[problem.counter] += 1
+                continue
             elif key == original:
                 reason = "unchanged"
             elif key in seen:

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from ...config.base import PromptedConfig
 from ...config.messages import SettingError, shown
 from ...config.tables import one_or_more_names
+from ...config.text_checks import TextChecks, text_checks_field
 from ..dedup.config import banding_problem
 
 #: Fields of a topic record that steer generation; the step reads them, the outputs do not copy them.
@@ -116,6 +117,9 @@ class SeedlessConfig(PromptedConfig):
         ge=1,
         strict=True,
         description=("Longest generated field the schema allows, in characters; null: no limit."),
+    )
+    text_checks: TextChecks = text_checks_field(
+        "each generated field; a record with one that fails is not kept (the topic is topped up like after a duplicate)"
     )
 
     @field_validator("fields", mode="before")

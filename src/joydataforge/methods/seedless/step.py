@@ -46,6 +46,7 @@ from ...errors import InputError, ModelError, StepError
 from ...text.lsh import LSHIndex
 from ...text.minhash import MinHasher
 from ...text.minhash_dedup import record_text
+from ...text.sanity import TextSanity
 from .config import CONTROL_FIELDS, SeedlessConfig
 
 _SPLIT = re.compile(r"\s*[|;；]\s*")
@@ -98,7 +99,7 @@ class Seedless(PromptedStep):
 
     One ``run`` call makes all of a topic's records: it plans each call's controls from the topic's
     seeded generator before awaiting anything, sends the calls of a wave concurrently, and keeps
-    what passes the blank and duplicate checks until the topic has its N records or its budget is spent.
+    what passes the blank, text and duplicate checks until the topic has its N records or its budget is spent.
     """
 
     Config = SeedlessConfig
@@ -119,6 +120,7 @@ class Seedless(PromptedStep):
         self.threshold = float(config.threshold)
         self.num_perm = config.num_perm
         self.max_chars = config.max_chars
+        self.sanity = TextSanity(config.text_checks)
         self._run_index = (
             NearDuplicateIndex(self.threshold, self.num_perm, self.dedup) if self.dedup_scope == "run" else None
         )
@@ -169,6 +171,7 @@ class Seedless(PromptedStep):
         kept: list[Record] = []
         calls = 0
         last_error: ModelError | None = None
+        last_rejected: tuple[str, str] | None = None  # (why, raw reply) of the last item not kept
         while len(kept) < n and calls < budget:
             missing = n - len(kept)
             wave = min(math.ceil(missing / self.per_call), budget - calls)
@@ -187,11 +190,12 @@ class Seedless(PromptedStep):
                     last_error = result
                     continue
                 items, completion = result
-                meta = call_meta(self.name, self.model, completion)
+                meta = call_meta(self.name, self.model, completion, self.template(ctx))
                 for item in items:  # the schema's maxItems keeps a wave within the n still missing
-                    rejected = self._rejected(item, local)
+                    rejected = self._rejected(item, local, self.template(ctx))
                     if rejected:
                         self.counters[rejected] += 1
+                        last_rejected = (rejected, completion.text)
                         continue
                     out = {
                         **base,
@@ -210,8 +214,9 @@ class Seedless(PromptedStep):
         if not kept:
             raise StepError(
                 f"step '{self.name}': topic {spec['topic']!r} gave no usable record in {calls} call(s)"
-                + (f"; last error: {last_error}" if last_error else ""),
-                raw=last_error.raw if last_error else None,
+                + (f"; last error: {last_error}" if last_error else "")
+                + (f"; last item not kept: {last_rejected[0]}" if last_rejected else ""),
+                raw=last_error.raw if last_error else last_rejected[1] if last_rejected else None,
             )
         if len(kept) < n:
             self.counters["short_topics"] += 1
@@ -241,11 +246,14 @@ class Seedless(PromptedStep):
         )
         return value["records"], completion
 
-    def _rejected(self, item: dict[str, Any], local: NearDuplicateIndex) -> str | None:
+    def _rejected(self, item: dict[str, Any], local: NearDuplicateIndex, template: Any) -> str | None:
         """Why a generated item is not kept (a counter name), or None to keep it."""
         text = record_text({f: item[f] for f in self.fields}, self.fields)
         if not any(ch.isalnum() for ch in text):
             return "blank"  # empty, or punctuation only (a small model's '}{')
+        problem = self.sanity.first_problem([item[f].strip() for f in self.fields], template)
+        if problem is not None:
+            return problem.counter
         if not local.add_if_new(text):
             return "near_duplicates"
         if self._run_index is not None and not self._run_index.add_if_new(text):

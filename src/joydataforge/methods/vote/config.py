@@ -10,7 +10,9 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from ...config.base import StepConfig
 from ...config.messages import SettingError, shown
+from ...config.reasoning import keep_reasoning_field
 from ..generate.config import LabelConfig
+from ..verify.config import VerifierVoter
 
 ModelName = Annotated[str, Field(min_length=1)]
 Weight = Annotated[float, Field(gt=0, strict=True)]  # strict: `true` or "2" is a mistake, not a weight
@@ -88,8 +90,12 @@ class VoteConfig(StepConfig):
     - ``vote``: ``{label, outcome, agreement, support, required, counts, voters, valid, failed_voters}``
       where ``outcome`` is ``majority`` (``label`` set), ``tie`` (``label`` null, ``tied`` lists the
       leaders) or ``no_quorum`` (``label`` null);
-    - with ``seed_fields: true`` also the seed's flat fields: ``<model>_label``, ``<model>_reason``,
-      ``label_vote`` (the majority label or null) and ``reason_vote`` (the outcome).
+    - with ``seed_fields: true`` also the original JoyDataForge's flat fields, with the values it wrote:
+      ``<model>_label``, ``<model>_reason``, ``<model>_scores`` (the reply's ``reward_model_scores``, else
+      ``[]``), ``<model>_res`` (the reply's other keys, else ``[]``); a failed voter gets ``""``, ``""``,
+      ``[]`` and no ``_res``, as there. ``label_vote`` is the majority label and ``reason_vote`` is
+      ``"voted"``; after a tie or a missed quorum both are ``""`` (the original's "no vote result"; it
+      never refused a tie, it took the first label seen). ``docs/original.md`` lists each value.
 
     A tie is never resolved by "the first label seen"; ``on_no_majority`` decides what happens to a tie or
     a missed quorum.
@@ -147,7 +153,9 @@ class VoteConfig(StepConfig):
     seed_fields: bool = Field(
         default=False,
         description=(
-            "Also write the seed's flat fields: `<model>_label`, `<model>_reason`, `label_vote`, `reason_vote`."
+            "Also write the original JoyDataForge's flat fields with its values: `<model>_label`, `<model>_reason`, "
+            '`<model>_scores`, `<model>_res`, `label_vote` (the majority label) and `reason_vote` (`"voted"`; both '
+            '`""` after a tie or a missed quorum).'
         ),
     )
     on_no_majority: Literal["keep", "drop", "fail"] = Field(
@@ -175,6 +183,14 @@ class VoteConfig(StepConfig):
             "Sampling parameters for every voter's call (`temperature`, `max_tokens`, ...), over each model's own."
         ),
     )
+    verifiers: list[VerifierVoter] = Field(
+        default_factory=list,
+        description=(
+            "Verdicts of earlier `verify` steps counted as voters, each `{verdict_field, pass_label, fail_label, "
+            "weight, name}`: a passed check votes `pass_label`, a failed one `fail_label` (or not at all). They "
+            "count in the quorum like models; a vote in which every model failed still fails the record."
+        ),
+    )
 
     @field_validator("quorum", mode="before")
     @classmethod
@@ -193,8 +209,22 @@ class VoteConfig(StepConfig):
                 f"a model may vote only once, {duplicates} listed twice "
                 "(add a named variant in models.yaml for a second voter)",
             )
-        check_reachable(self.quorum, self.voter_weights())
+        names = [v.voter_name() for v in self.verifiers]
+        clash = sorted({n for n in names if n in voters or names.count(n) > 1})
+        if clash:
+            raise SettingError("verifiers", f"voter names must be unique and not models' names: {clash} (set name:)")
+        labels = self.options.get("labels")
+        for k, verifier in enumerate(self.verifiers):
+            for key in ("pass_label", "fail_label"):
+                label = getattr(verifier, key)
+                if label is not None and isinstance(labels, list) and label not in labels:
+                    raise SettingError(f"verifiers[{k}].{key}", f"{label!r} is not one of options.labels {labels}")
+        check_reachable(self.quorum, self.all_voter_weights())
         return self
+
+    def all_voter_weights(self) -> dict[str, float]:
+        """The models' weights and the verifiers', by voter name: what the aggregate weighs."""
+        return {**self.voter_weights(), **{v.voter_name(): float(v.weight) for v in self.verifiers}}
 
     def voters(self) -> list[str]:
         """The voting models in the order written (the order of calls, answers and provenance)."""
@@ -213,7 +243,8 @@ class CascadeConfig(LabelConfig):
     """After a ``vote``: the records whose vote matters go to a stronger model, whose answer becomes the label.
 
     Gated: a ``majority`` on one of ``gate_labels``, a ``tie`` when ``gate_tie``, a ``no_quorum`` when
-    ``gate_no_quorum``. Gated records get the model's JSON keys at the top level (``label``, ``reason``;
+    ``gate_no_quorum``; or every record with ``gate: all`` (what the original did when its list of labels
+    to post-process was empty). Gated records get the model's JSON keys at the top level (``label``, ``reason``;
     or under ``output_field``, or with ``prefix``) and ``label_source: cascade``. The others pass without a
     call and get the vote's label (``label_source: vote``), or ``label: null`` with ``label_source:
     undecided`` after an ungated tie or missed quorum. ``cascade`` on the record says whether and why it was
@@ -224,6 +255,11 @@ class CascadeConfig(LabelConfig):
     fails the record (with the raw reply) unless ``on_cascade_failure: keep_vote``, which keeps a majority
     label and marks it ``label_source: vote_kept_after_cascade_failure`` (there is nothing to keep after a
     tie or a missed quorum, so those still fail).
+
+    With ``seed_fields: true`` the record gets the original JoyDataForge's final fields instead: a gated
+    record ``label`` and ``reason`` from the model (only those two keys), a passed one ``label: ""`` and
+    ``reason: ""`` (the original left records it did not post-label empty; the vote's label is in
+    ``label_vote`` when the vote step also has ``seed_fields``).
     """
 
     kind: ClassVar[str] = "cascade"
@@ -244,11 +280,34 @@ class CascadeConfig(LabelConfig):
             "`zh/cascade_label`) or the path of a YAML prompt file, relative to the pipeline file."
         ),
     )
+    gate: Literal["vote", "all"] = Field(
+        default="vote",
+        description=(
+            "`vote`: send the records the vote's outcome selects (`gate_labels`, `gate_tie`, `gate_no_quorum`); "
+            "`all`: send every record, whatever its vote (the original's behaviour with an empty label list)."
+        ),
+    )
     gate_labels: list[str] | None = Field(
-        default=None, description=("Vote labels that send a record to the model when they win a majority (`[药品]`).")
+        default=None,
+        description=(
+            "Vote labels that send a record to the model when they win a majority (`[药品]`). An empty list is "
+            "refused: to send every record write `gate: all`."
+        ),
     )
     gate_tie: bool = Field(default=False, description="Also send records whose vote ended in a tie.")
     gate_no_quorum: bool = Field(default=False, description="Also send records whose vote missed the quorum.")
+    gate_on_failed_verify: bool = Field(
+        default=False,
+        description=(
+            "Also send records whose `verify` verdict (in `verify_field`) did not pass: failed, or undecided "
+            "(`because: verify_failed`)."
+        ),
+    )
+    verify_field: str = Field(
+        default="verify",
+        min_length=1,
+        description="Field holding the verify step's verdict, read with `gate_on_failed_verify`.",
+    )
     vote_field: str = Field(
         default="vote",
         min_length=1,
@@ -260,6 +319,9 @@ class CascadeConfig(LabelConfig):
         description=(
             "Field holding the voters' answers (the vote step's `votes_field`), shown to the prompt as `options.votes`."
         ),
+    )
+    keep_reasoning: bool = keep_reasoning_field(
+        "`<cascade_field>.reasoning` (the stronger model's trace; its label is read from the answer alone)"
     )
     cascade_field: str = Field(
         default="cascade",
@@ -290,9 +352,41 @@ class CascadeConfig(LabelConfig):
             "when unset its keys go to the top level of the record."
         ),
     )
+    seed_fields: bool = Field(
+        default=False,
+        description=(
+            "Write the original JoyDataForge's final fields: `label` and `reason` from the model for a gated record, "
+            '`""` and `""` for a passed one (its vote label stays in `label_vote`). Needs `output_field` and '
+            "`prefix` unset."
+        ),
+    )
 
     @model_validator(mode="after")
     def _gates_something(self) -> "CascadeConfig":
-        if not self.gate_labels and not self.gate_tie and not self.gate_no_quorum:
-            raise SettingError("gate_labels", "nothing would be gated; set gate_labels, gate_tie or gate_no_quorum")
+        if self.gate == "all":
+            chosen = [
+                name
+                for name in ("gate_labels", "gate_tie", "gate_no_quorum", "gate_on_failed_verify")
+                if getattr(self, name)
+            ]
+            if self.gate_labels is not None and "gate_labels" not in chosen:
+                chosen.insert(0, "gate_labels")
+            if chosen:
+                raise SettingError(
+                    chosen[0], "has no effect with gate: all, which sends every record; remove one or the other"
+                )
+        elif self.gate_labels == [] and not (self.gate_tie or self.gate_no_quorum or self.gate_on_failed_verify):
+            raise SettingError(
+                "gate_labels", "an empty list gates nothing; to send every record to the model write gate: all"
+            )
+        elif not (self.gate_labels or self.gate_tie or self.gate_no_quorum or self.gate_on_failed_verify):
+            raise SettingError(
+                "gate_labels",
+                "nothing would be gated; set gate_labels, gate_tie, gate_no_quorum or gate_on_failed_verify "
+                "(or gate: all for every record)",
+            )
+        if self.seed_fields and (self.output_field or self.prefix):
+            raise SettingError(
+                "seed_fields", "writes label and reason at the top level; leave output_field and prefix unset"
+            )
         return self

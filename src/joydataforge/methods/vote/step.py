@@ -25,6 +25,36 @@ from ..generate.config import LabelConfig
 from ..generate.step import Label
 from .aggregate import MAJORITY, NO_QUORUM, TIE, aggregate
 from .config import CascadeConfig, VoteConfig
+from .verifiers import verifier_vote
+
+#: Keys of a voter's reply that the original's flat fields hold on their own (the rest goes to ``_res``).
+_SEED_REPLY_KEYS = ("label", "reason", "reward_model_scores")
+
+
+def seed_fields(votes: dict[str, dict[str, Any]], label: str | None) -> dict[str, Any]:
+    """The original JoyDataForge's flat vote fields, with the values it wrote (``seed_fields: true``).
+
+    Per voter ``<model>_label``, ``<model>_reason``, ``<model>_scores`` (the reply's
+    ``reward_model_scores``, else ``[]``) and ``<model>_res`` (the reply's other keys, else ``[]``); a
+    voter that failed gets ``""``, ``""``, ``[]`` and no ``_res``, which is what the original wrote once
+    its retries ran out. ``label_vote``/``reason_vote`` are the majority label and ``"voted"``, or ``""``
+    and ``""`` when there is no majority (``label`` None): the original's "no vote result", where it would
+    otherwise have taken the first label seen. tests/test_fidelity_vote.py checks every value against the
+    original's output in seed-data.
+    """
+    fields: dict[str, Any] = {}
+    for model, answer in votes.items():
+        if "error" in answer:
+            fields.update({f"{model}_label": "", f"{model}_reason": "", f"{model}_scores": []})
+            continue
+        rest = {k: v for k, v in answer.items() if k not in _SEED_REPLY_KEYS}
+        fields[f"{model}_label"] = answer["label"]
+        fields[f"{model}_reason"] = answer.get("reason", "")
+        fields[f"{model}_scores"] = answer.get("reward_model_scores", [])
+        fields[f"{model}_res"] = rest or []
+    fields["label_vote"] = label if label is not None else ""
+    fields["reason_vote"] = "voted" if label is not None else ""
+    return fields
 
 
 class Vote(Step):
@@ -41,7 +71,8 @@ class Vote(Step):
     def setup(self) -> None:
         config = self.config
         self.models = config.voters()
-        self.weights = config.voter_weights()
+        self.weights = config.all_voter_weights()
+        self.verifiers = list(config.verifiers)
         self.quorum = config.quorum
         self.output_field = config.output_field
         self.votes_field = config.votes_field
@@ -101,6 +132,9 @@ class Vote(Step):
             raw = json.dumps({m: a.get("raw") for m, a in votes.items()}, ensure_ascii=False)
             errors = "; ".join(f"{m}: {a['error']}" for m, a in votes.items())
             raise StepError(f"step '{self.name}': every voter failed ({errors})", raw=raw)
+        for voter in self.verifiers:  # verdicts of earlier verify steps vote too
+            votes[voter.voter_name()] = verifier_vote(record, voter)
+            self.counters[f"verifier:{voter.voter_name()}:{votes[voter.voter_name()]['status']}"] += 1
 
         result = aggregate(
             {m: a.get("label") if "error" not in a else None for m, a in votes.items()}, self.weights, self.quorum
@@ -122,14 +156,10 @@ class Vote(Step):
         out[self.votes_field] = votes
         out[self.output_field] = result.as_dict()
         if self.seed_fields:
-            for model, answer in votes.items():
-                out[f"{model}_label"] = answer.get("label")
-                out[f"{model}_reason"] = answer.get("reason", answer.get("error"))
-            out["label_vote"] = result.label
-            out["reason_vote"] = result.outcome
+            out.update(seed_fields(votes, result.label if result.outcome == MAJORITY else None))
         for model, (_, completion) in zip(self.models, answers):
             if completion is not None:
-                add_call_meta(out, call_meta(self.name, model, completion))
+                add_call_meta(out, call_meta(self.name, model, completion, self._labeler.template(ctx)))
         return out
 
 
@@ -153,9 +183,15 @@ class Cascade(Label):
         self.votes_field = config.votes_field
         self.cascade_field = config.cascade_field
         self.on_cascade_failure = config.on_cascade_failure
+        self.gate_all = config.gate == "all"
+        self.gate_on_failed_verify = config.gate_on_failed_verify
+        self.verify_field = config.verify_field
+        self.seed_fields = config.seed_fields
 
     def gate(self, vote: dict[str, Any]) -> str | None:
-        """Why a record goes to the stronger model (``label:X``, ``tie``, ``no_quorum``), or None."""
+        """Why a record goes to the stronger model (``all``, ``label:X``, ``tie``, ``no_quorum``), or None."""
+        if self.gate_all:
+            return "all"
         outcome = vote.get("outcome")
         if outcome == MAJORITY and vote.get("label") in self.gate_labels:
             return f"label:{vote['label']}"
@@ -165,8 +201,19 @@ class Cascade(Label):
             return NO_QUORUM
         return None
 
+    def _verify_gate(self, record: Record) -> str | None:
+        """``verify_failed`` when ``gate_on_failed_verify`` and the record's verdict did not pass."""
+        if not self.gate_on_failed_verify:
+            return None
+        verdict = record.get(self.verify_field)
+        if not isinstance(verdict, dict) or not isinstance(verdict.get("passed"), bool):
+            raise InputError("needs a verify step's verdict (run a 'verify' step first)", field=self.verify_field)
+        return None if verdict["passed"] else "verify_failed"
+
     def _final(self, out: Record, label: Any, source: str) -> None:
-        if self.output_field:
+        if self.seed_fields:  # the original left the records it did not post-label empty
+            out.update(label="" if source in ("vote", "undecided") else label, reason="")
+        elif self.output_field:
             out[self.output_field] = {"label": label}
         else:
             out[f"{self.prefix}label"] = label
@@ -177,7 +224,7 @@ class Cascade(Label):
         if not isinstance(vote, dict) or "outcome" not in vote:
             raise InputError(f"step '{self.name}' needs a vote result (run a 'vote' step first)", None, self.vote_field)
         out = dict(record)
-        because = self.gate(vote)
+        because = self.gate(vote) or self._verify_gate(record)
         if because is None:
             self.counters["passed"] += 1
             out[self.cascade_field] = {"gated": False}
@@ -216,16 +263,21 @@ class Cascade(Label):
 
         value = {**value, "label": label.strip()}
         out[self.cascade_field] = {"gated": True, "because": because, "model": self.model, "label": value["label"]}
+        if self.config.keep_reasoning and completion.reasoning:  # the stronger model's trace, beside its label
+            out[self.cascade_field]["reasoning"] = completion.reasoning
         if vote.get("outcome") == MAJORITY:  # "changed" only means something when the vote had a label
             out[self.cascade_field]["changed"] = value["label"] != vote.get("label")
             if value["label"] != vote.get("label"):
                 self.counters["changed_by_cascade"] += 1
-        if self.output_field:
+        if self.seed_fields:  # the original took only these two keys of the stronger model's reply
+            reason = value.get("reason")
+            out.update(label=value["label"], reason=reason if isinstance(reason, str) else "")
+        elif self.output_field:
             out[self.output_field] = value
         else:
             for key, item in value.items():
                 out[f"{self.prefix}{key}"] = item
         out[f"{self.prefix}label_source"] = "cascade"
-        add_call_meta(out, call_meta(self.name, self.model, completion))
+        add_call_meta(out, call_meta(self.name, self.model, completion, self.template(ctx)))
         self.counters[f"label:{value['label']}"] += 1
         return out

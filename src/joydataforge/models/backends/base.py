@@ -21,6 +21,10 @@ Messages = list[dict[str, str]]
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    """Of ``completion_tokens``, those spent on the reasoning trace (the server's count, else the tokenizer's)."""
+    reasoning_estimated: bool = False
+    """``reasoning_tokens`` is an estimate (no server count, no tokenizer): about four characters a token."""
 
     @property
     def total_tokens(self) -> int:
@@ -29,7 +33,15 @@ class Usage:
 
 @dataclass
 class Completion:
-    """One reply of a model. ``cached`` is set by the gateway when it came from the call cache."""
+    """One reply of a model.
+
+    Backends fill in the reply: ``text``, ``usage``, ``finish_reason`` and ``model``, the id the backend
+    answered with (the ``model`` of a server's reply, the GGUF's label, the weights vLLM loaded). The
+    gateway fills in the rest, for provenance: ``cached`` (it came from the call cache), ``params`` (the
+    sampling parameters as sent: the model's merged with the step's, and the seed), ``sample`` and
+    ``attempt`` (which sample of the prompt, which re-ask of a JSON reply) and ``parsed`` (how a JSON
+    reply was read, when not strictly: ``lenient``, ``cut``, ``repaired``).
+    """
 
     text: str
     usage: Usage = field(default_factory=Usage)
@@ -37,24 +49,44 @@ class Completion:
     model: str = ""
     cached: bool = False
     latency: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
+    sample: int = 0
+    attempt: int = 0
+    parsed: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    """Native tool calls of a ``chat_tools`` reply, in OpenAI's shape: ``{"id", "type": "function",
+    "function": {"name", "arguments": "<JSON text>"}}``; None when the model answered in text."""
+    reasoning: str | None = None
+    """A thinking model's trace, apart from ``text`` (the answer): the server's ``reasoning_content`` or
+    ``reasoning`` field, or the ``<think>`` blocks taken out of the text (:mod:`..reasoning`); None if none."""
 
     def to_cache(self) -> dict[str, Any]:
-        return {
+        data = {
             "text": self.text,
             "pt": self.usage.prompt_tokens,
             "ct": self.usage.completion_tokens,
             "fr": self.finish_reason,
             "m": self.model,
         }
+        if self.tool_calls:
+            data["tc"] = self.tool_calls
+        if self.reasoning is not None:
+            data["r"] = self.reasoning
+            data["rt"] = self.usage.reasoning_tokens
+            if self.usage.reasoning_estimated:
+                data["re"] = True
+        return data
 
     @classmethod
     def from_cache(cls, data: dict[str, Any]) -> "Completion":
         return cls(
             text=data["text"],
-            usage=Usage(data.get("pt", 0), data.get("ct", 0)),
+            usage=Usage(data.get("pt", 0), data.get("ct", 0), data.get("rt", 0), bool(data.get("re", False))),
             finish_reason=data.get("fr"),
             model=data.get("m", ""),
             cached=True,
+            tool_calls=data.get("tc"),
+            reasoning=data.get("r"),
         )
 
 
@@ -122,6 +154,7 @@ class Backend(abc.ABC):
     """One model endpoint. Implementations must be safe to call concurrently from one event loop."""
 
     supports_grammar: bool = False  # the backend enforces a JSON schema while decoding
+    supports_tools: bool = False  # chat_tools: the endpoint takes OpenAI's `tools` and answers `tool_calls`
     reward_batch_size: int = 1  # conversations per reward() call: 1 for one HTTP request each, more for local batching
 
     @property
@@ -140,6 +173,22 @@ class Backend(abc.ABC):
         json_schema: dict[str, Any] | None = None,
         seed: int | None = None,
     ) -> Completion: ...
+
+    async def chat_tools(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        params: dict[str, Any],
+        *,
+        tool_choice: str | None = None,
+        seed: int | None = None,
+    ) -> Completion:
+        """Chat with native tool calling (OpenAI's ``tools``): the reply's calls are in ``tool_calls``.
+
+        Only backends with ``supports_tools`` offer it; the others are asked for JSON replies instead
+        (``chat`` with a schema), which is what callers fall back to.
+        """
+        raise ModelError(f"{type(self).__name__} does not offer native tool calling")
 
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
         raise ModelError(f"{type(self).__name__} does not offer raw text completion")

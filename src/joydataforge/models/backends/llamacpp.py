@@ -11,9 +11,11 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError, ModelError
+from .. import reasoning
 from ..chat_template import ChatTemplateSource
 from ..config import ModelConfig
 from .base import Backend, Completion, Messages, Usage
@@ -83,6 +85,8 @@ class LlamaCppBackend(Backend):
     def __init__(self, config: ModelConfig):
         self.config = config
         self.path = str(resolve_model_path(config.model_path))
+        # The id replies carry (provenance): the configured label, else the GGUF's file name.
+        self.label = config.model or Path(self.path).stem
 
     def _loaded(self, embedding: bool = False) -> _LoadedModel:
         return _LoadedModel.get(
@@ -111,8 +115,8 @@ class LlamaCppBackend(Backend):
         kwargs = self._params(params)
         if schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": schema}
-        if seed is not None:
-            kwargs["seed"] = seed
+        if "seed" in params or seed is not None:  # a step's own seed wins, as on a server
+            kwargs["seed"] = params.get("seed", seed)
         started = time.perf_counter()
         try:
             data = self._llama().create_chat_completion(messages=messages, **kwargs)
@@ -120,13 +124,18 @@ class LlamaCppBackend(Backend):
             raise ModelError(f"model '{self.config.name}': {exc}", model=self.config.name) from None
         choice = data["choices"][0]
         usage = data.get("usage") or {}
-        return Completion(
+        completion = Completion(
             text=choice["message"].get("content") or "",
             usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
             finish_reason=choice.get("finish_reason"),
-            model=self.config.model,
+            model=self.label,
             latency=time.perf_counter() - started,
         )
+        return reasoning.apply(completion, self.config, tokenize=self._count_tokens)
+
+    def _count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by the GGUF's own tokenizer (to count a reasoning trace)."""
+        return len(self._llama().tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     async def chat(
         self,
@@ -140,8 +149,8 @@ class LlamaCppBackend(Backend):
 
     def _complete_sync(self, prompt: str, params: dict[str, Any], seed: int | None) -> Completion:
         kwargs = self._params(params)
-        if seed is not None:
-            kwargs["seed"] = seed
+        if "seed" in params or seed is not None:  # a step's own seed wins, as on a server
+            kwargs["seed"] = params.get("seed", seed)
         try:
             data = self._llama().create_completion(prompt=prompt, **kwargs)
         except ValueError as exc:
@@ -152,7 +161,7 @@ class LlamaCppBackend(Backend):
             text=choice.get("text") or "",
             usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
             finish_reason=choice.get("finish_reason"),
-            model=self.config.model,
+            model=self.label,
         )
 
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:

@@ -6,6 +6,8 @@ concurrent calls on a small machine). Sorts every failure into three kinds, beca
 each differently: transient (retried with backoff: 429, 5xx, timeouts, dropped connections), fatal (fails at
 once: a retry would get the same answer) and, across both, endpoint faults (nothing usable answered: a
 closed port, an HTML login page, JSON without ``choices``, a refused key), which the circuit breaker counts.
+Every reply's headers are read for the wait it asks (``retry-after-ms``, else ``Retry-After``) and for the
+x-ratelimit-* budget, which goes up to the gateway (``on_rate_limits``) to pace this model's requests.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import json
 import re
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
 from ...errors import ModelError
+from .. import reasoning
 from ..chat_template import ChatTemplateSource, load_chat_template_file
 from ..config import ModelConfig
+from ..rate_headers import RateLimitInfo, parse_rate_limit_headers, retry_after_seconds
 from .base import Backend, Completion, FatalError, Messages, StructuredOutputRefused, TransientError, Usage
 
 _TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524}
@@ -150,6 +155,8 @@ def describe_connection_error(exc: aiohttp.ClientError) -> str:
 
 
 class OpenAICompatBackend(Backend):
+    supports_tools = True  # the request takes `tools`; a server that refuses them says so in its error
+
     def __init__(self, config: ModelConfig):
         if not config.base_url:
             raise ModelError(f"model '{config.name}': the openai backend needs base_url")
@@ -157,6 +164,8 @@ class OpenAICompatBackend(Backend):
         self.base_url = config.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._schema_mode = config.structured_output  # stepped down if the server refuses json_schema
+        # Told each reply's x-ratelimit-* budget (set by the gateway; None: nobody listens).
+        self.on_rate_limits: Callable[[RateLimitInfo], None] | None = None
 
     @property
     def structured_output(self) -> str:
@@ -197,7 +206,7 @@ class OpenAICompatBackend(Backend):
             async with session.post((base or self.base_url) + path, json=body) as response:
                 payload = await response.read()
                 status, content_type, charset = response.status, response.content_type, response.charset
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                retry_after = self._rate_headers(response.headers)
         except aiohttp.ConnectionTimeoutError:
             seconds = min(self.config.timeout, CONNECT_TIMEOUT)
             raise TransientError(
@@ -217,6 +226,17 @@ class OpenAICompatBackend(Backend):
                 f"model '{name}': connection failed: {what} ({exc})", model=name, endpoint_fault=what
             ) from None
         return self._reply(path, status, content_type, _decode(payload, charset), retry_after, expect)
+
+    def _rate_headers(self, headers: Any) -> float | None:
+        """The wait a reply asks for (``retry-after-ms``, else ``Retry-After``); its x-ratelimit-* budget goes
+        to ``on_rate_limits`` (the gateway's, which paces this model's requests by it)."""
+        if self.on_rate_limits is not None:
+            info = parse_rate_limit_headers(headers)
+            if info is not None:
+                self.on_rate_limits(info)
+        if "retry-after-ms" in headers:
+            return retry_after_seconds(headers)
+        return parse_retry_after(headers.get("Retry-After"))
 
     def _reply(
         self, path: str, status: int, content_type: str, text: str, retry_after: float | None, expect: str | None
@@ -289,33 +309,94 @@ class OpenAICompatBackend(Backend):
         json_schema: dict[str, Any] | None = None,
         seed: int | None = None,
     ) -> Completion:
-        body: dict[str, Any] = {"model": self.config.model, "messages": messages, **params}
-        if seed is not None and "seed" not in body:
-            body["seed"] = seed
-        if json_schema is not None and self._schema_mode != "none":
-            body["response_format"] = self._response_format(json_schema)
+        path, body = self.request("chat", messages, params, json_schema=json_schema, seed=seed)
         try:
-            data = await self._post("/chat/completions", body, expect="choices")
+            data = await self._post(path, body, expect="choices")
         except (TransientError, FatalError) as exc:
             said = error_text(_json_or_none(exc.raw or ""))
             if "response_format" not in body or said is None or not _refuses_structured_output(said):
                 raise
             raise self._step_down(body["response_format"]["type"], exc, said) from None
+        return self.reply("chat", data)[0]
+
+    def request(
+        self,
+        verb: str,
+        payload: Any,
+        params: dict[str, Any],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        seed: int | None = None,
+        n: int = 1,
+    ) -> tuple[str, dict[str, Any]]:
+        """The path (under ``base_url``) and the body of the request a gateway verb (``chat``, ``chat_tools``,
+        ``complete``) sends. One place builds them, so a provider batch (:mod:`..batch`) carries exactly the
+        request a live call would have made."""
+        if verb == "complete":
+            body: dict[str, Any] = {"model": self.config.model, "prompt": payload, **params}
+            if n > 1:
+                body["n"] = n
+            path = "/completions"
+        elif verb == "chat_tools":
+            body = {"model": self.config.model, "messages": payload["messages"], "tools": payload["tools"], **params}
+            if payload.get("tool_choice") is not None:
+                body["tool_choice"] = payload["tool_choice"]
+            path = "/chat/completions"
+        elif verb == "chat":
+            body = {"model": self.config.model, "messages": payload, **params}
+            path = "/chat/completions"
+        else:
+            raise ModelError(f"model '{self.config.name}': no request for verb '{verb}'", model=self.config.name)
+        if seed is not None and "seed" not in body:
+            body["seed"] = seed
+        if verb == "chat" and json_schema is not None and self._schema_mode != "none":
+            body["response_format"] = self._response_format(json_schema)
+        return path, body
+
+    def reply(self, verb: str, data: dict[str, Any], n: int = 1) -> list[Completion]:
+        """The completions in a reply body to :meth:`request`'s request, live or from a provider batch's results
+        file; a body without them raises :class:`TransientError`."""
+        if verb == "complete":
+            return self._text_completions(data)
         try:
             choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError, AttributeError):
+            message = choice["message"]
+            text = message.get("content") or ""
+            trace = message.get("reasoning_content") or message.get("reasoning")  # DeepSeek/vLLM; OpenRouter/Ollama
+            tools = verb == "chat_tools"  # a plain chat reply's tool_calls are not read
+            calls = [_tool_call(call, k) for k, call in enumerate(message.get("tool_calls") or [])] if tools else []
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            what = "reply without choices" + (" or with malformed tool_calls" if verb == "chat_tools" else "")
             raise TransientError(
-                f"model '{self.config.name}': reply without choices: {str(data)[:200]}",
+                f"model '{self.config.name}': {what}: {str(data)[:200]}",
                 model=self.config.name,
                 raw=json.dumps(data),
             ) from None
-        return Completion(
+        completion = Completion(
             text=text,
             usage=self._usage(data),
             finish_reason=choice.get("finish_reason"),
             model=data.get("model", self.config.model),
+            tool_calls=calls or None,
         )
+        trace = trace if isinstance(trace, str) else None
+        return [reasoning.apply(completion, self.config, trace, server_tokens=_reasoning_tokens(data))]
+
+    async def chat_tools(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        params: dict[str, Any],
+        *,
+        tool_choice: str | None = None,
+        seed: int | None = None,
+    ) -> Completion:
+        """``chat`` with OpenAI's ``tools`` (and ``tool_choice``): the calls the model made come back in
+        ``tool_calls``, each ``{"id", "type": "function", "function": {"name", "arguments"}}``."""
+        payload = {"messages": messages, "tools": tools, "tool_choice": tool_choice}
+        path, body = self.request("chat_tools", payload, params, seed=seed)
+        data = await self._post(path, body, expect="choices")
+        return self.reply("chat_tools", data)[0]
 
     def _step_down(self, used: str, refusal: ModelError, said: str) -> StructuredOutputRefused:
         """The server refused our way of asking for structured output (some answer 400, some 500): step down
@@ -358,12 +439,10 @@ class OpenAICompatBackend(Backend):
         return got[:n]
 
     async def _completions(self, prompt: str, params: dict[str, Any], n: int, seed: int | None) -> list[Completion]:
-        body: dict[str, Any] = {"model": self.config.model, "prompt": prompt, **params}
-        if n > 1:
-            body["n"] = n
-        if seed is not None and "seed" not in body:
-            body["seed"] = seed
-        data = await self._post("/completions", body, expect="choices")
+        path, body = self.request("complete", prompt, params, seed=seed, n=n)
+        return self._text_completions(await self._post(path, body, expect="choices"))
+
+    def _text_completions(self, data: dict[str, Any]) -> list[Completion]:
         try:
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
             texts = [c.get("text") or "" for c in choices]
@@ -428,6 +507,32 @@ class OpenAICompatBackend(Backend):
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+def _reasoning_tokens(data: dict[str, Any]) -> int | None:
+    """The server's count of the reply's reasoning tokens (``usage.completion_tokens_details.reasoning_tokens``:
+    OpenAI, DeepSeek, OpenRouter), or None when it gives none."""
+    usage = data.get("usage")
+    details = usage.get("completion_tokens_details") if isinstance(usage, dict) else None
+    value = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _tool_call(call: Any, index: int) -> dict[str, Any]:
+    """One tool call in OpenAI's shape, whatever a server's variant: arguments as JSON text (some servers
+    send an object), an id even where the server gave none (the tool's reply must name it)."""
+    function = call["function"]
+    name = function["name"]
+    if not isinstance(name, str):
+        raise ValueError("tool call without a function name")
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+    return {
+        "id": str(call.get("id") or f"call_{index}"),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
 
 
 def _embedded_status(data: Any) -> int:

@@ -3,8 +3,12 @@
 ``vllm.LLM.generate`` is a blocking call that is fastest when handed many prompts at once, while steps
 send one request each from the event loop. So each loaded engine has one thread that drains a queue:
 it takes every request waiting (after a short window for the first), hands them to vLLM as one batch, and
-resolves each caller's future. Requests that arrive during a batch form the next one, so the batch size
-follows the gateway's ``max_concurrency`` (256 by default for this backend). A failing batch is retried
+resolves each caller's future. Requests that arrive during a batch form the next one, so the batch width
+is the model's concurrency limit: adaptive by default (:mod:`..adaptive`), which widens it while wider
+batches get more requests done per second (x4 a batch from 2 while a batch takes no longer than a narrow
+one) and stops where they no longer do, up to ``max_concurrency`` (256 by default for this backend);
+with ``concurrency: fixed`` it is ``max_concurrency`` from the first batch. ``batches`` keeps the widths
+handed to vLLM. A failing batch is retried
 one request at a time, so a single over-long prompt fails alone and never takes its neighbours with it.
 
 vLLM is an optional extra (``pip install 'joydataforge[vllm]'``, Linux + NVIDIA GPU); nothing else in the
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import ConfigError, ModelError
+from .. import reasoning
 from ..chat_template import ChatTemplateSource, load_chat_template_file
 from ..config import ModelConfig
 from .base import Backend, Completion, Messages, Usage
@@ -216,6 +221,7 @@ class VLLMBackend(Backend):
         self._template_file: ChatTemplateSource | None = (
             load_chat_template_file(config.chat_template) if config.chat_template else None
         )
+        self._reasoning: tuple[Any, Any] | None = None  # (tokenizer, reasoning parser or None), see _reasoning_tools
 
     @property
     def _template_text(self) -> str | None:
@@ -278,7 +284,21 @@ class VLLMBackend(Backend):
         request = _Request(
             "chat", list(messages), self._sampling(params, 1, seed, json_schema), chat_template=self._template_text
         )
-        return self._completions(await self._submit(request))[0]
+        completion = self._completions(await self._submit(request))[0]
+        tokenizer, parser = await self._reasoning_tools()
+        trace = None
+        if parser is not None:
+            trace, content = _extract_reasoning(parser, completion.text, None)
+            completion.text = content or ""
+        return reasoning.apply(completion, self.config, trace, tokenize=_token_counter(tokenizer))
+
+    async def _reasoning_tools(self) -> tuple[Any, Any]:
+        """The loaded tokenizer (to count trace tokens) and vLLM's reasoning parser when ``engine_args`` names
+        one (``reasoning_parser: deepseek_r1``, ``qwen3``, ...): made once, on the engine's thread."""
+        if self._reasoning is None:
+            name = self.config.engine_args.get("reasoning_parser")
+            self._reasoning = await self._submit(_Request("call", lambda llm: _reasoning_parts(llm, name)))
+        return self._reasoning
 
     async def complete(self, prompt: str, params: dict[str, Any], *, seed: int | None = None) -> Completion:
         return (await self.complete_n(prompt, params, 1, seed=seed))[0]
@@ -363,6 +383,36 @@ def _pooling_params(use_activation: bool) -> Any:
         return pooling.PoolingParams(use_activation=use_activation)
     except TypeError:
         return pooling.PoolingParams(activation=use_activation)
+
+
+def _reasoning_parts(llm: Any, parser_name: str | None) -> tuple[Any, Any]:
+    """The engine's tokenizer and, when ``parser_name`` is given, an instance of vLLM's reasoning parser of
+    that name (``vllm.reasoning.ReasoningParserManager``: the parser ``vllm serve --reasoning-parser`` uses)."""
+    tokenizer = llm.get_tokenizer()
+    if not parser_name:
+        return tokenizer, None
+    try:
+        from vllm.reasoning import ReasoningParserManager  # type: ignore[import-not-found]
+
+        parser_class = ReasoningParserManager.get_reasoning_parser(parser_name)
+    except (ImportError, KeyError) as exc:
+        raise ModelError(
+            f"vLLM has no reasoning parser '{parser_name}' (engine_args.reasoning_parser): {exc}"
+        ) from None
+    return tokenizer, parser_class(tokenizer)
+
+
+def _extract_reasoning(parser: Any, text: str, request: Any) -> tuple[str | None, str | None]:
+    """``(trace, answer)`` by vLLM's parser; its method was ``extract_reasoning_content`` before vLLM 0.10."""
+    extract = getattr(parser, "extract_reasoning", None) or parser.extract_reasoning_content
+    return extract(text, request)
+
+
+def _token_counter(tokenizer: Any) -> Any:
+    """Tokens of a text by the served model's tokenizer, or None when there is none to ask."""
+    if tokenizer is None or not hasattr(tokenizer, "encode"):
+        return None
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
 
 def _tokenizer_template(llm: Any) -> ChatTemplateSource | None:

@@ -1,0 +1,444 @@
+"""Adaptive concurrency per model: how many requests to keep in flight, found while the run goes.
+
+Why: ``max_concurrency`` used to be a number the user guessed. Too low leaves a vLLM or SGLang server
+idle; too high against a saturated server only adds queueing and timeouts; against a hosted API it burns
+429s. So each model gets a controller that measures and decides, with ``max_concurrency`` as its ceiling.
+
+What it measures. Every request that finishes is a sample: its latency (slot taken to slot given back),
+the requests in flight as it ended, and what came of it (:func:`signal_of`). Decisions are taken once per
+*window*: a whole round of requests (as many as the limit, at least a few) started after the last
+decision, so each decision sees the effect of the one before, not the tail of the old queue. From a
+window come its throughput, by Little's law (mean requests in flight / mean latency: the rate at the limit
+being judged) and its queue, by Vegas' reckoning (the requests in flight that the lowest recent latency,
+the server with nothing waiting, does not account for).
+
+How it decides (a hill climb on throughput, with TCP's slow start and multiplicative decrease):
+
+- it starts at 2, so the first window measures an idle server, and multiplies the limit by 4 each
+  window while each raise pays (slow start), then by 1.1;
+- a raise is judged by its *gain*: the rise in throughput over its share of the rise in the limit (1 when
+  latency stayed flat, 0 when the server only queued the extra requests). Gain >= 0.3: raise again,
+  whatever latency did (a batching server's steps grow with its batch, and that is fine while they pay);
+  gain < 0.2: the server is saturated, so the limit goes down to its capacity (requests in flight less the
+  queue) plus a quarter, a small queue that keeps it busy while replies travel back; in between, back
+  to the limit before the raise;
+- a window in which the limit was never reached (the callers want fewer requests than allowed) changes
+  nothing: raising a limit nobody uses proves nothing; after a cut, the next window probes upwards;
+- a queue that stands where no raise is possible (the ceiling), and now and then any standing queue, is
+  tested by a *probe*: one window at the estimated capacity. If throughput fell with it, the limit goes
+  straight back (it was a batching server); if not, the queue is gone and the baseline measured afresh;
+- a 429, a 503 (or 504, 408, 529) or a timeout cuts at once, x0.7, at most once per round trip (requests
+  sent before the cut do not cut again); a 429's ``Retry-After`` also holds every new request of the
+  model until then (at most ``max_hold`` seconds: a longer wait is a spent quota, which the gateway fails
+  at once so the record is kept for ``--retry-failed``). After a run of cuts the limit climbs back fast
+  (x2 a window) to half of where the cuts began.
+
+Never stall: the limit never goes below 1, a hold always ends, and one request is always allowed to probe
+after it. A connection error, a reply that is not a model API's, a refused key is *neutral* here: a down
+endpoint is the circuit breaker's business (:mod:`.breaker`), not a reason to shrink the limit.
+
+The x-ratelimit-* headers hosted APIs send are used by :class:`~.limits.ModelLimits` (a mirror of the
+server's budget, so requests are paced before the server has to refuse them); this module only holds the
+limit. ``fixed`` mode uses the same slots with a pinned limit, so its latency and 429 share are reported
+the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .backends.base import TransientError
+
+OK = "ok"
+RATE_LIMITED = "rate_limited"  # 429: the server's quota
+OVERLOADED = "overloaded"  # 503, 504, 408, 529, a timeout: the server cannot keep up
+NEUTRAL = "neutral"  # says nothing about load: a refused request, a dead endpoint, a cancelled call
+
+OVERLOAD_STATUS = frozenset({408, 503, 504, 529})
+
+INITIAL_LIMIT = 2  # where adaptive starts: low enough that the first window measures an idle server
+SLOW_START = 4.0  # x4 a round trip from 2: 512 in four windows
+STEADY_RAISE = 1.10
+RECOVERY_RAISE = 2.0  # climbing back after cuts, up to half of the limit the cuts started from
+CUT = 0.7  # on 429, 503, timeouts
+MIN_GAIN = 0.3  # a raise that bought at least this share of throughput was worth it, latency or not
+SATURATED_GAIN = 0.2  # a raise that bought less than this: the server only queued the extra requests
+QUEUE_SHARE = 0.25  # the queue kept at the server: a quarter of the limit (it absorbs the client's jitter)...
+QUEUE_MIN = 2.0  # ...and at least two requests
+WINDOW_MIN_STEADY = 16  # after slow start, when steps are small and noise would decide them
+WINDOW_MIN = 2  # samples that decide a window, at least (else one round of the limit)
+BASELINE_WINDOWS = 32  # the no-load latency is the lowest window mean among this many
+LATENCY_EMA = 0.1
+
+
+def signal_of(exc: BaseException | None) -> str:
+    """What a finished request says about the server's load."""
+    if exc is None:
+        return OK
+    if isinstance(exc, TransientError) and getattr(exc, "endpoint_fault", None) is None:
+        status = exc.status
+        if status == 429:
+            return RATE_LIMITED
+        if status in OVERLOAD_STATUS or status is None:  # no status: no reply within the timeout
+            return OVERLOADED
+    return NEUTRAL
+
+
+class Ticket:
+    """One request holding a slot: when it started and what it saw then (plain data, cheap)."""
+
+    __slots__ = ("in_flight", "sent_at", "sent_requests", "sent_tokens", "start")
+
+    def __init__(self, start: float, in_flight: int):
+        self.start = start
+        self.in_flight = in_flight  # requests in flight once this one started, itself included
+        self.sent_at: float | None = None  # when the server budgets counted it (set by ModelLimits)
+        self.sent_requests = 0.0
+        self.sent_tokens = 0.0
+
+
+class ConcurrencyController:
+    """The limit of one model, adaptive or pinned; plain logic on an injectable clock (no asyncio).
+
+    ``start()`` when a request takes a slot, ``finish(ticket, signal, ...)`` when it gives it back; the
+    limit and ``hold_until`` tell the slots whether the next request may go.
+    """
+
+    def __init__(
+        self,
+        ceiling: int,
+        *,
+        adaptive: bool = True,
+        initial: int | None = None,
+        max_hold: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.ceiling = max(1, int(ceiling))
+        self.adaptive = adaptive
+        self.clock = clock
+        self.max_hold = max_hold
+        start = self.ceiling if not adaptive else min(self.ceiling, initial or INITIAL_LIMIT)
+        self._limit = float(max(1, start))
+        self.in_flight = 0
+        self.hold_until = 0.0
+        self.slow_start = adaptive
+        # the window being measured
+        self._window_start = clock()
+        self._latencies: list[float] = []
+        self._in_flight_sum = 0
+        self._limited = False
+        # what the last decision did: ("raise", factor, throughput before) or ("cut",) or None
+        self._last: tuple[Any, ...] | None = None
+        self._last_cut = -math.inf
+        self._recover_to = 0.0
+        self._means: collections.deque[float] = collections.deque(maxlen=BASELINE_WINDOWS)
+        # what the run shows
+        self.requests = 0
+        self.rate_limited = 0
+        self.overloaded = 0
+        self.decisions = 0
+        self.lowest = self.highest = self.limit
+        self.latency = 0.0  # the last window's mean, or a moving average until the first window
+        self.held = 0.0  # seconds of holds asked for by the server (Retry-After)
+
+    # ---- the limit --------------------------------------------------------------------------------------
+
+    @property
+    def limit(self) -> int:
+        return max(1, int(self._limit))
+
+    def _set(self, value: float) -> None:
+        self._limit = min(float(self.ceiling), max(1.0, value))
+        self.lowest = min(self.lowest, self.limit)
+        self.highest = max(self.highest, self.limit)
+
+    def may_start(self, now: float) -> bool:
+        return self.in_flight < self.limit and now >= self.hold_until
+
+    def start(self) -> Ticket:
+        """A request takes a slot (the caller checked :meth:`may_start`)."""
+        self.in_flight += 1
+        if self.in_flight >= self.limit:
+            self._limited = True
+        return Ticket(self.clock(), self.in_flight)
+
+    def grant(self, count: int) -> None:
+        """``count`` slots taken at once, without tickets (the Ray limits actor leases slots to workers)."""
+        self.in_flight += count
+        if self.in_flight >= self.limit:
+            self._limited = True
+
+    def note_waiting(self) -> None:
+        """A request had to wait for a slot: the limit is what bounds this model now."""
+        self._limited = True
+
+    # ---- feedback ---------------------------------------------------------------------------------------
+
+    def finish(self, ticket: Ticket, signal: str, retry_after: float | None = None) -> bool:
+        """The request gave its slot back; returns whether the limit or the hold changed."""
+        in_flight = self.in_flight  # itself included: Little's law counts it
+        self.in_flight -= 1
+        now = self.clock()
+        return self.feedback(ticket.start, now - ticket.start, in_flight, signal, retry_after, now)
+
+    def feedback(
+        self,
+        started: float,
+        latency: float,
+        in_flight: int,
+        signal: str,
+        retry_after: float | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """One finished request: when it started, how long it took, how many were in flight as it ended
+        (itself included), what came of it. Also how samples from other processes arrive, on Ray."""
+        now = self.clock() if now is None else now
+        if signal == NEUTRAL:
+            return False
+        self.requests += 1
+        if signal == OK:
+            self.latency = latency if self.latency == 0.0 else self.latency + LATENCY_EMA * (latency - self.latency)
+            if not self.adaptive or started < self._window_start:
+                return False
+            self._latencies.append(latency)
+            self._in_flight_sum += in_flight
+            if len(self._latencies) >= self._window_size():
+                return self._decide(now)
+            return False
+        if signal == RATE_LIMITED:
+            self.rate_limited += 1
+        else:
+            self.overloaded += 1
+        if not self.adaptive:
+            return False
+        changed = False
+        if retry_after is not None and 0 < retry_after <= self.max_hold and now + retry_after > self.hold_until:
+            self.held += now + retry_after - max(now, self.hold_until)
+            self.hold_until = now + retry_after
+            changed = True
+        if started >= self._last_cut:  # one cut per round trip: older requests saw the old limit
+            if self._last is None or self._last[0] != "cut":
+                self._recover_to = max(self._recover_to, self._limit / 2)
+            self._set(self._limit * CUT)
+            self.slow_start = False
+            self._last_cut = now
+            self._last = ("cut",)
+            self._new_window(now)
+            changed = True
+        return changed
+
+    def _window_size(self) -> int:
+        """A whole round of requests at the limit judged (the first few after a change are not typical: they
+        went before the queue built up), and a few at least, so one odd request does not decide."""
+        climbing = self.slow_start or self._limit < self._recover_to
+        return max(WINDOW_MIN if climbing else WINDOW_MIN_STEADY, math.ceil(self._limit))
+
+    def _new_window(self, now: float) -> None:
+        self._window_start = now
+        self._latencies = []
+        self._in_flight_sum = 0
+        self._limited = self.in_flight >= self.limit
+
+    def _decide(self, now: float) -> bool:
+        """A window is complete: keep, raise or cut the limit. Returns whether the limit changed.
+
+        Two measures. The *gain* of the last move: the change in throughput over its share of the change in
+        the limit (1 when latency stayed flat, 0 when the server only queued the extra requests); and the
+        *queue*, by Vegas' reckoning: the requests in flight that the lowest recent latency (the server with
+        nothing waiting) does not account for, ``in_flight * (1 - baseline / mean)``.
+
+        A raise that paid is followed by another. One that bought (almost) nothing is undone, down to the
+        server's capacity (requests in flight less the queue) plus a small queue that keeps it busy; one
+        that bought a little goes back to the limit before it (a batching server, whose latency grows with
+        its batch without any queue). With no raise to judge, the next window probes upwards. A queue that
+        stands where no raise is possible (the ceiling), and now and then anyway, is tested by a *probe*
+        down to the estimated capacity: if throughput fell with it, the queue was a batching server's
+        longer steps, and the limit goes straight back; if not, it was a queue, and it is gone.
+        """
+        count = len(self._latencies)
+        mean = sum(self._latencies) / count
+        in_flight = self._in_flight_sum / count
+        throughput = in_flight / mean if mean > 0 else math.inf
+        self.latency = mean
+        last = self._last
+        probing = last is not None and last[0] in ("probe", "settle")
+        self._means.append(mean)
+        baseline = min(self._means)
+        queue = max(0.0, in_flight * (1.0 - baseline / mean)) if mean > 0 else 0.0
+        capacity = in_flight - queue
+        target = max(QUEUE_MIN, QUEUE_SHARE * self._limit)
+        self.decisions += 1
+        before = self.limit
+        self._last = None
+        if not self._limited and not probing:
+            pass  # the callers wanted fewer requests than allowed: nothing learnt about the server
+        elif last is not None and last[0] == "raise":
+            factor, before_throughput = last[1], last[2]
+            gain = (throughput / before_throughput - 1) / (factor - 1) if before_throughput > 0 else 1.0
+            if gain >= MIN_GAIN:
+                self._raise(throughput)
+            else:
+                self.slow_start = False
+                undo = capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity)
+                if gain >= SATURATED_GAIN:
+                    undo = max(undo, self._limit / factor)
+                self._set(min(undo, self._limit / STEADY_RAISE))
+                self._last = ("cut",)
+        elif last is not None and last[0] == "settle":
+            self._last = ("probe", *last[1:])  # the window after a probe still drained the old queue
+        elif probing:
+            cut, before_throughput, restore = last[1], last[2], last[3]
+            loss = (1 - throughput / before_throughput) / (1 - 1 / cut) if before_throughput > 0 and cut > 1 else 0.0
+            if loss >= MIN_GAIN:
+                self._set(restore)  # the probe cost throughput: that queue was the server batching
+            else:
+                self._raise(throughput)
+        elif self.decisions == 1 and queue > target:
+            self.slow_start = False  # the first window already queued (a server smaller than the start)
+            self._set(max(1.0, capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity)))
+            self._last = ("cut",)
+        elif self._limit >= self.ceiling and queue > target:
+            self._probe(capacity, throughput)
+        else:
+            self._raise(throughput)
+        if (
+            self._last is None
+            and not probing
+            and not self.slow_start
+            and self._limited
+            and self.decisions % BASELINE_WINDOWS == 0
+            and queue > target
+        ):
+            # Now and then, one window without the queue: the lowest latency is measured afresh, so a
+            # standing queue cannot creep into the baseline (and a server that got slower is seen).
+            self._probe(capacity, throughput)
+        self._new_window(now)
+        return self.limit != before
+
+    def _probe(self, capacity: float, throughput: float) -> None:
+        old = self._limit
+        self._set(max(1.0, capacity))
+        self.slow_start = False
+        if self._limit < old:
+            self._last = ("settle", old / self._limit, throughput, old)
+
+    def _raise(self, throughput: float) -> None:
+        if self.slow_start:
+            factor = SLOW_START
+        elif self._limit < self._recover_to:
+            factor = RECOVERY_RAISE
+        else:
+            factor = STEADY_RAISE
+        old = self._limit
+        self._set(max(old * factor, old + 1))
+        if self._limit >= self.ceiling:
+            self.slow_start = False  # nothing left to find upwards
+        if self._limit >= self._recover_to:
+            self._recover_to = 0.0
+        self._last = ("raise", self._limit / old, throughput) if self._limit > old else None
+
+    def report(self) -> dict[str, Any]:
+        """What summary.json and the progress bar show of this model's concurrency."""
+        share = self.rate_limited / self.requests if self.requests else 0.0
+        return {
+            "mode": "adaptive" if self.adaptive else "fixed",
+            "limit": self.limit,
+            "ceiling": self.ceiling,
+            "lowest": self.lowest,
+            "highest": self.highest,
+            "latency": round(self.latency, 4),
+            "requests": self.requests,
+            "rate_limited": self.rate_limited,
+            "rate_limited_share": round(share, 4),
+            "overloaded": self.overloaded,
+            "held_seconds": round(self.held, 3),
+        }
+
+
+# The ticket of the request this task is making, for the server-budget mirror (x-ratelimit-* headers):
+# the backend reports headers through a callback that has no other way to know which request it was.
+current_ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("joyforge_ticket", default=None)
+
+
+class ConcurrencySlots:
+    """The asyncio side of a :class:`ConcurrencyController`: callers wait here for a slot, in turn.
+
+    A freed slot (or a raised limit, or the end of a hold) is handed straight to the next waiter, so a
+    burst of replies costs O(1) per reply, not a scramble of every waiter.
+    """
+
+    def __init__(self, controller: ConcurrencyController):
+        self.controller = controller
+        self._waiters: collections.deque[asyncio.Future[Ticket]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def acquire(self) -> Ticket:
+        controller = self.controller
+        if not self._waiters and controller.may_start(controller.clock()):
+            return controller.start()
+        controller.note_waiting()
+        future: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._wake()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # granted just as the caller was cancelled
+                self.release(future.result(), None, cancelled=True)
+            else:
+                try:
+                    self._waiters.remove(future)
+                except ValueError:
+                    pass
+            raise
+
+    def release(self, ticket: Ticket, exc: BaseException | None, *, cancelled: bool = False) -> None:
+        controller = self.controller
+        signal = NEUTRAL if cancelled or isinstance(exc, asyncio.CancelledError) else signal_of(exc)
+        retry_after = getattr(exc, "retry_after", None) if signal == RATE_LIMITED else None
+        controller.finish(ticket, signal, retry_after)
+        if self._waiters:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Hand slots to waiters while the limit and the hold allow; else wake up when the hold ends."""
+        controller = self.controller
+        now = controller.clock()
+        while self._waiters and controller.may_start(now):
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(controller.start())
+        if self._waiters and now < controller.hold_until and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(controller.hold_until - now, self._hold_over)
+
+    def _hold_over(self) -> None:
+        self._timer = None
+        self._wake()
+
+    def slot(self) -> "SlotContext":
+        return SlotContext(self)
+
+
+class SlotContext:
+    """``async with slots.slot():`` one request's slot; the exception leaving the block is its feedback."""
+
+    __slots__ = ("_reset", "slots", "ticket")
+
+    def __init__(self, slots: ConcurrencySlots):
+        self.slots = slots
+
+    async def __aenter__(self) -> Ticket:
+        self.ticket = await self.slots.acquire()
+        self._reset = current_ticket.set(self.ticket)
+        return self.ticket
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        current_ticket.reset(self._reset)
+        self.slots.release(self.ticket, exc)
+        return False

@@ -1,0 +1,60 @@
+"""The batch width of the in-process vLLM backend follows the model's concurrency limit (issue 16).
+
+On tests/fake_vllm a batch takes the same time whatever its width (a GPU far from full): adaptive
+concurrency must keep widening the batches; a pinned limit gives that width from the first batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from joydataforge.models.backends import vllm_offline
+from joydataforge.models.config import ModelRegistry
+from joydataforge.models.gateway import Gateway
+
+FAKE = Path(__file__).parent / "fake_vllm"
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    monkeypatch.syspath_prepend(str(FAKE))
+    sys.modules.pop("vllm", None)
+    sys.modules.pop("vllm.sampling_params", None)
+    import vllm
+
+    vllm.CALLS.clear()
+    monkeypatch.setattr(vllm_offline._Engine, "_engines", {})
+    monkeypatch.setattr(vllm, "DELAY_S", 0.01)
+    yield vllm
+    sys.modules.pop("vllm", None)
+    sys.modules.pop("vllm.sampling_params", None)
+
+
+async def chats(settings: dict, n: int) -> tuple[list[int], dict]:
+    body = {"backend": "vllm", "model": "org/x", **settings}
+    gateway = Gateway(ModelRegistry.from_dict({"models": {"v": body}}, "test"))
+    client = gateway.model("v")
+    try:
+        await asyncio.gather(*(client.chat([{"role": "user", "content": f"q{i}"}]) for i in range(n)))
+        report = client.concurrency()
+        widths = list(client.backend.engine.batches)
+    finally:
+        await gateway.close()
+    return widths, report
+
+
+async def test_adaptive_widens_the_batches_while_they_pay(fake_vllm):
+    widths, report = await chats({}, 3000)
+    assert widths[0] <= 2  # it starts narrow: nothing is known of this GPU yet
+    assert max(widths) >= 128 and report["highest"] >= 128  # a batch costs about the same however wide: widen
+    assert max(widths) <= 256  # the ceiling, vLLM's default max_concurrency
+
+
+async def test_a_pinned_width_from_the_first_batch(fake_vllm):
+    widths, report = await chats({"concurrency": "fixed", "max_concurrency": 32}, 320)
+    assert widths[0] == 32 and max(widths) == 32 and report["mode"] == "fixed"
