@@ -722,7 +722,8 @@ async def run_pilot(
     cache = CallCache(cache_path) if cache_path is not None else None
     meter = CallMeter()
     gateway = MeteredGateway(registry, cache, backends=backends, meter=meter)
-    executor = LocalExecutor(pilot, registry=registry, gateway=gateway, overwrite=True, progress=progress)
+    # batch=None: a pilot measures live calls, even of models set to `batch: true` (it must not submit a batch)
+    executor = LocalExecutor(pilot, registry=registry, gateway=gateway, overwrite=True, progress=progress, batch=None)
     stopped = None
     started = asyncio.get_running_loop().time()
     try:
