@@ -168,4 +168,6 @@ def test_every_built_in_kind_that_calls_a_model_has_a_planner():
     # Kinds whose planners are not written yet are said in the plan (a pilot measures them): listed here so a
     # new kind is a decision, not an accident.
     unplanned = {"tool_dialogue", "verify"}
-    assert set(BUILTIN_STEPS) - planned <= unplanned
+    # Steps other tests register (@register_step in tests/) are plugins, not built-in kinds.
+    builtin = {kind for kind, cls in BUILTIN_STEPS.items() if cls.__module__.startswith("joydataforge.")}
+    assert builtin - planned <= unplanned
