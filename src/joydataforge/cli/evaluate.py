@@ -374,36 +374,23 @@ def eval_command(
     joyforge eval data.jsonl --report report.html -o metrics.json
     joyforge eval data.jsonl --text-field input,history --embedder precomputed:embedding
     """
-    from ..evaluate.metrics import EvalOptions, evaluate_records
     from ..evaluate.report import write_report
 
     records, bad = read_dataset(data, skip_bad=skip_bad)
-    fields = split_fields(text_fields)
-    check_fields(records, fields, "--text-field")
-    texts = _texts(records, fields)
-    vectors, vector_source = resolve_vectors(
-        records, texts, embedder, models_file=models_file, cache=not no_cache, data_path=data
-    )
-    entity_maps, entity_source = resolve_entities(records, texts, entities_spec, models_file)
-    options = EvalOptions(
-        text_fields=fields,
+    evaluation = measure_records(
+        records,
+        data=data,
+        text_fields=text_fields,
+        embedder=embedder,
+        entity_fields=entity_fields,
+        entities_spec=entities_spec,
+        label_fields=label_fields,
         threshold=threshold,
         shingle_mode=shingle_mode,
-        label_fields=split_fields(label_fields) if label_fields else None,
-        entity_fields=() if entities_spec == "none" else (split_fields(entity_fields) if entity_fields else None),
+        models_file=models_file,
+        no_cache=no_cache,
         top_clusters=top_clusters,
     )
-    try:
-        evaluation = evaluate_records(
-            records,
-            options,
-            vectors=vectors,
-            embedder=vector_source,
-            entity_maps=entity_maps,
-            entity_source=entity_source,
-        )
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
     evaluation.metrics = {"data": str(data), "bad_records": len(bad), **evaluation.metrics}
     console = _console()
     console.print(_summary_table(f"eval: {Path(data).name}", [("value", evaluation.metrics)]))
@@ -424,6 +411,55 @@ def eval_command(
         console.print(f"report: {report_path}")
     if not output and not report_path:
         click.echo(text)
+
+
+def measure_records(
+    records: list[Record],
+    *,
+    data: str,
+    text_fields: tuple[str, ...],
+    embedder: str,
+    entity_fields: tuple[str, ...],
+    entities_spec: str,
+    label_fields: tuple[str, ...],
+    threshold: float,
+    shingle_mode: str,
+    models_file: str | None,
+    no_cache: bool,
+    top_clusters: int = 10,
+) -> Any:
+    """Every ``joyforge eval`` metric of the records, from the command-line spelling of its options.
+
+    ``joyforge push`` measures what it pushes with this too, so a dataset card's numbers are the ones ``eval`` prints.
+    """
+    from ..evaluate.metrics import EvalOptions, evaluate_records
+
+    fields = split_fields(text_fields)
+    check_fields(records, fields, "--text-field")
+    texts = _texts(records, fields)
+    vectors, vector_source = resolve_vectors(
+        records, texts, embedder, models_file=models_file, cache=not no_cache, data_path=data
+    )
+    entity_maps, entity_source = resolve_entities(records, texts, entities_spec, models_file)
+    options = EvalOptions(
+        text_fields=fields,
+        threshold=threshold,
+        shingle_mode=shingle_mode,
+        label_fields=split_fields(label_fields) if label_fields else None,
+        entity_fields=() if entities_spec == "none" else (split_fields(entity_fields) if entity_fields else None),
+        top_clusters=top_clusters,
+    )
+    try:
+        return evaluate_records(
+            records,
+            options,
+            vectors=vectors,
+            embedder=vector_source,
+            entity_maps=entity_maps,
+            entity_source=entity_source,
+        )
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
 
 
 # --- dedup -----------------------------------------------------------------------------------------

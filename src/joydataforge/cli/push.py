@@ -17,9 +17,7 @@ from ..errors import InputError
 from .evaluate import (
     EMBEDDER_HELP,
     BadInput,
-    check_fields,
-    resolve_entities,
-    resolve_vectors,
+    measure_records,
     shingle_mode_option,
     split_fields,
 )
@@ -323,34 +321,19 @@ def _metrics(
             found = metrics.get("records") if isinstance(metrics, dict) else None
             raise BadInput(f"--metrics {metrics_path}: measures {found} records, but {count} are pushed")
         return metrics, f"Measured by `joyforge eval` ({Path(metrics_path).name})."
-    from ..evaluate.metrics import EvalOptions, evaluate_records
-    from ..text.minhash_dedup import record_text
-
-    fields = split_fields(text_fields)
-    check_fields(records, fields, "--text-field")
-    texts = [record_text(r, list(fields)) for r in records]
-    vectors, vector_source = resolve_vectors(
-        records, texts, embedder, models_file=models_file, cache=not no_cache, data_path=data
-    )
-    entity_maps, entity_source = resolve_entities(records, texts, entities_spec, models_file)
-    options = EvalOptions(
-        text_fields=fields,
+    evaluation = measure_records(
+        records,
+        data=data,
+        text_fields=text_fields,
+        embedder=embedder,
+        entity_fields=entity_fields,
+        entities_spec=entities_spec,
+        label_fields=label_fields,
         threshold=threshold,
         shingle_mode=shingle_mode,
-        label_fields=split_fields(label_fields) if label_fields else None,
-        entity_fields=() if entities_spec == "none" else (split_fields(entity_fields) if entity_fields else None),
+        models_file=models_file,
+        no_cache=no_cache,
     )
-    try:
-        evaluation = evaluate_records(
-            records,
-            options,
-            vectors=vectors,
-            embedder=vector_source,
-            entity_maps=entity_maps,
-            entity_source=entity_source,
-        )
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
     return evaluation.metrics, None
 
 
