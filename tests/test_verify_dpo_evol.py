@@ -50,6 +50,15 @@ def test_select_pairs_over_verified_pools():
     assert select_pairs(scores, "best_vs_worst").pairs == [(0, 3)]
 
 
+@pytest.mark.parametrize("rule", ["best_vs_worst", "best_vs_random"])
+def test_select_pairs_when_the_only_failing_candidate_is_the_best(rule):
+    import random
+
+    # only "rejected" is checked and the best candidate is the one that failed: no other candidate to reject
+    picked = select_pairs([9.0, 8.0], rule, rejected_from={0}, rng=random.Random(0))
+    assert picked.pairs == [] and picked.dropped == Counter({"no_failing_candidate": 1})
+
+
 def test_dpo_chosen_passes_and_rejected_fails_a_math_check(tmp_path):
     # The judge likes the long wrong answer best; the check keeps it out of "chosen".
     texts = ["It is 6, clearly and in many words.", "2 + 3 = 5", "The answer is \\boxed{5}", "Maybe 7."]

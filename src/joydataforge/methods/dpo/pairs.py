@@ -109,35 +109,54 @@ def select_pairs(
     selection = Selection()
     if len(scored) < 2:
         return selection
-    if chosen_from is not None or rejected_from is not None:
-        return _select_verified(
-            scores,
-            rule,
-            [i for i in scored if chosen_from is None or i in chosen_from],
-            [i for i in scored if rejected_from is None or i in rejected_from],
-            lambda c, r: pair_verdict(
-                scores, c, r, margin=margin, verdict=verdict, lengths=lengths, length_penalty=length_penalty
-            ),
-            rng,
-        )
 
     def check(chosen: int, rejected: int) -> str | None:
         return pair_verdict(
             scores, chosen, rejected, margin=margin, verdict=verdict, lengths=lengths, length_penalty=length_penalty
         )
 
-    # Highest score first; among equal scores the lower index first (stable sort), for both ends.
-    ranked = sorted(scored, key=lambda i: -scores[i])  # type: ignore[operator]
-    best = ranked[0]
+    if chosen_from is None and rejected_from is None:
+        # Every unordered pair once, the higher score chosen (the lower index on a tie).
+        ordered = [
+            (a, b) if scores[a] >= scores[b] else (b, a)  # type: ignore[operator]
+            for n, a in enumerate(scored)
+            for b in scored[n + 1 :]
+        ]
+        return _apply_rule(scores, rule, scored, scored, ordered, check, rng)
+    winners = [i for i in scored if chosen_from is None or i in chosen_from]
+    losers = [i for i in scored if rejected_from is None or i in rejected_from]
+    if not winners or not losers:
+        selection.dropped["no_passing_candidate" if not winners else "no_failing_candidate"] += 1
+        return selection
+    return _apply_rule(scores, rule, winners, losers, [(c, r) for c in winners for r in losers if c != r], check, rng)
+
+
+def _apply_rule(
+    scores: Sequence[float | None],
+    rule: str,
+    winners: list[int],
+    losers: list[int],
+    all_pairs: list[tuple[int, int]],
+    check: Callable[[int, int], str | None],
+    rng: random.Random | None,
+) -> Selection:
+    """The rule over a pool: the chosen from ``winners``, the rejected from ``losers`` (for ``all_pairs``, the
+    (chosen, rejected) pairs given). Highest score first; among equal scores the lower index, at both ends."""
+    selection = Selection()
+    best = min(winners, key=lambda i: (-scores[i], i))  # type: ignore[operator]
+    rest = [i for i in losers if i != best]
+    if rule in ("best_vs_worst", "best_vs_random") and not rest:
+        selection.dropped["no_failing_candidate"] += 1
+        return selection
     if rule == "best_vs_worst":
-        worst = min((i for i in scored if i != best), key=lambda i: (scores[i], i))  # type: ignore[index]
+        worst = min(rest, key=lambda i: (scores[i], i))  # type: ignore[index]
         reason = check(best, worst)
         if reason is None:
             selection.pairs.append((best, worst))
         else:
             selection.dropped[reason] += 1
     elif rule == "best_vs_random":
-        reasons = {r: check(best, r) for r in scored if r != best}
+        reasons = {r: check(best, r) for r in rest}
         eligible = [r for r, reason in reasons.items() if reason is None]
         if eligible:
             if rng is None:
@@ -151,59 +170,10 @@ def select_pairs(
                     selection.dropped[reason] += 1
                     break
     else:
-        for a_pos, a in enumerate(scored):
-            for b in scored[a_pos + 1 :]:
-                s_a, s_b = scores[a], scores[b]
-                chosen, rejected = (a, b) if s_a >= s_b else (b, a)  # type: ignore[operator]
-                reason = check(chosen, rejected)
-                if reason is None:
-                    selection.pairs.append((chosen, rejected))
-                else:
-                    selection.dropped[reason] += 1
-    return selection
-
-
-def _select_verified(
-    scores: Sequence[float | None],
-    rule: str,
-    winners: list[int],
-    losers: list[int],
-    check: Callable[[int, int], str | None],
-    rng: random.Random | None,
-) -> Selection:
-    """The rule over verified pools: the chosen from ``winners`` (passed), the rejected from ``losers`` (failed)."""
-    selection = Selection()
-    if not winners or not losers:
-        selection.dropped["no_passing_candidate" if not winners else "no_failing_candidate"] += 1
-        return selection
-    best = min(winners, key=lambda i: (-scores[i], i))  # type: ignore[operator]
-    if rule == "best_vs_worst":
-        worst = min((i for i in losers if i != best), key=lambda i: (scores[i], i))  # type: ignore[index]
-        reason = check(best, worst)
-        if reason is None:
-            selection.pairs.append((best, worst))
-        else:
-            selection.dropped[reason] += 1
-    elif rule == "best_vs_random":
-        reasons = {r: check(best, r) for r in losers if r != best}
-        eligible = [r for r, reason in reasons.items() if reason is None]
-        if eligible:
-            if rng is None:
-                raise ValueError("best_vs_random needs a seeded random generator")
-            selection.pairs.append((best, rng.choice(eligible)))
-        else:
-            found = set(reasons.values())
-            for reason in reversed(DROP_REASONS):
-                if reason in found:
-                    selection.dropped[reason] += 1
-                    break
-    else:
-        for chosen in winners:
-            for rejected in losers:
-                if chosen != rejected:
-                    reason = check(chosen, rejected)
-                    if reason is None:
-                        selection.pairs.append((chosen, rejected))
-                    else:
-                        selection.dropped[reason] += 1
+        for chosen, rejected in all_pairs:
+            reason = check(chosen, rejected)
+            if reason is None:
+                selection.pairs.append((chosen, rejected))
+            else:
+                selection.dropped[reason] += 1
     return selection
