@@ -7,7 +7,7 @@ checks before a run never import a backend.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,57 +43,31 @@ class ModelCapabilities:
     whether this provider serves one is known only when a batch is submitted."""
 
 
+def _caps(flags: str, repetition_penalty_param: str = "repetition_penalty") -> ModelCapabilities:
+    """A capability row from the names of the flags that are true (the rest are false)."""
+    names = set(flags.split())
+    known = {f for f in ModelCapabilities.__dataclass_fields__ if f != "repetition_penalty_param"}
+    if names - known:
+        raise ValueError(f"unknown capabilities {sorted(names - known)}")
+    return ModelCapabilities(**{f: f in names for f in known}, repetition_penalty_param=repetition_penalty_param)
+
+
+_BY_BACKEND: dict[str, ModelCapabilities] = {
+    "openai": _caps("chat raw_completion embeddings rewards native_n chat_template_file native_tools batch_api"),
+    "llamacpp": _caps("chat raw_completion embeddings own_chat_template", "repeat_penalty"),
+    "vllm": _caps(
+        "chat raw_completion embeddings rewards native_n own_chat_template chat_template_file batches_in_flight"
+    ),
+    "transformers": _caps("rewards own_chat_template"),
+}
+
+
 def capabilities_of(config: "ModelConfig") -> ModelCapabilities:
-    backend = config.backend
-    if backend == "openai":
-        return ModelCapabilities(
-            chat=True,
-            raw_completion=True,
-            embeddings=True,
-            rewards=True,
-            native_n=True,
-            own_chat_template=False,
-            chat_template_file=True,
-            batches_in_flight=False,
-            repetition_penalty_param="repetition_penalty",
-            native_tools=True,
-            batch_api=True,
-        )
-    if backend == "llamacpp":
+    try:
+        capabilities = _BY_BACKEND[config.backend]
+    except KeyError:
+        raise ValueError(f"unknown backend {config.backend!r}") from None
+    if config.backend == "llamacpp" and config.chat_template:
         # A llama.cpp chat format named in chat_template replaces the GGUF's own Jinja template.
-        return ModelCapabilities(
-            chat=True,
-            raw_completion=True,
-            embeddings=True,
-            rewards=False,
-            native_n=False,
-            own_chat_template=not config.chat_template,
-            chat_template_file=False,
-            batches_in_flight=False,
-            repetition_penalty_param="repeat_penalty",
-        )
-    if backend == "vllm":
-        return ModelCapabilities(
-            chat=True,
-            raw_completion=True,
-            embeddings=True,
-            rewards=True,
-            native_n=True,
-            own_chat_template=True,
-            chat_template_file=True,
-            batches_in_flight=True,
-            repetition_penalty_param="repetition_penalty",
-        )
-    if backend == "transformers":
-        return ModelCapabilities(
-            chat=False,
-            raw_completion=False,
-            embeddings=False,
-            rewards=True,
-            native_n=False,
-            own_chat_template=True,
-            chat_template_file=False,
-            batches_in_flight=False,
-            repetition_penalty_param="repetition_penalty",
-        )
-    raise ValueError(f"unknown backend {backend!r}")
+        return replace(capabilities, own_chat_template=False)
+    return capabilities
