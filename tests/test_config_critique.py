@@ -7,6 +7,7 @@ from joydataforge.engine.registry import build_step
 from joydataforge.errors import ConfigError
 from joydataforge.methods.critique.config import CritiqueReviseConfig
 from joydataforge.methods.critique.step import CritiqueRevise
+from tests.support.config_errors import A_GOOD_FIRST_STEP, pipeline_error
 
 WHERE = "pipeline.yaml: steps[1] (critique_revise)"
 PAIR = {"model": "author", "critic": "critic"}
@@ -14,14 +15,7 @@ PAIR = {"model": "author", "critic": "critic"}
 
 def error_of(settings: dict) -> str:
     """The message for a pipeline whose second step is a ``critique_revise`` with ``settings``."""
-    data = {"input": {"path": "in.jsonl"}, "steps": [{"generate": {"model": "m"}}, {"critique_revise": settings}]}
-    with pytest.raises(ConfigError) as info:
-        Pipeline.from_dict(data, source="pipeline.yaml")
-    message = str(info.value)
-    assert "\n" not in message
-    for python_text in ("Traceback", "validation error", "For further information", "pydantic"):
-        assert python_text not in message
-    return message
+    return pipeline_error([A_GOOD_FIRST_STEP, {"critique_revise": settings}])
 
 
 @pytest.mark.parametrize(

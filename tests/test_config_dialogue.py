@@ -12,6 +12,7 @@ from joydataforge.engine.registry import build_step
 from joydataforge.errors import ConfigError
 from joydataforge.methods.dialogue.config import CDSS_LABELS, DialogueIntentConfig, IntentBinaryConfig
 from joydataforge.methods.dialogue.step import DialogueIntent, IntentBinaryCheck
+from tests.support.config_errors import A_GOOD_FIRST_STEP, pipeline_error
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MODEL = {"model": "smollm2-dialogue"}
@@ -19,14 +20,7 @@ MODEL = {"model": "smollm2-dialogue"}
 
 def error_of(kind: str, settings: dict) -> str:
     """The message for a pipeline whose second step is ``kind`` with ``settings``."""
-    data = {"input": {"path": "in.jsonl"}, "steps": [{"generate": {"model": "m"}}, {kind: settings}]}
-    with pytest.raises(ConfigError) as info:
-        Pipeline.from_dict(data, source="pipeline.yaml")
-    message = str(info.value)
-    assert "\n" not in message
-    for python_text in ("Traceback", "validation error", "For further information", "pydantic"):
-        assert python_text not in message
-    return message
+    return pipeline_error([A_GOOD_FIRST_STEP, {kind: settings}])
 
 
 @pytest.mark.parametrize(

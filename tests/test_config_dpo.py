@@ -16,20 +16,14 @@ from joydataforge.methods.dpo.step import PreferencePairs
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from joydataforge.prompts.renderer import PromptLibrary
+from tests.support.config_errors import pipeline_error
 
 KNOWN = ", ".join(field_names(PreferencePairsConfig))
 
 
 def error_of(settings: dict[str, Any], before: list[dict[str, Any]] | None = None) -> str:
     """The ConfigError text of a pipeline whose last step is ``dpo`` with ``settings``."""
-    data = {"input": {"path": "in.jsonl"}, "steps": [*(before or []), {"dpo": settings}]}
-    with pytest.raises(ConfigError) as err:
-        Pipeline.from_dict(data, source="pipeline.yaml")
-    text = str(err.value)
-    assert "\n" not in text, text
-    for python_words in ("Traceback", "validation error", "For further information", "Value error", "type="):
-        assert python_words not in text, text
-    return text
+    return pipeline_error([*(before or []), {"dpo": settings}])
 
 
 @pytest.mark.parametrize(

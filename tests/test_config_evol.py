@@ -13,6 +13,7 @@ from joydataforge.errors import ConfigError
 from joydataforge.methods.evol_instruct.config import ELIMINATION_RULES, OPERATION_NAMES, EvolInstructConfig
 from joydataforge.methods.evol_instruct.operations import OPERATIONS
 from joydataforge.methods.evol_instruct.step import EvolInstruct
+from tests.support.config_errors import pipeline_error
 
 KNOWN = ", ".join(field_names(EvolInstructConfig))
 OPERATION_CHOICES = "'constraints', 'deepen', 'concretize', 'reasoning', 'complicate_input', 'redirect' or 'breadth'"
@@ -20,14 +21,7 @@ OPERATION_CHOICES = "'constraints', 'deepen', 'concretize', 'reasoning', 'compli
 
 def error_of(settings: dict[str, Any], before: list[dict[str, Any]] | None = None) -> str:
     """The ConfigError text of a pipeline whose last step is ``evol_instruct`` with ``settings``."""
-    data = {"input": {"path": "in.jsonl"}, "steps": [*(before or []), {"evol_instruct": settings}]}
-    with pytest.raises(ConfigError) as err:
-        Pipeline.from_dict(data, source="pipeline.yaml")
-    text = str(err.value)
-    assert "\n" not in text, text
-    for python_words in ("Traceback", "validation error", "For further information", "Value error", "type="):
-        assert python_words not in text, text
-    return text
+    return pipeline_error([*(before or []), {"evol_instruct": settings}])
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from joydataforge.engine.registry import build_step
 from joydataforge.errors import ConfigError
 from joydataforge.methods.joint.config import JointConfig
 from joydataforge.methods.joint.step import Joint
+from tests.support.config_errors import A_GOOD_FIRST_STEP, pipeline_error
 
 WHERE = "pipeline.yaml: steps[1] (joint)"
 DRAFT = {"drafters": ["a", "b", "c"], "fuser": "f"}
@@ -14,14 +15,7 @@ DRAFT = {"drafters": ["a", "b", "c"], "fuser": "f"}
 
 def error_of(settings: dict) -> str:
     """The message for a pipeline whose second step is a ``joint`` with ``settings`` (the first one is fine)."""
-    data = {"input": {"path": "in.jsonl"}, "steps": [{"generate": {"model": "m"}}, {"joint": settings}]}
-    with pytest.raises(ConfigError) as info:
-        Pipeline.from_dict(data, source="pipeline.yaml")
-    message = str(info.value)
-    assert "\n" not in message
-    for python_text in ("Traceback", "validation error", "For further information", "pydantic"):
-        assert python_text not in message
-    return message
+    return pipeline_error([A_GOOD_FIRST_STEP, {"joint": settings}])
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from joydataforge.methods.magpie.config import (
 from joydataforge.methods.magpie.control_tasks import CONTROL_TASKS
 from joydataforge.methods.magpie.step import MagpieInstruction, MagpieResponse, MagpieTag
 from joydataforge.models.config import ModelRegistry
+from tests.support.config_errors import pipeline_error
 
 INSTRUCTION_KNOWN = (
     "attempts, cleaning, control_task, language, model, name, on_drop, output_field, params, samples, "
@@ -35,14 +36,7 @@ TAG_KNOWN = "input_field, keep, model, name, params, prompts, tags"
 
 def error_of(kind: str, settings: dict, before: list | None = None) -> str:
     """The message of the ConfigError a pipeline file with this step gets; it must be one plain line."""
-    steps = [*(before or []), {kind: settings}]
-    with pytest.raises(ConfigError) as error:
-        Pipeline.from_dict({"input": {"path": "slots.jsonl"}, "steps": steps}, source="pipeline.yaml")
-    message = str(error.value)
-    assert "\n" not in message
-    for python_text in ("Traceback", "validation error", "For further information", "Value error", "pydantic"):
-        assert python_text not in message
-    return message
+    return pipeline_error([*(before or []), {kind: settings}], input_path="slots.jsonl")
 
 
 # --- magpie --------------------------------------------------------------------------------------------

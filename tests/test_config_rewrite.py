@@ -10,6 +10,7 @@ from joydataforge.engine.registry import build_step
 from joydataforge.errors import ConfigError
 from joydataforge.methods.rewrite.config import DEFAULT_TYPES, RewriteConfig
 from joydataforge.methods.rewrite.step import Rewrite
+from tests.support.config_errors import A_GOOD_FIRST_STEP, pipeline_error
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WHERE = "pipeline.yaml: steps[1] (rewrite)"
@@ -18,14 +19,7 @@ MODEL = {"model": "smollm2-rewriter"}
 
 def error_of(settings: dict) -> str:
     """The message for a pipeline whose second step is a ``rewrite`` with ``settings``."""
-    data = {"input": {"path": "in.jsonl"}, "steps": [{"generate": {"model": "m"}}, {"rewrite": settings}]}
-    with pytest.raises(ConfigError) as info:
-        Pipeline.from_dict(data, source="pipeline.yaml")
-    message = str(info.value)
-    assert "\n" not in message
-    for python_text in ("Traceback", "validation error", "For further information", "pydantic"):
-        assert python_text not in message
-    return message
+    return pipeline_error([A_GOOD_FIRST_STEP, {"rewrite": settings}])
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from joydataforge.engine.registry import build_step
 from joydataforge.errors import ConfigError
 from joydataforge.methods.seedless.config import SeedlessConfig
 from joydataforge.methods.seedless.step import Seedless
+from tests.support.config_errors import A_GOOD_FIRST_STEP, pipeline_error
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WHERE = "pipeline.yaml: steps[1] (seedless)"
@@ -17,14 +18,7 @@ MODEL = {"model": "smollm2-writer"}
 
 def error_of(settings: dict) -> str:
     """The message for a pipeline whose second step is a ``seedless`` with ``settings``."""
-    data = {"input": {"path": "topics.yaml"}, "steps": [{"generate": {"model": "m"}}, {"seedless": settings}]}
-    with pytest.raises(ConfigError) as info:
-        Pipeline.from_dict(data, source="pipeline.yaml")
-    message = str(info.value)
-    assert "\n" not in message
-    for python_text in ("Traceback", "validation error", "For further information", "pydantic"):
-        assert python_text not in message
-    return message
+    return pipeline_error([A_GOOD_FIRST_STEP, {"seedless": settings}], input_path="topics.yaml")
 
 
 @pytest.mark.parametrize(

@@ -7,20 +7,14 @@ from joydataforge.engine.registry import build_step
 from joydataforge.errors import ConfigError
 from joydataforge.methods.vote.config import CascadeConfig, VoteConfig
 from joydataforge.methods.vote.step import Cascade, Vote
+from tests.support.config_errors import A_GOOD_FIRST_STEP, pipeline_error
 
 WHERE = "pipeline.yaml: steps[1]"
 
 
 def error_of(kind: str, settings: dict) -> str:
     """The message for a pipeline whose second step is ``kind`` with ``settings`` (the first one is fine)."""
-    data = {"input": {"path": "in.jsonl"}, "steps": [{"generate": {"model": "m"}}, {kind: settings}]}
-    with pytest.raises(ConfigError) as info:
-        Pipeline.from_dict(data, source="pipeline.yaml")
-    message = str(info.value)
-    assert "\n" not in message
-    for python_text in ("Traceback", "validation error", "For further information", "pydantic"):
-        assert python_text not in message
-    return message
+    return pipeline_error([A_GOOD_FIRST_STEP, {kind: settings}])
 
 
 VOTERS = {"models": ["a", "b", "c"]}
