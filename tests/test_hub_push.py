@@ -100,7 +100,7 @@ def test_push_run_folder_then_load_dataset(tmp_path: Path, hub_env: HubEnv) -> N
     assert list(loaded) == ["train"]
     expected = [comparable(r) for r in read_jsonl(run / "data.jsonl")]
     assert [comparable(r) for r in loaded["train"]] == expected
-    assert loaded["train"][0]["_meta"]["pipeline"] == "pipeline"  # provenance travels with the data
+    assert json.loads(loaded["train"][0]["_meta"])["pipeline"] == "pipeline"  # provenance travels with the data
 
     hub = hub_env.hub
     assert sorted(hub.files("me/pharmacy")) == [".gitattributes", "README.md", "data/train-00000-of-00001.parquet"]

@@ -256,6 +256,21 @@ def test_mixed_types_are_stored_as_json_text_and_decoded_back(tmp_path, caplog):
     assert [item.record for item in iter_records(tmp_path / "o.parquet")] == rows
 
 
+def test_the_bookkeeping_column_reads_back_exactly_and_quietly(tmp_path, caplog):
+    pytest.importorskip("pyarrow.parquet")
+    src = tmp_path / "o.jsonl"
+    # two calls whose params have different keys: as an Arrow struct, each would gain the other's keys as nulls
+    rows = [
+        {"id": 1, "_meta": {"calls": [{"step": "generate", "params": {"temperature": 0.7}}]}},
+        {"id": 2, "_meta": {"calls": [{"step": "label", "params": {"max_tokens": 8}}], "from": "in.jsonl:2"}},
+    ]
+    src.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        jsonl_to_parquet(src, tmp_path / "o.parquet")
+    assert "mixed types" not in caplog.text
+    assert [item.record for item in iter_records(tmp_path / "o.parquet")] == rows
+
+
 def test_jsonl_to_parquet_of_the_seed_samples(tmp_path):
     for name in ("seed_cdss.jsonl", "seed_wizard.jsonl"):
         original = [item.record for item in iter_records(FIXTURES / name)]

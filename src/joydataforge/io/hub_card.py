@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .hub import DataSource, PushTarget, RunFacts, Shard
+from .writers import BOOKKEEPING_COLUMN
 
 _BEGIN = re.compile(r"<!-- joyforge:begin (?P<key>[^ ]+)(?: records=(?P<records>\d+))? -->\n?")
 _HEADER_BEGIN, _HEADER_END = "<!-- joyforge:header -->", "<!-- joyforge:header end -->"
@@ -66,8 +67,14 @@ def parquet_columns(shards: Iterable[Shard], folder: Path) -> list[tuple[str, st
             as_json = set(json.loads((schema.metadata or {}).get(PARQUET_META_KEY, b"{}")).get("json_columns", []))
         except (ValueError, AttributeError):
             as_json = set()
-        return [(f.name, "JSON text (mixed types)" if f.name in as_json else str(f.type)) for f in schema]
+        return [(f.name, _column_type(f.name, str(f.type), f.name in as_json)) for f in schema]
     return []
+
+
+def _column_type(name: str, arrow_type: str, as_json: bool) -> str:
+    if not as_json:
+        return arrow_type
+    return "JSON text (the run's bookkeeping)" if name == BOOKKEEPING_COLUMN else "JSON text (mixed types)"
 
 
 def detect_languages(records: Iterable[dict[str, Any]], limit: int = 2_000) -> list[str]:

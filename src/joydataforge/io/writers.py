@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 _TAIL_CHUNK = 1 << 16
 
 
+BOOKKEEPING_COLUMN = "_meta"
+
+
 def dumps_line(record: dict[str, Any]) -> bytes:
     """One record as one JSONL line: UTF-8, not ASCII-escaped (Chinese stays readable), ending in \\n.
 
@@ -216,8 +219,9 @@ def jsonl_to_parquet(jsonl_path: str | Path, parquet_path: str | Path, *, batch_
     (``joydataforge`` -> ``json_columns``) and decoded back by
     :func:`~joydataforge.io.readers.iter_records`; a warning names them too.
 
-    Known loss: Parquet has no "absent" distinct from null, so a field missing from a record reads
-    back as ``None`` (likewise a key missing from one object of a struct column).
+    ``_meta`` (the run's bookkeeping: its objects differ from step to step and call to call) is always JSON text,
+    so it reads back exactly. Known loss elsewhere: Parquet has no "absent" distinct from null, so a field missing
+    from a record reads back as ``None`` (likewise a key missing from one object of a struct column).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -227,8 +231,9 @@ def jsonl_to_parquet(jsonl_path: str | Path, parquet_path: str | Path, *, batch_
     fields = [pa.field(name, pa.string() if name in json_columns else columns[name]) for name in names]
     metadata = {PARQUET_META_KEY: json.dumps({"json_columns": sorted(json_columns)}).encode()} if json_columns else None
     schema = pa.schema(fields, metadata=metadata)
-    if json_columns:
-        log.warning("%s: column(s) %s have mixed types; stored as JSON text", jsonl_path, sorted(json_columns))
+    mixed = sorted(json_columns - {BOOKKEEPING_COLUMN})
+    if mixed:
+        log.warning("%s: column(s) %s have mixed types; stored as JSON text", jsonl_path, mixed)
 
     destination = Path(parquet_path)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -270,6 +275,8 @@ def _infer_columns(jsonl_path: str | Path, batch_size: int) -> tuple[dict[str, A
     for name, data_type in types.items():
         if _has_empty_struct(data_type):
             json_columns.add(name)  # Parquet cannot store a struct without fields ({} everywhere)
+    if BOOKKEEPING_COLUMN in types:
+        json_columns.add(BOOKKEEPING_COLUMN)
     return types, json_columns
 
 
