@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ from joydataforge.models.breaker import CircuitBreaker
 from joydataforge.models.config import ModelConfig, ModelRegistry
 from joydataforge.models.gateway import Gateway
 from joydataforge.models.retry import RetryPolicy
+from tests.support.answering_server import answering_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,27 +73,6 @@ async def counted_gateway(
         yield gateway, backend
     finally:
         await gateway.close()
-
-
-@asynccontextmanager
-async def server(answer: Callable[[web.Request], web.Response]) -> AsyncIterator[tuple[str, list[str]]]:
-    """A server answering every POST with ``answer``; yields its base_url and the paths it was asked."""
-    seen: list[str] = []
-
-    async def route(request: web.Request) -> web.Response:
-        seen.append(request.path)
-        return answer(request)
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", route)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", seen
-    finally:
-        await runner.cleanup()
 
 
 async def generate_like(gateway: Gateway, records: int, concurrency: int) -> dict[str, list[str]]:
@@ -176,7 +156,7 @@ LOGIN_PAGE = "<!DOCTYPE html><html><head><title>Login</title></head><body><form>
     ],
 )
 async def test_non_api_replies_declare_the_model_down(answer, what):
-    async with server(answer) as (url, seen), counted_gateway(url, FAST) as (gateway, _):
+    async with answering_server(answer) as (url, seen), counted_gateway(url, FAST) as (gateway, _):
         with pytest.raises(EndpointDown) as info:
             await gateway.model("m").chat(user("x"))
         assert len(seen) == 5  # the default threshold, reached within the call's own retries
@@ -188,7 +168,7 @@ async def test_non_api_replies_declare_the_model_down(answer, what):
 
 async def test_embeddings_without_data_declare_the_model_down():
     async with (
-        server(lambda r: web.json_response({"object": "list"})) as (url, seen),
+        answering_server(lambda r: web.json_response({"object": "list"})) as (url, seen),
         counted_gateway(url, FAST, breaker_threshold=2) as (gateway, _),
     ):
         with pytest.raises(EndpointDown, match=r"\(last: JSON without 'data'\)"):
@@ -198,7 +178,7 @@ async def test_embeddings_without_data_declare_the_model_down():
 
 async def test_a_login_page_stops_a_concurrent_run_in_a_bounded_number_of_requests():
     async with (
-        server(lambda r: web.Response(text=LOGIN_PAGE, content_type="text/html")) as (url, seen),
+        answering_server(lambda r: web.Response(text=LOGIN_PAGE, content_type="text/html")) as (url, seen),
         counted_gateway(url) as (gateway, _),
     ):
         outcomes = await generate_like(gateway, records=500, concurrency=32)
@@ -213,7 +193,10 @@ async def test_api_errors_do_not_count_only_endpoint_faults_do():
     def busy(request: web.Request) -> web.Response:
         return web.json_response({"error": {"message": "busy", "type": "server_error"}}, status=500)
 
-    async with server(busy) as (url, seen), counted_gateway(url, FAST, max_retries=4, breaker_threshold=2) as (gw, _):
+    async with (
+        answering_server(busy) as (url, seen),
+        counted_gateway(url, FAST, max_retries=4, breaker_threshold=2) as (gw, _),
+    ):
         with pytest.raises(ModelError, match="HTTP 500.*gave up after 5 tries") as info:
             await gw.model("m").chat(user("x"))
     assert not isinstance(info.value, EndpointDown) and len(seen) == 5

@@ -7,7 +7,7 @@ real paths; "not supported" wordings and vLLM's error-with-status-200 are played
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ from joydataforge.models.backends.base import FatalError, TransientError
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from joydataforge.models.retry import RetryPolicy
+from tests.support.answering_server import answering_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,26 +39,6 @@ async def open_gateway(url: str, **fields: Any) -> AsyncIterator[Gateway]:
         yield gateway
     finally:
         await gateway.close()
-
-
-@asynccontextmanager
-async def server(answer: Callable[[web.Request], web.Response]) -> AsyncIterator[tuple[str, list[str]]]:
-    seen: list[str] = []
-
-    async def route(request: web.Request) -> web.Response:
-        seen.append(request.path)
-        return answer(request)
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", route)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", seen
-    finally:
-        await runner.cleanup()
 
 
 # ---- statuses -----------------------------------------------------------------------------------------------
@@ -167,7 +148,7 @@ async def test_a_missing_embeddings_endpoint_fails_at_once(status, message):
     def refuse(request: web.Request) -> web.Response:
         return web.json_response({"error": {"message": message, "type": "not_supported_error"}}, status=status)
 
-    async with server(refuse) as (url, seen), open_gateway(url) as gw:
+    async with answering_server(refuse) as (url, seen), open_gateway(url) as gw:
         with pytest.raises(FatalError) as info:
             await gw.model("m").embed(["a"])
     assert seen == ["/v1/embeddings"] and f"HTTP {status}" in str(info.value) and info.value.endpoint_fault
@@ -187,7 +168,7 @@ async def test_an_error_sent_with_status_200_is_classified_by_its_code():
             }
         )
 
-    async with server(vllm) as (url, seen), open_gateway(url) as gw:
+    async with answering_server(vllm) as (url, seen), open_gateway(url) as gw:
         with pytest.raises(FatalError, match=r"HTTP 400 \(sent with status 200\)") as info:
             await gw.model("m").embed(["a"])
     assert seen == ["/v1/embeddings"]
@@ -200,7 +181,7 @@ async def test_a_busy_error_sent_with_status_200_is_retried():
         web.json_response({"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]}),
     ]
 
-    async with server(lambda request: answers.pop(0)) as (url, seen), open_gateway(url) as gw:
+    async with answering_server(lambda request: answers.pop(0)) as (url, seen), open_gateway(url) as gw:
         reply = await gw.model("m").chat(user("x"))
     assert reply.text == "fine" and len(seen) == 2
 
@@ -218,7 +199,7 @@ async def test_a_400_naming_a_bad_parameter_is_not_retried_nor_counted_by_the_br
             status=400,
         )
 
-    async with server(bad) as (url, seen), open_gateway(url, breaker_threshold=2) as gw:
+    async with answering_server(bad) as (url, seen), open_gateway(url, breaker_threshold=2) as gw:
         for _ in range(3):
             with pytest.raises(FatalError) as info:
                 await gw.model("m").chat(user("x"), top_kk=3)
