@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from joydataforge.cli import main
 from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
 from joydataforge.errors import BudgetExceeded, ExitCode
 from joydataforge.models.budget import BudgetLedger, BudgetLimits, Hold, Limit, Spend
+from tests.support.harness import joyforge
 
 REPO = Path(__file__).resolve().parent.parent
 PER_CALL = 4.0  # max_tokens 4, each output token priced 1 (per million: 1,000,000)
@@ -64,17 +64,6 @@ def project(
         "utf-8",
     )
     return path
-
-
-def joyforge(monkeypatch, capsys, *argv: str) -> tuple[int, list[str]]:
-    """``joyforge ARGV`` through the real entry point, in this process: (exit status, stderr lines)."""
-    monkeypatch.setattr(sys, "argv", ["joyforge", *argv])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def requests(server) -> int:

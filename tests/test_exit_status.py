@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from joydataforge.cli import main
 from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.local import LocalExecutor
 from joydataforge.errors import EndpointDown, ExitCode, RunStopped
@@ -30,6 +29,7 @@ from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from tests.mock_openai.server import spawn_mock_server
 from tests.scripted_backend import ScriptedBackend
+from tests.support.harness import joyforge
 
 REPO = Path(__file__).resolve().parent.parent
 FAIL = "[[mock:status=400]]"  # the mock answers 400: a record that fails (max_retries: 0 keeps it quick)
@@ -57,17 +57,6 @@ def project(tmp_path: Path, inputs: list[str], base_url: str, run: str = "") -> 
         "utf-8",
     )
     return path
-
-
-def joyforge(monkeypatch, capsys, *argv: str) -> tuple[int, list[str]]:
-    """``joyforge ARGV`` through the real entry point, in this process: (exit status, stderr lines)."""
-    monkeypatch.setattr(sys, "argv", ["joyforge", *argv])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def child_env() -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,3 +118,16 @@ def assert_run_finished(result: Any, out: Path) -> None:
     a test expects of the records it asserts itself."""
     summary = json.loads((out / "summary.json").read_text("utf-8"))
     assert result.exit_code == summary["exit_status"] and result.exit_code in (0, 3, 4), result.output
+
+
+def joyforge(monkeypatch, capsys, *argv: str) -> tuple[int, list[str]]:
+    """``joyforge ARGV`` through the real entry point, in this process: (exit status, stderr lines)."""
+    from joydataforge.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["joyforge", *argv])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err.strip().splitlines()
