@@ -569,7 +569,14 @@ def test_children_per_operation_can_differ():
 # ---------------------------------------------------------------- flat output through the executor
 
 
-def test_flat_output_fans_out_with_lineage_ready_for_export(tmp_path: Path):
+def own(instruction: str) -> str:
+    """The operation and round an instruction was made by (scripted evolutions mark them), or ``root``."""
+    marks = re.findall(r"\[(\w+ \d)\]", instruction)
+    return marks[-1] if marks else "root"
+
+
+def run_flat_evol(tmp_path: Path) -> Any:
+    """Evol-Instruct's flat output, made by the step through the executor (two roots, two rounds): the summary."""
     (tmp_path / "in.jsonl").write_text(
         json.dumps(ROOT) + "\n" + json.dumps({**ROOT, "id": "r2", "input": "Why knead?"}) + "\n", "utf-8"
     )
@@ -594,15 +601,15 @@ def test_flat_output_fans_out_with_lineage_ready_for_export(tmp_path: Path):
         }
     )
 
-    def own(instruction: str) -> str:
-        marks = re.findall(r"\[(\w+ \d)\]", instruction)
-        return marks[-1] if marks else "root"
-
     script = Script(
         evolve=fresh, judge=lambda i: {"valid": -1 if own(i) == "breadth 1" else 1, "score": 10 + 5 * len(i) % 80}
     )
     gateway = Gateway(REGISTRY, backends={"m": ScriptedBackend(script)})
-    summary = LocalExecutor(pipeline, registry=REGISTRY, gateway=gateway).run_sync()
+    return LocalExecutor(pipeline, registry=REGISTRY, gateway=gateway).run_sync()
+
+
+def test_flat_output_fans_out_with_lineage_ready_for_export(tmp_path: Path):
+    summary = run_flat_evol(tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text("utf-8").splitlines()]
     assert summary.failed == 0 and len(rows) == summary.records_out
     ids = {row["id"] for row in rows}

@@ -9,19 +9,14 @@ tests/test_evol_instruct.py does), and the dedup of :mod:`joydataforge.text.minh
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from joydataforge.config.pipeline import Pipeline
-from joydataforge.engine.local import LocalExecutor
-from joydataforge.models.gateway import Gateway
 from joydataforge.text.minhash_dedup import deduplicate
 from joydataforge.view.panels import panels_for
 from joydataforge.view.query import parse_condition
 from joydataforge.view.shapes import kinds_of
-from tests.scripted_backend import ScriptedBackend
 from tests.support.view_runs import EXAMPLES, GOLDEN, built_index, read_lines, run_folder
-from tests.test_evol_instruct import REGISTRY, ROOT, Script, fresh
+from tests.test_evol_instruct import run_flat_evol
 
 
 def panels_of(index, rid: int) -> dict[str, dict]:
@@ -145,39 +140,7 @@ def test_nested_evol_tree_has_the_root_and_every_child_with_its_fate(tmp_path: P
 
 def _run_flat_evol(tmp_path: Path) -> Path:
     """Evol-Instruct's flat output, made by the step through the executor (two roots, two rounds)."""
-    (tmp_path / "in.jsonl").write_text(
-        json.dumps(ROOT) + "\n" + json.dumps({**ROOT, "id": "r2", "input": "Why knead?"}) + "\n", "utf-8"
-    )
-    pipeline = Pipeline.from_dict(
-        {
-            "input": {"path": str(tmp_path / "in.jsonl")},
-            "steps": [
-                {
-                    "evol_instruct": {
-                        "model": "m",
-                        "answer_model": "m",
-                        "rounds": 2,
-                        "operations": ["deepen", "breadth"],
-                        "children": 2,
-                        "top_fraction": 0.5,
-                        "output": "flat",
-                    }
-                }
-            ],
-            "output": {"dir": str(tmp_path / "out")},
-            "run": {"cache": None, "progress": False},
-        }
-    )
-
-    def own(instruction: str) -> str:
-        marks = re.findall(r"\[(\w+ \d)\]", instruction)
-        return marks[-1] if marks else "root"
-
-    script = Script(
-        evolve=fresh, judge=lambda i: {"valid": -1 if own(i) == "breadth 1" else 1, "score": 10 + 5 * len(i) % 80}
-    )
-    gateway = Gateway(REGISTRY, backends={"m": ScriptedBackend(script)})
-    LocalExecutor(pipeline, registry=REGISTRY, gateway=gateway).run_sync()
+    run_flat_evol(tmp_path)
     return tmp_path / "out"
 
 
