@@ -36,7 +36,8 @@ def error_of(settings: dict) -> str:
         (
             {**PAIR, "round": 3},
             ".round: unknown setting (did you mean 'rounds'? known: answer_field, approve_score, "
-            "critic, critic_params, critique_prompt, draft_prompt, keep_reasoning, model, name, on_not_approved, "
+            "critic, critic_params, critique_prompt, draft_prompt, judge_sees_reasoning, keep_reasoning, model, name, "
+            "on_not_approved, "
             "options, output_field, params, revise_prompt, rounds, rounds_field, summary_field, text_checks)",
         ),
     ],

@@ -53,7 +53,7 @@ def error_of(kind: str, settings: dict) -> str:
             {**MODEL, "history_round": 3},
             ".history_round: unknown setting (did you mean 'history_rounds'? known: "
             "check_content, dialog_field, dialog_id_field, history_format, history_rounds, "
-            "keep_fields, labels, model, name, options, params, pin_turns, prompt, "
+            "keep_fields, keep_reasoning, labels, model, name, options, params, pin_turns, prompt, "
             "reason_max_chars, retries)",
         ),
     ],

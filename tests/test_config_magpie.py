@@ -29,7 +29,8 @@ INSTRUCTION_KNOWN = (
     "samples_per_call, system, template"
 )
 RESPONSE_KNOWN = (
-    "cleaning, input_field, instruction_model, instruction_params, model, name, output_field, params, template, turns"
+    "cleaning, input_field, instruction_model, instruction_params, keep_reasoning, model, name, output_field, params, "
+    "template, turns"
 )
 TAG_KNOWN = "input_field, keep, model, name, params, prompts, tags"
 

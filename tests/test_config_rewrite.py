@@ -49,7 +49,7 @@ def error_of(settings: dict) -> str:
         # unknown setting
         (
             {**MODEL, "type": ["paraphrase"]},
-            ".type: unknown setting (did you mean 'types'? known: drop_fields, fields, "
+            ".type: unknown setting (did you mean 'types'? known: drop_fields, fields, keep_reasoning, "
             "max_cases, max_chars, min_cases, model, name, options, params, per_type, "
             "prompt, show_fields, text_checks, types)",
         ),

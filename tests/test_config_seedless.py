@@ -51,7 +51,7 @@ def error_of(settings: dict) -> str:
         (
             {**MODEL, "threshhold": 0.5},
             ".threshhold: unknown setting (did you mean 'threshold'? known: dedup, "
-            "dedup_scope, difficulties, fields, max_calls, max_chars, model, n_per_topic, "
+            "dedup_scope, difficulties, fields, keep_reasoning, max_calls, max_chars, model, n_per_topic, "
             "name, num_perm, options, params, per_call, personas, prompt, "
             "subtopics_per_call, text_checks, threshold)",
         ),

@@ -41,7 +41,7 @@ VOTERS = {"models": ["a", "b", "c"]}
         # unknown setting
         (
             {**VOTERS, "quorom": 2},
-            "(vote).quorom: unknown setting (did you mean 'quorum'? known: models, name, "
+            "(vote).quorom: unknown setting (did you mean 'quorum'? known: judge_sees_reasoning, models, name, "
             "on_no_majority, options, output_field, params, prompt, quorum, schema, seed_fields, "
             "verifiers, votes_field, weights)",
         ),
@@ -95,7 +95,8 @@ STRONG = {"model": "strong", "gate_tie": True}
         (
             {**STRONG, "gate_ties": True},
             "(cascade).gate_ties: unknown setting (did you mean 'gate_tie'? known: cascade_field, gate, "
-            "gate_labels, gate_no_quorum, gate_on_failed_verify, gate_tie, keep_reasoning, model, name, on_cascade_failure, "
+            "gate_labels, gate_no_quorum, gate_on_failed_verify, gate_tie, judge_sees_reasoning, keep_reasoning, model, "
+            "name, on_cascade_failure, "
             "options, "
             "output_field, params, prefix, prompt, schema, seed_fields, verify_field, vote_field, votes_field)",
         ),

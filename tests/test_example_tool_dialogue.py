@@ -62,7 +62,7 @@ def check_trajectory(record: dict) -> None:
             assert message["tool_call_id"] in open_calls
     stats = record["tool_dialogue"]
     assert stats["tool_calls"] + stats["invalid_calls"] == calls
-    assert stats["status"] in ("answered", "max_turns", "invalid_call", "too_few_calls", "empty_answer")
+    assert stats["status"] in ("answered", "max_turns", "invalid_call", "too_few_calls", "empty_answer", "text_check")
     if stats["status"] == "answered":
         assert messages[-1]["role"] == "assistant" and record["answer"] == messages[-1]["content"]
 

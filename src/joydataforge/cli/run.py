@@ -52,6 +52,8 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         ("tokens", f"{summary.tokens:,}"),
         ("time", f"{summary.seconds:.1f}s"),
     ]
+    if summary.reasoning_tokens:  # thinking models: how much of the output was trace (part of "tokens")
+        rows.insert(-1, ("reasoning tokens", f"{summary.reasoning_tokens:,}"))
     if summary.cost:
         rows.append(("cost", f"{summary.cost:.4f}"))
     for label, value in rows:
@@ -70,6 +72,8 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
                 ("out", f"{usage['completion_tokens']:,}"),
                 ("mean latency", f"{usage['mean_latency']:.3f}s"),
             ]
+            if usage.get("reasoning_tokens"):  # of "out", the thinking models' traces
+                details.insert(-1, ("reasoning", f"{usage['reasoning_tokens']:,}"))
             if usage.get("concurrency"):  # the limit it ended at (docs/models.md, adaptive concurrency)
                 details.append(("limit", concurrency_text(usage["concurrency"])))
             models.add_row(plain(name), pairs_text(details))

@@ -42,3 +42,15 @@ def one_or_more_names(value: Any, setting: str) -> Any:
     if isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
         return list(value)
     raise SettingError(setting, f"must be a name or a list of names (got {shown(value)})")
+
+
+def written_field_names(fields: list[str], setting: str, reserved: frozenset[str] | set[str], noun: str) -> list[str]:
+    """The record fields a step writes (``fields`` of ``rewrite`` and ``seedless``), checked: at least one, none
+    private (``_meta``) and none of the ``reserved`` fields the step sets itself. For an ``after`` validator of a
+    setting that :func:`one_or_more_names` made a list; ``noun`` says what the names are in the message."""
+    if not fields or not all(name and not name.startswith("_") for name in fields):
+        raise SettingError(setting, f"must be one or more {noun}, none starting with '_' (got {shown(fields)})")
+    clash = set(reserved) & set(fields)
+    if clash:
+        raise SettingError(setting, f"cannot include {shown(sorted(clash))} (the step sets them)")
+    return fields

@@ -78,6 +78,32 @@ def keep_reasoning(out: Record, field: str, completion: "Completion", keep: bool
         out[reasoning_field(field)] = completion.reasoning
 
 
+THINK_TAGS = ("<think>", "</think>")
+"""How a judge that sees reasoning (``judge_sees_reasoning``) is shown a trace: before the answer, in the tags
+thinking models write and LLaMA-Factory's reasoning templates read (the same shape ``joyforge export --reasoning``
+writes)."""
+
+
+def with_reasoning(text: str, trace: str | None) -> str:
+    """``text`` as a judge that sees reasoning reads it: ``<think>\ntrace\n</think>\n\ntext``; the text alone
+    when there is no trace."""
+    if not isinstance(trace, str) or not trace.strip():
+        return text
+    return f"{THINK_TAGS[0]}\n{trace.strip()}\n{THINK_TAGS[1]}\n\n{text}"
+
+
+def judge_view(record: Record) -> Record:
+    """The record as a judge that sees reasoning reads it: every text field whose trace is kept beside it
+    (``<field>_reasoning``) shown as :func:`with_reasoning` of the two. Judges that do not see reasoning (the
+    default) read the record as it is, so the answer alone; dedup and text checks never call this."""
+    view = dict(record)
+    for name, value in record.items():
+        trace = record.get(reasoning_field(name))
+        if isinstance(value, str) and isinstance(trace, str) and trace.strip():
+            view[name] = with_reasoning(value, trace)
+    return view
+
+
 def add_call_meta(record: Record, meta: dict[str, Any]) -> None:
     record.setdefault("_meta", {}).setdefault("calls", []).append(meta)
 

@@ -56,6 +56,11 @@ class RunSummary:
         return sum(int(m.get("prompt_tokens", 0)) + int(m.get("completion_tokens", 0)) for m in self.models.values())
 
     @property
+    def reasoning_tokens(self) -> int:
+        """Of the completion tokens, those thinking models spent on their traces (counted in ``tokens`` too)."""
+        return sum(int(m.get("reasoning_tokens", 0)) for m in self.models.values())
+
+    @property
     def cost(self) -> float:
         return sum(float(m.get("cost", 0.0)) for m in self.models.values())
 
@@ -87,6 +92,10 @@ class RunSummary:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(
-            cache_hits=self.cache_hits, tokens=self.tokens, cost=round(self.cost, 6), exit_status=int(self.exit_code())
+            cache_hits=self.cache_hits,
+            tokens=self.tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            cost=round(self.cost, 6),
+            exit_status=int(self.exit_code()),
         )
         return data

@@ -111,6 +111,22 @@ class ModelClient:
         params.update({k: v for k, v in overrides.items() if v is not None})
         return params
 
+    def cache_key(
+        self,
+        verb: str,
+        payload: Any,
+        params: dict[str, Any] | None = None,
+        *,
+        schema: dict[str, Any] | None = None,
+        sample: int = 0,
+        n: int = 1,
+    ) -> str:
+        """The call cache key of a request's first attempt, as this client would make it: ``params`` (the step's)
+        over the model's own, ``n`` for samples drawn together. ``joyforge plan`` finds the requests already
+        cached with it; it is the same function the calls use, so the two cannot drift apart."""
+        merged = self._params(dict(params or {}))
+        return self._key(verb, payload, merged if n == 1 else {**merged, "n": n}, schema, sample, 0)
+
     def _key(self, verb: str, payload: Any, params: dict[str, Any], schema: Any, sample: int, attempt: int) -> str:
         """``content_hash([identity, verb, payload, params, schema, sample, attempt], 20)``, built from parts.
 
@@ -199,6 +215,7 @@ class ModelClient:
         prompt_tokens = sum(r.usage.prompt_tokens for r in results)
         completion_tokens = sum(r.usage.completion_tokens for r in results)
         self._spent(hold, prompt_tokens, completion_tokens, seconds, max_tokens=_max_tokens(params))
+        self.usage.reasoning_tokens += sum(r.usage.reasoning_tokens for r in results)  # of completion_tokens
         for result in results:
             result.latency = seconds
         self.limits.after_call(estimate, prompt_tokens + completion_tokens)

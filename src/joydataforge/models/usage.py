@@ -28,6 +28,7 @@ class ModelUsage:
     repaired_replies: int = 0  # JSON replies read leniently or repaired instead of re-asked
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens, those of thinking models' traces (docs/reasoning.md)
     latency_total: float = 0.0
     cost: float = 0.0
 
@@ -35,12 +36,23 @@ class ModelUsage:
         self.structured_output: str | None = None
         self.concurrency: dict[str, Any] | None = None  # the model's limit at the end (models/adaptive.py)
 
-    def record(self, prompt_tokens: int, completion_tokens: int, latency: float, price: Price | None) -> float:
-        """Count one call a backend answered; returns its cost (0 when the model has no known price)."""
+    def record(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency: float,
+        price: Price | None,
+        reasoning_tokens: int = 0,
+    ) -> float:
+        """Count one call a backend answered; returns its cost (0 when the model has no known price).
+
+        ``reasoning_tokens`` are part of ``completion_tokens`` (and billed as such), counted apart so a run can
+        say how much of its output went into thinking."""
         cost = price.cost(prompt_tokens, completion_tokens) if price is not None else 0.0
         self.calls += 1
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
+        self.reasoning_tokens += reasoning_tokens
         self.latency_total += latency
         self.cost += cost
         return cost

@@ -4,6 +4,9 @@ Text is drawn from a small vocabulary by a generator seeded with (prompt, seed, 
 seeded request always gets the same reply and the ``n`` samples of one request differ. Raw prompts that
 end a user-turn header (Magpie's pre-query) get a question (in Chinese after a Chinese system prompt); JSON-constrained requests get an object that
 fits the schema. A prompt containing ``FAIL_IN_VLLM`` raises, as vLLM does for a prompt that is too long.
+A prompt containing ``THINK_IN_VLLM`` gets a thinking model's reply (``<think>trace</think>`` then the answer;
+``THINK_CLOSE_IN_VLLM``: only ``trace</think>``, as when the chat template opened the block), which
+``vllm.reasoning``'s parsers split.
 ``LLM.embed`` answers only when loaded with ``runner="pooling"``, as vLLM does. Every call is recorded in
 ``CALLS`` (kind, batch size, thread id, sampling params) for assertions.
 """
@@ -73,6 +76,17 @@ class _Tokenizer:
         ids = [sum(map(ord, word)) % 997 for word in text.split()]
         return {"input_ids": ([1] if add_special_tokens else []) + ids}
 
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def get_vocab(self) -> dict[str, int]:
+        """A thinking model's tags are tokens of its vocabulary (vLLM's parsers look them up); a model whose name
+        says ``no-think-tokens`` has none, like Qwen2.5 or Llama."""
+        vocab = {word: k + 2 for k, word in enumerate(WORDS)}
+        if "no-think-tokens" not in self.name_or_path:
+            vocab.update({"<think>": 151667, "</think>": 151668})
+        return vocab
+
 
 def _reply(prompt: str, params: Any, index: int) -> CompletionOutput:
     rng = random.Random(f"{prompt}|{params.seed}|{index}|{params.temperature}")
@@ -82,6 +96,11 @@ def _reply(prompt: str, params: Any, index: int) -> CompletionOutput:
         text = f"请问如何{rng.choice(ZH_VERBS)}一篇关于{rng.choice(ZH_WORDS)}和{rng.choice(ZH_WORDS)}的文章？<|im_end|>\n回答"
     elif prompt.endswith("user\n"):
         text = f"How can I {rng.choice(VERBS)} a {rng.choice(WORDS)} about {rng.choice(WORDS)}?<|im_end|>\nanswer"
+    elif "THINK_IN_VLLM" in prompt or "THINK_CLOSE_IN_VLLM" in prompt:
+        trace = f"weighing {rng.choice(WORDS)} against {rng.choice(WORDS)}"
+        answer = " ".join(rng.choice(WORDS) for _ in range(3))
+        opened = "" if "THINK_CLOSE_IN_VLLM" in prompt else "<think>\n"
+        text = f"{opened}{trace}\n</think>\n\n{answer}"
     else:
         text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
     for stop in ([params.stop] if isinstance(params.stop, str) else params.stop or []):

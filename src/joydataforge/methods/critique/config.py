@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from ...config.base import StepConfig
-from ...config.reasoning import keep_reasoning_field
+from ...config.reasoning import judge_sees_reasoning_field, keep_reasoning_field
 from ...config.text_checks import TextChecks, text_checks_field
 
 
@@ -117,6 +117,10 @@ class CritiqueReviseConfig(StepConfig):
         "the author's draft and each revision; one that fails fails the record, kept in failures.jsonl"
     )
     keep_reasoning: bool = keep_reasoning_field("`<output_field>_reasoning` (the trace of the final draft or revision)")
+    judge_sees_reasoning: bool = judge_sees_reasoning_field(
+        "the critic the answer it critiques (as `options.answer`; an `answer_field`'s trace is "
+        "`<answer_field>_reasoning`)"
+    )
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys([self.model, self.critic]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ...engine.prompted import add_call_meta, call_meta, reasoning_field
+from ...engine.prompted import add_call_meta, call_meta, reasoning_field, with_reasoning
 from ...engine.step import Record, Step, StepContext
 from ...errors import ConfigError, ModelError, StepError
 from ...text.sanity import TextSanity
@@ -105,7 +105,8 @@ class CritiqueRevise(Step):
             answer = record.get(self.answer_field)
             if not isinstance(answer, str) or not answer.strip():
                 raise StepError(f"step '{self.name}': field '{self.answer_field}' holds no answer to critique")
-            answer, trace = answer.strip(), None
+            trace = record.get(reasoning_field(self.answer_field))  # the given answer's own trace, if kept
+            answer, trace = answer.strip(), trace if isinstance(trace, str) and trace.strip() else None
         else:
             self.counters["drafts"] += 1
             answer, trace = await self._write(
@@ -116,7 +117,9 @@ class CritiqueRevise(Step):
         critic_template = self.prompt(ctx, self.critique_prompt)
         for number in range(1, self.rounds + 1):
             self.counters["critiques"] += 1
-            messages = critic_template.render(record, {**self.options, "answer": answer, "round": number})
+            # The critic reads the answer alone, or with judge_sees_reasoning the trace that led to it too.
+            shown = with_reasoning(answer, trace) if self.config.judge_sees_reasoning else answer
+            messages = critic_template.render(record, {**self.options, "answer": shown, "round": number})
             try:
                 critique, completion = await ctx.model(self.critic).chat_json(
                     messages, critic_template.schema, **self.critic_params

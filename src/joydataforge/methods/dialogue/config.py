@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ...config.base import PromptedConfig
 from ...config.messages import SettingError, shown
+from ...config.reasoning import keep_reasoning_field
 from ...config.tables import named_table
 
 #: The original's CDSS intent labels with its rules (the ones the built-in ``zh/intent_cdss`` prompt states,
@@ -54,8 +55,8 @@ class DialogueIntentConfig(LabelSetConfig):
     The input record holds a whole dialogue (``dialog_field``: the seed's newline-joined ``用户:``/``助手:``
     lines, or a list of messages). Each output record is one user turn with ``id`` ``<dialog_id>:<turn>``,
     ``dialog_id``, ``turn_index`` (1-based), ``input`` (the turn's text), ``history`` (the dialogue lines
-    before it, back to the k-th last round), ``label`` and ``reason``, plus the ``keep_fields`` of the
-    dialogue record. A reply that does not line up with the user turns is asked again (``retries``); after
+    before it, back to the k-th last round), ``label`` and ``reason`` (and a thinking model's trace of the
+    reply, ``label_reasoning``), plus the ``keep_fields`` of the dialogue record. A reply that does not line up with the user turns is asked again (``retries``); after
     that the dialogue fails with the raw reply, never with guessed labels. The same dialogue arriving in
     several input records is labelled once (later copies are counted as ``duplicate_dialogues``).
     """
@@ -137,6 +138,10 @@ class DialogueIntentConfig(LabelSetConfig):
     keep_fields: list[str] = Field(
         default_factory=list,
         description=("Fields of the dialogue record copied onto every turn record (e.g. `[time]`)."),
+    )
+    keep_reasoning: bool = keep_reasoning_field(
+        "`label_reasoning` of each turn record (the trace of the one reply that labelled the whole dialogue; the "
+        "labels are read from the answer alone)"
     )
 
 

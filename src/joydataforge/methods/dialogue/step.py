@@ -26,7 +26,7 @@ import copy
 import re
 from typing import Any
 
-from ...engine.prompted import PromptedStep, add_call_meta, call_meta
+from ...engine.prompted import PromptedStep, add_call_meta, call_meta, keep_reasoning
 from ...engine.step import Record, StepContext
 from ...errors import InputError, StepError, ValidationFailed
 from ...records import Message, content_hash, normalize_history
@@ -211,6 +211,7 @@ class DialogueIntent(PromptedStep):
                 label=answer["label"],
                 reason=answer["reason"],
             )
+            keep_reasoning(out, "label", completion, self.config.keep_reasoning)  # as `label` keeps it
             out["_meta"] = copy.deepcopy(record.get("_meta") or {})
             add_call_meta(out, dict(meta))
             outputs.append(out)

@@ -8,7 +8,7 @@ from pydantic import Discriminator, Field, StrictFloat, StrictInt, Tag, field_va
 
 from ...config.base import StepConfig
 from ...config.messages import SettingError
-from ...config.reasoning import keep_reasoning_field
+from ...config.reasoning import judge_sees_reasoning_field, keep_reasoning_field
 from ...config.text_checks import TextChecks, text_checks_field
 from ..verify.config import RequireVerified, raise_first_problem
 
@@ -235,6 +235,10 @@ class PreferencePairsConfig(StepConfig):
     )
     keep_reasoning: bool = keep_reasoning_field(
         "each generated candidate's `reasoning` and the pair's `chosen_reasoning` / `rejected_reasoning`"
+    )
+    judge_sees_reasoning: bool = judge_sees_reasoning_field(
+        "the judges (and a reward model) each candidate (a record's candidate's `reasoning` too; a trajectory's "
+        "turns with their `reasoning_content`)"
     )
     require_verified: RequireVerified | None = Field(
         default=None,

@@ -28,11 +28,12 @@ import asyncio
 import json
 from typing import Any
 
-from ...engine.prompted import add_call_meta, call_meta, reasoning_field
+from ...engine.prompted import add_call_meta, call_meta, reasoning_field, with_reasoning
 from ...engine.step import Record, Step, StepContext, source_id_of
 from ...errors import ConfigError, InputError, ModelError, StepError
 from ...records import normalize_history
 from ...text.sanity import TextSanity
+from ..tool_dialogue.render import trajectory_text
 from .config import PreferencePairsConfig, aspect_descriptions
 from .judges import JudgeRun, direct_verdict, judge_pairwise, judge_pointwise, judges_from, pair_rationales
 from .pairs import select_pairs
@@ -162,8 +163,8 @@ class PreferencePairs(Step):
             except ModelError as exc:
                 return {**entry, "error": str(exc), "raw": exc.raw}, None
             entry["text"] = completion.text.strip()
-            if self.config.keep_reasoning and completion.reasoning:  # apart: judges read the text alone
-                entry["reasoning"] = completion.reasoning
+            if completion.reasoning and (self.config.keep_reasoning or self.config.judge_sees_reasoning):
+                entry["reasoning"] = completion.reasoning  # apart: judges read the text alone unless told otherwise
             return entry, completion
 
         results = await asyncio.gather(*(one(*job) for job in jobs))
@@ -211,6 +212,25 @@ class PreferencePairs(Step):
         return texts
 
     # --- scoring -----------------------------------------------------------------------------------
+
+    def _shown(self, candidates: list[dict[str, Any]], texts: list[str | None]) -> list[str | None]:
+        """What the judges read of each usable candidate: its text, or with ``judge_sees_reasoning`` its text
+        after its trace (a trajectory: each assistant turn's ``reasoning_content`` before the turn). Lengths,
+        duplicates and text checks are still measured on ``texts``, the answers alone."""
+        if not self.config.judge_sees_reasoning:
+            return texts
+        shown: list[str | None] = []
+        for candidate, text in zip(candidates, texts):
+            messages = candidate.get("messages")
+            if text is None:
+                shown.append(None)
+            elif isinstance(messages, list) and any(
+                isinstance(m, dict) and m.get("reasoning_content") for m in messages
+            ):
+                shown.append(trajectory_text(messages, reasoning=True))
+            else:
+                shown.append(with_reasoning(text, candidate.get("reasoning")))
+        return shown
 
     def _prompt_messages(self, record: Record) -> list[dict[str, str]]:
         """The conversation up to the answer: system (the record's ``system``), history, the query."""
@@ -340,7 +360,7 @@ class PreferencePairs(Step):
             dpo={"scorer": self.scorer, "rule": self.rule, "judges": self.judges, "candidates": len(candidates)},
         )
         for name, i in (("chosen", chosen), ("rejected", rejected)):
-            if candidates[i].get("reasoning"):  # each side's trace, for exports that train on it
+            if self.config.keep_reasoning and candidates[i].get("reasoning"):  # each side's trace, for exports
                 out[reasoning_field(name)] = candidates[i]["reasoning"]
         if "_meta" in out:
             out["_meta"] = {**out["_meta"], "calls": list(out["_meta"].get("calls", []))}
@@ -364,7 +384,7 @@ class PreferencePairs(Step):
             )
         # Verified before scoring: a record without its reference fails before any judge is paid.
         pools = await self.verification.pools(record, candidates, texts, self.counters) if self.verification else {}
-        run = await self._score(record, texts, ctx)
+        run = await self._score(record, self._shown(candidates, texts), ctx)
         calls += run.calls
         for key, value in (
             ("judge_calls", run.calls_made),
@@ -395,7 +415,7 @@ class PreferencePairs(Step):
             out["candidate_sources"] = [
                 {k: v for k, v in c.items() if k not in ("text", "reasoning")} for c in candidates
             ]
-            if any(c.get("reasoning") for c in candidates):  # each candidate's trace, in candidate order
+            if self.config.keep_reasoning and any(c.get("reasoning") for c in candidates):  # in candidate order
                 out[reasoning_field(self.candidates_field or "response_candidates")] = [
                     c.get("reasoning") for c in candidates
                 ]

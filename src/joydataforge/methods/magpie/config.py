@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ...config.base import StepConfig
 from ...config.messages import SettingError, shown
+from ...config.reasoning import keep_reasoning_field
 
 ControlTask = Literal["math", "code", "translation"]
 """The built-in steering system prompts (:data:`joydataforge.methods.magpie.control_tasks.CONTROL_TASKS`)."""
@@ -252,7 +253,9 @@ class MagpieResponseConfig(StepConfig):
 
     Writes ``output_field`` (``target``: the last answer), ``input_field`` (``input``: the last user turn),
     ``history`` (the earlier turns, when there are some), ``messages`` (the whole conversation, system prompt
-    included) and ``turns``.
+    included) and ``turns``. A thinking model's trace of the last answer goes in ``<output_field>_reasoning``,
+    each answer's in its assistant message's ``reasoning_content`` in ``messages`` (``keep_reasoning``); the
+    model and the instruction model read the conversation without traces, and ``history`` holds none.
     """
 
     kind: ClassVar[str] = "magpie_response"
@@ -314,6 +317,9 @@ class MagpieResponseConfig(StepConfig):
         default="input", min_length=1, description=("Field holding the instruction; receives the last user turn.")
     )
     output_field: str = Field(default="target", min_length=1, description="Field that receives the last answer.")
+    keep_reasoning: bool = keep_reasoning_field(
+        "`<output_field>_reasoning` (the last answer's) and each assistant message's `reasoning_content` in `messages`"
+    )
 
     @field_validator("params", mode="before")
     @classmethod

@@ -23,7 +23,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ...engine.prompted import add_call_meta, call_meta
+from ...engine.prompted import add_call_meta, call_meta, reasoning_field
 from ...engine.step import Record, Step, StepContext, source_id_of
 from ...errors import ConfigError, StepError
 from ...models.backends.base import Completion
@@ -304,7 +304,8 @@ class MagpieResponse(Step):
     def required_fields(self) -> set[str]:
         return {self.input_field}
 
-    async def _answer(self, ctx: StepContext, messages: list[dict[str, str]], out: Record) -> str:
+    async def _answer(self, ctx: StepContext, messages: list[dict[str, str]], out: Record) -> tuple[str, str | None]:
+        """The answer to the conversation so far, and the model's reasoning trace when it gave one."""
         completion = await ctx.model(self.model).chat(list(messages), **self.params)
         add_call_meta(out, call_meta(self.name, self.model, completion))
         self.counters["responses"] += 1
@@ -312,8 +313,9 @@ class MagpieResponse(Step):
             self.counters["responses_truncated"] += 1
         if not completion.text.strip():
             self.counters["empty_responses"] += 1
-            raise StepError(f"model '{self.model}' returned an empty reply", raw=completion.text)
-        return completion.text.strip()
+            why = "an empty reply" if not completion.reasoning else "a reasoning trace but no answer"
+            raise StepError(f"model '{self.model}' returned {why}", raw=completion.text or completion.reasoning)
+        return completion.text.strip(), completion.reasoning
 
     async def _follow_up(
         self, ctx: StepContext, record: Record, messages: list[dict[str, str]], turn: int, out: Record
@@ -352,19 +354,31 @@ class MagpieResponse(Step):
         messages = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
         messages.append({"role": "user", "content": instruction})
         out = dict(record)
-        messages.append({"role": "assistant", "content": await self._answer(ctx, messages, out)})
+        # The conversation as the models read it (answers alone); each answer's trace by its message's place.
+        traces: dict[int, str] = {}
+
+        async def answer() -> None:
+            text, trace = await self._answer(ctx, messages, out)
+            if trace and self.config.keep_reasoning:
+                traces[len(messages)] = trace
+            messages.append({"role": "assistant", "content": text})
+
+        await answer()
         for turn in range(2, self.turns + 1):
             follow_up = await self._follow_up(ctx, record, messages, turn, out)
             if follow_up is None:
                 return None
             messages.append({"role": "user", "content": follow_up})
-            messages.append({"role": "assistant", "content": await self._answer(ctx, messages, out)})
+            await answer()
         dialogue = [m for m in messages if m["role"] != "system"]
         out[self.input_field] = dialogue[-2]["content"]
         out[self.output_field] = dialogue[-1]["content"]
+        out.pop(reasoning_field(self.output_field), None)  # an earlier step's trace is not this answer's
+        if len(messages) - 1 in traces:
+            out[reasoning_field(self.output_field)] = traces[len(messages) - 1]
         if len(dialogue) > 2:
             out["history"] = dialogue[:-2]
-        out["messages"] = messages
+        out["messages"] = [{**m, "reasoning_content": traces[k]} if k in traces else m for k, m in enumerate(messages)]
         out["turns"] = len(dialogue) // 2
         return out
 

@@ -8,7 +8,8 @@ from pydantic import Field, field_validator, model_validator
 
 from ...config.base import PromptedConfig
 from ...config.messages import SettingError, shown
-from ...config.tables import named_table, one_or_more_names
+from ...config.reasoning import keep_reasoning_field
+from ...config.tables import named_table, one_or_more_names, written_field_names
 from ...config.text_checks import TextChecks, text_checks_field
 
 #: Rewrite types used when the pipeline names none; a mapping from type name to the instruction shown
@@ -59,7 +60,7 @@ TYPE_NEEDS_FIELD: dict[str, str] = {"历史药名替换": "history", "drug_swap_
 BUILTIN_TYPES: dict[str, str] = {**DEFAULT_TYPES, **DOMAIN_TYPES}
 
 #: Fields every output case gets from the step, so a case cannot rewrite them.
-RESERVED_FIELDS = frozenset({"type", "id", "parent_id", "rewrite_type"})
+RESERVED_FIELDS = frozenset({"type", "id", "parent_id", "rewrite_type", "rewrite_reasoning"})
 
 
 class RewriteConfig(PromptedConfig):
@@ -69,7 +70,8 @@ class RewriteConfig(PromptedConfig):
     ``{"cases": [{"type": ..., <field>: ...}]}``. Cases that are blank, unchanged, repeated or over their
     type's quota are dropped and counted (``dropped:<reason>``); a record left with fewer than
     ``min_cases`` usable cases fails. Each kept case is a copy of the parent (less ``drop_fields``) with
-    the rewritten ``fields`` on top, ``rewrite_type``, ``parent_id`` and the id ``<parent_id>:rw<k>``.
+    the rewritten ``fields`` on top, ``rewrite_type``, ``parent_id`` and the id ``<parent_id>:rw<k>``; a
+    thinking model's trace of the reply goes in ``rewrite_reasoning`` (``keep_reasoning``).
     """
 
     kind: ClassVar[str] = "rewrite"
@@ -92,7 +94,7 @@ class RewriteConfig(PromptedConfig):
         default_factory=lambda: ["input"],
         description=(
             "The record fields each case rewrites (and must contain, as non-empty text): one name or a list. "
-            "Not `type`, `id`, `parent_id`, `rewrite_type`, nor a name starting with `_`."
+            "Not `type`, `id`, `parent_id`, `rewrite_type`, `rewrite_reasoning`, nor a name starting with `_`."
         ),
     )
     types: list[str] | dict[str, str | None] | None = Field(
@@ -152,6 +154,9 @@ class RewriteConfig(PromptedConfig):
     text_checks: TextChecks = text_checks_field(
         "each rewritten field of each case; a case that fails one is dropped and counted, like a blank one"
     )
+    keep_reasoning: bool = keep_reasoning_field(
+        "`rewrite_reasoning` of each case (the trace of the one reply that wrote all of a record's cases)"
+    )
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -161,14 +166,7 @@ class RewriteConfig(PromptedConfig):
     @field_validator("fields")
     @classmethod
     def _fields_are_rewritable(cls, fields: list[str]) -> list[str]:  # a list: see _one_or_more_fields
-        if not fields or not all(name and not name.startswith("_") for name in fields):
-            raise SettingError(
-                "fields", f"must be one or more record field names, none starting with '_' (got {shown(fields)})"
-            )
-        reserved = RESERVED_FIELDS & set(fields)
-        if reserved:
-            raise SettingError("fields", f"cannot include {shown(sorted(reserved))} (the step sets them)")
-        return fields
+        return written_field_names(fields, "fields", RESERVED_FIELDS, "record field names")
 
     @field_validator("types", mode="before")
     @classmethod

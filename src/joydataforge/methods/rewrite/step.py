@@ -1,8 +1,9 @@
 """Case rewrite / augmentation: one record in, several rewritten cases out, each linked to its parent.
 
 The whole record goes to the model as JSON, inserted as a value (``{{ record | to_json }}``), never as
-template code; private fields (``_meta``) and the ``id`` are left out so that the prompt, hence the
-cache key, depends on content only. The model answers ``{"cases": [{"type": ..., <field>: ...}]}``
+template code; private fields (``_meta``), the ``id`` and reasoning traces kept beside fields
+(``target_reasoning``) are left out so that the prompt, hence the cache key, depends on the case only. The
+model answers ``{"cases": [{"type": ..., <field>: ...}]}``
 against a schema built from the step's settings: ``type`` restricted to the configured rewrite types,
 every rewritten field required and non-empty, at most ``max_cases`` cases. A reply that breaks the
 schema is re-asked by the gateway (``json_retries``) and, if it never complies, the record fails with
@@ -14,7 +15,9 @@ are dropped and counted (``dropped:<reason>``), and so are cases that fail the s
 (``text_checks``: a bare number, JSON debris, a loop, the prompt's labels; ``text_check:<rule>``). A record left with no usable case is a failure, not an
 empty output. Each kept case becomes its own record: the parent's fields, the rewritten ones on top,
 ``rewrite_type``, ``parent_id`` and an id ``<parent_id>:rw<k>`` (set here, not by the executor, so that
-rewriting records that are themselves fan-out children still gives unique, traceable ids).
+rewriting records that are themselves fan-out children still gives unique, traceable ids). A thinking model's
+trace of the reply is kept on each case as ``rewrite_reasoning`` (``keep_reasoning``); the checks read the cases
+alone.
 """
 
 from __future__ import annotations
@@ -22,11 +25,20 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ...engine.prompted import PromptedStep, add_call_meta, call_meta
+from ...engine.prompted import PromptedStep, add_call_meta, call_meta, keep_reasoning, reasoning_field
 from ...engine.step import Record, StepContext, source_id_of
 from ...errors import InputError, StepError
 from ...text.sanity import TextSanity
 from .config import RewriteConfig
+
+TRACE_FIELD = reasoning_field("rewrite")
+"""``rewrite_reasoning``: a thinking model's trace of the reply that wrote a record's cases, kept on each case."""
+
+
+def _is_trace(name: str, record: Record) -> bool:
+    """A reasoning trace kept beside another field (``target_reasoning``): not part of the case the model
+    rewrites, and often longer than all of it."""
+    return name.endswith("_reasoning") and (name[: -len("_reasoning")] in record or name == TRACE_FIELD)
 
 
 def _norm(text: str) -> str:
@@ -51,6 +63,10 @@ class Rewrite(PromptedStep):
         self.max_cases = self.config.case_cap()
         self.min_cases = self.config.min_cases
         self.drop_fields = set(self.config.drop_fields)
+        # Not copied to the cases: the dropped fields and their traces, the traces of the fields a case rewrites
+        # (they led to the original text) and the parent's own rewrite trace.
+        self._not_copied = self.drop_fields | {reasoning_field(f) for f in [*self.drop_fields, *self.fields]}
+        self._not_copied.add(TRACE_FIELD)
         self.max_chars = self.config.max_chars
         self.show_fields = list(self.config.show_fields) if self.config.show_fields is not None else None
         self.sanity = TextSanity(self.config.text_checks)
@@ -95,7 +111,10 @@ class Rewrite(PromptedStep):
         view = {
             k: v
             for k, v in record.items()
-            if not k.startswith("_") and k != "id" and (self.show_fields is None or k in self.show_fields)
+            if not k.startswith("_")
+            and k != "id"
+            and (self.show_fields is None or k in self.show_fields)
+            and not _is_trace(k, record)
         }
         messages = self.template(ctx).render(view, self._render_options())
         value, completion = await ctx.model(self.model).chat_json(messages, self.schema, **self.params)
@@ -114,9 +133,10 @@ class Rewrite(PromptedStep):
         meta = call_meta(self.name, self.model, completion, self.template(ctx))
         outputs = []
         for k, case in enumerate(kept):
-            child = {key: copy.deepcopy(v) for key, v in record.items() if key not in self.drop_fields}
+            child = {key: copy.deepcopy(v) for key, v in record.items() if key not in self._not_copied}
             child.update({f: case[f] for f in self.fields})
             child.update(id=f"{parent_id}:rw{k}", parent_id=parent_id, rewrite_type=case["type"])
+            keep_reasoning(child, "rewrite", completion, self.config.keep_reasoning)
             add_call_meta(child, dict(meta))
             outputs.append(child)
             self.counters[f"type:{case['type']}"] += 1

@@ -7,15 +7,16 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ...config.base import PromptedConfig
-from ...config.messages import SettingError, shown
-from ...config.tables import one_or_more_names
+from ...config.messages import SettingError
+from ...config.reasoning import keep_reasoning_field
+from ...config.tables import one_or_more_names, written_field_names
 from ...config.text_checks import TextChecks, text_checks_field
 from ..dedup.config import banding_problem
 
 #: Fields of a topic record that steer generation; the step reads them, the outputs do not copy them.
 CONTROL_FIELDS = ("topic", "subtopics", "personas", "difficulties", "n")
 #: Fields every generated record gets from the step, so the model cannot write them.
-STEP_FIELDS = frozenset({*CONTROL_FIELDS, "persona", "difficulty", "id"})
+STEP_FIELDS = frozenset({*CONTROL_FIELDS, "persona", "difficulty", "id", "seedless_reasoning"})
 
 
 class SeedlessConfig(PromptedConfig):
@@ -28,7 +29,8 @@ class SeedlessConfig(PromptedConfig):
     step and the topic, so two runs ask the same questions. Near-duplicates are dropped before they are
     kept and the step tops up with extra calls (up to ``max_calls``). Each output record has the topic's
     other fields, ``topic``, the generated ``fields``, the controls it was made with (``subtopics``,
-    ``persona``, ``difficulty``) and the id ``<topic id>:g<k>``. A topic that yields fewer records keeps
+    ``persona``, ``difficulty``), the id ``<topic id>:g<k>`` and a thinking model's trace of the reply that
+    wrote it (``seedless_reasoning``, ``keep_reasoning``). A topic that yields fewer records keeps
     what it got (counted as ``short_topics``); one that yields none fails with the last raw reply.
     The built-in prompts read ``options.task``: what kind of record to write (e.g. "questions a user might
     ask an AI assistant").
@@ -60,7 +62,7 @@ class SeedlessConfig(PromptedConfig):
         description=(
             "What each generated record holds (one name or a list), each a non-empty text; add a `generate` step "
             "to answer them. Not a name starting with `_`, nor one the step sets (`topic`, `subtopics`, "
-            "`personas`, `difficulties`, `n`, `persona`, `difficulty`, `id`)."
+            "`personas`, `difficulties`, `n`, `persona`, `difficulty`, `id`, `seedless_reasoning`)."
         ),
     )
     personas: list[str] | None = Field(
@@ -121,6 +123,10 @@ class SeedlessConfig(PromptedConfig):
     text_checks: TextChecks = text_checks_field(
         "each generated field; a record with one that fails is not kept (the topic is topped up like after a duplicate)"
     )
+    keep_reasoning: bool = keep_reasoning_field(
+        "`seedless_reasoning` of each record (the trace of the reply that wrote it, shared by the `per_call` records "
+        "of one reply; dedup and text checks read the generated fields alone)"
+    )
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -130,14 +136,7 @@ class SeedlessConfig(PromptedConfig):
     @field_validator("fields")
     @classmethod
     def _fields_are_free(cls, fields: list[str]) -> list[str]:  # a list: see _one_or_more_fields
-        if not fields or not all(name and not name.startswith("_") for name in fields):
-            raise SettingError(
-                "fields", f"must be one or more field names, none starting with '_' (got {shown(fields)})"
-            )
-        clash = STEP_FIELDS & set(fields)
-        if clash:
-            raise SettingError("fields", f"cannot include {shown(sorted(clash))} (the step sets them)")
-        return fields
+        return written_field_names(fields, "fields", STEP_FIELDS, "field names")
 
     @model_validator(mode="after")
     def _bands_fit(self) -> "SeedlessConfig":

@@ -40,7 +40,7 @@ import math
 import re
 from typing import Any
 
-from ...engine.prompted import PromptedStep, add_call_meta, call_meta
+from ...engine.prompted import PromptedStep, add_call_meta, call_meta, keep_reasoning
 from ...engine.step import Record, StepContext, source_id_of
 from ...errors import InputError, ModelError, StepError
 from ...text.lsh import LSHIndex
@@ -206,6 +206,8 @@ class Seedless(PromptedStep):
                         "difficulty": plan["difficulty"],
                         "id": f"{topic_id}:g{len(kept)}",
                     }
+                    # The trace of the reply, apart: dedup and the text checks above read the fields alone.
+                    keep_reasoning(out, "seedless", completion, self.config.keep_reasoning)
                     out["_meta"] = copy.deepcopy(record.get("_meta") or {})
                     add_call_meta(out, dict(meta))
                     kept.append(out)

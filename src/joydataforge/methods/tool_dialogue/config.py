@@ -11,6 +11,8 @@ from pydantic import Field, StrictInt, field_validator, model_validator
 
 from ...config.base import StepConfig
 from ...config.messages import SettingError
+from ...config.reasoning import keep_reasoning_field
+from ...config.text_checks import TextChecks, text_checks_field
 from ...sandbox.config import SandboxSettings
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -62,7 +64,9 @@ class ToolDialogueConfig(StepConfig):
     Each trajectory becomes a record: ``input`` (the goal), ``messages`` (OpenAI messages: user, assistant with
     ``tool_calls``, ``tool`` results with their ``tool_call_id``, the final assistant answer), ``tools``,
     ``answer``, ``trajectory_text`` (the trajectory as plain text, for judges: ``vote``, ``dpo``) and
-    ``tool_dialogue`` (status, turns, calls, invalid calls, tool errors, mode). With ``candidates_field`` the
+    ``tool_dialogue`` (status, turns, calls, invalid calls, tool errors, mode). A thinking model's trace of
+    each assistant turn is that message's ``reasoning_content`` (``keep_reasoning``); the model is never shown
+    the traces of earlier turns. The final answer must pass the ``text_checks``. With ``candidates_field`` the
     ``samples`` trajectories of one goal go into that field of one record instead, as candidates ``dpo``
     scores and pairs (chosen and rejected are then whole trajectories).
     """
@@ -218,11 +222,20 @@ class ToolDialogueConfig(StepConfig):
     keep_unfinished: bool = Field(
         default=False,
         description=(
-            "Write trajectories without a final answer (status `max_turns`, `invalid_call`, `too_few_calls`) "
+            "Write trajectories without a usable final answer (status `max_turns`, `invalid_call`, `too_few_calls`, "
+            "`text_check`) "
             "instead of failing them; as candidates they are kept with an `error` and never scored."
         ),
     )
     output_field: str = Field(default="messages", min_length=1, description="Field of the trajectory's messages.")
+    text_checks: TextChecks = text_checks_field(
+        "the final answer of each trajectory (tool calls are checked against their schemas instead, tool results are "
+        "data); a trajectory whose answer fails one is unfinished (status `text_check`)"
+    )
+    keep_reasoning: bool = keep_reasoning_field(
+        "each assistant message's `reasoning_content` (the trace of that turn, as vLLM and DeepSeek send it; "
+        "exports write it only with `--reasoning`)"
+    )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Sampling parameters of the assistant's calls, over the model's own."
     )

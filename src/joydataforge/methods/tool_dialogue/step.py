@@ -23,15 +23,16 @@ from ...engine.prompted import add_call_meta, call_meta
 from ...engine.step import Record, Step, StepContext
 from ...errors import ConfigError, InputError, ModelError, StepError
 from ...sandbox import call_function
+from ...text.sanity import TextSanity
 from .config import ToolDialogueConfig, normalize_tool
-from .render import continuation, trajectory_text
+from .render import REASONING_KEY, continuation, trajectory_text, without_reasoning
 from .signature import SignatureError, functions_in
 from .toolbox import Tool, Toolbox
 from .turns import Turn, json_turn, json_view, native_turn
 
 log = logging.getLogger(__name__)
 
-UNFINISHED = ("max_turns", "invalid_call", "too_few_calls", "empty_answer", "model_error")
+UNFINISHED = ("max_turns", "invalid_call", "too_few_calls", "empty_answer", "text_check", "model_error")
 
 
 @dataclass
@@ -79,6 +80,7 @@ class ToolDialogue(Step):
         self.limits = self.config.sandbox.limits()
         self.params = dict(self.config.params)
         self.options = dict(self.config.options)
+        self.sanity = TextSanity(self.config.text_checks)
         self._module_tools: dict[str, Tool] | None = None
         self._static: list[Tool] | None = None
         self._native_refused: set[str] = set()
@@ -213,7 +215,8 @@ class ToolDialogue(Step):
         if not goals:
             raise StepError(f"step '{self.name}': model '{model}' wrote only empty goals", raw=completion.text)
         self.counters["goals_generated"] += len(goals)
-        return goals, [{**call_meta(self.name, model, completion), "role": "goals"}]
+        template = self.prompt(ctx, self.config.goal_prompt)
+        return goals, [{**call_meta(self.name, model, completion, template), "role": "goals"}]
 
     # --- one trajectory ----------------------------------------------------------------------------
 
@@ -230,8 +233,10 @@ class ToolDialogue(Step):
         client = ctx.model(self.config.model)
         if self._mode(ctx) == "native":
             try:
+                # The model reads its earlier turns without their traces, as thinking models' chat templates do.
+                messages = without_reasoning(trajectory.messages)
                 return await native_turn(
-                    client, trajectory.messages, toolbox, final=final, sample=trajectory.sample, params=self.params
+                    client, messages, toolbox, final=final, sample=trajectory.sample, params=self.params
                 )
             except ModelError as exc:
                 if self.config.tool_calling == "native" or not _refuses_tools(exc):
@@ -309,7 +314,8 @@ class ToolDialogue(Step):
             trajectory.tool_errors += 1
             self.counters["tool_errors"] += 1
             return {"error": f"the tool did not answer ({_short(str(exc))})"}
-        trajectory.calls.append({**call_meta(self.name, model, completion), "role": f"tool:{tool.name}"})
+        template = self.prompt(ctx, self.config.simulator_prompt)
+        trajectory.calls.append({**call_meta(self.name, model, completion, template), "role": f"tool:{tool.name}"})
         return value
 
     async def _trajectory(
@@ -332,12 +338,19 @@ class ToolDialogue(Step):
             trajectory.turns += 1
             trajectory.modes.append(turn.mode)
             self.counters[f"turns:{turn.mode}"] += 1
+            # A JSON turn was asked with the agent prompt; a native turn reads the trajectory itself.
+            template = self.prompt(ctx, self.config.prompt) if turn.mode == "json" else None
             if turn.completion is not None:
                 role = f"assistant#{trajectory.turns}"
-                trajectory.calls.append({**call_meta(self.name, self.config.model, turn.completion), "role": role})
+                meta = call_meta(self.name, self.config.model, turn.completion, template)
+                trajectory.calls.append({**meta, "role": role})
+            trace = turn.completion.reasoning if turn.completion is not None else None
+            kept = {REASONING_KEY: trace} if self.config.keep_reasoning and trace else {}
             if not turn.calls:
-                trajectory.messages.append({"role": "assistant", "content": turn.text})
+                trajectory.messages.append({"role": "assistant", "content": turn.text, **kept})
                 trajectory.status = "answered" if turn.text else "empty_answer"
+                if trajectory.status == "answered":
+                    self._check_answer(trajectory, turn.text, template)
                 if trajectory.status == "answered" and trajectory.tool_calls < self.config.min_tool_calls:
                     trajectory.status = "too_few_calls"
                 return trajectory
@@ -349,6 +362,7 @@ class ToolDialogue(Step):
                 {
                     "role": "assistant",
                     "content": turn.text or None,
+                    **kept,
                     "tool_calls": [
                         {
                             "id": c["id"],
@@ -369,6 +383,15 @@ class ToolDialogue(Step):
                 return trajectory
         trajectory.status = "max_turns"
         return trajectory
+
+    def _check_answer(self, trajectory: Trajectory, answer: str, template: Any) -> None:
+        """The final answer against the ``text_checks`` (the scaffolding rule also against the agent prompt's
+        labels in JSON mode); one that fails leaves the trajectory unfinished (``text_check``)."""
+        problem = self.sanity.problem(answer, template)
+        if problem is not None:
+            self.counters[problem.counter] += 1
+            trajectory.status = "text_check"
+            trajectory.error = f"the final answer fails the text check {problem}"
 
     # --- records -----------------------------------------------------------------------------------
 
@@ -448,6 +471,7 @@ def _unfinished_reason(trajectory: Trajectory) -> str:
         "invalid_call": "an invalid tool call ended it (invalid_calls: end)",
         "too_few_calls": "the model answered with fewer tool calls than min_tool_calls",
         "empty_answer": "the final answer was empty",
+        "text_check": "the final answer failed a text check",
     }.get(trajectory.status, trajectory.status)
 
 

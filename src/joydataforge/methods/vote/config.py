@@ -10,7 +10,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from ...config.base import StepConfig
 from ...config.messages import SettingError, shown
-from ...config.reasoning import keep_reasoning_field
+from ...config.reasoning import judge_sees_reasoning_field, keep_reasoning_field
 from ..generate.config import LabelConfig
 from ..verify.config import VerifierVoter
 
@@ -191,6 +191,10 @@ class VoteConfig(StepConfig):
             "count in the quorum like models; a vote in which every model failed still fails the record."
         ),
     )
+    judge_sees_reasoning: bool = judge_sees_reasoning_field(
+        "the voters each record field the prompt reads that an earlier step kept a trace of (`<field>_reasoning`: "
+        "a generated `target`, say)"
+    )
 
     @field_validator("quorum", mode="before")
     @classmethod
@@ -322,6 +326,10 @@ class CascadeConfig(LabelConfig):
     )
     keep_reasoning: bool = keep_reasoning_field(
         "`<cascade_field>.reasoning` (the stronger model's trace; its label is read from the answer alone)"
+    )
+    judge_sees_reasoning: bool = judge_sees_reasoning_field(
+        "the stronger model each record field the prompt reads that an earlier step kept a trace of "
+        "(`<field>_reasoning`)"
     )
     cascade_field: str = Field(
         default="cascade",

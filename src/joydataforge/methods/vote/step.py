@@ -17,7 +17,7 @@ import asyncio
 import json
 from typing import Any
 
-from ...engine.prompted import add_call_meta, call_meta
+from ...engine.prompted import add_call_meta, call_meta, judge_view
 from ...engine.step import Record, Step, StepContext
 from ...errors import ConfigError, InputError, ModelError, StepError
 from ...models.backends.base import Completion
@@ -120,7 +120,8 @@ class Vote(Step):
         return {**value, "label": label.strip()}, completion
 
     async def run(self, record: Record, ctx: StepContext) -> Record | None:
-        messages = self._labeler.template(ctx).render(record, self.options)
+        shown = judge_view(record) if self.config.judge_sees_reasoning else record  # else the answers alone
+        messages = self._labeler.template(ctx).render(shown, self.options)
         schema = self._labeler.schema(ctx)
         answers = await asyncio.gather(*(self._ask(m, messages, schema, ctx) for m in self.models))
         votes = {model: answer for model, (answer, _) in zip(self.models, answers)}
@@ -236,7 +237,8 @@ class Cascade(Label):
         self.counters[f"gated:{because}"] += 1
         self.counters["cascade_calls"] += 1
         options = {**self.options, "vote": vote, "votes": record.get(self.votes_field, {})}
-        messages = self.template(ctx).render(record, options)
+        shown = judge_view(record) if self.config.judge_sees_reasoning else record  # else the answers alone
+        messages = self.template(ctx).render(shown, options)
         try:
             value, completion = await ctx.model(self.model).chat_json(messages, self.schema(ctx), **self.params)
             if not isinstance(value, dict):

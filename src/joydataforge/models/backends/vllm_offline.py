@@ -294,9 +294,13 @@ class VLLMBackend(Backend):
 
     async def _reasoning_tools(self) -> tuple[Any, Any]:
         """The loaded tokenizer (to count trace tokens) and vLLM's reasoning parser when ``engine_args`` names
-        one (``reasoning_parser: deepseek_r1``, ``qwen3``, ...): made once, on the engine's thread."""
+        one (``reasoning_parser: deepseek_r1``, ``qwen3``, ...): made once, on the engine's thread. Where no
+        parser is named, ``<think>`` tags in the text are the fallback (:func:`..reasoning.apply`)."""
         if self._reasoning is None:
-            name = self.config.engine_args.get("reasoning_parser")
+            # The parser plays a server's reasoning field: read with `reasoning: auto` or `field`; `tags` ignores
+            # it and `none` keeps the reply whole, so they need none.
+            used = self.config.reasoning in ("auto", "field")
+            name = self.config.engine_args.get("reasoning_parser") if used else None
             self._reasoning = await self._submit(_Request("call", lambda llm: _reasoning_parts(llm, name)))
         return self._reasoning
 
@@ -396,10 +400,22 @@ def _reasoning_parts(llm: Any, parser_name: str | None) -> tuple[Any, Any]:
 
         parser_class = ReasoningParserManager.get_reasoning_parser(parser_name)
     except (ImportError, KeyError) as exc:
-        raise ModelError(
-            f"vLLM has no reasoning parser '{parser_name}' (engine_args.reasoning_parser): {exc}"
+        raise ConfigError(
+            f"vLLM has no reasoning parser '{parser_name}' (engine_args.reasoning_parser): {_one_line(exc)}"
         ) from None
-    return tokenizer, parser_class(tokenizer)
+    try:
+        return tokenizer, parser_class(tokenizer)
+    except (RuntimeError, ValueError) as exc:  # the parser's tags are not tokens of this model's vocabulary
+        raise ConfigError(
+            f"vLLM's reasoning parser '{parser_name}' does not fit this model (engine_args.reasoning_parser): "
+            f"{_one_line(exc)}"
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (a KeyError's str() is the repr of its argument)."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(text).split())
 
 
 def _extract_reasoning(parser: Any, text: str, request: Any) -> tuple[str | None, str | None]:
