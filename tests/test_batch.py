@@ -385,3 +385,17 @@ def test_results_are_read_from_openai_and_vllm_lines():
     assert results["a"].body == {"choices": []}
     assert results["b"].error == "batch_expired too late"
     assert results["c"].error == "HTTP 400: bad schema"
+
+
+def test_reasoning_tokens_of_batched_calls_are_counted_as_live_ones_are(mock_server, tmp_path):
+    options = {
+        "steps": "  - generate: {model: m, prompt: en/answer}\n",
+        "inputs": [f"[[mock:think=field]] question {i}" for i in range(N)],
+    }
+    said, summary = run_to_end(project(tmp_path / "batched", mock_server.url, **options))
+    assert len(said) == 1
+    live = project(tmp_path / "live", mock_server.url, **options)
+    kind, reference = run(live, batch=False)
+    assert kind == "done"
+    batched, counted = summary.models["m"], reference.models["m"]
+    assert batched["reasoning_tokens"] > 0 and batched["reasoning_tokens"] == counted["reasoning_tokens"]

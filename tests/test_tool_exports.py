@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from joydataforge.errors import InputError
-from joydataforge.io.exports import FORMATS, export_file, to_openai_tools, to_sharegpt_tools
+from joydataforge.io.exports import FORMATS, ExportFields, export_file, to_openai_tools, to_sharegpt_tools
 
 WEATHER_TOOL = {
     "type": "function",
@@ -154,3 +154,38 @@ def test_every_export_loads_with_datasets(tmp_path: Path, fmt: str):
     if fmt == "sharegpt-tools":
         assert json.loads(dataset[1]["tools"])[0]["name"] == "get_weather"
         assert dataset[1]["conversations"][1]["from"] == "function_call"
+
+
+THINKING = {
+    **SINGLE,
+    "messages": [
+        SINGLE["messages"][0],
+        {**SINGLE["messages"][1], "reasoning_content": "I need the weather tool."},
+        SINGLE["messages"][2],
+        {**SINGLE["messages"][3], "reasoning_content": "The tool said 23."},
+    ],
+}
+
+
+def test_trajectory_traces_are_exported_only_when_asked():
+    plain = to_openai_tools(THINKING)
+    assert not any("reasoning_content" in m for m in plain["messages"])
+    assert to_sharegpt_tools(THINKING)["conversations"][-1] == {"from": "gpt", "value": "23 °C."}
+
+    fields = ExportFields(reasoning=True)
+    kept = to_openai_tools(THINKING, fields)["messages"]
+    assert [m.get("reasoning_content") for m in kept] == [None, "I need the weather tool.", None, "The tool said 23."]
+    # ShareGPT: the final answer carries its trace in think tags; a function_call turn is JSON and has no room
+    turns = to_sharegpt_tools(THINKING, fields)["conversations"]
+    assert turns[-1] == {"from": "gpt", "value": "<think>\nThe tool said 23.\n</think>\n\n23 °C."}
+    assert json.loads(turns[1]["value"]) == {"name": "get_weather", "arguments": {"city": "Tokyo"}}
+
+
+def test_trajectory_traces_load_with_datasets(tmp_path: Path):
+    datasets = pytest.importorskip("datasets", reason="the datasets library is not installed (pip install datasets)")
+    src = tmp_path / "out.jsonl"
+    src.write_text(json.dumps(THINKING, ensure_ascii=False) + "\n", "utf-8")
+    for fmt in ("openai-tools", "sharegpt-tools"):
+        dst = tmp_path / f"{fmt}.jsonl"
+        assert export_file(src, dst, fmt, reasoning=True).written == 1
+        assert len(datasets.load_dataset("json", data_files=str(dst), split="train")) == 1

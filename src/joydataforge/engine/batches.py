@@ -322,12 +322,14 @@ class BatchRun:
                 error = ended if result is None else result.error
                 if result is not None and result.body is not None:
                     try:
-                        value, prompt, completion = cache_entry(client.backend, line["url"], line["body"], result.body)
+                        value, prompt, completion, reasoning = cache_entry(
+                            client.backend, line["url"], line["body"], result.body
+                        )
                     except ModelError as exc:
                         error = f"unusable reply: {exc}"
                     else:
                         cache.put(key, value)
-                        cost = client.usage.record(prompt, completion, 0.0, price)
+                        cost = client.usage.record(prompt, completion, 0.0, price, reasoning_tokens=reasoning)
                         paid = paid.plus(Spend(1, prompt, completion, cost))
                         self.book.failed.pop(key, None)
                         answered += 1

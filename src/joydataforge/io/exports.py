@@ -183,7 +183,8 @@ def to_sharegpt_tools(record: dict[str, Any], fields: ExportFields = DEFAULT_FIE
     Turns alternate as LLaMA-Factory requires: ``human`` or ``observation``, then ``gpt`` or ``function_call``.
     A round of several tool results is one ``observation``, joined the way LLaMA-Factory's own OpenAI converter
     joins them (``\n</tool_response>\n<tool_response>\n``); words an assistant wrote beside its tool calls have
-    no place in a ``function_call`` turn and are left out.
+    no place in a ``function_call`` turn and are left out. With traces exported, the final answer's trace goes
+    before it in think tags (a ``function_call`` turn is JSON and has no room for one).
     """
     messages = _trajectory(record, fields)
     if messages is None:
@@ -206,7 +207,10 @@ def to_sharegpt_tools(record: dict[str, Any], fields: ExportFields = DEFAULT_FIE
             value = calls[0] if len(calls) == 1 else calls
             conversation.append({"from": "function_call", "value": json.dumps(value, ensure_ascii=False)})
         else:
-            conversation.append({"from": _SHAREGPT_ROLES[role], "value": message.get("content") or ""})
+            value = message.get("content") or ""
+            if role == "assistant":
+                value = _with_think(value, message.get("reasoning_content"), fields)
+            conversation.append({"from": _SHAREGPT_ROLES[role], "value": value})
     out: dict[str, Any] = {"conversations": conversation}
     tools = _tools(record, fields)
     if tools:
@@ -252,6 +256,9 @@ def _trajectory(record: dict[str, Any], fields: ExportFields) -> list[dict[str, 
             out.append({"role": "assistant", "content": message.get("content") or None, "tool_calls": calls})
         else:
             out.append({"role": role, "content": _content(message)})
+        trace = message.get("reasoning_content") if role == "assistant" and fields.reasoning else None
+        if isinstance(trace, str) and trace.strip():
+            out[-1]["reasoning_content"] = trace.strip()
     last = out[-1]
     if last["role"] != "assistant" or last.get("tool_calls") or not (last.get("content") or "").strip():
         return None

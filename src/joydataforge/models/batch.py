@@ -251,8 +251,9 @@ def verb_of(url: str, body: dict[str, Any]) -> str:
 
 def cache_entry(
     backend: Any, url: str, request: dict[str, Any], reply: dict[str, Any]
-) -> tuple[dict[str, Any], int, int]:
-    """The call-cache value a live call would have stored for this reply, and its prompt and completion tokens.
+) -> tuple[dict[str, Any], int, int, int]:
+    """The call-cache value a live call would have stored for this reply, and its prompt, completion and reasoning
+    tokens (the last are part of the completion's, counted apart as a live call counts them).
 
     Raises :class:`ModelError` when the reply holds no usable answer (no choices, fewer samples than ``n``).
     """
@@ -263,5 +264,6 @@ def cache_entry(
         raise ModelError(f"{len(completions)} samples for n={n}")
     prompt = sum(c.usage.prompt_tokens for c in completions)
     completion = sum(c.usage.completion_tokens for c in completions)
+    reasoning = sum(c.usage.reasoning_tokens for c in completions)
     entry = {"choices": [c.to_cache() for c in completions]} if n > 1 else completions[0].to_cache()
-    return entry, prompt, completion
+    return entry, prompt, completion, reasoning
