@@ -180,7 +180,9 @@ def test_card_says_how_the_run_was_made(tmp_path: Path, monkeypatch, capsys) -> 
     shards = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.parquet"))
     assert shards == ["data/train-00000-of-00001.parquet"]
     table = pq.read_table(tmp_path / "out" / shards[0]).to_pylist()
-    assert [r["id"] for r in table] == [r["id"] for r in records] and json.loads(table[0]["_meta"])["pipeline"] == "pipeline"
+    assert [r["id"] for r in table] == [r["id"] for r in records] and json.loads(table[0]["_meta"])[
+        "pipeline"
+    ] == "pipeline"
 
 
 def test_data_json_from_a_run_names_the_run(tmp_path: Path, monkeypatch, capsys) -> None:
