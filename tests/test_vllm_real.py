@@ -88,10 +88,23 @@ def test_complete_n_chat_and_json(models):
     async def go():
         gateway = Gateway(models)
         client = gateway.model("v")
+        engine = client.backend.engine
+        seeds: list[int | None] = []
+        call = engine._call
+
+        def spy(group):
+            seeds.extend(request.params.seed for request in group)
+            return call(group)
+
+        engine._call = spy
         samples = await client.complete_n("<|im_start|>user\n", 4, temperature=1.0, stop=["<|im_end|>"])
         assert len(samples) == 4 and len({s.text for s in samples}) > 1
-        again = await client.complete_n("<|im_start|>user\n", 4, temperature=1.0, stop=["<|im_end|>"])
-        assert [s.text for s in again] == [s.text for s in samples]  # seeded by the gateway
+        await client.complete_n("<|im_start|>user\n", 4, temperature=1.0, stop=["<|im_end|>"])
+        # seeded by the gateway: the same request carries the same seed to vLLM (whose engine process may still
+        # batch two runs differently, and so sample differently: vLLM promises repeatable outputs only with
+        # VLLM_ENABLE_V1_MULTIPROCESSING=0; docs/models.md)
+        assert len(seeds) == 2 and seeds[0] is not None and seeds[0] == seeds[1]
+        engine._call = call
         reply = await client.chat([{"role": "user", "content": "What is 2 + 2?"}])
         assert reply.text.strip() and reply.usage.completion_tokens > 0
         schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
