@@ -1,69 +1,22 @@
 """A real OpenAI-compatible peer: llama-cpp-python's own server serving the bundled GGUF on 127.0.0.1."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from joydataforge.models.backends.smollm2 import bundled_gguf_path
 from tests.support.harness import assert_run_finished
+from tests.support.llama_server import llama_server as start_llama_server
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
-    port = _free_port()
-    # The server logs a lot: to a file, since an unread pipe would fill up and block it.
-    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(bundled_gguf_path()),
-            "--model_alias",
-            "smollm2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            "2048",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"llama_cpp.server did not start: {log_path.read_text()[-2000:]}") from None
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with start_llama_server(tmp_path_factory.mktemp("llama_server") / "server.log") as url:
+        yield url
 
 
 def test_pipeline_through_openai_backend(llama_server, tmp_path: Path):

@@ -142,8 +142,9 @@ class RunConfig(BaseModel):
         default=defaults.RECORDS_IN_FLIGHT,
         ge=1,
         description=(
-            "Records in flight at once (each model's own max_concurrency still caps its requests). Unset with an "
-            "in-process vLLM model: that model's max_concurrency, so its batches fill."
+            "Records in flight at once (each model's own max_concurrency still caps its requests). Unset: 32, or "
+            "the widest model's max_concurrency when larger: an in-process vLLM model's (so its batches fill) or an "
+            "adaptive model's (at most 1024, so the limit it finds is not capped by the records feeding it)."
         ),
     )
     seed: int = Field(

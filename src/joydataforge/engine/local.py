@@ -161,14 +161,26 @@ def pipeline_fingerprint(pipeline: Pipeline, steps: list[Step]) -> str:
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
 
-def _widen_for_batching_engines(pipeline: Pipeline, steps: list[Step], registry: ModelRegistry) -> None:
-    """An in-process vLLM model batches whatever requests are in flight: without ``run.concurrency`` in the
-    file or on the command line, let as many records run as its ``max_concurrency`` (256 by default), not
-    the 32 that suit a single server."""
+# Records in flight an adaptive model may widen a run to: its default ceiling (models/config.py), so the limit
+# it finds is never capped by the records feeding it, while a ceiling set far higher (4096) costs no more memory.
+ADAPTIVE_RECORDS_CAP = 1024
+
+
+def _widen_records_in_flight(pipeline: Pipeline, steps: list[Step], registry: ModelRegistry) -> None:
+    """Without ``run.concurrency`` in the file or on the command line, let as many records run as the widest
+    model can take, not the 32 that suit a single pinned server: an in-process vLLM model batches whatever
+    requests are in flight (its ``max_concurrency``, 256 by default), and an adaptive model's limit can only
+    reach what the records in flight send it (its ``max_concurrency``, at most :data:`ADAPTIVE_RECORDS_CAP`).
+    """
     if "concurrency" in pipeline.run.model_fields_set:
         return
-    names = {name for step in steps for name in step.model_names()}
-    widths = [registry.get(name).max_concurrency for name in names if registry.get(name).capabilities.batches_in_flight]
+    widths = []
+    for name in {name for step in steps for name in step.model_names()}:
+        model = registry.get(name)
+        if model.capabilities.batches_in_flight:
+            widths.append(model.max_concurrency)
+        elif model.concurrency == "adaptive":
+            widths.append(min(model.max_concurrency, ADAPTIVE_RECORDS_CAP))
     if widths and max(widths) > pipeline.run.concurrency:
         pipeline.run.concurrency = max(widths)
 
@@ -289,7 +301,7 @@ class LocalExecutor:
             for step in self.steps:
                 step.check(ctx)  # unknown models, missing prompts, bad schemas: before any record is read
             limits = self._budget_limits(gateway)
-            _widen_for_batching_engines(pipeline, self.steps, gateway.registry)
+            _widen_records_in_flight(pipeline, self.steps, gateway.registry)
             state = RunState.open(
                 out_dir,
                 pipeline_fingerprint(pipeline, self.steps),
@@ -539,7 +551,7 @@ class LocalExecutor:
     ) -> Outcome | Record:
         """Order-sensitive steps (streaming dedup) run here, one record at a time, in input order."""
         for step in steps:
-            bad = _field_error(step, record)
+            bad = field_error(step, record)
             if bad is not None:
                 return self._bad_record(seq, source_id, record, location, step.name, bad)
             try:
@@ -558,14 +570,14 @@ class LocalExecutor:
     ) -> Outcome:
         """Run one input record through the concurrent steps; fan-out multiplies records as it goes.
 
-        Before a step sees a record, the fields it reads are checked (:func:`_field_error`): a bad record
+        Before a step sees a record, the fields it reads are checked (:func:`field_error`): a bad record
         costs no model call and follows ``input.on_bad_record``.
         """
         current = [record]
         for step in steps:
             produced: list[Record] = []
             for rec in current:
-                bad = _field_error(step, rec)
+                bad = field_error(step, rec)
                 if bad is not None:
                     return self._bad_record(seq, source_id, record, location, step.name, bad)
                 try:
@@ -609,7 +621,7 @@ class LocalExecutor:
         return outcome
 
 
-def _field_error(step: Step, record: Record) -> InputError | None:
+def field_error(step: Step, record: Record) -> InputError | None:
     """The first field ``step`` needs that the record lacks or holds in a shape no prompt should see.
 
     Without this, ``input: null`` became the prompt text ``"None"`` and ``{}`` became ``"{}"``: billed, and

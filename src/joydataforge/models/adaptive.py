@@ -14,8 +14,18 @@ the server with nothing waiting, does not account for).
 
 How it decides (a hill climb on throughput, with TCP's slow start and multiplicative decrease):
 
-- it starts at 2, so the first window measures an idle server, and multiplies the limit by 4 each
-  window while each raise pays (slow start), then by 1.1;
+- where it starts depends on the server (:func:`initial_limit`): 2 against a hosted API, whose quota a
+  first burst could spend, 64 against a server of one's own (a loopback or private address), which
+  batches that many or, if smaller, only queues them for a round. A wide start's first few requests
+  (the *scouts*) are served before any queue, so their latency is the idle server's;
+- slow start: each window is the round of requests a raise sent, about one round trip; the limit grows
+  x8 a window while the last raise scaled throughput about linearly (gain >= 0.8; a wide start whose
+  first round did not queue counts as such), x2 when it paid only in part, x4 on the first raise from 2;
+  then by 1.1. From cold, 64 -> 512 takes one round trip (2 -> 512: three). Slow start also ends when a
+  round is still out after three no-load latencies (the raise, or the wide start, only queued): the
+  server is saturated, so its completion rate is its capacity, and the limit goes to that rate times the
+  no-load latency plus a small queue; and when a wide start's first round shows a latency twice the
+  scouts' (it queued): down to the capacity the scouts account for;
 - a raise is judged by its *gain*: the rise in throughput over its share of the rise in the limit (1 when
   latency stayed flat, 0 when the server only queued the extra requests). Gain >= 0.3: raise again,
   whatever latency did (a batching server's steps grow with its batch, and that is fine while they pay);
@@ -48,10 +58,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import ipaddress
 import math
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from .backends.base import TransientError
 
@@ -62,8 +74,15 @@ NEUTRAL = "neutral"  # says nothing about load: a refused request, a dead endpoi
 
 OVERLOAD_STATUS = frozenset({408, 503, 504, 529})
 
-INITIAL_LIMIT = 2  # where adaptive starts: low enough that the first window measures an idle server
-SLOW_START = 4.0  # x4 a round trip from 2: 512 in four windows
+INITIAL_LIMIT = 2  # where adaptive starts against a hosted API: its first burst cannot spend a small quota
+SELF_HOSTED_INITIAL = 64  # ...and against a server of one's own (loopback, private network): a batch's worth
+SCOUTS = 4  # of a wide start, the requests sent first: a FIFO server serves them unqueued (the no-load latency)
+QUEUE_EVIDENT = 2.0  # a first window whose mean latency is this many times the scouts' waited in a queue
+SLOW_START = 4.0  # the first raise from a narrow start (2 -> 8): two requests say little about linearity
+FAST_START = 8.0  # a raise while the last one scaled throughput about linearly (gain >= LINEAR_GAIN)
+LINEAR_GAIN = 0.8
+PARTIAL_START = 2.0  # a raise while the last one paid only in part: the knee is near
+SLOW_SPAN = 3.0  # a slow-start round still out after this many no-load latencies is queueing: decide now
 STEADY_RAISE = 1.10
 RECOVERY_RAISE = 2.0  # climbing back after cuts, up to half of the limit the cuts started from
 CUT = 0.7  # on 429, 503, timeouts
@@ -75,6 +94,35 @@ WINDOW_MIN_STEADY = 16  # after slow start, when steps are small and noise would
 WINDOW_MIN = 2  # samples that decide a window, at least (else one round of the limit)
 BASELINE_WINDOWS = 32  # the no-load latency is the lowest window mean among this many
 LATENCY_EMA = 0.1
+
+
+def initial_limit(base_url: str | None) -> int:
+    """Where adaptive concurrency starts for a model served at ``base_url``.
+
+    A server of one's own (a loopback or private address, a ``.local``/``.internal`` name, a one-label
+    name such as a compose or Kubernetes service) starts at :data:`SELF_HOSTED_INITIAL`: a vLLM or SGLang
+    server batches that many at once, and a smaller one only queues them for one round (the first window
+    sees it and cuts). Anything else is taken for a hosted API, whose quota a first burst could spend: it
+    starts at :data:`INITIAL_LIMIT`. ``None`` (an in-process engine) also starts narrow: its batch width
+    is found from 2 (an in-process GPU batch costs little to widen).
+    """
+    if not base_url:
+        return INITIAL_LIMIT
+    try:
+        host = urlsplit(base_url).hostname
+    except ValueError:
+        return INITIAL_LIMIT
+    return SELF_HOSTED_INITIAL if host and _self_hosted(host) else INITIAL_LIMIT
+
+
+def _self_hosted(host: str) -> bool:
+    if host == "localhost" or host.endswith((".local", ".internal", ".localhost", ".lan", ".home.arpa")):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "." not in host  # a one-label name only resolves on a private network (compose, Kubernetes)
+    return address.is_loopback or address.is_private or address.is_link_local
 
 
 def signal_of(exc: BaseException | None) -> str:
@@ -133,6 +181,11 @@ class ConcurrencyController:
         self._latencies: list[float] = []
         self._in_flight_sum = 0
         self._limited = False
+        self._completed = 0  # every success in the window, older requests' too: the completion rate
+        self._fresh = max(WINDOW_MIN, math.ceil(self._limit))  # slow start: the slots this window opened
+        self._slow_window = adaptive  # opened in slow start
+        # a wide start's first requests, served before any queue: the no-load latency (see SCOUTS)
+        self._scouts: list[float] | None = [] if adaptive and self._limit > SCOUTS else None
         # what the last decision did: ("raise", factor, throughput before) or ("cut",) or None
         self._last: tuple[Any, ...] | None = None
         self._last_cut = -math.inf
@@ -185,6 +238,8 @@ class ConcurrencyController:
         in_flight = self.in_flight  # itself included: Little's law counts it
         self.in_flight -= 1
         now = self.clock()
+        if self._scouts is not None and signal == OK and ticket.in_flight <= SCOUTS and self.decisions == 0:
+            self._scouts.append(now - ticket.start)
         return self.feedback(ticket.start, now - ticket.start, in_flight, signal, retry_after, now)
 
     def feedback(
@@ -204,12 +259,17 @@ class ConcurrencyController:
         self.requests += 1
         if signal == OK:
             self.latency = latency if self.latency == 0.0 else self.latency + LATENCY_EMA * (latency - self.latency)
-            if not self.adaptive or started < self._window_start:
+            if not self.adaptive:
+                return False
+            self._completed += 1
+            if started < self._window_start:
                 return False
             self._latencies.append(latency)
             self._in_flight_sum += in_flight
             if len(self._latencies) >= self._window_size():
                 return self._decide(now)
+            if self._overdue(now):
+                return self._decide(now, overdue=True)
             return False
         if signal == RATE_LIMITED:
             self.rate_limited += 1
@@ -235,17 +295,43 @@ class ConcurrencyController:
 
     def _window_size(self) -> int:
         """A whole round of requests at the limit judged (the first few after a change are not typical: they
-        went before the queue built up), and a few at least, so one odd request does not decide."""
-        climbing = self.slow_start or self._limit < self._recover_to
+        went before the queue built up), and a few at least, so one odd request does not decide.
+
+        In slow start, the round is the slots the raise opened: they all went at once and come back about
+        one round trip later. (Waiting for the whole limit would also wait for the slots that older
+        requests held at the raise, whose replacements went out up to a round trip later: two round trips
+        a window.)"""
+        if self._slow_window:
+            return self._fresh
+        climbing = self._limit < self._recover_to
         return max(WINDOW_MIN if climbing else WINDOW_MIN_STEADY, math.ceil(self._limit))
+
+    def _reference(self) -> float | None:
+        """The no-load latency known so far: the lowest window mean, or before any, the scouts' mean."""
+        if self._means:
+            return min(self._means)
+        if self._scouts is not None and len(self._scouts) >= WINDOW_MIN:
+            return sum(self._scouts) / len(self._scouts)
+        return None
+
+    def _overdue(self, now: float) -> bool:
+        """A slow-start round still out after :data:`SLOW_SPAN` no-load latencies: the raise (or the wide
+        start) only queued, and waiting for the whole round would keep that queue for as many rounds."""
+        if not self._slow_window or not self._limited or len(self._latencies) < WINDOW_MIN:
+            return False
+        reference = self._reference()
+        return reference is not None and now - self._window_start > SLOW_SPAN * reference
 
     def _new_window(self, now: float) -> None:
         self._window_start = now
         self._latencies = []
         self._in_flight_sum = 0
+        self._completed = 0
         self._limited = self.in_flight >= self.limit
+        self._slow_window = self.slow_start
+        self._fresh = max(WINDOW_MIN, math.ceil(self._limit) - self.in_flight)
 
-    def _decide(self, now: float) -> bool:
+    def _decide(self, now: float, overdue: bool = False) -> bool:
         """A window is complete: keep, raise or cut the limit. Returns whether the limit changed.
 
         Two measures. The *gain* of the last move: the change in throughput over its share of the change in
@@ -260,6 +346,12 @@ class ConcurrencyController:
         stands where no raise is possible (the ceiling), and now and then anyway, is tested by a *probe*
         down to the estimated capacity: if throughput fell with it, the queue was a batching server's
         longer steps, and the limit goes straight back; if not, it was a queue, and it is gone.
+
+        Slow start ends in one of two ways besides a raise that did not pay. A wide start's first window
+        whose mean latency is :data:`QUEUE_EVIDENT` times its scouts' waited in a queue: down to the
+        capacity that the scouts' latency accounts for. A round still out after :data:`SLOW_SPAN` no-load
+        latencies (``overdue``): the server is saturated, so its completion rate is its capacity, whatever
+        its latencies; the limit goes to that rate times the no-load latency, plus a small queue.
         """
         count = len(self._latencies)
         mean = sum(self._latencies) / count
@@ -268,6 +360,11 @@ class ConcurrencyController:
         self.latency = mean
         last = self._last
         probing = last is not None and last[0] in ("probe", "settle")
+        scouts = self._scouts
+        seed = sum(scouts) / len(scouts) if scouts else None
+        self._scouts = None  # only the first window has scouts
+        if seed is not None:
+            self._means.append(seed)
         self._means.append(mean)
         baseline = min(self._means)
         queue = max(0.0, in_flight * (1.0 - baseline / mean)) if mean > 0 else 0.0
@@ -276,13 +373,25 @@ class ConcurrencyController:
         self.decisions += 1
         before = self.limit
         self._last = None
-        if not self._limited and not probing:
+        if overdue:
+            elapsed = now - self._window_start
+            # The no-load latency that turns the rate into requests in flight: a wide start's scouts (served
+            # first); else the window's own mean when above the baseline (a lowest window mean, which
+            # understates a spread of latencies: a round closes on its fastest replies).
+            unloaded = seed if seed is not None else max(baseline, mean)
+            capacity = self._completed / elapsed * unloaded if elapsed > 0 else capacity
+            if last is not None and last[0] == "raise":
+                capacity = max(capacity, self._limit / last[1])  # the round before the raise did not queue
+            self.slow_start = False
+            self._set(min(capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity), self._limit / STEADY_RAISE))
+            self._last = ("cut",)
+        elif not self._limited and not probing:
             pass  # the callers wanted fewer requests than allowed: nothing learnt about the server
         elif last is not None and last[0] == "raise":
             factor, before_throughput = last[1], last[2]
             gain = (throughput / before_throughput - 1) / (factor - 1) if before_throughput > 0 else 1.0
             if gain >= MIN_GAIN:
-                self._raise(throughput)
+                self._raise(throughput, gain)
             else:
                 self.slow_start = False
                 undo = capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity)
@@ -299,14 +408,14 @@ class ConcurrencyController:
                 self._set(restore)  # the probe cost throughput: that queue was the server batching
             else:
                 self._raise(throughput)
-        elif self.decisions == 1 and queue > target:
-            self.slow_start = False  # the first window already queued (a server smaller than the start)
+        elif self.decisions == 1 and seed is not None and mean > QUEUE_EVIDENT * seed:
+            self.slow_start = False  # the wide start already queued (a server smaller than the start)
             self._set(max(1.0, capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity)))
             self._last = ("cut",)
         elif self._limit >= self.ceiling and queue > target:
             self._probe(capacity, throughput)
         else:
-            self._raise(throughput)
+            self._raise(throughput, 1.0 if seed is not None else None)
         if (
             self._last is None
             and not probing
@@ -328,17 +437,24 @@ class ConcurrencyController:
         if self._limit < old:
             self._last = ("settle", old / self._limit, throughput, old)
 
-    def _raise(self, throughput: float) -> None:
+    def _raise(self, throughput: float, gain: float | None = None) -> None:
+        """Raise the limit. In slow start, by what the last raise showed (``gain``; ``None``: nothing yet, a
+        narrow start's first window): x8 while throughput scaled about linearly with the limit, x2 once it
+        paid only in part, x4 from a narrow start; a wide start whose first window did not queue counts
+        as linear (``gain`` 1). After slow start: x1.1, or x2 while climbing back after cuts."""
         if self.slow_start:
-            factor = SLOW_START
+            if gain is None:
+                factor = SLOW_START
+            else:
+                factor = FAST_START if gain >= LINEAR_GAIN else PARTIAL_START
         elif self._limit < self._recover_to:
             factor = RECOVERY_RAISE
         else:
             factor = STEADY_RAISE
         old = self._limit
         self._set(max(old * factor, old + 1))
-        if self._limit >= self.ceiling:
-            self.slow_start = False  # nothing left to find upwards
+        if self._limit <= old:
+            self.slow_start = False  # at the ceiling: nothing left to find upwards
         if self._limit >= self._recover_to:
             self._recover_to = 0.0
         self._last = ("raise", self._limit / old, throughput) if self._limit > old else None
