@@ -161,13 +161,39 @@ def test_magpie_samples_attempts_and_grouped_requests():
     assert turns == {("answer", "r"): 3, ("follow_up", "m"): 2}
 
 
-def test_every_built_in_kind_that_calls_a_model_has_a_planner():
+def test_tool_dialogue_goals_samples_turns_and_simulated_calls():
+    tools = [{"name": "book", "parameters": {"type": "object", "properties": {}}}]
+    plain = fan("tool_dialogue", {"model": "m", "tools_module": "t.py", "max_turns": 3})
+    assert counts(plain) == {("assistant", "m"): 2}  # the default: one round of calls, then the answer
+    assert not plain.calls[0].exact and plain.calls[0].json and plain.outputs == pytest.approx(1)
+    settings = {"model": "m", "tools": tools, "simulator": "s", "samples": 2, "generate_goals": 3, "max_turns": 4}
+    many = fan("tool_dialogue", settings, tool_dialogue__turns=3, tool_dialogue__tool_calls_per_turn=2)
+    # 3 goals x 2 samples = 6 trajectories of 3 turns; 2 turns call 2 tools each, all played by the simulator.
+    assert counts(many) == {("goals", "m"): 1, ("assistant", "m"): 18, ("tool", "s"): 6 * 2 * 2}
+    capped = fan("tool_dialogue", {"model": "m", "tools_module": "t.py", "max_turns": 2}, tool_dialogue__turns=5)
+    assert counts(capped) == {("assistant", "m"): 2}
+    one = fan("tool_dialogue", {"model": "m", "tools_module": "t.py", "max_turns": 1, "min_tool_calls": 0})
+    assert counts(one) == {("assistant", "m"): 1} and one.calls[0].exact  # a single turn: no reply decides
+    mixed = fan("tool_dialogue", {**settings, "tools_module": "t.py"}, tool_dialogue__simulated_share=0.25)
+    assert counts(mixed)[("tool", "s")] == pytest.approx(6 * 1 * 1 * 0.25)
+    dropped = fan(
+        "tool_dialogue", {"model": "m", "tools_module": "t.py", "samples": 4}, tool_dialogue__unfinished_rate=0.5
+    )
+    assert dropped.outputs == pytest.approx(2) and not dropped.exact_outputs
+    grouped = fan("tool_dialogue", {"model": "m", "tools_module": "t.py", "samples": 4, "candidates_field": "c"})
+    assert grouped.outputs == 1 and "c" in grouped.adds
+
+
+def test_verify_calls_no_model_and_filters_by_its_fail_rate():
+    kept = fan("verify", {"checker": "math", "reference_field": "answer"}, verify__fail_rate=0.4)
+    assert kept.calls == [] and kept.outputs == 1 and kept.exact_outputs
+    dropped = fan("verify", {"checker": "math", "reference_field": "answer", "on_fail": "drop"}, verify__fail_rate=0.4)
+    assert dropped.calls == [] and dropped.outputs == pytest.approx(0.6) and not dropped.exact_outputs
+
+
+def test_every_built_in_kind_has_a_planner():
     from joydataforge.engine.registry import BUILTIN_STEPS
 
-    planned = set(PLANS)
-    # Kinds whose planners are not written yet are said in the plan (a pilot measures them): listed here so a
-    # new kind is a decision, not an accident.
-    unplanned = {"tool_dialogue", "verify"}
     # Steps other tests register (@register_step in tests/) are plugins, not built-in kinds.
     builtin = {kind for kind, cls in BUILTIN_STEPS.items() if cls.__module__.startswith("joydataforge.")}
-    assert builtin - planned <= unplanned
+    assert builtin and builtin <= set(PLANS), sorted(builtin - set(PLANS))

@@ -24,8 +24,8 @@ from ..models.config import ModelRegistry
     "--pilot",
     type=click.IntRange(min=0),
     default=0,
-    help="Run this many records for real first (cached: the later run gets them free) and extrapolate "
-    "from what they measured.",
+    help="Run this many records, spread over the input (seeded), for real first (cached: the later run gets "
+    "them free); count them as measured and extrapolate the rest from them.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (totals, per step and model).")
 @click.option("--models", "models_file", help="A models.yaml merged over the built-in models (as run --models).")
@@ -130,7 +130,9 @@ def print_plan(plan: Plan, console: Console | None = None) -> None:
     totals = plan.totals()
     where = f"{plan.records:,} input records"
     if plan.pilot is not None:
-        where += f", {plan.pilot} of them run as a pilot ({plan.pilot_seconds or 0:.0f}s), the rest extrapolated"
+        where += (
+            f", {plan.pilot} of them run as a pilot ({plan.pilot_seconds or 0:.0f}s, measured), the rest extrapolated"
+        )
     console.print(f"plan of '{plan.pipeline}': {where}", markup=False, highlight=False)
     table = Table(title_justify="left", show_footer=True)
     columns = ("step", "model", "calls", "cached", "prompt tok", "completion tok", "cost", "batch cost", "time")

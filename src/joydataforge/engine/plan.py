@@ -8,11 +8,13 @@ Two ways to know:
   requests already in the call cache (looked up with the gateway's own key) cost nothing. Whatever depends on
   replies is an assumption, named in the plan with its value; each one is also evaluated at the ends of its
   plausible range, which gives the plan's ranges.
-- **With a pilot** (``pilot=N``): the first N records of the run's window run for real, through the normal
-  executor into a scratch folder and with the normal call cache (so the later run gets those answers free),
-  every request counted by step and model (:mod:`.meter`). The rest of the window is extrapolated from the
-  measured rates and token means, scaled by how the analytic plan of the remaining records compares with
-  that of the pilot's; the spread between pilot records gives the ranges.
+- **With a pilot** (``pilot=N``): N records spread over the run's window (one drawn from each of N equal runs
+  of consecutive records, seeded by ``run.seed``) run for real, through the normal executor into a scratch
+  folder and with the normal call cache (so the later run gets those answers free), every request counted by
+  step, model and record (:mod:`.meter`). The pilot's records count as measured, exactly; only the rest of
+  the window is extrapolated: its analytic plan scaled by measured / planned on the pilot's records (a ratio
+  estimator), with the measured token means. The ranges are ~95% prediction intervals for the rest from the
+  spread between the pilot's records.
 
 Prices: :func:`joydataforge.models.prices.price_of` (``pricing:`` in models.yaml, else the genai-prices
 table), at the batch price too where the provider has one. Time: at each model's concurrency and rate limits.
@@ -21,8 +23,12 @@ table), at the batch price too where the provider has one. Time: at each model's
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
+import json
 import math
+import random
 import shutil
 import statistics
 import tempfile
@@ -44,6 +50,8 @@ from ..methods.joint.plan import JOINT
 from ..methods.magpie.plan import MAGPIE, MAGPIE_RESPONSE, MAGPIE_TAG
 from ..methods.rewrite.plan import REWRITE
 from ..methods.seedless.plan import SEEDLESS
+from ..methods.tool_dialogue.plan import TOOL_DIALOGUE
+from ..methods.verify.plan import VERIFY
 from ..methods.vote.plan import CASCADE, VOTE
 from ..models.backends.base import Backend, Completion, Messages
 from ..models.cache import CallCache
@@ -70,10 +78,10 @@ from .fanout import (
     Request,
     max_tokens_of,
 )
-from .local import LocalExecutor, _field_error
+from .local import LocalExecutor, field_error
 from .meter import CallMeter, MeteredGateway, Tally, meter_steps
 from .registry import build_step
-from .step import Record, Step, StepContext, with_source_id
+from .step import Record, Step, StepContext, source_id_of, with_source_id
 
 PLANS: dict[str, MethodPlan] = {
     "generate": GENERATE,
@@ -92,6 +100,8 @@ PLANS: dict[str, MethodPlan] = {
     "magpie_response": MAGPIE_RESPONSE,
     "magpie_tag": MAGPIE_TAG,
     "minhash_dedup": DEDUP,
+    "tool_dialogue": TOOL_DIALOGUE,
+    "verify": VERIFY,
 }
 """Each step kind's planner (its method's ``plan.py``); plugins add theirs with :func:`register_plan`."""
 
@@ -321,6 +331,10 @@ class _RoleStats:
     json: bool = False
     max_tokens: int | None = None
     n: int = 1
+    rooms: list[int] = field(default_factory=list)
+    """Of the requests known exactly (the first step's, no reply shown in them) whose prompt fits the model's
+    context window but leaves less room than their reply bound: the room each leaves (a reply is cut there)."""
+    window: int | None = None
 
     def prompt_per_call(self) -> float:
         return self.prompt_tokens / self.requests if self.requests else 0.0
@@ -369,9 +383,10 @@ class _Analysis:
         self.notes: list[str] = []
         self.keys: set[str] = set()  # cache keys of the known requests seen so far
 
-    async def run(self, skip: int = 0) -> None:
-        """Read the window (its first ``skip`` records are a pilot's, counted apart), build and check the steps,
-        render and count every first-stage request, look the known ones up in the cache."""
+    async def run(self, pilot: frozenset[str] = frozenset(), *, only_pilot: bool = False) -> None:
+        """Read the window (the records whose ids are in ``pilot`` ran as a pilot: counted apart, or alone with
+        ``only_pilot``), build and check the steps, render and count every first-stage request, look the known
+        ones up in the cache."""
         pipeline = self.pipeline
         cache_path = pipeline.resolve(pipeline.run.cache) if pipeline.run.cache else None
         cache = CallCache(cache_path) if cache_path is not None and cache_path.is_file() else None
@@ -383,7 +398,7 @@ class _Analysis:
                 step = build_step(config)
                 step.check(ctx)
                 self.steps.append(_StepInfo(index, step, _plan_of(step)))
-            inputs = self._read(skip)
+            inputs = self._read(pilot, only_pilot)
             for info in self.steps:
                 if info.index == 0:
                     await self._first_step(info, inputs, ctx, gateway, cache)
@@ -393,7 +408,7 @@ class _Analysis:
             if cache is not None:
                 cache.close()
 
-    def _read(self, skip: int) -> list[Record]:
+    def _read(self, pilot: frozenset[str], only_pilot: bool) -> list[Record]:
         cfg = self.pipeline.input
         path = self.pipeline.resolve(cfg.path)
         assert path is not None
@@ -401,15 +416,14 @@ class _Analysis:
             raise ConfigError(f"{self.pipeline.name}: input.path: no such file or folder: {path}")
         assign = IdAssigner(cfg.id_field)
         records: list[Record] = []
-        for seen, item in enumerate(
-            iter_records(path, start=cfg.start, limit=cfg.limit, encoding=cfg.encoding, sheet=cfg.sheet)
-        ):
+        for item in iter_records(path, start=cfg.start, limit=cfg.limit, encoding=cfg.encoding, sheet=cfg.sheet):
             if item.error is not None or item.record is None:
-                self.bad_lines += int(seen >= skip)
+                self.bad_lines += int(not only_pilot)
                 continue
             source_id = assign(item.record)  # every record, so repeated ids get the suffixes the run gives
-            if seen < skip:  # a pilot's record (the pilot's window counts lines, as --limit does)
-                self.before.append(with_source_id(item.record, source_id))
+            if (source_id in pilot) != only_pilot:  # a pilot's record (measured), or one the pilot did not run
+                if not only_pilot:
+                    self.before.append(with_source_id(item.record, source_id))
                 continue
             self.total_records += 1
             if len(records) < RECORDS_ANALYSED:
@@ -438,6 +452,11 @@ class _Analysis:
             stats.over += 1  # refused by the model before it writes anything: a failed call, no tokens
         else:
             stats.prompt_tokens += tokens
+            bound = max_tokens_of({**config.params, **request.params}) or int(DEFAULT_MAX_TOKENS.high)
+            if window is not None and info.index == 0 and not request.inserts and request.n == 1:
+                stats.window = window
+                if window - tokens < bound:  # the reply may not fit after the prompt: cut where the window ends
+                    stats.rooms.append(window - tokens)
         for role, count in request.inserts.items():
             stats.inserts[role] += count
         stats.json = stats.json or request.schema is not None
@@ -452,7 +471,7 @@ class _Analysis:
         refused = 0
         for record in inputs:
             cached: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-            if _field_error(info.step, record) is not None:
+            if field_error(info.step, record) is not None:
                 refused += 1
                 self.records.append(_Record(record, {}, False, refused=True))
                 continue
@@ -519,11 +538,10 @@ def _adds(info: _StepInfo) -> set[str]:
 def _key(client: ModelClient, request: Request) -> str:
     """The request's call-cache key, made by the gateway's own key function from what the gateway would send:
     the model's parameters under the step's, ``n`` for grouped samples, the schema, the sample, attempt 0."""
-    params = client._params(dict(request.params))
-    if request.n > 1:
-        params = {**params, "n": request.n}
     schema = dict(request.schema) if request.schema is not None else None
-    return client._key(request.verb, request.payload, params, schema, request.sample, 0)
+    return client.cache_key(
+        request.verb, request.payload, dict(request.params), schema=schema, sample=request.sample, n=request.n
+    )
 
 
 def _plan_of(step: Step) -> MethodPlan | None:
@@ -576,9 +594,17 @@ class _Numbers:
 class _Evaluation:
     """The analytic plan of some records under one set of assumption values: numbers per (step, model)."""
 
-    def __init__(self, analysis: _Analysis, assume: Assumptions, records: list[_Record], total: int):
+    def __init__(
+        self,
+        analysis: _Analysis,
+        assume: Assumptions,
+        records: list[_Record],
+        total: int,
+        lengths: dict[tuple[str, str], list[int]] | None = None,
+    ):
         self.analysis = analysis
         self.assume = assume
+        self.lengths = lengths or {}  # reply lengths a pilot measured, by (step, model)
         self.lines: dict[tuple[int, str], _Numbers] = defaultdict(_Numbers)
         self.unplanned: list[str] = []
         self._evaluate(records, total)
@@ -671,21 +697,62 @@ class _Evaluation:
         completions: dict[str, float],
         field_tokens: dict[str, float],
     ) -> None:
-        """Re-asks of JSON replies, then the prompt and completion tokens of every attempt."""
+        """Re-asks of JSON replies, then the prompt and completion tokens of every attempt.
+
+        A request whose prompt leaves less room in the model's context window than its reply takes is cut where
+        the window ends: it writes only that much, and a JSON reply cut short does not parse, so it is asked again
+        (up to the model's ``json_retries``), each attempt cut the same way. How often a reply outgrows a room:
+        the share of the replies a pilot measured for this step and model that are longer, else whether the
+        planned reply length is. A prompt that does not fit at all fails once, without tokens.
+        """
         stats = info.roles.get((role, model))
-        if (stats is not None and stats.json) or spec.json:
-            p = self.assume[JSON_INVALID.name]
-            retries = self.analysis.registry.get(model).json_retries
-            numbers.re_asks = numbers.calls * (sum(p**k for k in range(retries + 1)) - 1)
-        per_call = stats.prompt_per_call() if stats else 0.0
-        if stats:
-            per_call += sum(completions.get(r, 0.0) * k for r, k in stats.inserts_per_call().items())
-        per_call += sum(field_tokens.get(f, 0.0) for f in info.reads)
-        attempts = numbers.calls + numbers.re_asks
-        numbers.cached *= attempts / numbers.calls if numbers.calls else 0.0
-        numbers.prompt_tokens = attempts * per_call
-        numbers.completion_tokens = attempts * completions[role] * (stats.fitting() if stats else 1.0)
-        numbers.calls = attempts
+        json_reply = (stats is not None and stats.json) or spec.json
+        p = self.assume[JSON_INVALID.name] if json_reply else 0.0
+        retries = self.analysis.registry.get(model).json_retries if json_reply else 0
+        reply = completions[role]
+        extra = sum(field_tokens.get(f, 0.0) for f in info.reads)
+        if stats is not None and stats.requests:
+            extra += sum(completions.get(r, 0.0) * k for r, k in stats.inserts_per_call().items())
+            attempts, prompt, written = self._attempts(
+                stats, p, retries, reply, self.lengths.get((info.step.name, model))
+            )
+        else:
+            attempts, prompt, written = _attempts_of(p, retries), 0.0, _attempts_of(p, retries) * reply
+        numbers.re_asks = numbers.calls * (attempts - 1.0)
+        numbers.cached *= attempts
+        numbers.prompt_tokens = numbers.calls * (prompt + attempts * extra)
+        numbers.completion_tokens = numbers.calls * written
+        numbers.calls *= attempts
+
+    @staticmethod
+    def _attempts(
+        stats: _RoleStats, p: float, retries: int, reply: float, lengths: list[int] | None
+    ) -> tuple[float, float, float]:
+        """Per request, on average: attempts, prompt tokens sent over them, completion tokens written."""
+        plain_attempts = _attempts_of(p, retries)
+        plain = stats.requests - stats.over - len(stats.rooms)
+        cut_prompts = sum((stats.window or 0) - room for room in stats.rooms)
+        plain_prompt = (stats.prompt_tokens - cut_prompts) / plain if plain > 0 else 0.0
+        attempts = stats.over + plain * plain_attempts  # a prompt that does not fit fails once
+        prompt = plain * plain_attempts * plain_prompt
+        written = plain * plain_attempts * reply
+        for room in stats.rooms:
+            if lengths:
+                cut = sum(1 for n in lengths if n > room) / len(lengths)
+                each = sum(min(n, room) for n in lengths) / len(lengths)
+            else:
+                cut, each = float(reply > room), min(reply, room)
+            tries = _attempts_of(cut + (1.0 - cut) * p, retries) if retries else 1.0
+            attempts += tries
+            prompt += tries * ((stats.window or 0) - room)
+            written += tries * each
+        return attempts / stats.requests, prompt / stats.requests, written / stats.requests
+
+
+def _attempts_of(invalid: float, retries: int) -> float:
+    """Expected attempts of a JSON request whose replies are each invalid with probability ``invalid``: the first,
+    then a re-ask after each invalid one, up to ``retries``."""
+    return sum(invalid**k for k in range(retries + 1))
 
 
 # ------------------------------------------------------------------------------------------ the pilot
@@ -696,9 +763,107 @@ class PilotResult:
     meter: CallMeter
     records: int  # records the pilot ran
     seconds: float
-    ids: list[str]
+    ids: list[str]  # their run ids, in input order
     stopped: str | None = None
-    lines: int = 0  # input lines of its window (bad ones included), where the rest of the window starts
+    spread: bool = True  # drawn across the window; False: its first records (they could not be copied)
+    lengths: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # reply lengths by (step, model)
+
+
+_PILOT_STEP: contextvars.ContextVar[str | None] = contextvars.ContextVar("joyforge_pilot_step", default=None)
+
+
+@dataclass
+class _PilotMeter(CallMeter):
+    """A pilot's meter that also keeps the length of every first reply, by step and model: how long replies run
+    decides how often one outgrows the room a long prompt leaves in the context window."""
+
+    lengths: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(list))
+
+    def note(self, model: str, completions: list[Completion] | None, attempt: int, seconds: float = 0.0) -> None:
+        super().note(model, completions, attempt, seconds)
+        step = _PILOT_STEP.get()
+        if step is not None and completions is not None and len(completions) == 1 and attempt == 0:
+            self.lengths[(step, model)].append(completions[0].usage.completion_tokens)
+
+
+def _named(steps: list[Step]) -> list[Step]:
+    """Let the pilot's meter know which step each request comes from (asyncio tasks inherit the name)."""
+    for step in steps:
+        step.run = _within(step.name, step.run)  # type: ignore[method-assign]
+    return steps
+
+
+def _within(name: str, run: Any) -> Any:
+    @functools.wraps(run)
+    async def within(record: Record, ctx: StepContext) -> Any:
+        token = _PILOT_STEP.set(name)
+        try:
+            return await run(record, ctx)
+        finally:
+            _PILOT_STEP.reset(token)
+
+    return within
+
+
+PILOT_ID_FIELD = "_joyforge_pilot_id"
+"""The field of the pilot's input copy that holds each record's run id, so the pilot sees the ids the run
+gives (steps seed their samples with them); a ``_`` field, which prompts and record views leave out."""
+
+
+def pilot_positions(total: int, count: int, seed: int) -> list[int]:
+    """``count`` positions out of ``total``, spread over all of them: the positions cut into ``count`` runs of
+    consecutive ones of (nearly) equal size, one drawn at random from each, seeded.
+
+    Records often change along a file (sorted by source, date or length; easy ones first): the first N would
+    measure one end of it. One from each run is a stratified sample, as spread as N records can be, and a
+    seeded draw repeats itself, so a second pilot finds its records' calls in the cache.
+    """
+    if count >= total:
+        return list(range(total))
+    rng = random.Random(f"joyforge plan pilot {seed}")
+    return [rng.randrange(k * total // count, (k + 1) * total // count) for k in range(count)]
+
+
+def _pilot_records(pipeline: Pipeline, count: int) -> list[tuple[str, Record]]:
+    """The pilot's records, with their run ids: :func:`pilot_positions` over the window's readable records."""
+    cfg = pipeline.input
+    path = pipeline.resolve(cfg.path)
+    assert path is not None
+
+    def window() -> Any:
+        return iter_records(path, start=cfg.start, limit=cfg.limit, encoding=cfg.encoding, sheet=cfg.sheet)
+
+    total = sum(1 for item in window() if item.error is None and item.record is not None)
+    chosen = set(pilot_positions(total, count, pipeline.run.seed))
+    assign = IdAssigner(cfg.id_field)
+    picked: list[tuple[str, Record]] = []
+    position = 0
+    for item in window():
+        if item.error is not None or item.record is None:
+            continue
+        source_id = assign(item.record)  # every record, so repeated ids get the suffixes the run gives
+        if position in chosen:
+            picked.append((source_id, item.record))
+        position += 1
+    return picked
+
+
+def _copy_as_input(records: list[tuple[str, Record]], path: Path) -> bool:
+    """Write the pilot's records as JSONL, each with its run id in :data:`PILOT_ID_FIELD`; False when a record
+    does not come back from JSON as it was (dates, bytes: the pilot then runs the window's first records)."""
+    lines = []
+    for source_id, record in records:
+        if PILOT_ID_FIELD in record:
+            return False
+        try:
+            line = json.dumps({**record, PILOT_ID_FIELD: source_id}, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError):
+            return False
+        if json.loads(line) != {**record, PILOT_ID_FIELD: source_id}:
+            return False
+        lines.append(line + "\n")
+    path.write_text("".join(lines), "utf-8")
+    return True
 
 
 async def run_pilot(
@@ -710,44 +875,56 @@ async def run_pilot(
     progress: bool = False,
     backends: dict[str, Backend] | None = None,
 ) -> PilotResult:
-    """Run the first ``records`` records of the window for real, into ``folder``, with the normal call cache:
-    every request counted by step, model and record (so the later run gets these answers from the cache).
-    ``backends`` supplies ready backends by model name, as :class:`~joydataforge.models.gateway.Gateway` takes."""
-    steps = meter_steps([build_step(config) for config in pipeline.step_configs])
-    window = pipeline.input.model_copy(update={"limit": min(records, pipeline.input.limit or records)})
+    """Run ``records`` records spread over the window (:func:`pilot_positions`) for real, into ``folder``, with
+    the normal call cache: every request counted by step, model and record (so the later run gets these answers
+    from the cache). ``backends`` supplies ready backends by model name, as
+    :class:`~joydataforge.models.gateway.Gateway` takes."""
+    steps = _named(meter_steps([build_step(config) for config in pipeline.step_configs]))
+    picked = _pilot_records(pipeline, records)
     output = pipeline.output.model_copy(update={"dir": str(folder), "formats": ["jsonl"]})
     run = pipeline.run.model_copy(update={"retry_failed": False, "max_failures": None})
-    pilot = pipeline.model_copy(update={"steps": steps, "input": window, "output": output, "run": run})
     cache_path = pipeline.resolve(pipeline.run.cache) if pipeline.run.cache else None
-    cache = CallCache(cache_path) if cache_path is not None else None
-    meter = CallMeter()
-    gateway = MeteredGateway(registry, cache, backends=backends, meter=meter)
-    # batch=None: a pilot measures live calls, even of models set to `batch: true` (it must not submit a batch)
-    executor = LocalExecutor(pilot, registry=registry, gateway=gateway, overwrite=True, progress=progress, batch=None)
+    meter = _PilotMeter()
     stopped = None
-    started = asyncio.get_running_loop().time()
-    try:
-        await executor.run()
-    except RunStopped as exc:
-        stopped = exc.reason
-    finally:
-        if cache is not None:
-            cache.close()
-    seconds = asyncio.get_running_loop().time() - started
-    ids = _pilot_ids(pipeline, window.limit or 0)
-    return PilotResult(meter, len(ids), seconds, ids, stopped, window.limit or 0)
+    with tempfile.TemporaryDirectory(prefix="joyforge-pilot-input-") as scratch:
+        copy = Path(scratch) / "pilot.jsonl"
+        spread = _copy_as_input(picked, copy)
+        if spread:
+            update = {"path": str(copy), "start": 0, "limit": None, "encoding": None, "sheet": None}
+            window = pipeline.input.model_copy(update={**update, "id_field": PILOT_ID_FIELD})
+        else:  # the window's first records, read from the input itself
+            window = pipeline.input.model_copy(update={"limit": min(records, pipeline.input.limit or records)})
+            picked = _first_records(pipeline, window.limit or 0)
+        pilot = pipeline.model_copy(update={"steps": steps, "input": window, "output": output, "run": run})
+        cache = CallCache(cache_path) if cache_path is not None else None
+        gateway = MeteredGateway(registry, cache, backends=backends, meter=meter)
+        # batch=None: a pilot measures live calls, even of models set to `batch: true` (it must not submit a batch)
+        executor = LocalExecutor(
+            pilot, registry=registry, gateway=gateway, overwrite=True, progress=progress, batch=None
+        )
+        started = asyncio.get_running_loop().time()
+        try:
+            await executor.run()
+        except RunStopped as exc:
+            stopped = exc.reason
+        finally:
+            if cache is not None:
+                cache.close()
+        seconds = asyncio.get_running_loop().time() - started
+    ids = [source_id for source_id, _ in picked]
+    return PilotResult(meter, len(ids), seconds, ids, stopped, spread, dict(meter.lengths))
 
 
-def _pilot_ids(pipeline: Pipeline, count: int) -> list[str]:
+def _first_records(pipeline: Pipeline, count: int) -> list[tuple[str, Record]]:
     cfg = pipeline.input
     path = pipeline.resolve(cfg.path)
     assert path is not None
     assign = IdAssigner(cfg.id_field)
-    ids = []
+    out = []
     for item in iter_records(path, start=cfg.start, limit=count, encoding=cfg.encoding, sheet=cfg.sheet):
-        if item.record is not None:
-            ids.append(assign(item.record))
-    return ids
+        if item.record is not None and item.error is None:
+            out.append((assign(item.record), item.record))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ the plan
@@ -778,16 +955,18 @@ async def make_plan(
             if pilot_dir is None:
                 shutil.rmtree(folder, ignore_errors=True)
     analysis = _Analysis(pipeline, registry)
-    await analysis.run(skip=measured.lines if measured else 0)
+    await analysis.run(frozenset(measured.ids) if measured else frozenset())
     plan = Plan(pipeline=pipeline.name, records=analysis.total_records + (measured.records if measured else 0))
     plan.notes.extend(analysis.notes)
     if analysis.bad_lines:
         plan.notes.append(f"{analysis.bad_lines} input line(s) cannot be read: they cost no call")
-    central = _Evaluation(analysis, assume, analysis.records, analysis.total_records)
-    lines = _analytic_lines(analysis, central, assume)
+    lengths = measured.lengths if measured is not None else None
+    central = _Evaluation(analysis, assume, analysis.records, analysis.total_records, lengths)
+    lines = _analytic_lines(analysis, central, assume, lengths)
     if measured is not None:
         lines = await _with_pilot(analysis, lines, measured, assume, pipeline, registry)
         plan.pilot, plan.pilot_seconds = measured.records, measured.seconds
+        plan.notes.append(_pilot_note(measured, analysis.total_records))
         if measured.stopped:
             plan.notes.append(f"the pilot stopped early: {measured.stopped}")
         if not pipeline.run.cache:
@@ -815,7 +994,12 @@ async def make_plan(
     return plan
 
 
-def _analytic_lines(analysis: _Analysis, central: _Evaluation, assume: Assumptions) -> list[Line]:
+def _analytic_lines(
+    analysis: _Analysis,
+    central: _Evaluation,
+    assume: Assumptions,
+    lengths: dict[tuple[str, str], list[int]] | None = None,
+) -> list[Line]:
     """Lines from the central evaluation, with each used assumption swung to its low and high end for ranges."""
     lines: dict[tuple[int, str], Line] = {}
     for (index, model), numbers in central.lines.items():
@@ -836,7 +1020,8 @@ def _analytic_lines(analysis: _Analysis, central: _Evaluation, assume: Assumptio
     for name in sorted(assume.read - _TIME_ASSUMPTIONS):
         spec = assume.known[name]
         for value in (spec.low, spec.high):
-            swung = _Evaluation(analysis, assume.evaluated_at({name: value}), analysis.records, analysis.total_records)
+            at = assume.evaluated_at({name: value})
+            swung = _Evaluation(analysis, at, analysis.records, analysis.total_records, lengths)
             for key, line in lines.items():
                 other = swung.lines.get(key, _Numbers())
                 for i, delta in enumerate(
@@ -859,16 +1044,25 @@ async def _with_pilot(
     pipeline: Pipeline,
     registry: ModelRegistry,
 ) -> list[Line]:
-    """The pilot's own requests (all in the cache now) plus the rest extrapolated from what it measured."""
-    pilot_analysis = await _analyse_window(pipeline, registry, measured.lines)
-    on_pilot = _Evaluation(pilot_analysis, assume, pilot_analysis.records, pilot_analysis.total_records)
+    """The pilot's own requests as measured (all in the cache now) plus the rest extrapolated from them.
+
+    Per step and model, the rest's calls are its analytic plan times measured / planned on the pilot's records
+    (a ratio estimator: gate rates, approvals, re-asks and failures are the measured ones, while the rest's own
+    differences, longer prompts or bigger topics, still count); without an analytic plan, the measured calls
+    per record times the rest's records. Tokens: the measured means per call, prompts scaled by the rest's
+    planned prompt length over the pilot's. The range is a ~95% prediction interval for the rest's total from
+    the spread of the pilot's records around the estimator (:func:`_prediction_halfwidth`).
+    """
+    pilot_analysis = await _analyse_window(pipeline, registry, measured.ids)
+    lengths = measured.lengths
+    on_pilot = _Evaluation(pilot_analysis, assume, pilot_analysis.records, pilot_analysis.total_records, lengths)
+    planned_per_record = _planned_per_record(pilot_analysis, assume, lengths)
     names = {info.index: info.step.name for info in analysis.steps}
     kinds = {info.index: info.step.kind for info in analysis.steps}
     index_of = {name: index for index, name in names.items()}
     by_key = {(index_of.get(line.step, -1), line.model): line for line in rest}
     keys = set(by_key) | {(index_of.get(step, -1), model) for step, model in measured.meter.totals}
     lines = []
-    pilot_n = max(1, measured.records)
     remaining = analysis.total_records
     for index, model in sorted(keys):
         step = names.get(index, "(unknown)")
@@ -883,8 +1077,21 @@ async def _with_pilot(
         line.cached_calls = answered
         line.prompt_tokens = tally.prompt_tokens
         line.completion_tokens = tally.completion_tokens
-        rate, spread = _rates(measured, step, model, pilot_n)
-        if analytic_rest is not None and analytic_pilot is not None and analytic_pilot.calls > 0:
+        per_record = measured.meter.per_record.get((step, model), {})
+        calls_of = [float(per_record[i].requests) if i in per_record else 0.0 for i in measured.ids]
+        tokens_of = [
+            float(per_record[i].prompt_tokens + per_record[i].completion_tokens) if i in per_record else 0.0
+            for i in measured.ids
+        ]
+        # The ratio estimator needs the planner to have expected calls on the pilot's records; the rest may have
+        # none planned (every dialogue labelled by the pilot already): then none are extrapolated.
+        ratio = analytic_pilot is not None and analytic_pilot.calls > 0
+        if analytic_rest is None:
+            analytic_rest = Line(step=step, kind=line.kind, model=model)
+        if ratio:
+            assert analytic_pilot is not None
+            planned = [planned_per_record.get(i, {}).get((index, model), 0.0) for i in measured.ids]
+            rest_size = analytic_rest.calls / (analytic_pilot.calls / len(measured.ids))  # in pilot records
             calls = analytic_rest.calls * tally.requests / analytic_pilot.calls
             length = (
                 (analytic_rest.prompt_tokens / analytic_rest.calls)
@@ -894,21 +1101,44 @@ async def _with_pilot(
             )
             cached_share = analytic_rest.cached_calls / analytic_rest.calls if analytic_rest.calls else 0.0
         else:
-            calls = rate * remaining
+            planned = [1.0] * len(measured.ids)  # every record alike: the plain mean per record
+            rest_size = float(remaining)
+            calls = tally.requests / max(1, len(measured.ids)) * remaining
             length, cached_share = 1.0, 0.0
         per_prompt = tally.prompt_tokens / tally.requests if tally.requests else 0.0
         per_completion = tally.completion_tokens / tally.requests if tally.requests else 0.0
         line.calls += calls
-        line.re_asks += calls * (tally.re_asks / tally.requests if tally.requests else 0.0)
+        measured_share = tally.re_asks / tally.requests if tally.requests else 0.0
+        planned_first = analytic_pilot.calls - analytic_pilot.re_asks if analytic_pilot is not None else 0.0
+        if ratio and planned_first > 0:
+            # First attempts scale as first attempts did on the pilot; what is left of the calls is re-asks (of the
+            # rest's cut or invalid replies, which the pilot's records may not have had).
+            first = (analytic_rest.calls - analytic_rest.re_asks) * (tally.requests - tally.re_asks) / planned_first
+            line.re_asks += max(0.0, calls - first)
+            # Re-asks beyond the pilot's own rate were predicted (cut replies of long prompts), not measured: the
+            # range reaches down to the measured rate.
+            predicted = max(0.0, calls - first * (1.0 + measured_share / max(1e-9, 1.0 - measured_share)))
+        else:
+            line.re_asks += calls * measured_share
+            predicted = 0.0
         line.cached_calls += calls * cached_share
         line.prompt_tokens += calls * per_prompt * length
         line.completion_tokens += calls * per_completion
         rest_tokens = calls * (per_prompt * length + per_completion)
-        low, high = (1 - spread, 1 + spread) if spread is not None else (0.0, 2.0)
-        line.calls_range = (tally.requests + calls * max(0.0, low), tally.requests + calls * high)
+        calls_half = _prediction_halfwidth(calls_of, planned, rest_size)
+        tokens_half = _prediction_halfwidth(tokens_of, planned, rest_size)
+        calls_half = calls if calls_half is None else calls_half  # one record: no spread to go by
+        tokens_half = rest_tokens if tokens_half is None else tokens_half * length
+        unsure = rest_tokens * predicted / calls if calls else 0.0
+        low = max(0.0, calls - max(calls_half, predicted))
+        line.calls_range = (tally.requests + low, tally.requests + calls + calls_half)
         pilot_tokens = tally.prompt_tokens + tally.completion_tokens
-        line.tokens_range = (pilot_tokens + rest_tokens * max(0.0, low), pilot_tokens + rest_tokens * high)
-        if not tally.requests and analytic_rest is not None and analytic_pilot is not None and analytic_pilot.calls:
+        line.tokens_range = (
+            pilot_tokens + max(0.0, rest_tokens - max(tokens_half, unsure)),
+            pilot_tokens + rest_tokens + tokens_half,
+        )
+        if not tally.requests and ratio:
+            assert analytic_pilot is not None
             # None of the calls planned for the pilot's records happened (no record gated): the rate may still be
             # up to about 3 in as many as were planned (the rule of three, ~95%), not zero for sure.
             share = min(1.0, 3.0 / analytic_pilot.calls)
@@ -919,23 +1149,69 @@ async def _with_pilot(
     return lines
 
 
-async def _analyse_window(pipeline: Pipeline, registry: ModelRegistry, records: int) -> _Analysis:
+def _prediction_halfwidth(measured: list[float], planned: list[float], rest: float) -> float | None:
+    """Half-width of a ~95% prediction interval for the total of ``rest`` more records, estimated as
+    ``rest`` times the pilot's ratio of measured to planned.
+
+    ``rest`` counts records of the pilot's mean planned size. The pilot's records scatter around the ratio by
+    residuals of standard deviation ``s``; the rest's total then misses by its own scatter (``s^2`` per record)
+    plus the ratio's error (``rest^2 s^2 / n``): ``t s sqrt(rest + rest^2 / n)``, with Student's t for ``n - 1``
+    degrees of freedom (a pilot is small: 2.78 for 5 records, not 1.96). ``None`` with fewer than two records
+    (no spread to go by).
+    """
+    n = len(measured)
+    total_planned = sum(planned)
+    if n < 2 or total_planned <= 0:
+        return None
+    ratio = sum(measured) / total_planned
+    s = statistics.stdev([y - ratio * x for y, x in zip(measured, planned)])
+    return _t95(n - 1) * s * math.sqrt(rest + rest * rest / n)
+
+
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+_T95_BEYOND = ((12, 2.179), (15, 2.131), (20, 2.086), (30, 2.042), (60, 2.0), (120, 1.98))
+
+
+def _t95(df: int) -> float:
+    """Student's t two-sided 95% quantile for ``df`` degrees of freedom (table values; rounded down the table
+    beyond 10, so the interval errs wide)."""
+    if df in _T95:
+        return _T95[df]
+    quantile = 2.228
+    for degrees, value in _T95_BEYOND:
+        if df >= degrees:
+            quantile = value
+    return quantile if df < 1000 else 1.96
+
+
+def _planned_per_record(
+    analysis: _Analysis, assume: Assumptions, lengths: dict[tuple[str, str], list[int]]
+) -> dict[str, dict[tuple[int, str], float]]:
+    """The analytic plan of each of the pilot's records alone: calls per (step index, model)."""
+    out: dict[str, dict[tuple[int, str], float]] = {}
+    for item in analysis.records:
+        evaluation = _Evaluation(analysis, assume.evaluated_at(assume.overrides), [item], 1, lengths)
+        out[source_id_of(item.record)] = {key: numbers.calls for key, numbers in evaluation.lines.items()}
+    return out
+
+
+async def _analyse_window(pipeline: Pipeline, registry: ModelRegistry, ids: list[str]) -> _Analysis:
     """The analysis of the pilot's records alone (to compare what was planned for them with what they did)."""
-    window = pipeline.input.model_copy(update={"limit": records})
-    analysis = _Analysis(pipeline.model_copy(update={"input": window}), registry)
-    await analysis.run()
+    analysis = _Analysis(pipeline, registry)
+    await analysis.run(frozenset(ids), only_pilot=True)
     return analysis
 
 
-def _rates(measured: PilotResult, step: str, model: str, records: int) -> tuple[float, float | None]:
-    """Requests per pilot record, and the relative half-width of a ~95% interval of the mean (None: one record)."""
-    per_record = measured.meter.per_record.get((step, model), {})
-    values = [per_record[i].requests if i in per_record else 0 for i in measured.ids] or [0]
-    mean = sum(values) / len(values)
-    if len(values) < 2 or mean == 0:
-        return mean, None if len(values) < 2 else 0.0
-    spread = 2 * statistics.stdev(values) / math.sqrt(len(values)) / mean
-    return mean, spread
+def _pilot_note(measured: PilotResult, rest: int) -> str:
+    how = (
+        "one drawn from each of as many equal parts of the window (seeded by run.seed)"
+        if measured.spread
+        else "the window's first records (the others could not be copied for it)"
+    )
+    return (
+        f"pilot: {measured.records} record(s), {how}, counted as measured; the other {rest:,} extrapolated; "
+        "ranges: ~95% prediction intervals from the spread between the pilot's records"
+    )
 
 
 def _model_infos(analysis: _Analysis, pipeline: Pipeline, measured: PilotResult | None) -> dict[str, ModelInfo]:
