@@ -75,27 +75,8 @@ def intent_requests(step: DialogueIntent, ctx: StepContext, record: Record) -> l
     positions = user_positions(messages)
     if not positions:
         return []
-    turn_of = {p: t for t, p in enumerate(positions, start=1)}
-    names = {"user": "用户", "assistant": "助手", "system": "系统"}
-    lines = [
-        {
-            "index": turn_of.get(i),
-            "role": m["role"],
-            "speaker": names.get(m["role"], m["role"]),
-            "content": m["content"],
-        }
-        for i, m in enumerate(messages)
-    ]
-    options = {
-        **step.options,
-        "turns": lines,
-        "n_turns": len(positions),
-        "labels": [{"name": k, "description": v} for k, v in step.labels.items()],
-        "reason_max_chars": step.reason_max_chars,
-    }
     view = {k: v for k, v in record.items() if not k.startswith("_")}
-    rendered = step.template(ctx).render(view, options)
-    schema = step.schema([messages[p]["content"] for p in positions])
+    rendered, schema = step.labelling_prompt(ctx, view, messages, positions)
     return [Request("label", step.model, rendered, params=step.params, schema=schema)]
 
 

@@ -220,10 +220,11 @@ class DialogueIntent(PromptedStep):
         self.counters["turns"] += len(outputs)
         return outputs
 
-    async def _label(
+    def labelling_prompt(
         self, ctx: StepContext, view: Record, messages: list[Message], positions: list[int]
-    ) -> tuple[dict[int, dict[str, Any]], Any]:
-        """One call per dialogue; a mismatching reply is asked again with a new sample."""
+    ) -> tuple[Any, dict[str, Any]]:
+        """The prompt and reply schema of the one call that labels a dialogue's user turns (``joyforge plan``
+        counts its tokens from this too)."""
         turn_of = {p: t for t, p in enumerate(positions, start=1)}
         lines = [
             {
@@ -242,7 +243,13 @@ class DialogueIntent(PromptedStep):
             "reason_max_chars": self.reason_max_chars,
         }
         rendered = self.template(ctx).render(view, options)
-        schema = self.schema([messages[p]["content"] for p in positions])
+        return rendered, self.schema([messages[p]["content"] for p in positions])
+
+    async def _label(
+        self, ctx: StepContext, view: Record, messages: list[Message], positions: list[int]
+    ) -> tuple[dict[int, dict[str, Any]], Any]:
+        """One call per dialogue; a mismatching reply is asked again with a new sample."""
+        rendered, schema = self.labelling_prompt(ctx, view, messages, positions)
         model = ctx.model(self.model)
         problem, raw = "", None
         for attempt in range(self.retries + 1):
