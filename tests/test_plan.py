@@ -444,3 +444,30 @@ def test_a_dialogue_is_labelled_once_also_when_a_pilot_labelled_it(tmp_path):
     piloted = asyncio.run(make_plan(pipeline, registry, pilot=1, backends=served))
     assert piloted.totals()["calls"] == pytest.approx(2)
     assert len(served["m"].calls) == 1
+
+
+def test_the_gateways_public_cache_key_is_the_key_its_calls_are_stored_under(tmp_path):
+    """``ModelClient.cache_key`` (what the plan looks requests up with) against what calls really store."""
+    from joydataforge.models.gateway import Gateway
+
+    registry = distinct(["a"], params={"temperature": 0.5, "max_tokens": 9})
+    messages = [{"role": "user", "content": "hello"}]
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["x"]}}, "required": ["label"]}
+
+    async def calls() -> list[bool]:
+        cache = CallCache(tmp_path / "cache.sqlite")
+        client = Gateway(registry, cache, backends={"a": ScriptedBackend()}).model("a")
+        await client.chat(messages, sample=1, temperature=0.9)
+        await client.chat_json(messages, schema)
+        await client.complete_n("once upon", 3)
+        keys = [
+            client.cache_key("chat", messages, {"temperature": 0.9}, sample=1),
+            client.cache_key("chat", messages, schema=schema),
+            client.cache_key("complete", "once upon", n=3),
+            client.cache_key("chat", messages, {"temperature": 0.9}),  # another sample: not asked
+        ]
+        found = [await cache.get(key) is not None for key in keys]
+        cache.close()
+        return found
+
+    assert asyncio.run(calls()) == [True, True, True, False]
