@@ -55,6 +55,9 @@ class CallMeter:
         default_factory=lambda: defaultdict(lambda: defaultdict(Tally))
     )
     started: float = field(default_factory=time.perf_counter)
+    lengths: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(list))
+    """The length of every single first reply, by (step, model): how long replies run decides how often one
+    outgrows the room a long prompt leaves in the context window (``joyforge plan``)."""
 
     def note(self, model: str, completions: list[Completion] | None, attempt: int, seconds: float = 0.0) -> None:
         """One request (a list of samples), or a failed one (``None``)."""
@@ -67,6 +70,8 @@ class CallMeter:
             tally.cached = int(all(c.cached for c in completions))
             tally.prompt_tokens = sum(c.usage.prompt_tokens for c in completions)
             tally.completion_tokens = sum(c.usage.completion_tokens for c in completions)
+            if attempt == 0 and len(completions) == 1:
+                self.lengths[(step, model)].append(tally.completion_tokens)
             if not tally.cached:
                 tally.paid = 1
                 tally.seconds = seconds

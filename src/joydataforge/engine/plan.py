@@ -23,8 +23,6 @@ table), at the batch price too where the provider has one. Time: at each model's
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import inspect
 import json
 import math
@@ -769,42 +767,6 @@ class PilotResult:
     lengths: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # reply lengths by (step, model)
 
 
-_PILOT_STEP: contextvars.ContextVar[str | None] = contextvars.ContextVar("joyforge_pilot_step", default=None)
-
-
-@dataclass
-class _PilotMeter(CallMeter):
-    """A pilot's meter that also keeps the length of every first reply, by step and model: how long replies run
-    decides how often one outgrows the room a long prompt leaves in the context window."""
-
-    lengths: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(list))
-
-    def note(self, model: str, completions: list[Completion] | None, attempt: int, seconds: float = 0.0) -> None:
-        super().note(model, completions, attempt, seconds)
-        step = _PILOT_STEP.get()
-        if step is not None and completions is not None and len(completions) == 1 and attempt == 0:
-            self.lengths[(step, model)].append(completions[0].usage.completion_tokens)
-
-
-def _named(steps: list[Step]) -> list[Step]:
-    """Let the pilot's meter know which step each request comes from (asyncio tasks inherit the name)."""
-    for step in steps:
-        step.run = _within(step.name, step.run)  # type: ignore[method-assign]
-    return steps
-
-
-def _within(name: str, run: Any) -> Any:
-    @functools.wraps(run)
-    async def within(record: Record, ctx: StepContext) -> Any:
-        token = _PILOT_STEP.set(name)
-        try:
-            return await run(record, ctx)
-        finally:
-            _PILOT_STEP.reset(token)
-
-    return within
-
-
 PILOT_ID_FIELD = "_joyforge_pilot_id"
 """The field of the pilot's input copy that holds each record's run id, so the pilot sees the ids the run
 gives (steps seed their samples with them); a ``_`` field, which prompts and record views leave out."""
@@ -879,12 +841,12 @@ async def run_pilot(
     the normal call cache: every request counted by step, model and record (so the later run gets these answers
     from the cache). ``backends`` supplies ready backends by model name, as
     :class:`~joydataforge.models.gateway.Gateway` takes."""
-    steps = _named(meter_steps([build_step(config) for config in pipeline.step_configs]))
+    steps = meter_steps([build_step(config) for config in pipeline.step_configs])
     picked = _pilot_records(pipeline, records)
     output = pipeline.output.model_copy(update={"dir": str(folder), "formats": ["jsonl"]})
     run = pipeline.run.model_copy(update={"retry_failed": False, "max_failures": None})
     cache_path = pipeline.resolve(pipeline.run.cache) if pipeline.run.cache else None
-    meter = _PilotMeter()
+    meter = CallMeter()
     stopped = None
     with tempfile.TemporaryDirectory(prefix="joyforge-pilot-input-") as scratch:
         copy = Path(scratch) / "pilot.jsonl"
