@@ -8,6 +8,7 @@ shows what ``joyforge eval`` on the same data shows.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,20 +201,22 @@ def push_command(
         if facts.records == 0:
             raise InputError(f"{source.data}: no records to push")
         metrics, note = _metrics(
-            records,
             facts.records,
             no_eval=no_eval,
             metrics_path=metrics_path,
-            text_fields=text_fields,
-            embedder=embedder,
-            entity_fields=entity_fields,
-            entities_spec=entities_spec,
-            label_fields=label_fields,
-            threshold=threshold,
-            shingle_mode=shingle_mode,
-            models_file=models_file,
-            no_cache=no_cache,
-            data=str(source.data),
+            measure=lambda: measure_records(
+                records,
+                data=str(source.data),
+                text_fields=text_fields,
+                embedder=embedder,
+                entity_fields=entity_fields,
+                entities_spec=entities_spec,
+                label_fields=label_fields,
+                threshold=threshold,
+                shingle_mode=shingle_mode,
+                models_file=models_file,
+                no_cache=no_cache,
+            ),
         )
         with console.status(f"writing Parquet shards of {facts.records:,} records"):
             direct = source.is_parquet and applier is None  # a Parquet file keeps its own types unless edited
@@ -291,21 +294,11 @@ def _read(
 
 
 def _metrics(
-    records: list[dict[str, Any]],
     count: int,
     *,
     no_eval: bool,
     metrics_path: str | None,
-    text_fields: tuple[str, ...],
-    embedder: str,
-    entity_fields: tuple[str, ...],
-    entities_spec: str,
-    label_fields: tuple[str, ...],
-    threshold: float,
-    shingle_mode: str,
-    models_file: str | None,
-    no_cache: bool,
-    data: str,
+    measure: Callable[[], Any],
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The ``joyforge eval`` metrics of the records, measured as that command does (or read from its JSON)."""
     import json
@@ -321,19 +314,7 @@ def _metrics(
             found = metrics.get("records") if isinstance(metrics, dict) else None
             raise BadInput(f"--metrics {metrics_path}: measures {found} records, but {count} are pushed")
         return metrics, f"Measured by `joyforge eval` ({Path(metrics_path).name})."
-    evaluation = measure_records(
-        records,
-        data=data,
-        text_fields=text_fields,
-        embedder=embedder,
-        entity_fields=entity_fields,
-        entities_spec=entities_spec,
-        label_fields=label_fields,
-        threshold=threshold,
-        shingle_mode=shingle_mode,
-        models_file=models_file,
-        no_cache=no_cache,
-    )
+    evaluation = measure()  # as `joyforge eval` measures (cli/evaluate.measure_records)
     return evaluation.metrics, None
 
 
