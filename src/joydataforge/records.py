@@ -258,3 +258,16 @@ def record_text(record: dict[str, Any], fields: "TextFields" = "input") -> str:
     names = [fields] if isinstance(fields, str) else list(fields)
     parts = [_flatten(name, record.get(name)) for name in names]
     return "\n".join(p for p in parts if p)
+
+
+THINK_TAGS = ("<think>", "</think>")
+"""The tags thinking models write a trace in (Qwen3, DeepSeek-R1) and LLaMA-Factory's reasoning templates read."""
+
+
+def with_reasoning(text: str, trace: str | None, tags: Sequence[str] = THINK_TAGS) -> str:
+    """``text`` with its reasoning trace before it, ``<think>\ntrace\n</think>\n\ntext``; the text alone when
+    there is no trace. How a judge that sees reasoning reads an answer, and how ``joyforge export --reasoning``
+    writes one: one shape for both."""
+    if not isinstance(trace, str) or not trace.strip():
+        return text
+    return f"{tags[0]}\n{trace.strip()}\n{tags[1]}\n\n{text}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..config.base import PromptedConfig
-from ..records import content_hash
+from ..records import content_hash, with_reasoning
 from .step import Record, Step, StepContext
 
 if TYPE_CHECKING:
@@ -76,20 +76,6 @@ def keep_reasoning(out: Record, field: str, completion: "Completion", keep: bool
     ``keep_reasoning`` is on); the answer itself is never touched, so judges, votes and dedup see it alone."""
     if keep and completion.reasoning:
         out[reasoning_field(field)] = completion.reasoning
-
-
-THINK_TAGS = ("<think>", "</think>")
-"""How a judge that sees reasoning (``judge_sees_reasoning``) is shown a trace: before the answer, in the tags
-thinking models write and LLaMA-Factory's reasoning templates read (the same shape ``joyforge export --reasoning``
-writes)."""
-
-
-def with_reasoning(text: str, trace: str | None) -> str:
-    """``text`` as a judge that sees reasoning reads it: ``<think>\ntrace\n</think>\n\ntext``; the text alone
-    when there is no trace."""
-    if not isinstance(trace, str) or not trace.strip():
-        return text
-    return f"{THINK_TAGS[0]}\n{trace.strip()}\n{THINK_TAGS[1]}\n\n{text}"
 
 
 def judge_view(record: Record) -> Record:

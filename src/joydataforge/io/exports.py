@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import InputError
-from ..records import Message, normalize_history
+from ..records import THINK_TAGS, Message, normalize_history, with_reasoning
 from .readers import iter_records
 from .writers import dumps_line, jsonl_to_parquet
 
@@ -67,7 +67,7 @@ class ExportFields:
     messages: str = "messages"  # a tool-use trajectory in OpenAI messages (openai-tools, sharegpt-tools)
     tools: str = "tools"  # the trajectory's tool schemas
     reasoning: bool = False  # write each answer's reasoning trace (``<field>_reasoning``) with it
-    think_tags: tuple[str, str] = ("<think>", "</think>")  # how a trace is written inside the content
+    think_tags: tuple[str, str] = THINK_TAGS  # how a trace is written inside the content
 
 
 def _trace(record: dict[str, Any], name: str, fields: ExportFields) -> str | None:
@@ -81,9 +81,7 @@ def _trace(record: dict[str, Any], name: str, fields: ExportFields) -> str | Non
 def _with_think(answer: str, trace: str | None, fields: ExportFields) -> str:
     """The answer with its trace before it in think tags, as LLaMA-Factory's reasoning templates (``qwen3``,
     ``deepseekr1``) read an assistant turn: ``<think>\ntrace\n</think>\n\nanswer``."""
-    if trace is None:
-        return answer
-    return f"{fields.think_tags[0]}\n{trace}\n{fields.think_tags[1]}\n\n{answer}"
+    return with_reasoning(answer, trace, fields.think_tags)
 
 
 def _assistant(answer: str, trace: str | None) -> dict[str, Any]:

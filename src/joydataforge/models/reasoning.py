@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ..records import THINK_TAGS
+
 if TYPE_CHECKING:
     from .backends.base import Completion
     from .config import ModelConfig
 
-DEFAULT_TAGS = ("<think>", "</think>")
+DEFAULT_TAGS = THINK_TAGS
 MODES = ("auto", "field", "tags", "none")
 
 
