@@ -32,8 +32,17 @@ How it decides (a hill climb on throughput, with TCP's slow start and multiplica
   gain < 0.2: the server is saturated, so the limit goes down to its capacity (requests in flight less the
   queue) plus a quarter, a small queue that keeps it busy while replies travel back; in between, back
   to the limit before the raise;
-- a window in which the limit was never reached (the callers want fewer requests than allowed) changes
-  nothing: raising a limit nobody uses proves nothing; after a cut, the next window probes upwards;
+- a window in which the limit was never reached (the callers want fewer requests than allowed) raises
+  nothing: raising a limit nobody uses proves nothing. It still judges the raise before it, by the requests
+  that did go out: if they grew a quarter or more and throughput did not follow, the server only queued
+  them, and the limit goes down to its capacity plus a small queue. After a cut, the next window probes
+  upwards;
+- the latency everything is measured against may be blurred: a client short of CPU reads its replies late,
+  and a capacity reckoned from a late-read round fits every limit above the real one. Blur shows as scouts
+  read back far apart, or a window faster than the one before with no fewer requests in flight. Where
+  slow start ended on saturation after blur (or a queue stands past a raise nobody reached), a *descent*
+  verifies it: the limit halves a window at a time while throughput holds, and comes back to the lowest
+  level that held once it falls;
 - a queue that stands where no raise is possible (the ceiling), and now and then any standing queue, is
   tested by a *probe*: one window at the estimated capacity. If throughput fell with it, the limit goes
   straight back (it was a batching server); if not, the queue is gone and the baseline measured afresh;
@@ -88,6 +97,12 @@ RECOVERY_RAISE = 2.0  # climbing back after cuts, up to half of the limit the cu
 CUT = 0.7  # on 429, 503, timeouts
 MIN_GAIN = 0.3  # a raise that bought at least this share of throughput was worth it, latency or not
 SATURATED_GAIN = 0.2  # a raise that bought less than this: the server only queued the extra requests
+HELD_LOSS = 0.1  # a probe that cost less than this share of its cut in throughput: the level still queued
+DESCENT = 2.0  # each step of the descent that verifies where slow start saw saturation
+SCOUT_SPREAD = 3.0  # scouts this far apart were not all read back as they arrived (or vary that much)
+BLURRED = 0.8  # a window this much faster than the one before, with no fewer in flight: that one was blurred
+DESCENT_WINDOW = 8  # samples that decide a window of the descent, at least
+UNUSED_GROWTH = 1.25  # a raise the callers never reached is judged once requests in flight grew this much
 QUEUE_SHARE = 0.25  # the queue kept at the server: a quarter of the limit (it absorbs the client's jitter)...
 QUEUE_MIN = 2.0  # ...and at least two requests
 WINDOW_MIN_STEADY = 16  # after slow start, when steps are small and noise would decide them
@@ -186,9 +201,14 @@ class ConcurrencyController:
         self._slow_window = adaptive  # opened in slow start
         # a wide start's first requests, served before any queue: the no-load latency (see SCOUTS)
         self._scouts: list[float] | None = [] if adaptive and self._limit > SCOUTS else None
-        # what the last decision did: ("raise", factor, throughput before) or ("cut",) or None
+        # what the last decision did: ("raise", factor, throughput before, in flight before) or ("cut",) or None
         self._last: tuple[Any, ...] | None = None
         self._last_cut = -math.inf
+        self._verify = False  # slow start ended on saturation: the next window at the limit starts a descent
+        # whether a window's latency came out well below the one before it with no fewer requests in flight:
+        # the earlier one was blurred (a busy client reading its replies late), so the baseline may be too
+        self._blurred = False
+        self._previous: tuple[float, float] | None = None  # the last window's (mean latency, in flight)
         self._recover_to = 0.0
         self._means: collections.deque[float] = collections.deque(maxlen=BASELINE_WINDOWS)
         # what the run shows
@@ -300,9 +320,14 @@ class ConcurrencyController:
         In slow start, the round is the slots the raise opened: they all went at once and come back about
         one round trip later. (Waiting for the whole limit would also wait for the slots that older
         requests held at the raise, whose replacements went out up to a round trip later: two round trips
-        a window.)"""
+        a window.) While the callers keep fewer requests out than that, a round is the requests they keep
+        out."""
         if self._slow_window:
+            if not self._limited:  # the callers keep fewer out than the raise allowed: a round is theirs
+                return min(self._fresh, max(WINDOW_MIN, self.in_flight + 1))
             return self._fresh
+        if self._last is not None and self._last[0] in ("settle", "probe") and self._last[4]:
+            return max(DESCENT_WINDOW, math.ceil(self._limit))  # a halving shows plainly: fewer samples do
         climbing = self._limit < self._recover_to
         return max(WINDOW_MIN if climbing else WINDOW_MIN_STEADY, math.ceil(self._limit))
 
@@ -365,6 +390,12 @@ class ConcurrencyController:
         self._scouts = None  # only the first window has scouts
         if seed is not None:
             self._means.append(seed)
+            self._previous = (seed, min(SCOUTS, in_flight))
+            if scouts and max(scouts) > SCOUT_SPREAD * min(scouts):
+                self._blurred = True  # requests sent together to an idle server, read back far apart
+        if self._previous is not None and in_flight >= self._previous[1] and mean < BLURRED * self._previous[0]:
+            self._blurred = True  # more requests in flight, yet faster: the earlier latency was not the server's
+        self._previous = (mean, in_flight)
         self._means.append(mean)
         baseline = min(self._means)
         queue = max(0.0, in_flight * (1.0 - baseline / mean)) if mean > 0 else 0.0
@@ -382,40 +413,43 @@ class ConcurrencyController:
             capacity = self._completed / elapsed * unloaded if elapsed > 0 else capacity
             if last is not None and last[0] == "raise":
                 capacity = max(capacity, self._limit / last[1])  # the round before the raise did not queue
-            self.slow_start = False
-            self._set(min(capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity), self._limit / STEADY_RAISE))
-            self._last = ("cut",)
+            self._saturated(min(capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity), self._limit / STEADY_RAISE))
         elif not self._limited and not probing:
-            pass  # the callers wanted fewer requests than allowed: nothing learnt about the server
+            # The callers wanted fewer requests than allowed. A raise is still judged by the requests that did
+            # go out: more of them in flight for no more throughput only queued at the server.
+            if last is not None and last[0] == "raise":
+                self._judge_unused_raise(last, throughput, in_flight, queue)
         elif last is not None and last[0] == "raise":
             factor, before_throughput = last[1], last[2]
             gain = (throughput / before_throughput - 1) / (factor - 1) if before_throughput > 0 else 1.0
             if gain >= MIN_GAIN:
-                self._raise(throughput, gain)
+                self._raise(throughput, in_flight, gain)
             else:
-                self.slow_start = False
                 undo = capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity)
                 if gain >= SATURATED_GAIN:
                     undo = max(undo, self._limit / factor)
-                self._set(min(undo, self._limit / STEADY_RAISE))
-                self._last = ("cut",)
+                self._saturated(min(undo, self._limit / STEADY_RAISE))
         elif last is not None and last[0] == "settle":
             self._last = ("probe", *last[1:])  # the window after a probe still drained the old queue
         elif probing:
-            cut, before_throughput, restore = last[1], last[2], last[3]
+            cut, before_throughput, restore, descending = last[1], last[2], last[3], last[4]
             loss = (1 - throughput / before_throughput) / (1 - 1 / cut) if before_throughput > 0 and cut > 1 else 0.0
             if loss >= MIN_GAIN:
-                self._set(restore)  # the probe cost throughput: that queue was the server batching
+                self._set(restore)  # the probe cost throughput: that queue was the server batching, or real work
+            elif descending and loss < HELD_LOSS and self._limit > 1:
+                self._probe(self._limit / DESCENT, throughput, descending=True)  # still a queue: further down
             else:
-                self._raise(throughput)
+                self._raise(throughput, in_flight)
         elif self.decisions == 1 and seed is not None and mean > QUEUE_EVIDENT * seed:
-            self.slow_start = False  # the wide start already queued (a server smaller than the start)
-            self._set(max(1.0, capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity)))
-            self._last = ("cut",)
+            # the wide start already queued (a server smaller than the start)
+            self._saturated(max(1.0, capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity)))
+        elif self._verify and last is not None and last[0] == "cut" and self._limited:
+            self._verify = False
+            self._probe(self._limit / DESCENT, throughput, descending=True)
         elif self._limit >= self.ceiling and queue > target:
             self._probe(capacity, throughput)
         else:
-            self._raise(throughput, 1.0 if seed is not None else None)
+            self._raise(throughput, in_flight, 1.0 if seed is not None else None)
         if (
             self._last is None
             and not probing
@@ -430,14 +464,50 @@ class ConcurrencyController:
         self._new_window(now)
         return self.limit != before
 
-    def _probe(self, capacity: float, throughput: float) -> None:
+    def _probe(self, capacity: float, throughput: float, *, descending: bool = False) -> None:
+        """One window at ``capacity``, to see whether the queue above it was one. ``descending``: while
+        throughput holds, halve again, coming back to the lowest level that held once it falls. A capacity
+        reckoned from a baseline latency measured while queueing (a wide start's first round, its latencies
+        blurred by a busy client or by a server already behind) is self-consistent at every limit above
+        the real one: only a level below it shows the real baseline."""
         old = self._limit
         self._set(max(1.0, capacity))
         self.slow_start = False
         if self._limit < old:
-            self._last = ("settle", old / self._limit, throughput, old)
+            self._last = ("settle", old / self._limit, throughput, old, descending)
 
-    def _raise(self, throughput: float, gain: float | None = None) -> None:
+    def _judge_unused_raise(self, last: tuple[Any, ...], throughput: float, in_flight: float, queue: float) -> None:
+        """A raise whose limit the callers never reached: judged on the growth of the requests actually in
+        flight, not of the limit. Without this, a wide start whose first round looked unqueued (its latencies
+        blurred by a busy client) and was raised x8 past what the callers want would stand for the whole run,
+        its extra requests queueing at a saturated server unseen. Throughput that did not follow the
+        requests in flight, or followed only in part while more than the kept share of them queued, cuts to
+        the server's capacity plus a small queue (and the descent verifies it); so does a queue that stands
+        after a blurred window, whose throughput a gain is measured against is not to be trusted. Anything
+        else keeps the limit (raising further is what a window that reaches the limit decides)."""
+        before_throughput, before_in_flight = last[2], last[3]
+        if before_in_flight <= 0 or before_throughput <= 0:
+            return
+        grown = in_flight / before_in_flight
+        if grown < UNUSED_GROWTH:
+            return  # too few more requests went out to say anything
+        gain = (throughput / before_throughput - 1) / (grown - 1)
+        queued = queue > max(QUEUE_MIN, QUEUE_SHARE * in_flight)
+        if gain < SATURATED_GAIN or (queued and (gain < LINEAR_GAIN or self._blurred)):
+            capacity = in_flight - queue
+            self._saturated(min(capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity), self._limit / STEADY_RAISE))
+
+    def _saturated(self, limit: float) -> None:
+        """A raise found the server saturated: down to ``limit`` (its capacity as the baseline latency
+        accounts for it, plus a small queue). When that ends slow start and an earlier window was seen to be
+        blurred (the baseline may then be a late-read round's, not the idle server's), the next window
+        reaching the limit verifies it by a descent (:meth:`_probe`)."""
+        self._verify = self.slow_start and self._blurred
+        self.slow_start = False
+        self._set(limit)
+        self._last = ("cut",)
+
+    def _raise(self, throughput: float, in_flight: float, gain: float | None = None) -> None:
         """Raise the limit. In slow start, by what the last raise showed (``gain``; ``None``: nothing yet, a
         narrow start's first window): x8 while throughput scaled about linearly with the limit, x2 once it
         paid only in part, x4 from a narrow start; a wide start whose first window did not queue counts
@@ -457,7 +527,7 @@ class ConcurrencyController:
             self.slow_start = False  # at the ceiling: nothing left to find upwards
         if self._limit >= self._recover_to:
             self._recover_to = 0.0
-        self._last = ("raise", self._limit / old, throughput) if self._limit > old else None
+        self._last = ("raise", self._limit / old, throughput, in_flight) if self._limit > old else None
 
     def report(self) -> dict[str, Any]:
         """What summary.json and the progress bar show of this model's concurrency."""
