@@ -7,6 +7,7 @@ pipeline talks to the mock OpenAI server, which Ray's worker processes reach ove
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -170,18 +171,18 @@ def test_model_concurrency_limit_holds_across_the_cluster(ray_cluster, mock_serv
     pipeline = Pipeline.from_yaml(write_pipeline(tmp_path, server.url, n=60, max_concurrency=3, concurrency=16))
     executor = RayExecutor(pipeline, progress=False, workers=2)
     nodes: set[str] = set()
-    thread = threading.Thread(target=lambda: executor.run_sync(), daemon=True)
-    thread.start()
-    while thread.is_alive() and len(nodes) < 2:  # the two workers are spread over the two nodes
-        if executor.workers:
-            try:
-                nodes = set(ray.get([w.node.remote() for w in executor.workers], timeout=10))
-            except ray.exceptions.RayError:
-                break  # the run ended and stopped its workers meanwhile
-        time.sleep(0.05)
-    thread.join(120)
+    stop_workers = executor._stop_workers
+
+    async def stop_workers_asking_their_nodes(ray_module: Any) -> None:
+        # Asked as the run ends, when its workers are sure to be up (a loaded machine may take longer to start
+        # them than the run takes once they are).
+        nodes.update(await asyncio.gather(*(w.node.remote() for w in executor.workers)))
+        await stop_workers(ray_module)
+
+    executor._stop_workers = stop_workers_asking_their_nodes  # type: ignore[method-assign]
+    executor.run_sync()
     summary = executor.summary
-    assert len(nodes) == 2
+    assert len(nodes) == 2  # the two workers were spread over the two nodes
     assert summary.records_out == 60 and summary.failed == 0
     # 2 workers x 8 records in flight each, but the model allows 3 at once: the server never saw more
     assert server.stats()["max_in_flight"] == 3
