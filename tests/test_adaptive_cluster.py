@@ -38,6 +38,27 @@ async def test_the_actor_grants_the_adaptive_limit_and_cuts_on_feedback():
     assert report["mode"] == "adaptive" and report["rate_limited"] == 1 and report["limit"] == 5
 
 
+async def test_on_ray_a_server_of_ones_own_starts_wide_and_the_samples_pick_the_scouts():
+    registry = ModelRegistry.from_dict(
+        {
+            "models": {
+                "own": {"backend": "openai", "base_url": "http://127.0.0.1:8000/v1"},
+                "hosted": {"backend": "openai", "base_url": "https://api.example.com/v1"},
+            }
+        },
+        "test",
+    )
+    actor = LimitsActor(limits_of(registry))
+    assert (await actor.acquire("own", "w#1", want=100))[0] == 64  # as a local run against it
+    assert (await actor.acquire("hosted", "w#1", want=100))[0] == 2
+    # Samples come back out of order: the last sent first and fast. The scouts are the four sent first
+    # (by their start times), served before any queue: 1 s, not the 0.1 s of the fastest replies.
+    base = time.time()
+    samples = [(base + 0.001 * i, 1.0 if i < 4 else 0.1, OK, None) for i in range(64)]
+    await actor.feedback("own", list(reversed(samples)))
+    assert actor._model("own").controller._means[0] == pytest.approx(1.0)
+
+
 async def test_a_pinned_model_keeps_its_slots_and_old_specs_still_work():
     registry = ModelRegistry.from_dict(
         {

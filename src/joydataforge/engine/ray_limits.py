@@ -21,11 +21,13 @@ Rate tokens are asked for per call, and only by models that have a rate limit.
 
 Adaptive concurrency (:mod:`~joydataforge.models.adaptive`) is cluster-wide too: the actor owns each
 model's :class:`~joydataforge.models.adaptive.ConcurrencyController`, whose limit is the number of slots
-it grants. Workers time their requests and send the samples in batches (every 16, or 50 ms, at once for a
-429, a 503 or a timeout), never one actor call per request; when the limit falls or the server asks to
-wait (``Retry-After``), ``contended`` turns true and workers give their leased slots back. The budget a
-server announces in its x-ratelimit-* headers is mirrored in the actor as well: once a model's replies
-carry one, its workers take each request's share from the actor, as for a configured rate limit.
+it grants, starting where a local run's would (wide against a server of one's own: the controller picks
+its scouts from the samples' start times, which workers send). Workers time their requests and send
+the samples in batches (every 16, or 50 ms, at once for a 429, a 503 or a timeout), never one actor call
+per request; when the limit falls or the server asks to wait (``Retry-After``), ``contended`` turns
+true and workers give their leased slots back. The budget a server announces in its x-ratelimit-*
+headers is mirrored in the actor as well: once a model's replies carry one, its workers take each
+request's share from the actor, as for a configured rate limit.
 
 ``run.budget`` is cluster-wide too: the actor holds the run's :class:`~joydataforge.models.budget.BudgetLedger`
 (set by the driver before any record is fed), and every worker's clients reserve and settle their calls
@@ -47,12 +49,14 @@ from typing import Any
 
 from ..errors import BudgetExceeded
 from ..models.adaptive import (
+    INITIAL_LIMIT,
     NEUTRAL,
     OK,
     RATE_LIMITED,
     ConcurrencyController,
     Ticket,
     current_ticket,
+    initial_limit,
     signal_of,
 )
 from ..models.budget import BudgetLedger, BudgetLimits, Hold, Spend
@@ -61,9 +65,10 @@ from ..models.gateway import Gateway, ModelClient
 from ..models.limits import ModelLimits
 from ..models.rate_headers import RateLimitInfo
 
-# (max_concurrency, requests/min, tokens/min, adaptive, max_hold): what the actor knows of a model.
-LimitSpec = tuple[int, float | None, float | None, bool, float]
-_UNKNOWN: LimitSpec = (16, None, None, False, 300.0)
+# (max_concurrency, requests/min, tokens/min, adaptive, max_hold, where adaptive starts): what the actor
+# knows of a model.
+LimitSpec = tuple[int, float | None, float | None, bool, float, int]
+_UNKNOWN: LimitSpec = (16, None, None, False, 300.0, INITIAL_LIMIT)
 FEEDBACK_BATCH = 16  # samples a worker sends the actor at once
 FEEDBACK_EVERY = 0.05  # seconds: a sample waits at most this long to be sent
 
@@ -72,8 +77,10 @@ class _Slots:
     """One model's slots inside the actor: as many as its controller's limit (pinned or adaptive)."""
 
     def __init__(self, spec: LimitSpec):
-        ceiling, _, _, adaptive, max_hold = spec
-        self.controller = ConcurrencyController(ceiling, adaptive=adaptive, max_hold=max_hold, clock=time.time)
+        ceiling, _, _, adaptive, max_hold, initial = spec
+        self.controller = ConcurrencyController(
+            ceiling, adaptive=adaptive, initial=initial, max_hold=max_hold, clock=time.time
+        )
         self.peak = 0
         self.waiters = 0
         self.freed = asyncio.Condition()
@@ -225,7 +232,7 @@ class LimitsActor:
     def _rate(self, model: str) -> ModelLimits:
         rate = self._rates.get(model)
         if rate is None:
-            concurrency, rpm, tpm, adaptive, max_hold = self._config.get(model, _UNKNOWN)
+            concurrency, rpm, tpm, adaptive, max_hold, _ = self._config.get(model, _UNKNOWN)
             rate = self._rates[model] = ModelLimits(concurrency, rpm, tpm, adaptive=adaptive, max_hold=max_hold)
         return rate
 
@@ -264,7 +271,8 @@ class LimitsActor:
 
 
 def limits_of(registry: ModelRegistry) -> dict[str, LimitSpec]:
-    """Each model's (max_concurrency, requests/min, tokens/min, adaptive, max_hold): all the actor needs."""
+    """Each model's (max_concurrency, requests/min, tokens/min, adaptive, max_hold, initial limit): all the
+    actor needs. An adaptive limit starts where a local run's would (:func:`initial_limit` of the endpoint)."""
     return {
         name: (
             config.max_concurrency,
@@ -272,6 +280,7 @@ def limits_of(registry: ModelRegistry) -> dict[str, LimitSpec]:
             config.tokens_per_minute,
             config.concurrency == "adaptive",
             config.max_retry_after,
+            initial_limit(config.base_url),
         )
         for name, config in registry.models.items()
     }

@@ -200,7 +200,8 @@ class ConcurrencyController:
         self._fresh = max(WINDOW_MIN, math.ceil(self._limit))  # slow start: the slots this window opened
         self._slow_window = adaptive  # opened in slow start
         # a wide start's first requests, served before any queue: the no-load latency (see SCOUTS)
-        self._scouts: list[float] | None = [] if adaptive and self._limit > SCOUTS else None
+        # (start, order, latency) of the earliest-started successes of the first window, at most SCOUTS
+        self._scouts: list[tuple[float, int, float]] | None = [] if adaptive and self._limit > SCOUTS else None
         # what the last decision did: ("raise", factor, throughput before, in flight before) or ("cut",) or None
         self._last: tuple[Any, ...] | None = None
         self._last_cut = -math.inf
@@ -258,9 +259,7 @@ class ConcurrencyController:
         in_flight = self.in_flight  # itself included: Little's law counts it
         self.in_flight -= 1
         now = self.clock()
-        if self._scouts is not None and signal == OK and ticket.in_flight <= SCOUTS and self.decisions == 0:
-            self._scouts.append(now - ticket.start)
-        return self.feedback(ticket.start, now - ticket.start, in_flight, signal, retry_after, now)
+        return self.feedback(ticket.start, now - ticket.start, in_flight, signal, retry_after, now, ticket.in_flight)
 
     def feedback(
         self,
@@ -270,9 +269,11 @@ class ConcurrencyController:
         signal: str,
         retry_after: float | None = None,
         now: float | None = None,
+        order: int = 0,
     ) -> bool:
         """One finished request: when it started, how long it took, how many were in flight as it ended
-        (itself included), what came of it. Also how samples from other processes arrive, on Ray."""
+        (itself included), what came of it; ``order``: its place among requests started at the same instant
+        (a ticket's in-flight count). Also how samples from other processes arrive, on Ray."""
         now = self.clock() if now is None else now
         if signal == NEUTRAL:
             return False
@@ -284,6 +285,8 @@ class ConcurrencyController:
             self._completed += 1
             if started < self._window_start:
                 return False
+            if self._scouts is not None and self.decisions == 0:
+                self._note_scout(started, order, latency)
             self._latencies.append(latency)
             self._in_flight_sum += in_flight
             if len(self._latencies) >= self._window_size():
@@ -313,6 +316,20 @@ class ConcurrencyController:
             changed = True
         return changed
 
+    def _note_scout(self, started: float, order: int, latency: float) -> None:
+        """Keep the :data:`SCOUTS` earliest-started successes of a wide start's first window: the requests a
+        FIFO server served before any queue. Chosen by start time, not by arrival (the first replies back
+        are the shortest, not the unqueued), and from timed samples alone, so the samples that workers send
+        the Ray limits actor pick them as the local slots do."""
+        scouts = self._scouts
+        assert scouts is not None
+        if len(scouts) < SCOUTS:
+            scouts.append((started, order, latency))
+            scouts.sort()
+        elif (started, order) < scouts[-1][:2]:
+            scouts[-1] = (started, order, latency)
+            scouts.sort()
+
     def _window_size(self) -> int:
         """A whole round of requests at the limit judged (the first few after a change are not typical: they
         went before the queue built up), and a few at least, so one odd request does not decide.
@@ -336,7 +353,7 @@ class ConcurrencyController:
         if self._means:
             return min(self._means)
         if self._scouts is not None and len(self._scouts) >= WINDOW_MIN:
-            return sum(self._scouts) / len(self._scouts)
+            return sum(latency for _, _, latency in self._scouts) / len(self._scouts)
         return None
 
     def _overdue(self, now: float) -> bool:
@@ -385,7 +402,7 @@ class ConcurrencyController:
         self.latency = mean
         last = self._last
         probing = last is not None and last[0] in ("probe", "settle")
-        scouts = self._scouts
+        scouts = [latency for _, _, latency in self._scouts] if self._scouts else None
         seed = sum(scouts) / len(scouts) if scouts else None
         self._scouts = None  # only the first window has scouts
         if seed is not None:
