@@ -316,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 1
+    keys = [k.strip() for k in args.profiles.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in PROFILES]
+    if unknown:
+        parser.error(f"--profiles: no profile {', '.join(unknown)} (known: {', '.join(PROFILES)}; '' for none)")
     from tests.mock_openai import spawn_mock_server
 
     cores = sorted(os.sched_getaffinity(0))
@@ -330,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios: dict[str, float] = {}
     quota: tuple[float, Result, Result] | None = None
     with spawn_mock_server(engine="raw", cpu=server_cpu, keep_last=1) as server:
-        for key in [k.strip() for k in args.profiles.split(",") if k.strip()]:
+        for key in keys:
             profile = PROFILES[key]
             outcome = bench_profile(server, profile, args)
             if profile.quota_rps:
