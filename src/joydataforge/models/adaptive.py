@@ -111,6 +111,16 @@ BASELINE_WINDOWS = 32  # the no-load latency is the lowest window mean among thi
 LATENCY_EMA = 0.1
 
 
+def _queue_kept(requests: float) -> float:
+    """The queue kept at a server with ``requests`` in flight (:data:`QUEUE_SHARE`, at least :data:`QUEUE_MIN`)."""
+    return max(QUEUE_MIN, QUEUE_SHARE * requests)
+
+
+def _with_queue(capacity: float) -> float:
+    """The limit for a server of ``capacity``: that many served, plus the small queue that keeps it busy."""
+    return capacity + _queue_kept(capacity)
+
+
 def initial_limit(base_url: str | None) -> int:
     """Where adaptive concurrency starts for a model served at ``base_url``.
 
@@ -408,7 +418,7 @@ class ConcurrencyController:
         if seed is not None:
             self._means.append(seed)
             self._previous = (seed, min(SCOUTS, in_flight))
-            if scouts and max(scouts) > SCOUT_SPREAD * min(scouts):
+            if max(scouts) > SCOUT_SPREAD * min(scouts):
                 self._blurred = True  # requests sent together to an idle server, read back far apart
         if self._previous is not None and in_flight >= self._previous[1] and mean < BLURRED * self._previous[0]:
             self._blurred = True  # more requests in flight, yet faster: the earlier latency was not the server's
@@ -417,7 +427,7 @@ class ConcurrencyController:
         baseline = min(self._means)
         queue = max(0.0, in_flight * (1.0 - baseline / mean)) if mean > 0 else 0.0
         capacity = in_flight - queue
-        target = max(QUEUE_MIN, QUEUE_SHARE * self._limit)
+        target = _queue_kept(self._limit)
         self.decisions += 1
         before = self.limit
         self._last = None
@@ -430,7 +440,7 @@ class ConcurrencyController:
             capacity = self._completed / elapsed * unloaded if elapsed > 0 else capacity
             if last is not None and last[0] == "raise":
                 capacity = max(capacity, self._limit / last[1])  # the round before the raise did not queue
-            self._saturated(min(capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity), self._limit / STEADY_RAISE))
+            self._saturated(min(_with_queue(capacity), self._limit / STEADY_RAISE))
         elif not self._limited and not probing:
             # The callers wanted fewer requests than allowed. A raise is still judged by the requests that did
             # go out: more of them in flight for no more throughput only queued at the server.
@@ -442,7 +452,7 @@ class ConcurrencyController:
             if gain >= MIN_GAIN:
                 self._raise(throughput, in_flight, gain)
             else:
-                undo = capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity)
+                undo = _with_queue(capacity)
                 if gain >= SATURATED_GAIN:
                     undo = max(undo, self._limit / factor)
                 self._saturated(min(undo, self._limit / STEADY_RAISE))
@@ -459,7 +469,7 @@ class ConcurrencyController:
                 self._raise(throughput, in_flight)
         elif self.decisions == 1 and seed is not None and mean > QUEUE_EVIDENT * seed:
             # the wide start already queued (a server smaller than the start)
-            self._saturated(max(1.0, capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity)))
+            self._saturated(max(1.0, _with_queue(capacity)))
         elif self._verify and last is not None and last[0] == "cut" and self._limited:
             self._verify = False
             self._probe(self._limit / DESCENT, throughput, descending=True)
@@ -509,10 +519,10 @@ class ConcurrencyController:
         if grown < UNUSED_GROWTH:
             return  # too few more requests went out to say anything
         gain = (throughput / before_throughput - 1) / (grown - 1)
-        queued = queue > max(QUEUE_MIN, QUEUE_SHARE * in_flight)
+        queued = queue > _queue_kept(in_flight)
         if gain < SATURATED_GAIN or (queued and (gain < LINEAR_GAIN or self._blurred)):
             capacity = in_flight - queue
-            self._saturated(min(capacity + max(QUEUE_MIN, QUEUE_SHARE * capacity), self._limit / STEADY_RAISE))
+            self._saturated(min(_with_queue(capacity), self._limit / STEADY_RAISE))
 
     def _saturated(self, limit: float) -> None:
         """A raise found the server saturated: down to ``limit`` (its capacity as the baseline latency
