@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
+import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -50,41 +52,47 @@ def simulate(
     requests: int,
     callers: int | None = None,
     first_round_lag: float = 0.0,
-) -> tuple[float, list[int]]:
+    spread: float = 0.0,
+    seed: int = 0,
+) -> tuple[float, list[int], int]:
     """A FIFO server of ``capacity`` places (latency flat up to it, then queueing), driven by ``controller``;
-    returns (completed requests per second, the limit after each completion).
+    returns (completed requests per second, the limit after each completion, the most requests ever in
+    flight).
 
     ``callers``: how many requests the client wants in flight (``None``: endless demand).
     ``first_round_lag``: seconds added to the replies of the first round, as a busy client sees them
-    (its event loop got the CPU back late): every latency of that round blurred by the same amount."""
+    (its event loop got the CPU back late): every latency of that round blurred by the same amount.
+    ``spread``: each request takes ``latency`` times a log-normal factor of that sigma (``seed``: its draws)."""
+    rng = random.Random(seed)
     places = [clock.now] * capacity
     began = clock.now
     done: list[tuple[float, int, Any]] = []
     seq = 0
-    finished = 0
+    most = 0
     limits: list[int] = []
     first_round = controller.limit
 
     def launch() -> None:
-        nonlocal seq
+        nonlocal seq, most
         while controller.may_start(clock.now) and (callers is None or controller.in_flight < callers):
             ticket = controller.start()
+            most = max(most, controller.in_flight)
             begins = max(clock.now, heapq.heappop(places))
-            heapq.heappush(places, begins + latency)
+            ends = begins + latency * math.exp(rng.gauss(0.0, spread))
+            heapq.heappush(places, ends)
             lag = first_round_lag if seq < first_round else 0.0
-            heapq.heappush(done, (begins + latency + lag, seq, ticket))
+            heapq.heappush(done, (ends + lag, seq, ticket))
             seq += 1
         if callers is None or controller.in_flight < callers:
             controller.note_waiting()  # a caller waits for a slot: the limit, not the demand, stopped it
 
     launch()
-    while finished < requests:
+    for _ in range(requests):
         clock.now, _, ticket = heapq.heappop(done)
         controller.finish(ticket, OK)
-        finished += 1
         limits.append(controller.limit)
         launch()
-    return finished / (clock.now - began), limits
+    return requests / (clock.now - began), limits, most
 
 
 # ---- the controller -----------------------------------------------------------------------------------------
@@ -94,7 +102,7 @@ def simulate(
 def test_converges_to_the_servers_capacity_without_losing_throughput(capacity):
     clock = VirtualClock()
     controller = ConcurrencyController(1024, clock=clock)
-    rate, limits = simulate(controller, clock, capacity=capacity, latency=1.0, requests=capacity * 150 + 200)
+    rate, limits, _ = simulate(controller, clock, capacity=capacity, latency=1.0, requests=capacity * 150 + 200)
     settled = limits[len(limits) // 2 :]
     assert rate >= 0.9 * capacity  # the ideal is capacity / latency, ramp-up included
     # It settles at the capacity plus a small queue that keeps the server busy, not at the 1024 ceiling.
@@ -133,7 +141,7 @@ def test_a_blurred_first_round_is_found_out_by_the_descent(capacity, lag):
     # while throughput holds and finds the real baseline.
     clock = VirtualClock()
     controller = ConcurrencyController(1024, initial=64, clock=clock)
-    rate, limits = simulate(controller, clock, capacity=capacity, latency=1.0, requests=4000, first_round_lag=lag)
+    rate, limits, _ = simulate(controller, clock, capacity=capacity, latency=1.0, requests=4000, first_round_lag=lag)
     assert controller.highest >= 512  # the blurred round was taken for an unqueued one
     assert controller.lowest < capacity  # the descent went below the capacity: throughput fell there...
     assert controller.limit <= 2 * capacity + 4  # ...and the limit settled at the capacity and a small queue
@@ -182,7 +190,7 @@ def test_never_stalls_after_a_burst_of_429s():
     assert controller.limit == 1  # cut to the floor, never to zero
     clock.now = controller.hold_until
     assert controller.may_start(clock.now)  # the probe after the back-off
-    rate, limits = simulate(controller, clock, capacity=32, latency=0.1, requests=3000)
+    rate, limits, _ = simulate(controller, clock, capacity=32, latency=0.1, requests=3000)
     assert max(limits) >= 32 and rate >= 0.8 * 320  # the quota is back: so is the throughput
 
 
@@ -198,7 +206,7 @@ def test_neutral_failures_do_not_move_the_limit():
 def test_pinned_limit_never_moves_but_is_reported():
     clock = VirtualClock()
     controller = ConcurrencyController(5, adaptive=False, clock=clock)
-    rate, limits = simulate(controller, clock, capacity=64, latency=1.0, requests=500)
+    rate, limits, _ = simulate(controller, clock, capacity=64, latency=1.0, requests=500)
     ticket = controller.start()
     controller.finish(ticket, RATE_LIMITED, retry_after=5.0)
     assert set(limits) == {5} and controller.limit == 5 and rate == pytest.approx(5.0, rel=0.01)

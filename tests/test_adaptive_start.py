@@ -8,9 +8,7 @@ wall-clock assertion. Convergence is counted in completed requests.
 
 from __future__ import annotations
 
-import heapq
 import math
-import random
 from typing import Any
 
 import pytest
@@ -28,12 +26,12 @@ from joydataforge.models.adaptive import (
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from tests.support.harness import CLOSED_PORT_URL, read_jsonl, write_jsonl
-from tests.test_adaptive import FiniteBackend, VirtualClock
+from tests.test_adaptive import FiniteBackend, VirtualClock, simulate
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def simulate(
+def simulate_from_cold(
     controller: ConcurrencyController,
     clock: VirtualClock,
     *,
@@ -41,39 +39,13 @@ def simulate(
     latency: float,
     requests: int,
     spread: float = 0.0,
-    seed: int = 0,
 ) -> tuple[float, list[int], int]:
-    """A FIFO server of ``capacity`` places, each request taking ``latency`` times a log-normal factor of
-    sigma ``spread``; endless demand. Returns (completed requests per second over the mean latency's ideal,
-    the limit after each completion, the most requests ever in flight)."""
-    rng = random.Random(seed)
-    places = [clock.now] * capacity
-    began = clock.now
-    done: list[tuple[float, int, Any]] = []
-    seq = 0
-    most = 0
-    limits: list[int] = []
-
-    def launch() -> None:
-        nonlocal seq, most
-        while controller.may_start(clock.now):
-            ticket = controller.start()
-            most = max(most, controller.in_flight)
-            begins = max(clock.now, heapq.heappop(places))
-            ends = begins + latency * math.exp(rng.gauss(0.0, spread))
-            heapq.heappush(places, ends)
-            heapq.heappush(done, (ends, seq, ticket))
-            seq += 1
-        controller.note_waiting()
-
-    launch()
-    for _ in range(requests):
-        clock.now, _, ticket = heapq.heappop(done)
-        controller.finish(ticket, OK)
-        limits.append(controller.limit)
-        launch()
-    ideal = capacity / (latency * math.exp(spread**2 / 2))
-    return requests / (clock.now - began) / ideal, limits, most
+    """:func:`tests.test_adaptive.simulate` with endless demand, its rate given over the ideal (capacity over
+    the mean latency, log-normal spread included)."""
+    rate, limits, most = simulate(
+        controller, clock, capacity=capacity, latency=latency, requests=requests, spread=spread
+    )
+    return rate / (capacity / (latency * math.exp(spread**2 / 2))), limits, most
 
 
 def first_reaching(limits: list[int], level: int) -> int | None:
@@ -117,7 +89,7 @@ def test_a_wide_start_reaches_a_large_server_within_two_rounds(spread):
     after the first 64 completions, and the run has gone at full speed since."""
     clock = VirtualClock()
     controller = ConcurrencyController(1024, initial=SELF_HOSTED_INITIAL, clock=clock)
-    rate, limits, _ = simulate(controller, clock, capacity=512, latency=1.0, requests=512 * 40, spread=spread)
+    rate, limits, _ = simulate_from_cold(controller, clock, capacity=512, latency=1.0, requests=512 * 40, spread=spread)
     reached = first_reaching(limits, 512)
     assert reached is not None and reached <= SELF_HOSTED_INITIAL + 8
     assert rate >= 0.95  # forty round trips' job, ramp-up included
@@ -132,7 +104,7 @@ def test_a_narrow_start_reaches_a_large_server_within_four_rounds(spread):
     slow start (x4 a round, each round waiting for every slot of the limit) needed about 170."""
     clock = VirtualClock()
     controller = ConcurrencyController(1024, clock=clock)
-    rate, limits, _ = simulate(controller, clock, capacity=512, latency=1.0, requests=512 * 40, spread=spread)
+    rate, limits, _ = simulate_from_cold(controller, clock, capacity=512, latency=1.0, requests=512 * 40, spread=spread)
     reached = first_reaching(limits, 512)
     assert reached is not None and reached <= 2 + 8 + 64 + 16
     assert rate >= 0.9
@@ -147,7 +119,9 @@ def test_a_wide_start_on_a_small_server_is_cut_within_the_first_round(capacity):
     above the start, and settles near the capacity."""
     clock = VirtualClock()
     controller = ConcurrencyController(1024, initial=SELF_HOSTED_INITIAL, clock=clock)
-    rate, limits, most = simulate(controller, clock, capacity=capacity, latency=1.0, requests=capacity * 150 + 200)
+    rate, limits, most = simulate_from_cold(
+        controller, clock, capacity=capacity, latency=1.0, requests=capacity * 150 + 200
+    )
     cut = next(i + 1 for i, limit in enumerate(limits) if limit < SELF_HOSTED_INITIAL)
     assert cut <= max(4 * capacity + 1, 16)  # after about three no-load latencies' completions, not 64
     assert limits[cut - 1] <= 2 * capacity + 4  # not overshooting by much
@@ -163,7 +137,7 @@ def test_a_wide_start_that_queues_moderately_is_settled_by_the_first_raise():
     overdue, and the limit goes to the completion rate's capacity: near 32, not 512."""
     clock = VirtualClock()
     controller = ConcurrencyController(1024, initial=SELF_HOSTED_INITIAL, clock=clock)
-    rate, limits, _ = simulate(controller, clock, capacity=32, latency=1.0, requests=32 * 150)
+    rate, limits, _ = simulate_from_cold(controller, clock, capacity=32, latency=1.0, requests=32 * 150)
     assert controller.highest <= 8 * SELF_HOSTED_INITIAL
     settled = limits[len(limits) // 2 :]
     assert min(settled) >= 0.9 * 32 and max(settled) <= 2 * 32 + 4
