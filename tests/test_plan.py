@@ -25,7 +25,7 @@ from joydataforge.errors import ConfigError
 from joydataforge.models.cache import CallCache
 from joydataforge.models.config import ModelRegistry
 from tests.scripted_backend import ScriptedBackend
-from tests.support.harness import registry_of, write_jsonl
+from tests.support.harness import make_pipeline, registry_of, write_jsonl
 
 RECORDS = [{"id": f"r{i}", "input": f"question number {i} " + "word " * i} for i in range(6)]
 
@@ -43,14 +43,7 @@ def never_approves(messages, schema):
 
 def pipeline_of(tmp_path: Path, steps: list, cache: bool = True, **run) -> Pipeline:
     write_jsonl(tmp_path / "in.jsonl", RECORDS)
-    return Pipeline.from_dict(
-        {
-            "input": {"path": str(tmp_path / "in.jsonl")},
-            "steps": steps,
-            "output": {"dir": str(tmp_path / "out")},
-            "run": {"cache": str(tmp_path / "cache.sqlite") if cache else None, "progress": False, **run},
-        }
-    )
+    return make_pipeline(tmp_path, steps, run={"cache": str(tmp_path / "cache.sqlite") if cache else None, **run})
 
 
 STEPS = [

@@ -17,7 +17,7 @@ from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.fanout import Assumptions
 from joydataforge.engine.plan import known_assumptions, make_plan
 from tests.scripted_backend import ScriptedBackend
-from tests.support.harness import write_jsonl
+from tests.support.harness import make_pipeline, write_jsonl
 from tests.test_plan import distinct, run_metered
 
 TOOLS = [
@@ -48,14 +48,7 @@ def simulator(messages, schema):
 
 def pipeline_of(tmp_path: Path, steps: list, records: list[dict]) -> Pipeline:
     write_jsonl(tmp_path / "in.jsonl", records)
-    return Pipeline.from_dict(
-        {
-            "input": {"path": str(tmp_path / "in.jsonl")},
-            "steps": steps,
-            "output": {"dir": str(tmp_path / "out")},
-            "run": {"cache": str(tmp_path / "cache.sqlite"), "progress": False},
-        }
-    )
+    return make_pipeline(tmp_path, steps, run={"cache": str(tmp_path / "cache.sqlite")})
 
 
 TOOL_STEP = {

@@ -18,7 +18,7 @@ import pytest
 from joydataforge.config.pipeline import Pipeline
 from joydataforge.engine.plan import _copy_as_input, _prediction_halfwidth, make_plan, pilot_positions, run_pilot
 from tests.scripted_backend import ScriptedBackend
-from tests.support.harness import write_jsonl
+from tests.support.harness import make_pipeline, write_jsonl
 from tests.test_plan import distinct, run_metered
 
 
@@ -68,14 +68,7 @@ STEPS = [
 
 def pipeline_of(tmp_path: Path, records: list[dict], steps: list = STEPS) -> Pipeline:
     write_jsonl(tmp_path / "in.jsonl", records)
-    return Pipeline.from_dict(
-        {
-            "input": {"path": str(tmp_path / "in.jsonl")},
-            "steps": steps,
-            "output": {"dir": str(tmp_path / "out")},
-            "run": {"cache": str(tmp_path / "cache.sqlite"), "progress": False},
-        }
-    )
+    return make_pipeline(tmp_path, steps, run={"cache": str(tmp_path / "cache.sqlite")})
 
 
 def served(reply=gate_first_half) -> dict[str, ScriptedBackend]:

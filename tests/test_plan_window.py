@@ -20,7 +20,7 @@ from joydataforge.engine.fanout import Assumptions
 from joydataforge.engine.plan import known_assumptions, make_plan, pilot_positions
 from joydataforge.models.config import ModelRegistry
 from tests.scripted_backend import ScriptedBackend
-from tests.support.harness import write_jsonl
+from tests.support.harness import make_pipeline, write_jsonl
 from tests.test_plan import run_metered
 
 WINDOW, BOUND = 230, 50
@@ -43,14 +43,7 @@ def pipeline_of(tmp_path: Path, records: list[dict], kind: str) -> Pipeline:
     step = {"model": "tiny", "prompt": "answer"} if kind == "generate" else {"model": "tiny", "prompt": "label"}
     if kind == "label":
         step["options"] = {"labels": ["x", "y"]}
-    return Pipeline.from_dict(
-        {
-            "input": {"path": str(tmp_path / "in.jsonl")},
-            "steps": [{kind: step}],
-            "output": {"dir": str(tmp_path / "out")},
-            "run": {"cache": str(tmp_path / "cache.sqlite"), "progress": False},
-        }
-    )
+    return make_pipeline(tmp_path, [{kind: step}], run={"cache": str(tmp_path / "cache.sqlite")})
 
 
 SHORT = {"id": "short", "input": "Is it red?"}
