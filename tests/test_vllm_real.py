@@ -77,6 +77,16 @@ def models() -> ModelRegistry:
         {
             "models": {
                 "v": {"backend": "vllm", "model": model, "engine_args": engine_args, "params": {"max_tokens": 48}},
+                # the same engine (same weights and engine args) behind a pinned width: batching without the
+                # adaptive limit's judgement of how well this machine's vLLM scales with the batch
+                "v32": {
+                    "backend": "vllm",
+                    "model": model,
+                    "engine_args": engine_args,
+                    "params": {"max_tokens": 48},
+                    "concurrency": "fixed",
+                    "max_concurrency": 32,
+                },
                 "e": {"backend": "vllm", "model": model, "engine_args": embed_args},  # the same weights as an embedder
             }
         },
@@ -117,25 +127,45 @@ def test_complete_n_chat_and_json(models):
     asyncio.run(go())
 
 
-def test_magpie_on_vllm_batches_requests(models, tmp_path):
+def _magpie_run(models, tmp_path, model: str, slots: int) -> tuple[list[dict], list[int], dict]:
+    """Magpie and its responses on ``model``: the rows, the widths of the batches this run handed vLLM, and
+    the model's concurrency report."""
     from joydataforge.models.backends.vllm_offline import _Engine
 
-    write_slots(tmp_path / "slots.jsonl", 64)
+    def widths() -> list[int]:
+        return [size for engine in _Engine._engines.values() for size in engine.batches]
+
+    before = len(widths())  # the engine is shared with earlier tests, and keeps their batches
+    write_slots(tmp_path / "slots.jsonl", slots)
     pipeline = Pipeline.from_dict(
         {
             "input": {"path": str(tmp_path / "slots.jsonl")},
-            "steps": [{"magpie": {"model": "v", "samples": 2, "attempts": 2}}, {"magpie_response": {"model": "v"}}],
+            "steps": [{"magpie": {"model": model, "samples": 2, "attempts": 2}}, {"magpie_response": {"model": model}}],
             "output": {"dir": str(tmp_path / "out")},
             "run": {"cache": None, "progress": False, "concurrency": 64},
         }
     )
     summary = LocalExecutor(pipeline, registry=models, gateway=Gateway(models)).run_sync()
     rows = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text("utf-8").splitlines()]
-    assert summary.failed == 0 and len(rows) > 32
+    assert summary.failed == 0 and len(rows) > slots // 2
     assert all(r["input"] and r["target"] for r in rows)
     assert rows[0]["magpie"]["template_origin"].startswith("vLLM tokenizer chat_template")
-    batches = [size for engine in _Engine._engines.values() for size in engine.batches]
-    assert max(batches) > 8  # concurrent records reached vLLM together
+    return rows, widths()[before:], summary.models[model]["concurrency"]
+
+
+def test_magpie_on_vllm_batches_requests(models, tmp_path):
+    # 32 records' requests in flight: those that arrive while a batch runs all go to vLLM in the next one
+    _, batches, concurrency = _magpie_run(models, tmp_path, "v32", 64)
+    assert concurrency["mode"] == "fixed" and concurrency["limit"] == 32
+    assert max(batches) > 8
+
+
+def test_adaptive_limit_widens_vllm_batches(models, tmp_path):
+    # From 2, the first window that waited for slots raises the limit x4 whatever the timing; how far it
+    # goes after that is this machine's vLLM's to show (a CPU build on two cores may stop at 8).
+    _, batches, concurrency = _magpie_run(models, tmp_path, "v", 24)
+    assert concurrency["mode"] == "adaptive" and concurrency["highest"] >= 8
+    assert max(batches) > 2
 
 
 def test_magpie_samples_per_call_is_one_request_with_n(models, tmp_path):
