@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from joydataforge.models.adaptive import SELF_HOSTED_INITIAL
 from joydataforge.models.backends import vllm_offline
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
@@ -50,9 +51,14 @@ async def chats(settings: dict, n: int) -> tuple[list[int], dict]:
 
 async def test_adaptive_widens_the_batches_while_they_pay(fake_vllm):
     widths, report = await chats({}, 3000)
-    assert widths[0] <= 2  # it starts narrow: nothing is known of this GPU yet
+    assert widths[0] <= SELF_HOSTED_INITIAL  # a batch's worth first (a server of one's own)
     assert max(widths) >= 128 and report["highest"] >= 128  # a batch costs about the same however wide: widen
     assert max(widths) <= 256  # the ceiling, vLLM's default max_concurrency
+
+
+def test_the_width_starts_at_a_batchs_worth():
+    gateway = Gateway(ModelRegistry.from_dict({"models": {"v": {"backend": "vllm", "model": "org/x"}}}, "test"))
+    assert gateway.model("v").concurrency()["limit"] == SELF_HOSTED_INITIAL  # set before any request
 
 
 async def test_a_pinned_width_from_the_first_batch(fake_vllm):

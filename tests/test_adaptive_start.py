@@ -76,8 +76,13 @@ def test_a_server_of_ones_own_starts_wide(url):
 @pytest.mark.parametrize(
     "url", ["https://api.openai.com/v1", "https://api.deepseek.com", "http://8.8.8.8/v1", None, "not a url"]
 )
-def test_a_hosted_api_or_an_in_process_engine_starts_narrow(url):
-    assert initial_limit(url) == INITIAL_LIMIT
+def test_a_hosted_api_starts_narrow(url):
+    assert initial_limit(url) == INITIAL_LIMIT  # None: the openai backend's own default, a hosted API
+
+
+def test_vllm_in_process_starts_wide_and_the_one_at_a_time_engines_narrow():
+    assert initial_limit(None, "vllm") == SELF_HOSTED_INITIAL
+    assert initial_limit(None, "llamacpp") == initial_limit(None, "transformers") == INITIAL_LIMIT
 
 
 # ---- convergence from cold ----------------------------------------------------------------------------------
@@ -142,6 +147,20 @@ def test_a_wide_start_that_queues_moderately_is_settled_by_the_first_raise():
     settled = limits[len(limits) // 2 :]
     assert min(settled) >= 0.9 * 32 and max(settled) <= 2 * 32 + 4
     assert rate >= 0.95
+
+
+@pytest.mark.parametrize("initial", [INITIAL_LIMIT, SELF_HOSTED_INITIAL])
+def test_the_first_round_starts_with_the_first_request_not_with_the_client(initial):
+    """A model's client is made before its first request, at times long before (a step's other model answers
+    first, an in-process engine loads its weights). That wait is no round still out: a wide start on a large
+    server still goes to its capacity at once, and is not cut to the few requests the wait would have shown
+    it completing."""
+    clock = VirtualClock()
+    controller = ConcurrencyController(1024, initial=initial, clock=clock)
+    clock.now = 100.0  # the client was made 100 round trips ago
+    _, limits, _ = simulate_from_cold(controller, clock, capacity=512, latency=1.0, requests=512 * 10)
+    assert min(limits) >= initial and controller.lowest == initial
+    assert first_reaching(limits, 512) is not None
 
 
 def test_scouts_are_the_first_requests_sent():

@@ -160,12 +160,13 @@ def test_magpie_on_vllm_batches_requests(models, tmp_path):
     assert max(batches) > 8
 
 
-def test_adaptive_limit_widens_vllm_batches(models, tmp_path):
-    # From 2, the first window that waited for slots raises the limit x4 whatever the timing; how far it
-    # goes after that is this machine's vLLM's to show (a CPU build on two cores may stop at 8).
+def test_adaptive_limit_starts_vllm_batches_wide(models, tmp_path):
+    # The limit starts at 64 (in-process vLLM is a server of one's own): 24 records' 48 requests go at once,
+    # and those that miss the first batch queue for the next. How far it widens after that, and whether it
+    # later settles lower, is this machine's vLLM's to show.
     _, batches, concurrency = _magpie_run(models, tmp_path, "v", 24)
-    assert concurrency["mode"] == "adaptive" and concurrency["highest"] >= 8
-    assert max(batches) > 2
+    assert concurrency["mode"] == "adaptive" and concurrency["highest"] >= 64
+    assert max(batches) > 8
 
 
 def test_magpie_samples_per_call_is_one_request_with_n(models, tmp_path):

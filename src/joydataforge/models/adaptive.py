@@ -7,7 +7,9 @@ idle; too high against a saturated server only adds queueing and timeouts; again
 What it measures. Every request that finishes is a sample: its latency (slot taken to slot given back),
 the requests in flight as it ended, and what came of it (:func:`signal_of`). Decisions are taken once per
 *window*: a whole round of requests (as many as the limit, at least a few) started after the last
-decision, so each decision sees the effect of the one before, not the tail of the old queue. From a
+decision, so each decision sees the effect of the one before, not the tail of the old queue. A window
+opened with nothing in flight (the first, or one after the callers paused) starts with its first
+request, so time spent before it (a client made early, an engine loading) never reads as a slow round. From a
 window come its throughput, by Little's law (mean requests in flight / mean latency: the rate at the limit
 being judged) and its queue, by Vegas' reckoning (the requests in flight that the lowest recent latency,
 the server with nothing waiting, does not account for).
@@ -15,8 +17,8 @@ the server with nothing waiting, does not account for).
 How it decides (a hill climb on throughput, with TCP's slow start and multiplicative decrease):
 
 - where it starts depends on the server (:func:`initial_limit`): 2 against a hosted API, whose quota a
-  first burst could spend, 64 against a server of one's own (a loopback or private address), which
-  batches that many or, if smaller, only queues them for a round. A wide start's first few requests
+  first burst could spend, 64 against a server of one's own (a loopback or private address, or vLLM
+  in-process), which batches that many or, if smaller, only queues them for a round. A wide start's first few requests
   (the *scouts*) are served before any queue, so their latency is the idle server's;
 - slow start: each window is the round of requests a raise sent, about one round trip; the limit grows
   x8 a window while the last raise scaled throughput about linearly (gain >= 0.8; a wide start whose
@@ -121,16 +123,20 @@ def _with_queue(capacity: float) -> float:
     return capacity + _queue_kept(capacity)
 
 
-def initial_limit(base_url: str | None) -> int:
-    """Where adaptive concurrency starts for a model served at ``base_url``.
+def initial_limit(base_url: str | None, backend: str = "openai") -> int:
+    """Where adaptive concurrency starts for a model served at ``base_url`` by ``backend``.
 
     A server of one's own (a loopback or private address, a ``.local``/``.internal`` name, a one-label
     name such as a compose or Kubernetes service) starts at :data:`SELF_HOSTED_INITIAL`: a vLLM or SGLang
     server batches that many at once, and a smaller one only queues them for one round (the first window
-    sees it and cuts). Anything else is taken for a hosted API, whose quota a first burst could spend: it
-    starts at :data:`INITIAL_LIMIT`. ``None`` (an in-process engine) also starts narrow: its batch width
-    is found from 2 (an in-process GPU batch costs little to widen).
+    sees it and cuts). So does vLLM in-process (``backend: vllm``), the most one's own of all: it has no
+    quota to spend, and its first batch of 64 mixes short and long requests into one window, where a start
+    from 2 would judge the first raises on two and then eight requests, whose lengths alone can make a
+    wider batch look slower. Anything else is taken for a hosted API, whose quota a first burst could
+    spend: it starts at :data:`INITIAL_LIMIT`.
     """
+    if backend == "vllm":
+        return SELF_HOSTED_INITIAL
     if not base_url:
         return INITIAL_LIMIT
     try:
@@ -203,6 +209,10 @@ class ConcurrencyController:
         self.slow_start = adaptive
         # the window being measured
         self._window_start = clock()
+        # a window opened with nothing in flight starts with its first request, not when it was opened: a
+        # model whose first request comes long after its client was made (another step's model answered
+        # first, or an in-process engine loaded) must not count that wait as a round still out
+        self._window_idle = True
         self._latencies: list[float] = []
         self._in_flight_sum = 0
         self._limited = False
@@ -247,6 +257,7 @@ class ConcurrencyController:
 
     def start(self) -> Ticket:
         """A request takes a slot (the caller checked :meth:`may_start`)."""
+        self._first_of_window()
         self.in_flight += 1
         if self.in_flight >= self.limit:
             self._limited = True
@@ -254,9 +265,15 @@ class ConcurrencyController:
 
     def grant(self, count: int) -> None:
         """``count`` slots taken at once, without tickets (the Ray limits actor leases slots to workers)."""
+        self._first_of_window()
         self.in_flight += count
         if self.in_flight >= self.limit:
             self._limited = True
+
+    def _first_of_window(self) -> None:
+        if self._window_idle:
+            self._window_start = self.clock()
+            self._window_idle = False
 
     def note_waiting(self) -> None:
         """A request had to wait for a slot: the limit is what bounds this model now."""
@@ -376,6 +393,7 @@ class ConcurrencyController:
 
     def _new_window(self, now: float) -> None:
         self._window_start = now
+        self._window_idle = self.in_flight == 0
         self._latencies = []
         self._in_flight_sum = 0
         self._completed = 0

@@ -4,12 +4,12 @@
 send one request each from the event loop. So each loaded engine has one thread that drains a queue:
 it takes every request waiting (after a short window for the first), hands them to vLLM as one batch, and
 resolves each caller's future. Requests that arrive during a batch form the next one, so the batch width
-is the model's concurrency limit: adaptive by default (:mod:`..adaptive`), which widens it while wider
-batches get more requests done per second (x4 a batch from 2 while a batch takes no longer than a narrow
-one) and stops where they no longer do, up to ``max_concurrency`` (256 by default for this backend);
-with ``concurrency: fixed`` it is ``max_concurrency`` from the first batch. ``batches`` keeps the widths
-handed to vLLM. A failing batch is retried
-one request at a time, so a single over-long prompt fails alone and never takes its neighbours with it.
+is the model's concurrency limit: adaptive by default (:mod:`..adaptive`), which starts at 64, as
+against a server of one's own, widens it while wider batches get more requests done per second and
+stops where they no longer do, up to ``max_concurrency`` (256 by default for this backend); with
+``concurrency: fixed`` it is ``max_concurrency`` from the first batch. ``batches`` keeps the widths handed
+to vLLM. A failing batch is retried one request at a time, so a single over-long prompt fails alone and
+never takes its neighbours with it.
 
 vLLM is an optional extra (``pip install 'joydataforge[vllm]'``, Linux + NVIDIA GPU); nothing else in the
 package imports it.
