@@ -81,8 +81,23 @@ def test_a_hosted_api_starts_narrow(url):
 
 
 def test_vllm_in_process_starts_wide_and_the_one_at_a_time_engines_narrow():
-    assert initial_limit(None, "vllm") == SELF_HOSTED_INITIAL
-    assert initial_limit(None, "llamacpp") == initial_limit(None, "transformers") == INITIAL_LIMIT
+    registry = ModelRegistry.from_dict(
+        {
+            "models": {
+                "vllm": {"backend": "vllm", "model": "org/x"},
+                "llamacpp": {"backend": "llamacpp", "model_path": "x.gguf"},
+                "transformers": {"backend": "transformers", "model_path": "x"},
+            }
+        },
+        "test",
+    )
+
+    def start(name: str) -> int:
+        config = registry.get(name)
+        return initial_limit(config.base_url, batches_in_flight=config.capabilities.batches_in_flight)
+
+    assert start("vllm") == SELF_HOSTED_INITIAL
+    assert start("llamacpp") == start("transformers") == INITIAL_LIMIT
 
 
 # ---- convergence from cold ----------------------------------------------------------------------------------

@@ -123,19 +123,20 @@ def _with_queue(capacity: float) -> float:
     return capacity + _queue_kept(capacity)
 
 
-def initial_limit(base_url: str | None, backend: str = "openai") -> int:
-    """Where adaptive concurrency starts for a model served at ``base_url`` by ``backend``.
+def initial_limit(base_url: str | None, *, batches_in_flight: bool = False) -> int:
+    """Where adaptive concurrency starts for a model served at ``base_url``; ``batches_in_flight``: an
+    in-process engine that batches the requests in flight (the model's capability of that name).
 
     A server of one's own (a loopback or private address, a ``.local``/``.internal`` name, a one-label
     name such as a compose or Kubernetes service) starts at :data:`SELF_HOSTED_INITIAL`: a vLLM or SGLang
     server batches that many at once, and a smaller one only queues them for one round (the first window
-    sees it and cuts). So does vLLM in-process (``backend: vllm``), the most one's own of all: it has no
+    sees it and cuts). So does an in-process batching engine (vLLM), the most one's own of all: it has no
     quota to spend, and its first batch of 64 mixes short and long requests into one window, where a start
     from 2 would judge the first raises on two and then eight requests, whose lengths alone can make a
     wider batch look slower. Anything else is taken for a hosted API, whose quota a first burst could
     spend: it starts at :data:`INITIAL_LIMIT`.
     """
-    if backend == "vllm":
+    if batches_in_flight:
         return SELF_HOSTED_INITIAL
     if not base_url:
         return INITIAL_LIMIT

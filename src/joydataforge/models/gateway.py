@@ -86,7 +86,7 @@ class ModelClient:
             config.tokens_per_minute,
             adaptive=config.concurrency == "adaptive",
             max_hold=config.max_retry_after,
-            initial=initial_limit(config.base_url, config.backend),
+            initial=initial_limit(config.base_url, batches_in_flight=config.capabilities.batches_in_flight),
         )
         if hasattr(backend, "on_rate_limits"):  # a server that announces its budget in reply headers
             backend.on_rate_limits = self._rate_limits_seen

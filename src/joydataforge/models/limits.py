@@ -132,7 +132,7 @@ class ModelLimits:
     ):
         """``adaptive``: the limit moves between 1 and ``max_concurrency`` (:mod:`.adaptive`) and the
         server's x-ratelimit-* budget paces sends; else exactly ``max_concurrency`` slots. ``initial``: where
-        an adaptive limit starts (:func:`.adaptive.initial_limit` of the model's endpoint and backend; unset: 2)."""
+        an adaptive limit starts (:func:`.adaptive.initial_limit` of the model's endpoint and engine; unset: 2)."""
         self.controller = ConcurrencyController(max_concurrency, adaptive=adaptive, max_hold=max_hold, initial=initial)
         self.slots = ConcurrencySlots(self.controller)
         self.requests = TokenBucket(requests_per_minute) if requests_per_minute else None
