@@ -127,9 +127,9 @@ def test_complete_n_chat_and_json(models):
     asyncio.run(go())
 
 
-def _magpie_run(models, tmp_path, model: str, slots: int) -> tuple[list[dict], list[int], dict]:
-    """Magpie and its responses on ``model``: the rows, the widths of the batches this run handed vLLM, and
-    the model's concurrency report."""
+def _magpie_run(models, tmp_path, model: str, slots: int) -> tuple[list[int], dict]:
+    """Magpie and its responses on ``model``, checked: the widths of the batches this run handed vLLM, and the
+    model's concurrency report."""
     from joydataforge.models.backends.vllm_offline import _Engine
 
     def widths() -> list[int]:
@@ -150,12 +150,12 @@ def _magpie_run(models, tmp_path, model: str, slots: int) -> tuple[list[dict], l
     assert summary.failed == 0 and len(rows) > slots // 2
     assert all(r["input"] and r["target"] for r in rows)
     assert rows[0]["magpie"]["template_origin"].startswith("vLLM tokenizer chat_template")
-    return rows, widths()[before:], summary.models[model]["concurrency"]
+    return widths()[before:], summary.models[model]["concurrency"]
 
 
 def test_magpie_on_vllm_batches_requests(models, tmp_path):
     # 32 records' requests in flight: those that arrive while a batch runs all go to vLLM in the next one
-    _, batches, concurrency = _magpie_run(models, tmp_path, "v32", 64)
+    batches, concurrency = _magpie_run(models, tmp_path, "v32", 64)
     assert concurrency["mode"] == "fixed" and concurrency["limit"] == 32
     assert max(batches) > 8
 
@@ -164,7 +164,7 @@ def test_adaptive_limit_starts_vllm_batches_wide(models, tmp_path):
     # The limit starts at 64 (in-process vLLM is a server of one's own): 24 records' 48 requests go at once,
     # and those that miss the first batch queue for the next. How far it widens after that, and whether it
     # later settles lower, is this machine's vLLM's to show.
-    _, batches, concurrency = _magpie_run(models, tmp_path, "v", 24)
+    batches, concurrency = _magpie_run(models, tmp_path, "v", 24)
     assert concurrency["mode"] == "adaptive" and concurrency["highest"] >= 64
     assert max(batches) > 8
 
