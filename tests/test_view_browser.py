@@ -283,14 +283,20 @@ def test_filter_open_accept_reload_keeps_the_review(tmp_path: Path) -> None:
                 """(() => ({panels: [...document.querySelectorAll('.panel')].map(p => p.dataset.type),
                   text: document.getElementById('main').innerText}))()"""
             )
-            for _ in range(100):  # the report in its sandboxed frame: its charts drawn by its own script
+            # The report in its sandboxed frame, its charts drawn by its own script. The frame's target can be
+            # found before its document has loaded (an empty title, no charts), so wait for the drawn page.
+            for _ in range(300):
                 try:
                     summary["report"] = await browser.frame_js(
-                        "/eval/0", "({title: document.title, charts: document.querySelectorAll('svg.chart').length})"
+                        "/eval/0",
+                        "({title: document.title, charts: document.querySelectorAll('svg.chart').length,"
+                        " ready: document.readyState})",
                     )
-                    break
                 except (StopIteration, RuntimeError):
-                    await asyncio.sleep(0.1)
+                    summary["report"] = None
+                if summary["report"] and summary["report"]["ready"] == "complete" and summary["report"]["charts"]:
+                    break
+                await asyncio.sleep(0.1)
             _assert_clean(browser, server.url)
             return {
                 "shown": shown,
@@ -315,7 +321,7 @@ def test_filter_open_accept_reload_keeps_the_review(tmp_path: Path) -> None:
     assert summary["panels"] == ["summary", "models", "steps", "eval"]
     assert "outcome:majority" in summary["text"] and "smollm2-cool" in summary["text"]
     assert "Evaluation: report.html" in summary["text"] and "near-duplicates" in summary["text"]
-    assert summary["report"]["title"] == "vote eval" and summary["report"]["charts"] > 0
+    assert summary["report"] and summary["report"]["title"] == "vote eval" and summary["report"]["charts"] > 0
 
 
 # ---------------------------------------------------------------------- DPO pairs
