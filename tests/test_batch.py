@@ -144,7 +144,7 @@ def test_each_batch_line_is_the_request_a_live_call_sends(mock_server, tmp_path)
 
 
 def test_a_running_batch_is_never_sent_again_and_shuffled_results_land_on_their_calls(mock_server, tmp_path):
-    mock_server.configure(batch_delay=0.5)
+    mock_server.configure(batch_delay=3600)  # in progress until the test lets it complete
     steps = "  - generate: {model: m, prompt: en/answer}\n"
     path = project(tmp_path / "b", mock_server.url, steps=steps)
     assert run(path)[0] == "pending"
@@ -152,7 +152,7 @@ def test_a_running_batch_is_never_sent_again_and_shuffled_results_land_on_their_
     assert kind == "pending"
     assert line.startswith(f"batch batch_mock2 in_progress (0/{N} requests done); re-run the same command later")
     assert mock_server.stats()["batch_api"]["POST /v1/batches"] == 1
-    time.sleep(0.5)
+    mock_server.configure(batch_delay=0)  # the provider finishes the batch
     kind, summary = run(path)
     assert kind == "done" and summary.inputs_done == N
     for record in lines(path.parent / "out" / "data.jsonl"):  # the mock echoes each record's own question
