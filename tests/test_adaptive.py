@@ -332,7 +332,7 @@ async def test_gateway_never_stalls_after_a_burst_of_429s():
 
 
 async def test_pinned_concurrency_is_exact(mock_server_factory):
-    server = mock_server_factory(latency=0.02, capacity=64)
+    server = mock_server_factory(latency=0.02, capacity=64, hold_after=0)  # held until 5 are in flight
     registry = ModelRegistry.from_dict(
         {
             "models": {
@@ -349,7 +349,14 @@ async def test_pinned_concurrency_is_exact(mock_server_factory):
     )
     gateway = Gateway(registry)
     try:
-        results = await call_many(gateway, 100, callers=40)
+        calls = asyncio.ensure_future(call_many(gateway, 100, callers=40))
+        for _ in range(3000):
+            if server.stats()["held"] >= 5:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # a sixth, were the pin not exact, would be held too
+        server.configure(hold_after=-1)
+        results = await calls
         report = gateway.model("m").concurrency()
     finally:
         await gateway.close()

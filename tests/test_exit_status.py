@@ -306,7 +306,7 @@ def test_closed_port_stops_with_one_line_naming_the_endpoint(tmp_path):
 
 def test_ctrl_c_prints_the_resume_hint_and_the_summary_then_resumes(tmp_path):
     n = 120
-    server = spawn_mock_server(latency=0.05)
+    server = spawn_mock_server(latency=0.05, hold_after=30)  # the run cannot end before the Ctrl-C
     try:
         pipeline = project(tmp_path, [f"q{i}" for i in range(n)], server.url)
         command = [sys.executable, "-m", "joydataforge", "run", str(pipeline), "--no-progress"]
@@ -324,6 +324,7 @@ def test_ctrl_c_prints_the_resume_hint_and_the_summary_then_resumes(tmp_path):
             f"interrupted: {summary['inputs_done']} records done, re-run the same command to resume"
         )
         assert "run summary" in err
+        server.configure(hold_after=-1)
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=child_env())
         assert done.returncode == ExitCode.OK, done.stderr
         assert [r["id"] for r in lines(data)] == [f"r{i}" for i in range(n)]

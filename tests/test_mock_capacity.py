@@ -27,9 +27,23 @@ async def post_many(url: str, n: int) -> list[tuple[int, dict[str, str]]]:
         return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
+async def post_all_at_once(server: Any, n: int, *, served: int) -> list[tuple[int, dict[str, str]]]:
+    """``n`` requests, answered only once ``served`` of them are being served and the rest queue behind them,
+    so what the test counts never depends on how fast this machine sends them."""
+    server.configure(hold_after=0)
+    replies = asyncio.ensure_future(post_many(server.url, n))
+    for _ in range(3000):
+        stats = server.stats()
+        if stats["held"] == served and stats["queued"] == n - served:
+            break
+        await asyncio.sleep(0.01)
+    server.configure(hold_after=-1)
+    return await replies
+
+
 async def test_capacity_serves_that_many_at_once_and_queues_the_rest(mock_server_factory: Any) -> None:
     server = mock_server_factory(latency=0.3, capacity=4)
-    replies = await post_many(server.url, 12)
+    replies = await post_all_at_once(server, 12, served=4)
     stats = server.stats()
     assert [status for status, _ in replies] == [200] * 12
     assert stats["max_in_flight"] == 12 and stats["max_queued"] == 8 and stats["queued"] == 0
@@ -37,7 +51,7 @@ async def test_capacity_serves_that_many_at_once_and_queues_the_rest(mock_server
 
 
 async def test_quota_answers_429_with_retry_after_and_rate_limit_headers(mock_server_factory: Any) -> None:
-    server = mock_server_factory(quota_rps=0.5, quota_burst=3)
+    server = mock_server_factory(quota_rps=0.01, quota_burst=3)  # no refill to speak of during the test
     replies = []
     for _ in range(5):
         replies += await post_many(server.url, 1)
@@ -48,14 +62,14 @@ async def test_quota_answers_429_with_retry_after_and_rate_limit_headers(mock_se
     for _, headers in replies:
         assert headers["x-ratelimit-limit-requests"] == "3" and headers["x-ratelimit-reset-requests"].endswith("s")
     refused = replies[3][1]
-    assert int(refused["retry-after"]) >= 1 and int(refused["retry-after-ms"]) > 1000  # 2 s for one request
+    assert int(refused["retry-after"]) >= 1 and int(refused["retry-after-ms"]) > 1000  # 100 s for one request
     assert "retry-after" not in replies[0][1]
     server.reset()  # refills the quota
     assert (await post_many(server.url, 1))[0][0] == 200
 
 
 async def test_quota_without_headers_still_says_retry_after(mock_server_factory: Any) -> None:
-    server = mock_server_factory(quota_rps=0.5, quota_burst=1, quota_headers=False)
+    server = mock_server_factory(quota_rps=0.01, quota_burst=1, quota_headers=False)
     replies = await post_many(server.url, 1) + await post_many(server.url, 1)
     assert [status for status, _ in replies] == [200, 429]
     assert not any(k.startswith("x-ratelimit-") for _, headers in replies for k in headers)
@@ -65,7 +79,7 @@ async def test_quota_without_headers_still_says_retry_after(mock_server_factory:
 async def test_options_change_at_run_time(mock_server_factory: Any) -> None:
     server = mock_server_factory(latency=0.2)
     server.configure(capacity=2, quota_rps=100.0, quota_burst=100.0)
-    await post_many(server.url, 6)
+    await post_all_at_once(server, 6, served=2)
     stats = server.stats()
     assert stats["max_queued"] == 4 and stats["by_status"]["200"] == 6
     server.configure(quota_rps=0.0, capacity=0)
@@ -77,6 +91,7 @@ def test_child_process_takes_the_same_options() -> None:
     args = cli_args(options)
     assert args[args.index("--capacity") + 1] == "3" and "--no-quota-headers" in args
     assert args[args.index("--quota-rps") + 1] == "2.5" and args[args.index("--quota-burst") + 1] == "4.0"
+    assert "--hold-after" not in args and cli_args(MockOptions(hold_after=5))[-2:] == ["--hold-after", "5"]
     with spawn_mock_server(capacity=3, quota_rps=2.5, quota_burst=4.0, quota_headers=False) as server:
         stats = server.stats()
     assert stats["options"]["capacity"] == 3 and stats["options"]["quota_headers"] is False

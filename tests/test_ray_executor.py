@@ -193,7 +193,7 @@ def test_worker_killed_mid_run_every_record_exactly_once(ray_cluster, mock_serve
     from joydataforge.engine.ray_executor import RayExecutor
 
     n = 200
-    server = mock_server_factory(latency=0.01)
+    server = mock_server_factory(latency=0.01, hold_after=60)  # the run cannot end before the kill
     # One slot for the whole cluster: had the killed worker's slot not come back, the run would hang.
     pipeline = Pipeline.from_yaml(write_pipeline(tmp_path, server.url, n=n, max_concurrency=1, concurrency=8))
     executor = RayExecutor(pipeline, progress=False, workers=2)
@@ -207,6 +207,7 @@ def test_worker_killed_mid_run_every_record_exactly_once(ray_cluster, mock_serve
     victim = ray.get(executor.workers[0].pid.remote())
     os.kill(victim, signal.SIGKILL)
     at_kill = len(data.read_bytes().splitlines())
+    server.configure(hold_after=-1)
     thread.join(180)
     assert not thread.is_alive()
     assert 0 < at_kill < n, "the kill must land mid-run for this test to mean anything"

@@ -12,7 +12,7 @@ from tests.mock_openai.server import spawn_mock_server
 
 
 def test_sigkill_then_resume_gives_every_record_once(tmp_path: Path):
-    server = spawn_mock_server(latency=0.02)
+    server = spawn_mock_server(latency=0.02, hold_after=60)  # the run cannot end before the kill
     try:
         n = 400
         (tmp_path / "in.jsonl").write_text(
@@ -40,7 +40,8 @@ def test_sigkill_then_resume_gives_every_record_once(tmp_path: Path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         first = len(data.read_bytes().splitlines())
-        assert 0 < first < n, "the kill must land mid-run for this test to mean anything"
+        assert 40 <= first <= 60, "the kill must land mid-run for this test to mean anything"
+        server.configure(hold_after=-1)
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         ids = [json.loads(line)["id"] for line in data.read_text("utf-8").splitlines()]

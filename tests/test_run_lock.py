@@ -136,7 +136,7 @@ def test_in_process_run_refused_while_another_process_holds_the_folder(tmp_path,
 def test_two_real_runs_on_one_folder_write_every_record_once(tmp_path):
     """The issue's case: a second terminal starts the same run while the first is under way."""
     n = 200
-    server = spawn_mock_server(latency=0.05)
+    server = spawn_mock_server(latency=0.05, hold_after=20)  # the first run cannot end before the kill
     try:
         write_inputs(tmp_path, n)
         command = [
@@ -155,6 +155,7 @@ def test_two_real_runs_on_one_folder_write_every_record_once(tmp_path):
         assert first.poll() is None, "the first run must still be under way for this test to mean anything"
         os.kill(first.pid, signal.SIGKILL)  # and a hard kill of the holder frees the folder for a resume
         first.wait()
+        server.configure(hold_after=-1)
         resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, env=child_env())
         assert resumed.returncode == ExitCode.OK, resumed.stderr
         ids = [json.loads(line)["id"] for line in (tmp_path / "out" / "data.jsonl").read_text("utf-8").splitlines()]

@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quota-burst", type=float, default=0.0, help="quota bucket size (0: one second's worth)")
     parser.add_argument("--no-quota-headers", action="store_true", help="answer 429s without the x-ratelimit-* headers")
     parser.add_argument(
+        "--hold-after", type=int, default=-1, help="hold model requests after this many until /_config frees them"
+    )
+    parser.add_argument(
         "--engine",
         choices=("aiohttp", "raw"),
         default="aiohttp",
@@ -59,6 +62,7 @@ async def serve(args: argparse.Namespace) -> None:
         quota_rps=args.quota_rps,
         quota_burst=args.quota_burst,
         quota_headers=not args.no_quota_headers,
+        hold_after=args.hold_after,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

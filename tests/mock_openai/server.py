@@ -93,6 +93,11 @@ A finite server, for concurrency control (``bench/adaptive.py``, ``tests/test_ad
   requests left after this one) and ``x-ratelimit-reset-requests`` (time until the bucket is full
   again, e.g. ``0.250s``). ``reset()`` refills the bucket.
 
+A switch for tests whose meaning needs work still under way: ``hold_after`` (-1: off) answers the first
+``hold_after`` model requests (counted since the last ``reset()``) and holds every later one, in flight,
+until it is set back to -1 or raised; ``/_stats`` adds ``held`` (waiting now). "The run was killed mid-way"
+or "all 12 were in flight at once" then holds on any machine, instead of on one fast enough.
+
 Two HTTP engines serve the same :class:`MockApp`: ``aiohttp`` (default, a complete HTTP/1.1
 server) and ``raw`` (a bare asyncio protocol: keep-alive, pipelining, chunked bodies; about half the
 CPU per request, for the benchmark). Measured on the shared 2-core dev box, server pinned to one
@@ -169,6 +174,7 @@ class MockOptions:
     batch_delay: float = 0.0  # seconds before a batch completes (tests/mock_openai/batches.py)
     batch_expire_after: int = -1  # a batch expires after answering this many requests; -1: never
     batch_order: str = "shuffled"  # or "input": the order of a batch's output and error lines
+    hold_after: int = -1  # model requests after the first ``hold_after`` wait until it is -1 again; -1: none
 
 
 class Quota:
@@ -215,6 +221,7 @@ class MockState:
     max_in_flight: int = 0
     queued: int = 0
     max_queued: int = 0
+    held: int = 0  # model requests waiting now because of ``hold_after``
     quota: Quota | None = field(init=False, default=None)
     places: asyncio.Semaphore | None = field(init=False, default=None)  # ``capacity`` requests served at once
     batch_calls: collections.Counter = field(default_factory=collections.Counter)  # calls to /v1/files, /v1/batches
@@ -258,6 +265,7 @@ class MockState:
             "max_in_flight": self.max_in_flight,
             "queued": self.queued,
             "max_queued": self.max_queued,
+            "held": self.held,
             "last_requests": [_entry_copy(e) for e in self.last],
             "batch_api": dict(self.batch_calls),
             "batch_requests": self.batch_requests,
@@ -277,6 +285,7 @@ class MockState:
                 "batch_delay": self.options.batch_delay,
                 "batch_expire_after": self.options.batch_expire_after,
                 "batch_order": self.options.batch_order,
+                "hold_after": self.options.hold_after,
             },
         }
 
@@ -696,7 +705,13 @@ class MockApp:
         state = self.state
         state.total += 1
         state.by_endpoint[route] += 1
-        entry: dict[str, Any] = {"endpoint": route, "body": None, "headers": headers, "received": time.monotonic()}
+        entry: dict[str, Any] = {
+            "endpoint": route,
+            "body": None,
+            "headers": headers,
+            "received": time.monotonic(),
+            "number": state.total,
+        }
         state.last.append(entry)
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
@@ -760,8 +775,23 @@ class MockApp:
         entry["body"] = body
         return body
 
-    async def _gate(self, effect: Effect | None) -> Reply | None:
-        """Apply latency, directives and random errors; a Reply here replaces the normal one."""
+    async def _held(self, number: int) -> None:
+        """Wait while ``hold_after`` holds request ``number`` back: a test's switch, so "the run is still under
+        way" or "all N are in flight" never depends on how fast the machine is. Polled, because ``/_config``
+        may change it from another thread or process."""
+        state = self.state
+        if not 0 <= state.options.hold_after < number:
+            return
+        state.held += 1
+        try:
+            while 0 <= state.options.hold_after < number:
+                await asyncio.sleep(0.01)
+        finally:
+            state.held -= 1
+
+    async def _gate(self, effect: Effect | None, entry: dict[str, Any]) -> Reply | None:
+        """Apply the hold, latency, directives and random errors; a Reply here replaces the normal one."""
+        await self._held(entry.get("number", 0))  # batched requests (no number) are never held
         opts = self.state.options
         if effect is not None and effect.hang:
             self.state.by_status["hang"] += 1
@@ -801,7 +831,7 @@ class MockApp:
             if msg.get("role") == "user":
                 last_user = text
         effect, clean = effect_for(last_user, self.state)
-        blocked = await self._gate(effect)
+        blocked = await self._gate(effect, entry)
         if blocked is not None:
             return blocked
         calls = tool_calls_for(body, messages, clean, effect)
@@ -841,7 +871,7 @@ class MockApp:
         prompts = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], str) else [prompt]
         prompts = [p if isinstance(p, str) else json.dumps(p) for p in prompts]
         effect, cleaned = self._effects(prompts)
-        blocked = await self._gate(effect)
+        blocked = await self._gate(effect, entry)
         if blocked is not None:
             return blocked
         choices: list[dict[str, Any]] = []
@@ -877,7 +907,7 @@ class MockApp:
         texts = value if isinstance(value, list) and not isinstance(value[0], int) else [value]
         texts = [t if isinstance(t, str) else json.dumps(t) for t in texts]
         effect, _ = self._effects(texts)
-        blocked = await self._gate(effect)
+        blocked = await self._gate(effect, entry)
         if blocked is not None:
             return blocked
         dim = int(body.get("dimensions") or self.state.options.dimension)
@@ -1481,6 +1511,8 @@ def cli_args(options: MockOptions) -> list[str]:
         args += ["--quota-rps", repr(options.quota_rps), "--quota-burst", repr(options.quota_burst)]
     if not options.quota_headers:
         args += ["--no-quota-headers"]
+    if options.hold_after >= 0:
+        args += ["--hold-after", str(options.hold_after)]
     return args
 
 
