@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,20 +37,44 @@ def fake_vllm(monkeypatch):
     sys.modules.pop("vllm.sampling_params", None)
 
 
-async def chats(settings: dict, n: int) -> tuple[list[int], dict]:
+async def chats(settings: dict, n: int, *, first_batch: int = 0) -> tuple[list[int], dict]:
+    """``n`` chats on the fake vLLM: (the widths of its batches, the concurrency report). ``first_batch``: the
+    engine is kept busy until that many requests wait in its queue, so the first batch's width is the client's
+    doing, not a matter of how fast this machine queues them within the batch window."""
     body = {"backend": "vllm", "model": "org/x", **settings}
     gateway = Gateway(ModelRegistry.from_dict({"models": {"v": body}}, "test"))
     client = gateway.model("v")
+    engine = client.backend.engine
     try:
-        await asyncio.gather(*(client.chat([{"role": "user", "content": f"q{i}"}]) for i in range(n)))
+        gate = threading.Event()
+        if first_batch:
+            busy = engine.submit(vllm_offline._Request("call", lambda llm: gate.wait(30)))
+            await wait_until(busy.running)
+        sent = asyncio.ensure_future(
+            asyncio.gather(*(client.chat([{"role": "user", "content": f"q{i}"}]) for i in range(n)))
+        )
+        if first_batch:
+            await wait_until(lambda: engine._queue.qsize() >= first_batch)
+            gate.set()
+        await sent
         report = client.concurrency()
-        widths = list(client.backend.engine.batches)
+        widths = list(engine.batches)
     finally:
         await gateway.close()
     return widths, report
 
 
-async def test_adaptive_widens_the_batches_while_they_pay(fake_vllm):
+async def wait_until(condition, seconds: float = 30.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the engine never got there")
+
+
+async def test_adaptive_widens_the_batches_while_they_pay(fake_vllm, monkeypatch):
+    # A batch takes 0.1 s: long enough that even a slow machine queues a wide batch's requests meanwhile.
+    monkeypatch.setattr(fake_vllm, "DELAY_S", 0.1)
     widths, report = await chats({}, 3000)
     assert widths[0] <= SELF_HOSTED_INITIAL  # a batch's worth first (a server of one's own)
     assert max(widths) >= 128 and report["highest"] >= 128  # a batch costs about the same however wide: widen
@@ -62,5 +87,5 @@ def test_the_width_starts_at_a_batchs_worth():
 
 
 async def test_a_pinned_width_from_the_first_batch(fake_vllm):
-    widths, report = await chats({"concurrency": "fixed", "max_concurrency": 32}, 320)
+    widths, report = await chats({"concurrency": "fixed", "max_concurrency": 32}, 320, first_batch=32)
     assert widths[0] == 32 and max(widths) == 32 and report["mode"] == "fixed"

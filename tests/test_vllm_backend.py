@@ -228,15 +228,26 @@ def test_magpie_pipeline_on_vllm(fake_vllm, tmp_path):
     assert kinds.count("generate") < 6 or kinds.count("chat") < 6  # records in flight shared vLLM calls
 
 
-async def test_a_cancelled_caller_does_not_stop_the_engine(fake_vllm, monkeypatch):
-    monkeypatch.setattr(vllm_offline, "BATCH_WINDOW_S", 0.3)  # time to cancel while the request waits
+async def until(condition) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+async def test_a_cancelled_caller_does_not_stop_the_engine(fake_vllm):
     gateway = Gateway(registry())
     client = gateway.model("v")
+    engine, gate = client.backend.engine, threading.Event()
+    busy = engine.submit(vllm_offline._Request("call", lambda llm: gate.wait(30)))  # the engine is busy...
+    await until(busy.running)
     task = asyncio.create_task(client.complete("to be cancelled"))
-    await asyncio.sleep(0.1)
+    await until(lambda: engine._queue.qsize() == 1)  # ...while the request waits in its queue
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    gate.set()
     assert (await client.complete("still served")).text
     prompts = [p for call in fake_vllm.CALLS for p in call["prompts"]]
     assert prompts == ["still served"]  # the cancelled one never reached vLLM
