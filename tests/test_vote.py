@@ -144,17 +144,32 @@ def test_vote_step_records_every_answer_and_the_aggregate():
     assert step.counters["outcome:majority"] == 1 and step.counters["label:drug"] == 1
 
 
+class MeetingBackend(ScriptedBackend):
+    """Answers only once ``expected`` calls, of all the voters, are under way together."""
+
+    def __init__(self, reply, arrived: list[int], everyone: asyncio.Event, expected: int):
+        super().__init__(reply)
+        self.arrived, self.everyone, self.expected = arrived, everyone, expected
+
+    async def chat(self, messages, params, *, json_schema=None, seed=None):
+        self.arrived[0] += 1
+        if self.arrived[0] == self.expected:
+            self.everyone.set()
+        await asyncio.wait_for(self.everyone.wait(), 30)  # one voter at a time would never get here
+        return await super().chat(messages, params, json_schema=json_schema, seed=seed)
+
+
 def test_voters_run_concurrently():
-    backends = {n: ScriptedBackend(says("drug").reply, delay=0.3) for n in "abc"}
-    ctx, _ = context(backends)
-    step = Vote(["a", "b", "c"], "en/vote_label", options={"labels": LABELS})
-    step.check(ctx)
-    loop = asyncio.new_event_loop()
-    start = loop.time()
-    loop.run_until_complete(step.run(RECORD, ctx))
-    elapsed = loop.time() - start
-    loop.close()
-    assert elapsed < 0.75  # three sequential calls would take >= 0.9 s
+    async def scenario():
+        arrived, everyone = [0], asyncio.Event()
+        backends = {n: MeetingBackend(says("drug").reply, arrived, everyone, 3) for n in "abc"}
+        ctx, _ = context(backends)
+        step = Vote(["a", "b", "c"], "en/vote_label", options={"labels": LABELS})
+        step.check(ctx)
+        return await step.run(RECORD, ctx)
+
+    out = asyncio.run(scenario())
+    assert out["vote"]["label"] == "drug" and out["vote"]["counts"] == {"drug": 3}
 
 
 def test_failed_voter_is_recorded_with_raw_and_does_not_vote():
