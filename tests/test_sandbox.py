@@ -17,7 +17,7 @@ import pytest
 
 from joydataforge.sandbox import SandboxLimits, SandboxSettings, call_function, run_python
 
-FAST = SandboxLimits(timeout_s=3.0, memory_mb=256)
+FAST = SandboxLimits(timeout_s=30.0, memory_mb=256)  # a run ends with its code: only a hang would use it all
 
 
 def run(code: str, **limits):
@@ -25,7 +25,8 @@ def run(code: str, **limits):
 
 
 def processes_in_group(pgid: int, settle_s: float = 5.0) -> list[int]:
-    """Live processes whose process group is ``pgid``: what the sandbox left running.
+    """Live processes whose process group or session is ``pgid``: what the sandbox left running (a process
+    that left the group for a group of its own is still in the session).
 
     A SIGKILLed process takes a moment to disappear from /proc: look again until none is left or ``settle_s``
     has passed (the answer, not the time, is asserted).
@@ -39,7 +40,7 @@ def processes_in_group(pgid: int, settle_s: float = 5.0) -> list[int]:
                     fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
                 except OSError:
                     continue
-                if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                if pgid in (int(fields[2]), int(fields[3])) and fields[0] not in ("Z", "X"):
                     found.append(int(entry))
         if not found or time.monotonic() > deadline:
             return found
@@ -52,9 +53,9 @@ def test_plain_code_runs_and_prints():
 
 
 def test_infinite_loop_is_stopped_and_its_process_is_gone():
-    result = run("import os\nprint(os.getpid(), flush=True)\nwhile True:\n    pass\n", timeout_s=1.0)
+    result = run("import os\nprint(os.getpid(), flush=True)\nwhile True:\n    pass\n", timeout_s=3.0)
     assert result.verdict == "timeout" and result.exit_code is None
-    assert "longer than 1 s" in result.reason
+    assert "longer than 3 s" in result.reason
     pid = int(result.stdout.split()[0])
     assert processes_in_group(pid) == []
 
@@ -67,7 +68,7 @@ def test_a_child_process_is_killed_with_the_group():
         "print(os.getpid(), child.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
-    result = run(code, timeout_s=1.5, max_processes=2)
+    result = run(code, timeout_s=4.0, max_processes=2)  # time to start python, then the child
     assert result.verdict == "timeout", result
     pid, child = map(int, result.stdout.split())
     assert processes_in_group(pid) == []
@@ -187,7 +188,10 @@ def test_network_connection_when_allowed_reaches_the_listener(listener):
     code = f"import socket\nsocket.create_connection(('127.0.0.1', {listener.port}), timeout=2).close()\nprint('ok')"
     result = run(code, network=True)
     assert (result.verdict, result.stdout) == ("ok", "ok\n"), result
-    listener.stop.wait(0.5)
+    for _ in range(300):  # the listener's thread counts it when it next wakes
+        if listener.accepted:
+            break
+        time.sleep(0.05)
     assert listener.accepted == 1
 
 
@@ -198,14 +202,11 @@ def test_raw_socket_and_name_lookup_are_refused():
 
 def test_fork_bomb_is_contained():
     code = "import os\nprint(os.getpid(), flush=True)\nwhile True:\n    os.fork()\n"
-    before = len([e for e in os.listdir("/proc") if e.isdigit()])
     result = run(code)
     assert result.verdict == "forbidden", result
     assert "os.fork" in result.reason
     pid = int(result.stdout.split()[0])
     assert processes_in_group(pid) == []
-    after = len([e for e in os.listdir("/proc") if e.isdigit()])
-    assert after <= before + 2  # other tests and the machine may start a process or two meanwhile
 
 
 @pytest.mark.parametrize(
@@ -282,7 +283,7 @@ def test_call_function_returns_json_values():
     ],
 )
 def test_call_function_failures_are_verdicts(source, name, kwargs, verdict, reason):
-    limits = SandboxLimits(timeout_s=1.0)
+    limits = SandboxLimits(timeout_s=1.0 if verdict == "timeout" else 30.0)  # others end as soon as they are done
     result = asyncio.run(call_function(source, name, kwargs, limits=limits))
     assert result.verdict == verdict and reason in result.reason, result
     assert result.value is None
