@@ -201,8 +201,16 @@ async def _inspect(
                     {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
                     session,
                 )
-                await tools.send("Page.navigate", {"url": html.resolve().as_uri()}, session)
+                uri = html.resolve().as_uri()
+                tools.events.clear()  # a late load event of the blank tab must not pass for the report's
+                await tools.send("Page.navigate", {"url": uri}, session)
                 await tools.wait_event("Page.loadEventFired")
+                for _ in range(300):
+                    if await tools.evaluate(
+                        f"document.readyState === 'complete' && location.href === {json.dumps(uri)}", session
+                    ):
+                        break
+                    await asyncio.sleep(0.1)
                 await asyncio.sleep(0.2)  # late console messages
                 out: dict[str, Any] = {
                     "requests": [  # before our own probes add data: URLs
