@@ -167,7 +167,7 @@ def test_model_concurrency_limit_holds_across_the_cluster(ray_cluster, mock_serv
     from joydataforge.config.pipeline import Pipeline
     from joydataforge.engine.ray_executor import RayExecutor
 
-    server = mock_server_factory(latency=0.05)
+    server = mock_server_factory(latency=0.05, hold_after=0)  # held until the cluster's 3 are in flight
     pipeline = Pipeline.from_yaml(write_pipeline(tmp_path, server.url, n=60, max_concurrency=3, concurrency=16))
     executor = RayExecutor(pipeline, progress=False, workers=2)
     nodes: set[str] = set()
@@ -180,7 +180,15 @@ def test_model_concurrency_limit_holds_across_the_cluster(ray_cluster, mock_serv
         await stop_workers(ray_module)
 
     executor._stop_workers = stop_workers_asking_their_nodes  # type: ignore[method-assign]
-    executor.run_sync()
+    thread = threading.Thread(target=executor.run_sync, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and server.stats()["held"] < 3:
+        time.sleep(0.02)
+    time.sleep(0.2)  # a fourth, were the limit not shared, would be held too
+    server.configure(hold_after=-1)
+    thread.join(180)
+    assert not thread.is_alive()
     summary = executor.summary
     assert len(nodes) == 2  # the two workers were spread over the two nodes
     assert summary.records_out == 60 and summary.failed == 0
