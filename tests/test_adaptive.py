@@ -31,6 +31,7 @@ from joydataforge.models.backends.base import Backend, Completion, FatalError, M
 from joydataforge.models.config import ModelConfig, ModelRegistry
 from joydataforge.models.gateway import Gateway
 from joydataforge.models.retry import RetryPolicy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -350,10 +351,7 @@ async def test_pinned_concurrency_is_exact(mock_server_factory):
     gateway = Gateway(registry)
     try:
         calls = asyncio.ensure_future(call_many(gateway, 100, callers=40))
-        for _ in range(3000):
-            if server.stats()["held"] >= 5:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: server.stats()["held"] >= 5, "5 requests in flight")
         await asyncio.sleep(0.1)  # a sixth, were the pin not exact, would be held too
         server.configure(hold_after=-1)
         results = await calls

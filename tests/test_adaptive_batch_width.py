@@ -17,6 +17,7 @@ from joydataforge.models.adaptive import SELF_HOSTED_INITIAL
 from joydataforge.models.backends import vllm_offline
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
+from tests.support.waiting import eventually
 
 FAKE = Path(__file__).parent / "fake_vllm"
 pytestmark = pytest.mark.timeout(60)
@@ -49,12 +50,12 @@ async def chats(settings: dict, n: int, *, first_batch: int = 0) -> tuple[list[i
         gate = threading.Event()
         if first_batch:
             busy = engine.submit(vllm_offline._Request("call", lambda llm: gate.wait(30)))
-            await wait_until(busy.running)
+            await eventually(busy.running, "the engine busy")
         sent = asyncio.ensure_future(
             asyncio.gather(*(client.chat([{"role": "user", "content": f"q{i}"}]) for i in range(n)))
         )
         if first_batch:
-            await wait_until(lambda: engine._queue.qsize() >= first_batch)
+            await eventually(lambda: engine._queue.qsize() >= first_batch, f"{first_batch} queued requests")
             gate.set()
         await sent
         report = client.concurrency()
@@ -62,14 +63,6 @@ async def chats(settings: dict, n: int, *, first_batch: int = 0) -> tuple[list[i
     finally:
         await gateway.close()
     return widths, report
-
-
-async def wait_until(condition, seconds: float = 30.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the engine never got there")
 
 
 async def test_adaptive_widens_the_batches_while_they_pay(fake_vllm, monkeypatch):

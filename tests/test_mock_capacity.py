@@ -4,6 +4,7 @@ answering 429 with ``Retry-After`` and OpenAI's ``x-ratelimit-*`` headers (bench
 from __future__ import annotations
 
 import asyncio
+from operator import itemgetter
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,7 @@ import pytest
 
 from tests.mock_openai import MockOptions, spawn_mock_server
 from tests.mock_openai.server import cli_args
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 BODY = {"messages": [{"role": "user", "content": "x"}]}
@@ -32,11 +34,10 @@ async def post_all_at_once(server: Any, n: int, *, served: int) -> list[tuple[in
     so what the test counts never depends on how fast this machine sends them."""
     server.configure(hold_after=0)
     replies = asyncio.ensure_future(post_many(server.url, n))
-    for _ in range(3000):
-        stats = server.stats()
-        if stats["held"] == served and stats["queued"] == n - served:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: itemgetter("held", "queued")(server.stats()) == (served, n - served),
+        f"{served} served and {n - served} queued",
+    )
     server.configure(hold_after=-1)
     return await replies
 

@@ -26,6 +26,7 @@ import pytest
 
 from tests.mock_openai import MockServer, minimal_instance, spawn_mock_server, start_mock_server
 from tests.mock_openai.server import parse_directive
+from tests.support.waiting import eventually
 
 # The fixtures (mock_server, mock_server_factory, mock_server_session) come from tests/conftest.py,
 # which imports tests.mock_openai.fixtures; mock_engine below makes the first two run on both engines.
@@ -495,10 +496,7 @@ async def test_max_in_flight_counts_concurrent_requests(mock_server_factory: Any
                 await resp.read()
 
         sent = asyncio.ensure_future(asyncio.gather(*(one() for _ in range(20))))
-        for _ in range(3000):
-            if server.stats()["held"] == 7:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: server.stats()["held"] == 7, "7 requests in flight")
         server.configure(hold_after=-1)
         await sent
     stats = server.stats()

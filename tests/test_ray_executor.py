@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.support.waiting import wait_for
+
 ray = pytest.importorskip("ray")
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
@@ -182,9 +184,7 @@ def test_model_concurrency_limit_holds_across_the_cluster(ray_cluster, mock_serv
     executor._stop_workers = stop_workers_asking_their_nodes  # type: ignore[method-assign]
     thread = threading.Thread(target=executor.run_sync, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and server.stats()["held"] < 3:
-        time.sleep(0.02)
+    wait_for(lambda: server.stats()["held"] >= 3, "3 requests in flight", timeout=120)
     time.sleep(0.2)  # a fourth, were the limit not shared, would be held too
     server.configure(hold_after=-1)
     thread.join(180)

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
 from tests.mock_openai.server import spawn_mock_server
 from tests.scripted_backend import ScriptedBackend
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTRY = ModelRegistry.from_dict(
@@ -36,15 +36,6 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), str(REPO), env.get("PYTHONPATH")]))
     return env
-
-
-def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from joydataforge.sandbox import SandboxLimits, SandboxSettings, call_function, run_python
+from tests.support.waiting import wait_for
 
 FAST = SandboxLimits(timeout_s=30.0, memory_mb=256)  # a run ends with its code: only a hang would use it all
 
@@ -188,10 +189,7 @@ def test_network_connection_when_allowed_reaches_the_listener(listener):
     code = f"import socket\nsocket.create_connection(('127.0.0.1', {listener.port}), timeout=2).close()\nprint('ok')"
     result = run(code, network=True)
     assert (result.verdict, result.stdout) == ("ok", "ok\n"), result
-    for _ in range(300):  # the listener's thread counts it when it next wakes
-        if listener.accepted:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: listener.accepted, "the listener's count")  # its thread counts it when it next wakes
     assert listener.accepted == 1
 
 

@@ -21,6 +21,7 @@ from joydataforge.methods.magpie.slots import write_slots
 from joydataforge.models.backends import vllm_offline
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
+from tests.support.waiting import eventually
 
 FAKE = Path(__file__).parent / "fake_vllm"
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
@@ -228,22 +229,16 @@ def test_magpie_pipeline_on_vllm(fake_vllm, tmp_path):
     assert kinds.count("generate") < 6 or kinds.count("chat") < 6  # records in flight shared vLLM calls
 
 
-async def until(condition) -> None:
-    for _ in range(3000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("never happened")
-
-
 async def test_a_cancelled_caller_does_not_stop_the_engine(fake_vllm):
     gateway = Gateway(registry())
     client = gateway.model("v")
     engine, gate = client.backend.engine, threading.Event()
     busy = engine.submit(vllm_offline._Request("call", lambda llm: gate.wait(30)))  # the engine is busy...
-    await until(busy.running)
+    await eventually(busy.running, "the engine busy")
     task = asyncio.create_task(client.complete("to be cancelled"))
-    await until(lambda: engine._queue.qsize() == 1)  # ...while the request waits in its queue
+    await eventually(
+        lambda: engine._queue.qsize() == 1, "the request queued"
+    )  # ...while the request waits in its queue
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
