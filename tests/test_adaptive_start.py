@@ -22,6 +22,7 @@ from joydataforge.models.adaptive import (
     SELF_HOSTED_INITIAL,
     ConcurrencyController,
     initial_limit,
+    initial_limit_of,
 )
 from joydataforge.models.config import ModelRegistry
 from joydataforge.models.gateway import Gateway
@@ -93,8 +94,7 @@ def test_vllm_in_process_starts_wide_and_the_one_at_a_time_engines_narrow():
     )
 
     def start(name: str) -> int:
-        config = registry.get(name)
-        return initial_limit(config.base_url, batches_in_flight=config.capabilities.batches_in_flight)
+        return initial_limit_of(registry.get(name))
 
     assert start("vllm") == SELF_HOSTED_INITIAL
     assert start("llamacpp") == start("transformers") == INITIAL_LIMIT

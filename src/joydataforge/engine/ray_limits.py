@@ -56,7 +56,7 @@ from ..models.adaptive import (
     ConcurrencyController,
     Ticket,
     current_ticket,
-    initial_limit,
+    initial_limit_of,
     signal_of,
 )
 from ..models.budget import BudgetLedger, BudgetLimits, Hold, Spend
@@ -272,7 +272,7 @@ class LimitsActor:
 
 def limits_of(registry: ModelRegistry) -> dict[str, LimitSpec]:
     """Each model's (max_concurrency, requests/min, tokens/min, adaptive, max_hold, initial limit): all the
-    actor needs. An adaptive limit starts where a local run's would (:func:`initial_limit` of the endpoint and engine)."""
+    actor needs. An adaptive limit starts where a local run's would (:func:`initial_limit_of` the model)."""
     return {
         name: (
             config.max_concurrency,
@@ -280,7 +280,7 @@ def limits_of(registry: ModelRegistry) -> dict[str, LimitSpec]:
             config.tokens_per_minute,
             config.concurrency == "adaptive",
             config.max_retry_after,
-            initial_limit(config.base_url, batches_in_flight=config.capabilities.batches_in_flight),
+            initial_limit_of(config),
         )
         for name, config in registry.models.items()
     }

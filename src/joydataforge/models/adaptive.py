@@ -73,10 +73,13 @@ import ipaddress
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .backends.base import TransientError
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 OK = "ok"
 RATE_LIMITED = "rate_limited"  # 429: the server's quota
@@ -145,6 +148,12 @@ def initial_limit(base_url: str | None, *, batches_in_flight: bool = False) -> i
     except ValueError:
         return INITIAL_LIMIT
     return SELF_HOSTED_INITIAL if host and _self_hosted(host) else INITIAL_LIMIT
+
+
+def initial_limit_of(config: ModelConfig) -> int:
+    """:func:`initial_limit` of a configured model, its endpoint and its engine: a local run and Ray's
+    limits actor start a model's limit from the same place."""
+    return initial_limit(config.base_url, batches_in_flight=config.capabilities.batches_in_flight)
 
 
 def _self_hosted(host: str) -> bool:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from ..errors import EndpointDown, ModelError, ValidationFailed
 from ..records import canonical_json, content_hash
-from .adaptive import initial_limit
+from .adaptive import initial_limit_of
 from .backends.base import Backend, Completion, FatalError, Messages, StructuredOutputRefused, TransientError
 from .batch import BatchCollector
 from .breaker import CircuitBreaker
@@ -86,7 +86,7 @@ class ModelClient:
             config.tokens_per_minute,
             adaptive=config.concurrency == "adaptive",
             max_hold=config.max_retry_after,
-            initial=initial_limit(config.base_url, batches_in_flight=config.capabilities.batches_in_flight),
+            initial=initial_limit_of(config),
         )
         if hasattr(backend, "on_rate_limits"):  # a server that announces its budget in reply headers
             backend.on_rate_limits = self._rate_limits_seen
